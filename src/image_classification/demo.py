@@ -1,0 +1,95 @@
+"""The built-in demo data set, made from real images that installed packages bundle.
+
+- ``labelled/valid``: 100 face crops and ``labelled/invalid``: 100 non-face crops
+  (scikit-image's ``lfw_subset``, 25x25 grey photos).
+- ``unseen/texture``: patches of scikit-image's brick, grass and gravel photos.
+- ``unseen/digit``: scikit-learn's 8x8 handwritten digits, enlarged to 32x32.
+- ``unseen/photo``: crops of scikit-image's colour photos (coffee, cat, astronaut, rocket).
+
+Everything is deterministic, so every machine builds byte-identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DEMO_VERSION = "1"
+_MARKER = ".demo_version"
+_PATCH = 64
+_PER_TEXTURE = 20
+_DIGITS = 60
+_PER_PHOTO = 10
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+def _random_patches(image: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    height, width = image.shape[:2]
+    tops = rng.integers(0, height - _PATCH, size=count)
+    lefts = rng.integers(0, width - _PATCH, size=count)
+    return [image[t : t + _PATCH, l : l + _PATCH] for t, l in zip(tops, lefts)]
+
+
+def _demo_images() -> dict[str, Image.Image]:
+    """Every demo image keyed by its path relative to the demo root."""
+    from skimage import data
+    from sklearn.datasets import load_digits
+
+    images: dict[str, Image.Image] = {}
+    faces = data.lfw_subset()  # 100 faces, then 100 non-faces
+    for index, pixels in enumerate(faces[:100]):
+        images[f"labelled/valid/face_{index:03d}.png"] = Image.fromarray(_to_uint8(pixels))
+    for index, pixels in enumerate(faces[100:]):
+        images[f"labelled/invalid/nonface_{index:03d}.png"] = Image.fromarray(_to_uint8(pixels))
+
+    rng = np.random.default_rng(0)
+    for name in ("brick", "grass", "gravel"):
+        for index, patch in enumerate(_random_patches(getattr(data, name)(), _PER_TEXTURE, rng)):
+            images[f"unseen/texture/{name}_{index:02d}.png"] = Image.fromarray(patch)
+    digits = load_digits()
+    for index in range(_DIGITS):
+        pixels = (digits.images[index] / 16.0 * 255.0).astype(np.uint8)
+        image = Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST)
+        images[f"unseen/digit/digit_{index:03d}_{digits.target[index]}.png"] = image
+    for name in ("coffee", "chelsea", "astronaut", "rocket"):
+        for index, patch in enumerate(_random_patches(getattr(data, name)(), _PER_PHOTO, rng)):
+            images[f"unseen/photo/{name}_{index:02d}.png"] = Image.fromarray(patch)
+    return images
+
+
+def ensure_demo(root: str | os.PathLike) -> Path:
+    """Build the demo under ``root`` unless this version of it is already there.
+
+    The files are written to a temporary folder first and moved into place in one step, so an
+    interrupted build never leaves a half-written demo that later runs would mistake for whole.
+    """
+    root = Path(root)
+    marker = root / _MARKER
+    if marker.is_file() and marker.read_text().strip() == DEMO_VERSION:
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
+    try:
+        for relative, image in _demo_images().items():
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.save(target, format="PNG")
+        (staging / _MARKER).write_text(DEMO_VERSION + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Built the demo data set under %s", root)
+    return root

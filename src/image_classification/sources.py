@@ -1,0 +1,255 @@
+"""Where the user's images come from: a folder tree, a CSV of labels, or class folders.
+
+Each reader returns the same table of candidate images, one row per file:
+``path``, ``label`` ("valid", "invalid" or missing for unseen kinds), ``kind`` (the folder or
+CSV value the image came from, or the unseen kind), ``split`` (given by hand or missing) and
+``group`` (given by hand or missing). Image bytes are not opened here; see ``images.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+from collections.abc import Iterable
+
+import fsspec
+import pandas as pd
+
+from image_classification.images import IMAGE_EXTENSIONS
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_COLUMNS = ["path", "label", "kind", "split", "group"]
+SPLITS = ("train", "val", "test")
+_LABEL_WORDS = {
+    "valid": "valid", "1": "valid", "true": "valid",
+    "invalid": "invalid", "0": "invalid", "false": "invalid",
+}
+
+
+class SourceError(ValueError):
+    """The user's data source cannot be used as given; the message says what to change."""
+
+
+def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url)
+
+
+def _full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path other stages can open: plain for local files, protocol-qualified otherwise."""
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
+
+
+def _list_files(root: str, what: str) -> tuple[list[str], list[str]]:
+    """All image files below ``root``, and the other (non-hidden) files found there."""
+    fs, base = _filesystem(root)
+    if not fs.isdir(base):
+        raise SourceError(f"{what} '{root}' is not a folder; check the path in parameters_data_prep.yml")
+    images, others = [], []
+    for path in sorted(fs.find(base)):
+        name = posixpath.basename(path)
+        if name.startswith("."):
+            continue  # .DS_Store, editor swap files
+        target = images if posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS else others
+        target.append(_full_url(fs, path))
+    return images, others
+
+
+def _candidates(rows: Iterable[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows), columns=CANDIDATE_COLUMNS)
+    return frame.astype({c: "string" for c in CANDIDATE_COLUMNS})
+
+
+def _skipped(paths: Iterable[str]) -> list[dict]:
+    return [
+        {"path": p, "reason": f"skipped: '{posixpath.splitext(p)[1] or '(no extension)'}' is not an image file type"}
+        for p in paths
+    ]
+
+
+def read_folder_tree(root: str, zero_shot_root: str | None) -> tuple[pd.DataFrame, list[dict]]:
+    """``<root>/valid/**`` and ``<root>/invalid/**``; unseen kinds in ``<zero_shot_root>/<kind>/**``."""
+    rows, skipped = [], []
+    for label in ("valid", "invalid"):
+        images, others = _list_files(posixpath.join(root.rstrip("/"), label), f"Folder for '{label}' images")
+        rows += [{"path": p, "label": label, "kind": label} for p in images]
+        skipped += _skipped(others)
+    if zero_shot_root:
+        unseen, others = _read_kind_folders(zero_shot_root, None)
+        rows += unseen
+        skipped += others
+    return _candidates(rows), skipped
+
+
+def _subfolders(root: str) -> list[str]:
+    fs, base = _filesystem(root)
+    if not fs.isdir(base):
+        raise SourceError(f"'{root}' is not a folder; check the path in parameters_data_prep.yml")
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(base, detail=False) if fs.isdir(p))
+
+
+def _read_kind_folders(root: str, kinds: list[str] | None) -> tuple[list[dict], list[dict]]:
+    rows, skipped = [], []
+    for kind in kinds if kinds is not None else _subfolders(root):
+        images, others = _list_files(posixpath.join(root.rstrip("/"), kind), f"Unseen-kind folder '{kind}'")
+        rows += [{"path": p, "label": None, "kind": kind} for p in images]
+        skipped += _skipped(others)
+    return rows, skipped
+
+
+def _names(value: list | str | None) -> list[str]:
+    """A list of folder names, or one string of names separated by spaces or semicolons
+    (``kedro run --params`` splits its argument on commas, so lists are awkward to pass there)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [name for name in value.replace(";", " ").split() if name]
+    return [str(name) for name in value]
+
+
+def read_class_folders(root: str, class_map: dict) -> tuple[pd.DataFrame, list[dict]]:
+    """``<root>/<class>/**`` with ``class_map`` naming the valid, invalid and unseen classes."""
+    valid, invalid = _names(class_map.get("valid")), _names(class_map.get("invalid"))
+    unseen = _names(class_map.get("unseen"))
+    if not valid or not invalid:
+        raise SourceError(
+            "data_prep.source.class_map needs at least one folder name under both 'valid' and "
+            f"'invalid'; got valid={valid}, invalid={invalid}"
+        )
+    named = valid + invalid + unseen
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        raise SourceError(f"class folder(s) {repeated} appear more than once in data_prep.source.class_map")
+    present = _subfolders(root)
+    missing = [name for name in named if name not in present]
+    if missing:
+        raise SourceError(
+            f"class folder(s) {missing} named in data_prep.source.class_map do not exist under "
+            f"'{root}'; the folders there are {present}"
+        )
+    ignored = [name for name in present if name not in named]
+    if ignored:
+        logger.warning("Ignoring class folders not named in data_prep.source.class_map: %s", ignored)
+    rows, skipped = [], []
+    for label, names in (("valid", valid), ("invalid", invalid)):
+        for name in names:
+            images, others = _list_files(posixpath.join(root.rstrip("/"), name), f"Class folder '{name}'")
+            rows += [{"path": p, "label": label, "kind": name} for p in images]
+            skipped += _skipped(others)
+    unseen_rows, unseen_skipped = _read_kind_folders(root, unseen)
+    return _candidates(rows + unseen_rows), skipped + unseen_skipped
+
+
+def _read_csv_text(url: str) -> pd.DataFrame:
+    try:
+        with fsspec.open(url, "rb") as stream:
+            raw = stream.read()
+    except FileNotFoundError:
+        raise SourceError(f"CSV file '{url}' does not exist; check data_prep.source.csv") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise SourceError(
+            f"CSV file '{url}' is not UTF-8 text (byte {error.start} cannot be decoded); "
+            "save it as UTF-8 and run again"
+        ) from None
+    if not text.strip():
+        raise SourceError(f"CSV file '{url}' is empty; it needs a header row with at least 'path' and 'label'")
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    return frame
+
+
+def _resolve(base: str, path: str) -> str:
+    """Relative paths resolve against the CSV's folder; absolute paths and URLs stay as given."""
+    if "://" in path or posixpath.isabs(path):
+        return path
+    return posixpath.normpath(posixpath.join(base, path)) if "://" not in base else f"{base}/{path}"
+
+
+def _csv_rows(url: str, required: list[str], optional: list[str]) -> pd.DataFrame:
+    frame = _read_csv_text(url)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise SourceError(
+            f"CSV file '{url}' has no column {missing}; its columns are {list(frame.columns)}. "
+            f"It needs {required} (optional: {optional})"
+        )
+    if frame.empty:
+        raise SourceError(f"CSV file '{url}' has a header but no rows")
+    frame = frame[[c for c in required + optional if c in frame.columns]].copy()
+    frame["line"] = frame.index + 2  # header is line 1
+    blank = frame[frame["path"].str.strip() == ""]
+    if not blank.empty:
+        raise SourceError(f"CSV file '{url}' line {int(blank['line'].iloc[0])}: the path is empty")
+    fs, csv_path = _filesystem(url)
+    base = posixpath.dirname(_full_url(fs, csv_path))
+    frame["path"] = [_resolve(base, p.strip()) for p in frame["path"]]
+    repeated = frame[frame.duplicated("path", keep=False)]
+    if not repeated.empty:
+        first = repeated["path"].iloc[0]
+        lines = repeated.loc[repeated["path"] == first, "line"].tolist()
+        raise SourceError(
+            f"CSV file '{url}' lists '{first}' more than once (lines {lines}); "
+            f"{repeated['path'].nunique()} path(s) are repeated. Keep one row per image"
+        )
+    return frame
+
+
+def read_labels_csv(url: str, zero_shot_csv: str | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """A CSV with ``path`` and ``label``, optional ``split`` and ``group``; unseen kinds from a
+    second CSV with ``path`` and ``kind``."""
+    frame = _csv_rows(url, ["path", "label"], ["split", "group"])
+    labels = frame["label"].str.strip().str.lower().map(_LABEL_WORDS)
+    unknown = frame[labels.isna()]
+    if not unknown.empty:
+        raise SourceError(
+            f"CSV file '{url}' line {int(unknown['line'].iloc[0])}: label "
+            f"'{unknown['label'].iloc[0]}' is not one of valid/invalid, 1/0, true/false "
+            f"({len(unknown)} row(s) have unknown labels)"
+        )
+    frame["kind"] = labels
+    frame["label"] = labels
+    if "split" in frame.columns:
+        splits = frame["split"].str.strip().str.lower().replace("", None)
+        bad = frame[splits.notna() & ~splits.isin(SPLITS)]
+        if not bad.empty:
+            raise SourceError(
+                f"CSV file '{url}' line {int(bad['line'].iloc[0])}: split '{bad['split'].iloc[0]}' "
+                f"is not one of {list(SPLITS)} (leave it empty to let data_prep choose)"
+            )
+        frame["split"] = splits
+    if "group" in frame.columns:
+        frame["group"] = frame["group"].str.strip().replace("", None)
+    rows = frame.drop(columns="line").to_dict("records")
+    if zero_shot_csv:
+        unseen = _csv_rows(zero_shot_csv, ["path", "kind"], [])
+        rows += [{"path": r["path"], "label": None, "kind": r["kind"]} for r in unseen.to_dict("records")]
+    return _candidates(rows), []
+
+
+def read_source(source: dict, demo_root: str) -> tuple[pd.DataFrame, list[dict]]:
+    """Dispatch on ``source['kind']``: demo, folder_tree, csv or class_folders."""
+    kind = source.get("kind")
+    if kind == "demo":
+        return read_folder_tree(posixpath.join(demo_root, "labelled"), posixpath.join(demo_root, "unseen"))
+    if kind == "folder_tree":
+        return read_folder_tree(_required(source, "root"), source.get("zero_shot_root"))
+    if kind == "csv":
+        return read_labels_csv(_required(source, "csv"), source.get("zero_shot_csv"))
+    if kind == "class_folders":
+        return read_class_folders(_required(source, "root"), source.get("class_map") or {})
+    raise SourceError(
+        f"data_prep.source.kind is '{kind}'; use one of demo, folder_tree, csv, class_folders"
+    )
+
+
+def _required(source: dict, key: str) -> str:
+    value = source.get(key)
+    if not value:
+        raise SourceError(
+            f"data_prep.source.{key} must be set when data_prep.source.kind is '{source.get('kind')}'"
+        )
+    return str(value)
