@@ -1,0 +1,111 @@
+"""The three ways in (folder tree, CSV, class folders) and the errors a user meets on each."""
+
+from __future__ import annotations
+
+import pytest
+
+from image_classification.sources import SourceError, read_class_folders, read_labels_csv, read_source
+
+from .conftest import make_folder_tree
+
+
+def write_csv(path, text: str, encoding: str = "utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return str(path)
+
+
+def test_folder_tree_reads_labels_and_unseen_kinds(tmp_path):
+    root = make_folder_tree(tmp_path / "tree", valid=3, invalid=2, unseen={"texture": 2})
+    (root / "valid" / "notes.txt").write_text("not an image")
+    (root / "valid" / ".DS_Store").write_bytes(b"\0")
+    candidates, skipped = read_source(
+        {"kind": "folder_tree", "root": str(root), "zero_shot_root": str(root / "unseen")}, "unused"
+    )
+    assert candidates["label"].isna().sum() == 2
+    assert (candidates["label"] == "valid").sum() == 3
+    assert (candidates["label"] == "invalid").sum() == 2
+    assert set(candidates.loc[candidates["label"].isna(), "kind"]) == {"texture"}
+    assert [s["path"].endswith("notes.txt") for s in skipped] == [True]
+
+
+def test_missing_folder_names_the_path(tmp_path):
+    with pytest.raises(SourceError, match=f"'valid' images '{tmp_path}/valid' is not a folder"):
+        read_source({"kind": "folder_tree", "root": str(tmp_path)}, "unused")
+
+
+def test_csv_labels_are_normalised_and_paths_resolved(tmp_path):
+    csv = write_csv(
+        tmp_path / "labels.csv",
+        "path,label,split,group\nimgs/a.jpg,Valid,train,g1\nimgs/b.jpg,0,,\n/abs/c.jpg,TRUE,test,\nd.jpg,false,,g1\n",
+    )
+    candidates, _ = read_labels_csv(csv)
+    assert list(candidates["label"]) == ["valid", "invalid", "valid", "invalid"]
+    assert candidates["path"].iloc[0] == str(tmp_path / "imgs" / "a.jpg")
+    assert candidates["path"].iloc[2] == "/abs/c.jpg"
+    assert list(candidates["split"].fillna("-")) == ["train", "-", "test", "-"]
+    assert list(candidates["group"].fillna("-")) == ["g1", "-", "-", "g1"]
+
+
+def test_csv_with_unseen_kinds(tmp_path):
+    labels = write_csv(tmp_path / "labels.csv", "path,label\na.jpg,1\n")
+    unseen = write_csv(tmp_path / "unseen.csv", "path,kind\nx.jpg,texture\ny.jpg,digit\n")
+    candidates, _ = read_labels_csv(labels, unseen)
+    assert list(candidates["kind"]) == ["valid", "texture", "digit"]
+    assert candidates["label"].isna().sum() == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "message"),
+    [
+        ("", "utf-8", "is empty"),
+        ("path,label\n", "utf-8", "no rows"),
+        ("path,class\na.jpg,1\n", "utf-8", r"no column \['label'\]"),
+        ("path,label\na.jpg,1\nb.jpg,maybe\n", "utf-8", "line 3: label 'maybe'"),
+        ("path,label\na.jpg,1\nb.jpg,0\na.jpg,0\n", "utf-8", r"more than once \(lines \[2, 4\]\)"),
+        ("path,label,split\na.jpg,1,training\n", "utf-8", "line 2: split 'training'"),
+        ("path,label\ncaf\u00e9.jpg,1\n", "latin-1", "not UTF-8"),
+        ("path,label\n,1\n", "utf-8", "line 2: the path is empty"),
+    ],
+)
+def test_bad_csv_stops_with_the_row_and_the_fix(tmp_path, text, encoding, message):
+    csv = write_csv(tmp_path / "labels.csv", text, encoding)
+    with pytest.raises(SourceError, match=message):
+        read_labels_csv(csv)
+
+
+def test_missing_csv_names_the_parameter(tmp_path):
+    with pytest.raises(SourceError, match="data_prep.source.csv"):
+        read_labels_csv(str(tmp_path / "absent.csv"))
+
+
+def test_csv_through_an_fsspec_url():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/remote/labels.csv", b"path,label\nimgs/a.jpg,valid\n")
+    fs.pipe("/remote/imgs/a.jpg", b"image bytes")
+    candidates, _ = read_labels_csv("memory://remote/labels.csv")
+    path = candidates["path"].iloc[0]
+    assert path.startswith("memory://")
+    with fsspec.open(path, "rb") as stream:  # resolved against the CSV's remote folder
+        assert stream.read() == b"image bytes"
+
+
+def test_class_folders_with_mapping(tmp_path):
+    root = tmp_path / "classes"
+    make_folder_tree(root / "x", valid=0, invalid=0, unseen={"cat": 2, "ship": 3, "frog": 1, "other": 1})
+    candidates, _ = read_class_folders(str(root / "x" / "unseen"), {"valid": "ship", "invalid": ["cat"], "unseen": ["frog"]})
+    assert (candidates["label"] == "valid").sum() == 3
+    assert (candidates["label"] == "invalid").sum() == 2
+    assert list(candidates.loc[candidates["label"].isna(), "kind"]) == ["frog"]
+
+
+def test_class_folders_typo_lists_what_exists(tmp_path):
+    root = make_folder_tree(tmp_path / "x", valid=1, invalid=1)
+    with pytest.raises(SourceError, match=r"\['valdi'\].*\['invalid', 'valid'\]"):
+        read_class_folders(str(root), {"valid": ["valdi"], "invalid": ["invalid"]})
+
+
+def test_unknown_source_kind():
+    with pytest.raises(SourceError, match="folder_tree"):
+        read_source({"kind": "s3_bucket"}, "unused")
