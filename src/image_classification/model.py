@@ -308,8 +308,8 @@ def _load_into(
         ) from None
 
 
-def _load_imagenet_weights(model: nn.Module, name: str, weights_path: str | None) -> None:
-    """Fill a full torchvision skeleton with ImageNet weights from the backbone's source."""
+def _imagenet_weights_file(name: str, weights_path: str | None) -> Path:
+    """The file ImageNet weights for ``name`` would come from, checked to exist."""
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
@@ -321,6 +321,12 @@ def _load_imagenet_weights(model: nn.Module, name: str, weights_path: str | None
         path = _verified_efficientnet_lite0_file()
     else:
         path = _verified_mobilenet_v2_cache_file()
+    return path
+
+
+def _load_imagenet_weights(model: nn.Module, name: str, weights_path: str | None) -> None:
+    """Fill a full torchvision skeleton with ImageNet weights from the backbone's source."""
+    path = _imagenet_weights_file(name, weights_path)
     state = _read_state_dict(path)
     if name == "efficientnet_lite0" and "_conv_stem.weight" in state:
         try:
@@ -421,9 +427,41 @@ class ClassifierHead(nn.Module):
             nn.Linear(embedding_dim, num_classes),
         )
 
+    @staticmethod
+    def input_extent(feature_size: int) -> int:
+        """How many rows (and columns) of a ``feature_size`` map the head actually reads.
+
+        The stride-2 convolution and the 2x2 max-pool both floor their output size, so on the
+        7x7 map of a 224 px image the head sees only its top-left 4x4 corner. Cached features
+        keep just that corner: the head's output is the same and the cache is 3x smaller.
+        """
+        convolved = (feature_size - 2) // 2 + 1
+        pooled = (convolved - 2) // 2 + 1
+        return 4 * pooled
+
+    def _patch_convolution(self, features: torch.Tensor) -> torch.Tensor:
+        """The first layer, computed as one matrix product over its non-overlapping 2x2 patches.
+
+        Same weights and the same result as ``nn.Conv2d(k=2, s=2)`` (it is that convolution),
+        but its backward pass runs about twice as fast on CPUs as the convolution kernel's,
+        and training time on cached features is dominated by this layer.
+        """
+        conv = self.layers[0]
+        k = conv.kernel_size[0]
+        n, c, h, w = features.shape
+        rows, cols = h // k, w // k
+        patches = (
+            features[:, :, : rows * k, : cols * k]
+            .reshape(n, c, rows, k, cols, k)
+            .permute(0, 2, 4, 1, 3, 5)
+            .reshape(n * rows * cols, c * k * k)
+        )
+        out = patches @ conv.weight.reshape(conv.out_channels, -1).t()
+        return out.reshape(n, rows, cols, conv.out_channels).permute(0, 3, 1, 2)
+
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """The (N, embedding_dim) embedding: every layer but the last."""
-        return self.layers[:-1](features)
+        return self.layers[1:-1](self._patch_convolution(features))
 
     def embed_and_classify(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The embedding and the (N, num_classes) logits computed from it, in one pass."""
@@ -437,7 +475,7 @@ class ClassifierHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The (N, num_classes) logits."""
-        return self.layers(features)
+        return self.layers[-1](self.embed(features))
 
 
 class ImageClassifier(nn.Module):
@@ -500,6 +538,34 @@ class ImageClassifier(nn.Module):
         return self
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which backbone, with which weights; checked when parameters load, before any work.
+
+    Kedro builds this from ``params:model`` and runs ``__post_init__`` before the first node,
+    so a missing weights file stops a run at once with the fix, not after data_prep.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    weights_path: str | None = None
+
+    def __post_init__(self) -> None:
+        backbone_spec(self.backbone)
+        _check_weights_choice(self.weights)
+        if self.weights == "imagenet":
+            _imagenet_weights_file(self.backbone, self.weights_path)
+        elif self.weights_path is not None:
+            raise ValueError(
+                f"model.weights is 'none' but model.weights_path={self.weights_path!r} is set; "
+                "use weights: imagenet to load the file, or drop weights_path"
+            )
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return backbone_spec(self.backbone)
+
+
 def build_model(
     backbone: str = "efficientnet_lite0",
     weights: str = "imagenet",
@@ -514,3 +580,24 @@ def build_model(
     )
     model.freeze_backbone(trainable_blocks)
     return model
+
+
+def checkpoint_payload(model: ImageClassifier, metadata: dict) -> dict:
+    """What a checkpoint dataset saves: every weight, plus what is needed to rebuild the model."""
+    tensors = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    return {"tensors": tensors, "metadata": metadata}
+
+
+def model_from_checkpoint(checkpoint: dict) -> ImageClassifier:
+    """Rebuild a trained :class:`ImageClassifier` from :func:`checkpoint_payload`'s output.
+
+    No pretrained file is needed: the checkpoint holds every weight, backbone included.
+    """
+    metadata = checkpoint["metadata"]
+    model = ImageClassifier(
+        build_backbone(metadata["backbone"], weights="none"),
+        ClassifierHead(**metadata["head"]),
+    )
+    model.load_state_dict(checkpoint["tensors"], strict=True)
+    model.freeze_backbone(0)
+    return model.eval()

@@ -2,5 +2,6 @@
 
 from .demo_images_dataset import DemoImagesDataset
 from .safetensors_dataset import SafetensorsDataset
+from .training_state_dataset import TrainingStateDataset
 
-__all__ = ["DemoImagesDataset", "SafetensorsDataset"]
+__all__ = ["DemoImagesDataset", "SafetensorsDataset", "TrainingStateDataset"]

@@ -1,0 +1,127 @@
+"""Running a backbone or a trained model over many images, in batches, on the chosen device."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from image_classification.images import ImageLimits, ImageReadError, load_rgb
+from image_classification.model import BackboneSpec, ClassifierHead, ImageClassifier, pooled_features, preprocess_transform
+
+logger = logging.getLogger(__name__)
+
+
+def torch_device(runtime: dict) -> torch.device:
+    """The device named by ``runtime.device`` (auto/cpu/cuda), with ``runtime.threads`` applied."""
+    threads = runtime.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    name = str(runtime.get("device", "auto"))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"runtime.device is '{name}' but PyTorch sees no CUDA GPU; use auto or cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"runtime.device must be auto, cpu or cuda[:N], got '{name}'")
+    return torch.device(name)
+
+
+class ImageFiles(Dataset):
+    """Images by path, decoded (JPEGs in draft mode) and preprocessed for a backbone.
+
+    An image that cannot be read yields a zero tensor and its reason instead of an exception,
+    so one bad file never stops a run over thousands.
+    """
+
+    def __init__(self, paths: list[str], spec: BackboneSpec, train: bool = False) -> None:
+        self.paths = list(paths)
+        self.spec = spec
+        self.transform = preprocess_transform(spec, train=train)
+        self.limits = ImageLimits(min_side=1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            image = load_rgb(self.paths[index], self.limits, draft_size=self.spec.input_size)
+            return self.transform(image), ""
+        except ImageReadError as error:
+            size = self.spec.input_size
+            return torch.zeros(3, size, size), str(error) or "unreadable"
+
+
+def image_loader(paths: list[str], spec: BackboneSpec, batch_size: int, workers: int, train: bool = False) -> DataLoader:
+    """Batches of preprocessed images in the given order; ``workers`` processes decode while the
+    model computes."""
+    return DataLoader(ImageFiles(paths, spec, train=train), batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+@torch.inference_mode()
+def extract_backbone_features(
+    backbone: torch.nn.Module,
+    paths: list[str],
+    spec: BackboneSpec,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> dict[str, torch.Tensor | list[str]]:
+    """Run a frozen backbone over every image once.
+
+    Returns:
+        ``head_input``: the float16 corner of each feature map that the head reads;
+        ``pooled``: float16 (N, C) global-average-pooled features;
+        ``errors``: per image, the reason it could not be read, or "".
+    """
+    # channels_last lets oneDNN pick faster convolution kernels: 1.7x on a 2-core CPU
+    backbone = backbone.to(device, memory_format=torch.channels_last).eval()
+    head_input, pooled, errors = [], [], []
+    for images, reasons in tqdm(
+        image_loader(paths, spec, batch_size, workers), desc="Backbone features", unit="batch", leave=False
+    ):
+        feature_map = backbone(images.to(device, memory_format=torch.channels_last))
+        extent = ClassifierHead.input_extent(feature_map.shape[-1])
+        head_input.append(feature_map[..., :extent, :extent].to(torch.float16).cpu())
+        pooled.append(pooled_features(feature_map).to(torch.float16).cpu())
+        errors += list(reasons)
+    bad = sum(1 for e in errors if e)
+    if bad:
+        logger.warning("%d of %d images could not be read for feature extraction", bad, len(errors))
+    return {"head_input": torch.cat(head_input), "pooled": torch.cat(pooled), "errors": errors}
+
+
+@torch.inference_mode()
+def head_outputs(head: ClassifierHead, head_input: torch.Tensor, device: torch.device,
+                 batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and probabilities of ``valid`` from cached backbone features."""
+    head = head.to(device).eval()
+    embeddings, scores = [], []
+    for start in range(0, len(head_input), batch_size):
+        batch = head_input[start : start + batch_size].to(device, torch.float32)
+        embedding, logits = head.embed_and_classify(batch)
+        embeddings.append(embedding.cpu())
+        scores.append(torch.softmax(logits, dim=1)[:, 1].cpu())
+    if not embeddings:
+        return np.empty((0, head.layers[-1].in_features), np.float32), np.empty(0, np.float32)
+    return torch.cat(embeddings).numpy(), torch.cat(scores).numpy()
+
+
+@torch.inference_mode()
+def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, device: torch.device,
+                  batch_size: int = 64, workers: int = 0) -> dict[str, np.ndarray | list[str]]:
+    """Pooled features, embeddings and probabilities of ``valid`` straight from image files."""
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    parts: dict[str, list] = {"features": [], "embedding": [], "score": [], "errors": []}
+    for images, reasons in tqdm(image_loader(paths, spec, batch_size, workers), desc="Scoring", unit="batch", leave=False):
+        outputs = model.forward_all(images.to(device, memory_format=torch.channels_last))
+        parts["features"].append(outputs["features"].cpu())
+        parts["embedding"].append(outputs["embedding"].cpu())
+        parts["score"].append(torch.softmax(outputs["logits"], dim=1)[:, 1].cpu())
+        parts["errors"] += list(reasons)
+    return {
+        key: (torch.cat(value).numpy() if key != "errors" else value) for key, value in parts.items()
+    }

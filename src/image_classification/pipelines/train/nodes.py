@@ -1,0 +1,161 @@
+"""Nodes of the train pipeline: backbone features once per image, then the head trained on them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader, TensorDataset
+
+from image_classification.inference import extract_backbone_features, head_outputs, image_loader, model_outputs, torch_device
+from image_classification.model import (
+    ClassifierHead,
+    ImageClassifier,
+    ModelConfig,
+    build_backbone,
+    checkpoint_payload,
+)
+from image_classification.training import ResumeStore, TrainConfig, fit
+
+logger = logging.getLogger(__name__)
+
+CLASS_NAMES = ["invalid", "valid"]
+
+
+def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dict) -> dict:
+    """Run the frozen backbone over every indexed image once (unseen kinds too, for zero_shot)."""
+    device = torch_device(runtime)
+    backbone = build_backbone(model.backbone, model.weights, model.weights_path)
+    features = extract_backbone_features(
+        backbone, image_index["path"].tolist(), model.spec, device,
+        batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]),
+    )
+    logger.info("Backbone features for %d images: %s", len(image_index), tuple(features["head_input"].shape))
+    return {
+        "tensors": {"head_input": features["head_input"], "pooled": features["pooled"]},
+        "metadata": {"backbone": model.backbone, "weights": model.weights, "paths": image_index["path"].tolist(),
+                     "sha256": image_index["sha256"].tolist(), "errors": features["errors"]},
+    }
+
+
+def _check_features_match(features: dict, image_index: pd.DataFrame, model: ModelConfig) -> np.ndarray:
+    """The cache must describe this index and backbone; returns which rows are usable."""
+    metadata = features["metadata"]
+    if metadata["sha256"] != image_index["sha256"].tolist() or metadata["backbone"] != model.backbone:
+        raise ValueError(
+            "backbone_features were computed for another image index or backbone; run "
+            "`kedro run --pipelines train` to recompute them"
+        )
+    return np.array([not error for error in metadata["errors"]])
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train_classifier(
+    backbone_features: dict,
+    image_index: pd.DataFrame,
+    model: ModelConfig,
+    train: TrainConfig,
+    runtime: dict,
+    seed: int,
+    training_state: ResumeStore,
+) -> tuple[dict, pd.DataFrame]:
+    """Train the head (and the last ``trainable_blocks`` of the backbone) with early stopping.
+
+    Returns:
+        The checkpoint of the best epoch (every weight plus what is needed to rebuild and use
+        the model) and the per-epoch history.
+    """
+    device = torch_device(runtime)
+    torch.manual_seed(seed)
+    usable = _check_features_match(backbone_features, image_index, model)
+    rows = {split: np.flatnonzero(usable & (image_index["split"] == split).to_numpy()) for split in ("train", "val")}
+    targets = {split: image_index["target"].to_numpy()[rows[split]].astype(int) for split in rows}
+    head = ClassifierHead(in_channels=model.spec.feature_channels)
+    backbone = build_backbone(model.backbone, model.weights, model.weights_path)
+    classifier = ImageClassifier(backbone, head)
+    classifier.freeze_backbone(train.trainable_blocks)
+    fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed)
+    if train.trainable_blocks == 0:
+        trained, batches, val_scores = head, *_cached_feeds(backbone_features, rows, targets, train, seed, device)
+    else:
+        trained, batches, val_scores = classifier, *_image_feeds(image_index, rows, targets, model, train, runtime, seed, device)
+    best, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
+                                    device, seed, fingerprint, training_state)
+    trained.load_state_dict(best)
+    metadata = {
+        "backbone": model.backbone, "weights": model.weights, "input_size": model.spec.input_size,
+        "mean": list(model.spec.mean), "std": list(model.spec.std),
+        "head": {"in_channels": model.spec.feature_channels, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2},
+        "class_names": CLASS_NAMES, "train": train.as_dict(), "seed": seed, "best_epoch": best_epoch,
+        "fine_tuned_blocks": train.trainable_blocks, "epochs_run": int(len(history)),
+        "best_val_recall_at_precision": float(history["val_recall_at_precision"].max()) if len(history) else 0.0,
+    }
+    return checkpoint_payload(classifier.cpu(), metadata), history
+
+
+def _cached_feeds(features: dict, rows: dict, targets: dict, train: TrainConfig, seed: int, device: torch.device):
+    head_input = features["tensors"]["head_input"]
+    train_set = TensorDataset(head_input[rows["train"]].float(), torch.as_tensor(targets["train"]))
+    val_inputs = head_input[rows["val"]]
+
+    def batches(epoch: int):
+        generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+        return DataLoader(train_set, batch_size=train.batch_size, shuffle=True, generator=generator)
+
+    def val_scores(head: ClassifierHead) -> np.ndarray:
+        return head_outputs(head, val_inputs, device)[1]
+
+    return batches, val_scores
+
+
+def _image_feeds(index: pd.DataFrame, rows: dict, targets: dict, model: ModelConfig, train: TrainConfig,
+                 runtime: dict, seed: int, device: torch.device):
+    paths = {split: index["path"].to_numpy()[rows[split]].tolist() for split in rows}
+    batch_size = int(runtime["batch_size"])
+
+    def batches(epoch: int):
+        order = torch.randperm(len(paths["train"]), generator=torch.Generator().manual_seed(seed * 7919 + epoch)).numpy()
+        loader = image_loader([paths["train"][i] for i in order], model.spec, train.batch_size, train.workers,
+                              train=train.augment)
+        return _with_targets(loader, targets["train"][order])
+
+    def val_scores(classifier: ImageClassifier) -> np.ndarray:
+        return model_outputs(classifier, paths["val"], model.spec, device, batch_size, train.workers)["score"]
+
+    return batches, val_scores
+
+
+def _with_targets(loader, targets: np.ndarray):
+    """Pair each image batch of an unshuffled loader with its targets."""
+    start = 0
+    for images, _reasons in loader:
+        yield images, torch.as_tensor(targets[start : start + len(images)])
+        start += len(images)
+
+
+def plot_training_curves(history: pd.DataFrame) -> Figure:
+    """Loss and validation metrics per epoch, with the best epoch marked."""
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_axis.plot(history["epoch"], history["train_loss"], label="train loss")
+    loss_axis.plot(history["epoch"], history["val_loss"], label="validation loss")
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    metric_axis.plot(history["epoch"], history["val_recall_at_precision"], label="val recall at target precision")
+    metric_axis.plot(history["epoch"], history["val_average_precision"], label="val average precision")
+    if len(history):
+        best = history.sort_values(["val_recall_at_precision", "val_average_precision"]).iloc[-1]
+        metric_axis.axvline(best["epoch"], color="grey", linestyle="--", label=f"best epoch {int(best['epoch'])}")
+    metric_axis.set(xlabel="epoch", ylim=(0, 1.02), title="Validation")
+    for axis in (loss_axis, metric_axis):
+        axis.legend(loc="best", fontsize="small")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
