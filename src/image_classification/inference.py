@@ -5,12 +5,21 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
-from image_classification.model import BackboneSpec, ClassifierHead, ImageClassifier, pooled_features, preprocess_transform
+from image_classification.model import (
+    BackboneSpec,
+    ClassifierHead,
+    ImageClassifier,
+    backbone_spec,
+    model_from_checkpoint,
+    pooled_features,
+    preprocess_transform,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +134,43 @@ def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, 
     return {
         key: (torch.cat(value).numpy() if key != "errors" else value) for key, value in parts.items()
     }
+
+
+def score_index(checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame, runtime: dict,
+                with_pooled: bool = False) -> pd.DataFrame:
+    """Score and embed every indexed image with a trained checkpoint.
+
+    A model trained on a frozen backbone gives the same result from the cached backbone
+    features as from the images, so the cache is used when it matches the index and the
+    backbone; a fine-tuned backbone, or a stale cache, runs the whole model over the files.
+
+    Returns:
+        One row per image of ``image_index``, in order: ``path``, ``split``, ``label``, ``kind``,
+        ``target``, ``score`` (probability of valid), ``error`` ("" when read), ``e0..e{d-1}``
+        and, with ``with_pooled``, the backbone's pooled features ``f0..f{C-1}``.
+    """
+    model = model_from_checkpoint(checkpoint)
+    metadata = checkpoint["metadata"]
+    device = torch_device(runtime)
+    cache = backbone_features["metadata"]
+    fresh = (
+        metadata.get("fine_tuned_blocks", 0) == 0
+        and cache.get("backbone") == metadata["backbone"]
+        and cache.get("sha256") == image_index["sha256"].tolist()
+    )
+    if fresh:
+        embedding, score = head_outputs(model.head, backbone_features["tensors"]["head_input"], device)
+        pooled = backbone_features["tensors"]["pooled"].float().numpy()
+        errors = list(cache["errors"])
+    else:
+        logger.info("Scoring %d images through the whole model (no matching feature cache)", len(image_index))
+        outputs = model_outputs(model, image_index["path"].tolist(), backbone_spec(metadata["backbone"]), device,
+                                int(runtime["batch_size"]), int(runtime["workers"]))
+        embedding, score, pooled, errors = outputs["embedding"], outputs["score"], outputs["features"], outputs["errors"]
+    table = image_index[["path", "split", "label", "kind", "target"]].reset_index(drop=True).copy()
+    table["score"] = np.where([bool(e) for e in errors], np.nan, score).astype(np.float32)
+    table["error"] = pd.array(errors, dtype="string")
+    columns = {f"e{i}": embedding[:, i].astype(np.float32) for i in range(embedding.shape[1])}
+    if with_pooled:
+        columns |= {f"f{i}": pooled[:, i].astype(np.float32) for i in range(pooled.shape[1])}
+    return pd.concat([table, pd.DataFrame(columns)], axis=1)
