@@ -109,3 +109,14 @@ def test_class_folders_typo_lists_what_exists(tmp_path):
 def test_unknown_source_kind():
     with pytest.raises(SourceError, match="folder_tree"):
         read_source({"kind": "s3_bucket"}, "unused")
+
+
+def test_class_folders_can_take_more_unseen_kinds_from_another_root(tmp_path):
+    classes = make_folder_tree(tmp_path / "a", valid=0, invalid=0, unseen={"cat": 2, "ship": 2})
+    far = make_folder_tree(tmp_path / "b", valid=0, invalid=0, unseen={"digit": 2})
+    candidates, _ = read_source(
+        {"kind": "class_folders", "root": str(classes / "unseen"), "zero_shot_root": str(far / "unseen"),
+         "class_map": {"valid": ["ship"], "invalid": ["cat"]}},
+        "unused",
+    )
+    assert list(candidates.loc[candidates["label"].isna(), "kind"]) == ["digit", "digit"]

@@ -240,7 +240,12 @@ def read_source(source: dict, demo_root: str) -> tuple[pd.DataFrame, list[dict]]
     if kind == "csv":
         return read_labels_csv(_required(source, "csv"), source.get("zero_shot_csv"))
     if kind == "class_folders":
-        return read_class_folders(_required(source, "root"), source.get("class_map") or {})
+        candidates, skipped = read_class_folders(_required(source, "root"), source.get("class_map") or {})
+        if source.get("zero_shot_root"):  # more unseen kinds from elsewhere, e.g. far-away images
+            extra, extra_skipped = _read_kind_folders(source["zero_shot_root"], None)
+            candidates = pd.concat([candidates, _candidates(extra)], ignore_index=True)
+            skipped += extra_skipped
+        return candidates, skipped
     raise SourceError(
         f"data_prep.source.kind is '{kind}'; use one of demo, folder_tree, csv, class_folders"
     )
