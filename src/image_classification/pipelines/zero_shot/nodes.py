@@ -1,0 +1,225 @@
+"""Nodes of the zero_shot pipeline: flag images unlike anything the model was trained on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from image_classification.anomaly import build_detector, calibrate_threshold, separation_metrics
+from image_classification.inference import score_index
+
+logger = logging.getLogger(__name__)
+
+DETECTORS = ("knn", "mahalanobis", "relative_mahalanobis", "gmm", "msp")
+FEATURE_SPACES = ("embedding", "pooled")
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """Which detectors run on which features, and which one flags images.
+
+    ``flag_detector`` is ``<detector>_<space>`` (e.g. ``knn_pooled``), or ``msp``.
+    """
+
+    detectors: list[str] = field(default_factory=lambda: list(DETECTORS))
+    feature_spaces: list[str] = field(default_factory=lambda: list(FEATURE_SPACES))
+    flag_detector: str = "knn_pooled"
+    target_tpr: float = 0.95
+    knn_k: int = 5
+    gmm_components: int = 4
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.detectors) - set(DETECTORS)) + sorted(set(self.feature_spaces) - set(FEATURE_SPACES))
+        if unknown:
+            raise ValueError(f"zero_shot: unknown detector or feature space {unknown}; detectors are "
+                             f"{list(DETECTORS)}, feature spaces {list(FEATURE_SPACES)}")
+        if self.flag_detector not in self.detector_names:
+            raise ValueError(f"zero_shot.flag_detector '{self.flag_detector}' is not among the detectors run: "
+                             f"{self.detector_names}")
+        if not 0.0 < self.target_tpr <= 1.0:
+            raise ValueError(f"zero_shot.target_tpr must be in (0, 1], got {self.target_tpr}")
+
+    @property
+    def detector_runs(self) -> list[tuple[str, str, str | None]]:
+        """(column name, detector, feature space) for every detector on every space;
+        msp reads the classifier's score, so it runs once, without a space."""
+        return [
+            (detector, detector, None) if detector == "msp" else (f"{detector}_{space}", detector, space)
+            for detector in self.detectors
+            for space in ([None] if detector == "msp" else self.feature_spaces)
+        ]
+
+    @property
+    def detector_names(self) -> list[str]:
+        return [name for name, _, _ in self.detector_runs]
+
+
+def _space(table: pd.DataFrame, space: str) -> np.ndarray:
+    prefix = {"embedding": "e", "pooled": "f"}[space]
+    columns = [c for c in table.columns if c[0] == prefix and c[1:].isdigit()]
+    return table[columns].to_numpy(np.float64)
+
+
+def embed_images(model_checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame, runtime: dict) -> pd.DataFrame:
+    """Score, embed and pool every indexed image (unseen kinds included) with the checkpoint."""
+    table = score_index(model_checkpoint, backbone_features, image_index, runtime, with_pooled=True)
+    unreadable = table["error"].fillna("").ne("")
+    if unreadable.any():
+        logger.warning("Leaving out %d images that could not be read", int(unreadable.sum()))
+    return table.loc[~unreadable].reset_index(drop=True)
+
+
+def score_anomalies(features: pd.DataFrame, config: ZeroShotConfig, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Fit every detector on the training images, score the rest, calibrate on validation.
+
+    Returns:
+        The validation, test and unseen images with one anomaly-score column per detector,
+        and per detector the threshold that accepts ``target_tpr`` of validation images.
+    """
+    train = features[features["split"] == "train"]
+    scored = features[features["split"] != "train"].reset_index(drop=True)
+    table = scored[["path", "split", "label", "kind", "target", "score"]].copy()
+    validation = (table["split"] == "val").to_numpy()
+    if not validation.any():
+        raise ValueError("zero_shot needs validation images to calibrate its thresholds; none were found")
+    thresholds = {}
+    for name, detector_name, space in config.detector_runs:
+        detector = build_detector(detector_name, config.knn_k, config.gmm_components, seed)
+        if space is None:
+            fit_x, score_x = train[["score"]].to_numpy(), scored[["score"]].to_numpy()
+        else:
+            fit_x, score_x = _space(train, space), _space(scored, space)
+        table[name] = detector.fit(fit_x, train["target"].to_numpy(int)).score(score_x)
+        thresholds[name] = calibrate_threshold(table.loc[validation, name].to_numpy(), config.target_tpr)
+    logger.info("Fitted %d detectors on %d training images", len(thresholds), len(train))
+    return table, thresholds
+
+
+def decide_images(anomaly_scores: pd.DataFrame, thresholds: dict, operating_point: dict, config: ZeroShotConfig) -> pd.DataFrame:
+    """One row per test or unseen image: classifier call, anomaly flag and the final decision.
+
+    An image is accepted as valid only if the classifier calls it valid (score at or above the
+    operating threshold chosen by evaluate) and the flag detector does not call it anomalous.
+    """
+    table = anomaly_scores[anomaly_scores["split"].isin(["test", "unseen"])].reset_index(drop=True).copy()
+    table["predicted_label"] = np.where(table["score"] >= operating_point["threshold"], "valid", "invalid")
+    table["anomaly_score"] = table[config.flag_detector]
+    table["anomaly_flag"] = table["anomaly_score"] > thresholds[config.flag_detector]
+    table["accepted_as_valid"] = (table["predicted_label"] == "valid") & ~table["anomaly_flag"]
+    table["kind"] = table["kind"].where(table["split"] == "unseen", "in-distribution (" + table["label"].astype(str) + ")")
+    return table
+
+
+def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thresholds: dict,
+                      operating_point: dict, config: ZeroShotConfig) -> dict:
+    """AUROC, AUPR and FPR@95 per detector against all unseen images and each kind; flag and
+    acceptance rates per kind; and what the combined decision costs on valid test images."""
+    test = anomaly_scores[anomaly_scores["split"] == "test"]
+    unseen = anomaly_scores[anomaly_scores["split"] == "unseen"]
+    if unseen.empty:
+        raise ValueError("zero_shot found no unseen-kind images; give data_prep a zero_shot_root or unseen classes")
+    detectors = {}
+    for name in config.detector_names:
+        block = {"all_unseen": separation_metrics(test[name].to_numpy(), unseen[name].to_numpy()),
+                 "threshold": thresholds[name], "per_kind": {}}
+        for kind, group in unseen.groupby("kind"):
+            block["per_kind"][kind] = separation_metrics(test[name].to_numpy(), group[name].to_numpy()) | {
+                "flag_rate": float(np.mean(group[name] > thresholds[name]))}
+        detectors[name] = block
+    per_kind = decisions.groupby("kind").agg(
+        images=("path", "size"), flagged=("anomaly_flag", "mean"),
+        accepted_by_classifier=("predicted_label", lambda s: float(np.mean(s == "valid"))),
+        accepted_combined=("accepted_as_valid", "mean"),
+    )
+    valid_test = decisions[(decisions["split"] == "test") & (decisions["label"] == "valid")]
+    kept_by_classifier = valid_test["predicted_label"] == "valid"
+    lost = float((kept_by_classifier & valid_test["anomaly_flag"]).sum() / max(kept_by_classifier.sum(), 1))
+    metrics = {
+        "flag_detector": config.flag_detector, "target_tpr": config.target_tpr,
+        "classifier_threshold": operating_point["threshold"], "detectors": detectors,
+        "decision_per_kind": {k: {c: float(v) for c, v in row.items()} for k, row in per_kind.iterrows()},
+        "valid_test_images_lost_by_combined_decision": lost,
+    }
+    flag = detectors[config.flag_detector]["all_unseen"]
+    logger.info("Zero-shot (%s): AUROC %.3f, FPR@95 %.3f; valid test images lost: %.1f%%",
+                config.flag_detector, flag["auroc"], flag["fpr_at_95_tpr"], 100 * lost)
+    for kind, row in per_kind.iterrows():
+        logger.info("  %-28s accepted as valid: classifier alone %.1f%%, combined %.1f%%",
+                    kind, 100 * row["accepted_by_classifier"], 100 * row["accepted_combined"])
+    return metrics
+
+
+def _projection(features: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """3-component PCA of the 50-d embedding, fitted on training images, for test and unseen images."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=3, random_state=0).fit(_space(features[features["split"] == "train"], "embedding"))
+    shown = features.set_index("path").loc[decisions["path"]]
+    points = pca.transform(_space(shown.reset_index(), "embedding"))
+    return decisions.assign(pc1=points[:, 0], pc2=points[:, 1], pc3=points[:, 2])
+
+
+def plot_embedding_overlay(features: pd.DataFrame, decisions: pd.DataFrame):
+    """Where unseen kinds fall in the embedding space, next to the test images (2D PNG and 3D)."""
+    import matplotlib.pyplot as plt
+    import plotly.express as px
+
+    points = _projection(features, decisions)
+    figure, axis = plt.subplots(figsize=(8, 6.5))
+    for index, (kind, group) in enumerate(points.groupby("kind", sort=True)):
+        in_distribution = kind.startswith("in-distribution")
+        axis.scatter(group["pc1"], group["pc2"], s=14 if in_distribution else 10, alpha=0.75 if in_distribution else 0.55,
+                     marker="o" if in_distribution else "^", label=f"{kind} ({len(group)})", color=plt.cm.tab10(index % 10))
+    axis.set(xlabel="PC 1", ylabel="PC 2", title="Test images and unseen kinds in the 50-d embedding (PCA fitted on train)")
+    axis.legend(fontsize="small", markerscale=1.5)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    interactive = px.scatter_3d(
+        points, x="pc1", y="pc2", z="pc3", color="kind", symbol="split", opacity=0.7,
+        hover_data={"path": True, "score": ":.3f", "anomaly_score": ":.3f", "accepted_as_valid": True},
+        title="Test images and unseen kinds in the embedding space (PCA fitted on train)",
+    )
+    interactive.update_traces(marker_size=3)
+    return figure, interactive
+
+
+def plot_anomaly_scores(decisions: pd.DataFrame, thresholds: dict, config: ZeroShotConfig):
+    """The flag detector's score per kind, with the calibrated threshold."""
+    import matplotlib.pyplot as plt
+
+    kinds = sorted(decisions["kind"].unique())
+    figure, axis = plt.subplots(figsize=(9, 0.55 * len(kinds) + 2))
+    values = [decisions.loc[decisions["kind"] == kind, "anomaly_score"].to_numpy() for kind in kinds]
+    axis.boxplot(values, vert=False, tick_labels=kinds, showfliers=True, flierprops={"markersize": 2})
+    axis.axvline(thresholds[config.flag_detector], color="crimson", linestyle="--",
+                 label=f"threshold: {config.target_tpr:.0%} of validation images accepted")
+    axis.set(xlabel=f"anomaly score ({config.flag_detector}); right of the line = flagged", title="Anomaly scores per kind")
+    axis.legend(loc="lower right", fontsize="small")
+    axis.grid(alpha=0.3, axis="x")
+    figure.tight_layout()
+    return figure
+
+
+def plot_detector_comparison(zero_shot_metrics: dict):
+    """AUROC of every detector and feature space, against all unseen images and per kind."""
+    import matplotlib.pyplot as plt
+
+    detectors = zero_shot_metrics["detectors"]
+    names = list(detectors)
+    kinds = sorted(next(iter(detectors.values()))["per_kind"])
+    figure, axis = plt.subplots(figsize=(max(8, 1.1 * len(names)), 5))
+    width = 0.8 / (len(kinds) + 1)
+    positions = np.arange(len(names))
+    axis.bar(positions, [detectors[n]["all_unseen"]["auroc"] for n in names], width, label="all unseen", color="black")
+    for index, kind in enumerate(kinds, start=1):
+        axis.bar(positions + index * width, [detectors[n]["per_kind"][kind]["auroc"] for n in names], width, label=kind)
+    axis.axhline(0.5, color="grey", linewidth=0.8)
+    axis.set_xticks(positions + width * len(kinds) / 2, names, rotation=30, ha="right")
+    axis.set(ylim=(0, 1.02), ylabel="AUROC (test images vs unseen)", title="Anomaly detectors compared")
+    axis.legend(fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
+    axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    return figure

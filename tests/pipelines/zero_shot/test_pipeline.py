@@ -1,0 +1,80 @@
+"""The zero_shot pipeline on its own, from a saved checkpoint and feature cache (in memory)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from image_classification.model import build_model, checkpoint_payload
+from image_classification.pipelines.zero_shot import create_pipeline
+from image_classification.pipelines.zero_shot.nodes import ZeroShotConfig
+
+
+class KeptDataset(MemoryDataset):
+    def _release(self) -> None:
+        pass
+
+
+def tiny_inputs(seed: int = 0) -> dict:
+    """An index of 40 train, 12 val, 12 test and 2 x 8 unseen images, with cached features in
+    which the unseen kinds sit far from the labelled images in the pooled space."""
+    rng = np.random.default_rng(seed)
+    splits = ["train"] * 40 + ["val"] * 12 + ["test"] * 12 + ["unseen"] * 16
+    labels = [("valid", "invalid")[i % 2] for i in range(64)] + [None] * 16
+    index = pd.DataFrame({
+        "path": [f"/images/{i:03d}.png" for i in range(80)],
+        "label": pd.array(labels, dtype="string"),
+        "kind": pd.array(labels[:64] + ["digit"] * 8 + ["texture"] * 8, dtype="string"),
+        "split": pd.array(splits, dtype="string"),
+        "sha256": [f"{i:064x}" for i in range(80)],
+    })
+    index["target"] = index["label"].map({"valid": 1, "invalid": 0}).astype("Int8")
+    torch.manual_seed(seed)
+    pooled = torch.rand(80, 1280)
+    pooled[64:72, :200] += 3.0  # digits: far away
+    pooled[72:, 600:900] += 3.0  # textures: far away elsewhere
+    model = build_model(weights="none")
+    metadata = {"backbone": "efficientnet_lite0", "fine_tuned_blocks": 0,
+                "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}}
+    return {
+        "image_index": index,
+        "model_checkpoint": checkpoint_payload(model, metadata),
+        "backbone_features": {
+            "tensors": {"head_input": torch.rand(80, 1280, 4, 4).half(), "pooled": pooled.half()},
+            "metadata": {"backbone": "efficientnet_lite0", "sha256": index["sha256"].tolist(), "errors": [""] * 80},
+        },
+        "operating_point": {"threshold": 0.5},
+        "params:zero_shot": ZeroShotConfig(gmm_components=2),
+        "params:runtime": {"device": "cpu", "threads": None, "batch_size": 16, "workers": 0},
+        "params:seed": 42,
+    }
+
+
+def test_zero_shot_runs_alone_and_flags_far_kinds():
+    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in tiny_inputs().items()})
+    outputs = ["zero_shot_decisions", "zero_shot_metrics", "anomaly_thresholds", "zero_shot_embedding_3d",
+               "zero_shot_embedding_plot", "anomaly_score_plot", "detector_comparison_plot"]
+    for name in outputs:
+        catalog[name] = KeptDataset(copy_mode="assign")
+    SequentialRunner().run(create_pipeline(), catalog)
+
+    metrics = catalog.load("zero_shot_metrics")
+    assert set(metrics["detectors"]) == set(ZeroShotConfig(gmm_components=2).detector_names)
+    assert metrics["detectors"]["knn_pooled"]["all_unseen"]["auroc"] > 0.95
+    assert set(metrics["detectors"]["knn_pooled"]["per_kind"]) == {"digit", "texture"}
+    assert metrics["decision_per_kind"]["digit"]["accepted_combined"] <= metrics["decision_per_kind"]["digit"]["accepted_by_classifier"]
+    decisions = catalog.load("zero_shot_decisions")
+    assert len(decisions) == 12 + 16
+    assert (decisions["accepted_as_valid"] == ((decisions["score"] >= 0.5) & ~decisions["anomaly_flag"])).all()
+    assert catalog.load("zero_shot_embedding_3d").data  # a plotly figure with traces
+
+
+def test_config_refuses_an_unknown_flag_detector():
+    with pytest.raises(ValueError, match="flag_detector 'knn_pixels'"):
+        ZeroShotConfig(flag_detector="knn_pixels")
+    with pytest.raises(ValueError, match="unknown detector"):
+        ZeroShotConfig(detectors=["knn", "isolation_forest"])
