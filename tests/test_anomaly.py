@@ -84,3 +84,19 @@ def test_bad_names_and_rates_are_refused():
         build_detector("isolation")
     with pytest.raises(ValueError, match="target_tpr"):
         calibrate_threshold(np.ones(3), 1.5)
+
+
+@pytest.mark.parametrize("name", ["knn", "mahalanobis", "relative_mahalanobis", "gmm", "msp"])
+def test_exported_detector_scores_the_same_after_a_safetensors_round_trip(tmp_path, name):
+    from image_classification.anomaly import detector_from_state, detector_state
+    from image_classification.datasets import SafetensorsDataset
+
+    train, targets, test, _ = gaussian_data(20, shift=12.0)
+    features = np.clip(train[:, :1], 0, 1) if name == "msp" else train
+    queries = np.clip(test[:, :1], 0, 1) if name == "msp" else test
+    detector = build_detector(name).fit(features, targets)
+    dataset = SafetensorsDataset(filepath=str(tmp_path / "detector.safetensors"))
+    dataset.save(detector_state(detector, name, "pooled", threshold=1.5))
+    loaded = dataset.load()
+    assert loaded["metadata"]["threshold"] == 1.5
+    np.testing.assert_allclose(detector_from_state(loaded).score(queries), detector.score(queries), rtol=1e-10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy import linalg
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -153,3 +154,52 @@ def separation_metrics(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float
         "aupr": float(average_precision_score(labels, scores)),
         "fpr_at_95_tpr": float(np.mean(out_scores <= threshold)),
     }
+
+
+def detector_state(detector: Detector, name: str, space: str | None, threshold: float) -> dict:
+    """A fitted detector as plain arrays plus metadata, for a SafetensorsDataset (never a pickle)."""
+    if isinstance(detector, KNNDetector):
+        arrays = {"reference": detector._index._fit_X}
+        settings = {"type": "knn", "k": detector.k}
+    elif isinstance(detector, MahalanobisDetector):
+        arrays = {"means": detector._means, "factor": detector._factor}
+        if detector.relative:
+            arrays |= {"background_mean": detector._background[0], "background_factor": detector._background[1]}
+        settings = {"type": "mahalanobis", "relative": detector.relative}
+    elif isinstance(detector, GMMDetector):
+        model = detector._model
+        arrays = {"weights": model.weights_, "means": model.means_, "covariances": model.covariances_,
+                  "precisions_cholesky": model.precisions_cholesky_}
+        settings = {"type": "gmm", "covariance_type": model.covariance_type}
+    elif isinstance(detector, MaxSoftmaxDetector):
+        arrays, settings = {}, {"type": "msp"}
+    else:  # pragma: no cover - every detector above
+        raise TypeError(f"cannot export a {type(detector).__name__}")
+    tensors = {key: torch.as_tensor(np.ascontiguousarray(value, dtype=np.float64)) for key, value in arrays.items()}
+    return {"tensors": tensors, "metadata": settings | {"name": name, "space": space, "threshold": float(threshold)}}
+
+
+def detector_from_state(state: dict) -> Detector:
+    """Rebuild a detector exported by :func:`detector_state`."""
+    settings = state["metadata"]
+    arrays = {key: value.numpy() for key, value in state["tensors"].items()}
+    kind = settings["type"]
+    if kind == "knn":
+        detector = KNNDetector(k=int(settings["k"]))
+        detector._index = NearestNeighbors(n_neighbors=detector.k).fit(arrays["reference"])
+    elif kind == "mahalanobis":
+        detector = MahalanobisDetector(relative=bool(settings["relative"]))
+        detector._means, detector._factor = arrays["means"], arrays["factor"]
+        if detector.relative:
+            detector._background = (arrays["background_mean"], arrays["background_factor"])
+    elif kind == "gmm":
+        detector = GMMDetector(components=len(arrays["weights"]))
+        model = GaussianMixture(n_components=len(arrays["weights"]), covariance_type=settings["covariance_type"])
+        model.weights_, model.means_ = arrays["weights"], arrays["means"]
+        model.covariances_, model.precisions_cholesky_ = arrays["covariances"], arrays["precisions_cholesky"]
+        detector._model = model
+    elif kind == "msp":
+        detector = MaxSoftmaxDetector()
+    else:
+        raise ValueError(f"unknown detector type '{kind}' in a saved anomaly detector")
+    return detector

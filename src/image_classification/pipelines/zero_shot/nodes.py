@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from image_classification.anomaly import build_detector, calibrate_threshold, separation_metrics
+from image_classification.anomaly import build_detector, calibrate_threshold, detector_state, separation_metrics
 from image_classification.inference import score_index
 
 logger = logging.getLogger(__name__)
@@ -72,12 +72,13 @@ def embed_images(model_checkpoint: dict, backbone_features: dict, image_index: p
     return table.loc[~unreadable].reset_index(drop=True)
 
 
-def score_anomalies(features: pd.DataFrame, config: ZeroShotConfig, seed: int) -> tuple[pd.DataFrame, dict]:
+def score_anomalies(features: pd.DataFrame, config: ZeroShotConfig, seed: int) -> tuple[pd.DataFrame, dict, dict]:
     """Fit every detector on the training images, score the rest, calibrate on validation.
 
     Returns:
-        The validation, test and unseen images with one anomaly-score column per detector,
-        and per detector the threshold that accepts ``target_tpr`` of validation images.
+        The validation, test and unseen images with one anomaly-score column per detector;
+        per detector the threshold that accepts ``target_tpr`` of validation images; and the
+        fitted flag detector with its threshold, for ``predict``.
     """
     train = features[features["split"] == "train"]
     scored = features[features["split"] != "train"].reset_index(drop=True)
@@ -94,8 +95,11 @@ def score_anomalies(features: pd.DataFrame, config: ZeroShotConfig, seed: int) -
             fit_x, score_x = _space(train, space), _space(scored, space)
         table[name] = detector.fit(fit_x, train["target"].to_numpy(int)).score(score_x)
         thresholds[name] = calibrate_threshold(table.loc[validation, name].to_numpy(), config.target_tpr)
+        if name == config.flag_detector:
+            flag_state = detector_state(detector, name, space, thresholds[name])
+            flag_state["metadata"]["target_tpr"] = config.target_tpr
     logger.info("Fitted %d detectors on %d training images", len(thresholds), len(train))
-    return table, thresholds
+    return table, thresholds, flag_state
 
 
 def decide_images(anomaly_scores: pd.DataFrame, thresholds: dict, operating_point: dict, config: ZeroShotConfig) -> pd.DataFrame:

@@ -25,7 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=score_anomalies,
                 inputs=["zero_shot_features", "params:zero_shot", "params:seed"],
-                outputs=["anomaly_scores", "anomaly_thresholds"],
+                outputs=["anomaly_scores", "anomaly_thresholds", "anomaly_detector"],
                 name="score_anomalies",
             ),
             Node(
