@@ -1,11 +1,21 @@
-"""The target function and the operating point: recall at a target precision."""
+"""The target function and the operating point: recall at a target precision, and test metrics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve
+from scipy.stats import beta, norm
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 
 @dataclass(frozen=True)
@@ -60,3 +70,157 @@ def validation_score(targets: np.ndarray, scores: np.ndarray, target_precision: 
     has_both = 0 < targets.sum() < len(targets)
     average_precision = float(average_precision_score(targets, scores)) if has_both else 0.0
     return (point.recall if point.reached else 0.0), average_precision
+
+
+# ---------------------------------------------------------------- operating points with a confidence bound
+
+BOUND_METHODS = ("wilson", "clopper_pearson")
+
+
+@dataclass(frozen=True)
+class BoundedOperatingPoint(OperatingPoint):
+    """An :class:`OperatingPoint` chosen on a lower confidence bound of precision.
+
+    ``precision_bound`` is the one-sided lower bound on the precision at ``threshold``.
+    """
+
+    precision_bound: float = 0.0
+
+
+def _check_bound(level: float, method: str) -> str:
+    method = method.replace("-", "_")
+    if method not in BOUND_METHODS:
+        raise ValueError(f"bound method must be one of {', '.join(BOUND_METHODS)}, got '{method}'")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"bound level must be in (0, 1), got {level}")
+    return method
+
+
+def precision_lower_bound(
+    true_positives: np.ndarray | int, predicted_positives: np.ndarray | int, level: float = 0.95,
+    method: str = "wilson",
+) -> np.ndarray | float:
+    """One-sided lower confidence bound on precision, ``true_positives / predicted_positives``.
+
+    The true precision is at least the bound with probability ``level``. ``wilson`` is the Wilson
+    score bound, ``clopper_pearson`` the exact (conservative) binomial bound. No predicted
+    positives gives 0. Accepts scalars or arrays.
+    """
+    method = _check_bound(level, method)
+    k = np.asarray(true_positives, dtype=np.float64)
+    n = np.asarray(predicted_positives, dtype=np.float64)
+    safe_n = np.maximum(n, 1.0)
+    if method == "wilson":
+        z = norm.ppf(level)
+        p = k / safe_n
+        centre = (p + z**2 / (2 * safe_n)) / (1 + z**2 / safe_n)
+        half_width = z / (1 + z**2 / safe_n) * np.sqrt(p * (1 - p) / safe_n + z**2 / (4 * safe_n**2))
+        bound = centre - half_width
+    else:
+        bound = np.where(k > 0, beta.ppf(1 - level, np.maximum(k, 1.0), n - k + 1), 0.0)
+    bound = np.where(n > 0, np.clip(bound, 0.0, 1.0), 0.0)
+    return float(bound) if bound.ndim == 0 else bound
+
+
+def threshold_counts(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct score as a threshold (highest first), with the true positives and the
+    predicted positives that ``score >= threshold`` gives."""
+    targets = np.asarray(targets).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    last_of_each = np.r_[np.flatnonzero(np.diff(ranked) != 0), len(ranked) - 1] if len(ranked) else np.empty(0, int)
+    true_positives = np.cumsum(targets[order])[last_of_each]
+    return ranked[last_of_each], true_positives, last_of_each + 1
+
+
+def recall_at_precision_bound(
+    targets: np.ndarray, scores: np.ndarray, target_precision: float, level: float = 0.95,
+    method: str = "wilson",
+) -> BoundedOperatingPoint:
+    """The threshold with the highest recall whose precision *lower bound* is at least the target.
+
+    Like :func:`recall_at_precision`, but a threshold qualifies only if the one-sided ``level``
+    lower confidence bound on its precision (see :func:`precision_lower_bound`) reaches
+    ``target_precision``, which guards against the optimism of a point estimate on a small
+    validation set. Ties: highest recall, then highest bound, then highest threshold. If no
+    threshold qualifies, the threshold of highest bound (then recall, then threshold) is
+    returned with ``reached=False``.
+    """
+    check_target_precision(target_precision)
+    method = _check_bound(level, method)
+    targets = np.asarray(targets).astype(int)
+    positives = int(targets.sum())
+    if positives == 0:
+        return BoundedOperatingPoint(float("inf"), 0.0, 0.0, False, 0.0)
+    thresholds, true_positives, predicted = threshold_counts(targets, scores)
+    precision, recall = true_positives / predicted, true_positives / positives
+    bound = precision_lower_bound(true_positives, predicted, level, method)
+    meets = np.flatnonzero(bound >= target_precision - 1e-12)
+    if len(meets):
+        best = meets[np.lexsort((thresholds[meets], bound[meets], recall[meets]))[-1]]
+    else:
+        best = np.lexsort((thresholds, recall, bound))[-1]
+    return BoundedOperatingPoint(
+        float(thresholds[best]), float(precision[best]), float(recall[best]), bool(len(meets)), float(bound[best])
+    )
+
+
+# ---------------------------------------------------------------- test metrics
+
+
+def metrics_at_threshold(targets: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """scikit-learn's binary metrics when ``score >= threshold`` is called valid.
+
+    Returns recall, precision, F1, accuracy, the confusion-matrix counts and the threshold-free
+    AUROC and average precision. A metric that is undefined on these images (no valid image,
+    nothing called valid, one class only) is NaN.
+    """
+    targets = np.asarray(targets).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    predicted = (scores >= threshold).astype(int)
+    has_both = 0 < targets.sum() < len(targets)
+    (tn, fp), (fn, tp) = confusion_matrix(targets, predicted, labels=[0, 1])
+    return {
+        "images": int(len(targets)), "valid_images": int(targets.sum()), "predicted_valid": int(predicted.sum()),
+        "recall": float(recall_score(targets, predicted, zero_division=np.nan)),
+        "precision": float(precision_score(targets, predicted, zero_division=np.nan)),
+        "f1": float(f1_score(targets, predicted, zero_division=np.nan)),
+        "accuracy": float(accuracy_score(targets, predicted)) if len(targets) else float("nan"),
+        "true_negatives": int(tn), "false_positives": int(fp), "false_negatives": int(fn), "true_positives": int(tp),
+        "auroc": float(roc_auc_score(targets, scores)) if has_both else float("nan"),
+        "average_precision": float(average_precision_score(targets, scores)) if has_both else float("nan"),
+    }
+
+
+def bootstrap_precision_recall(
+    targets: np.ndarray, predicted: np.ndarray, samples: int = 1000, seed: int = 42, level: float = 0.95,
+) -> dict:
+    """Percentile bootstrap intervals for recall and precision of fixed binary predictions.
+
+    Images are resampled with replacement ``samples`` times from ``np.random.default_rng(seed)``.
+    A resample without valid images (recall) or without images called valid (precision) has no
+    value and is left out; ``*_resamples`` say how many counted. The counting is vectorised:
+    one scikit-learn call per resample takes ~7 ms, which is 15 s for two classifiers.
+
+    Returns:
+        ``recall`` and ``precision`` as ``[low, high]`` (NaN when no resample counted), the
+        number of resamples each is based on, ``samples`` and ``level``.
+    """
+    targets = np.asarray(targets).astype(bool)
+    predicted = np.asarray(predicted).astype(bool)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((samples, 3))  # true positives, valid images, images called valid
+    chunk = max(1, 2_000_000 // max(len(targets), 1))  # bounds memory on large test sets
+    for start in range(0, samples if len(targets) else 0, chunk):  # no images: nothing to resample
+        picks = rng.integers(0, len(targets), size=(min(chunk, samples - start), len(targets)))
+        hits_t, hits_p = targets[picks], predicted[picks]
+        counts[start : start + len(picks)] = np.stack([(hits_t & hits_p).sum(1), hits_t.sum(1), hits_p.sum(1)], 1)
+    tails = [50 * (1 - level), 100 - 50 * (1 - level)]
+    result: dict = {"samples": int(samples), "level": float(level)}
+    for name, denominator in (("recall", 1), ("precision", 2)):
+        usable = counts[:, denominator] > 0
+        values = counts[usable, 0] / counts[usable, denominator]
+        result[name] = [float(v) for v in np.percentile(values, tails)] if len(values) else [float("nan")] * 2
+        result[f"{name}_resamples"] = int(usable.sum())
+    return result

@@ -1,0 +1,421 @@
+"""Nodes of the evaluate pipeline: an operating point chosen on validation, measured on test
+beside a logistic-regression baseline, and the tables and figures that show what goes wrong."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from image_classification import plots
+from image_classification.images import ImageLimits, ImageReadError, load_rgb
+from image_classification.inference import score_index
+from image_classification.metrics import (
+    BOUND_METHODS,
+    bootstrap_precision_recall,
+    check_target_precision,
+    metrics_at_threshold,
+    precision_lower_bound,
+    recall_at_precision,
+    recall_at_precision_bound,
+    validation_score,
+)
+
+logger = logging.getLogger(__name__)
+
+EVALUATED_SPLITS = ("val", "test")
+RULES = ("point", "lower_bound")
+SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "error"]
+THUMBNAIL_SIZE = 160
+# what else of the checkpoint's metadata operating_point.json repeats, to tell checkpoints apart
+CHECKPOINT_KEYS = ("weights", "input_size", "fine_tuned_blocks", "seed", "epochs_run")
+DECISION = "an image is called valid when its score (probability of valid) is >= threshold"
+ORACLE_NOTE = (
+    "ORACLE, not an estimate of deployed performance: the threshold is picked on the test split itself "
+    "(what the original project reported). Compare test.recall, whose threshold was chosen on validation."
+)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How the operating point is chosen and measured; Kedro checks it before any node runs.
+
+    Attributes:
+        target_precision: the precision the operating point must reach, in (0, 1].
+        rule: ``point``: the highest validation recall whose validation precision reaches the
+            target; ``lower_bound``: the highest validation recall whose one-sided lower
+            confidence bound on validation precision reaches it (honest on small validation sets).
+        bound_method: ``wilson`` or ``clopper_pearson`` (exact, more conservative).
+        bound_level: confidence of the one-sided bound, in (0, 1).
+        bootstrap_samples: resamples of the test split behind the confidence intervals.
+        bootstrap_level: coverage of the bootstrap intervals, in (0, 1).
+        baseline_c_grid: inverse regularisation strengths tried for the baseline.
+        gallery_size: false positives, and false negatives, shown in the error gallery.
+    """
+
+    target_precision: float = 0.9
+    rule: str = "point"
+    bound_method: str = "wilson"
+    bound_level: float = 0.95
+    bootstrap_samples: int = 1000
+    bootstrap_level: float = 0.95
+    baseline_c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
+    gallery_size: int = 8
+
+    def __post_init__(self) -> None:
+        check_target_precision(self.target_precision)
+        if self.rule not in RULES:
+            raise ValueError(f"evaluate.rule must be one of {', '.join(RULES)}, got '{self.rule}'")
+        if self.bound_method not in BOUND_METHODS:
+            raise ValueError(f"evaluate.bound_method must be one of {', '.join(BOUND_METHODS)}, got '{self.bound_method}'")
+        for name in ("bound_level", "bootstrap_level"):
+            if not 0.0 < float(getattr(self, name)) < 1.0:
+                raise ValueError(f"evaluate.{name} must be in (0, 1), got {getattr(self, name)}")
+        if int(self.bootstrap_samples) < 1 or int(self.gallery_size) < 0:
+            raise ValueError("evaluate.bootstrap_samples must be at least 1 and evaluate.gallery_size at least 0")
+        grid = tuple(float(c) for c in self.baseline_c_grid)
+        if not grid or min(grid) <= 0:
+            raise ValueError(f"evaluate.baseline_c_grid must list positive values, got {list(self.baseline_c_grid)}")
+        object.__setattr__(self, "baseline_c_grid", grid)  # YAML gives a list
+
+
+# ---------------------------------------------------------------- scores
+
+
+def score_images(model_checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame,
+                 runtime: dict) -> pd.DataFrame:
+    """Score the validation and test images with the trained model (probability of valid).
+
+    Returns:
+        One row per validation and test image: path, split, label, target, score (NaN when the
+        image could not be read) and error.
+    """
+    rows = _evaluated_rows(backbone_features, image_index)
+    scored = score_index(model_checkpoint, _feature_rows(backbone_features, rows), image_index.iloc[rows], runtime)
+    table = scored[["path", "split", "label", "target", "score", "error"]].astype({"target": "int8"})
+    for split, scores in table.groupby("split")["score"]:
+        logger.info("Model scores: %d %s images (%d unreadable, left out of every metric)", len(scores), split,
+                    int(scores.isna().sum()))
+    return table
+
+
+def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: EvaluateConfig,
+                 seed: int) -> tuple[pd.DataFrame, dict]:
+    """Fit a logistic regression on the frozen backbone's pooled features of the train split,
+    with C chosen on validation, and score the validation and test images with it.
+
+    Returns:
+        ``path`` and ``baseline_score`` per validation and test image (rows as in
+        :func:`score_images`), and what was fitted: C and the validation score of every C tried.
+    """
+    rows = _evaluated_rows(backbone_features, image_index)
+    features = backbone_features["tensors"]["pooled"].float().numpy()
+    readable = np.array([not error for error in backbone_features["metadata"]["errors"]])
+    split, targets = image_index["split"].to_numpy(), image_index["target"].to_numpy(dtype=float, na_value=np.nan)
+    train, val = (np.flatnonzero(readable & (split == name)) for name in ("train", "val"))
+    fitted, quality = _choose_c(features, targets, train, val, evaluate, seed)
+    best = max(quality, key=lambda c: (quality[c], -c))  # ties go to the stronger regularisation
+    scores = np.where(readable[rows], fitted[best].predict_proba(features[rows])[:, 1], np.nan).astype(np.float32)
+    backbone = backbone_features["metadata"]["backbone"]
+    logger.info("Baseline: logistic regression on %d train images' pooled %s features, C=%g chosen on validation "
+                "(recall at target precision %.3f, average precision %.3f)", len(train), backbone, best, *quality[best])
+    summary = {
+        "description": f"logistic regression (standardised features, balanced class weights) on the frozen "
+                       f"{backbone} backbone's pooled features of the train split",
+        "C": best, "train_images": int(len(train)),
+        "c_grid": [{"C": c, "val_recall_at_target_precision": recall, "val_average_precision": average_precision}
+                   for c, (recall, average_precision) in quality.items()],
+    }
+    return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "baseline_score": scores}), summary
+
+
+def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame) -> pd.DataFrame:
+    """The model's and the baseline's scores side by side, one row per validation and test image."""
+    if model_scores["path"].tolist() != baseline_scores["path"].tolist():
+        raise ValueError("model and baseline scores are not for the same images in the same order")
+    return model_scores.assign(baseline_score=baseline_scores["baseline_score"].to_numpy())[SCORE_COLUMNS]
+
+
+# ---------------------------------------------------------------- operating point and metrics
+
+
+def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: dict, evaluate: EvaluateConfig) -> dict:
+    """Choose the model's decision threshold on the validation split, by the configured rule.
+
+    Returns:
+        The threshold, how it was chosen and what it achieves on validation, with the checkpoint
+        metadata that ``predict`` and ``zero_shot`` need to apply it.
+    """
+    point = _select_threshold(*_scored(evaluation_scores, "val", "score"), evaluate)
+    _log_operating_point("Model", point)
+    metadata = model_checkpoint["metadata"]
+    return _jsonable({
+        **point, "positive_class": "valid", "decision": DECISION, "backbone": metadata["backbone"],
+        "class_names": list(metadata["class_names"]), "best_epoch": metadata["best_epoch"],
+        "checkpoint": {key: metadata.get(key) for key in CHECKPOINT_KEYS},
+    })
+
+
+def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, baseline_fit: dict,
+                        evaluate: EvaluateConfig, seed: int) -> dict:
+    """Test metrics at the thresholds chosen on validation: the model, and the baseline beside it.
+
+    The baseline's threshold is chosen by the same rule on its own validation scores.
+    """
+    baseline_point = _select_threshold(*_scored(evaluation_scores, "val", "baseline_score"), evaluate)
+    _log_operating_point("Baseline", baseline_point)
+    metrics = {
+        "split": "test", "target_precision": evaluate.target_precision, "rule": evaluate.rule,
+        "model": _test_report(evaluation_scores, "score", operating_point, evaluate, seed),
+        "baseline": {**baseline_fit, **_test_report(evaluation_scores, "baseline_score", baseline_point, evaluate, seed)},
+    }
+    for name in ("model", "baseline"):
+        _log_test_report(name, metrics[name], evaluate.target_precision)
+    return _jsonable(metrics)
+
+
+def list_errors(evaluation_scores: pd.DataFrame, operating_point: dict) -> pd.DataFrame:
+    """Every validation and test image the model gets wrong at the operating point, most wrong first.
+
+    ``margin`` is how far the score lies past the threshold on the wrong side: a false positive
+    scored 0.99 at threshold 0.6 is more wrong than one scored 0.61.
+    """
+    threshold = operating_point["threshold"]
+    scored = evaluation_scores.dropna(subset=["score"])
+    called_valid = (scored["score"] >= threshold).to_numpy()
+    wrong = called_valid != (scored["target"] == 1).to_numpy()
+    errors = scored.loc[wrong, ["split", "path", "label", "score"]].assign(
+        predicted=np.where(called_valid[wrong], "valid", "invalid"),
+        error=np.where(called_valid[wrong], "false_positive", "false_negative"),
+        threshold=threshold, margin=lambda table: (table["score"] - threshold).abs(),
+    )
+    logger.info("Gap analysis: %d false positives and %d false negatives on validation and test",
+                int(called_valid[wrong].sum()), int((~called_valid[wrong]).sum()))
+    return errors.sort_values(["margin", "path"], ascending=[False, True], ignore_index=True)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_precision_recall(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> tuple[go.Figure, Figure]:
+    """Test precision-recall curves of the model and the baseline, operating points and target marked."""
+    series, target = _test_series(evaluation_scores, evaluation_metrics), evaluation_metrics["target_precision"]
+    return plots.precision_recall_plotly(series, target), plots.precision_recall_figure(series, target)
+
+
+def plot_roc(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> tuple[go.Figure, Figure]:
+    """Test ROC curves of the model and the baseline, operating points marked."""
+    series = _test_series(evaluation_scores, evaluation_metrics)
+    return plots.roc_plotly(series), plots.roc_figure(series)
+
+
+def plot_score_histograms(evaluation_scores: pd.DataFrame, operating_point: dict) -> tuple[go.Figure, Figure]:
+    """The model's scores per true class on validation and on test, with the threshold drawn."""
+    panels = {f"model, {name} split": plots.ScoredSplit("model", *_scored(evaluation_scores, split, "score"),
+                                                        operating_point["threshold"])
+              for split, name in (("val", "validation"), ("test", "test"))}
+    return plots.score_histogram_plotly(panels), plots.score_histogram_figure(panels)
+
+
+def plot_confusion_matrices(evaluation_metrics: dict) -> Figure:
+    """Test confusion matrices of the model and the baseline at their thresholds."""
+    panels = {
+        f"{name} at threshold {block['threshold']:.3f}\nprecision {_format(block['test']['precision'])}, "
+        f"recall {_format(block['test']['recall'])}": block["test"]
+        for name, block in (("model", evaluation_metrics["model"]), ("baseline", evaluation_metrics["baseline"]))
+    }
+    return plots.confusion_matrix_figure(panels)
+
+
+def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evaluate: EvaluateConfig) -> Figure:
+    """Thumbnails of the most wrong false positives and false negatives, with their scores."""
+    rows = {}
+    for error, title in (("false_positive", "False positives: invalid images called valid"),
+                         ("false_negative", "False negatives: valid images missed")):
+        errors = gap_analysis[gap_analysis["error"] == error]
+        shown = "" if len(errors) <= evaluate.gallery_size else f", the {evaluate.gallery_size} most wrong shown"
+        rows[f"{title}: {len(errors)}{shown}"] = [
+            (_thumbnail(row.path), f"{row.path.rsplit('/', 1)[-1][:22]}\n{row.split} split, score {row.score:.3f}")
+            for row in errors.head(evaluate.gallery_size).itertuples()
+        ]
+    title = f"Model errors at threshold {operating_point['threshold']:.3f} on validation and test, most wrong first"
+    return plots.error_gallery_figure(rows, title)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _evaluated_rows(backbone_features: dict, image_index: pd.DataFrame) -> np.ndarray:
+    """Positions of the validation and test images, once the feature cache is known to fit the index."""
+    if backbone_features["metadata"]["sha256"] != image_index["sha256"].tolist():
+        raise ValueError("backbone_features were computed for another image index; run "
+                         "`kedro run --pipelines train` before evaluate")
+    return np.flatnonzero(image_index["split"].isin(EVALUATED_SPLITS).to_numpy(dtype=bool))
+
+
+def _feature_rows(backbone_features: dict, rows: np.ndarray) -> dict:
+    """The feature cache restricted to ``rows``, so only those images are scored."""
+    metadata = backbone_features["metadata"]
+    return {
+        "tensors": {name: tensor[rows] for name, tensor in backbone_features["tensors"].items()},
+        "metadata": {**metadata, **{key: [metadata[key][i] for i in rows] for key in ("paths", "sha256", "errors")}},
+    }
+
+
+def _choose_c(features: np.ndarray, targets: np.ndarray, train: np.ndarray, val: np.ndarray,
+              config: EvaluateConfig, seed: int) -> tuple[dict[float, Pipeline], dict[float, tuple[float, float]]]:
+    """A logistic regression per C of the grid, and each one's validation score (as training's
+    early stopping scores: recall at the target precision, then average precision)."""
+    fitted = {c: _logistic_regression(features[train], targets[train], c, seed) for c in config.baseline_c_grid}
+    quality = {c: validation_score(targets[val], model.predict_proba(features[val])[:, 1], config.target_precision)
+               for c, model in fitted.items()}
+    return fitted, quality
+
+
+def _logistic_regression(features: np.ndarray, targets: np.ndarray, c: float, seed: int) -> Pipeline:
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000,
+                                                                    random_state=seed))
+    with warnings.catch_warnings():
+        # separable features drive weights up at large C; the validation score judges the fit
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return classifier.fit(features, targets.astype(int))
+
+
+def _scored(evaluation_scores: pd.DataFrame, split: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and scores of one split's readable images."""
+    rows = evaluation_scores[(evaluation_scores["split"] == split) & evaluation_scores[column].notna()]
+    return rows["target"].to_numpy(dtype=int), rows[column].to_numpy(dtype=np.float64)
+
+
+def _select_threshold(targets: np.ndarray, scores: np.ndarray, config: EvaluateConfig) -> dict:
+    """The threshold the configured rule picks on validation, what it achieves, and any fallback."""
+    if not targets.sum():
+        raise ValueError("the validation split has no readable valid image, so no threshold can be chosen; "
+                         "add valid images to it (data_prep.split) and rerun data_prep and train")
+    if config.rule == "lower_bound":
+        point = recall_at_precision_bound(targets, scores, config.target_precision, config.bound_level, config.bound_method)
+    else:
+        point = recall_at_precision(targets, scores, config.target_precision)
+    called = scores >= point.threshold
+    bound = precision_lower_bound(int(targets[called].sum()), int(called.sum()), config.bound_level, config.bound_method)
+    return {
+        "threshold": point.threshold, "rule": config.rule, "rule_description": _rule_description(config),
+        "target_precision": config.target_precision, "reached": point.reached,
+        "fallback": None if point.reached else _fallback_explanation(config, point.precision, point.recall, bound, targets),
+        "validation": {"images": len(targets), "valid_images": int(targets.sum()), "called_valid": int(called.sum()),
+                       "precision": point.precision, "recall": point.recall, "precision_lower_bound": bound,
+                       "bound_method": config.bound_method, "bound_level": config.bound_level},
+    }
+
+
+def _rule_description(config: EvaluateConfig) -> str:
+    if config.rule == "point":
+        return "the highest validation recall whose validation precision is at least the target"
+    return (f"the highest validation recall whose one-sided {config.bound_level:.0%} {config.bound_method} "
+            "lower confidence bound on validation precision is at least the target")
+
+
+def _fallback_explanation(config: EvaluateConfig, precision: float, recall: float, bound: float,
+                          targets: np.ndarray) -> str:
+    """Why no threshold qualified, and which one the documented fallback rule took instead."""
+    if config.rule == "point":
+        return (f"No threshold reaches precision {config.target_precision:.2f} on the validation split. Fallback "
+                f"rule: the threshold of highest validation precision ({precision:.3f}, recall {recall:.3f}). "
+                "Expect test precision below the target.")
+    best_possible = precision_lower_bound(int(targets.sum()), int(targets.sum()), config.bound_level, config.bound_method)
+    explanation = (f"No threshold's {config.bound_level:.0%} {config.bound_method} lower bound on validation "
+                   f"precision reaches {config.target_precision:.2f}. Fallback rule: the threshold of highest lower "
+                   f"bound ({bound:.3f}; precision {precision:.3f}, recall {recall:.3f}).")
+    if best_possible < config.target_precision:
+        explanation += (f" Even a perfect ranking of these {int(targets.sum())} valid validation images bounds "
+                        f"precision at {best_possible:.3f} only: the validation split is too small to certify the target.")
+    return explanation
+
+
+def _test_report(evaluation_scores: pd.DataFrame, column: str, point: dict, config: EvaluateConfig, seed: int) -> dict:
+    """One classifier's test metrics at its threshold, intervals, and the oracle for comparison."""
+    targets, scores = _scored(evaluation_scores, "test", column)
+    if not len(targets):
+        raise ValueError("the test split has no readable image to measure on; give it a share in "
+                         "data_prep.split and rerun data_prep and train")
+    test = metrics_at_threshold(targets, scores, point["threshold"])
+    test["target_precision_held"] = bool(test["precision"] >= config.target_precision)  # NaN: not held
+    bootstrap = bootstrap_precision_recall(targets, scores >= point["threshold"], config.bootstrap_samples, seed,
+                                           config.bootstrap_level)
+    oracle = recall_at_precision(targets, scores, config.target_precision)
+    return {
+        "threshold": point["threshold"],
+        "chosen_on_validation": {key: point[key] for key in ("rule", "reached", "fallback", "validation")},
+        "test": test,
+        "test_bootstrap": {**bootstrap, "seed": seed},
+        "unscored_test_images": int(((evaluation_scores["split"] == "test") & evaluation_scores[column].isna()).sum()),
+        "oracle_picked_on_test": {"note": ORACLE_NOTE, "reached": oracle.reached, "threshold": oracle.threshold,
+                                  "recall_at_target_precision": oracle.recall if oracle.reached else None,
+                                  "precision": oracle.precision if oracle.reached else None},
+    }
+
+
+def _test_series(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> list[plots.ScoredSplit]:
+    baseline = "baseline (logistic regression)"
+    return [plots.ScoredSplit(name, *_scored(evaluation_scores, "test", column), evaluation_metrics[key]["threshold"])
+            for key, column, name in (("model", "score", "model"), ("baseline", "baseline_score", baseline))]
+
+
+def _thumbnail(path: str) -> np.ndarray | None:
+    """A small RGB copy of an image for the gallery, or None if it can no longer be read."""
+    try:
+        image = load_rgb(path, ImageLimits(min_side=1), draft_size=THUMBNAIL_SIZE)
+    except ImageReadError as error:
+        logger.warning("Error gallery: %s cannot be shown: %s", path, error)
+        return None
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    return np.asarray(image)
+
+
+def _log_operating_point(name: str, point: dict) -> None:
+    validation = point["validation"]
+    logger.info("%s operating point (rule %s): threshold %.4f; validation precision %.3f (%.0f%% %s lower bound %.3f), "
+                "recall %.3f on %d images", name, point["rule"], point["threshold"], validation["precision"],
+                100 * validation["bound_level"], validation["bound_method"], validation["precision_lower_bound"],
+                validation["recall"], validation["images"])
+    if not point["reached"]:
+        logger.warning("%s: target precision %.2f NOT reached on validation. %s", name, point["target_precision"],
+                       point["fallback"])
+
+
+def _log_test_report(name: str, report: dict, target: float) -> None:
+    test, bootstrap = report["test"], report["test_bootstrap"]
+    oracle = report["oracle_picked_on_test"]["recall_at_target_precision"]
+    logger.info("Test, %s at threshold %.4f: recall %s [%s-%s], precision %s [%s-%s] (%.0f%% bootstrap), target "
+                "precision %.2f %s; AUROC %s, AP %s; oracle recall (threshold picked on test) %s", name,
+                report["threshold"], _format(test["recall"]), *map(_format, bootstrap["recall"]),
+                _format(test["precision"]), *map(_format, bootstrap["precision"]), 100 * bootstrap["level"], target,
+                "held" if test["target_precision_held"] else "NOT held", _format(test["auroc"]),
+                _format(test["average_precision"]), _format(oracle))
+
+
+def _format(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _jsonable(value: object) -> object:
+    """Plain JSON types; NaN and infinity, which strict JSON lacks, become null."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,91 @@
+"""Wiring of the evaluate pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    choose_operating_point,
+    draw_error_gallery,
+    fit_baseline,
+    join_scores,
+    list_errors,
+    measure_performance,
+    plot_confusion_matrices,
+    plot_precision_recall,
+    plot_roc,
+    plot_score_histograms,
+    score_images,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                func=score_images,
+                inputs=["model_checkpoint", "backbone_features", "image_index", "params:runtime"],
+                outputs="model_scores",
+                name="score_images",
+            ),
+            Node(
+                func=fit_baseline,
+                inputs=["backbone_features", "image_index", "params:evaluate", "params:seed"],
+                outputs=["baseline_scores", "baseline_fit"],
+                name="fit_baseline",
+            ),
+            Node(
+                func=join_scores,
+                inputs=["model_scores", "baseline_scores"],
+                outputs="evaluation_scores",
+                name="join_scores",
+            ),
+            Node(
+                func=choose_operating_point,
+                inputs=["evaluation_scores", "model_checkpoint", "params:evaluate"],
+                outputs="operating_point",
+                name="choose_operating_point",
+            ),
+            Node(
+                func=measure_performance,
+                inputs=["evaluation_scores", "operating_point", "baseline_fit", "params:evaluate", "params:seed"],
+                outputs="evaluation_metrics",
+                name="measure_performance",
+            ),
+            Node(
+                func=list_errors,
+                inputs=["evaluation_scores", "operating_point"],
+                outputs="gap_analysis",
+                name="list_errors",
+            ),
+            Node(
+                func=plot_precision_recall,
+                inputs=["evaluation_scores", "evaluation_metrics"],
+                outputs=["precision_recall_plot", "precision_recall_figure"],
+                name="plot_precision_recall",
+            ),
+            Node(
+                func=plot_roc,
+                inputs=["evaluation_scores", "evaluation_metrics"],
+                outputs=["roc_plot", "roc_figure"],
+                name="plot_roc",
+            ),
+            Node(
+                func=plot_score_histograms,
+                inputs=["evaluation_scores", "operating_point"],
+                outputs=["score_histogram_plot", "score_histogram_figure"],
+                name="plot_score_histograms",
+            ),
+            Node(
+                func=plot_confusion_matrices,
+                inputs="evaluation_metrics",
+                outputs="confusion_matrix_figure",
+                name="plot_confusion_matrices",
+            ),
+            Node(
+                func=draw_error_gallery,
+                inputs=["gap_analysis", "operating_point", "params:evaluate"],
+                outputs="error_gallery",
+                name="draw_error_gallery",
+            ),
+        ],
+        tags="evaluate",
+    )

@@ -1,0 +1,276 @@
+"""Nodes of the evaluate pipeline on tiny in-memory data."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from image_classification.metrics import bootstrap_precision_recall, metrics_at_threshold
+from image_classification.pipelines.evaluate.nodes import (
+    EvaluateConfig,
+    choose_operating_point,
+    draw_error_gallery,
+    fit_baseline,
+    join_scores,
+    list_errors,
+    measure_performance,
+    plot_confusion_matrices,
+    plot_precision_recall,
+    plot_roc,
+    plot_score_histograms,
+    score_images,
+)
+
+from ...conftest import noise_image, png_bytes, write_files
+from .conftest import CHECKPOINT_METADATA, SPLIT_SIZES, UNREADABLE, small_config
+
+CHECKPOINT = {"tensors": {}, "metadata": CHECKPOINT_METADATA}
+BASELINE_FIT = {"description": "test", "C": 1.0, "train_images": 4, "c_grid": []}
+
+
+def scores_table(val: tuple[list[int], list[float]], test: tuple[list[int], list[float]],
+                 baseline_shift: float = 0.05) -> pd.DataFrame:
+    """An ``evaluation_scores`` table from targets and scores per split."""
+    frames = []
+    for split, (targets, scores) in (("val", val), ("test", test)):
+        frames.append(pd.DataFrame({
+            "path": [f"/images/{split}_{i}.png" for i in range(len(targets))], "split": split,
+            "label": ["valid" if t else "invalid" for t in targets], "target": np.array(targets, dtype=np.int8),
+            "score": np.array(scores, dtype=np.float32), "error": "",
+        }))
+    table = pd.concat(frames, ignore_index=True)
+    table["baseline_score"] = np.clip(table["score"] - baseline_shift, 0, 1).astype(np.float32)
+    return table
+
+
+# validation: a 0.9-precision threshold exists at 0.6 (9 valid of 10 called); test: one FP, one FN at 0.6
+VAL = ([1] * 9 + [0] + [0] * 10, [0.95, 0.9, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.62] + [0.1] * 10)
+TEST = ([1, 1, 1, 1, 0, 0, 0, 0, 1, 0], [0.9, 0.8, 0.7, 0.65, 0.7, 0.3, 0.2, 0.1, 0.4, 0.05])
+
+
+@pytest.fixture
+def evaluation_scores() -> pd.DataFrame:
+    return scores_table(VAL, TEST)
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def test_config_accepts_the_yaml_shape_and_refuses_nonsense():
+    config = EvaluateConfig(baseline_c_grid=[0.1, 1])
+    assert config.baseline_c_grid == (0.1, 1.0)
+    for bad in ({"target_precision": 0.0}, {"target_precision": 1.2}, {"rule": "f1"}, {"bound_method": "exact"},
+                {"bound_level": 1.0}, {"bootstrap_samples": 0}, {"baseline_c_grid": []}, {"baseline_c_grid": [-1]}):
+        with pytest.raises(ValueError):
+            EvaluateConfig(**bad)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_at_threshold_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, 200)
+    scores = np.round(np.clip(targets * 0.3 + rng.random(200) * 0.7, 0, 1), 2)  # rounded: ties at the threshold
+    threshold = 0.5
+    predicted = (scores >= threshold).astype(int)
+    result = metrics_at_threshold(targets, scores, threshold)
+    assert result["recall"] == pytest.approx(recall_score(targets, predicted))
+    assert result["precision"] == pytest.approx(precision_score(targets, predicted))
+    assert result["f1"] == pytest.approx(f1_score(targets, predicted))
+    assert result["accuracy"] == pytest.approx(accuracy_score(targets, predicted))
+    assert result["auroc"] == pytest.approx(roc_auc_score(targets, scores))
+    assert result["average_precision"] == pytest.approx(average_precision_score(targets, scores))
+    tn, fp, fn, tp = confusion_matrix(targets, predicted).ravel()
+    assert [result[k] for k in ("true_negatives", "false_positives", "false_negatives", "true_positives")] == [tn, fp, fn, tp]
+
+
+def test_metrics_of_one_class_are_undefined_not_wrong():
+    result = metrics_at_threshold(np.zeros(5, int), np.linspace(0, 1, 5), 0.5)
+    assert np.isnan(result["recall"]) and np.isnan(result["auroc"]) and np.isnan(result["average_precision"])
+    assert result["precision"] == 0.0 and result["false_positives"] == 3
+
+
+def test_bootstrap_resamples_agree_with_scikit_learn_and_repeat():
+    rng = np.random.default_rng(1)
+    targets, predicted = rng.integers(0, 2, 60), rng.integers(0, 2, 60)
+    result = bootstrap_precision_recall(targets, predicted, samples=50, seed=7)
+    assert result == bootstrap_precision_recall(targets, predicted, samples=50, seed=7)
+    picks = np.random.default_rng(7).integers(0, 60, size=(50, 60))
+    precision = [precision_score(targets[p], predicted[p]) for p in picks]
+    recall = [recall_score(targets[p], predicted[p]) for p in picks]
+    assert result["precision"] == pytest.approx(np.percentile(precision, [2.5, 97.5]).tolist())
+    assert result["recall"] == pytest.approx(np.percentile(recall, [2.5, 97.5]).tolist())
+    assert result["precision_resamples"] == result["recall_resamples"] == 50
+
+
+def test_bootstrap_of_nothing_is_undefined():
+    result = bootstrap_precision_recall(np.array([], int), np.array([], bool), samples=10)
+    assert np.isnan(result["recall"]).all() and result["recall_resamples"] == 0
+
+
+# ---------------------------------------------------------------- scores
+
+
+def test_scores_cover_validation_and_test_only(evaluation_inputs):
+    model = score_images(evaluation_inputs["model_checkpoint"], evaluation_inputs["backbone_features"],
+                         evaluation_inputs["image_index"], {"device": "cpu", "batch_size": 8, "workers": 0})
+    baseline, fitted = fit_baseline(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
+                                    small_config(), seed=42)
+    table = join_scores(model, baseline)
+    sizes = {split: sum(counts) for split, counts in SPLIT_SIZES.items()}
+    assert table["split"].value_counts().to_dict() == {"val": sizes["val"], "test": sizes["test"]}
+    unreadable = evaluation_inputs["image_index"]["path"].iloc[UNREADABLE]
+    assert table.loc[table["score"].isna() | table["baseline_score"].isna(), "path"].tolist() == [unreadable]
+    assert table["score"].dropna().between(0, 1).all() and table["baseline_score"].dropna().between(0, 1).all()
+    assert fitted["C"] in (0.01, 1.0) and fitted["train_images"] == sum(SPLIT_SIZES["train"])
+    with pytest.raises(ValueError, match="same images"):
+        join_scores(model, baseline.iloc[::-1])
+
+
+def test_a_stale_feature_cache_is_refused(evaluation_inputs):
+    stale = evaluation_inputs["image_index"].assign(sha256=lambda t: t["sha256"].str.replace("0", "f"))
+    with pytest.raises(ValueError, match="kedro run --pipelines train"):
+        fit_baseline(evaluation_inputs["backbone_features"], stale, small_config(), seed=42)
+
+
+# ---------------------------------------------------------------- operating point
+
+
+def test_operating_point_is_chosen_on_validation(evaluation_scores):
+    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config())
+    assert point["threshold"] == pytest.approx(0.6) and point["reached"] and point["fallback"] is None
+    assert point["validation"]["precision"] == pytest.approx(0.9) and point["validation"]["recall"] == 1.0
+    assert 0 < point["validation"]["precision_lower_bound"] < 0.9
+    assert (point["backbone"], point["class_names"], point["best_epoch"]) == ("efficientnet_lite0", ["invalid", "valid"], 3)
+    json.dumps(point, allow_nan=False)
+
+
+def test_lower_bound_rule_on_a_small_validation_set_falls_back_and_explains(evaluation_scores):
+    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config(rule="lower_bound"))
+    assert not point["reached"] and point["rule"] == "lower_bound"
+    assert "Fallback rule" in point["fallback"] and "too small to certify" in point["fallback"]
+    # the highest bound is reached by the 8 valid images above the invalid one at 0.62
+    assert point["threshold"] == pytest.approx(0.65) and point["validation"]["precision"] == 1.0
+
+
+def test_unreachable_target_is_reported_not_hidden():
+    scores = scores_table(([0, 1, 0, 1], [0.9, 0.8, 0.7, 0.6]), TEST)
+    point = choose_operating_point(scores, CHECKPOINT, small_config())
+    assert not point["reached"] and "No threshold reaches precision 0.90" in point["fallback"]
+    metrics = measure_performance(scores, point, BASELINE_FIT, small_config(), seed=42)
+    assert metrics["model"]["chosen_on_validation"]["reached"] is False
+    assert metrics["model"]["chosen_on_validation"]["fallback"] == point["fallback"]
+
+
+def test_a_validation_split_without_valid_images_stops_the_run():
+    scores = scores_table(([0, 0, 0], [0.9, 0.5, 0.1]), TEST)
+    with pytest.raises(ValueError, match="no readable valid image"):
+        choose_operating_point(scores, CHECKPOINT, small_config())
+
+
+def test_an_empty_test_split_stops_the_run():
+    scores = scores_table(VAL, ([], []))
+    point = choose_operating_point(scores, CHECKPOINT, small_config())
+    with pytest.raises(ValueError, match="test split has no readable image"):
+        measure_performance(scores, point, BASELINE_FIT, small_config(), seed=42)
+
+
+# ---------------------------------------------------------------- test metrics
+
+
+def test_test_metrics_use_the_validation_threshold_and_match_scikit_learn(evaluation_scores):
+    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config())
+    metrics = measure_performance(evaluation_scores, point, BASELINE_FIT, small_config(), seed=42)
+    json.dumps(metrics, allow_nan=False)
+    targets, scores = np.array(TEST[0]), np.array(TEST[1], dtype=np.float32)
+    predicted = scores >= np.float32(0.6)
+    model = metrics["model"]
+    assert model["threshold"] == point["threshold"]
+    assert model["test"]["recall"] == pytest.approx(recall_score(targets, predicted)) == 0.8
+    assert model["test"]["precision"] == pytest.approx(precision_score(targets, predicted)) == 0.8
+    assert model["test"]["auroc"] == pytest.approx(roc_auc_score(targets, scores))
+    assert model["test"]["target_precision_held"] is False
+    low, high = model["test_bootstrap"]["precision"]
+    assert low <= 0.8 <= high and model["test_bootstrap"]["samples"] == 200
+    # the oracle picks its threshold on test: 0.9 precision only above the tie at 0.7, recall 2/5
+    oracle = model["oracle_picked_on_test"]
+    assert "ORACLE" in oracle["note"] and oracle["threshold"] == pytest.approx(0.8)
+    assert oracle["recall_at_target_precision"] == pytest.approx(0.4)
+    baseline = metrics["baseline"]
+    assert baseline["C"] == 1.0 and baseline["threshold"] == pytest.approx(0.55, abs=1e-6)
+    assert set(baseline["test"]) == set(model["test"])
+
+
+def test_a_test_split_of_one_class_gives_nulls_not_nan():
+    scores = scores_table(VAL, ([0, 0, 0], [0.9, 0.2, 0.1]))
+    point = choose_operating_point(scores, CHECKPOINT, small_config())
+    metrics = measure_performance(scores, point, BASELINE_FIT, small_config(), seed=42)
+    json.dumps(metrics, allow_nan=False)
+    assert metrics["model"]["test"]["auroc"] is None and metrics["model"]["test"]["recall"] is None
+    assert metrics["model"]["test_bootstrap"]["recall"] == [None, None]
+
+
+# ---------------------------------------------------------------- gap analysis and figures
+
+
+def test_gap_analysis_lists_every_error_most_wrong_first(evaluation_scores):
+    gaps = list_errors(evaluation_scores, {"threshold": 0.6})
+    assert gaps[["split", "error", "score"]].values.tolist() == [
+        ["test", "false_negative", pytest.approx(0.4)],
+        ["test", "false_positive", pytest.approx(0.7)],
+        ["val", "false_positive", pytest.approx(0.62)],
+    ]
+    assert gaps["predicted"].tolist() == ["invalid", "valid", "valid"]
+    assert gaps["label"].tolist() == ["valid", "invalid", "invalid"]
+    assert gaps["margin"].is_monotonic_decreasing
+
+
+def png_size(figure: Figure) -> tuple[int, int]:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=50)
+    return Image.open(buffer).size
+
+
+@pytest.mark.parametrize("test_split", [TEST, ([0, 0, 0], [0.9, 0.2, 0.1])], ids=["both classes", "one class"])
+def test_figures_are_drawn(test_split):
+    scores = scores_table(VAL, test_split)
+    point = choose_operating_point(scores, CHECKPOINT, small_config())
+    metrics = measure_performance(scores, point, BASELINE_FIT, small_config(), seed=42)
+    for interactive, static in (plot_precision_recall(scores, metrics), plot_roc(scores, metrics),
+                                plot_score_histograms(scores, point)):
+        assert isinstance(interactive, go.Figure) and interactive.data
+        json.loads(interactive.to_json())
+        assert min(png_size(static)) > 100
+    assert min(png_size(plot_confusion_matrices(metrics))) > 100
+
+
+def test_gallery_shows_thumbnails_and_survives_a_missing_file(tmp_path):
+    paths = write_files(tmp_path, {f"{i}.png": png_bytes(noise_image(i, (30, 20))) for i in range(4)})
+    gaps = pd.DataFrame({
+        "split": "test", "path": [str(p) for p in paths] + [str(tmp_path / "gone.png")],
+        "error": ["false_positive"] * 4 + ["false_negative"], "score": [0.9, 0.8, 0.7, 0.65, 0.1],
+    })
+    figure = draw_error_gallery(gaps, {"threshold": 0.6}, small_config(gallery_size=3))
+    images = [axis for axis in figure.get_axes() if axis.get_images()]
+    assert len(images) == 3  # three false positives shown; the missing false negative is a frame
+    assert "4, the 3 most wrong shown" in " ".join(sub._suptitle.get_text() for sub in figure.subfigs)
+    assert min(png_size(figure)) > 100
+    empty = draw_error_gallery(gaps.iloc[:0], {"threshold": 0.6}, small_config())
+    assert min(png_size(empty)) > 100
