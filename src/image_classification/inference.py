@@ -123,7 +123,9 @@ def head_outputs(head: ClassifierHead, head_input: torch.Tensor, device: torch.d
 def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, device: torch.device,
                   batch_size: int = 64, workers: int = 0) -> dict[str, np.ndarray | list[str]]:
     """Pooled features, embeddings and probabilities of ``valid`` straight from image files."""
-    model = model.to(device, memory_format=torch.channels_last).eval()
+    # channels_last input alone gets the fast kernels; converting the weights too would change
+    # their memory order under fit()'s fused Adam, which pairs moments with weights by that order
+    model = model.to(device).eval()
     parts: dict[str, list] = {"features": [], "embedding": [], "score": [], "errors": []}
     for images, reasons in tqdm(image_loader(paths, spec, batch_size, workers), desc="Scoring", unit="batch", leave=False):
         outputs = model.forward_all(images.to(device, memory_format=torch.channels_last))

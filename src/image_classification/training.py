@@ -175,7 +175,7 @@ def fit(
             loss = loss_fn(model(inputs), targets)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(targets)
+            total += loss.item() * len(targets)
             count += len(targets)
         model.eval()
         scores = validation_scores(model)

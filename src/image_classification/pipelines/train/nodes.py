@@ -28,10 +28,17 @@ logger = logging.getLogger(__name__)
 CLASS_NAMES = ["invalid", "valid"]
 
 
-def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dict) -> dict:
+def _seeded_backbone(model: ModelConfig, seed: int) -> torch.nn.Module:
+    """The backbone, with random weights drawn from ``seed`` when ``weights`` is none, so the
+    cache and the saved checkpoint describe the same network."""
+    torch.manual_seed(seed)
+    return build_backbone(model.backbone, model.weights, model.weights_path)
+
+
+def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dict, seed: int) -> dict:
     """Run the frozen backbone over every indexed image once (unseen kinds too, for zero_shot)."""
     device = torch_device(runtime)
-    backbone = build_backbone(model.backbone, model.weights, model.weights_path)
+    backbone = _seeded_backbone(model, seed)
     features = extract_backbone_features(
         backbone, image_index["path"].tolist(), model.spec, device,
         batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]),
@@ -75,12 +82,11 @@ def train_classifier(
         the model) and the per-epoch history.
     """
     device = torch_device(runtime)
-    torch.manual_seed(seed)
     usable = _check_features_match(backbone_features, image_index, model)
     rows = {split: np.flatnonzero(usable & (image_index["split"] == split).to_numpy()) for split in ("train", "val")}
     targets = {split: image_index["target"].to_numpy()[rows[split]].astype(int) for split in rows}
+    backbone = _seeded_backbone(model, seed)
     head = ClassifierHead(in_channels=model.spec.feature_channels)
-    backbone = build_backbone(model.backbone, model.weights, model.weights_path)
     classifier = ImageClassifier(backbone, head)
     classifier.freeze_backbone(train.trainable_blocks)
     fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed)

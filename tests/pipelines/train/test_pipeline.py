@@ -1,0 +1,126 @@
+"""The whole train pipeline on an in-memory catalog: random backbone, tiny generated images."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from matplotlib.figure import Figure
+
+from image_classification.model import ClassifierHead, ModelConfig, build_backbone
+from image_classification.pipelines.train import create_pipeline
+from image_classification.training import TrainConfig
+
+from ...conftest import noise_image, png_bytes, write_files
+from ...test_training import MemoryStore
+
+SPLITS = {"train": 4, "val": 2}  # images per label
+SEED = 42
+
+
+class KeptDataset(MemoryDataset):
+    """A MemoryDataset the runner cannot release, so the test can read intermediate outputs."""
+
+    def _release(self) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread is faster than two spin-waiting on CPUs shared with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_image_index(folder) -> pd.DataFrame:
+    """12 images of 32x32, as data_prep indexes them: valid ones light, invalid ones dark."""
+    rows, seed = [], 0
+    for split, per_label in SPLITS.items():
+        for label in ("valid", "invalid"):
+            for _ in range(per_label):
+                seed += 1
+                image = noise_image(seed, size=(32, 32)).point(lambda v: v // 2 + (128 if label == "valid" else 0))
+                path = write_files(folder / split, {f"{label}_{seed}.png": png_bytes(image)})[0]
+                rows.append({"path": str(path), "label": label, "kind": label, "split": split,
+                             "target": int(label == "valid")})
+    for kind in ("digit", "texture"):  # unseen kinds get features but are never trained on
+        seed += 1
+        path = write_files(folder / "unseen", {f"{kind}.png": png_bytes(noise_image(seed, size=(32, 32)))})[0]
+        rows.append({"path": str(path), "label": None, "kind": kind, "split": "unseen", "target": None})
+    index = pd.DataFrame(rows).astype({"label": "string", "kind": "string", "split": "string", "target": "Int8"})
+    index["sha256"] = [f"{i:064x}" for i in range(len(index))]
+    return index
+
+
+def run_train_pipeline(index: pd.DataFrame, store: MemoryStore, trainable_blocks: int, epochs: int) -> DataCatalog:
+    inputs = {
+        "image_index": index,
+        # typed parameters: Kedro builds these dataclasses before a session runs; a bare runner does not
+        "params:model": ModelConfig(backbone="efficientnet_lite0", weights="none"),
+        "params:train": TrainConfig(epochs=epochs, batch_size=4, patience=None, save_state_every_s=0,
+                                    trainable_blocks=trainable_blocks, workers=0),
+        "params:runtime": {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0},
+        "params:seed": SEED,
+    }
+    catalog = DataCatalog({name: MemoryDataset(value) for name, value in inputs.items()})
+    catalog["training_state"] = MemoryDataset(store, copy_mode="assign")  # the node writes into it
+    for name in ("backbone_features", "model_checkpoint", "training_history", "training_curves"):
+        catalog[name] = KeptDataset(copy_mode="assign")
+    SequentialRunner().run(create_pipeline(), catalog)
+    return catalog
+
+
+# fine-tuning runs the backbone every epoch: one epoch keeps it quick
+@pytest.mark.parametrize(
+    ("trainable_blocks", "epochs"), [(0, 2), (1, 1)], ids=["cached_features", "fine_tune_last_block"]
+)
+def test_train_pipeline_on_an_in_memory_catalog(tmp_path, trainable_blocks, epochs):
+    index = make_image_index(tmp_path / "images")
+    store = MemoryStore()
+    catalog = run_train_pipeline(index, store, trainable_blocks, epochs)
+
+    features = catalog.load("backbone_features")
+    assert features["tensors"]["head_input"].shape == (len(index), 1280, 4, 4)
+    assert features["tensors"]["pooled"].shape == (len(index), 1280)
+    assert features["metadata"]["sha256"] == index["sha256"].tolist()
+    assert features["metadata"]["errors"] == [""] * len(index)
+
+    history = catalog.load("training_history")
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    assert {"train_loss", "val_loss", "val_recall_at_precision", "val_average_precision"} <= set(history.columns)
+
+    checkpoint = catalog.load("model_checkpoint")
+    metadata = checkpoint["metadata"]
+    assert metadata["backbone"] == "efficientnet_lite0"
+    assert metadata["class_names"] == ["invalid", "valid"]
+    assert 1 <= metadata["best_epoch"] <= epochs
+    assert metadata["epochs_run"] == epochs
+    assert metadata["fine_tuned_blocks"] == trainable_blocks
+    assert metadata["head"] == {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}
+    best_row = history.loc[history["epoch"] == metadata["best_epoch"]].iloc[0]
+    assert metadata["best_val_recall_at_precision"] == history["val_recall_at_precision"].max()
+    assert best_row["val_recall_at_precision"] == history["val_recall_at_precision"].max()
+
+    # every epoch saved its state (save_state_every_s=0), and a finished run leaves none behind
+    assert store.writes == list(range(1, epochs + 1)) and store.cleared and store.state is None
+
+    # the node seeds the initial weights: the frozen blocks are untouched, batch-norm statistics
+    # included, and what was trained moved
+    torch.manual_seed(SEED)
+    initial_backbone = build_backbone("efficientnet_lite0", weights="none")
+    initial_head = ClassifierHead()
+    tensors = checkpoint["tensors"]
+    trained_blocks = [f"backbone.{8 - i}." for i in range(trainable_blocks)]
+    for name, initial in initial_backbone.state_dict().items():
+        frozen = not any(f"backbone.{name}".startswith(prefix) for prefix in trained_blocks)
+        assert torch.equal(tensors[f"backbone.{name}"], initial) == frozen, name
+    assert not torch.equal(tensors["head.layers.0.weight"], initial_head.layers[0].weight.detach())
+
+    figure = catalog.load("training_curves")
+    assert isinstance(figure, Figure) and len(figure.axes) == 2
+    plt.close(figure)
