@@ -1,0 +1,504 @@
+"""Nodes of the embedding_analysis pipeline: the classifier's 50-d embedding of every image,
+its principal components, clusters and their agreement with the labels, and the shape of the space.
+
+PCA, clustering and every number are fitted on labelled, readable images only (PCA on the
+training split); unseen-kind images are embedded and projected for the zero_shot stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Ellipse
+from matplotlib.ticker import PercentFormatter
+from tqdm.auto import tqdm
+
+from image_classification.clustering import (
+    COVARIANCE_TYPES,
+    LINKAGES,
+    agglomerative_clusters,
+    agreement_scores,
+    class_centroids,
+    class_spread,
+    fit_gaussian_mixtures,
+    fit_pca,
+    full_covariances,
+    nearest_centroid_share,
+    predict_clusters,
+    project_gaussians,
+    stratified_sample,
+)
+from image_classification.inference import score_index
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLOURS = {"valid": "#1b9e77", "invalid": "#d95f02"}
+UNSEEN_COLOUR = "#9e9e9e"
+SPLIT_MARKERS = {"train": "o", "val": "^", "test": "s"}
+SPLIT_SYMBOLS_3D = {"train": "circle", "val": "diamond", "test": "square"}
+# clusters are coloured unlike labels, so a cluster is never mistaken for a label
+CLUSTER_COLOURS = ["#1f77b4", "#9467bd", "#d62728", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f",
+                   "#393b79", "#637939"]
+METHODS = {"gmm": "GMM (k by BIC)", "gmm_2": "GMM (k = 2)", "agglomerative": "Agglomerative"}
+
+
+@dataclass(frozen=True)
+class EmbeddingAnalysisConfig:
+    """Settings of the embedding_analysis stage; checked when parameters load, before any work."""
+
+    include_pooled_features: bool = False
+    extraction_chunk_size: int = 10_000
+    pca_components: int = 3
+    gmm_components: tuple[int, int] = (1, 8)
+    gmm_covariance_type: str = "full"
+    gmm_reg_covar: float = 1e-6
+    gmm_bic_patience: int | None = 2
+    gmm_max_samples: int = 5_000
+    agglomerative_clusters: int = 2
+    agglomerative_linkage: str = "ward"
+    agglomerative_max_samples: int = 5_000
+    silhouette_sample_size: int = 3_000
+    figure_max_points: int = 5_000
+
+    def __post_init__(self) -> None:
+        low, high = (int(value) for value in self.gmm_components)
+        object.__setattr__(self, "gmm_components", (low, high))
+        if not 1 <= low <= high:
+            raise ValueError(f"embedding_analysis.gmm_components must be [low, high] with 1 <= low <= high, got {self.gmm_components}")
+        if self.gmm_covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"embedding_analysis.gmm_covariance_type must be one of {COVARIANCE_TYPES}, got '{self.gmm_covariance_type}'")
+        if self.agglomerative_linkage not in LINKAGES:
+            raise ValueError(f"embedding_analysis.agglomerative_linkage must be one of {LINKAGES}, got '{self.agglomerative_linkage}'")
+        if self.pca_components < 3:
+            raise ValueError(f"embedding_analysis.pca_components must be at least 3 (the 3D plot), got {self.pca_components}")
+        if self.gmm_bic_patience is not None and self.gmm_bic_patience < 1:
+            raise ValueError(f"embedding_analysis.gmm_bic_patience must be at least 1 or null (try every k), got {self.gmm_bic_patience}")
+        for name in ("extraction_chunk_size", "gmm_max_samples", "agglomerative_clusters",
+                     "agglomerative_max_samples", "silhouette_sample_size", "figure_max_points"):
+            if int(getattr(self, name)) < 2:
+                raise ValueError(f"embedding_analysis.{name} must be at least 2, got {getattr(self, name)}")
+
+
+def embedding_columns(table: pd.DataFrame) -> list[str]:
+    """The embedding's columns ``e0..e{d-1}``, in order."""
+    return sorted((c for c in table.columns if re.fullmatch(r"e\d+", c)), key=lambda c: int(c[1:]))
+
+
+def _analysed(table: pd.DataFrame) -> pd.DataFrame:
+    """The labelled images that could be read: what PCA, clusters and numbers are fitted on."""
+    return table.loc[table["label"].notna() & table["score"].notna()].reset_index(drop=True)
+
+
+def _rows_of(backbone_features: dict, start: int, stop: int) -> dict:
+    """Rows ``start:stop`` of the feature cache, with its metadata sliced alike."""
+    metadata = backbone_features["metadata"]
+    sliced = {key: metadata[key][start:stop] for key in ("sha256", "errors", "paths") if key in metadata}
+    return {
+        "tensors": {name: tensor[start:stop] for name, tensor in backbone_features["tensors"].items()},
+        "metadata": metadata | sliced,
+    }
+
+
+def embed_images(model_checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame,
+                 runtime: dict, config: EmbeddingAnalysisConfig) -> pd.DataFrame:
+    """Score and embed every indexed image (unseen kinds too) with the trained checkpoint.
+
+    Returns :func:`score_index`'s table (path, split, label, kind, target, score, error,
+    e0..e49 [, f0..f1279]) with ``predicted_label``: the classifier's argmax, i.e. ``valid``
+    when the score is above 0.5 (not the evaluate stage's operating point); NA if unreadable.
+    """
+    size = int(config.extraction_chunk_size)
+    parts = []
+    with tqdm(total=len(image_index), desc="Embedding images", unit="image") as progress:
+        for start in range(0, max(len(image_index), 1), size):
+            parts.append(score_index(model_checkpoint, _rows_of(backbone_features, start, start + size),
+                                     image_index.iloc[start : start + size], runtime, config.include_pooled_features))
+            progress.update(len(parts[-1]))
+    table = pd.concat(parts, ignore_index=True)
+    predicted = np.where(table["score"] > 0.5, "valid", "invalid")
+    table.insert(6, "predicted_label", pd.array(predicted, dtype="string"))
+    table.loc[table["score"].isna(), "predicted_label"] = pd.NA
+    logger.info("Embedded %d images (%d unreadable) into %d dimensions", len(table),
+                int(table["score"].isna().sum()), len(embedding_columns(table)))
+    return table
+
+
+def fit_pca_basis(image_embeddings: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """PCA of the training split's labelled embeddings.
+
+    Returns:
+        The basis (``mean``, ``components`` as rows, ``fitted_on``) and the explained variance
+        per component (``component``, ``explained_variance_ratio``, ``cumulative``).
+    """
+    train = _analysed(image_embeddings).query("split == 'train'")
+    if len(train) < 3:
+        raise ValueError(f"PCA is fitted on the training split, which has only {len(train)} readable labelled images")
+    pca = fit_pca(train[embedding_columns(train)].to_numpy())
+    ratio = pca.explained_variance_ratio_
+    variance = pd.DataFrame({"component": np.arange(1, len(ratio) + 1), "explained_variance_ratio": ratio,
+                             "cumulative": np.cumsum(ratio)})
+    basis = {"mean": pca.mean_, "components": pca.components_, "fitted_on": int(len(train))}
+    logger.info("PCA on %d training embeddings: PC1-3 explain %s", len(train),
+                ", ".join(f"{r:.1%}" for r in ratio[:3]))
+    return basis, variance
+
+
+def project_embeddings(image_embeddings: pd.DataFrame, pca_basis: dict, config: EmbeddingAnalysisConfig) -> pd.DataFrame:
+    """Every image's first ``pca_components`` principal coordinates (NaN when unreadable)."""
+    count = min(int(config.pca_components), len(pca_basis["components"]))
+    x = image_embeddings[embedding_columns(image_embeddings)].to_numpy(np.float64)
+    coordinates = (x - pca_basis["mean"]) @ pca_basis["components"][:count].T
+    coordinates[image_embeddings["score"].isna().to_numpy()] = np.nan
+    projection = image_embeddings[["path", "split", "label", "kind", "score", "predicted_label"]].reset_index(drop=True)
+    return pd.concat([projection, pd.DataFrame(coordinates, columns=[f"pc{i + 1}" for i in range(count)])], axis=1)
+
+
+def cluster_embeddings(image_embeddings: pd.DataFrame, config: EmbeddingAnalysisConfig,
+                       seed: int) -> tuple[pd.DataFrame, dict]:
+    """Cluster the labelled embeddings: a GMM with k chosen by BIC, a 2-component GMM, and
+    agglomerative clustering (on a stratified sample above ``agglomerative_max_samples``).
+
+    Returns:
+        One row per labelled readable image (path, split, label, ``gmm``, ``gmm_2``,
+        ``agglomerative``: cluster numbers, 0 the largest; NA where not sampled) and the
+        fitted models as arrays (means and full covariances in embedding space, BIC per k).
+    """
+    analysed = _analysed(image_embeddings)
+    x = analysed[embedding_columns(analysed)].to_numpy(np.float64)
+    labels = analysed["label"].to_numpy(str)
+    fit_rows = stratified_sample(labels, config.gmm_max_samples, seed)
+    low, high = config.gmm_components
+    fits = fit_gaussian_mixtures(x[fit_rows], range(low, high + 1), config.gmm_covariance_type, seed,
+                                 config.gmm_reg_covar, config.gmm_bic_patience)
+    two = fits if 2 in fits.models else fit_gaussian_mixtures(
+        x[fit_rows], [2], config.gmm_covariance_type, seed, config.gmm_reg_covar)
+    mixtures = {"gmm": (fits.best, fits.bic), "gmm_2": (two.models[2], {2: two.bic[2]})}
+    assignments = analysed[["path", "split", "label"]].copy()
+    for name, (model, _) in mixtures.items():
+        assignments[name] = predict_clusters(model, x)
+    sample = stratified_sample(labels, config.agglomerative_max_samples, seed)
+    assignments["agglomerative"] = pd.array([pd.NA] * len(x), dtype="Int64")
+    assignments.loc[sample, "agglomerative"] = agglomerative_clusters(
+        x[sample], config.agglomerative_clusters, config.agglomerative_linkage)
+    models = {name: {"means": model.means_, "covariances": full_covariances(model), "weights": model.weights_,
+                     "bic": bic, "fitted_on": int(len(fit_rows))}
+              for name, (model, bic) in mixtures.items()}
+    models["agglomerative"] = {"clustered": int(len(sample)), "labelled": int(len(x))}
+    return assignments, models
+
+
+def _composition(assignments: pd.DataFrame, method: str) -> pd.DataFrame:
+    clustered = assignments.dropna(subset=[method])
+    counts = pd.crosstab(clustered[method].astype(int), clustered["label"].astype(str))
+    table = pd.DataFrame({"method": method, "cluster": counts.index.to_numpy(), "size": counts.sum(axis=1).to_numpy()})
+    for label in counts.columns:
+        table[label] = counts[label].to_numpy()
+    table["majority_label"] = counts.idxmax(axis=1).to_numpy()
+    table["majority_share"] = (counts.max(axis=1) / counts.sum(axis=1)).to_numpy()
+    return table
+
+
+def score_clusters(cluster_assignments: pd.DataFrame, image_embeddings: pd.DataFrame, cluster_models: dict,
+                   config: EmbeddingAnalysisConfig, seed: int) -> tuple[dict, pd.DataFrame]:
+    """ARI, NMI, purity and silhouette of each clustering, and every cluster's label composition."""
+    analysed = _analysed(image_embeddings)
+    x = analysed[embedding_columns(analysed)].to_numpy(np.float64)
+    metrics = {"space": f"classifier embedding ({x.shape[1]}-d)", "labelled_points": int(len(x))}
+    for method in METHODS:
+        rows = cluster_assignments[method].notna().to_numpy()
+        scores = agreement_scores(x[rows], cluster_assignments.loc[rows, "label"].to_numpy(str),
+                                  cluster_assignments.loc[rows, method].to_numpy(int), config.silhouette_sample_size, seed)
+        metrics[method] = scores | _method_details(method, cluster_models[method], config)
+    composition = pd.concat([_composition(cluster_assignments, method) for method in METHODS], ignore_index=True)
+    counts = [c for c in composition.columns if c not in ("method", "cluster", "size", "majority_label", "majority_share")]
+    composition[counts] = composition[counts].fillna(0).astype("int64")
+    return metrics, composition
+
+
+def _method_details(method: str, model: dict, config: EmbeddingAnalysisConfig) -> dict:
+    if method == "agglomerative":
+        sampled = model["clustered"] < model["labelled"]
+        return {
+            "linkage": config.agglomerative_linkage, "sampled": bool(sampled),
+            "note": (f"clustered a stratified sample of {model['clustered']} of {model['labelled']} labelled images "
+                     "(O(n^2) memory); scores are on that sample") if sampled else "clustered every labelled image",
+        }
+    details = {"covariance_type": config.gmm_covariance_type, "fitted_on": model["fitted_on"],
+               "bic": {str(k): v for k, v in model["bic"].items()}}
+    if method == "gmm":
+        details["chosen_by"] = f"lowest BIC over k in {list(config.gmm_components)}" + (
+            f", stopping once BIC rose for {config.gmm_bic_patience} successive k" if config.gmm_bic_patience else "")
+    return details
+
+
+def summarise_embedding_space(image_embeddings: pd.DataFrame, pca_explained_variance: pd.DataFrame,
+                              clustering_metrics: dict) -> dict:
+    """The shape of the space as numbers: each class's spread around its training centroid,
+    per split, the distance between centroids, and the stage's headline clustering scores."""
+    analysed = _analysed(image_embeddings)
+    x = analysed[embedding_columns(analysed)].to_numpy(np.float64)
+    labels, splits = analysed["label"].to_numpy(str), analysed["split"].to_numpy(str)
+    train = splits == "train"
+    centroids = class_centroids(x[train], labels[train])
+    summary = {
+        "space": clustering_metrics["space"], "centroids_from": "train split",
+        "per_class": class_spread(x, labels, centroids),
+        "per_split": {split: _split_spread(x[splits == split], labels[splits == split], centroids)
+                      for split in ("train", "val", "test") if (splits == split).any()},
+        "pca_cumulative_variance": {("pc1" if r.component == 1 else f"pc1_to_pc{r.component}"): float(r.cumulative)
+                                    for r in pca_explained_variance.head(3).itertuples()},
+        "clustering": {m: {"clusters": clustering_metrics[m]["clusters"], "ari": clustering_metrics[m]["ari"],
+                           "nmi": clustering_metrics[m]["nmi"]} for m in METHODS},
+    }
+    summary |= _density_comparison(summary["per_class"], centroids)
+    _log_stage_summary(summary)
+    return summary
+
+
+def _split_spread(x: np.ndarray, labels: np.ndarray, centroids: dict) -> dict:
+    """How far one split's images lie from the training centroids, and how many are nearest their own."""
+    spread = class_spread(x, labels, centroids)
+    return {"mean_distance_to_train_centroid": {label: v["mean_distance_to_centroid"] for label, v in spread.items()},
+            "nearest_centroid_share": nearest_centroid_share(x, labels, centroids)}
+
+
+def _density_comparison(per_class: dict, centroids: dict) -> dict:
+    """Which class is denser, by how much, and how far apart the classes lie relative to their size."""
+    if set(per_class) != {"valid", "invalid"}:
+        return {}
+    valid, invalid = per_class["valid"], per_class["invalid"]
+    distance = float(np.linalg.norm(centroids["valid"] - centroids["invalid"]))
+    return {
+        "centroid_distance": distance,
+        "denser_class": "valid" if valid["mean_distance_to_centroid"] < invalid["mean_distance_to_centroid"] else "invalid",
+        "invalid_to_valid_spread_ratio": invalid["mean_distance_to_centroid"] / max(valid["mean_distance_to_centroid"], 1e-12),
+        "separation": distance / max((valid["rms_radius"] + invalid["rms_radius"]) / 2, 1e-12),
+    }
+
+
+def _log_stage_summary(summary: dict) -> None:
+    clustering = summary["clustering"]
+    logger.info(
+        "Embedding clusters vs labels: GMM k=%d by BIC ARI %.3f NMI %.3f | GMM k=2 ARI %.3f NMI %.3f | "
+        "agglomerative ARI %.3f NMI %.3f",
+        clustering["gmm"]["clusters"], clustering["gmm"]["ari"], clustering["gmm"]["nmi"],
+        clustering["gmm_2"]["ari"], clustering["gmm_2"]["nmi"],
+        clustering["agglomerative"]["ari"], clustering["agglomerative"]["nmi"],
+    )
+    spread = ", ".join(f"{label} {values['mean_distance_to_centroid']:.3g} (~{values['effective_dimensions']:.1f} dims)"
+                       for label, values in summary["per_class"].items())
+    logger.info("Mean distance to class centroid: %s", spread)
+    if "denser_class" in summary:
+        logger.info("Denser class: %s; invalid/valid spread %.2fx; centroid distance %.3g = %.1f mean class radii",
+                    summary["denser_class"], summary["invalid_to_valid_spread_ratio"], summary["centroid_distance"],
+                    summary["separation"])
+
+
+# ---------------------------------------------------------------- figures
+
+def _figure_rows(projection: pd.DataFrame, max_points: int, seed: int) -> pd.DataFrame:
+    """Readable rows, at most ``max_points`` of them, sampled keeping each label and split's share."""
+    readable = projection.loc[projection["pc1"].notna()].reset_index(drop=True)
+    strata = readable["label"].fillna("unseen").astype(str) + "/" + readable["split"].astype(str)
+    return readable.iloc[stratified_sample(strata.to_numpy(), max_points, seed)]
+
+
+def _sample_note(shown: int, total: int) -> str:
+    return f"; random {shown:,} of {total:,} images" if shown < total else ""
+
+
+def _point_size(count: int) -> float:
+    return float(np.clip(3000 / max(count, 1), 6, 40))
+
+
+def _axis_label(variance: pd.DataFrame | None, component: int) -> str:
+    if variance is None or component > len(variance):
+        return f"PC{component}"
+    return f"PC{component} ({variance['explained_variance_ratio'].iloc[component - 1]:.1%} of variance)"
+
+
+def _scatter_by_label(axis, rows: pd.DataFrame) -> None:
+    size = _point_size(len(rows))
+    for (label, split), group in rows.groupby(["label", "split"], observed=True):
+        axis.scatter(group["pc1"], group["pc2"], s=size, marker=SPLIT_MARKERS.get(split, "o"),
+                     color=LABEL_COLOURS.get(label, UNSEEN_COLOUR), alpha=0.7, linewidths=0)
+
+
+def _label_legend(axis, rows: pd.DataFrame) -> None:
+    handles = [Line2D([], [], linestyle="", marker="o", color=LABEL_COLOURS.get(label, UNSEEN_COLOUR), label=label)
+               for label in sorted(rows["label"].dropna().unique())]
+    handles += [Line2D([], [], linestyle="", marker=marker, color="black", markerfacecolor="none", label=split)
+                for split, marker in SPLIT_MARKERS.items() if (rows["split"] == split).any()]
+    axis.legend(handles=handles, loc="best", fontsize="small", framealpha=0.85)
+
+
+def plot_explained_variance(pca_explained_variance: pd.DataFrame) -> Figure:
+    """Variance explained by each principal component (log scale), and cumulatively by the first ten."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    each, cumulative = figure.subplots(1, 2)
+    each.bar(pca_explained_variance["component"], pca_explained_variance["explained_variance_ratio"], color="#4c72b0")
+    each.set(yscale="log", xlabel="principal component", ylabel="share of variance (log scale)",
+             title="Variance explained by each component")
+    first = pca_explained_variance.head(10)
+    cumulative.plot(first["component"], first["cumulative"], marker="o", color="#4c72b0")
+    for row in first.itertuples():
+        cumulative.annotate(f"{row.cumulative:.{2 if row.cumulative > 0.99 else 1}%}", (row.component, row.cumulative),
+                            textcoords="offset points", xytext=(0, -14), ha="center", fontsize="x-small")
+    low = float(first["cumulative"].iloc[0])
+    cumulative.set(xlabel="number of components", ylabel="cumulative share of variance", xticks=first["component"],
+                   ylim=(max(0.0, low - 0.15 * (1 - low) - 0.002), 1 + 0.05 * (1 - low) + 0.0005),
+                   title="Cumulative variance of the first components")
+    cumulative.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+    for axis in (each, cumulative):
+        axis.grid(alpha=0.3)
+    figure.suptitle("PCA of the classifier embedding, fitted on the training split")
+    return figure
+
+
+def plot_pca_scatter(pca_projection: pd.DataFrame, pca_explained_variance: pd.DataFrame,
+                     config: EmbeddingAnalysisConfig, seed: int) -> Figure:
+    """Labelled images on the first two principal components: colour is the label, marker the split."""
+    labelled = pca_projection.loc[pca_projection["label"].notna()]
+    rows = _figure_rows(labelled, config.figure_max_points, seed)
+    figure = Figure(figsize=(9, 6.5), layout="constrained")
+    axis = figure.subplots()
+    _scatter_by_label(axis, rows)
+    _label_legend(axis, rows)
+    axis.set(xlabel=_axis_label(pca_explained_variance, 1), ylabel=_axis_label(pca_explained_variance, 2),
+             title="Classifier embeddings on the first two principal components\n"
+                   f"PCA fitted on the training split; axes not to the same scale"
+                   f"{_sample_note(len(rows), int(labelled['pc1'].notna().sum()))}")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_pca_scatter_3d(pca_projection: pd.DataFrame, pca_explained_variance: pd.DataFrame,
+                        config: EmbeddingAnalysisConfig, seed: int) -> go.Figure:
+    """Interactive 3D scatter of the first three principal components; hover shows path, label,
+    score and split. Unseen kinds are one faint trace, hidden until clicked in the legend."""
+    rows = _figure_rows(pca_projection, config.figure_max_points, seed)
+    figure = go.Figure()
+    order = {split: i for i, split in enumerate(SPLIT_SYMBOLS_3D)}
+    rows = rows.assign(trace=rows["label"].fillna("unseen"), split_order=rows["split"].map(order))
+    for (label, _, split), group in rows.groupby(["trace", "split_order", "split"], observed=True, dropna=False):
+        unseen = label == "unseen"
+        described = "kind: %{customdata[1]} (unseen)" if unseen else f"label: {label}"
+        figure.add_trace(go.Scatter3d(
+            x=group["pc1"], y=group["pc2"], z=group["pc3"], mode="markers",
+            name="unseen kinds" if unseen else f"{label} · {split}", visible="legendonly" if unseen else True,
+            marker={"size": 2.5 if unseen else 3.5, "color": LABEL_COLOURS.get(label, UNSEEN_COLOUR),
+                    "symbol": SPLIT_SYMBOLS_3D.get(split, "circle"), "opacity": 0.35 if unseen else 0.85},
+            customdata=np.stack([group["path"].astype(str), group["kind"].astype(str), group["split"].astype(str),
+                                 group["score"].map("{:.4f}".format)], axis=1),
+            hovertemplate=("%{customdata[0]}<br>" + described +
+                           "<br>score: %{customdata[3]}<br>split: %{customdata[2]}<extra></extra>"),
+        ))
+    axes = {f"{name}axis": {"title": {"text": _axis_label(pca_explained_variance, i + 1)}}
+            for i, name in enumerate(("x", "y", "z"))}
+    figure.update_layout(
+        title=f"Classifier embeddings, first three principal components{_sample_note(len(rows), int(pca_projection['pc1'].notna().sum()))}",
+        scene=axes, legend={"itemsizing": "constant"}, margin={"l": 0, "r": 0, "t": 50, "b": 0}, template="plotly_white",
+    )
+    return figure
+
+
+def _draw_ellipses(axis, model: dict, pca_basis: dict) -> None:
+    """Each mixture component as 1- and 2-sigma ellipses on PC1/PC2, keeping the view on the points."""
+    limits = axis.get_xlim(), axis.get_ylim()
+    centers, covariances = project_gaussians(model["means"], model["covariances"], pca_basis["mean"],
+                                             pca_basis["components"][:2])
+    for index, (center, covariance) in enumerate(zip(centers, covariances)):
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        angle = np.degrees(np.arctan2(eigenvectors[1, -1], eigenvectors[0, -1]))
+        colour = CLUSTER_COLOURS[index % len(CLUSTER_COLOURS)]
+        for sigmas, style in ((1, "-"), (2, "--")):
+            width, height = 2 * sigmas * np.sqrt(np.clip(eigenvalues[::-1], 0, None))
+            axis.add_patch(Ellipse(center, width, height, angle=angle, fill=False, color=colour,
+                                   linestyle=style, linewidth=1.4))
+        axis.plot(*center, marker="X", color=colour, markeredgecolor="black", markersize=9)
+    axis.set_xlim(*limits[0])
+    axis.set_ylim(*limits[1])
+
+
+def _scatter_by_cluster(axis, rows: pd.DataFrame, method: str, sizes: pd.Series) -> None:
+    """Points coloured by cluster; the legend gives each cluster's size among all clustered images."""
+    size = _point_size(len(rows))
+    for cluster, group in rows.groupby(method):
+        axis.scatter(group["pc1"], group["pc2"], s=size, color=CLUSTER_COLOURS[int(cluster) % len(CLUSTER_COLOURS)],
+                     alpha=0.7, linewidths=0, label=f"cluster {int(cluster)} (n={sizes[cluster]:,})")
+    axis.legend(loc="best", fontsize="x-small", framealpha=0.85, markerscale=1.5)
+
+
+def _method_title(method: str, metrics: dict) -> str:
+    scores = metrics[method]
+    silhouette = "n/a" if scores["silhouette"] is None else f"{scores['silhouette']:.2f}"
+    sampled = f" on a sample of {scores['points']:,}" if scores.get("sampled") else ""
+    return (f"{METHODS[method]}: k={scores['clusters']}{sampled}\nARI {scores['ari']:.2f}, NMI {scores['nmi']:.2f}, "
+            f"purity {scores['purity']:.2f}, silhouette {silhouette}")
+
+
+def _plot_bic(axis, metrics: dict, config: EmbeddingAnalysisConfig) -> None:
+    bic = {int(k): v for k, v in metrics["gmm"]["bic"].items()}
+    chosen = metrics["gmm"]["clusters"]
+    axis.plot(list(bic), list(bic.values()), marker="o", color="#4c72b0")
+    if chosen in bic:
+        axis.plot(chosen, bic[chosen], marker="o", markersize=12, fillstyle="none", color="#c44e52",
+                  label=f"chosen k = {chosen}")
+        axis.legend(loc="best", fontsize="small")
+    untried = config.gmm_components[1] > max(bic)
+    axis.set(xlabel="number of mixture components k" + (f"  (k > {max(bic)} not tried: BIC was rising)" if untried else ""),
+             ylabel="BIC (lower is better)",
+             title=f"GMM model selection ({metrics['gmm']['covariance_type']} covariance)")
+    axis.set_xticks(list(bic))
+
+
+def _plot_composition(axis, composition: pd.DataFrame) -> None:
+    short = {"gmm": "GMM (BIC)", "gmm_2": "GMM k=2", "agglomerative": "Agglomerative"}
+    names = [f"{short[r.method]} · cluster {r.cluster} (n={r.size:,})" for r in composition.itertuples()]
+    left = np.zeros(len(composition))
+    for label, colour in LABEL_COLOURS.items():
+        if label in composition:
+            share = composition[label].to_numpy(float) / composition["size"].to_numpy(float)
+            axis.barh(np.arange(len(names)), share, left=left, color=colour, label=label)
+            left += share
+    axis.set_yticks(np.arange(len(names)), names, fontsize="small")
+    axis.invert_yaxis()
+    axis.xaxis.set_major_formatter(PercentFormatter(1.0))
+    axis.set(xlim=(0, 1), title="Label composition of each cluster")
+    axis.legend(loc="lower right", fontsize="small", framealpha=0.85)
+
+
+def plot_cluster_comparison(pca_projection: pd.DataFrame, cluster_assignments: pd.DataFrame, cluster_models: dict,
+                            pca_basis: dict, clustering_metrics: dict, cluster_composition: pd.DataFrame,
+                            config: EmbeddingAnalysisConfig, seed: int) -> Figure:
+    """Side by side on PC1/PC2: true labels, GMM clusters with their ellipses, agglomerative
+    clusters; below, the BIC curve and each cluster's label composition."""
+    merged = cluster_assignments.merge(pca_projection[["path", "pc1", "pc2"]], on="path", how="left", validate="one_to_one")
+    rows = _figure_rows(merged, config.figure_max_points, seed)
+    figure = Figure(figsize=(17, 10.5), layout="constrained")
+    axes = figure.subplots(2, 3)
+    _scatter_by_label(axes[0, 0], rows)
+    _label_legend(axes[0, 0], rows)
+    axes[0, 0].set_title("True labels")
+    for axis, method in zip((axes[0, 1], axes[0, 2], axes[1, 0]), METHODS):
+        clustered = merged.dropna(subset=[method])
+        shown = rows if len(clustered) == len(merged) else _figure_rows(clustered, config.figure_max_points, seed)
+        _scatter_by_cluster(axis, shown, method, clustered[method].value_counts())
+        if method in ("gmm", "gmm_2"):
+            _draw_ellipses(axis, cluster_models[method], pca_basis)
+        axis.set_title(_method_title(method, clustering_metrics))
+    for axis in (axes[0, 0], axes[0, 1], axes[0, 2], axes[1, 0]):
+        axis.set(xlabel="PC1", ylabel="PC2")
+        axis.grid(alpha=0.3)
+    _plot_bic(axes[1, 1], clustering_metrics, config)
+    _plot_composition(axes[1, 2], cluster_composition)
+    figure.suptitle("Clusters of the classifier embedding vs the true labels"
+                    + _sample_note(len(rows), len(merged)) + "; ellipses: 1 and 2 sigma", fontsize="large")
+    return figure

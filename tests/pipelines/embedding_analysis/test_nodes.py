@@ -1,0 +1,134 @@
+"""embedding_analysis nodes on a tiny checkpoint and on small generated embedding tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import yaml
+from matplotlib.figure import Figure
+
+from image_classification.pipelines.embedding_analysis.nodes import (
+    EmbeddingAnalysisConfig,
+    cluster_embeddings,
+    embed_images,
+    embedding_columns,
+    fit_pca_basis,
+    plot_cluster_comparison,
+    plot_explained_variance,
+    plot_pca_scatter,
+    plot_pca_scatter_3d,
+    project_embeddings,
+    score_clusters,
+    summarise_embedding_space,
+)
+
+from ...conftest import REPO_ROOT
+from .generated import INVALID_SPREAD, VALID_SPREAD
+
+RUNTIME = {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0}
+SMALL = EmbeddingAnalysisConfig(gmm_components=(1, 4), agglomerative_max_samples=100, figure_max_points=150)
+
+
+@pytest.fixture(scope="module")
+def analysed(small_embeddings) -> dict:
+    """Every node's output on ``small_embeddings``, computed once for the tests below."""
+    basis, variance = fit_pca_basis(small_embeddings)
+    assignments, models = cluster_embeddings(small_embeddings, SMALL, seed=0)
+    metrics, composition = score_clusters(assignments, small_embeddings, models, SMALL, seed=0)
+    return {"basis": basis, "variance": variance, "projection": project_embeddings(small_embeddings, basis, SMALL),
+            "assignments": assignments, "models": models, "metrics": metrics, "composition": composition}
+
+
+def test_parameters_file_builds_the_config():
+    parameters = yaml.safe_load(Path(REPO_ROOT / "conf/base/parameters_embedding_analysis.yml").read_text())
+    config = EmbeddingAnalysisConfig(**parameters["embedding_analysis"])
+    assert config.gmm_components == (1, 8) and config.include_pooled_features is False
+
+
+@pytest.mark.parametrize("bad", [{"gmm_components": [3, 2]}, {"gmm_covariance_type": "round"},
+                                 {"agglomerative_linkage": "centroid"}, {"pca_components": 2},
+                                 {"gmm_bic_patience": 0}, {"figure_max_points": 1}])
+def test_config_rejects_bad_settings(bad):
+    with pytest.raises(ValueError, match="embedding_analysis"):
+        EmbeddingAnalysisConfig(**bad)
+
+
+def test_embed_images_scores_every_image_in_chunks(tiny_checkpoint, tiny_features, tiny_index):
+    whole = embed_images(tiny_checkpoint, tiny_features, tiny_index, RUNTIME, EmbeddingAnalysisConfig())
+    chunked = embed_images(tiny_checkpoint, tiny_features, tiny_index, RUNTIME,
+                           EmbeddingAnalysisConfig(extraction_chunk_size=12, include_pooled_features=True))
+    assert list(whole.columns[:8]) == ["path", "split", "label", "kind", "target", "score", "predicted_label", "error"]
+    assert embedding_columns(whole) == [f"e{i}" for i in range(50)] == list(whole.columns[8:])
+    assert len(whole) == len(tiny_index) and (whole["split"] == "unseen").sum() == 4
+    pd.testing.assert_frame_equal(chunked[whole.columns], whole, atol=1e-5, rtol=1e-4)
+    assert [f"f{i}" for i in (0, 1279)] == [c for c in chunked.columns if c in ("f0", "f1279")]
+    readable = whole["score"].notna()
+    assert not readable[2] and pd.isna(whole.loc[2, "predicted_label"]) and whole.loc[2, "error"] == "truncated image"
+    expected = np.where(whole.loc[readable, "score"] > 0.5, "valid", "invalid")
+    assert whole.loc[readable, "predicted_label"].tolist() == expected.tolist()
+
+
+def test_pca_is_fitted_on_readable_training_embeddings_and_applied_to_all(small_embeddings):
+    basis, variance = fit_pca_basis(small_embeddings)
+    train = small_embeddings.query("split == 'train'").dropna(subset=["label", "score"])
+    np.testing.assert_allclose(basis["mean"], train[embedding_columns(train)].mean().to_numpy(), rtol=1e-5, atol=1e-5)
+    assert basis["fitted_on"] == len(train)
+    assert variance["cumulative"].iloc[-1] == pytest.approx(1.0)
+    assert variance["explained_variance_ratio"].is_monotonic_decreasing
+    projection = project_embeddings(small_embeddings, basis, EmbeddingAnalysisConfig(pca_components=4))
+    assert list(projection.columns[-4:]) == ["pc1", "pc2", "pc3", "pc4"]
+    assert len(projection) == len(small_embeddings)
+    assert projection["pc1"].isna().tolist() == small_embeddings["score"].isna().tolist()
+    valid = projection.loc[projection["label"] == "valid", "pc1"]
+    invalid = projection.loc[projection["label"] == "invalid", "pc1"]
+    assert np.sign(valid.mean()) != np.sign(invalid.mean())  # PC1 separates the two classes
+
+
+def test_clusters_match_well_separated_labels_and_agglomerative_is_sampled(small_embeddings, analysed):
+    assignments, metrics, composition = analysed["assignments"], analysed["metrics"], analysed["composition"]
+    labelled = small_embeddings["label"].notna() & small_embeddings["score"].notna()
+    assert len(assignments) == labelled.sum()
+    assert assignments["agglomerative"].notna().sum() == 100
+    assert metrics["gmm"]["clusters"] == 2 and metrics["gmm"]["ari"] > 0.99 and metrics["gmm_2"]["nmi"] > 0.99
+    assert metrics["agglomerative"]["ari"] > 0.99 and metrics["agglomerative"]["points"] == 100
+    assert metrics["agglomerative"]["sampled"] is True and "sample of 100" in metrics["agglomerative"]["note"]
+    assert set(metrics["gmm"]["bic"]) <= {"1", "2", "3", "4"} and metrics["gmm"]["purity"] == 1.0
+    assert composition.groupby("method")["size"].sum().to_dict() == {
+        "gmm": labelled.sum(), "gmm_2": labelled.sum(), "agglomerative": 100}
+    assert (composition["valid"] + composition["invalid"] == composition["size"]).all()
+    assert (composition["majority_share"] == 1.0).all()
+
+
+def test_summary_measures_that_valid_is_denser(small_embeddings, analysed):
+    metrics = analysed["metrics"]
+    summary = summarise_embedding_space(small_embeddings, analysed["variance"], metrics)
+    assert summary["denser_class"] == "valid"
+    assert summary["invalid_to_valid_spread_ratio"] == pytest.approx(INVALID_SPREAD / VALID_SPREAD, rel=0.1)
+    assert summary["centroid_distance"] == pytest.approx(30.0, rel=0.05)
+    assert set(summary["per_split"]) == {"train", "val", "test"}
+    assert summary["per_split"]["test"]["nearest_centroid_share"] == 1.0
+    assert summary["per_class"]["valid"]["effective_dimensions"] > 20  # a round cloud, not a line
+    assert summary["clustering"]["gmm"]["ari"] == metrics["gmm"]["ari"]
+
+
+def test_figures_on_tiny_data(analysed):
+    variance, projection, metrics = analysed["variance"], analysed["projection"], analysed["metrics"]
+    assert len(plot_explained_variance(variance).axes) == 2
+    scatter = plot_pca_scatter(projection, variance, SMALL, seed=0)
+    assert isinstance(scatter, Figure) and "150 of" in scatter.axes[0].get_title()
+    comparison = plot_cluster_comparison(projection, analysed["assignments"], analysed["models"], analysed["basis"],
+                                         metrics, analysed["composition"], SMALL, seed=0)
+    assert len(comparison.axes) == 6
+    assert len(comparison.axes[1].patches) == 2 * metrics["gmm"]["clusters"]  # 1- and 2-sigma ellipses
+    figure = plot_pca_scatter_3d(projection, variance, SMALL, seed=0)
+    assert isinstance(figure, go.Figure)
+    names = [trace.name for trace in figure.data]
+    assert "valid · train" in names and "unseen kinds" in names
+    assert sum(len(trace.x) for trace in figure.data) == 150
+    trace = figure.data[names.index("valid · train")]
+    assert trace.customdata[0][0].startswith("/images/valid/")
+    assert all(key in trace.hovertemplate for key in ("customdata[0]", "score", "split", "label"))

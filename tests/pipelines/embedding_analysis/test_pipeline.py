@@ -1,0 +1,71 @@
+"""The embedding_analysis pipeline on its own after train: its catalog entries, written to a scratch folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from image_classification.pipelines.embedding_analysis import create_pipeline
+from image_classification.pipelines.embedding_analysis.nodes import EmbeddingAnalysisConfig
+
+from ...conftest import REPO_ROOT
+
+CONF = REPO_ROOT / "conf" / "base"
+UPSTREAM = {"model_checkpoint", "backbone_features", "image_index"}
+PARAMETERS = {"params:embedding_analysis", "params:runtime", "params:seed"}
+
+
+def stage_catalog() -> dict:
+    return yaml.safe_load((CONF / "catalog_embedding_analysis.yml").read_text())
+
+
+def test_pipeline_needs_only_trains_outputs_and_writes_only_its_own_entries():
+    pipeline = create_pipeline()
+    assert pipeline.inputs() == UPSTREAM | PARAMETERS
+    entries = stage_catalog()
+    persisted = pipeline.all_outputs() & set(entries)
+    assert persisted == set(entries)  # every entry is written by this pipeline
+    assert pipeline.all_outputs() - persisted == {"pca_basis", "cluster_models"}  # small, in memory
+    others = set()
+    for path in CONF.glob("catalog*.yml"):
+        if path.name != "catalog_embedding_analysis.yml":
+            others |= set(yaml.safe_load(path.read_text()) or {})
+    assert not others & set(entries)
+    for name, entry in entries.items():
+        assert entry["versioned"] is True, name
+        assert entry["metadata"]["kedro-viz"]["layer"] in {"model_output", "reporting"}, name
+
+
+def test_pipeline_runs_from_a_checkpoint_and_a_feature_cache(tmp_path, tiny_checkpoint, tiny_features, tiny_index):
+    entries = {name: entry | {"filepath": str(tmp_path / entry["filepath"])} for name, entry in stage_catalog().items()}
+    for entry in entries.values():
+        if entry["type"] == "matplotlib.MatplotlibDataset":
+            entry["save_args"] = {"dpi": 30}  # the figures' content is tested elsewhere; small PNGs save faster
+    catalog = DataCatalog.from_config(entries)
+    inputs = {
+        "model_checkpoint": tiny_checkpoint, "backbone_features": tiny_features, "image_index": tiny_index,
+        "params:runtime": {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0}, "params:seed": 42,
+        "params:embedding_analysis": EmbeddingAnalysisConfig(gmm_components=(1, 3), agglomerative_max_samples=12),
+    }
+    for name, value in inputs.items():
+        catalog[name] = MemoryDataset(value)
+    SequentialRunner().run(create_pipeline(), catalog)
+
+    for entry in entries.values():
+        written = list(Path(entry["filepath"]).glob("*/" + Path(entry["filepath"]).name))
+        assert len(written) == 1, entry["filepath"]
+    embeddings = catalog.load("image_embeddings")
+    assert len(embeddings) == len(tiny_index)
+    assert list(embeddings.columns) == ["path", "split", "label", "kind", "target", "score", "predicted_label", "error",
+                                        *[f"e{i}" for i in range(50)]]
+    metrics = catalog.load("clustering_metrics")
+    assert metrics["labelled_points"] == 23  # 24 labelled images, one unreadable
+    assert metrics["agglomerative"]["sampled"] is True and metrics["agglomerative"]["points"] == 12
+    assert set(catalog.load("cluster_composition")["method"]) == {"gmm", "gmm_2", "agglomerative"}
+    assert catalog.load("pca_projection")[["pc1", "pc2", "pc3"]].notna().sum().tolist() == [27, 27, 27]
+    assert catalog.load("embedding_space_summary")["denser_class"] in {"valid", "invalid"}
+    assert isinstance(catalog.load("pca_scatter_3d"), go.Figure)
