@@ -189,3 +189,26 @@ def test_an_unreadable_file_gets_no_score_and_a_reason(indexed_images):
     assert broken["error"] != ""
     assert scored["score"].iloc[:4].between(0, 1).all()
     assert (scored["error"].iloc[:4] == "").all()
+
+
+def test_head_input_corner_is_the_original_design_and_pooled_sees_the_whole_map():
+    from image_classification.model import ImageClassifier, adapt_feature_map
+
+    torch.manual_seed(0)
+    head = ClassifierHead().eval()
+    feature_map = torch.randn(3, 1280, 7, 7)
+    with torch.no_grad():
+        original = head.layers(feature_map)  # the plain layer stack on the raw 7x7 map
+        corner = head(adapt_feature_map(feature_map, "corner"))
+        pooled = head(adapt_feature_map(feature_map, "pooled"))
+        changed = feature_map.clone()
+        changed[..., 5:, 5:] += 10.0  # the bottom-right of the picture
+        assert torch.allclose(corner, original, atol=1e-5)
+        assert torch.equal(head(adapt_feature_map(changed, "corner")), corner)  # the original never sees it
+        assert not torch.allclose(head(adapt_feature_map(changed, "pooled")), pooled)
+    backbone = torch.nn.Sequential(torch.nn.Identity())
+    for mode, expected in (("corner", corner), ("pooled", pooled)):
+        with torch.no_grad():
+            assert torch.allclose(ImageClassifier(backbone, head, head_input=mode).eval()(feature_map), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="head_input"):
+        adapt_feature_map(feature_map, "center")

@@ -398,6 +398,26 @@ def pooled_features(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.mean(dim=(2, 3))
 
 
+HEAD_INPUTS = ("pooled", "corner")
+
+
+def adapt_feature_map(feature_map: torch.Tensor, head_input: str = "pooled") -> torch.Tensor:
+    """The part of a backbone's (N, C, H, W) map the head is given.
+
+    The original head floors its way from 7x7 down to 1x1, so on a 224 px image it reads only
+    the top-left 4x4 of the map: the bottom and right 43% of every picture never reach it
+    (``"corner"``, the original behaviour). ``"pooled"`` first averages the whole map down to
+    that same 4x4 grid, so the unchanged head sees the whole picture. On CIFAR-10 photos this
+    lifted test AUROC from 0.986 to 0.996 (see README).
+    """
+    extent = ClassifierHead.input_extent(feature_map.shape[-1])
+    if head_input == "pooled":
+        return nn.functional.adaptive_avg_pool2d(feature_map, extent)
+    if head_input == "corner":
+        return feature_map[..., :extent, :extent]
+    raise ValueError(f"model.head_input must be one of {HEAD_INPUTS}, got '{head_input}'")
+
+
 class ClassifierHead(nn.Module):
     """The classifier on (N, 1280, 7, 7) features; its ``Linear(320, 50)`` output is the embedding.
 
@@ -481,10 +501,11 @@ class ClassifierHead(nn.Module):
 class ImageClassifier(nn.Module):
     """A backbone followed by a :class:`ClassifierHead`, with a freezable backbone."""
 
-    def __init__(self, backbone: nn.Module, head: ClassifierHead) -> None:
+    def __init__(self, backbone: nn.Module, head: ClassifierHead, head_input: str = "pooled") -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.head_input = head_input
         self.frozen_blocks = 0
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -493,16 +514,16 @@ class ImageClassifier(nn.Module):
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """The embedding if ``pre_logits`` else the logits, from a feature map."""
-        return self.head.forward_head(features, pre_logits=pre_logits)
+        return self.head.forward_head(adapt_feature_map(features, self.head_input), pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The (N, num_classes) logits of a batch of images."""
-        return self.head(self.forward_features(x))
+        return self.head(adapt_feature_map(self.forward_features(x), self.head_input))
 
     def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pooled backbone features, embedding and logits, from one pass over the images."""
         feature_map = self.forward_features(x)
-        embedding, logits = self.head.embed_and_classify(feature_map)
+        embedding, logits = self.head.embed_and_classify(adapt_feature_map(feature_map, self.head_input))
         return {"features": pooled_features(feature_map), "embedding": embedding, "logits": logits}
 
     def _backbone_blocks(self) -> list[nn.Module]:
@@ -549,9 +570,12 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     weights_path: str | None = None
+    head_input: str = "pooled"
 
     def __post_init__(self) -> None:
         backbone_spec(self.backbone)
+        if self.head_input not in HEAD_INPUTS:
+            raise ValueError(f"model.head_input must be one of {HEAD_INPUTS}, got '{self.head_input}'")
         _check_weights_choice(self.weights)
         if self.weights == "imagenet":
             _imagenet_weights_file(self.backbone, self.weights_path)
@@ -571,12 +595,14 @@ def build_model(
     weights: str = "imagenet",
     weights_path: str | None = None,
     trainable_blocks: int = 0,
+    head_input: str = "pooled",
 ) -> ImageClassifier:
     """Build a backbone, frozen but for its last ``trainable_blocks``, topped by the head."""
     spec = backbone_spec(backbone)
     model = ImageClassifier(
         build_backbone(backbone, weights=weights, weights_path=weights_path),
         ClassifierHead(in_channels=spec.feature_channels),
+        head_input=head_input,
     )
     model.freeze_backbone(trainable_blocks)
     return model
@@ -597,6 +623,7 @@ def model_from_checkpoint(checkpoint: dict) -> ImageClassifier:
     model = ImageClassifier(
         build_backbone(metadata["backbone"], weights="none"),
         ClassifierHead(**metadata["head"]),
+        head_input=metadata.get("head_input", "pooled"),
     )
     model.load_state_dict(checkpoint["tensors"], strict=True)
     model.freeze_backbone(0)

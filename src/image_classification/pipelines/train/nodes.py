@@ -41,12 +41,13 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dic
     backbone = _seeded_backbone(model, seed)
     features = extract_backbone_features(
         backbone, image_index["path"].tolist(), model.spec, device,
-        batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]),
+        batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]), head_input=model.head_input,
     )
     logger.info("Backbone features for %d images: %s", len(image_index), tuple(features["head_input"].shape))
     return {
         "tensors": {"head_input": features["head_input"], "pooled": features["pooled"]},
-        "metadata": {"backbone": model.backbone, "weights": model.weights, "paths": image_index["path"].tolist(),
+        "metadata": {"backbone": model.backbone, "weights": model.weights, "head_input": model.head_input,
+                     "paths": image_index["path"].tolist(),
                      "sha256": image_index["sha256"].tolist(), "errors": features["errors"]},
     }
 
@@ -54,7 +55,8 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dic
 def _check_features_match(features: dict, image_index: pd.DataFrame, model: ModelConfig) -> np.ndarray:
     """The cache must describe this index and backbone; returns which rows are usable."""
     metadata = features["metadata"]
-    if metadata["sha256"] != image_index["sha256"].tolist() or metadata["backbone"] != model.backbone:
+    if (metadata["sha256"] != image_index["sha256"].tolist() or metadata["backbone"] != model.backbone
+            or metadata.get("head_input", "pooled") != model.head_input):
         raise ValueError(
             "backbone_features were computed for another image index or backbone; run "
             "`kedro run --pipelines train` to recompute them"
@@ -87,7 +89,7 @@ def train_classifier(
     targets = {split: image_index["target"].to_numpy()[rows[split]].astype(int) for split in rows}
     backbone = _seeded_backbone(model, seed)
     head = ClassifierHead(in_channels=model.spec.feature_channels)
-    classifier = ImageClassifier(backbone, head)
+    classifier = ImageClassifier(backbone, head, head_input=model.head_input)
     classifier.freeze_backbone(train.trainable_blocks)
     fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed)
     if train.trainable_blocks == 0:
@@ -98,7 +100,8 @@ def train_classifier(
                                     device, seed, fingerprint, training_state)
     trained.load_state_dict(best)
     metadata = {
-        "backbone": model.backbone, "weights": model.weights, "input_size": model.spec.input_size,
+        "backbone": model.backbone, "weights": model.weights, "head_input": model.head_input,
+        "input_size": model.spec.input_size,
         "mean": list(model.spec.mean), "std": list(model.spec.std),
         "head": {"in_channels": model.spec.feature_channels, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2},
         "class_names": CLASS_NAMES, "train": train.as_dict(), "seed": seed, "best_epoch": best_epoch,
