@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -131,3 +134,26 @@ def make_folder_tree(root: Path, valid: int, invalid: int, unseen: dict[str, int
             seed += 1
             write_files(root / "unseen" / kind, {f"{kind}_{index:03d}.png": png_bytes(noise_image(seed))})
     return root
+
+
+DEMO_PIPELINES = "data_prep,train,evaluate,embedding_analysis,zero_shot"
+# Two epochs and fewer resamples: every output is written, nobody reads its numbers. One thread and no
+# decoding workers are faster than two threads spin-waiting on CPUs shared with other work.
+DEMO_PARAMS = "train.epochs=2,evaluate.bootstrap_samples=100,runtime.threads=1,runtime.workers=0"
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A scratch copy of the project after one short ``kedro run`` of the demo (predict left out),
+    shared by the tests that read a run's outputs: kedro viz and the results notebook."""
+    project = tmp_path_factory.mktemp("demo_run")
+    shutil.copytree(REPO_ROOT / "conf" / "base", project / "conf" / "base")
+    (project / "conf" / "local").mkdir()  # a developer's conf/local stays out
+    for item in ("pyproject.toml", ".telemetry"):
+        shutil.copy(REPO_ROOT / item, project / item)
+    (project / "src").mkdir()  # Kedro wants the folder; the package itself is installed
+    command = [sys.executable, "-m", "kedro", "run", "--pipelines", DEMO_PIPELINES, "--params", DEMO_PARAMS]
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "COLUMNS": "160"})
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
+    return project
