@@ -27,7 +27,6 @@ import statistics
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from image_classification.export import BACKENDS, build_backend, export_onnx, parity

@@ -162,7 +162,7 @@ def score_index(checkpoint: dict, backbone_features: dict, image_index: pd.DataF
     fresh = (
         metadata.get("fine_tuned_blocks", 0) == 0
         and cache.get("backbone") == metadata["backbone"]
-        and cache.get("head_input", "pooled") == metadata.get("head_input", "pooled")
+        and cache.get("head_input", "corner") == metadata.get("head_input", "corner")
         and cache.get("sha256") == image_index["sha256"].tolist()
     )
     if fresh:

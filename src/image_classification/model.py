@@ -623,7 +623,8 @@ def model_from_checkpoint(checkpoint: dict) -> ImageClassifier:
     model = ImageClassifier(
         build_backbone(metadata["backbone"], weights="none"),
         ClassifierHead(**metadata["head"]),
-        head_input=metadata.get("head_input", "pooled"),
+        # checkpoints written before head_input existed were all trained on the corner
+        head_input=metadata.get("head_input", "corner"),
     )
     model.load_state_dict(checkpoint["tensors"], strict=True)
     model.freeze_backbone(0)

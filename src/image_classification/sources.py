@@ -251,6 +251,27 @@ def read_source(source: dict, demo_root: str) -> tuple[pd.DataFrame, list[dict]]
     )
 
 
+def read_unlabelled(source: dict, demo_root: str) -> tuple[list[str], list[dict]]:
+    """Images to score (predict): every file below a folder (``kind: folder`` with ``root``, or
+    ``demo``) or the ``path`` column of a CSV (``kind: csv`` with ``csv``).
+
+    Returns the image paths and a folder's other files, each with the reason it is skipped.
+    """
+    kind = source.get("kind")
+    location = demo_root if kind == "demo" else source.get("csv" if kind == "csv" else "root")
+    if kind not in ("demo", "folder", "csv") or not location:
+        raise SourceError(f"predict.source needs kind 'folder' with a root, 'csv' with a csv, or 'demo'; got {source}")
+    fs, path = _filesystem(str(location))
+    if kind == "csv":
+        if not fs.isfile(path):
+            raise SourceError(f"predict.source.csv '{location}' is not a file; check the path in parameters_predict.yml")
+        return _csv_rows(str(location), ["path"], [])["path"].tolist(), []
+    if not fs.isdir(path):
+        raise SourceError(f"predict.source.root '{location}' is not a folder; check the path in parameters_predict.yml")
+    images, others = _list_files(str(location), "predict.source.root")
+    return images, _skipped(others)
+
+
 def _required(source: dict, key: str) -> str:
     value = source.get(key)
     if not value:

@@ -56,7 +56,7 @@ def _check_features_match(features: dict, image_index: pd.DataFrame, model: Mode
     """The cache must describe this index and backbone; returns which rows are usable."""
     metadata = features["metadata"]
     if (metadata["sha256"] != image_index["sha256"].tolist() or metadata["backbone"] != model.backbone
-            or metadata.get("head_input", "pooled") != model.head_input):
+            or metadata.get("head_input", "corner") != model.head_input):
         raise ValueError(
             "backbone_features were computed for another image index or backbone; run "
             "`kedro run --pipelines train` to recompute them"

@@ -1,0 +1,227 @@
+"""The trained model exported to ONNX, and the inference backends that score batches of images.
+
+Every backend takes a batch of preprocessed images, a (N, 3, size, size) float tensor, and
+returns the same three arrays:
+
+- ``score``: (N,) probability of *valid*;
+- ``embedding``: (N, 50) the head's embedding (its pre-logits);
+- ``features``: (N, 1280) the backbone's global-average-pooled features, which the default
+  anomaly detector reads.
+
+Backends, fastest first on a CPU:
+
+- ``onnxruntime``: the exported ONNX model in ONNX Runtime (CPU). Loading it never unpickles
+  anything: an ONNX file is a protobuf of operators and weights.
+- ``torch``: PyTorch eager fp32 with channels_last memory, as the rest of the project runs it.
+- ``torch_nchw``: plain PyTorch eager fp32 (NCHW), the baseline the benchmarks compare against.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import warnings
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from image_classification.model import ImageClassifier, adapt_feature_map, pooled_features
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("score", "embedding", "features")
+BACKENDS = ("onnxruntime", "torch", "torch_nchw")
+CHECKPOINT_KEY = "checkpoint_sha256"
+"""ONNX metadata key naming the checkpoint a model was exported from."""
+
+
+def scoring_outputs(classifier: ImageClassifier, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Score, embedding and pooled features of a batch through the project's own ``forward_all``."""
+    outputs = classifier.forward_all(images)
+    return torch.softmax(outputs["logits"], dim=1)[:, 1], outputs["embedding"], outputs["features"]
+
+
+def head_input_map(classifier: ImageClassifier, feature_size: int) -> torch.Tensor:
+    """``model.adapt_feature_map`` as one (extent², size²) matrix over the feature map's positions.
+
+    Built by passing every one-hot position map through ``adapt_feature_map`` itself, then
+    checked on a random map, so it is that function (average to the head's grid, or cut the
+    corner) and not a copy of its rules.
+    """
+    positions = feature_size**2
+    probes = torch.eye(positions).reshape(positions, 1, feature_size, feature_size)
+    matrix = adapt_feature_map(probes, classifier.head_input).reshape(positions, -1).T.contiguous()
+    sample = torch.randn(2, 3, feature_size, feature_size)
+    extent = int(round(matrix.shape[0] ** 0.5))
+    if not torch.allclose((sample.flatten(2) @ matrix.T).unflatten(2, (extent, extent)),
+                          adapt_feature_map(sample, classifier.head_input), atol=1e-5):
+        raise ValueError("model.adapt_feature_map is not a linear map of positions; the export cannot express it")
+    return matrix
+
+
+class ScoringModel(nn.Module):
+    """The whole classifier as one exportable graph: images in; score, embedding, pooled features out.
+
+    The same function as :func:`scoring_outputs`, with the head's input applied as the constant
+    matrix of :func:`head_input_map`: a matrix product exports everywhere, whereas the
+    TorchScript exporter cannot export adaptive average pooling from 7x7 to 4x4 (its windows
+    overlap). Exported models are compared with :func:`scoring_outputs` (see :func:`parity`).
+    """
+
+    def __init__(self, classifier: ImageClassifier, input_size: int) -> None:
+        super().__init__()
+        self.classifier = classifier
+        with torch.no_grad():
+            feature_size = classifier.forward_features(torch.zeros(1, 3, input_size, input_size)).shape[-1]
+        self.register_buffer("head_input_map", head_input_map(classifier, feature_size), persistent=False)
+        self.extent = int(round(self.head_input_map.shape[0] ** 0.5))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feature_map = self.classifier.forward_features(images)
+        # -1 keeps the batch size a variable of the exported graph (unflatten would fix it)
+        head_input = (feature_map.flatten(2) @ self.head_input_map.T).reshape(-1, feature_map.shape[1], self.extent,
+                                                                              self.extent)
+        embedding, logits = self.classifier.head.embed_and_classify(head_input)
+        return torch.softmax(logits, dim=1)[:, 1], embedding, pooled_features(feature_map)
+
+
+def checkpoint_fingerprint(checkpoint: dict) -> str:
+    """sha256 of a checkpoint's metadata and every tensor's bytes: which model an export is of."""
+    digest = hashlib.sha256(json.dumps(checkpoint["metadata"], sort_keys=True, default=str).encode())
+    for name in sorted(checkpoint["tensors"]):
+        tensor = checkpoint["tensors"][name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def export_onnx(classifier: ImageClassifier, input_size: int, properties: dict[str, str],
+                opset: int = 17) -> bytes:
+    """The classifier as ONNX bytes, any batch size, with ``properties`` in its metadata.
+
+    Uses the TorchScript-based exporter: on this project's 2-core CPU it exports the model in
+    about 7 s, the torch.export-based one (``dynamo=True``, which also needs ``onnxscript``) in
+    60-100 s, for the same graph, speed and outputs (tracing a symbolic batch size dominates).
+    """
+    import onnx
+
+    module = ScoringModel(classifier.eval(), input_size).eval()
+    example = torch.zeros(2, 3, input_size, input_size)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notice, see above
+        torch.onnx.export(
+            module, (example,), buffer, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(model, {key: str(value) for key, value in properties.items()})
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def onnx_properties(onnx_model: bytes) -> dict[str, str]:
+    """The metadata an exported model carries (e.g. :data:`CHECKPOINT_KEY`)."""
+    import onnx
+
+    return {prop.key: prop.value for prop in onnx.load_from_string(onnx_model).metadata_props}
+
+
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime is installed, without importing it."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+class Backend(Protocol):
+    """Scores a batch of preprocessed images; see the module docstring for the outputs."""
+
+    name: str
+
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]: ...
+
+
+class TorchBackend:
+    """PyTorch eager fp32; ``channels_last`` lets oneDNN pick faster convolution kernels."""
+
+    def __init__(self, classifier: ImageClassifier, device: torch.device, channels_last: bool = True,
+                 threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.name = "torch" if channels_last else "torch_nchw"
+        self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # a copy: .to() converts weights in place, and another backend may share the classifier
+        self.classifier = copy.deepcopy(classifier).to(device, memory_format=self.memory_format).eval()
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        outputs = scoring_outputs(self.classifier, images.to(self.device, memory_format=self.memory_format))
+        return {name: value.float().cpu().numpy() for name, value in zip(OUTPUT_NAMES, outputs)}
+
+
+class OnnxRuntimeBackend:
+    """An exported model in ONNX Runtime on the CPU."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_model: bytes, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = int(threads or 0)  # 0: one per physical core
+        options.inter_op_num_threads = 1
+        # idle threads sleep instead of spinning, leaving the cores to the decoding workers
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        arrays = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.detach().cpu().float().numpy()})
+        return dict(zip(OUTPUT_NAMES, arrays))
+
+
+def build_backend(name: str, classifier: ImageClassifier, onnx_model: bytes | None, device: torch.device,
+                  threads: int | None = None) -> Backend:
+    """A backend by name: onnxruntime, torch (channels_last) or torch_nchw."""
+    if name == "onnxruntime":
+        if onnx_model is None:
+            raise ValueError("the onnxruntime backend needs an exported ONNX model")
+        return OnnxRuntimeBackend(onnx_model, threads)
+    if name in ("torch", "torch_nchw"):
+        return TorchBackend(classifier, device, channels_last=name == "torch", threads=threads)
+    raise ValueError(f"unknown inference backend '{name}'; choose one of {', '.join(BACKENDS)}")
+
+
+def parity(classifier: ImageClassifier, onnx_model: bytes, images: torch.Tensor) -> dict[str, float]:
+    """Largest absolute difference, per output, between ONNX Runtime and PyTorch eager fp32."""
+    reference = TorchBackend(classifier, torch.device("cpu"), channels_last=False)(images)
+    exported = OnnxRuntimeBackend(onnx_model)(images)
+    return {name: float(np.max(np.abs(reference[name] - exported[name]), initial=0.0)) for name in OUTPUT_NAMES}
+
+
+def select_backend(requested: str, device: torch.device, onnx_usable: bool, why_not_onnx: str = "") -> tuple[str, str]:
+    """Which backend to run, and why.
+
+    ``auto`` takes ONNX Runtime on a CPU when the export is usable (installed, of this
+    checkpoint, matching PyTorch), else PyTorch channels_last; on a GPU it takes PyTorch, since
+    this project's ONNX Runtime runs on the CPU only. An explicit choice is honoured or refused.
+    """
+    if requested not in ("auto", *BACKENDS):
+        raise ValueError(f"predict.backend must be auto or one of {', '.join(BACKENDS)}, got '{requested}'")
+    if requested == "onnxruntime" and not onnx_usable:
+        raise ValueError(f"predict.backend is onnxruntime but the ONNX model cannot be used: {why_not_onnx}; "
+                         "use backend auto or torch")
+    if requested != "auto":
+        return requested, "chosen by predict.backend"
+    if device.type != "cpu":
+        return "torch", f"auto: PyTorch on {device} (ONNX Runtime runs on the CPU here)"
+    if onnx_usable:
+        return "onnxruntime", "auto: ONNX Runtime, the fastest backend on a CPU"
+    return "torch", f"auto: PyTorch channels_last, because ONNX Runtime cannot be used ({why_not_onnx})"

@@ -1,0 +1,280 @@
+"""Nodes of the predict pipeline: score new, unlabelled images with the trained model.
+
+Images stream through in batches: decoded by DataLoader workers while the model scores the
+previous batch, and only a few numbers per image are kept, so memory stays flat however many
+images a folder holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from image_classification.anomaly import Detector, detector_from_state
+from image_classification.export import (
+    BACKENDS,
+    CHECKPOINT_KEY,
+    Backend,
+    build_backend,
+    checkpoint_fingerprint,
+    export_onnx,
+    onnx_properties,
+    onnxruntime_available,
+    parity,
+    select_backend,
+)
+from image_classification.inference import ImageFiles, image_loader, torch_device
+from image_classification.model import BackboneSpec, backbone_spec, model_from_checkpoint
+from image_classification.sources import read_unlabelled
+
+logger = logging.getLogger(__name__)
+
+# which backend output each anomaly detector's feature space is (msp's space is None: the score)
+_SPACE_OUTPUT = {"pooled": "features", "embedding": "embedding"}
+PREDICTION_COLUMNS = ["path", "score", "predicted_label", "anomaly_score", "anomaly_flag", "accepted_as_valid", "error"]
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """What to score and how; Kedro checks it before any node runs.
+
+    Attributes:
+        source: ``{kind: folder, root: ...}`` (every file below ``root``), ``{kind: csv, csv: ...}``
+            (a CSV with a ``path`` column) or ``{kind: demo}`` (the built-in demo's images).
+        backend: ``auto`` (the fastest usable one), ``onnxruntime``, ``torch`` (channels_last) or
+            ``torch_nchw`` (the plain eager baseline).
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` (PyTorch backends only).
+        batch_size: images scored together.
+        workers: processes decoding images while the model scores (0: in the main process).
+        threads: CPU threads per backend (``onnxruntime``, ``torch``); null: the library default.
+        parity_images: readable images on which the export is compared with PyTorch.
+        parity_tolerance: the largest score difference at which the export is trusted.
+        opset: the ONNX operator set the model is exported with.
+    """
+
+    source: dict = field(default_factory=lambda: {"kind": "demo"})
+    backend: str = "auto"
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int = 2
+    threads: dict = field(default_factory=dict)
+    parity_images: int = 16
+    parity_tolerance: float = 1e-4
+    opset: int = 17
+
+    def __post_init__(self) -> None:
+        if self.source.get("kind") not in ("demo", "folder", "csv"):
+            raise ValueError(f"predict.source.kind must be demo, folder or csv, got '{self.source.get('kind')}'")
+        needed = {"folder": "root", "csv": "csv"}.get(self.source["kind"])
+        if needed and not self.source.get(needed):
+            raise ValueError(f"predict.source.{needed} must be set when predict.source.kind is '{self.source['kind']}'")
+        if self.backend not in ("auto", *BACKENDS):
+            raise ValueError(f"predict.backend must be auto or one of {', '.join(BACKENDS)}, got '{self.backend}'")
+        if self.batch_size < 1 or self.workers < 0 or self.parity_images < 1 or self.parity_tolerance <= 0:
+            raise ValueError("predict.batch_size and parity_images must be at least 1, workers at least 0, "
+                             "parity_tolerance positive")
+        unknown = sorted(set(self.threads) - {"onnxruntime", "torch"})
+        if unknown:
+            raise ValueError(f"predict.threads has unknown backends {unknown}; use onnxruntime and torch")
+        if any(value is not None and int(value) < 1 for value in self.threads.values()):
+            raise ValueError(f"predict.threads must be at least 1 or null (the default), got {self.threads}")
+
+    def threads_for(self, backend: str) -> int | None:
+        """CPU threads for a backend (torch_nchw shares torch's)."""
+        return self.threads.get("onnxruntime" if backend == "onnxruntime" else "torch")
+
+
+def list_images(source: dict, demo_images: str) -> pd.DataFrame:
+    """One row per file to score: ``path`` and ``error`` ("" or why the file is not scored)."""
+    images, skipped = read_unlabelled(source, demo_images)
+    table = pd.DataFrame({"path": images + [row["path"] for row in skipped],
+                          "error": [""] * len(images) + [row["reason"] for row in skipped]})
+    logger.info("Found %d images to score (%d other files listed with an error)", len(images), len(skipped))
+    if source.get("kind") != "csv":  # a CSV's own order is kept
+        table = table.sort_values("path", ignore_index=True)
+    return table.astype({"path": "string", "error": "string"})
+
+
+def export_onnx_model(model_checkpoint: dict, predict: PredictConfig) -> bytes:
+    """The checkpoint's whole model (backbone and head) as ONNX, tagged with the checkpoint's hash."""
+    metadata = model_checkpoint["metadata"]
+    started = time.perf_counter()
+    onnx_model = export_onnx(
+        model_from_checkpoint(model_checkpoint), int(metadata["input_size"]),
+        {CHECKPOINT_KEY: checkpoint_fingerprint(model_checkpoint), "backbone": metadata["backbone"],
+         "outputs": "score: probability of valid; embedding; features: pooled backbone features"},
+        opset=predict.opset,
+    )
+    logger.info("Exported the model to ONNX (%.1f MB) in %.1f s", len(onnx_model) / 1e6, time.perf_counter() - started)
+    return onnx_model
+
+
+def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_images: pd.DataFrame,
+                      predict: PredictConfig) -> dict:
+    """Compare the export with PyTorch eager fp32 on the first readable images to be scored."""
+    report = {"images": 0, "max_abs_difference": None, "tolerance": predict.parity_tolerance,
+              "checkpoint_sha256": checkpoint_fingerprint(model_checkpoint),
+              "onnx_checkpoint_sha256": onnx_properties(onnx_model).get(CHECKPOINT_KEY)}
+    if report["onnx_checkpoint_sha256"] != report["checkpoint_sha256"]:
+        return report | {"passed": False, "reason": "the ONNX model was exported from another checkpoint"}
+    if not onnxruntime_available():
+        return report | {"passed": False, "reason": "onnxruntime is not installed"}
+    spec = backbone_spec(model_checkpoint["metadata"]["backbone"])
+    candidates = prediction_images.loc[prediction_images["error"].fillna("") == "", "path"].tolist()
+    images = _first_readable(candidates, spec, predict.parity_images)
+    if not len(images):
+        return report | {"passed": False, "reason": "no readable image to compare on"}
+    differences = parity(model_from_checkpoint(model_checkpoint), onnx_model, images)
+    passed = differences["score"] <= predict.parity_tolerance
+    logger.info("ONNX vs PyTorch on %d images: max |score difference| %.2e, embedding %.2e, features %.2e (%s)",
+                len(images), differences["score"], differences["embedding"], differences["features"],
+                "passed" if passed else f"over the tolerance {predict.parity_tolerance:g}")
+    return report | {"images": len(images), "max_abs_difference": differences, "passed": bool(passed),
+                     "reason": "" if passed else "scores differ from PyTorch by more than the tolerance"}
+
+
+def operating_threshold(operating_point: dict, checkpoint_metadata: dict) -> float:
+    """The threshold evaluate chose for this checkpoint (valid when score >= threshold).
+
+    Refuses an operating point whose record of the checkpoint (backbone, best epoch, weights,
+    seed, ...) disagrees with the checkpoint being used: its threshold belongs to another model.
+    """
+    threshold = operating_point.get("threshold")
+    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"operating_point has no threshold between 0 and 1 (got {threshold}); run the evaluate pipeline")
+    recorded = {"backbone": operating_point.get("backbone"), "best_epoch": operating_point.get("best_epoch"),
+                **(operating_point.get("checkpoint") or {})}
+    differing = {key: (value, checkpoint_metadata[key]) for key, value in recorded.items()
+                 if value is not None and key in checkpoint_metadata and checkpoint_metadata[key] != value}
+    if differing:
+        raise ValueError(
+            f"operating_point was chosen for another checkpoint (operating point vs checkpoint: {differing}); run "
+            "`kedro run --pipelines evaluate` for this checkpoint, or pass the operating point that belongs to it "
+            "with --load-versions operating_point:<version>")
+    return float(threshold)
+
+
+def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict,
+                   operating_point: dict, prediction_images: pd.DataFrame,
+                   predict: PredictConfig) -> tuple[pd.DataFrame, dict]:
+    """Score every listed image: classifier call at the operating threshold, anomaly flag, decision.
+
+    Returns:
+        One row per listed file (see :data:`PREDICTION_COLUMNS`; ``error`` says why a file has
+        no score) and a summary of the run: counts, backend, threshold, detector and speed.
+    """
+    metadata, detector_settings = model_checkpoint["metadata"], anomaly_detector["metadata"]
+    threshold = operating_threshold(operating_point, metadata)
+    device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
+    backend = _backend(model_checkpoint, onnx_model, onnx_parity, predict, device)
+    readable = prediction_images["error"].fillna("") == ""
+    started = time.perf_counter()
+    outputs = _stream_scores(backend, prediction_images.loc[readable, "path"].tolist(), backbone_spec(metadata["backbone"]),
+                             detector_from_state(anomaly_detector), detector_settings["space"], predict)
+    seconds = time.perf_counter() - started
+    table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, float(detector_settings["threshold"]))
+    summary = _summary(table, backend.name, threshold, detector_settings, predict, seconds)
+    logger.info("Scored %d of %d files in %.1f s (%.1f images/s, %s): %d accepted as valid, %d flagged, %d unreadable",
+                summary["scored"], summary["images"], seconds, summary["images_per_second"] or 0.0, backend.name,
+                summary["accepted_as_valid"], summary["anomaly_flagged"], summary["errors"])
+    return table, summary
+
+
+def format_for_spreadsheet(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The predictions with blanks instead of missing values and scores rounded to 6 decimals."""
+    table = predictions.astype({"score": "float64", "anomaly_score": "float64"}).round({"score": 6, "anomaly_score": 6})
+    table = table.astype("object")
+    return table.where(predictions.notna(), "")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _first_readable(paths: list[str], spec: BackboneSpec, count: int) -> torch.Tensor:
+    """Up to ``count`` preprocessed images, skipping files that cannot be read."""
+    dataset, images = ImageFiles(paths, spec), []
+    for index in range(len(dataset)):
+        image, reason = dataset[index]
+        if not reason:
+            images.append(image)
+        if len(images) == count:
+            break
+    return torch.stack(images) if images else torch.empty(0, 3, spec.input_size, spec.input_size)
+
+
+def _backend(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict, predict: PredictConfig,
+             device: torch.device) -> Backend:
+    """The configured backend; with ``auto``, PyTorch when ONNX Runtime fails to start."""
+    name, reason = select_backend(predict.backend, device, bool(onnx_parity.get("passed")), onnx_parity.get("reason", ""))
+    classifier = model_from_checkpoint(model_checkpoint)
+    try:
+        backend = build_backend(name, classifier, onnx_model, device, predict.threads_for(name))
+    except Exception as error:  # onnxruntime raises its own exception types for a bad model
+        if predict.backend != "auto":
+            raise
+        logger.warning("ONNX Runtime could not load the model (%s); scoring with PyTorch instead", error)
+        name, reason = "torch", f"auto: PyTorch channels_last, because ONNX Runtime failed to start ({error})"
+        backend = build_backend(name, classifier, None, device, predict.threads_for(name))
+    logger.info("Inference backend: %s (%s)", name, reason)
+    return backend
+
+
+def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detector: Detector, space: str | None,
+                   predict: PredictConfig) -> dict[str, np.ndarray | list[str]]:
+    """Score, anomaly score and read error per image, batch by batch: features never accumulate."""
+    parts: dict[str, list] = {"score": [], "anomaly_score": [], "error": []}
+    with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False) as progress:
+        for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers):
+            outputs = backend(images)
+            inputs = outputs["score"][:, None] if space is None else outputs[_SPACE_OUTPUT[space]]
+            parts["score"].append(outputs["score"].astype(np.float32))
+            parts["anomaly_score"].append(detector.score(inputs.astype(np.float64)).astype(np.float32))
+            parts["error"] += list(reasons)
+            progress.update(len(images))
+    empty = np.empty(0, np.float32)
+    return {"score": np.concatenate(parts["score"]) if paths else empty,
+            "anomaly_score": np.concatenate(parts["anomaly_score"]) if paths else empty, "error": parts["error"]}
+
+
+def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold: float,
+            anomaly_threshold: float) -> pd.DataFrame:
+    """Per image: valid at the threshold, anomalous above the detector's, accepted if both say so."""
+    table = listed[["path"]].copy()
+    errors = listed["error"].to_numpy(dtype=object).copy()
+    errors[readable] = outputs["error"]
+    ok = np.array([not error for error in errors], dtype=bool)
+    score = np.full(len(table), np.nan, np.float32)
+    anomaly = np.full(len(table), np.nan, np.float32)
+    score[readable], anomaly[readable] = outputs["score"], outputs["anomaly_score"]
+    score[~ok], anomaly[~ok] = np.nan, np.nan
+    table["score"] = score
+    table["predicted_label"] = pd.array(np.where(score >= threshold, "valid", "invalid"), dtype="string")
+    table.loc[~ok, "predicted_label"] = pd.NA
+    table["anomaly_score"] = anomaly
+    table["anomaly_flag"] = pd.array(anomaly > anomaly_threshold, dtype="boolean")
+    table.loc[~ok, "anomaly_flag"] = pd.NA
+    table["accepted_as_valid"] = ok & (score >= threshold) & ~(anomaly > anomaly_threshold)
+    table["error"] = pd.array(errors, dtype="string")
+    return table[PREDICTION_COLUMNS]
+
+
+def _summary(table: pd.DataFrame, backend: str, threshold: float, detector: dict, predict: PredictConfig,
+             seconds: float) -> dict:
+    scored = int((table["error"] == "").sum())
+    return {
+        "images": len(table), "scored": scored, "errors": len(table) - scored,
+        "called_valid": int((table["predicted_label"] == "valid").sum()),
+        "anomaly_flagged": int(table["anomaly_flag"].sum()), "accepted_as_valid": int(table["accepted_as_valid"].sum()),
+        "threshold": threshold, "decision": "accepted as valid when score >= threshold and the anomaly score "
+                                            "is not above the detector's threshold",
+        "anomaly_detector": {key: detector.get(key) for key in ("name", "space", "threshold", "target_tpr")},
+        "backend": backend, "batch_size": predict.batch_size, "workers": predict.workers,
+        "threads": predict.threads_for(backend), "seconds": round(seconds, 3),
+        "images_per_second": round(scored / seconds, 2) if seconds > 0 else None,
+    }

@@ -1,0 +1,44 @@
+"""Wiring of the predict pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import check_onnx_parity, export_onnx_model, format_for_spreadsheet, list_images, predict_images
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                func=list_images,
+                inputs=["params:predict.source", "demo_images"],
+                outputs="prediction_images",
+                name="list_prediction_images",
+            ),
+            Node(
+                func=export_onnx_model,
+                inputs=["model_checkpoint", "params:predict"],
+                outputs="onnx_model",
+                name="export_onnx_model",
+            ),
+            Node(
+                func=check_onnx_parity,
+                inputs=["model_checkpoint", "onnx_model", "prediction_images", "params:predict"],
+                outputs="onnx_parity",
+                name="check_onnx_parity",
+            ),
+            Node(
+                func=predict_images,
+                inputs=["model_checkpoint", "onnx_model", "onnx_parity", "anomaly_detector", "operating_point",
+                        "prediction_images", "params:predict"],
+                outputs=["predictions", "prediction_summary"],
+                name="predict_images",
+            ),
+            Node(
+                func=format_for_spreadsheet,
+                inputs="predictions",
+                outputs="predictions_csv",
+                name="format_predictions_for_spreadsheet",
+            ),
+        ],
+        tags="predict",
+    )

@@ -1,0 +1,31 @@
+"""predict's catalog entries as configured: the ONNX model goes through the catalog as raw bytes."""
+
+from __future__ import annotations
+
+import yaml
+from kedro.io import DataCatalog
+
+from ...conftest import REPO_ROOT
+
+
+def entries(tmp_path, *names: str) -> DataCatalog:
+    config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_predict.yml").read_text())
+    for name in names:
+        config[name]["filepath"] = str(tmp_path / config[name]["filepath"])
+    return DataCatalog.from_config({name: config[name] for name in names})
+
+
+def test_onnx_model_round_trips_as_bytes_in_versions(tmp_path):
+    catalog = entries(tmp_path, "onnx_model")
+    assert not catalog.exists("onnx_model")
+    payload = b"\x08\x07\x12\x07pytorch\x00\xff binary protobuf"
+    catalog.save("onnx_model", payload)
+    assert catalog.load("onnx_model") == payload
+    saved = list((tmp_path / "data/06_models/model.onnx").iterdir())
+    assert len(saved) == 1 and (saved[0] / "model.onnx").read_bytes() == payload
+
+
+def test_every_predict_output_is_versioned():
+    config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_predict.yml").read_text())
+    assert all(entry.get("versioned") for entry in config.values())
+    assert {"onnx_model", "onnx_parity", "predictions", "predictions_csv", "prediction_summary"} <= set(config)

@@ -1,0 +1,85 @@
+"""Nodes of the predict pipeline on tiny inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from image_classification.anomaly import MaxSoftmaxDetector, detector_state
+from image_classification.pipelines.predict.nodes import (
+    PredictConfig,
+    format_for_spreadsheet,
+    list_images,
+    operating_threshold,
+    predict_images,
+)
+from image_classification.sources import SourceError
+
+from .helpers import MIXED_FILES, knn_detector_payload, tiny_checkpoint
+
+NO_EXPORT = {"passed": False, "reason": "not exported in this test"}
+
+
+def test_list_images_keeps_non_image_files_as_rows_with_a_reason(mixed_folder):
+    table = list_images({"kind": "folder", "root": str(mixed_folder)}, demo_images="unused")
+    assert len(table) == MIXED_FILES
+    notes = table.loc[table["path"].str.endswith("notes.txt"), "error"].iloc[0]
+    assert "not an image file type" in notes
+    assert (table["error"] == "").sum() == MIXED_FILES - 1  # the others are found bad when decoded
+
+
+def test_list_images_reads_a_csv_of_paths(tmp_path, mixed_folder):
+    (tmp_path / "new.csv").write_text("path\nincoming/astronaut.jpg\nincoming/missing.jpg\n")
+    table = list_images({"kind": "csv", "csv": str(tmp_path / "new.csv")}, demo_images="unused")
+    assert table["path"].tolist() == [str(mixed_folder / "astronaut.jpg"), str(mixed_folder / "missing.jpg")]
+
+
+def test_list_images_names_the_parameter_to_fix(tmp_path):
+    with pytest.raises(SourceError, match="predict.source.root .* is not a folder"):
+        list_images({"kind": "folder", "root": str(tmp_path / "nowhere")}, demo_images="unused")
+    with pytest.raises(ValueError, match="predict.source.csv must be set"):
+        PredictConfig(source={"kind": "csv"})
+
+
+def test_threshold_comes_from_the_operating_point_of_this_checkpoint():
+    metadata = tiny_checkpoint()["metadata"]
+    point = {"threshold": 0.37, "backbone": "efficientnet_lite0", "best_epoch": 3, "checkpoint": {"seed": 42}}
+    assert operating_threshold(point, metadata) == 0.37
+    with pytest.raises(ValueError, match="chosen for another checkpoint.*best_epoch"):
+        operating_threshold(point | {"best_epoch": 9}, metadata)
+    with pytest.raises(ValueError, match="no threshold"):
+        operating_threshold({"backbone": "efficientnet_lite0"}, metadata)
+
+
+def test_labels_follow_the_saved_threshold_not_a_constant(mixed_folder):
+    """Two operating points, two calls; the msp detector (no feature space) reads the score itself."""
+    images = list_images({"kind": "folder", "root": str(mixed_folder)}, demo_images="unused").head(2)
+    config = PredictConfig(backend="torch", workers=0, batch_size=2)
+    knn = knn_detector_payload(threshold=10.0)
+    msp = detector_state(MaxSoftmaxDetector(), "msp", None, threshold=-0.75)
+    valid, _ = predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn, {"threshold": 0.0}, images, config)
+    invalid, summary = predict_images(tiny_checkpoint(), b"", NO_EXPORT, msp, {"threshold": 1.0 - 1e-9}, images, config)
+    assert valid["predicted_label"].tolist() == ["valid", "valid"] and not valid["anomaly_flag"].any()
+    assert invalid["predicted_label"].tolist() == ["invalid", "invalid"]
+    assert summary["threshold"] == 1.0 - 1e-9 and summary["backend"] == "torch"
+    confidence = np.maximum(invalid["score"], 1 - invalid["score"])
+    np.testing.assert_allclose(invalid["anomaly_score"], -confidence, rtol=1e-6)
+    assert (invalid["anomaly_flag"] == (-confidence > -0.75)).all()
+
+
+def test_spreadsheet_table_has_blanks_for_missing_values():
+    predictions = pd.DataFrame({"path": ["a.jpg", "b.txt"], "score": [0.1234567891, np.nan],
+                                "predicted_label": pd.array(["invalid", pd.NA], dtype="string"),
+                                "anomaly_score": [0.5, np.nan], "anomaly_flag": pd.array([False, pd.NA], dtype="boolean"),
+                                "accepted_as_valid": [False, False], "error": ["", "skipped"]})
+    table = format_for_spreadsheet(predictions)
+    assert table.loc[1, ["score", "predicted_label", "anomaly_flag"]].tolist() == ["", "", ""]
+    assert table.loc[0, "score"] == 0.123457
+
+
+def test_config_refuses_unknown_backends_and_threads():
+    with pytest.raises(ValueError, match="predict.backend"):
+        PredictConfig(backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown backends"):
+        PredictConfig(threads={"openvino": 2})

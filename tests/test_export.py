@@ -1,0 +1,97 @@
+"""The ONNX export and the inference backends: same outputs as PyTorch, fallbacks that say why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from image_classification.export import (
+    CHECKPOINT_KEY,
+    OUTPUT_NAMES,
+    OnnxRuntimeBackend,
+    ScoringModel,
+    build_backend,
+    checkpoint_fingerprint,
+    export_onnx,
+    onnx_properties,
+    parity,
+    scoring_outputs,
+    select_backend,
+)
+from image_classification.images import decode_rgb
+from image_classification.model import backbone_spec, model_from_checkpoint, preprocess_transform
+
+from .pipelines.predict.helpers import photo_files, tiny_checkpoint
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def exported() -> tuple[dict, bytes]:
+    checkpoint = tiny_checkpoint()
+    onnx_model = export_onnx(model_from_checkpoint(checkpoint), 224, {CHECKPOINT_KEY: checkpoint_fingerprint(checkpoint)})
+    return checkpoint, onnx_model
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    """Real photos (scikit-image's), decoded in draft mode and preprocessed as predict does."""
+    transform = preprocess_transform(backbone_spec("efficientnet_lite0"))
+    return torch.stack([transform(decode_rgb(data, draft_size=224)[0]) for data in photo_files().values()])
+
+
+def test_export_matches_pytorch_on_real_photos(exported, photos):
+    checkpoint, onnx_model = exported
+    differences = parity(model_from_checkpoint(checkpoint), onnx_model, photos)
+    print(f"ONNX Runtime vs PyTorch eager fp32 on {len(photos)} photos, max |difference|: "
+          + ", ".join(f"{name} {value:.2e}" for name, value in differences.items()))
+    assert differences["score"] < 1e-5
+    assert differences["embedding"] < 1e-3 and differences["features"] < 1e-3
+
+
+def test_export_takes_any_batch_size_and_returns_every_output(exported, photos):
+    backend = OnnxRuntimeBackend(exported[1], threads=1)
+    for batch in (photos[:1], photos):
+        outputs = backend(batch)
+        assert set(outputs) == set(OUTPUT_NAMES)
+        assert outputs["score"].shape == (len(batch),)
+        assert outputs["embedding"].shape == (len(batch), 50) and outputs["features"].shape == (len(batch), 1280)
+        assert ((outputs["score"] >= 0) & (outputs["score"] <= 1)).all()
+
+
+def test_export_names_its_checkpoint(exported):
+    checkpoint, onnx_model = exported
+    assert onnx_properties(onnx_model)[CHECKPOINT_KEY] == checkpoint_fingerprint(checkpoint)
+    changed = {"tensors": dict(checkpoint["tensors"]), "metadata": checkpoint["metadata"]}
+    name = next(iter(changed["tensors"]))
+    changed["tensors"][name] = changed["tensors"][name] + 1
+    assert checkpoint_fingerprint(changed) != checkpoint_fingerprint(checkpoint)
+
+
+def test_auto_takes_onnxruntime_on_a_cpu_and_falls_back_with_a_reason():
+    assert select_backend("auto", CPU, onnx_usable=True)[0] == "onnxruntime"
+    name, reason = select_backend("auto", CPU, onnx_usable=False, why_not_onnx="onnxruntime is not installed")
+    assert name == "torch" and "onnxruntime is not installed" in reason
+    assert select_backend("auto", torch.device("cuda"), onnx_usable=True)[0] == "torch"
+    assert select_backend("torch_nchw", CPU, onnx_usable=True)[0] == "torch_nchw"
+
+
+def test_an_unusable_explicit_choice_is_refused():
+    with pytest.raises(ValueError, match="cannot be used: exported from another checkpoint"):
+        select_backend("onnxruntime", CPU, onnx_usable=False, why_not_onnx="exported from another checkpoint")
+    with pytest.raises(ValueError, match="tensorrt"):
+        select_backend("tensorrt", CPU, onnx_usable=True)
+    with pytest.raises(ValueError, match="needs an exported ONNX model"):
+        build_backend("onnxruntime", model_from_checkpoint(tiny_checkpoint()), None, CPU)
+
+
+@pytest.mark.parametrize("head_input", ["pooled", "corner"])
+def test_the_exportable_graph_computes_the_model_s_own_outputs(photos, head_input):
+    """The export's constant head-input matrix is model.adapt_feature_map, for either head input."""
+    classifier = model_from_checkpoint(tiny_checkpoint())
+    classifier.head_input = head_input
+    with torch.no_grad():
+        exportable = ScoringModel(classifier, 224)(photos[:2])
+        reference = scoring_outputs(classifier, photos[:2])
+    for name, ours, theirs in zip(OUTPUT_NAMES, exportable, reference):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4, msg=name)
