@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -118,9 +119,26 @@ def _validated_fractions(fractions: dict) -> dict[str, float]:
             )
     if abs(sum(values.values()) - 1.0) > 1e-6:
         raise SourceError(
-            f"data_prep.split fractions add up to {sum(values.values()):.4f}, not 1: {values}"
+            f"data_prep.split fractions add up to {sum(values.values()):.4f}, not 1: {values}; "
+            "change them so that train + val + test = 1"
         )
     return values
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    """Each label's share of images in train, val and test.
+
+    Typed so that Kedro checks it when parameters load: impossible fractions stop a run before
+    a single image is decoded, not after every image has been.
+    """
+
+    train: float = 0.7
+    val: float = 0.2
+    test: float = 0.1
+
+    def __post_init__(self) -> None:
+        _validated_fractions(asdict(self))
 
 
 def _manual_split_per_group(labelled: pd.DataFrame) -> pd.Series:
@@ -137,14 +155,15 @@ def _manual_split_per_group(labelled: pd.DataFrame) -> pd.Series:
     return per_group.map(lambda s: s[0])
 
 
-def split_images(grouped: pd.DataFrame, fractions: dict, seed: int) -> pd.DataFrame:
+def split_images(grouped: pd.DataFrame, fractions: SplitFractions, seed: int) -> pd.DataFrame:
     """Assign train/val/test per label, keeping each split group whole and manual splits fixed.
 
     Groups are shuffled with ``seed`` and placed largest first into the split furthest below
     its target share of that label, so the shares come out as close to the fractions as the
     group sizes allow. Unseen-kind images get the split ``unseen``.
     """
-    targets = _validated_fractions(fractions)
+    # a bare runner (tests) may pass the plain dict of parameters
+    targets = _validated_fractions(asdict(fractions) if isinstance(fractions, SplitFractions) else fractions)
     images = grouped.copy()
     labelled = images[images["label"].notna()]
     assigned = _manual_split_per_group(labelled)

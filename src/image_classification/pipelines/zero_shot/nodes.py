@@ -69,6 +69,8 @@ def embed_images(model_checkpoint: dict, backbone_features: dict, image_index: p
     unreadable = table["error"].fillna("").ne("")
     if unreadable.any():
         logger.warning("Leaving out %d images that could not be read", int(unreadable.sum()))
+        for row in table.loc[unreadable, ["path", "error"]].head(20).itertuples():
+            logger.warning("Skipping %s: %s", row.path, row.error)
     return table.loc[~unreadable].reset_index(drop=True)
 
 

@@ -1,0 +1,223 @@
+"""Every kind of bad image file among good ones, through whole Kedro runs of each pipeline that
+reads images: data_prep, train, zero_shot and predict. Each run must finish, list every bad file
+with its reason, and process every good image.
+
+One scratch project is built and run once for the module (the runs take most of this suite's
+time); the tests below read what the runs wrote and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io.core import Version
+from kedro_datasets.json import JSONDataset
+
+from image_classification.datasets import SafetensorsDataset
+
+from ..conftest import BAD_FILES, good_files, noise_image, png_bytes, write_files
+from .conftest import FAST_SETTINGS, latest, make_project, run_session
+
+# the reason every bad file must be listed with (a fragment of it)
+EXPECTED_REASON = {
+    "zero_bytes.jpg": "empty file",
+    "truncated.jpg": "truncated",
+    "truncated.png": "truncated",
+    "random_bytes.png": "not an image",
+    "page.jpg": "not an image",  # an HTML error page saved under an image name
+    "tiny.png": "too small: 1x1",
+    "sliver.png": "too small: 400x4",
+    "bomb.png": "decompression bomb",
+    "loop.jpg": "symbolic links",
+    "dangling.jpg": "missing file",
+    "notes.txt": "not an image file type",
+}
+
+
+# predict scores any image it can decode, however small: only data_prep holds a minimum size
+SCORED_BY_PREDICT = {"tiny.png", "sliver.png"}
+
+
+def extreme_aspect_ratios() -> dict[str, bytes]:
+    """Good images of extreme shapes: their short side is just allowed (16 px)."""
+    return {"wide_2000x16.png": png_bytes(noise_image(60, size=(2000, 16))),
+            "tall_16x1200.png": png_bytes(noise_image(61, size=(16, 1200)))}
+
+
+def write_bad_files(folder: Path, names: list[str] | None = None) -> dict[str, Path]:
+    """Bad files of every kind in ``folder`` (or those named): corrupt ones, a symlink loop,
+    a link whose file is gone and a text file."""
+    names = names or list(EXPECTED_REASON)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_files(folder, {name: make() for name, make in BAD_FILES.items() if name in names})
+    if "loop.jpg" in names:
+        os.symlink(folder / "loop.jpg", folder / "loop.jpg")
+    if "dangling.jpg" in names:
+        os.symlink(folder / "deleted_long_ago.jpg", folder / "dangling.jpg")
+    if "notes.txt" in names:
+        (folder / "notes.txt").write_text("not an image")
+    return {name: folder / name for name in names}
+
+
+def write_good_images(folder: Path, label: str, count: int, first_seed: int) -> list[Path]:
+    """Distinct noise pictures; valid ones light, invalid ones dark, so one epoch learns something."""
+    shift = 128 if label == "valid" else 0
+    return write_files(folder, {
+        f"{label}_{index:02d}.png": png_bytes(noise_image(first_seed + index, (32, 32)).point(lambda v: v // 2 + shift))
+        for index in range(count)
+    })
+
+
+class WholeRun:
+    """The scratch project, its source tree and what each run left behind."""
+
+    def __init__(self, root: Path) -> None:
+        self.images, self.unseen, self.incoming = root / "images", root / "unseen", root / "incoming"
+        self.good = [*write_good_images(self.images / "valid", "valid", 6, 100),
+                     *write_good_images(self.images / "invalid", "invalid", 6, 200),
+                     *write_files(self.images / "valid" / "every_mode", good_files()),
+                     *write_files(self.images / "invalid" / "odd_shapes", extreme_aspect_ratios()),
+                     *write_good_images(self.unseen / "digit", "digit", 3, 300),
+                     *write_good_images(self.unseen / "texture", "texture", 3, 400)]
+        unseen_bad = write_bad_files(self.unseen / "digit" / "bad", ["zero_bytes.jpg", "page.jpg", "truncated.jpg"])
+        self.bad = {**write_bad_files(self.images / "invalid" / "bad"),
+                    **{f"unseen/{name}": path for name, path in unseen_bad.items()}}
+        self.predict_good = write_files(self.incoming, good_files() | extreme_aspect_ratios())
+        self.predict_bad = write_bad_files(self.incoming / "broken")
+        self.project = make_project(root / "project", FAST_SETTINGS | {
+            "data_prep": {"source": {"kind": "folder_tree", "root": str(self.images),
+                                     "zero_shot_root": str(self.unseen)}},
+            "predict": {**FAST_SETTINGS["predict"], "source": {"kind": "folder", "root": str(self.incoming)}},
+        })
+        self.deleted: list[Path] = []
+        self.runs: dict = {}
+
+    def output(self, relative: str) -> Path:
+        return latest(self.project / "data" / relative)
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory) -> WholeRun:
+    run = WholeRun(tmp_path_factory.mktemp("whole_run"))
+    run.runs["data_prep"] = run_session(run.project, ["data_prep"])
+    index = pd.read_parquet(run.output("03_primary/image_index.parquet"))
+    # files deleted between indexing and training: a labelled one and an unseen-kind one
+    for split in ("test", "unseen"):
+        path = index.loc[index["split"] == split, "path"].iloc[0]
+        Path(path).unlink()
+        run.deleted.append(Path(path))
+    run.runs["train"] = run_session(run.project, ["train"])
+    # evaluate's threshold, written as evaluate would (evaluate itself is left out to save time)
+    JSONDataset(filepath=str(run.project / "data/07_model_output/operating_point.json"),
+                version=Version(None, None)).save({"threshold": 0.5})
+    run.runs["zero_shot"] = run_session(run.project, ["zero_shot"])
+    run.runs["predict"] = run_session(run.project, ["predict"])
+    return run
+
+
+def test_data_prep_lists_every_bad_file_with_its_reason_and_indexes_every_good_one(whole_run, tally):
+    rejected = pd.read_parquet(whole_run.output("08_reporting/rejected_images.parquet"))
+    index = pd.read_parquet(whole_run.output("03_primary/image_index.parquet"))
+    reasons = dict(zip(rejected["path"], rejected["reason"]))
+    for name, path in whole_run.bad.items():
+        assert str(path) in reasons, f"{name} is not in rejected_images"
+        assert EXPECTED_REASON[name.removeprefix("unseen/")] in reasons[str(path)], (name, reasons[str(path)])
+    assert len(rejected) == len(whole_run.bad)
+    lost = sorted({str(p) for p in whole_run.good} - set(index["path"]))
+    tally.lost.extend(lost)
+    assert not lost
+    assert len(index) == len(whole_run.good)
+    assert set(index.loc[index["split"] == "unseen", "kind"]) == {"digit", "texture"}
+    # the EXIF-rotated photo is indexed upright (60x30 turned a quarter)
+    rotated = index[index["path"].str.endswith("exif_rotated.jpg")].iloc[0]
+    assert (rotated["width"], rotated["height"]) == (30, 60)
+    summary = json.loads(whole_run.output("08_reporting/split_summary.json").read_text())
+    assert summary["rejected"] == len(whole_run.bad) and summary["images"] == len(whole_run.good)
+    tally.add("bad image files tried (data_prep)", len(whole_run.bad))
+    tally.add("good images of every mode and shape checked (data_prep)", len(whole_run.good))
+
+
+def test_train_skips_files_deleted_after_indexing_and_trains_on_the_rest(whole_run, tally):
+    cache = whole_run.project / "data/04_feature/backbone_features.safetensors"
+    features = SafetensorsDataset(filepath=str(cache)).load()
+    errors = dict(zip(features["metadata"]["paths"], features["metadata"]["errors"]))
+    deleted = {str(p) for p in whole_run.deleted}
+    assert {path for path, error in errors.items() if error} == deleted
+    assert all("missing file" in errors[path] for path in deleted)
+    assert features["tensors"]["pooled"].float().abs().sum() > 0  # real features, not zeros
+    for path in deleted:  # the log names each skipped file and why
+        assert any(path in line and "missing file" in line for line in whole_run.runs["train"].warnings)
+    history = pd.read_parquet(whole_run.output("08_reporting/training_history.parquet"))
+    assert len(history) == 1 and np.isfinite(history["train_loss"]).all()
+    assert whole_run.output("06_models/model.safetensors").stat().st_size > 0
+    tally.add("files deleted between indexing and training", len(deleted))
+
+
+def test_zero_shot_scores_every_readable_image_and_names_the_deleted_ones(whole_run):
+    run = whole_run.runs["zero_shot"]
+    assert {"embed_images_for_zero_shot", "decide_images", "plot_detector_comparison"} <= set(run.nodes)
+    index = pd.read_parquet(whole_run.output("03_primary/image_index.parquet"))
+    decisions = pd.read_parquet(whole_run.output("07_model_output/zero_shot_decisions.parquet"))
+    deleted = {str(p) for p in whole_run.deleted}
+    expected = set(index.loc[index["split"].isin(["test", "unseen"]), "path"]) - deleted
+    assert set(decisions["path"]) == expected
+    assert decisions["score"].notna().all() and decisions["anomaly_score"].notna().all()
+    for path in deleted:
+        assert any(path in line and "missing file" in line for line in run.warnings)
+
+
+def test_predict_gives_every_file_one_row_scores_every_good_image_and_says_why_not_the_rest(whole_run, tally):
+    predictions = pd.read_parquet(whole_run.output("07_model_output/predictions.parquet"))
+    rows = predictions.set_index("path")
+    for path in whole_run.predict_good:
+        assert rows.loc[str(path), "error"] == "", (path.name, rows.loc[str(path), "error"])
+        assert np.isfinite(rows.loc[str(path), "score"])
+    for name, path in whole_run.predict_bad.items():
+        if name in SCORED_BY_PREDICT:
+            assert rows.loc[str(path), "error"] == "" and np.isfinite(rows.loc[str(path), "score"]), name
+            continue
+        assert EXPECTED_REASON[name] in rows.loc[str(path), "error"], (name, rows.loc[str(path), "error"])
+        assert np.isnan(rows.loc[str(path), "score"])
+    assert len(predictions) == len(whole_run.predict_good) + len(whole_run.predict_bad)
+    summary = json.loads(whole_run.output("08_reporting/prediction_summary.json").read_text())
+    assert summary["scored"] == len(whole_run.predict_good) + len(SCORED_BY_PREDICT)
+    csv = pd.read_csv(whole_run.output("07_model_output/predictions.csv"), keep_default_na=False)
+    assert len(csv) == len(predictions)
+    tally.add("bad image files tried (predict)", len(whole_run.predict_bad))
+    tally.add("good images checked (predict)", len(whole_run.predict_good))
+
+
+def test_a_pickle_planted_as_the_newest_checkpoint_is_refused_and_its_code_never_runs(whole_run, monkeypatch,
+                                                                                        tmp_path, tally):
+    marker = tmp_path / "pwned"
+    payload = _pickle_that_touches(marker)
+    planted = whole_run.project / "data/06_models/model.safetensors/9999-12-31T23.59.59.999Z/model.safetensors"
+    planted.parent.mkdir()
+    planted.write_bytes(payload)
+    try:
+        run = run_session(whole_run.project, ["predict"], monkeypatch=monkeypatch, expect_error=True)
+    finally:
+        planted.unlink()
+        planted.parent.rmdir()
+    assert re.search(r"not a safetensors checkpoint \(it looks like a pickle\).*will not be unpickled", str(run.error),
+                     re.S), run.error
+    assert not marker.exists()
+    assert "predict_images" not in run.nodes
+    tally.add("hostile files tried", 1)
+
+
+def _pickle_that_touches(marker: Path) -> bytes:
+    """Pickle bytes that, if unpickled, would run ``open(marker, 'w')``."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    return pickle.dumps(Payload(), protocol=2)

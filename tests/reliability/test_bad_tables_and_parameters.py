@@ -1,0 +1,148 @@
+"""Bad tables and parameters stop a whole Kedro run early, before any expensive work, with a
+message that names the value and the fix.
+
+Parameters are checked by Kedro when they load (typed dataclasses on node inputs): no node may
+start. A broken CSV is found by data_prep's first node, before a single image is decoded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from kedro.framework.cli.project import run as kedro_run
+from omegaconf import OmegaConf
+
+import image_classification.images as images_module
+
+from ..conftest import noise_image, png_bytes, write_files
+from .conftest import FAST_SETTINGS, inside, latest, make_project, run_session
+
+
+def cli_params(text: str) -> dict:
+    """``--params`` as ``kedro run`` parses it: dotted keys, values typed by YAML rules."""
+    return OmegaConf.to_container(OmegaConf.from_dotlist(text.split(",")))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tables")
+    for label, shift in (("valid", 128), ("invalid", 0)):
+        write_files(root / "images" / label, {f"{label}_{i}.png": png_bytes(noise_image(500 + i + shift, (24, 24)))
+                                              for i in range(4)})
+    return make_project(root / "project", {**FAST_SETTINGS, "data_prep": {
+        "source": {"kind": "folder_tree", "root": str(root / "images")}}})
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[int]:
+    """Counts every image decode during the test."""
+    calls: list[int] = []
+    original = images_module.decode_rgb
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(images_module, "decode_rgb", counting)
+    return calls
+
+
+# ----------------------------------------------------------------------------- parameters
+
+BAD_PARAMETERS = [
+    # (pipelines, --params, fragments the message must contain: the value, and what is allowed)
+    (None, "model.backbone=resnet9000", ["'resnet9000'", "efficientnet_lite0, mobilenet_v2"]),
+    (["train"], "model.weights=imagenet21k", ["imagenet21k", "imagenet", "none"]),
+    (["evaluate"], "evaluate.target_precision=1.5", ["got 1.5", "(0, 1]"]),
+    (None, "target_precision=0", ["got 0", "(0, 1]", "Parameter 'train'", "Parameter 'evaluate'"]),
+    (["data_prep"], "data_prep.split.train=-0.5", ["data_prep.split.train is -0.5", "strictly between 0 and 1"]),
+    (["data_prep"], "data_prep.split.train=0.9", ["add up to 1.2000", "train + val + test = 1"]),
+    (["zero_shot"], "zero_shot.flag_detector=knn_pixels", ["'knn_pixels'", "knn_pooled"]),
+]
+
+
+@pytest.mark.parametrize(("pipelines", "params", "fragments"), BAD_PARAMETERS,
+                         ids=[f"{p}-{'+'.join(ps or ['default'])}" for ps, p, _ in BAD_PARAMETERS])
+def test_an_impossible_parameter_stops_the_run_before_any_node(project, monkeypatch, decoded, tally,
+                                                                pipelines, params, fragments):
+    versions_before = sorted((project / "data").rglob("*")) if (project / "data").exists() else []
+    result = run_session(project, pipelines, cli_params(params), monkeypatch, expect_error=True)
+    assert type(result.error).__name__ == "ParameterValidationError"
+    for fragment in fragments:
+        assert fragment in str(result.error), (fragment, str(result.error))
+    assert result.nodes == [] and decoded == []
+    after = sorted((project / "data").rglob("*")) if (project / "data").exists() else []
+    assert after == versions_before  # nothing written
+    tally.add("bad parameters tried", 1)
+
+
+def test_kedro_run_on_the_command_line_fails_with_the_same_message(project, tally):
+    with inside(project):
+        result = CliRunner().invoke(kedro_run, ["--pipelines", "train", "--params", "model.backbone=resnet9000"])
+    assert result.exit_code != 0
+    assert "unknown backbone 'resnet9000'" in str(result.exception)
+    tally.add("bad parameters tried", 1)
+
+
+# ----------------------------------------------------------------------------- tables
+
+VALID_ROWS = "".join(f"../images/valid/valid_{i}.png,valid\n" for i in range(4)) + "".join(
+    f"../images/invalid/invalid_{i}.png,invalid\n" for i in range(4))
+
+BAD_TABLES = {
+    # name: (CSV bytes, fragments the message must contain)
+    "missing_column": (b"file,label\nimages/a.png,valid\n",
+                       ["has no column ['path']", "its columns are ['file', 'label']"]),
+    "unknown_label": (("path,label\n" + VALID_ROWS.replace("invalid_2.png,invalid", "invalid_2.png,maybe")).encode(),
+                      ["line 8", "label 'maybe'", "valid/invalid, 1/0, true/false"]),
+    "duplicated_path": (("path,label\n" + VALID_ROWS + "../images/valid/valid_1.png,valid\n").encode(),
+                        ["more than once (lines [3, 10])", "Keep one row per image"]),
+    "not_utf8": ("path,label\nimages/caf\u00e9.png,valid\n".encode("latin-1"),
+                 ["not UTF-8", "byte 21", "save it as UTF-8"]),
+    "empty_file": (b"", ["is empty", "header row"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_TABLES))
+def test_a_broken_csv_stops_data_prep_before_any_image_is_decoded(project, tmp_path, monkeypatch, decoded, tally, name):
+    data, fragments = BAD_TABLES[name]
+    table = tmp_path / "tables" / "labels.csv"
+    table.parent.mkdir()
+    table.write_bytes(data)
+    # the images the valid rows name sit where ../images resolves from the CSV's folder
+    (tmp_path / "images").symlink_to(project.parent / "images")
+    params = {"data_prep": {"source": {"kind": "csv", "csv": str(table)}}}
+    result = run_session(project, ["data_prep"], params, monkeypatch, expect_error=True)
+    assert type(result.error).__name__ == "SourceError"
+    for fragment in fragments:
+        assert fragment in str(result.error), (fragment, str(result.error))
+    assert result.nodes == ["list_images"] and decoded == []
+    tally.add("bad tables tried", 1)
+
+
+# ----------------------------------------------------------------------------- paths outside the data root
+
+
+def test_csv_paths_resolve_against_the_csv_folder_and_may_point_outside_it(project, tmp_path, monkeypatch, tally):
+    """README: relative paths resolve against the CSV's folder; `..` and absolute paths are
+    followed wherever the user can read, and indexed by their resolved absolute path."""
+    inside_root = tmp_path / "data_root"
+    write_files(inside_root / "images", {
+        f"{label}_{i}.png": png_bytes(noise_image(700 + i + 50 * (label == "valid"), (24, 24)))
+        for label in ("valid", "invalid") for i in range(3)})
+    outside = write_files(tmp_path / "outside", {"valid_far.png": png_bytes(noise_image(801, (24, 24)))})[0]
+    absolute = write_files(tmp_path / "elsewhere", {"invalid_abs.png": png_bytes(noise_image(802, (24, 24)))})[0]
+    rows = [f"images/{label}_{i}.png,{label}" for label in ("valid", "invalid") for i in range(3)]
+    rows += ["../outside/valid_far.png,valid", f"{absolute},invalid"]
+    table = inside_root / "labels.csv"
+    table.write_text("path,label\n" + "\n".join(rows) + "\n")
+    run_session(project, ["data_prep"], {"data_prep": {"source": {"kind": "csv", "csv": str(table)}}}, monkeypatch)
+    index = pd.read_parquet(latest(project / "data/03_primary/image_index.parquet"))
+    assert str(outside) in set(index["path"])  # resolved: no '..' left in the indexed path
+    assert str(absolute) in set(index["path"])
+    assert not any(".." in path for path in index["path"])
+    assert len(index) == 8
+    tally.add("paths outside the data root tried", 2)
