@@ -13,6 +13,7 @@ import os
 import pkgutil
 import re
 import signal
+import random
 import socket
 import subprocess
 import sys
@@ -126,9 +127,15 @@ def test_layers_follow_the_data_flow():
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free port below 49152: kedro viz refuses anything above (the OS's own picks often are)."""
+    for port in random.Random().sample(range(20000, 49000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 49000")
 
 
 def stop(process: subprocess.Popen) -> None:

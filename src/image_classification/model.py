@@ -611,7 +611,8 @@ def build_model(
 def checkpoint_payload(model: ImageClassifier, metadata: dict) -> dict:
     """What a checkpoint dataset saves: every weight, plus what is needed to rebuild the model."""
     tensors = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    return {"tensors": tensors, "metadata": metadata}
+    # how the head reads the backbone's map is part of the model: always recorded
+    return {"tensors": tensors, "metadata": {**metadata, "head_input": model.head_input}}
 
 
 def model_from_checkpoint(checkpoint: dict) -> ImageClassifier:
