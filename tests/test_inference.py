@@ -143,7 +143,7 @@ def _feature_cache(model, index: pd.DataFrame) -> dict:
     features = extract_backbone_features(model.backbone, index["path"].tolist(), backbone_spec(BACKBONE),
                                          torch.device("cpu"), batch_size=4)
     return {"tensors": {"head_input": features["head_input"], "pooled": features["pooled"]},
-            "metadata": {"backbone": BACKBONE, "weights": "none", "paths": index["path"].tolist(),
+            "metadata": {"backbone": BACKBONE, "head_input": "pooled", "weights": "none", "paths": index["path"].tolist(),
                          "sha256": index["sha256"].tolist(), "errors": features["errors"]}}
 
 

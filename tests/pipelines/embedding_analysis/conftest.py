@@ -47,7 +47,7 @@ def tiny_features(tiny_index) -> dict:
     errors[2] = "truncated image"
     return {
         "tensors": {"head_input": head_input.half(), "pooled": torch.rand(n, 1280, generator=generator).half()},
-        "metadata": {"backbone": "efficientnet_lite0", "weights": "none", "paths": tiny_index["path"].tolist(),
+        "metadata": {"backbone": "efficientnet_lite0", "head_input": "pooled", "weights": "none", "paths": tiny_index["path"].tolist(),
                      "sha256": tiny_index["sha256"].tolist(), "errors": errors},
     }
 

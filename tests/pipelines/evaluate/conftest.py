@@ -64,7 +64,7 @@ def make_backbone_features(index: pd.DataFrame) -> dict:
     return {
         "tensors": {"head_input": torch.randn(len(index), 1280, 4, 4, generator=generator).half(),
                     "pooled": pooled.half()},
-        "metadata": {"backbone": "efficientnet_lite0", "weights": "none", "paths": index["path"].tolist(),
+        "metadata": {"backbone": "efficientnet_lite0", "head_input": "pooled", "weights": "none", "paths": index["path"].tolist(),
                      "sha256": index["sha256"].tolist(), "errors": errors},
     }
 

@@ -45,7 +45,7 @@ def tiny_inputs(seed: int = 0) -> dict:
         "model_checkpoint": checkpoint_payload(model, metadata),
         "backbone_features": {
             "tensors": {"head_input": torch.rand(80, 1280, 4, 4).half(), "pooled": pooled.half()},
-            "metadata": {"backbone": "efficientnet_lite0", "sha256": index["sha256"].tolist(), "errors": [""] * 80},
+            "metadata": {"backbone": "efficientnet_lite0", "head_input": "pooled", "sha256": index["sha256"].tolist(), "errors": [""] * 80},
         },
         "operating_point": {"threshold": 0.5},
         "params:zero_shot": ZeroShotConfig(gmm_components=2),
