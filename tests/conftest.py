@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kedro.io import MemoryDataset
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -157,3 +158,10 @@ def demo_run(tmp_path_factory) -> Path:
                             env={**os.environ, "COLUMNS": "160"})
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
     return project
+
+
+class KeptDataset(MemoryDataset):
+    """A MemoryDataset the runner cannot release, so a test can read intermediate outputs."""
+
+    def _release(self) -> None:
+        pass

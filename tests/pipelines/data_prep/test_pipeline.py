@@ -7,14 +7,8 @@ from kedro.runner import SequentialRunner
 
 from image_classification.pipelines.data_prep import create_pipeline
 
-from ...conftest import BAD_FILES, make_folder_tree, write_files
+from ...conftest import KeptDataset, BAD_FILES, make_folder_tree, write_files
 
-
-class KeptDataset(MemoryDataset):
-    """A MemoryDataset the runner cannot release, so the test can read intermediate outputs."""
-
-    def _release(self) -> None:
-        pass
 
 
 def test_data_prep_runs_on_an_in_memory_catalog(tmp_path):

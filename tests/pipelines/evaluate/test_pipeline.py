@@ -24,7 +24,7 @@ from image_classification.pipelines.evaluate import create_pipeline
 from image_classification.pipelines.evaluate.nodes import EvaluateConfig
 from image_classification.pipelines.train import create_pipeline as train_pipeline
 
-from ...conftest import REPO_ROOT
+from ...conftest import KeptDataset, REPO_ROOT
 from .conftest import small_config
 
 CATALOG = REPO_ROOT / "conf" / "base" / "catalog_evaluate.yml"
@@ -54,12 +54,6 @@ def test_parameters_file_builds_a_valid_config():
     config = EvaluateConfig(**{**parameters["evaluate"], "target_precision": 0.9})
     assert config.rule in ("point", "lower_bound") and config.baseline_c_grid
 
-
-class KeptDataset(MemoryDataset):
-    """A MemoryDataset the runner cannot release, so the test can read intermediate outputs."""
-
-    def _release(self) -> None:
-        pass
 
 
 def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):

@@ -5,17 +5,13 @@ from __future__ import annotations
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from ...conftest import KeptDataset
+
 from image_classification.pipelines.predict import create_pipeline
 from image_classification.pipelines.predict.nodes import PREDICTION_COLUMNS, PredictConfig
 
 from .helpers import MIXED_ERRORS, MIXED_FILES, knn_detector_payload, tiny_checkpoint
 
-
-class KeptDataset(MemoryDataset):
-    """A MemoryDataset the runner cannot release, so the test can read intermediate outputs."""
-
-    def _release(self) -> None:
-        pass
 
 
 def test_predict_scores_a_folder_with_bad_files_one_row_each(mixed_folder):

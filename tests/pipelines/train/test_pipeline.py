@@ -14,18 +14,12 @@ from image_classification.model import ClassifierHead, ModelConfig, build_backbo
 from image_classification.pipelines.train import create_pipeline
 from image_classification.training import TrainConfig
 
-from ...conftest import noise_image, png_bytes, write_files
+from ...conftest import KeptDataset, noise_image, png_bytes, write_files
 from ...test_training import MemoryStore
 
 SPLITS = {"train": 4, "val": 2}  # images per label
 SEED = 42
 
-
-class KeptDataset(MemoryDataset):
-    """A MemoryDataset the runner cannot release, so the test can read intermediate outputs."""
-
-    def _release(self) -> None:
-        pass
 
 
 @pytest.fixture(autouse=True)

@@ -9,14 +9,12 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from ...conftest import KeptDataset
+
 from image_classification.model import build_model, checkpoint_payload
 from image_classification.pipelines.zero_shot import create_pipeline
 from image_classification.pipelines.zero_shot.nodes import ZeroShotConfig
 
-
-class KeptDataset(MemoryDataset):
-    def _release(self) -> None:
-        pass
 
 
 def tiny_inputs(seed: int = 0) -> dict:
