@@ -18,6 +18,8 @@ from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import normalize
 
+from image_classification.errors import DataError, ParameterError
+
 
 class Detector:
     """fit on in-distribution features (and labels); score: higher = more anomalous."""
@@ -38,7 +40,7 @@ class KNNDetector(Detector):
 
     def fit(self, features: np.ndarray, targets: np.ndarray) -> "KNNDetector":
         if len(features) < self.k:
-            raise ValueError(f"kNN detector needs at least k={self.k} training images, got {len(features)}")
+            raise DataError(f"kNN detector needs at least k={self.k} training images, got {len(features)}")
         self._index = NearestNeighbors(n_neighbors=self.k).fit(normalize(features))
         return self
 
@@ -139,7 +141,7 @@ def calibrate_threshold(in_distribution_scores: np.ndarray, target_tpr: float) -
     """The anomaly-score threshold that accepts ``target_tpr`` of in-distribution images
     (an image is flagged when its score is above it)."""
     if not 0.0 < target_tpr <= 1.0:
-        raise ValueError(f"target_tpr must be in (0, 1], got {target_tpr}")
+        raise ParameterError(f"target_tpr must be in (0, 1], got {target_tpr}")
     return float(np.quantile(in_distribution_scores, target_tpr, method="higher"))
 
 

@@ -18,6 +18,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, s
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
+from image_classification.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -64,7 +66,7 @@ def fit_pca(x: np.ndarray) -> PCA:
     """A PCA with every component (as many as the data allow), fitted in float64."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) < 2:
-        raise ValueError(f"PCA needs at least 2 points to fit, got {len(x)}")
+        raise DataError(f"PCA needs at least 2 points to fit, got {len(x)}")
     return PCA(n_components=min(x.shape)).fit(x)
 
 
@@ -116,7 +118,7 @@ def fit_gaussian_mixtures(x: np.ndarray, components: range | list[int], covarian
         models[k], bic[k] = _sorted_by_weight(model), float(model.bic(x))
         logger.debug("Gaussian mixture with %d components: BIC %.1f after %d iterations", k, bic[k], model.n_iter_)
     if not models:
-        raise ValueError(
+        raise DataError(
             f"no Gaussian mixture with {list(components)} components could be fitted on {len(x)} points; "
             "increase embedding_analysis.gmm_reg_covar or use gmm_covariance_type diag"
         )
@@ -134,7 +136,7 @@ def agglomerative_clusters(x: np.ndarray, n_clusters: int, linkage: str) -> np.n
     """Hierarchical clusters of every row of ``x`` (O(n^2) memory: pass a sample)."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) < n_clusters:
-        raise ValueError(f"agglomerative clustering into {n_clusters} clusters needs as many points, got {len(x)}")
+        raise DataError(f"agglomerative clustering into {n_clusters} clusters needs as many points, got {len(x)}")
     assigned = AgglomerativeClustering(n_clusters=n_clusters, linkage=linkage).fit_predict(x)
     return relabel_by_size(assigned)
 

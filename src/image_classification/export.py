@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from image_classification.errors import ParameterError
 from image_classification.model import ImageClassifier, adapt_feature_map, pooled_features
 
 logger = logging.getLogger(__name__)
@@ -214,10 +215,10 @@ def select_backend(requested: str, device: torch.device, onnx_usable: bool, why_
     this project's ONNX Runtime runs on the CPU only. An explicit choice is honoured or refused.
     """
     if requested not in ("auto", *BACKENDS):
-        raise ValueError(f"predict.backend must be auto or one of {', '.join(BACKENDS)}, got '{requested}'")
+        raise ParameterError(f"predict.backend must be auto or one of {', '.join(BACKENDS)}, got '{requested}'")
     if requested == "onnxruntime" and not onnx_usable:
-        raise ValueError(f"predict.backend is onnxruntime but the ONNX model cannot be used: {why_not_onnx}; "
-                         "use backend auto or torch")
+        raise ParameterError(f"predict.backend is onnxruntime but the ONNX model cannot be used: {why_not_onnx}; "
+                             "use backend auto or torch")
     if requested != "auto":
         return requested, "chosen by predict.backend"
     if device.type != "cpu":

@@ -21,6 +21,8 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from image_classification.errors import ParameterError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
@@ -43,9 +45,9 @@ class ImageLimits:
 
     def __post_init__(self) -> None:
         if self.min_side < 1:
-            raise ValueError(f"min_side must be at least 1 pixel, got {self.min_side}")
+            raise ParameterError(f"min_side must be at least 1 pixel, got {self.min_side}")
         if self.max_pixels < self.min_side**2:
-            raise ValueError(
+            raise ParameterError(
                 f"max_pixels ({self.max_pixels}) must be at least min_side squared "
                 f"({self.min_side**2})"
             )

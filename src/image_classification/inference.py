@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from image_classification.errors import ParameterError
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
 from image_classification.model import (
     BackboneSpec,
@@ -34,9 +35,9 @@ def torch_device(runtime: dict) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"runtime.device is '{name}' but PyTorch sees no CUDA GPU; use auto or cpu")
+        raise ParameterError(f"runtime.device is '{name}' but PyTorch sees no CUDA GPU; use auto or cpu")
     if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"runtime.device must be auto, cpu or cuda[:N], got '{name}'")
+        raise ParameterError(f"runtime.device must be auto, cpu or cuda[:N], got '{name}'")
     return torch.device(name)
 
 

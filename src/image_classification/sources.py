@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import fsspec
 import pandas as pd
 
+from image_classification.errors import SourceError
 from image_classification.images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ _LABEL_WORDS = {
     "valid": "valid", "1": "valid", "true": "valid",
     "invalid": "invalid", "0": "invalid", "false": "invalid",
 }
-
-
-class SourceError(ValueError):
-    """The user's data source cannot be used as given; the message says what to change."""
 
 
 def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from image_classification.errors import DataError, ParameterError
 from image_classification.metrics import check_target_precision, validation_score
 
 logger = logging.getLogger(__name__)
@@ -39,13 +40,13 @@ class TrainConfig:
         check_target_precision(self.target_precision)
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+                raise ParameterError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.class_weights not in ("balanced", "none"):
-            raise ValueError(f"train.class_weights must be 'balanced' or 'none', got '{self.class_weights}'")
+            raise ParameterError(f"train.class_weights must be 'balanced' or 'none', got '{self.class_weights}'")
         if self.patience is not None and int(self.patience) < 1:
-            raise ValueError(f"train.patience must be at least 1 or null (off), got {self.patience}")
+            raise ParameterError(f"train.patience must be at least 1 or null (off), got {self.patience}")
         if self.learning_rate <= 0 or self.backbone_learning_rate <= 0:
-            raise ValueError("train.learning_rate and train.backbone_learning_rate must be positive")
+            raise ParameterError("train.learning_rate and train.backbone_learning_rate must be positive")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +84,7 @@ def class_weight_tensor(targets: np.ndarray, mode: str) -> torch.Tensor | None:
         return None
     counts = np.bincount(np.asarray(targets, dtype=int), minlength=2).astype(np.float64)
     if (counts == 0).any():
-        raise ValueError(f"the training split needs both classes, got counts {counts.tolist()} (invalid, valid)")
+        raise DataError(f"the training split needs both classes, got counts {counts.tolist()} (invalid, valid)")
     return torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
 
 

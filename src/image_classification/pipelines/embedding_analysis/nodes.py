@@ -35,6 +35,7 @@ from image_classification.clustering import (
     project_gaussians,
     stratified_sample,
 )
+from image_classification.errors import DataError, ParameterError
 from image_classification.inference import score_index
 
 logger = logging.getLogger(__name__)
@@ -71,19 +72,19 @@ class EmbeddingAnalysisConfig:
         low, high = (int(value) for value in self.gmm_components)
         object.__setattr__(self, "gmm_components", (low, high))
         if not 1 <= low <= high:
-            raise ValueError(f"embedding_analysis.gmm_components must be [low, high] with 1 <= low <= high, got {self.gmm_components}")
+            raise ParameterError(f"embedding_analysis.gmm_components must be [low, high] with 1 <= low <= high, got {self.gmm_components}")
         if self.gmm_covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"embedding_analysis.gmm_covariance_type must be one of {COVARIANCE_TYPES}, got '{self.gmm_covariance_type}'")
+            raise ParameterError(f"embedding_analysis.gmm_covariance_type must be one of {COVARIANCE_TYPES}, got '{self.gmm_covariance_type}'")
         if self.agglomerative_linkage not in LINKAGES:
-            raise ValueError(f"embedding_analysis.agglomerative_linkage must be one of {LINKAGES}, got '{self.agglomerative_linkage}'")
+            raise ParameterError(f"embedding_analysis.agglomerative_linkage must be one of {LINKAGES}, got '{self.agglomerative_linkage}'")
         if self.pca_components < 3:
-            raise ValueError(f"embedding_analysis.pca_components must be at least 3 (the 3D plot), got {self.pca_components}")
+            raise ParameterError(f"embedding_analysis.pca_components must be at least 3 (the 3D plot), got {self.pca_components}")
         if self.gmm_bic_patience is not None and self.gmm_bic_patience < 1:
-            raise ValueError(f"embedding_analysis.gmm_bic_patience must be at least 1 or null (try every k), got {self.gmm_bic_patience}")
+            raise ParameterError(f"embedding_analysis.gmm_bic_patience must be at least 1 or null (try every k), got {self.gmm_bic_patience}")
         for name in ("extraction_chunk_size", "gmm_max_samples", "agglomerative_clusters",
                      "agglomerative_max_samples", "silhouette_sample_size", "figure_max_points"):
             if int(getattr(self, name)) < 2:
-                raise ValueError(f"embedding_analysis.{name} must be at least 2, got {getattr(self, name)}")
+                raise ParameterError(f"embedding_analysis.{name} must be at least 2, got {getattr(self, name)}")
 
 
 def embedding_columns(table: pd.DataFrame) -> list[str]:
@@ -139,7 +140,7 @@ def fit_pca_basis(image_embeddings: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """
     train = _analysed(image_embeddings).query("split == 'train'")
     if len(train) < 3:
-        raise ValueError(f"PCA is fitted on the training split, which has only {len(train)} readable labelled images")
+        raise DataError(f"PCA is fitted on the training split, which has only {len(train)} readable labelled images")
     pca = fit_pca(train[embedding_columns(train)].to_numpy())
     ratio = pca.explained_variance_ratio_
     variance = pd.DataFrame({"component": np.arange(1, len(ratio) + 1), "explained_variance_ratio": ratio,

@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from image_classification import plots
+from image_classification.errors import DataError, ParameterError
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
 from image_classification.inference import score_index
 from image_classification.metrics import (
@@ -75,17 +76,17 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
         if self.rule not in RULES:
-            raise ValueError(f"evaluate.rule must be one of {', '.join(RULES)}, got '{self.rule}'")
+            raise ParameterError(f"evaluate.rule must be one of {', '.join(RULES)}, got '{self.rule}'")
         if self.bound_method not in BOUND_METHODS:
-            raise ValueError(f"evaluate.bound_method must be one of {', '.join(BOUND_METHODS)}, got '{self.bound_method}'")
+            raise ParameterError(f"evaluate.bound_method must be one of {', '.join(BOUND_METHODS)}, got '{self.bound_method}'")
         for name in ("bound_level", "bootstrap_level"):
             if not 0.0 < float(getattr(self, name)) < 1.0:
-                raise ValueError(f"evaluate.{name} must be in (0, 1), got {getattr(self, name)}")
+                raise ParameterError(f"evaluate.{name} must be in (0, 1), got {getattr(self, name)}")
         if int(self.bootstrap_samples) < 1 or int(self.gallery_size) < 0:
-            raise ValueError("evaluate.bootstrap_samples must be at least 1 and evaluate.gallery_size at least 0")
+            raise ParameterError("evaluate.bootstrap_samples must be at least 1 and evaluate.gallery_size at least 0")
         grid = tuple(float(c) for c in self.baseline_c_grid)
         if not grid or min(grid) <= 0:
-            raise ValueError(f"evaluate.baseline_c_grid must list positive values, got {list(self.baseline_c_grid)}")
+            raise ParameterError(f"evaluate.baseline_c_grid must list positive values, got {list(self.baseline_c_grid)}")
         object.__setattr__(self, "baseline_c_grid", grid)  # YAML gives a list
 
 
@@ -258,8 +259,8 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
 def _evaluated_rows(backbone_features: dict, image_index: pd.DataFrame) -> np.ndarray:
     """Positions of the validation and test images, once the feature cache is known to fit the index."""
     if backbone_features["metadata"]["sha256"] != image_index["sha256"].tolist():
-        raise ValueError("backbone_features were computed for another image index; run "
-                         "`kedro run --pipelines train` before evaluate")
+        raise DataError("backbone_features were computed for another image index; run "
+                        "`kedro run --pipelines train` before evaluate")
     return np.flatnonzero(image_index["split"].isin(EVALUATED_SPLITS).to_numpy(dtype=bool))
 
 
@@ -300,8 +301,8 @@ def _scored(evaluation_scores: pd.DataFrame, split: str, column: str) -> tuple[n
 def _select_threshold(targets: np.ndarray, scores: np.ndarray, config: EvaluateConfig) -> dict:
     """The threshold the configured rule picks on validation, what it achieves, and any fallback."""
     if not targets.sum():
-        raise ValueError("the validation split has no readable valid image, so no threshold can be chosen; "
-                         "add valid images to it (data_prep.split) and rerun data_prep and train")
+        raise DataError("the validation split has no readable valid image, so no threshold can be chosen; "
+                        "add valid images to it (data_prep.split) and rerun data_prep and train")
     if config.rule == "lower_bound":
         point = recall_at_precision_bound(targets, scores, config.target_precision, config.bound_level, config.bound_method)
     else:
@@ -346,8 +347,8 @@ def _test_report(evaluation_scores: pd.DataFrame, column: str, point: dict, conf
     """One classifier's test metrics at its threshold, intervals, and the oracle for comparison."""
     targets, scores = _scored(evaluation_scores, "test", column)
     if not len(targets):
-        raise ValueError("the test split has no readable image to measure on; give it a share in "
-                         "data_prep.split and rerun data_prep and train")
+        raise DataError("the test split has no readable image to measure on; give it a share in "
+                        "data_prep.split and rerun data_prep and train")
     test = metrics_at_threshold(targets, scores, point["threshold"])
     test["target_precision_held"] = bool(test["precision"] >= config.target_precision)  # NaN: not held
     bootstrap = bootstrap_precision_recall(targets, scores >= point["threshold"], config.bootstrap_samples, seed,

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from image_classification.anomaly import Detector, detector_from_state
+from image_classification.errors import DataError, ParameterError
 from image_classification.export import (
     BACKENDS,
     CHECKPOINT_KEY,
@@ -70,20 +71,20 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if self.source.get("kind") not in ("demo", "folder", "csv"):
-            raise ValueError(f"predict.source.kind must be demo, folder or csv, got '{self.source.get('kind')}'")
+            raise ParameterError(f"predict.source.kind must be demo, folder or csv, got '{self.source.get('kind')}'")
         needed = {"folder": "root", "csv": "csv"}.get(self.source["kind"])
         if needed and not self.source.get(needed):
-            raise ValueError(f"predict.source.{needed} must be set when predict.source.kind is '{self.source['kind']}'")
+            raise ParameterError(f"predict.source.{needed} must be set when predict.source.kind is '{self.source['kind']}'")
         if self.backend not in ("auto", *BACKENDS):
-            raise ValueError(f"predict.backend must be auto or one of {', '.join(BACKENDS)}, got '{self.backend}'")
+            raise ParameterError(f"predict.backend must be auto or one of {', '.join(BACKENDS)}, got '{self.backend}'")
         if self.batch_size < 1 or self.workers < 0 or self.parity_images < 1 or self.parity_tolerance <= 0:
-            raise ValueError("predict.batch_size and parity_images must be at least 1, workers at least 0, "
-                             "parity_tolerance positive")
+            raise ParameterError("predict.batch_size and parity_images must be at least 1, workers at least 0, "
+                                 "parity_tolerance positive")
         unknown = sorted(set(self.threads) - {"onnxruntime", "torch"})
         if unknown:
-            raise ValueError(f"predict.threads has unknown backends {unknown}; use onnxruntime and torch")
+            raise ParameterError(f"predict.threads has unknown backends {unknown}; use onnxruntime and torch")
         if any(value is not None and int(value) < 1 for value in self.threads.values()):
-            raise ValueError(f"predict.threads must be at least 1 or null (the default), got {self.threads}")
+            raise ParameterError(f"predict.threads must be at least 1 or null (the default), got {self.threads}")
 
     def threads_for(self, backend: str) -> int | None:
         """CPU threads for a backend (torch_nchw shares torch's)."""
@@ -147,13 +148,13 @@ def operating_threshold(operating_point: dict, checkpoint_metadata: dict) -> flo
     """
     threshold = operating_point.get("threshold")
     if threshold is None or not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"operating_point has no threshold between 0 and 1 (got {threshold}); run the evaluate pipeline")
+        raise DataError(f"operating_point has no threshold between 0 and 1 (got {threshold}); run the evaluate pipeline")
     recorded = {"backbone": operating_point.get("backbone"), "best_epoch": operating_point.get("best_epoch"),
                 **(operating_point.get("checkpoint") or {})}
     differing = {key: (value, checkpoint_metadata[key]) for key, value in recorded.items()
                  if value is not None and key in checkpoint_metadata and checkpoint_metadata[key] != value}
     if differing:
-        raise ValueError(
+        raise DataError(
             f"operating_point was chosen for another checkpoint (operating point vs checkpoint: {differing}); run "
             "`kedro run --pipelines evaluate` for this checkpoint, or pass the operating point that belongs to it "
             "with --load-versions operating_point:<version>")

@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, TensorDataset
 
+from image_classification.errors import DataError
 from image_classification.inference import extract_backbone_features, head_outputs, image_loader, model_outputs, torch_device
 from image_classification.model import (
     ClassifierHead,
@@ -57,7 +58,7 @@ def _check_features_match(features: dict, image_index: pd.DataFrame, model: Mode
     metadata = features["metadata"]
     if (metadata["sha256"] != image_index["sha256"].tolist() or metadata["backbone"] != model.backbone
             or metadata.get("head_input", "corner") != model.head_input):
-        raise ValueError(
+        raise DataError(
             "backbone_features were computed for another image index or backbone; run "
             "`kedro run --pipelines train` to recompute them"
         )

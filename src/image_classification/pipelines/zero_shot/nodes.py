@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from image_classification.anomaly import build_detector, calibrate_threshold, detector_state, separation_metrics
+from image_classification.errors import DataError, ParameterError
 from image_classification.inference import score_index
 
 logger = logging.getLogger(__name__)
@@ -34,13 +35,13 @@ class ZeroShotConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.detectors) - set(DETECTORS)) + sorted(set(self.feature_spaces) - set(FEATURE_SPACES))
         if unknown:
-            raise ValueError(f"zero_shot: unknown detector or feature space {unknown}; detectors are "
-                             f"{list(DETECTORS)}, feature spaces {list(FEATURE_SPACES)}")
+            raise ParameterError(f"zero_shot: unknown detector or feature space {unknown}; detectors are "
+                                 f"{list(DETECTORS)}, feature spaces {list(FEATURE_SPACES)}")
         if self.flag_detector not in self.detector_names:
-            raise ValueError(f"zero_shot.flag_detector '{self.flag_detector}' is not among the detectors run: "
-                             f"{self.detector_names}")
+            raise ParameterError(f"zero_shot.flag_detector '{self.flag_detector}' is not among the detectors run: "
+                                 f"{self.detector_names}")
         if not 0.0 < self.target_tpr <= 1.0:
-            raise ValueError(f"zero_shot.target_tpr must be in (0, 1], got {self.target_tpr}")
+            raise ParameterError(f"zero_shot.target_tpr must be in (0, 1], got {self.target_tpr}")
 
     @property
     def detector_runs(self) -> list[tuple[str, str, str | None]]:
@@ -87,7 +88,7 @@ def score_anomalies(features: pd.DataFrame, config: ZeroShotConfig, seed: int) -
     table = scored[["path", "split", "label", "kind", "target", "score"]].copy()
     validation = (table["split"] == "val").to_numpy()
     if not validation.any():
-        raise ValueError("zero_shot needs validation images to calibrate its thresholds; none were found")
+        raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
     thresholds = {}
     for name, detector_name, space in config.detector_runs:
         detector = build_detector(detector_name, config.knn_k, config.gmm_components, seed)
@@ -126,7 +127,7 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
     test = anomaly_scores[anomaly_scores["split"] == "test"]
     unseen = anomaly_scores[anomaly_scores["split"] == "unseen"]
     if unseen.empty:
-        raise ValueError("zero_shot found no unseen-kind images; give data_prep a zero_shot_root or unseen classes")
+        raise DataError("zero_shot found no unseen-kind images; give data_prep a zero_shot_root or unseen classes")
     detectors = {}
     for name in config.detector_names:
         block = {"all_unseen": separation_metrics(test[name].to_numpy(), unseen[name].to_numpy()),
