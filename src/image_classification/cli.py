@@ -1,0 +1,93 @@
+"""`kedro run` for this project: Kedro's own command, except that errors a user can fix end the run
+with one line that says what to change, and exit status 1, instead of a traceback.
+
+Which errors are a user's: this package's :class:`~image_classification.errors.UserError` (bad
+parameters, sources, tables, missing pretrained weights, a stage run before its inputs exist),
+Kedro's typed-parameter check, a dataset that cannot be loaded or saved (a missing input version, a
+refused checkpoint), missing configuration, and an unknown pipeline name. Anything else is a bug
+and keeps its traceback. Set ``IMAGE_CLASSIFICATION_TRACEBACK=1`` to see the traceback of a user
+error too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import re
+from typing import Any
+
+import click
+from kedro.config import MissingConfigException
+from kedro.framework.cli.project import run as kedro_run
+from kedro.io import DatasetError
+from kedro.pipeline import Pipeline
+from kedro.validation.exceptions import ParameterValidationError
+
+from image_classification.errors import UserError
+
+USER_ERRORS = (UserError, ParameterValidationError, DatasetError, MissingConfigException)
+TRACEBACK_VARIABLE = "IMAGE_CLASSIFICATION_TRACEBACK"
+
+
+@click.group(name="image-classification")
+def cli() -> None:
+    """Commands of the image-classification project."""
+
+
+def _all_pipelines() -> dict[str, Pipeline]:
+    """Every pipeline of the project (Kedro itself loads only the ones a run asks for)."""
+    import image_classification.pipelines as package
+
+    return {info.name: importlib.import_module(f"{package.__name__}.{info.name}").create_pipeline()
+            for info in pkgutil.iter_modules(package.__path__) if info.ispkg}
+
+
+def _check_pipeline_names(names: list[str]) -> None:
+    pipelines = {**_all_pipelines(), "__default__": None}
+    unknown = [name for name in names if name not in pipelines]
+    if unknown:
+        raise click.BadParameter(
+            f"no pipeline named {', '.join(map(repr, unknown))}; the pipelines are "
+            f"{', '.join(sorted(pipelines))}",
+            param_hint="'--pipelines'",
+        )
+
+
+def _missing_input_hint(error: Exception) -> str:
+    """For an input that does not exist yet: which pipeline writes it, so the user can run that first."""
+    message = str(error)
+    match = re.match(r"([\w.]+): Failed while loading data", message)
+    if not match or not ("No such file" in message or "Did not find any versions" in message):
+        return ""
+    dataset = match.group(1)
+    writers = sorted(name for name, pipeline in _all_pipelines().items()
+                     if dataset in pipeline.all_outputs())
+    if not writers:
+        return ""
+    return (f"\n'{dataset}' does not exist yet: it is written by the {writers[0]} pipeline; run "
+            f"`kedro run --pipelines {writers[0]}` (or the whole `kedro run`) first")
+
+
+def _run(**options: Any) -> dict[str, Any]:
+    _check_pipeline_names([*options.get("pipelines", ()), *filter(None, [options.get("pipeline")])])
+    try:
+        return kedro_run.callback(**options)
+    except USER_ERRORS as error:
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            raise
+        message = (str(error).strip() or type(error).__name__) + _missing_input_hint(error)
+        raise click.ClickException(
+            f"{message}\n(a problem with the input or the parameters, so no traceback; "
+            f"set {TRACEBACK_VARIABLE}=1 to see one)"
+        ) from None
+
+
+run = click.Command(
+    name="run",
+    callback=_run,
+    params=list(kedro_run.params),
+    help=kedro_run.help,
+    short_help=kedro_run.short_help,
+)
+cli.add_command(run)
