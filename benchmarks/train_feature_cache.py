@@ -1,8 +1,9 @@
 """How much the train stage's feature cache saves: the same training run two ways, side by side.
 
 A "feature cache" runs the frozen backbone once per image (the train pipeline's extract_features
-node) and trains the classifier head on the cached 4x4 corners of the feature maps, as
-train_classifier does with ``trainable_blocks: 0``.
+node) and trains the classifier head on the cached 4x4 head inputs (the 7x7 feature maps averaged
+down to 4x4, the default ``model.head_input: pooled``), as train_classifier does with
+``trainable_blocks: 0``.
 
 B "backbone every epoch" is the original project's way: the whole ImageClassifier, backbone
 frozen, fed from the image files every epoch and validated through the whole model every epoch,
