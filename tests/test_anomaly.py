@@ -55,6 +55,20 @@ def test_mahalanobis_works_with_more_dimensions_than_images():
     assert separation_metrics(detector.score(test), detector.score(unseen))["auroc"] > 0.95
 
 
+@pytest.mark.parametrize("name", ["mahalanobis", "relative_mahalanobis"])
+def test_mahalanobis_fits_features_that_never_vary(name):
+    """Random backbone weights can give channels that are zero for every image (or identical
+    images): the fit must not fail on the singular covariance, and what differs still scores higher."""
+    train, targets, test, unseen = gaussian_data(20, shift=12.0)
+    for features in (train, test, unseen):
+        features[:, 5:] = 0.0  # 15 of 20 channels dead on every image
+    detector = build_detector(name).fit(train, targets)
+    assert np.isfinite(detector.score(test)).all()
+    constant = np.zeros((4, 20))
+    assert np.isfinite(build_detector(name).fit(constant, np.array([0, 1, 0, 1])).score(test)).all()
+    if name == "mahalanobis":  # relative Mahalanobis discounts this shift by design (see below)
+        assert separation_metrics(detector.score(test), detector.score(unseen))["auroc"] > 0.99
+
 def test_relative_mahalanobis_discounts_what_is_unusual_for_every_class():
     """Relative Mahalanobis subtracts the distance under one Gaussian of all training images, so
     a cluster far from everything scores about the same as test images (Ren et al., 2021): it is

@@ -67,6 +67,10 @@ class MahalanobisDetector(Detector):
         # a Cholesky factor of the shrunk covariance instead of its inverse: several times
         # faster than sklearn's eigendecomposition-based precision in 1280 dimensions
         covariance = LedoitWolf(store_precision=False, assume_centered=assume_centered).fit(samples).covariance_
+        # shrinkage alone leaves it singular when features do not vary at all (a constant channel,
+        # or every image alike, as with random backbone weights): a tiny ridge keeps it invertible
+        ridge = max(1e-6 * float(np.trace(covariance)) / len(covariance), 1e-10)
+        covariance[np.diag_indices_from(covariance)] += ridge
         return linalg.cholesky(covariance, lower=True)
 
     def fit(self, features: np.ndarray, targets: np.ndarray) -> "MahalanobisDetector":
