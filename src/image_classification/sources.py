@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import fsspec
 import pandas as pd
@@ -227,11 +227,18 @@ def read_labels_csv(url: str, zero_shot_csv: str | None = None) -> tuple[pd.Data
     return _candidates(rows), []
 
 
-def read_source(source: dict, demo_root: str) -> tuple[pd.DataFrame, list[dict]]:
-    """Dispatch on ``source['kind']``: demo, folder_tree, csv or class_folders."""
+def _demo_folder(demo_root: str | Callable[[], str]) -> str:
+    """The demo's folder; a callable (the ``demo_images`` dataset) builds the demo on first use."""
+    return demo_root() if callable(demo_root) else demo_root
+
+
+def read_source(source: dict, demo_root: str | Callable[[], str]) -> tuple[pd.DataFrame, list[dict]]:
+    """Dispatch on ``source['kind']``: demo, folder_tree, csv or class_folders. The demo is only
+    built when ``kind`` is demo."""
     kind = source.get("kind")
     if kind == "demo":
-        return read_folder_tree(posixpath.join(demo_root, "labelled"), posixpath.join(demo_root, "unseen"))
+        root = _demo_folder(demo_root)
+        return read_folder_tree(posixpath.join(root, "labelled"), posixpath.join(root, "unseen"))
     if kind == "folder_tree":
         return read_folder_tree(_required(source, "root"), source.get("zero_shot_root"))
     if kind == "csv":
@@ -248,14 +255,14 @@ def read_source(source: dict, demo_root: str) -> tuple[pd.DataFrame, list[dict]]
     )
 
 
-def read_unlabelled(source: dict, demo_root: str) -> tuple[list[str], list[dict]]:
+def read_unlabelled(source: dict, demo_root: str | Callable[[], str]) -> tuple[list[str], list[dict]]:
     """Images to score (predict): every file below a folder (``kind: folder`` with ``root``, or
     ``demo``) or the ``path`` column of a CSV (``kind: csv`` with ``csv``).
 
     Returns the image paths and a folder's other files, each with the reason it is skipped.
     """
     kind = source.get("kind")
-    location = demo_root if kind == "demo" else source.get("csv" if kind == "csv" else "root")
+    location = _demo_folder(demo_root) if kind == "demo" else source.get("csv" if kind == "csv" else "root")
     if kind not in ("demo", "folder", "csv") or not location:
         raise SourceError(f"predict.source needs kind 'folder' with a root, 'csv' with a csv, or 'demo'; got {source}")
     fs, path = _filesystem(str(location))

@@ -1,7 +1,8 @@
-"""A read-only Kedro dataset that makes sure the built-in demo images exist, then names them."""
+"""A read-only Kedro dataset for the built-in demo images, built on first use and only when used."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ from kedro.io import AbstractDataset, DatasetError
 from image_classification.demo import DEMO_VERSION, ensure_demo
 
 
-class DemoImagesDataset(AbstractDataset[None, str]):
-    """Loads as the demo's root folder, building the demo there on first use.
+class DemoImagesDataset(AbstractDataset[None, Callable[[], str]]):
+    """Loads as a function that returns the demo's root folder, building the demo there on its
+    first call. Loading builds nothing: a run on the user's own images never writes the demo.
 
     Example catalog entry::
 
@@ -24,8 +26,13 @@ class DemoImagesDataset(AbstractDataset[None, str]):
         self._path = Path(path)
         self.metadata = metadata
 
-    def load(self) -> str:
-        return str(ensure_demo(self._path).resolve())
+    def load(self) -> Callable[[], str]:
+        path = self._path
+
+        def demo_root() -> str:
+            return str(ensure_demo(path).resolve())
+
+        return demo_root
 
     def save(self, data: None) -> None:
         raise DatasetError("DemoImagesDataset is read-only: the demo is built from bundled images")

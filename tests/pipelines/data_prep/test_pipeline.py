@@ -5,6 +5,7 @@ from __future__ import annotations
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from image_classification.datasets import DemoImagesDataset
 from image_classification.pipelines.data_prep import create_pipeline
 
 from ...conftest import KeptDataset, BAD_FILES, make_folder_tree, write_files
@@ -20,10 +21,10 @@ def test_data_prep_runs_on_an_in_memory_catalog(tmp_path):
         "params:data_prep.near_duplicate_max_distance": 2,
         "params:data_prep.split": {"train": 0.6, "val": 0.2, "test": 0.2},
         "params:seed": 42,
-        "demo_images": "unused",
     }
     outputs = ("image_index", "rejected_images", "duplicate_report", "split_summary")
     catalog = DataCatalog({name: MemoryDataset(value) for name, value in params.items()})
+    catalog["demo_images"] = DemoImagesDataset(path=str(tmp_path / "demo"))
     for name in outputs:
         catalog[name] = KeptDataset()
     SequentialRunner().run(create_pipeline(), catalog)
@@ -36,3 +37,4 @@ def test_data_prep_runs_on_an_in_memory_catalog(tmp_path):
     summary = catalog.load("split_summary")
     assert summary["per_split"]["train"] == {"valid": 6, "invalid": 6}
     assert summary["rejected"] == len(BAD_FILES)
+    assert not (tmp_path / "demo").exists()  # the user's own images: the demo is never built

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 REJECTED_COLUMNS = ["path", "label", "kind", "reason"]
 
 
-def list_images(demo_root: str, source: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def list_images(demo_root: str | Callable[[], str], source: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the configured source into candidate images and files skipped while listing."""
     candidates, skipped = read_source(source, demo_root)
     if candidates["label"].notna().sum() == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,7 +92,7 @@ class PredictConfig:
         return self.threads.get("onnxruntime" if backend == "onnxruntime" else "torch")
 
 
-def list_images(source: dict, demo_images: str) -> pd.DataFrame:
+def list_images(source: dict, demo_images: str | Callable[[], str]) -> pd.DataFrame:
     """One row per file to score: ``path`` and ``error`` ("" or why the file is not scored)."""
     images, skipped = read_unlabelled(source, demo_images)
     table = pd.DataFrame({"path": images + [row["path"] for row in skipped],
