@@ -8,6 +8,7 @@ import pytest
 
 from image_classification.duplicates import near_duplicate_pairs
 from image_classification.pipelines.data_prep.nodes import (
+    _duplicate_report,
     check_images,
     group_duplicates,
     list_images,
@@ -153,3 +154,26 @@ def test_unseen_images_get_their_own_split_and_the_summary_counts_them():
     assert summary["unseen_kinds"] == {"digit": 3}
     assert summary["rejected_by_reason"] == {"empty file (0 bytes)": 1}
     assert sum(summary["per_split"][s]["valid"] for s in ("train", "val", "test")) == 5
+
+
+def test_duplicate_report_rows_and_label_conflicts():
+    images = pd.DataFrame({
+        "path": [f"/images/{name}.png" for name in "abcdef"],
+        "sha256": ["s1", "s1", "s2", "s3", "s4", "s5"],
+        "label": pd.array(["valid", "valid", "invalid", None, None, "valid"], dtype="string"),
+    })
+    exact = np.array([[0, 1]])
+    near = np.array([[0, 1], [0, 2], [2, 3], [3, 4], [1, 5]])  # (0, 1) has the same bytes: exact only
+    report = _duplicate_report(images, exact, near)
+    assert report[["type", "path", "duplicate_path"]].values.tolist() == [
+        ["exact", "/images/a.png", "/images/b.png"],
+        ["near", "/images/a.png", "/images/c.png"],
+        ["near", "/images/c.png", "/images/d.png"],
+        ["near", "/images/d.png", "/images/e.png"],
+        ["near", "/images/b.png", "/images/f.png"],
+    ]
+    # valid/valid no, valid/invalid yes, labelled/unlabelled yes, unlabelled/unlabelled no
+    assert report["labels_differ"].tolist() == [False, True, True, False, False]
+    assert report["label"].isna().tolist() == [False, False, False, True, False]
+    empty = _duplicate_report(images, np.empty((0, 2), dtype=np.int64), np.empty((0, 2), dtype=np.int64))
+    assert empty.empty and list(empty.columns) == list(report.columns)
