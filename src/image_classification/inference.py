@@ -143,6 +143,15 @@ def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, 
     }
 
 
+def cache_matches(cache: dict, image_index: pd.DataFrame, backbone: str, head_input: str) -> bool:
+    """Whether a feature cache's metadata describes these images (in order), this backbone and head input.
+
+    Caches written before ``head_input`` was recorded hold the corner input.
+    """
+    return (cache.get("sha256") == image_index["sha256"].tolist() and cache.get("backbone") == backbone
+            and cache.get("head_input", "corner") == head_input)
+
+
 def score_index(checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame, runtime: dict,
                 with_pooled: bool = False) -> pd.DataFrame:
     """Score and embed every indexed image with a trained checkpoint.
@@ -160,12 +169,8 @@ def score_index(checkpoint: dict, backbone_features: dict, image_index: pd.DataF
     metadata = checkpoint["metadata"]
     device = torch_device(runtime)
     cache = backbone_features["metadata"]
-    fresh = (
-        metadata.get("fine_tuned_blocks", 0) == 0
-        and cache.get("backbone") == metadata["backbone"]
-        and cache.get("head_input", "corner") == metadata.get("head_input", "corner")
-        and cache.get("sha256") == image_index["sha256"].tolist()
-    )
+    fresh = metadata.get("fine_tuned_blocks", 0) == 0 and cache_matches(
+        cache, image_index, metadata["backbone"], metadata.get("head_input", "corner"))
     if fresh:
         embedding, score = head_outputs(model.head, backbone_features["tensors"]["head_input"], device)
         pooled = backbone_features["tensors"]["pooled"].float().numpy()

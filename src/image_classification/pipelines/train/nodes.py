@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, TensorDataset
 
 from image_classification.errors import DataError
-from image_classification.inference import extract_backbone_features, head_outputs, image_loader, model_outputs, torch_device
+from image_classification.inference import cache_matches, extract_backbone_features, head_outputs, image_loader, model_outputs, torch_device
 from image_classification.model import (
     ClassifierHead,
     ImageClassifier,
@@ -56,8 +56,7 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dic
 def _check_features_match(features: dict, image_index: pd.DataFrame, model: ModelConfig) -> np.ndarray:
     """The cache must describe this index and backbone; returns which rows are usable."""
     metadata = features["metadata"]
-    if (metadata["sha256"] != image_index["sha256"].tolist() or metadata["backbone"] != model.backbone
-            or metadata.get("head_input", "corner") != model.head_input):
+    if not cache_matches(metadata, image_index, model.backbone, model.head_input):
         raise DataError(
             "backbone_features were computed for another image index or backbone; run "
             "`kedro run --pipelines train` to recompute them"
