@@ -76,3 +76,30 @@ def test_config_refuses_an_unknown_flag_detector():
         ZeroShotConfig(flag_detector="knn_pixels")
     with pytest.raises(ValueError, match="unknown detector"):
         ZeroShotConfig(detectors=["knn", "isolation_forest"])
+
+
+def test_without_unseen_images_the_detectors_are_still_fitted_and_the_run_completes(caplog):
+    """A user with labelled images only: predict still gets a calibrated flag detector; the metrics
+    say that separation could not be measured instead of the run failing at its last stage."""
+    inputs = tiny_inputs()
+    keep = inputs["image_index"]["split"] != "unseen"
+    inputs["image_index"] = inputs["image_index"][keep].reset_index(drop=True)
+    tensors = inputs["backbone_features"]["tensors"]
+    inputs["backbone_features"] = {
+        "tensors": {name: tensor[: len(inputs["image_index"])] for name, tensor in tensors.items()},
+        "metadata": {**inputs["backbone_features"]["metadata"], "sha256": inputs["image_index"]["sha256"].tolist(),
+                     "errors": [""] * len(inputs["image_index"])},
+    }
+    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
+    for name in ("zero_shot_metrics", "anomaly_detector", "detector_comparison_plot"):
+        catalog[name] = KeptDataset(copy_mode="assign")
+    with caplog.at_level("WARNING"):
+        SequentialRunner().run(create_pipeline(), catalog)
+
+    metrics = catalog.load("zero_shot_metrics")
+    assert all(block["all_unseen"] is None and block["per_kind"] == {} for block in metrics["detectors"].values())
+    assert set(metrics["decision_per_kind"]) == {"in-distribution (valid)", "in-distribution (invalid)"}
+    detector = catalog.load("anomaly_detector")
+    assert detector["metadata"]["name"] == "knn_pooled" and np.isfinite(detector["metadata"]["threshold"])
+    assert detector["tensors"]["reference"].shape == (40, 1280)  # the training images
+    assert "No unseen-kind images" in caplog.text

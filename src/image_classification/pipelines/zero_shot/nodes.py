@@ -127,10 +127,12 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
     test = anomaly_scores[anomaly_scores["split"] == "test"]
     unseen = anomaly_scores[anomaly_scores["split"] == "unseen"]
     if unseen.empty:
-        raise DataError("zero_shot found no unseen-kind images; give data_prep a zero_shot_root or unseen classes")
+        logger.warning("No unseen-kind images: the detectors are fitted and calibrated (predict flags with %s), "
+                       "but how well they separate unseen kinds cannot be measured. Give data_prep a "
+                       "zero_shot_root, zero_shot_csv or unseen classes to measure it.", config.flag_detector)
     detectors = {}
     for name in config.detector_names:
-        block = {"all_unseen": separation_metrics(test[name].to_numpy(), unseen[name].to_numpy()),
+        block = {"all_unseen": separation_metrics(test[name].to_numpy(), unseen[name].to_numpy()) if len(unseen) else None,
                  "threshold": thresholds[name], "per_kind": {}}
         for kind, group in unseen.groupby("kind"):
             block["per_kind"][kind] = separation_metrics(test[name].to_numpy(), group[name].to_numpy()) | {
@@ -151,8 +153,9 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
         "valid_test_images_lost_by_combined_decision": lost,
     }
     flag = detectors[config.flag_detector]["all_unseen"]
-    logger.info("Zero-shot (%s): AUROC %.3f, FPR@95 %.3f; valid test images lost: %.1f%%",
-                config.flag_detector, flag["auroc"], flag["fpr_at_95_tpr"], 100 * lost)
+    if flag is not None:
+        logger.info("Zero-shot (%s): AUROC %.3f, FPR@95 %.3f", config.flag_detector, flag["auroc"], flag["fpr_at_95_tpr"])
+    logger.info("Valid test images lost by the combined decision: %.1f%%", 100 * lost)
     for kind, row in per_kind.iterrows():
         logger.info("  %-28s accepted as valid: classifier alone %.1f%%, combined %.1f%%",
                     kind, 100 * row["accepted_by_classifier"], 100 * row["accepted_combined"])
@@ -200,7 +203,7 @@ def plot_anomaly_scores(decisions: pd.DataFrame, thresholds: dict, config: ZeroS
     kinds = sorted(decisions["kind"].unique())
     figure, axis = plt.subplots(figsize=(9, 0.55 * len(kinds) + 2))
     values = [decisions.loc[decisions["kind"] == kind, "anomaly_score"].to_numpy() for kind in kinds]
-    axis.boxplot(values, vert=False, tick_labels=kinds, showfliers=True, flierprops={"markersize": 2})
+    axis.boxplot(values, orientation="horizontal", tick_labels=kinds, showfliers=True, flierprops={"markersize": 2})
     axis.axvline(thresholds[config.flag_detector], color="crimson", linestyle="--",
                  label=f"threshold: {config.target_tpr:.0%} of validation images accepted")
     axis.set(xlabel=f"anomaly score ({config.flag_detector}); right of the line = flagged", title="Anomaly scores per kind")
@@ -218,6 +221,11 @@ def plot_detector_comparison(zero_shot_metrics: dict):
     names = list(detectors)
     kinds = sorted(next(iter(detectors.values()))["per_kind"])
     figure, axis = plt.subplots(figsize=(max(8, 1.1 * len(names)), 5))
+    if next(iter(detectors.values()))["all_unseen"] is None:
+        axis.text(0.5, 0.5, "No unseen-kind images in this run, so no detector could be measured.\n"
+                  "Give data_prep a zero_shot_root, zero_shot_csv or unseen classes.", ha="center", va="center")
+        axis.set_axis_off()
+        return figure
     width = 0.8 / (len(kinds) + 1)
     positions = np.arange(len(names))
     axis.bar(positions, [detectors[n]["all_unseen"]["auroc"] for n in names], width, label="all unseen", color="black")
