@@ -99,12 +99,12 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
         features = nodes.extract_features(index, model, runtime, SEED)
         extracted = time.perf_counter()
         trained = head
-        batches, val_scores = nodes._cached_feeds(features, rows_of, targets, train, SEED, device)
+        batches, val_scores = nodes.cached_feeds(features, rows_of, targets, train, SEED, device)
     else:
         extracted = start
         trained = ImageClassifier(build_backbone(model.backbone, model.weights, model.weights_path), head)
         trained.freeze_backbone(0)
-        batches, val_scores = nodes._image_feeds(index, rows_of, targets, model, train, runtime, SEED, device)
+        batches, val_scores = nodes.image_feeds(index, rows_of, targets, model, train, runtime, SEED, device)
     _, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
                                  device, SEED, fingerprint=f"benchmark-{arm}")
     finished = time.perf_counter()

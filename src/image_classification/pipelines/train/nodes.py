@@ -93,9 +93,9 @@ def train_classifier(
     classifier.freeze_backbone(train.trainable_blocks)
     fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed)
     if train.trainable_blocks == 0:
-        trained, batches, val_scores = head, *_cached_feeds(backbone_features, rows, targets, train, seed, device)
+        trained, batches, val_scores = head, *cached_feeds(backbone_features, rows, targets, train, seed, device)
     else:
-        trained, batches, val_scores = classifier, *_image_feeds(image_index, rows, targets, model, train, runtime, seed, device)
+        trained, batches, val_scores = classifier, *image_feeds(image_index, rows, targets, model, train, runtime, seed, device)
     best, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
                                     device, seed, fingerprint, training_state)
     trained.load_state_dict(best)
@@ -111,7 +111,9 @@ def train_classifier(
     return checkpoint_payload(classifier.cpu(), metadata), history
 
 
-def _cached_feeds(features: dict, rows: dict, targets: dict, train: TrainConfig, seed: int, device: torch.device):
+def cached_feeds(features: dict, rows: dict, targets: dict, train: TrainConfig, seed: int, device: torch.device):
+    """Training batches (per epoch, reshuffled with ``seed``) and validation scores for a head trained
+    on the cached head inputs: what train_classifier uses with a frozen backbone."""
     head_input = features["tensors"]["head_input"]
     train_set = TensorDataset(head_input[rows["train"]].float(), torch.as_tensor(targets["train"]))
     val_inputs = head_input[rows["val"]]
@@ -126,8 +128,10 @@ def _cached_feeds(features: dict, rows: dict, targets: dict, train: TrainConfig,
     return batches, val_scores
 
 
-def _image_feeds(index: pd.DataFrame, rows: dict, targets: dict, model: ModelConfig, train: TrainConfig,
-                 runtime: dict, seed: int, device: torch.device):
+def image_feeds(index: pd.DataFrame, rows: dict, targets: dict, model: ModelConfig, train: TrainConfig,
+                runtime: dict, seed: int, device: torch.device):
+    """Training batches and validation scores read from the image files, through the whole model:
+    what train_classifier uses when fine-tuning backbone blocks."""
     paths = {split: index["path"].to_numpy()[rows[split]].tolist() for split in rows}
     batch_size = int(runtime["batch_size"])
 
