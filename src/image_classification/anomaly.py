@@ -149,6 +149,19 @@ def calibrate_threshold(in_distribution_scores: np.ndarray, target_tpr: float) -
     return float(np.quantile(in_distribution_scores, target_tpr, method="higher"))
 
 
+def decide(score: np.ndarray, anomaly_score: np.ndarray, threshold: float,
+           anomaly_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The project's decision rule, one place for zero_shot and predict.
+
+    Returns, per image: called valid (``score >= threshold``), flagged as anomalous (anomaly score
+    above the detector's threshold) and accepted as valid (called valid and not flagged). A NaN
+    score (an unreadable image) is none of the three.
+    """
+    valid = np.asarray(score) >= threshold
+    flagged = np.asarray(anomaly_score) > anomaly_threshold
+    return valid, flagged, valid & ~flagged
+
+
 def separation_metrics(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> dict[str, float]:
     """AUROC, AUPR (unseen images as positives) and the share of unseen images accepted at the
     threshold that accepts ``tpr`` of in-distribution images (FPR at 95% TPR)."""

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from image_classification.anomaly import Detector, detector_from_state
+from image_classification.anomaly import Detector, decide, detector_from_state
 from image_classification.errors import DataError, ParameterError
 from image_classification.export import (
     BACKENDS,
@@ -255,13 +255,14 @@ def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold
     anomaly = np.full(len(table), np.nan, np.float32)
     score[readable], anomaly[readable] = outputs["score"], outputs["anomaly_score"]
     score[~ok], anomaly[~ok] = np.nan, np.nan
+    valid, flagged, accepted = decide(score, anomaly, threshold, anomaly_threshold)
     table["score"] = score
-    table["predicted_label"] = pd.array(np.where(score >= threshold, "valid", "invalid"), dtype="string")
+    table["predicted_label"] = pd.array(np.where(valid, "valid", "invalid"), dtype="string")
     table.loc[~ok, "predicted_label"] = pd.NA
     table["anomaly_score"] = anomaly
-    table["anomaly_flag"] = pd.array(anomaly > anomaly_threshold, dtype="boolean")
+    table["anomaly_flag"] = pd.array(flagged, dtype="boolean")
     table.loc[~ok, "anomaly_flag"] = pd.NA
-    table["accepted_as_valid"] = ok & (score >= threshold) & ~(anomaly > anomaly_threshold)
+    table["accepted_as_valid"] = accepted  # False where unreadable: a NaN score is never valid
     table["error"] = pd.array(errors, dtype="string")
     return table[PREDICTION_COLUMNS]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from image_classification.anomaly import build_detector, calibrate_threshold, detector_state, separation_metrics
+from image_classification.anomaly import build_detector, calibrate_threshold, decide, detector_state, separation_metrics
 from image_classification.errors import DataError, ParameterError
 from image_classification.inference import score_index
 
@@ -112,10 +112,12 @@ def decide_images(anomaly_scores: pd.DataFrame, thresholds: dict, operating_poin
     operating threshold chosen by evaluate) and the flag detector does not call it anomalous.
     """
     table = anomaly_scores[anomaly_scores["split"].isin(["test", "unseen"])].reset_index(drop=True).copy()
-    table["predicted_label"] = np.where(table["score"] >= operating_point["threshold"], "valid", "invalid")
+    valid, flagged, accepted = decide(table["score"].to_numpy(), table[config.flag_detector].to_numpy(),
+                                      operating_point["threshold"], thresholds[config.flag_detector])
+    table["predicted_label"] = np.where(valid, "valid", "invalid")
     table["anomaly_score"] = table[config.flag_detector]
-    table["anomaly_flag"] = table["anomaly_score"] > thresholds[config.flag_detector]
-    table["accepted_as_valid"] = (table["predicted_label"] == "valid") & ~table["anomaly_flag"]
+    table["anomaly_flag"] = flagged
+    table["accepted_as_valid"] = accepted
     table["kind"] = table["kind"].where(table["split"] == "unseen", "in-distribution (" + table["label"].astype(str) + ")")
     return table
 
