@@ -90,19 +90,20 @@ def prepare_inputs(workdir: Path) -> float:
     import numpy as np
     import torch
 
-    from image_classification.anomaly import KNNDetector, detector_state
+    from image_classification.anomaly import DetectorState, KNNDetector
+    from image_classification.artefacts import Checkpoint
     from image_classification.datasets import SafetensorsDataset
-    from image_classification.model import backbone_spec, build_model, checkpoint_payload
+    from image_classification.model import backbone_spec, build_model
     from image_classification.pipelines.predict.nodes import PredictConfig, export_onnx_model
 
     torch.manual_seed(0)
     spec = backbone_spec("efficientnet_lite0")
     metadata = {"backbone": spec.name, "weights": "imagenet", "input_size": spec.input_size, "fine_tuned_blocks": 0,
                 "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}}
-    checkpoint = checkpoint_payload(build_model(), metadata)
+    checkpoint = Checkpoint.from_model(build_model(), **metadata).to_payload()
     SafetensorsDataset(filepath=str(workdir / "checkpoint.safetensors")).save(checkpoint)
     reference = np.random.default_rng(0).random((1000, 1280))
-    state = detector_state(KNNDetector(k=5).fit(reference, np.zeros(1000)), "knn_pooled", "pooled", 0.8)
+    state = DetectorState.of(KNNDetector(k=5).fit(reference, np.zeros(1000)), "knn_pooled", "pooled", 0.8).to_payload()
     SafetensorsDataset(filepath=str(workdir / "detector.safetensors")).save(state)
     started = time.perf_counter()
     (workdir / "model.onnx").write_bytes(export_onnx_model(checkpoint, PredictConfig()))
@@ -152,14 +153,15 @@ def floor_and_decoding(folder: Path, inputs: dict, predict, backend_name: str, c
 
     from image_classification.export import build_backend
     from image_classification.inference import image_loader
-    from image_classification.model import backbone_spec, model_from_checkpoint
+    from image_classification.artefacts import Checkpoint
+    from image_classification.model import backbone_spec
 
     paths = sorted(str(path) for path in folder.glob("*.jpg"))[:count]
     spec = backbone_spec("efficientnet_lite0")
     started = time.perf_counter()
     batches = [images for images, _reasons in image_loader(paths, spec, predict.batch_size, predict.workers)]
     decoding = len(paths) / (time.perf_counter() - started)
-    backend = build_backend(backend_name, model_from_checkpoint(inputs["model_checkpoint"]), inputs["onnx_model"],
+    backend = build_backend(backend_name, Checkpoint.from_payload(inputs["model_checkpoint"]).model(), inputs["onnx_model"],
                             torch.device("cpu"), predict.threads_for(backend_name))
     backend(batches[0])  # warm-up
     started = time.perf_counter()

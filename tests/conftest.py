@@ -137,7 +137,7 @@ def make_folder_tree(root: Path, valid: int, invalid: int, unseen: dict[str, int
     return root
 
 
-DEMO_PIPELINES = "data_prep,train,evaluate,embedding_analysis,zero_shot"
+DEMO_PIPELINES = "data_prep,train,score,evaluate,embedding_analysis,zero_shot"
 # Two epochs and fewer resamples: every output is written, nobody reads its numbers. One thread and no
 # decoding workers are faster than two threads spin-waiting on CPUs shared with other work.
 DEMO_PARAMS = "train.epochs=2,evaluate.bootstrap_samples=100,runtime.threads=1,runtime.workers=0"

@@ -11,7 +11,6 @@ from image_classification.export import (
     OnnxRuntimeBackend,
     ScoringModel,
     build_backend,
-    checkpoint_fingerprint,
     export_onnx,
     onnx_properties,
     parity,
@@ -19,7 +18,8 @@ from image_classification.export import (
     select_backend,
 )
 from image_classification.images import decode_rgb
-from image_classification.model import backbone_spec, model_from_checkpoint, preprocess_transform
+from image_classification.artefacts import Checkpoint
+from image_classification.model import backbone_spec, preprocess_transform
 
 from .pipelines.predict.helpers import photo_files, tiny_checkpoint
 
@@ -29,7 +29,8 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def exported() -> tuple[dict, bytes]:
     checkpoint = tiny_checkpoint()
-    onnx_model = export_onnx(model_from_checkpoint(checkpoint), 224, {CHECKPOINT_KEY: checkpoint_fingerprint(checkpoint)})
+    onnx_model = export_onnx(Checkpoint.from_payload(checkpoint).model(), 224,
+                             {CHECKPOINT_KEY: Checkpoint.from_payload(checkpoint).fingerprint()})
     return checkpoint, onnx_model
 
 
@@ -42,7 +43,7 @@ def photos() -> torch.Tensor:
 
 def test_export_matches_pytorch_on_real_photos(exported, photos):
     checkpoint, onnx_model = exported
-    differences = parity(model_from_checkpoint(checkpoint), onnx_model, photos)
+    differences = parity(Checkpoint.from_payload(checkpoint).model(), onnx_model, photos)
     print(f"ONNX Runtime vs PyTorch eager fp32 on {len(photos)} photos, max |difference|: "
           + ", ".join(f"{name} {value:.2e}" for name, value in differences.items()))
     assert differences["score"] < 1e-5
@@ -61,11 +62,11 @@ def test_export_takes_any_batch_size_and_returns_every_output(exported, photos):
 
 def test_export_names_its_checkpoint(exported):
     checkpoint, onnx_model = exported
-    assert onnx_properties(onnx_model)[CHECKPOINT_KEY] == checkpoint_fingerprint(checkpoint)
+    assert onnx_properties(onnx_model)[CHECKPOINT_KEY] == Checkpoint.from_payload(checkpoint).fingerprint()
     changed = {"tensors": dict(checkpoint["tensors"]), "metadata": checkpoint["metadata"]}
     name = next(iter(changed["tensors"]))
     changed["tensors"][name] = changed["tensors"][name] + 1
-    assert checkpoint_fingerprint(changed) != checkpoint_fingerprint(checkpoint)
+    assert Checkpoint.from_payload(changed).fingerprint() != Checkpoint.from_payload(checkpoint).fingerprint()
 
 
 def test_auto_takes_onnxruntime_on_a_cpu_and_falls_back_with_a_reason():
@@ -82,13 +83,13 @@ def test_an_unusable_explicit_choice_is_refused():
     with pytest.raises(ValueError, match="tensorrt"):
         select_backend("tensorrt", CPU, onnx_usable=True)
     with pytest.raises(ValueError, match="needs an exported ONNX model"):
-        build_backend("onnxruntime", model_from_checkpoint(tiny_checkpoint()), None, CPU)
+        build_backend("onnxruntime", Checkpoint.from_payload(tiny_checkpoint()).model(), None, CPU)
 
 
 @pytest.mark.parametrize("head_input", ["pooled", "corner"])
 def test_the_exportable_graph_computes_the_model_s_own_outputs(photos, head_input):
     """The export's constant head-input matrix is model.adapt_feature_map, for either head input."""
-    classifier = model_from_checkpoint(tiny_checkpoint())
+    classifier = Checkpoint.from_payload(tiny_checkpoint()).model()
     classifier.head_input = head_input
     with torch.no_grad():
         exportable = ScoringModel(classifier, 224)(photos[:2])

@@ -1,26 +1,15 @@
 """Tests for inference.py and what the feature cache relies on: the head reads only a corner of the
-map, its patch-GEMM first layer is the convolution, a checkpoint rebuilds the same model, and
-scoring from the cache equals scoring from the image files."""
+map, its patch-GEMM first layer is the convolution, and scoring leaves the model as it was.
+(Checkpoints are tested in test_artefacts.py, scoring the index in pipelines/score.)"""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from image_classification.datasets import SafetensorsDataset
-from image_classification.inference import extract_backbone_features, model_outputs, score_index
-from image_classification.model import (
-    ClassifierHead,
-    backbone_spec,
-    build_model,
-    checkpoint_payload,
-    model_from_checkpoint,
-)
+from image_classification.inference import model_outputs
+from image_classification.model import ClassifierHead, backbone_spec, build_model
 
 from .conftest import noise_image, png_bytes, write_files
 
@@ -84,30 +73,6 @@ def test_the_patch_gemm_gives_the_convolutions_gradient():
     torch.testing.assert_close(patch_gradient, head.layers[0].weight.grad, rtol=1e-4, atol=1e-5)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
-    model = build_model(BACKBONE, weights="none").eval()
-    metadata = {"backbone": BACKBONE, "head": HEAD, "class_names": ["invalid", "valid"], "best_epoch": 3}
-    dataset = SafetensorsDataset(filepath=str(tmp_path / "model.safetensors"))
-    dataset.save(checkpoint_payload(model, metadata))
-
-    loaded = dataset.load()
-    assert loaded["metadata"] == {**metadata, "head_input": "pooled"}  # how the head reads the map is recorded
-    rebuilt = model_from_checkpoint(loaded)
-    assert not rebuilt.training
-    images = torch.randn(2, 3, 224, 224)
-    with torch.inference_mode():
-        expected, got = model.forward_all(images), rebuilt.forward_all(images)
-    for key in ("features", "embedding", "logits"):
-        assert torch.equal(got[key], expected[key]), key
-    # the weights came from the file, not from a fresh random initialisation
-    fresh = build_model(BACKBONE, weights="none").eval()
-    with torch.inference_mode():
-        assert not torch.equal(fresh(images), expected["logits"])
-
-
 # ----------------------------------------------------------------------------- scoring
 
 
@@ -120,75 +85,6 @@ def test_model_outputs_leaves_the_models_parameters_as_they_were(tmp_path):
     assert all(p.is_contiguous() for p in model.parameters())
     model_outputs(model, [str(p) for p in paths], backbone_spec(BACKBONE), torch.device("cpu"))
     assert [name for name, p in model.named_parameters() if not p.is_contiguous()] == []
-
-
-@pytest.fixture
-def indexed_images(tmp_path) -> pd.DataFrame:
-    """Four tiny PNGs and one unreadable file, as data_prep's image index lists them."""
-    files = {f"image_{i}.png": png_bytes(noise_image(100 + i, size=(32, 32))) for i in range(4)}
-    files["broken.png"] = b"\x89PNG\r\n\x1a\n not really a png"
-    paths = write_files(tmp_path / "images", files)
-    return pd.DataFrame({
-        "path": [str(p) for p in paths],
-        "split": ["train", "val", "test", "test", "test"],
-        "label": ["valid", "invalid", "valid", "invalid", "valid"],
-        "kind": ["valid", "invalid", "valid", "invalid", "valid"],
-        "target": pd.array([1, 0, 1, 0, 1], dtype="Int8"),
-        "sha256": [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths],
-    })
-
-
-def _feature_cache(model, index: pd.DataFrame) -> dict:
-    """What the train pipeline's extract_features node stores, made with ``model``'s backbone."""
-    features = extract_backbone_features(model.backbone, index["path"].tolist(), backbone_spec(BACKBONE),
-                                         torch.device("cpu"), batch_size=4)
-    return {"tensors": {"head_input": features["head_input"], "pooled": features["pooled"]},
-            "metadata": {"backbone": BACKBONE, "head_input": "pooled", "weights": "none", "paths": index["path"].tolist(),
-                         "sha256": index["sha256"].tolist(), "errors": features["errors"]}}
-
-
-def test_score_index_from_the_cache_equals_scoring_the_files(indexed_images, caplog):
-    model = build_model(BACKBONE, weights="none").eval()
-    checkpoint = checkpoint_payload(model, {"backbone": BACKBONE, "head": HEAD, "fine_tuned_blocks": 0})
-    cache = _feature_cache(model, indexed_images)
-    assert cache["tensors"]["head_input"].shape == (5, 1280, 4, 4)
-    assert cache["tensors"]["head_input"].dtype == torch.float16
-
-    from_cache = score_index(checkpoint, cache, indexed_images, RUNTIME, with_pooled=True)
-    assert "through the whole model" not in caplog.text
-    # a fine-tuned backbone makes the cache unusable: the whole model runs over the files
-    checkpoint["metadata"]["fine_tuned_blocks"] = 1
-    with caplog.at_level("INFO", logger="image_classification.inference"):
-        from_files = score_index(checkpoint, cache, indexed_images, RUNTIME, with_pooled=True)
-    assert "through the whole model" in caplog.text
-
-    assert len(from_cache) == len(indexed_images)
-    assert from_cache.columns.tolist() == from_files.columns.tolist()
-    assert from_cache.columns[:7].tolist() == ["path", "split", "label", "kind", "target", "score", "error"]
-    assert sum(c.startswith("e") and c[1:].isdigit() for c in from_cache.columns) == 50
-    assert sum(c.startswith("f") and c[1:].isdigit() for c in from_cache.columns) == 1280
-    pd.testing.assert_frame_equal(from_cache.iloc[:, :5], indexed_images.iloc[:, :5])
-
-    readable = from_cache["error"] == ""
-    assert readable.tolist() == [True] * 4 + [False]
-    numbers = [c for c in from_cache.columns if c[0] in "ef" and c[1:].isdigit()] + ["score"]
-    cached, direct = from_cache.loc[readable, numbers].to_numpy(), from_files.loc[readable, numbers].to_numpy()
-    scale = np.abs(direct).max()
-    np.testing.assert_allclose(cached, direct, rtol=2e-3, atol=1e-3 * max(scale, 1.0))
-    np.testing.assert_allclose(from_cache.loc[readable, "score"], from_files.loc[readable, "score"], atol=1e-3)
-
-
-def test_an_unreadable_file_gets_no_score_and_a_reason(indexed_images):
-    model = build_model(BACKBONE, weights="none").eval()
-    checkpoint = checkpoint_payload(model, {"backbone": BACKBONE, "head": HEAD, "fine_tuned_blocks": 1})
-    stale_cache = {"tensors": {}, "metadata": {"backbone": BACKBONE, "sha256": []}}
-    scored = score_index(checkpoint, stale_cache, indexed_images, RUNTIME)
-    broken = scored.iloc[-1]
-    assert broken["path"].endswith("broken.png")
-    assert np.isnan(broken["score"])
-    assert broken["error"] != ""
-    assert scored["score"].iloc[:4].between(0, 1).all()
-    assert (scored["error"].iloc[:4] == "").all()
 
 
 def test_head_input_corner_is_the_original_design_and_pooled_sees_the_whole_map():

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 
 from image_classification.metrics import (
-    OperatingPoint,
+    PrecisionRecallPoint,
     check_target_precision,
     recall_at_precision,
     validation_score,
 )
 
 
-def brute_force(targets: np.ndarray, scores: np.ndarray, target_precision: float) -> OperatingPoint:
+def brute_force(targets: np.ndarray, scores: np.ndarray, target_precision: float) -> PrecisionRecallPoint:
     """Try every distinct score as the threshold (``score >= t`` is valid) and apply the rules."""
     targets = np.asarray(targets).astype(int)
     if targets.sum() == 0:
-        return OperatingPoint(float("inf"), 0.0, 0.0, False)
+        return PrecisionRecallPoint(float("inf"), 0.0, 0.0, False)
     points = []
     for threshold in np.unique(scores):
         called = scores >= threshold
@@ -26,20 +26,20 @@ def brute_force(targets: np.ndarray, scores: np.ndarray, target_precision: float
     meeting = [p for p in points if p[1] >= target_precision - 1e-12]
     if meeting:  # highest recall, then highest precision, then highest threshold
         threshold, precision, recall = max(meeting, key=lambda p: (p[2], p[1], p[0]))
-        return OperatingPoint(float(threshold), float(precision), float(recall), True)
+        return PrecisionRecallPoint(float(threshold), float(precision), float(recall), True)
     threshold, precision, recall = max(points, key=lambda p: (p[1], p[2], p[0]))
-    return OperatingPoint(float(threshold), float(precision), float(recall), False)
+    return PrecisionRecallPoint(float(threshold), float(precision), float(recall), False)
 
 
 def test_perfect_separation_reaches_full_recall_at_the_lowest_positive_score():
     point = recall_at_precision([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 0.9)
-    assert point == OperatingPoint(threshold=0.8, precision=1.0, recall=1.0, reached=True)
+    assert point == PrecisionRecallPoint(threshold=0.8, precision=1.0, recall=1.0, reached=True)
 
 
 def test_tied_scores_cannot_be_split():
     # at 0.5 one valid and one invalid image enter together: 2/3 precision, so only 0.9 reaches 0.9
     point = recall_at_precision([1, 1, 0], [0.9, 0.5, 0.5], 0.9)
-    assert point == OperatingPoint(threshold=0.9, precision=1.0, recall=0.5, reached=True)
+    assert point == PrecisionRecallPoint(threshold=0.9, precision=1.0, recall=0.5, reached=True)
 
 
 # thresholds: 0.9 -> P 1, R 1/3; 0.7 (a tie of a valid and an invalid) -> P 2/3, R 2/3;
@@ -51,11 +51,11 @@ SCORES = [0.9, 0.7, 0.7, 0.4, 0.2]
 @pytest.mark.parametrize(
     ("target_precision", "expected"),
     [
-        (0.9, OperatingPoint(0.9, 1.0, 1 / 3, True)),
-        (0.75, OperatingPoint(0.4, 0.75, 1.0, True)),  # exactly on the target counts
+        (0.9, PrecisionRecallPoint(0.9, 1.0, 1 / 3, True)),
+        (0.75, PrecisionRecallPoint(0.4, 0.75, 1.0, True)),  # exactly on the target counts
         # both 0.4 and 0.2 give full recall: the higher precision wins
-        (0.5, OperatingPoint(0.4, 0.75, 1.0, True)),
-        (1.0, OperatingPoint(0.9, 1.0, 1 / 3, True)),
+        (0.5, PrecisionRecallPoint(0.4, 0.75, 1.0, True)),
+        (1.0, PrecisionRecallPoint(0.9, 1.0, 1 / 3, True)),
     ],
 )
 def test_hand_worked_example(target_precision, expected):
@@ -70,13 +70,13 @@ def test_unreachable_target_falls_back_to_the_highest_precision_threshold():
     # thresholds: 0.9 -> P 0; 0.8 -> P 1/2, R 1/2; 0.7 -> P 1/3; 0.6 -> P 1/2, R 1.
     # nothing reaches 0.9; of the two thresholds with precision 1/2 the one with more recall wins
     point = recall_at_precision([0, 1, 0, 1], [0.9, 0.8, 0.7, 0.6], 0.9)
-    assert point == OperatingPoint(threshold=0.6, precision=0.5, recall=1.0, reached=False)
+    assert point == PrecisionRecallPoint(threshold=0.6, precision=0.5, recall=1.0, reached=False)
     assert validation_score([0, 1, 0, 1], [0.9, 0.8, 0.7, 0.6], 0.9)[0] == 0.0
 
 
 def test_no_positives():
     point = recall_at_precision([0, 0, 0], [0.2, 0.5, 0.9], 0.9)
-    assert point == OperatingPoint(threshold=float("inf"), precision=0.0, recall=0.0, reached=False)
+    assert point == PrecisionRecallPoint(threshold=float("inf"), precision=0.0, recall=0.0, reached=False)
     assert validation_score([0, 0, 0], [0.2, 0.5, 0.9], 0.9) == (0.0, 0.0)
 
 

@@ -53,6 +53,7 @@ TABLES = ("pandas.ParquetDataset", "pandas.CSVDataset")
 PIPELINE_NODES = {
     "data_prep": "Split Images",
     "train": "Train Classifier",
+    "score": "Score Index",
     "evaluate": "Choose Operating Point",
     "embedding_analysis": "Cluster Embeddings",
     "zero_shot": "Score Anomalies",

@@ -19,10 +19,8 @@ Backends, fastest first on a CPU:
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import io
-import json
 import logging
 import warnings
 from typing import Protocol
@@ -91,16 +89,6 @@ class ScoringModel(nn.Module):
                                                                               self.extent)
         embedding, logits = self.classifier.head.embed_and_classify(head_input)
         return torch.softmax(logits, dim=1)[:, 1], embedding, pooled_features(feature_map)
-
-
-def checkpoint_fingerprint(checkpoint: dict) -> str:
-    """sha256 of a checkpoint's metadata and every tensor's bytes: which model an export is of."""
-    digest = hashlib.sha256(json.dumps(checkpoint["metadata"], sort_keys=True, default=str).encode())
-    for name in sorted(checkpoint["tensors"]):
-        tensor = checkpoint["tensors"][name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def export_onnx(classifier: ImageClassifier, input_size: int, properties: dict[str, str],

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
 from image_classification.errors import ParameterError
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
 from image_classification.model import (
@@ -18,7 +19,6 @@ from image_classification.model import (
     ImageClassifier,
     adapt_feature_map,
     backbone_spec,
-    model_from_checkpoint,
     pooled_features,
     preprocess_transform,
 )
@@ -143,47 +143,23 @@ def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, 
     }
 
 
-def cache_matches(cache: dict, image_index: pd.DataFrame, backbone: str, head_input: str) -> bool:
-    """Whether a feature cache's metadata describes these images (in order), this backbone and head input.
+def scores_from_cache(checkpoint: Checkpoint, cache: FeatureCache, device: torch.device) -> ScoredIndex:
+    """Score and embed every cached image with a checkpoint whose backbone is the cache's frozen one:
+    only the head runs, so this takes seconds however large the images were."""
+    embedding, score = head_outputs(checkpoint.model().head, cache.head_input, device)
+    return ScoredIndex(score=np.where(cache.readable, score, np.nan).astype(np.float32), embedding=embedding,
+                       pooled=cache.pooled, sha256=list(cache.sha256), errors=list(cache.errors),
+                       checkpoint=checkpoint.fingerprint(), source="feature_cache")
 
-    Caches written before ``head_input`` was recorded hold the corner input.
-    """
-    return (cache.get("sha256") == image_index["sha256"].tolist() and cache.get("backbone") == backbone
-            and cache.get("head_input", "corner") == head_input)
 
-
-def score_index(checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame, runtime: dict,
-                with_pooled: bool = False) -> pd.DataFrame:
-    """Score and embed every indexed image with a trained checkpoint.
-
-    A model trained on a frozen backbone gives the same result from the cached backbone
-    features as from the images, so the cache is used when it matches the index and the
-    backbone; a fine-tuned backbone, or a stale cache, runs the whole model over the files.
-
-    Returns:
-        One row per image of ``image_index``, in order: ``path``, ``split``, ``label``, ``kind``,
-        ``target``, ``score`` (probability of valid), ``error`` ("" when read), ``e0..e{d-1}``
-        and, with ``with_pooled``, the backbone's pooled features ``f0..f{C-1}``.
-    """
-    model = model_from_checkpoint(checkpoint)
-    metadata = checkpoint["metadata"]
-    device = torch_device(runtime)
-    cache = backbone_features["metadata"]
-    fresh = metadata.get("fine_tuned_blocks", 0) == 0 and cache_matches(
-        cache, image_index, metadata["backbone"], metadata.get("head_input", "corner"))
-    if fresh:
-        embedding, score = head_outputs(model.head, backbone_features["tensors"]["head_input"], device)
-        pooled = backbone_features["tensors"]["pooled"].float().numpy()
-        errors = list(cache["errors"])
-    else:
-        logger.info("Scoring %d images through the whole model (no matching feature cache)", len(image_index))
-        outputs = model_outputs(model, image_index["path"].tolist(), backbone_spec(metadata["backbone"]), device,
-                                int(runtime["batch_size"]), int(runtime["workers"]))
-        embedding, score, pooled, errors = outputs["embedding"], outputs["score"], outputs["features"], outputs["errors"]
-    table = image_index[["path", "split", "label", "kind", "target"]].reset_index(drop=True).copy()
-    table["score"] = np.where([bool(e) for e in errors], np.nan, score).astype(np.float32)
-    table["error"] = pd.array(errors, dtype="string")
-    columns = {f"e{i}": embedding[:, i].astype(np.float32) for i in range(embedding.shape[1])}
-    if with_pooled:
-        columns |= {f"f{i}": pooled[:, i].astype(np.float32) for i in range(pooled.shape[1])}
-    return pd.concat([table, pd.DataFrame(columns)], axis=1)
+def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtime: dict) -> ScoredIndex:
+    """Score and embed every indexed image by running the whole model over the files: what a
+    checkpoint with fine-tuned backbone blocks needs, since no cache describes its backbone."""
+    logger.info("Scoring %d images through the whole model (its backbone was fine-tuned)", len(image_index))
+    outputs = model_outputs(checkpoint.model(), image_index["path"].tolist(), backbone_spec(checkpoint.backbone),
+                            torch_device(runtime), int(runtime["batch_size"]), int(runtime["workers"]))
+    readable = np.array([not error for error in outputs["errors"]], dtype=bool)
+    return ScoredIndex(score=np.where(readable, outputs["score"], np.nan).astype(np.float32),
+                       embedding=outputs["embedding"].astype(np.float32),
+                       pooled=torch.as_tensor(outputs["features"]).to(torch.float16), sha256=image_index["sha256"].tolist(),
+                       errors=list(outputs["errors"]), checkpoint=checkpoint.fingerprint(), source="images")

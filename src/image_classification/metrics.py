@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +18,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from image_classification.errors import ParameterError
+from image_classification.errors import DataError, ParameterError
 
 
 @dataclass(frozen=True)
-class OperatingPoint:
+class PrecisionRecallPoint:
     """A decision threshold on the score of ``valid`` and what it achieves.
 
     ``reached`` is False when no threshold reaches the target precision; ``threshold`` then
@@ -41,7 +42,7 @@ def check_target_precision(target: float) -> float:
     return float(target)
 
 
-def recall_at_precision(targets: np.ndarray, scores: np.ndarray, target_precision: float) -> OperatingPoint:
+def recall_at_precision(targets: np.ndarray, scores: np.ndarray, target_precision: float) -> PrecisionRecallPoint:
     """The threshold with the highest recall whose precision is at least ``target_precision``.
 
     Images with ``score >= threshold`` are called valid. Among thresholds with equal recall the
@@ -51,7 +52,7 @@ def recall_at_precision(targets: np.ndarray, scores: np.ndarray, target_precisio
     check_target_precision(target_precision)
     targets = np.asarray(targets).astype(int)
     if targets.sum() == 0:
-        return OperatingPoint(threshold=float("inf"), precision=0.0, recall=0.0, reached=False)
+        return PrecisionRecallPoint(threshold=float("inf"), precision=0.0, recall=0.0, reached=False)
     precision, recall, thresholds = precision_recall_curve(targets, np.asarray(scores, dtype=np.float64))
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
     meets = precision >= target_precision - 1e-12
@@ -59,10 +60,10 @@ def recall_at_precision(targets: np.ndarray, scores: np.ndarray, target_precisio
         candidates = np.flatnonzero(meets)
         order = np.lexsort((thresholds[candidates], precision[candidates], recall[candidates]))
         best = candidates[order[-1]]
-        return OperatingPoint(float(thresholds[best]), float(precision[best]), float(recall[best]), True)
+        return PrecisionRecallPoint(float(thresholds[best]), float(precision[best]), float(recall[best]), True)
     order = np.lexsort((thresholds, recall, precision))
     best = order[-1]
-    return OperatingPoint(float(thresholds[best]), float(precision[best]), float(recall[best]), False)
+    return PrecisionRecallPoint(float(thresholds[best]), float(precision[best]), float(recall[best]), False)
 
 
 def validation_score(targets: np.ndarray, scores: np.ndarray, target_precision: float) -> tuple[float, float]:
@@ -80,8 +81,8 @@ BOUND_METHODS = ("wilson", "clopper_pearson")
 
 
 @dataclass(frozen=True)
-class BoundedOperatingPoint(OperatingPoint):
-    """An :class:`OperatingPoint` chosen on a lower confidence bound of precision.
+class BoundedPrecisionRecallPoint(PrecisionRecallPoint):
+    """An :class:`PrecisionRecallPoint` chosen on a lower confidence bound of precision.
 
     ``precision_bound`` is the one-sided lower bound on the precision at ``threshold``.
     """
@@ -139,7 +140,7 @@ def threshold_counts(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
 def recall_at_precision_bound(
     targets: np.ndarray, scores: np.ndarray, target_precision: float, level: float = 0.95,
     method: str = "wilson",
-) -> BoundedOperatingPoint:
+) -> BoundedPrecisionRecallPoint:
     """The threshold with the highest recall whose precision *lower bound* is at least the target.
 
     Like :func:`recall_at_precision`, but a threshold qualifies only if the one-sided ``level``
@@ -154,7 +155,7 @@ def recall_at_precision_bound(
     targets = np.asarray(targets).astype(int)
     positives = int(targets.sum())
     if positives == 0:
-        return BoundedOperatingPoint(float("inf"), 0.0, 0.0, False, 0.0)
+        return BoundedPrecisionRecallPoint(float("inf"), 0.0, 0.0, False, 0.0)
     thresholds, true_positives, predicted = threshold_counts(targets, scores)
     precision, recall = true_positives / predicted, true_positives / positives
     bound = precision_lower_bound(true_positives, predicted, level, method)
@@ -163,9 +164,105 @@ def recall_at_precision_bound(
         best = meets[np.lexsort((thresholds[meets], bound[meets], recall[meets]))[-1]]
     else:
         best = np.lexsort((thresholds, recall, bound))[-1]
-    return BoundedOperatingPoint(
+    return BoundedPrecisionRecallPoint(
         float(thresholds[best]), float(precision[best]), float(recall[best]), bool(len(meets)), float(bound[best])
     )
+
+
+# ---------------------------------------------------------------- threshold rules
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """What a threshold rule may read: the target, and the confidence bound's level and method."""
+
+    target_precision: float
+    bound_level: float = 0.95
+    bound_method: str = "wilson"
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How an operating point is picked on validation scores.
+
+    ``pick(targets, scores, settings)`` returns the chosen point; ``describe(settings)`` says in
+    words what it picks, for the log and ``operating_point.json``; ``fallback(settings, point,
+    bound, targets)`` explains what was taken when no threshold qualified.
+    """
+
+    name: str
+    pick: Callable[[np.ndarray, np.ndarray, RuleSettings], PrecisionRecallPoint]
+    describe: Callable[[RuleSettings], str]
+    fallback: Callable[[RuleSettings, PrecisionRecallPoint, float, np.ndarray], str]
+
+
+THRESHOLD_RULES: dict[str, ThresholdRule] = {}
+
+
+def register_rule(rule: ThresholdRule) -> ThresholdRule:
+    """Make a rule selectable as ``evaluate.rule``; a new rule is one call of this."""
+    THRESHOLD_RULES[rule.name] = rule
+    return rule
+
+
+register_rule(ThresholdRule(
+    name="point",
+    pick=lambda targets, scores, s: recall_at_precision(targets, scores, s.target_precision),
+    describe=lambda s: "the highest validation recall whose validation precision is at least the target",
+    fallback=lambda s, point, bound, targets: (
+        f"No threshold reaches precision {s.target_precision:.2f} on the validation split. Fallback rule: the "
+        f"threshold of highest validation precision ({point.precision:.3f}, recall {point.recall:.3f}). Expect "
+        "test precision below the target."),
+))
+
+
+def _lower_bound_fallback(s: RuleSettings, point: PrecisionRecallPoint, bound: float, targets: np.ndarray) -> str:
+    valid = int(np.sum(targets))
+    explanation = (f"No threshold's {s.bound_level:.0%} {s.bound_method} lower bound on validation precision reaches "
+                   f"{s.target_precision:.2f}. Fallback rule: the threshold of highest lower bound ({bound:.3f}; "
+                   f"precision {point.precision:.3f}, recall {point.recall:.3f}).")
+    best_possible = precision_lower_bound(valid, valid, s.bound_level, s.bound_method)
+    if best_possible < s.target_precision:
+        explanation += (f" Even a perfect ranking of these {valid} valid validation images bounds precision at "
+                        f"{best_possible:.3f} only: the validation split is too small to certify the target.")
+    return explanation
+
+
+register_rule(ThresholdRule(
+    name="lower_bound",
+    pick=lambda targets, scores, s: recall_at_precision_bound(targets, scores, s.target_precision, s.bound_level,
+                                                              s.bound_method),
+    describe=lambda s: (f"the highest validation recall whose one-sided {s.bound_level:.0%} {s.bound_method} lower "
+                        "confidence bound on validation precision is at least the target"),
+    fallback=_lower_bound_fallback,
+))
+
+
+def threshold_rule(name: str) -> ThresholdRule:
+    """A registered rule by name; an unknown name lists the rules there are."""
+    if name not in THRESHOLD_RULES:
+        raise ParameterError(f"evaluate.rule must be one of {', '.join(THRESHOLD_RULES)}, got '{name}'")
+    return THRESHOLD_RULES[name]
+
+
+def select_threshold(targets: np.ndarray, scores: np.ndarray, rule: str, settings: RuleSettings) -> dict:
+    """The threshold a rule picks on validation, what it achieves there, and any fallback taken."""
+    if not np.sum(targets):
+        raise DataError("the validation split has no readable valid image, so no threshold can be chosen; "
+                        "add valid images to it (data_prep.split) and rerun data_prep and train")
+    chosen = threshold_rule(rule)
+    point = chosen.pick(targets, scores, settings)
+    called = scores >= point.threshold
+    bound = precision_lower_bound(int(targets[called].sum()), int(called.sum()), settings.bound_level,
+                                  settings.bound_method)
+    return {
+        "threshold": point.threshold, "rule": rule, "rule_description": chosen.describe(settings),
+        "target_precision": settings.target_precision, "reached": point.reached,
+        "fallback": None if point.reached else chosen.fallback(settings, point, bound, targets),
+        "validation": {"images": len(targets), "valid_images": int(targets.sum()), "called_valid": int(called.sum()),
+                       "precision": point.precision, "recall": point.recall, "precision_lower_bound": bound,
+                       "bound_method": settings.bound_method, "bound_level": settings.bound_level},
+    }
 
 
 # ---------------------------------------------------------------- test metrics

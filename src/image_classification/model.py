@@ -604,27 +604,3 @@ def build_model(
     )
     model.freeze_backbone(trainable_blocks)
     return model
-
-
-def checkpoint_payload(model: ImageClassifier, metadata: dict) -> dict:
-    """What a checkpoint dataset saves: every weight, plus what is needed to rebuild the model."""
-    tensors = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    # how the head reads the backbone's map is part of the model: always recorded
-    return {"tensors": tensors, "metadata": {**metadata, "head_input": model.head_input}}
-
-
-def model_from_checkpoint(checkpoint: dict) -> ImageClassifier:
-    """Rebuild a trained :class:`ImageClassifier` from :func:`checkpoint_payload`'s output.
-
-    No pretrained file is needed: the checkpoint holds every weight, backbone included.
-    """
-    metadata = checkpoint["metadata"]
-    model = ImageClassifier(
-        build_backbone(metadata["backbone"], weights="none"),
-        ClassifierHead(**metadata["head"]),
-        # checkpoints written before head_input existed were all trained on the corner
-        head_input=metadata.get("head_input", "corner"),
-    )
-    model.load_state_dict(checkpoint["tensors"], strict=True)
-    model.freeze_backbone(0)
-    return model.eval()

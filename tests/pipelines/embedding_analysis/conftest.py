@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from image_classification.model import build_model, checkpoint_payload
+from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.model import build_model
+from image_classification.pipelines.score.nodes import score_index
 
 from .generated import embeddings_table
 
@@ -18,8 +20,7 @@ def tiny_checkpoint() -> dict:
     """Random weights, frozen backbone: scored from the feature cache, like a real frozen-backbone run."""
     torch.manual_seed(0)
     model = build_model(weights="none")
-    return checkpoint_payload(model, {"backbone": "efficientnet_lite0", "head": HEAD, "fine_tuned_blocks": 0,
-                                      "class_names": ["invalid", "valid"]})
+    return Checkpoint.from_model(model, backbone="efficientnet_lite0", weights="none", head=HEAD).to_payload()
 
 
 @pytest.fixture
@@ -56,3 +57,16 @@ def tiny_features(tiny_index) -> dict:
 def small_embeddings() -> pd.DataFrame:
     """400 generated embeddings: valid dense, invalid spread out, unseen and unreadable rows."""
     return embeddings_table(400, seed=3)
+
+
+@pytest.fixture
+def tiny_scores(tiny_checkpoint, tiny_features, tiny_index) -> dict:
+    """The score stage's output for ``tiny_index``."""
+    return score_index(tiny_checkpoint, tiny_features, tiny_index, {"device": "cpu", "threads": None})
+
+
+@pytest.fixture
+def tiny_operating_point(tiny_checkpoint) -> dict:
+    """A threshold chosen for ``tiny_checkpoint``, away from 0.5 so that it is not the argmax."""
+    return OperatingPoint.for_checkpoint({"threshold": 0.47, "rule": "point"},
+                                         Checkpoint.from_payload(tiny_checkpoint)).to_payload()

@@ -29,7 +29,6 @@ from image_classification.pipelines.embedding_analysis.nodes import (
 from ...conftest import REPO_ROOT
 from .generated import INVALID_SPREAD, VALID_SPREAD
 
-RUNTIME = {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0}
 SMALL = EmbeddingAnalysisConfig(gmm_components=(1, 4), agglomerative_max_samples=100, figure_max_points=150)
 
 
@@ -46,7 +45,7 @@ def analysed(small_embeddings) -> dict:
 def test_parameters_file_builds_the_config():
     parameters = yaml.safe_load(Path(REPO_ROOT / "conf/base/parameters_embedding_analysis.yml").read_text())
     config = EmbeddingAnalysisConfig(**parameters["embedding_analysis"])
-    assert config.gmm_components == (1, 8) and config.include_pooled_features is False
+    assert config.gmm_components == (1, 8) and config.pca_components == 3
 
 
 @pytest.mark.parametrize("bad", [{"gmm_components": [3, 2]}, {"gmm_covariance_type": "round"},
@@ -57,19 +56,24 @@ def test_config_rejects_bad_settings(bad):
         EmbeddingAnalysisConfig(**bad)
 
 
-def test_embed_images_scores_every_image_in_chunks(tiny_checkpoint, tiny_features, tiny_index):
-    whole = embed_images(tiny_checkpoint, tiny_features, tiny_index, RUNTIME, EmbeddingAnalysisConfig())
-    chunked = embed_images(tiny_checkpoint, tiny_features, tiny_index, RUNTIME,
-                           EmbeddingAnalysisConfig(extraction_chunk_size=12, include_pooled_features=True))
-    assert list(whole.columns[:8]) == ["path", "split", "label", "kind", "target", "score", "predicted_label", "error"]
-    assert embedding_columns(whole) == [f"e{i}" for i in range(50)] == list(whole.columns[8:])
-    assert len(whole) == len(tiny_index) and (whole["split"] == "unseen").sum() == 4
-    pd.testing.assert_frame_equal(chunked[whole.columns], whole, atol=1e-5, rtol=1e-4)
-    assert [f"f{i}" for i in (0, 1279)] == [c for c in chunked.columns if c in ("f0", "f1279")]
-    readable = whole["score"].notna()
-    assert not readable[2] and pd.isna(whole.loc[2, "predicted_label"]) and whole.loc[2, "error"] == "truncated image"
-    expected = np.where(whole.loc[readable, "score"] > 0.5, "valid", "invalid")
-    assert whole.loc[readable, "predicted_label"].tolist() == expected.tolist()
+def test_embed_images_reads_every_image_from_the_score_stage(tiny_scores, tiny_checkpoint, tiny_index,
+                                                             tiny_operating_point):
+    table = embed_images(tiny_scores, tiny_checkpoint, tiny_index, tiny_operating_point)
+    assert list(table.columns[:8]) == ["path", "split", "label", "kind", "target", "score", "predicted_label", "error"]
+    assert embedding_columns(table) == [f"e{i}" for i in range(50)] == list(table.columns[8:])
+    assert len(table) == len(tiny_index) and (table["split"] == "unseen").sum() == 4
+    readable = table["score"].notna()
+    assert not readable[2] and pd.isna(table.loc[2, "predicted_label"]) and table.loc[2, "error"] == "truncated image"
+    # one meaning of predicted_label in every stage: valid at evaluate's operating threshold
+    expected = np.where(table.loc[readable, "score"] >= 0.47, "valid", "invalid")
+    assert table.loc[readable, "predicted_label"].tolist() == expected.tolist()
+
+
+def test_embed_images_refuses_an_operating_point_of_another_checkpoint(tiny_scores, tiny_checkpoint, tiny_index,
+                                                                       tiny_operating_point):
+    other = {**tiny_operating_point, "best_epoch": 99}
+    with pytest.raises(ValueError, match="another checkpoint"):
+        embed_images(tiny_scores, tiny_checkpoint, tiny_index, other)
 
 
 def test_pca_is_fitted_on_readable_training_embeddings_and_applied_to_all(small_embeddings):

@@ -15,15 +15,15 @@ from image_classification.pipelines.embedding_analysis.nodes import EmbeddingAna
 from ...conftest import REPO_ROOT
 
 CONF = REPO_ROOT / "conf" / "base"
-UPSTREAM = {"model_checkpoint", "backbone_features", "image_index"}
-PARAMETERS = {"params:embedding_analysis", "params:runtime", "params:seed"}
+UPSTREAM = {"scored_index", "model_checkpoint", "image_index", "operating_point"}
+PARAMETERS = {"params:embedding_analysis", "params:seed"}
 
 
 def stage_catalog() -> dict:
     return yaml.safe_load((CONF / "catalog_embedding_analysis.yml").read_text())
 
 
-def test_pipeline_needs_only_trains_outputs_and_writes_only_its_own_entries():
+def test_pipeline_needs_only_earlier_stages_outputs_and_writes_only_its_own_entries():
     pipeline = create_pipeline()
     assert pipeline.inputs() == UPSTREAM | PARAMETERS
     entries = stage_catalog()
@@ -40,15 +40,15 @@ def test_pipeline_needs_only_trains_outputs_and_writes_only_its_own_entries():
         assert entry["metadata"]["kedro-viz"]["layer"] in {"model_output", "reporting"}, name
 
 
-def test_pipeline_runs_from_a_checkpoint_and_a_feature_cache(tmp_path, tiny_checkpoint, tiny_features, tiny_index):
+def test_pipeline_runs_from_the_scored_index(tmp_path, tiny_checkpoint, tiny_scores, tiny_index, tiny_operating_point):
     entries = {name: entry | {"filepath": str(tmp_path / entry["filepath"])} for name, entry in stage_catalog().items()}
     for entry in entries.values():
         if entry["type"] == "matplotlib.MatplotlibDataset":
             entry["save_args"] = {"dpi": 30}  # the figures' content is tested elsewhere; small PNGs save faster
     catalog = DataCatalog.from_config(entries)
     inputs = {
-        "model_checkpoint": tiny_checkpoint, "backbone_features": tiny_features, "image_index": tiny_index,
-        "params:runtime": {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0}, "params:seed": 42,
+        "model_checkpoint": tiny_checkpoint, "scored_index": tiny_scores, "image_index": tiny_index,
+        "operating_point": tiny_operating_point, "params:seed": 42,
         "params:embedding_analysis": EmbeddingAnalysisConfig(gmm_components=(1, 3), agglomerative_max_samples=12),
     }
     for name, value in inputs.items():

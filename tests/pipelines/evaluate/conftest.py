@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from image_classification.model import build_model, checkpoint_payload
+from image_classification.artefacts import Checkpoint
+from image_classification.model import build_model
 from image_classification.pipelines.evaluate.nodes import EvaluateConfig
+from image_classification.pipelines.score.nodes import score_index
 
 from ...conftest import noise_image, png_bytes, write_files
 
@@ -32,7 +34,7 @@ def small_config(**changes) -> EvaluateConfig:
 def model_checkpoint() -> dict:
     """A checkpoint of an untrained model: random backbone and head, frozen as after training."""
     torch.manual_seed(0)
-    return checkpoint_payload(build_model(weights="none"), dict(CHECKPOINT_METADATA))
+    return Checkpoint.from_model(build_model(weights="none"), **CHECKPOINT_METADATA).to_payload()
 
 
 def make_image_index(folder: Path) -> pd.DataFrame:
@@ -73,5 +75,7 @@ def make_backbone_features(index: pd.DataFrame) -> dict:
 def evaluation_inputs(tmp_path, model_checkpoint) -> dict:
     """The datasets the evaluate pipeline reads, by catalog name."""
     index = make_image_index(tmp_path / "images")
-    return {"image_index": index, "backbone_features": make_backbone_features(index),
-            "model_checkpoint": model_checkpoint}
+    features = make_backbone_features(index)
+    scored = score_index(model_checkpoint, features, index, {"device": "cpu", "threads": None})
+    return {"image_index": index, "backbone_features": features, "model_checkpoint": model_checkpoint,
+            "scored_index": scored}

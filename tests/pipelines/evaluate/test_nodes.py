@@ -129,8 +129,8 @@ def test_bootstrap_of_nothing_is_undefined():
 
 
 def test_scores_cover_validation_and_test_only(evaluation_inputs):
-    model = score_images(evaluation_inputs["model_checkpoint"], evaluation_inputs["backbone_features"],
-                         evaluation_inputs["image_index"], {"device": "cpu", "batch_size": 8, "workers": 0})
+    model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"],
+                         evaluation_inputs["image_index"])
     baseline, fitted = fit_baseline(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
                                     small_config(), seed=42)
     table = join_scores(model, baseline)
@@ -144,10 +144,12 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
         join_scores(model, baseline.iloc[::-1])
 
 
-def test_a_stale_feature_cache_is_refused(evaluation_inputs):
+def test_stale_features_or_scores_are_refused(evaluation_inputs):
     stale = evaluation_inputs["image_index"].assign(sha256=lambda t: t["sha256"].str.replace("0", "f"))
     with pytest.raises(ValueError, match="kedro run --pipelines train"):
         fit_baseline(evaluation_inputs["backbone_features"], stale, small_config(), seed=42)
+    with pytest.raises(ValueError, match="kedro run --pipelines train,score"):
+        score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], stale)
 
 
 # ---------------------------------------------------------------- operating point

@@ -22,6 +22,7 @@ from sklearn.metrics import precision_score, recall_score
 from image_classification.pipelines.data_prep import create_pipeline as data_prep_pipeline
 from image_classification.pipelines.evaluate import create_pipeline
 from image_classification.pipelines.evaluate.nodes import EvaluateConfig
+from image_classification.pipelines.score import create_pipeline as score_pipeline
 from image_classification.pipelines.train import create_pipeline as train_pipeline
 
 from ...conftest import KeptDataset, REPO_ROOT
@@ -33,10 +34,10 @@ FIGURES = ("precision_recall_figure", "roc_figure", "confusion_matrix_figure", "
 PLOTS = ("precision_recall_plot", "roc_plot", "score_histogram_plot")
 
 
-def test_evaluate_needs_only_what_data_prep_and_train_write():
-    produced = data_prep_pipeline().all_outputs() | train_pipeline().all_outputs()
+def test_evaluate_needs_only_what_data_prep_train_and_score_write():
+    produced = data_prep_pipeline().all_outputs() | train_pipeline().all_outputs() | score_pipeline().all_outputs()
     datasets = {name for name in create_pipeline().inputs() if not name.startswith("params:")}
-    assert datasets == {"image_index", "backbone_features", "model_checkpoint"} <= produced
+    assert datasets == {"image_index", "backbone_features", "model_checkpoint", "scored_index"} <= produced
 
 
 def test_every_output_is_a_versioned_catalog_entry_seen_by_kedro_viz():
@@ -97,8 +98,8 @@ def project(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.mark.slow
-def test_a_kedro_session_runs_evaluate_alone_after_train(project, evaluation_inputs):
-    """Typed parameters from YAML, the real catalog's files, and nothing but train's outputs."""
+def test_a_kedro_session_runs_evaluate_alone_after_score(project, evaluation_inputs):
+    """Typed parameters from YAML, the real catalog's files, and nothing but train's and score's outputs."""
     with KedroSession.create(project_path=project) as session:
         catalog = session.load_context().catalog
         for name, value in evaluation_inputs.items():

@@ -10,8 +10,9 @@ import skimage.data
 import torch
 from PIL import Image
 
-from image_classification.anomaly import KNNDetector, detector_state
-from image_classification.model import build_model, checkpoint_payload
+from image_classification.anomaly import DetectorState, KNNDetector
+from image_classification.artefacts import Checkpoint
+from image_classification.model import build_model
 
 from ...conftest import BAD_FILES, jpeg_bytes, noise_image, png_bytes, write_files
 
@@ -42,15 +43,14 @@ def _tiny_checkpoint(seed: int) -> dict:
     metadata = {"backbone": "efficientnet_lite0", "weights": "none", "input_size": 224, "fine_tuned_blocks": 0,
                 "best_epoch": 3, "seed": 42, "class_names": ["invalid", "valid"],
                 "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}}
-    return checkpoint_payload(model, metadata)
+    return Checkpoint.from_model(model, **metadata).to_payload()
 
 
 def knn_detector_payload(threshold: float = 0.5, seed: int = 0) -> dict:
     """A kNN detector on pooled features, as zero_shot saves it."""
     reference = np.random.default_rng(seed).random((12, 1280))
-    state = detector_state(KNNDetector(k=2).fit(reference, np.zeros(12)), "knn_pooled", "pooled", threshold)
-    state["metadata"]["target_tpr"] = 0.95
-    return state
+    detector = KNNDetector(k=2).fit(reference, np.zeros(12))
+    return DetectorState.of(detector, "knn_pooled", "pooled", threshold, target_tpr=0.95).to_payload()
 
 
 def photo_files() -> dict[str, bytes]:

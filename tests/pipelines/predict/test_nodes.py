@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from image_classification.anomaly import MaxSoftmaxDetector, detector_state
+from image_classification.anomaly import DetectorState, MaxSoftmaxDetector
+from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.pipelines.predict.nodes import (
     PredictConfig,
     format_for_spreadsheet,
     list_images,
-    operating_threshold,
     predict_images,
 )
 from image_classification.sources import SourceError
@@ -43,13 +43,13 @@ def test_list_images_names_the_parameter_to_fix(tmp_path):
 
 
 def test_threshold_comes_from_the_operating_point_of_this_checkpoint():
-    metadata = tiny_checkpoint()["metadata"]
+    checkpoint = Checkpoint.from_payload(tiny_checkpoint())
     point = {"threshold": 0.37, "backbone": "efficientnet_lite0", "best_epoch": 3, "checkpoint": {"seed": 42}}
-    assert operating_threshold(point, metadata) == 0.37
+    assert OperatingPoint.from_payload(point).threshold_for(checkpoint) == 0.37
     with pytest.raises(ValueError, match="chosen for another checkpoint.*best_epoch"):
-        operating_threshold(point | {"best_epoch": 9}, metadata)
+        OperatingPoint.from_payload(point | {"best_epoch": 9}).threshold_for(checkpoint)
     with pytest.raises(ValueError, match="no threshold"):
-        operating_threshold({"backbone": "efficientnet_lite0"}, metadata)
+        OperatingPoint.from_payload({"backbone": "efficientnet_lite0"})
 
 
 def test_labels_follow_the_saved_threshold_not_a_constant(mixed_folder):
@@ -57,7 +57,7 @@ def test_labels_follow_the_saved_threshold_not_a_constant(mixed_folder):
     images = list_images({"kind": "folder", "root": str(mixed_folder)}, demo_images="unused").head(2)
     config = PredictConfig(backend="torch", workers=0, batch_size=2)
     knn = knn_detector_payload(threshold=10.0)
-    msp = detector_state(MaxSoftmaxDetector(), "msp", None, threshold=-0.75)
+    msp = DetectorState.of(MaxSoftmaxDetector(), "msp", None, threshold=-0.75).to_payload()
     valid, _ = predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn, {"threshold": 0.0}, images, config)
     invalid, summary = predict_images(tiny_checkpoint(), b"", NO_EXPORT, msp, {"threshold": 1.0 - 1e-9}, images, config)
     assert valid["predicted_label"].tolist() == ["valid", "valid"] and not valid["anomaly_flag"].any()

@@ -1,4 +1,4 @@
-"""The zero_shot pipeline on its own, from a saved checkpoint and feature cache (in memory)."""
+"""The zero_shot pipeline on its own, from a checkpoint and the score stage's output (in memory)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from kedro.runner import SequentialRunner
 
 from ...conftest import KeptDataset
 
-from image_classification.model import build_model, checkpoint_payload
+from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.model import build_model
+from image_classification.pipelines.score.nodes import score_index
 from image_classification.pipelines.zero_shot import create_pipeline
 from image_classification.pipelines.zero_shot.nodes import ZeroShotConfig
 
@@ -35,19 +37,21 @@ def tiny_inputs(seed: int = 0) -> dict:
     pooled = torch.rand(80, 1280)
     pooled[64:72, :200] += 3.0  # digits: far away
     pooled[72:, 600:900] += 3.0  # textures: far away elsewhere
-    model = build_model(weights="none")
-    metadata = {"backbone": "efficientnet_lite0", "fine_tuned_blocks": 0,
-                "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}}
+    checkpoint = Checkpoint.from_model(
+        build_model(weights="none"), backbone="efficientnet_lite0", weights="none",
+        head={"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2})
+    features = {
+        "tensors": {"head_input": torch.rand(80, 1280, 4, 4).half(), "pooled": pooled.half()},
+        "metadata": {"backbone": "efficientnet_lite0", "head_input": "pooled", "paths": index["path"].tolist(),
+                     "sha256": index["sha256"].tolist(), "errors": [""] * 80},
+    }
     return {
         "image_index": index,
-        "model_checkpoint": checkpoint_payload(model, metadata),
-        "backbone_features": {
-            "tensors": {"head_input": torch.rand(80, 1280, 4, 4).half(), "pooled": pooled.half()},
-            "metadata": {"backbone": "efficientnet_lite0", "head_input": "pooled", "sha256": index["sha256"].tolist(), "errors": [""] * 80},
-        },
-        "operating_point": {"threshold": 0.5},
+        "model_checkpoint": checkpoint.to_payload(),
+        "scored_index": score_index(checkpoint.to_payload(), features, index, {"device": "cpu", "threads": None}),
+        "operating_point": OperatingPoint.for_checkpoint({"threshold": 0.5}, checkpoint).to_payload(),
+        "pca_projection": index[["path"]].assign(**{f"pc{i}": rng.normal(size=80) for i in (1, 2, 3)}),
         "params:zero_shot": ZeroShotConfig(gmm_components=2),
-        "params:runtime": {"device": "cpu", "threads": None, "batch_size": 16, "workers": 0},
         "params:seed": 42,
     }
 
@@ -84,10 +88,10 @@ def test_without_unseen_images_the_detectors_are_still_fitted_and_the_run_comple
     inputs = tiny_inputs()
     keep = inputs["image_index"]["split"] != "unseen"
     inputs["image_index"] = inputs["image_index"][keep].reset_index(drop=True)
-    tensors = inputs["backbone_features"]["tensors"]
-    inputs["backbone_features"] = {
-        "tensors": {name: tensor[: len(inputs["image_index"])] for name, tensor in tensors.items()},
-        "metadata": {**inputs["backbone_features"]["metadata"], "sha256": inputs["image_index"]["sha256"].tolist(),
+    scored = inputs["scored_index"]
+    inputs["scored_index"] = {
+        "tensors": {name: tensor[: len(inputs["image_index"])] for name, tensor in scored["tensors"].items()},
+        "metadata": {**scored["metadata"], "sha256": inputs["image_index"]["sha256"].tolist(),
                      "errors": [""] * len(inputs["image_index"])},
     }
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
@@ -103,3 +107,15 @@ def test_without_unseen_images_the_detectors_are_still_fitted_and_the_run_comple
     assert detector["metadata"]["name"] == "knn_pooled" and np.isfinite(detector["metadata"]["threshold"])
     assert detector["tensors"]["reference"].shape == (40, 1280)  # the training images
     assert "No unseen-kind images" in caplog.text
+
+
+def test_scores_of_another_checkpoint_are_refused():
+    inputs = tiny_inputs()
+    torch.manual_seed(7)
+    retrained = Checkpoint.from_model(
+        build_model(weights="none"), backbone="efficientnet_lite0", weights="none",
+        head={"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2})
+    inputs["model_checkpoint"] = retrained.to_payload()
+    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
+    with pytest.raises(ValueError, match="kedro run --pipelines score"):
+        SequentialRunner().run(create_pipeline(), catalog)

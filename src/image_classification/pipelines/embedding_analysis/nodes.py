@@ -18,7 +18,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse
 from matplotlib.ticker import PercentFormatter
-from tqdm.auto import tqdm
 
 from image_classification.clustering import (
     COVARIANCE_TYPES,
@@ -35,8 +34,8 @@ from image_classification.clustering import (
     project_gaussians,
     stratified_sample,
 )
+from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.errors import DataError, ParameterError
-from image_classification.inference import score_index
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +53,6 @@ METHODS = {"gmm": "GMM (k by BIC)", "gmm_2": "GMM (k = 2)", "agglomerative": "Ag
 class EmbeddingAnalysisConfig:
     """Settings of the embedding_analysis stage; checked when parameters load, before any work."""
 
-    include_pooled_features: bool = False
-    extraction_chunk_size: int = 10_000
     pca_components: int = 3
     gmm_components: tuple[int, int] = (1, 8)
     gmm_covariance_type: str = "full"
@@ -81,7 +78,7 @@ class EmbeddingAnalysisConfig:
             raise ParameterError(f"embedding_analysis.pca_components must be at least 3 (the 3D plot), got {self.pca_components}")
         if self.gmm_bic_patience is not None and self.gmm_bic_patience < 1:
             raise ParameterError(f"embedding_analysis.gmm_bic_patience must be at least 1 or null (try every k), got {self.gmm_bic_patience}")
-        for name in ("extraction_chunk_size", "gmm_max_samples", "agglomerative_clusters",
+        for name in ("gmm_max_samples", "agglomerative_clusters",
                      "agglomerative_max_samples", "silhouette_sample_size", "figure_max_points"):
             if int(getattr(self, name)) < 2:
                 raise ParameterError(f"embedding_analysis.{name} must be at least 2, got {getattr(self, name)}")
@@ -97,35 +94,21 @@ def _analysed(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[table["label"].notna() & table["score"].notna()].reset_index(drop=True)
 
 
-def _rows_of(backbone_features: dict, start: int, stop: int) -> dict:
-    """Rows ``start:stop`` of the feature cache, with its metadata sliced alike."""
-    metadata = backbone_features["metadata"]
-    sliced = {key: metadata[key][start:stop] for key in ("sha256", "errors", "paths") if key in metadata}
-    return {
-        "tensors": {name: tensor[start:stop] for name, tensor in backbone_features["tensors"].items()},
-        "metadata": metadata | sliced,
-    }
+def embed_images(scored_index: dict, model_checkpoint: dict, image_index: pd.DataFrame,
+                 operating_point: dict) -> pd.DataFrame:
+    """The score and 50-d embedding of every indexed image (unseen kinds too), from the score stage.
 
-
-def embed_images(model_checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame,
-                 runtime: dict, config: EmbeddingAnalysisConfig) -> pd.DataFrame:
-    """Score and embed every indexed image (unseen kinds too) with the trained checkpoint.
-
-    Returns :func:`score_index`'s table (path, split, label, kind, target, score, error,
-    e0..e49 [, f0..f1279]) with ``predicted_label``: the classifier's argmax, i.e. ``valid``
-    when the score is above 0.5 (not the evaluate stage's operating point); NA if unreadable.
+    Returns:
+        One row per image: path, split, label, kind, target, score, ``predicted_label`` (``valid``
+        when the score reaches evaluate's operating threshold, as in zero_shot and predict; NA if
+        unreadable), error and e0..e49.
     """
-    size = int(config.extraction_chunk_size)
-    parts = []
-    with tqdm(total=len(image_index), desc="Embedding images", unit="image") as progress:
-        for start in range(0, max(len(image_index), 1), size):
-            parts.append(score_index(model_checkpoint, _rows_of(backbone_features, start, start + size),
-                                     image_index.iloc[start : start + size], runtime, config.include_pooled_features))
-            progress.update(len(parts[-1]))
-    table = pd.concat(parts, ignore_index=True)
-    predicted = np.where(table["score"] > 0.5, "valid", "invalid")
-    table.insert(6, "predicted_label", pd.array(predicted, dtype="string"))
-    table.loc[table["score"].isna(), "predicted_label"] = pd.NA
+    checkpoint = Checkpoint.from_payload(model_checkpoint)
+    scored = ScoredIndex.from_payload(scored_index).check(image_index, checkpoint)
+    threshold = OperatingPoint.from_payload(operating_point)
+    threshold.threshold_for(checkpoint)
+    table = scored.table(image_index)
+    table.insert(6, "predicted_label", threshold.predicted_labels(table["score"].to_numpy()))
     logger.info("Embedded %d images (%d unreadable) into %d dimensions", len(table),
                 int(table["score"].isna().sum()), len(embedding_columns(table)))
     return table

@@ -21,8 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=embed_images,
-                inputs=["model_checkpoint", "backbone_features", "image_index", "params:runtime",
-                        "params:embedding_analysis"],
+                inputs=["scored_index", "model_checkpoint", "image_index", "operating_point"],
                 outputs="image_embeddings",
                 name="embed_images",
             ),

@@ -5,42 +5,34 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from image_classification import plots
+from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
+from image_classification.baseline import LogisticBaseline
 from image_classification.errors import DataError, ParameterError
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
-from image_classification.inference import score_index
 from image_classification.metrics import (
     BOUND_METHODS,
+    RuleSettings,
     bootstrap_precision_recall,
     check_target_precision,
     metrics_at_threshold,
-    precision_lower_bound,
     recall_at_precision,
-    recall_at_precision_bound,
-    validation_score,
+    select_threshold,
+    threshold_rule,
 )
 
 logger = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("val", "test")
-RULES = ("point", "lower_bound")
 SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "error"]
 THUMBNAIL_SIZE = 160
-# what else of the checkpoint's metadata operating_point.json repeats, to tell checkpoints apart
-CHECKPOINT_KEYS = ("weights", "input_size", "fine_tuned_blocks", "seed", "epochs_run")
-DECISION = "an image is called valid when its score (probability of valid) is >= threshold"
 ORACLE_NOTE = (
     "ORACLE, not an estimate of deployed performance: the threshold is picked on the test split itself "
     "(what the original project reported). Compare test.recall, whose threshold was chosen on validation."
@@ -53,9 +45,10 @@ class EvaluateConfig:
 
     Attributes:
         target_precision: the precision the operating point must reach, in (0, 1].
-        rule: ``point``: the highest validation recall whose validation precision reaches the
-            target; ``lower_bound``: the highest validation recall whose one-sided lower
-            confidence bound on validation precision reaches it (honest on small validation sets).
+        rule: a name in :data:`~image_classification.metrics.THRESHOLD_RULES`. ``point``: the
+            highest validation recall whose validation precision reaches the target;
+            ``lower_bound``: the highest validation recall whose one-sided lower confidence bound
+            on validation precision reaches it (honest on small validation sets).
         bound_method: ``wilson`` or ``clopper_pearson`` (exact, more conservative).
         bound_level: confidence of the one-sided bound, in (0, 1).
         bootstrap_samples: resamples of the test split behind the confidence intervals.
@@ -75,8 +68,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
-        if self.rule not in RULES:
-            raise ParameterError(f"evaluate.rule must be one of {', '.join(RULES)}, got '{self.rule}'")
+        threshold_rule(self.rule)
         if self.bound_method not in BOUND_METHODS:
             raise ParameterError(f"evaluate.bound_method must be one of {', '.join(BOUND_METHODS)}, got '{self.bound_method}'")
         for name in ("bound_level", "bootstrap_level"):
@@ -89,21 +81,26 @@ class EvaluateConfig:
             raise ParameterError(f"evaluate.baseline_c_grid must list positive values, got {list(self.baseline_c_grid)}")
         object.__setattr__(self, "baseline_c_grid", grid)  # YAML gives a list
 
+    @property
+    def rule_settings(self) -> RuleSettings:
+        return RuleSettings(self.target_precision, self.bound_level, self.bound_method)
+
 
 # ---------------------------------------------------------------- scores
 
 
-def score_images(model_checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame,
-                 runtime: dict) -> pd.DataFrame:
-    """Score the validation and test images with the trained model (probability of valid).
+def score_images(scored_index: dict, model_checkpoint: dict, image_index: pd.DataFrame) -> pd.DataFrame:
+    """The trained model's scores (probability of valid) of the validation and test images, read
+    from the score stage's one pass over the index.
 
     Returns:
         One row per validation and test image: path, split, label, target, score (NaN when the
         image could not be read) and error.
     """
-    rows = _evaluated_rows(backbone_features, image_index)
-    scored = score_index(model_checkpoint, _feature_rows(backbone_features, rows), image_index.iloc[rows], runtime)
-    table = scored[["path", "split", "label", "target", "score", "error"]].astype({"target": "int8"})
+    scored = ScoredIndex.from_payload(scored_index).check(image_index, Checkpoint.from_payload(model_checkpoint))
+    rows = _evaluated_rows(image_index)
+    table = scored.table(image_index).iloc[rows].reset_index(drop=True)
+    table = table[["path", "split", "label", "target", "score", "error"]].astype({"target": "int8"})
     for split, scores in table.groupby("split")["score"]:
         logger.info("Model scores: %d %s images (%d unreadable, left out of every metric)", len(scores), split,
                     int(scores.isna().sum()))
@@ -119,25 +116,20 @@ def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: E
         ``path`` and ``baseline_score`` per validation and test image (rows as in
         :func:`score_images`), and what was fitted: C and the validation score of every C tried.
     """
-    rows = _evaluated_rows(backbone_features, image_index)
-    features = backbone_features["tensors"]["pooled"].float().numpy()
-    readable = np.array([not error for error in backbone_features["metadata"]["errors"]])
+    cache = FeatureCache.from_payload(backbone_features)
+    cache.check(image_index, cache.backbone, cache.head_input_mode)
+    rows = _evaluated_rows(image_index)
+    features, readable = cache.pooled.float().numpy(), cache.readable
     split, targets = image_index["split"].to_numpy(), image_index["target"].to_numpy(dtype=float, na_value=np.nan)
     train, val = (np.flatnonzero(readable & (split == name)) for name in ("train", "val"))
-    fitted, quality = _choose_c(features, targets, train, val, evaluate, seed)
-    best = max(quality, key=lambda c: (quality[c], -c))  # ties go to the stronger regularisation
-    scores = np.where(readable[rows], fitted[best].predict_proba(features[rows])[:, 1], np.nan).astype(np.float32)
-    backbone = backbone_features["metadata"]["backbone"]
+    baseline = LogisticBaseline(evaluate.baseline_c_grid, evaluate.target_precision, seed).fit(
+        features[train], targets[train], features[val], targets[val])
+    scores = np.where(readable[rows], baseline.score_samples(features[rows]), np.nan).astype(np.float32)
     logger.info("Baseline: logistic regression on %d train images' pooled %s features, C=%g chosen on validation "
-                "(recall at target precision %.3f, average precision %.3f)", len(train), backbone, best, *quality[best])
-    summary = {
-        "description": f"logistic regression (standardised features, balanced class weights) on the frozen "
-                       f"{backbone} backbone's pooled features of the train split",
-        "C": best, "train_images": int(len(train)),
-        "c_grid": [{"C": c, "val_recall_at_target_precision": recall, "val_average_precision": average_precision}
-                   for c, (recall, average_precision) in quality.items()],
-    }
-    return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "baseline_score": scores}), summary
+                "(recall at target precision %.3f, average precision %.3f)", len(train), cache.backbone, baseline.c_,
+                *baseline.quality_[baseline.c_])
+    return (pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "baseline_score": scores}),
+            baseline.summary(cache.backbone, len(train)))
 
 
 def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame) -> pd.DataFrame:
@@ -154,17 +146,12 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
     """Choose the model's decision threshold on the validation split, by the configured rule.
 
     Returns:
-        The threshold, how it was chosen and what it achieves on validation, with the checkpoint
-        metadata that ``predict`` and ``zero_shot`` need to apply it.
+        The threshold, how it was chosen and what it achieves on validation, with what of the
+        checkpoint ``predict`` and ``zero_shot`` need to apply it to the right model.
     """
-    point = _select_threshold(*_scored(evaluation_scores, "val", "score"), evaluate)
+    point = select_threshold(*_scored(evaluation_scores, "val", "score"), evaluate.rule, evaluate.rule_settings)
     _log_operating_point("Model", point)
-    metadata = model_checkpoint["metadata"]
-    return _jsonable({
-        **point, "positive_class": "valid", "decision": DECISION, "backbone": metadata["backbone"],
-        "class_names": list(metadata["class_names"]), "best_epoch": metadata["best_epoch"],
-        "checkpoint": {key: metadata.get(key) for key in CHECKPOINT_KEYS},
-    })
+    return _jsonable(OperatingPoint.for_checkpoint(point, Checkpoint.from_payload(model_checkpoint)).to_payload())
 
 
 def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, baseline_fit: dict,
@@ -173,7 +160,8 @@ def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, 
 
     The baseline's threshold is chosen by the same rule on its own validation scores.
     """
-    baseline_point = _select_threshold(*_scored(evaluation_scores, "val", "baseline_score"), evaluate)
+    baseline_point = select_threshold(*_scored(evaluation_scores, "val", "baseline_score"), evaluate.rule,
+                                      evaluate.rule_settings)
     _log_operating_point("Baseline", baseline_point)
     metrics = {
         "split": "test", "target_precision": evaluate.target_precision, "rule": evaluate.rule,
@@ -256,91 +244,15 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
 # ---------------------------------------------------------------- helpers
 
 
-def _evaluated_rows(backbone_features: dict, image_index: pd.DataFrame) -> np.ndarray:
-    """Positions of the validation and test images, once the feature cache is known to fit the index."""
-    if backbone_features["metadata"]["sha256"] != image_index["sha256"].tolist():
-        raise DataError("backbone_features were computed for another image index; run "
-                        "`kedro run --pipelines train` before evaluate")
+def _evaluated_rows(image_index: pd.DataFrame) -> np.ndarray:
+    """Positions of the validation and test images in the index."""
     return np.flatnonzero(image_index["split"].isin(EVALUATED_SPLITS).to_numpy(dtype=bool))
-
-
-def _feature_rows(backbone_features: dict, rows: np.ndarray) -> dict:
-    """The feature cache restricted to ``rows``, so only those images are scored."""
-    metadata = backbone_features["metadata"]
-    return {
-        "tensors": {name: tensor[rows] for name, tensor in backbone_features["tensors"].items()},
-        "metadata": {**metadata, **{key: [metadata[key][i] for i in rows] for key in ("paths", "sha256", "errors")}},
-    }
-
-
-def _choose_c(features: np.ndarray, targets: np.ndarray, train: np.ndarray, val: np.ndarray,
-              config: EvaluateConfig, seed: int) -> tuple[dict[float, Pipeline], dict[float, tuple[float, float]]]:
-    """A logistic regression per C of the grid, and each one's validation score (as training's
-    early stopping scores: recall at the target precision, then average precision)."""
-    fitted = {c: _logistic_regression(features[train], targets[train], c, seed) for c in config.baseline_c_grid}
-    quality = {c: validation_score(targets[val], model.predict_proba(features[val])[:, 1], config.target_precision)
-               for c, model in fitted.items()}
-    return fitted, quality
-
-
-def _logistic_regression(features: np.ndarray, targets: np.ndarray, c: float, seed: int) -> Pipeline:
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000,
-                                                                    random_state=seed))
-    with warnings.catch_warnings():
-        # separable features drive weights up at large C; the validation score judges the fit
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return classifier.fit(features, targets.astype(int))
 
 
 def _scored(evaluation_scores: pd.DataFrame, split: str, column: str) -> tuple[np.ndarray, np.ndarray]:
     """Targets and scores of one split's readable images."""
     rows = evaluation_scores[(evaluation_scores["split"] == split) & evaluation_scores[column].notna()]
     return rows["target"].to_numpy(dtype=int), rows[column].to_numpy(dtype=np.float64)
-
-
-def _select_threshold(targets: np.ndarray, scores: np.ndarray, config: EvaluateConfig) -> dict:
-    """The threshold the configured rule picks on validation, what it achieves, and any fallback."""
-    if not targets.sum():
-        raise DataError("the validation split has no readable valid image, so no threshold can be chosen; "
-                        "add valid images to it (data_prep.split) and rerun data_prep and train")
-    if config.rule == "lower_bound":
-        point = recall_at_precision_bound(targets, scores, config.target_precision, config.bound_level, config.bound_method)
-    else:
-        point = recall_at_precision(targets, scores, config.target_precision)
-    called = scores >= point.threshold
-    bound = precision_lower_bound(int(targets[called].sum()), int(called.sum()), config.bound_level, config.bound_method)
-    return {
-        "threshold": point.threshold, "rule": config.rule, "rule_description": _rule_description(config),
-        "target_precision": config.target_precision, "reached": point.reached,
-        "fallback": None if point.reached else _fallback_explanation(config, point.precision, point.recall, bound, targets),
-        "validation": {"images": len(targets), "valid_images": int(targets.sum()), "called_valid": int(called.sum()),
-                       "precision": point.precision, "recall": point.recall, "precision_lower_bound": bound,
-                       "bound_method": config.bound_method, "bound_level": config.bound_level},
-    }
-
-
-def _rule_description(config: EvaluateConfig) -> str:
-    if config.rule == "point":
-        return "the highest validation recall whose validation precision is at least the target"
-    return (f"the highest validation recall whose one-sided {config.bound_level:.0%} {config.bound_method} "
-            "lower confidence bound on validation precision is at least the target")
-
-
-def _fallback_explanation(config: EvaluateConfig, precision: float, recall: float, bound: float,
-                          targets: np.ndarray) -> str:
-    """Why no threshold qualified, and which one the documented fallback rule took instead."""
-    if config.rule == "point":
-        return (f"No threshold reaches precision {config.target_precision:.2f} on the validation split. Fallback "
-                f"rule: the threshold of highest validation precision ({precision:.3f}, recall {recall:.3f}). "
-                "Expect test precision below the target.")
-    best_possible = precision_lower_bound(int(targets.sum()), int(targets.sum()), config.bound_level, config.bound_method)
-    explanation = (f"No threshold's {config.bound_level:.0%} {config.bound_method} lower bound on validation "
-                   f"precision reaches {config.target_precision:.2f}. Fallback rule: the threshold of highest lower "
-                   f"bound ({bound:.3f}; precision {precision:.3f}, recall {recall:.3f}).")
-    if best_possible < config.target_precision:
-        explanation += (f" Even a perfect ranking of these {int(targets.sum())} valid validation images bounds "
-                        f"precision at {best_possible:.3f} only: the validation split is too small to certify the target.")
-    return explanation
 
 
 def _test_report(evaluation_scores: pd.DataFrame, column: str, point: dict, config: EvaluateConfig, seed: int) -> dict:

@@ -22,7 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=score_images,
-                inputs=["model_checkpoint", "backbone_features", "image_index", "params:runtime"],
+                inputs=["scored_index", "model_checkpoint", "image_index"],
                 outputs="model_scores",
                 name="score_images",
             ),

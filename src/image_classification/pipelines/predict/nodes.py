@@ -17,14 +17,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from image_classification.anomaly import Detector, decide, detector_from_state
-from image_classification.errors import DataError, ParameterError
+from image_classification.anomaly import Detector, DetectorState, decide
+from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.errors import ParameterError
 from image_classification.export import (
     BACKENDS,
     CHECKPOINT_KEY,
     Backend,
     build_backend,
-    checkpoint_fingerprint,
     export_onnx,
     onnx_properties,
     onnxruntime_available,
@@ -32,7 +32,7 @@ from image_classification.export import (
     select_backend,
 )
 from image_classification.inference import ImageFiles, image_loader, torch_device
-from image_classification.model import BackboneSpec, backbone_spec, model_from_checkpoint
+from image_classification.model import BackboneSpec, backbone_spec
 from image_classification.sources import read_unlabelled
 
 logger = logging.getLogger(__name__)
@@ -105,11 +105,11 @@ def list_images(source: dict, demo_images: str | Callable[[], str]) -> pd.DataFr
 
 def export_onnx_model(model_checkpoint: dict, predict: PredictConfig) -> bytes:
     """The checkpoint's whole model (backbone and head) as ONNX, tagged with the checkpoint's hash."""
-    metadata = model_checkpoint["metadata"]
+    checkpoint = Checkpoint.from_payload(model_checkpoint)
     started = time.perf_counter()
     onnx_model = export_onnx(
-        model_from_checkpoint(model_checkpoint), int(metadata["input_size"]),
-        {CHECKPOINT_KEY: checkpoint_fingerprint(model_checkpoint), "backbone": metadata["backbone"],
+        checkpoint.model(), int(checkpoint.input_size),
+        {CHECKPOINT_KEY: checkpoint.fingerprint(), "backbone": checkpoint.backbone,
          "outputs": "score: probability of valid; embedding; features: pooled backbone features"},
         opset=predict.opset,
     )
@@ -120,46 +120,26 @@ def export_onnx_model(model_checkpoint: dict, predict: PredictConfig) -> bytes:
 def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_images: pd.DataFrame,
                       predict: PredictConfig) -> dict:
     """Compare the export with PyTorch eager fp32 on the first readable images to be scored."""
+    checkpoint = Checkpoint.from_payload(model_checkpoint)
     report = {"images": 0, "max_abs_difference": None, "tolerance": predict.parity_tolerance,
-              "checkpoint_sha256": checkpoint_fingerprint(model_checkpoint),
+              "checkpoint_sha256": checkpoint.fingerprint(),
               "onnx_checkpoint_sha256": onnx_properties(onnx_model).get(CHECKPOINT_KEY)}
     if report["onnx_checkpoint_sha256"] != report["checkpoint_sha256"]:
         return report | {"passed": False, "reason": "the ONNX model was exported from another checkpoint"}
     if not onnxruntime_available():
         return report | {"passed": False, "reason": "onnxruntime is not installed"}
-    spec = backbone_spec(model_checkpoint["metadata"]["backbone"])
+    spec = backbone_spec(checkpoint.backbone)
     candidates = prediction_images.loc[prediction_images["error"].fillna("") == "", "path"].tolist()
     images = _first_readable(candidates, spec, predict.parity_images)
     if not len(images):
         return report | {"passed": False, "reason": "no readable image to compare on"}
-    differences = parity(model_from_checkpoint(model_checkpoint), onnx_model, images)
+    differences = parity(checkpoint.model(), onnx_model, images)
     passed = differences["score"] <= predict.parity_tolerance
     logger.info("ONNX vs PyTorch on %d images: max |score difference| %.2e, embedding %.2e, features %.2e (%s)",
                 len(images), differences["score"], differences["embedding"], differences["features"],
                 "passed" if passed else f"over the tolerance {predict.parity_tolerance:g}")
     return report | {"images": len(images), "max_abs_difference": differences, "passed": bool(passed),
                      "reason": "" if passed else "scores differ from PyTorch by more than the tolerance"}
-
-
-def operating_threshold(operating_point: dict, checkpoint_metadata: dict) -> float:
-    """The threshold evaluate chose for this checkpoint (valid when score >= threshold).
-
-    Refuses an operating point whose record of the checkpoint (backbone, best epoch, weights,
-    seed, ...) disagrees with the checkpoint being used: its threshold belongs to another model.
-    """
-    threshold = operating_point.get("threshold")
-    if threshold is None or not 0.0 <= float(threshold) <= 1.0:
-        raise DataError(f"operating_point has no threshold between 0 and 1 (got {threshold}); run the evaluate pipeline")
-    recorded = {"backbone": operating_point.get("backbone"), "best_epoch": operating_point.get("best_epoch"),
-                **(operating_point.get("checkpoint") or {})}
-    differing = {key: (value, checkpoint_metadata[key]) for key, value in recorded.items()
-                 if value is not None and key in checkpoint_metadata and checkpoint_metadata[key] != value}
-    if differing:
-        raise DataError(
-            f"operating_point was chosen for another checkpoint (operating point vs checkpoint: {differing}); run "
-            "`kedro run --pipelines evaluate` for this checkpoint, or pass the operating point that belongs to it "
-            "with --load-versions operating_point:<version>")
-    return float(threshold)
 
 
 def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict,
@@ -171,17 +151,17 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
         One row per listed file (see :data:`PREDICTION_COLUMNS`; ``error`` says why a file has
         no score) and a summary of the run: counts, backend, threshold, detector and speed.
     """
-    metadata, detector_settings = model_checkpoint["metadata"], anomaly_detector["metadata"]
-    threshold = operating_threshold(operating_point, metadata)
+    checkpoint, detector = Checkpoint.from_payload(model_checkpoint), DetectorState.from_payload(anomaly_detector)
+    threshold = OperatingPoint.from_payload(operating_point).threshold_for(checkpoint)
     device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
-    backend = _backend(model_checkpoint, onnx_model, onnx_parity, predict, device)
+    backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device)
     readable = prediction_images["error"].fillna("") == ""
     started = time.perf_counter()
-    outputs = _stream_scores(backend, prediction_images.loc[readable, "path"].tolist(), backbone_spec(metadata["backbone"]),
-                             detector_from_state(anomaly_detector), detector_settings["space"], predict)
+    outputs = _stream_scores(backend, prediction_images.loc[readable, "path"].tolist(), backbone_spec(checkpoint.backbone),
+                             detector.restore(), detector.space, predict)
     seconds = time.perf_counter() - started
-    table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, float(detector_settings["threshold"]))
-    summary = _summary(table, backend.name, threshold, detector_settings, predict, seconds)
+    table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold)
+    summary = _summary(table, backend.name, threshold, detector.describe(), predict, seconds)
     logger.info("Scored %d of %d files in %.1f s (%.1f images/s, %s): %d accepted as valid, %d flagged, %d unreadable",
                 summary["scored"], summary["images"], seconds, summary["images_per_second"] or 0.0, backend.name,
                 summary["accepted_as_valid"], summary["anomaly_flagged"], summary["errors"])
@@ -210,11 +190,11 @@ def _first_readable(paths: list[str], spec: BackboneSpec, count: int) -> torch.T
     return torch.stack(images) if images else torch.empty(0, 3, spec.input_size, spec.input_size)
 
 
-def _backend(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict, predict: PredictConfig,
+def _backend(checkpoint: Checkpoint, onnx_model: bytes, onnx_parity: dict, predict: PredictConfig,
              device: torch.device) -> Backend:
     """The configured backend; with ``auto``, PyTorch when ONNX Runtime fails to start."""
     name, reason = select_backend(predict.backend, device, bool(onnx_parity.get("passed")), onnx_parity.get("reason", ""))
-    classifier = model_from_checkpoint(model_checkpoint)
+    classifier = checkpoint.model()
     try:
         backend = build_backend(name, classifier, onnx_model, device, predict.threads_for(name))
     except Exception as error:  # onnxruntime raises its own exception types for a bad model
@@ -236,7 +216,7 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
             outputs = backend(images)
             inputs = outputs["score"][:, None] if space is None else outputs[_SPACE_OUTPUT[space]]
             parts["score"].append(outputs["score"].astype(np.float32))
-            parts["anomaly_score"].append(detector.score(inputs.astype(np.float64)).astype(np.float32))
+            parts["anomaly_score"].append(detector.score_samples(inputs.astype(np.float64)).astype(np.float32))
             parts["error"] += list(reasons)
             progress.update(len(images))
     empty = np.empty(0, np.float32)
@@ -276,7 +256,7 @@ def _summary(table: pd.DataFrame, backend: str, threshold: float, detector: dict
         "anomaly_flagged": int(table["anomaly_flag"].sum()), "accepted_as_valid": int(table["accepted_as_valid"].sum()),
         "threshold": threshold, "decision": "accepted as valid when score >= threshold and the anomaly score "
                                             "is not above the detector's threshold",
-        "anomaly_detector": {key: detector.get(key) for key in ("name", "space", "threshold", "target_tpr")},
+        "anomaly_detector": detector,
         "backend": backend, "batch_size": predict.batch_size, "workers": predict.workers,
         "threads": predict.threads_for(backend), "seconds": round(seconds, 3),
         "images_per_second": round(scored / seconds, 2) if seconds > 0 else None,

@@ -13,15 +13,9 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, TensorDataset
 
-from image_classification.errors import DataError
-from image_classification.inference import cache_matches, extract_backbone_features, head_outputs, image_loader, model_outputs, torch_device
-from image_classification.model import (
-    ClassifierHead,
-    ImageClassifier,
-    ModelConfig,
-    build_backbone,
-    checkpoint_payload,
-)
+from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
+from image_classification.inference import extract_backbone_features, head_outputs, image_loader, model_outputs, torch_device
+from image_classification.model import ClassifierHead, ImageClassifier, ModelConfig, build_backbone
 from image_classification.training import ResumeStore, TrainConfig, fit
 
 logger = logging.getLogger(__name__)
@@ -45,23 +39,12 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dic
         batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]), head_input=model.head_input,
     )
     logger.info("Backbone features for %d images: %s", len(image_index), tuple(features["head_input"].shape))
-    return {
-        "tensors": {"head_input": features["head_input"], "pooled": features["pooled"]},
-        "metadata": {"backbone": model.backbone, "weights": model.weights, "head_input": model.head_input,
-                     "paths": image_index["path"].tolist(),
-                     "sha256": image_index["sha256"].tolist(), "errors": features["errors"]},
-    }
-
-
-def _check_features_match(features: dict, image_index: pd.DataFrame, model: ModelConfig) -> np.ndarray:
-    """The cache must describe this index and backbone; returns which rows are usable."""
-    metadata = features["metadata"]
-    if not cache_matches(metadata, image_index, model.backbone, model.head_input):
-        raise DataError(
-            "backbone_features were computed for another image index or backbone; run "
-            "`kedro run --pipelines train` to recompute them"
-        )
-    return np.array([not error for error in metadata["errors"]])
+    cache = FeatureCache(
+        head_input=features["head_input"], pooled=features["pooled"], backbone=model.backbone, weights=model.weights,
+        head_input_mode=model.head_input, paths=image_index["path"].tolist(), sha256=image_index["sha256"].tolist(),
+        errors=features["errors"], backbone_sha256=tensors_sha256(backbone.cpu().state_dict()),
+    )
+    return cache.to_payload()
 
 
 def _fingerprint(*parts: object) -> str:
@@ -84,37 +67,38 @@ def train_classifier(
         the model) and the per-epoch history.
     """
     device = torch_device(runtime)
-    usable = _check_features_match(backbone_features, image_index, model)
-    rows = {split: np.flatnonzero(usable & (image_index["split"] == split).to_numpy()) for split in ("train", "val")}
-    targets = {split: image_index["target"].to_numpy()[rows[split]].astype(int) for split in rows}
     backbone = _seeded_backbone(model, seed)
+    cache = FeatureCache.from_payload(backbone_features).check(image_index, model.backbone, model.head_input,
+                                                               tensors_sha256(backbone.state_dict()))
+    rows = {split: np.flatnonzero(cache.readable & (image_index["split"] == split).to_numpy())
+            for split in ("train", "val")}
+    targets = {split: image_index["target"].to_numpy()[rows[split]].astype(int) for split in rows}
     head = ClassifierHead(in_channels=model.spec.feature_channels)
     classifier = ImageClassifier(backbone, head, head_input=model.head_input)
     classifier.freeze_backbone(train.trainable_blocks)
     fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed)
     if train.trainable_blocks == 0:
-        trained, batches, val_scores = head, *cached_feeds(backbone_features, rows, targets, train, seed, device)
+        trained, batches, val_scores = head, *cached_feeds(cache, rows, targets, train, seed, device)
     else:
         trained, batches, val_scores = classifier, *image_feeds(image_index, rows, targets, model, train, runtime, seed, device)
     best, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
                                     device, seed, fingerprint, training_state)
     trained.load_state_dict(best)
-    metadata = {
-        "backbone": model.backbone, "weights": model.weights, "head_input": model.head_input,
-        "input_size": model.spec.input_size,
-        "mean": list(model.spec.mean), "std": list(model.spec.std),
-        "head": {"in_channels": model.spec.feature_channels, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2},
-        "class_names": CLASS_NAMES, "train": train.as_dict(), "seed": seed, "best_epoch": best_epoch,
-        "fine_tuned_blocks": train.trainable_blocks, "epochs_run": int(len(history)),
-        "best_val_recall_at_precision": float(history["val_recall_at_precision"].max()) if len(history) else 0.0,
-    }
-    return checkpoint_payload(classifier.cpu(), metadata), history
+    checkpoint = Checkpoint.from_model(
+        classifier.cpu(), backbone=model.backbone, weights=model.weights, input_size=model.spec.input_size,
+        mean=list(model.spec.mean), std=list(model.spec.std),
+        head={"in_channels": model.spec.feature_channels, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2},
+        class_names=CLASS_NAMES, train=train.as_dict(), seed=seed, best_epoch=best_epoch,
+        fine_tuned_blocks=train.trainable_blocks, epochs_run=int(len(history)),
+        best_val_recall_at_precision=float(history["val_recall_at_precision"].max()) if len(history) else 0.0,
+    )
+    return checkpoint.to_payload(), history
 
 
-def cached_feeds(features: dict, rows: dict, targets: dict, train: TrainConfig, seed: int, device: torch.device):
+def cached_feeds(cache: FeatureCache, rows: dict, targets: dict, train: TrainConfig, seed: int, device: torch.device):
     """Training batches (per epoch, reshuffled with ``seed``) and validation scores for a head trained
     on the cached head inputs: what train_classifier uses with a frozen backbone."""
-    head_input = features["tensors"]["head_input"]
+    head_input = cache.head_input
     train_set = TensorDataset(head_input[rows["train"]].float(), torch.as_tensor(targets["train"]))
     val_inputs = head_input[rows["val"]]
 

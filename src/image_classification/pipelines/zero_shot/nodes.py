@@ -8,13 +8,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from image_classification.anomaly import build_detector, calibrate_threshold, decide, detector_state, separation_metrics
+from image_classification.anomaly import (
+    DETECTORS,
+    DetectorSettings,
+    DetectorState,
+    build_detector,
+    calibrate_threshold,
+    decide,
+    separation_metrics,
+)
+from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.errors import DataError, ParameterError
-from image_classification.inference import score_index
 
 logger = logging.getLogger(__name__)
 
-DETECTORS = ("knn", "mahalanobis", "relative_mahalanobis", "gmm", "msp")
 FEATURE_SPACES = ("embedding", "pooled")
 
 
@@ -43,14 +50,17 @@ class ZeroShotConfig:
         if not 0.0 < self.target_tpr <= 1.0:
             raise ParameterError(f"zero_shot.target_tpr must be in (0, 1], got {self.target_tpr}")
 
+    def detector_settings(self, seed: int) -> DetectorSettings:
+        return DetectorSettings(knn_k=self.knn_k, gmm_components=self.gmm_components, seed=seed)
+
     @property
     def detector_runs(self) -> list[tuple[str, str, str | None]]:
-        """(column name, detector, feature space) for every detector on every space;
-        msp reads the classifier's score, so it runs once, without a space."""
+        """(column name, detector, feature space) for every detector on every space; a detector
+        that reads the classifier's score (msp) runs once, without a space."""
         return [
-            (detector, detector, None) if detector == "msp" else (f"{detector}_{space}", detector, space)
+            (detector, detector, None) if space is None else (f"{detector}_{space}", detector, space)
             for detector in self.detectors
-            for space in ([None] if detector == "msp" else self.feature_spaces)
+            for space in ([None] if DETECTORS[detector].space_free else self.feature_spaces)
         ]
 
     @property
@@ -58,51 +68,47 @@ class ZeroShotConfig:
         return [name for name, _, _ in self.detector_runs]
 
 
-def _space(table: pd.DataFrame, space: str) -> np.ndarray:
-    prefix = {"embedding": "e", "pooled": "f"}[space]
-    columns = [c for c in table.columns if c[0] == prefix and c[1:].isdigit()]
-    return table[columns].to_numpy(np.float64)
-
-
-def embed_images(model_checkpoint: dict, backbone_features: dict, image_index: pd.DataFrame, runtime: dict) -> pd.DataFrame:
-    """Score, embed and pool every indexed image (unseen kinds included) with the checkpoint."""
-    table = score_index(model_checkpoint, backbone_features, image_index, runtime, with_pooled=True)
-    unreadable = table["error"].fillna("").ne("")
-    if unreadable.any():
-        logger.warning("Leaving out %d images that could not be read", int(unreadable.sum()))
-        for row in table.loc[unreadable, ["path", "error"]].head(20).itertuples():
-            logger.warning("Skipping %s: %s", row.path, row.error)
-    return table.loc[~unreadable].reset_index(drop=True)
-
-
-def score_anomalies(features: pd.DataFrame, config: ZeroShotConfig, seed: int) -> tuple[pd.DataFrame, dict, dict]:
+def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.DataFrame, config: ZeroShotConfig,
+                    seed: int) -> tuple[pd.DataFrame, dict, dict]:
     """Fit every detector on the training images, score the rest, calibrate on validation.
+
+    Reads the score stage's one pass over the index (score, embedding and pooled features of
+    every image, unseen kinds included); unreadable images are left out.
 
     Returns:
         The validation, test and unseen images with one anomaly-score column per detector;
         per detector the threshold that accepts ``target_tpr`` of validation images; and the
         fitted flag detector with its threshold, for ``predict``.
     """
-    train = features[features["split"] == "train"]
-    scored = features[features["split"] != "train"].reset_index(drop=True)
-    table = scored[["path", "split", "label", "kind", "target", "score"]].copy()
+    scored = ScoredIndex.from_payload(scored_index).check(image_index, Checkpoint.from_payload(model_checkpoint))
+    readable = np.array([not error for error in scored.errors], dtype=bool)
+    _log_unreadable(image_index, scored.errors)
+    split = image_index["split"].to_numpy(dtype=str)
+    train, rest = np.flatnonzero(readable & (split == "train")), np.flatnonzero(readable & (split != "train"))
+    table = image_index.iloc[rest][["path", "split", "label", "kind", "target"]].reset_index(drop=True)
+    table["score"] = scored.score[rest]
     validation = (table["split"] == "val").to_numpy()
     if not validation.any():
         raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
-    thresholds = {}
+    targets = image_index["target"].to_numpy(dtype=float, na_value=np.nan)[train].astype(int)
+    thresholds, flag_state = {}, None
     for name, detector_name, space in config.detector_runs:
-        detector = build_detector(detector_name, config.knn_k, config.gmm_components, seed)
-        if space is None:
-            fit_x, score_x = train[["score"]].to_numpy(), scored[["score"]].to_numpy()
-        else:
-            fit_x, score_x = _space(train, space), _space(scored, space)
-        table[name] = detector.fit(fit_x, train["target"].to_numpy(int)).score(score_x)
+        features = scored.space(space or "score")
+        detector = build_detector(detector_name, config.detector_settings(seed)).fit(features[train], targets)
+        table[name] = detector.score_samples(features[rest])
         thresholds[name] = calibrate_threshold(table.loc[validation, name].to_numpy(), config.target_tpr)
         if name == config.flag_detector:
-            flag_state = detector_state(detector, name, space, thresholds[name])
-            flag_state["metadata"]["target_tpr"] = config.target_tpr
+            flag_state = DetectorState.of(detector, name, space, thresholds[name], config.target_tpr).to_payload()
     logger.info("Fitted %d detectors on %d training images", len(thresholds), len(train))
     return table, thresholds, flag_state
+
+
+def _log_unreadable(image_index: pd.DataFrame, errors: list[str]) -> None:
+    unreadable = [(path, error) for path, error in zip(image_index["path"], errors) if error]
+    if unreadable:
+        logger.warning("Leaving out %d images that could not be read", len(unreadable))
+        for path, error in unreadable[:20]:
+            logger.warning("Skipping %s: %s", path, error)
 
 
 def decide_images(anomaly_scores: pd.DataFrame, thresholds: dict, operating_point: dict, config: ZeroShotConfig) -> pd.DataFrame:
@@ -112,9 +118,10 @@ def decide_images(anomaly_scores: pd.DataFrame, thresholds: dict, operating_poin
     operating threshold chosen by evaluate) and the flag detector does not call it anomalous.
     """
     table = anomaly_scores[anomaly_scores["split"].isin(["test", "unseen"])].reset_index(drop=True).copy()
-    valid, flagged, accepted = decide(table["score"].to_numpy(), table[config.flag_detector].to_numpy(),
-                                      operating_point["threshold"], thresholds[config.flag_detector])
-    table["predicted_label"] = np.where(valid, "valid", "invalid")
+    point = OperatingPoint.from_payload(operating_point)
+    _, flagged, accepted = decide(table["score"].to_numpy(), table[config.flag_detector].to_numpy(),
+                                  point.threshold, thresholds[config.flag_detector])
+    table["predicted_label"] = point.predicted_labels(table["score"].to_numpy())
     table["anomaly_score"] = table[config.flag_detector]
     table["anomaly_flag"] = flagged
     table["accepted_as_valid"] = accepted
@@ -164,22 +171,23 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
     return metrics
 
 
-def _projection(features: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
-    """3-component PCA of the 50-d embedding, fitted on training images, for test and unseen images."""
-    from sklearn.decomposition import PCA
+def _projection(pca_projection: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """The decided images in embedding_analysis's principal coordinates (PCA fitted on training
+    images), so that both stages draw the same space."""
+    coordinates = pca_projection[["path", "pc1", "pc2", "pc3"]]
+    points = decisions.merge(coordinates, on="path", how="left", validate="one_to_one")
+    if points[["pc1", "pc2", "pc3"]].isna().any(axis=None):
+        raise DataError("pca_projection does not cover every test and unseen image; rerun "
+                        "`kedro run --pipelines embedding_analysis,zero_shot`")
+    return points
 
-    pca = PCA(n_components=3, random_state=0).fit(_space(features[features["split"] == "train"], "embedding"))
-    shown = features.set_index("path").loc[decisions["path"]]
-    points = pca.transform(_space(shown.reset_index(), "embedding"))
-    return decisions.assign(pc1=points[:, 0], pc2=points[:, 1], pc3=points[:, 2])
 
-
-def plot_embedding_overlay(features: pd.DataFrame, decisions: pd.DataFrame):
+def plot_embedding_overlay(pca_projection: pd.DataFrame, decisions: pd.DataFrame):
     """Where unseen kinds fall in the embedding space, next to the test images (2D PNG and 3D)."""
     import matplotlib.pyplot as plt
     import plotly.express as px
 
-    points = _projection(features, decisions)
+    points = _projection(pca_projection, decisions)
     figure, axis = plt.subplots(figsize=(8, 6.5))
     for index, (kind, group) in enumerate(points.groupby("kind", sort=True)):
         in_distribution = kind.startswith("in-distribution")

@@ -4,7 +4,6 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     decide_images,
-    embed_images,
     measure_detectors,
     plot_anomaly_scores,
     plot_detector_comparison,
@@ -17,14 +16,8 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=embed_images,
-                inputs=["model_checkpoint", "backbone_features", "image_index", "params:runtime"],
-                outputs="zero_shot_features",
-                name="embed_images_for_zero_shot",
-            ),
-            Node(
                 func=score_anomalies,
-                inputs=["zero_shot_features", "params:zero_shot", "params:seed"],
+                inputs=["scored_index", "model_checkpoint", "image_index", "params:zero_shot", "params:seed"],
                 outputs=["anomaly_scores", "anomaly_thresholds", "anomaly_detector"],
                 name="score_anomalies",
             ),
@@ -43,7 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=plot_embedding_overlay,
-                inputs=["zero_shot_features", "zero_shot_decisions"],
+                inputs=["pca_projection", "zero_shot_decisions"],
                 outputs=["zero_shot_embedding_plot", "zero_shot_embedding_3d"],
                 name="plot_embedding_overlay",
             ),

@@ -1,0 +1,323 @@
+"""The structured artefacts that stages hand to each other, as small typed classes.
+
+A catalog dataset loads and saves a plain payload (``{"tensors": ..., "metadata": ...}`` for a
+safetensors file, a dict for a JSON file); these classes turn it into named fields and back, so
+each metadata key is spelled in one place only:
+
+- :class:`Checkpoint`: a trained model's weights and what is needed to rebuild it (train).
+- :class:`FeatureCache`: the frozen backbone's output for every indexed image (train).
+- :class:`ScoredIndex`: every indexed image scored once by a checkpoint (score); what evaluate,
+  embedding_analysis and zero_shot read instead of scoring the images again.
+
+Staleness has one rule, :meth:`FeatureCache.check` and :meth:`ScoredIndex.check`: an artefact
+computed for another image index or another checkpoint is refused with a :class:`DataError` that
+says which pipeline to rerun, never silently recomputed or used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from image_classification.errors import DataError
+from image_classification.model import ClassifierHead, ImageClassifier, build_backbone
+
+INDEX_COLUMNS = ["path", "split", "label", "kind", "target"]
+
+
+def _known_fields(cls: type) -> set[str]:
+    return {item.name for item in dataclasses.fields(cls)} - {"tensors", "extra"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A trained :class:`ImageClassifier`: every weight, backbone included, and how to rebuild it.
+
+    Attributes:
+        tensors: the model's state dict.
+        backbone: the backbone's registry name.
+        head: the :class:`ClassifierHead` arguments (channels, embedding size, classes).
+        head_input: how the head reads the backbone's map (``pooled`` or ``corner``).
+        fine_tuned_blocks: backbone blocks trained end to end; 0 means the backbone is the frozen
+            pretrained one, so the train stage's feature cache describes it.
+        extra: metadata keys this class does not know, kept so a round trip loses nothing.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    backbone: str
+    head: dict
+    head_input: str = "corner"  # checkpoints written before head_input existed read the corner
+    weights: str = "imagenet"
+    input_size: int = 224
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    class_names: list[str] = field(default_factory=lambda: ["invalid", "valid"])
+    fine_tuned_blocks: int = 0
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    seed: int | None = None
+    train: dict | None = None
+    best_val_recall_at_precision: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> Checkpoint:
+        """The checkpoint a :class:`~image_classification.datasets.SafetensorsDataset` loaded."""
+        metadata = dict(payload["metadata"])
+        known = {key: metadata.pop(key) for key in _known_fields(cls) if key in metadata}
+        return cls(tensors=payload["tensors"], extra=metadata, **known)
+
+    @classmethod
+    def from_model(cls, model: ImageClassifier, **fields) -> Checkpoint:
+        """A checkpoint of ``model``; how its head reads the backbone's map is always recorded."""
+        tensors = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        return cls(tensors=tensors, **{**fields, "head_input": model.head_input})
+
+    @property
+    def metadata(self) -> dict:
+        """Every metadata field as the plain dict that is saved."""
+        known = {key: getattr(self, key) for key in sorted(_known_fields(type(self)))}
+        return {**self.extra, **known}
+
+    def to_payload(self) -> dict:
+        return {"tensors": self.tensors, "metadata": self.metadata}
+
+    def model(self) -> ImageClassifier:
+        """The trained model, in eval mode; no pretrained file is needed (every weight is here)."""
+        model = ImageClassifier(build_backbone(self.backbone, weights="none"), ClassifierHead(**self.head),
+                                head_input=self.head_input)
+        model.load_state_dict(self.tensors, strict=True)
+        model.freeze_backbone(0)
+        return model.eval()
+
+    def fingerprint(self) -> str:
+        """sha256 of the metadata and every tensor's bytes: which model an export or a score is of."""
+        return tensors_sha256(self.tensors, json.dumps(self.metadata, sort_keys=True, default=str))
+
+    def backbone_sha256(self) -> str:
+        """sha256 of the backbone's weights alone, comparable with :attr:`FeatureCache.backbone_sha256`."""
+        prefix = "backbone."
+        return tensors_sha256({name[len(prefix):]: tensor for name, tensor in self.tensors.items()
+                               if name.startswith(prefix)})
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor], header: str = "") -> str:
+    """sha256 of ``header`` and every tensor's name and bytes, in name order."""
+    digest = hashlib.sha256(header.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _index_rows_match(recorded: Sequence[str], image_index: pd.DataFrame) -> bool:
+    return list(recorded) == image_index["sha256"].tolist()
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """The frozen backbone's output for every indexed image, in the index's order.
+
+    Attributes:
+        head_input: float16 (N, C, 4, 4), what the head reads of each feature map.
+        pooled: float16 (N, C), the global-average-pooled feature map.
+        errors: per image, why it could not be read, or "".
+        head_input_mode: ``pooled`` (the map averaged down to the head's 4x4 grid) or ``corner``.
+    """
+
+    head_input: torch.Tensor
+    pooled: torch.Tensor
+    backbone: str
+    weights: str
+    head_input_mode: str
+    paths: list[str]
+    sha256: list[str]
+    errors: list[str]
+    backbone_sha256: str | None = None  # caches written before it was recorded have none
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> FeatureCache:
+        metadata = payload["metadata"]
+        return cls(
+            head_input=payload["tensors"]["head_input"], pooled=payload["tensors"]["pooled"],
+            backbone=metadata["backbone"], weights=metadata.get("weights", "imagenet"),
+            # caches written before head_input was recorded hold the corner input
+            head_input_mode=metadata.get("head_input", "corner"),
+            paths=list(metadata["paths"]), sha256=list(metadata["sha256"]), errors=list(metadata["errors"]),
+            backbone_sha256=metadata.get("backbone_sha256"),
+        )
+
+    def to_payload(self) -> dict:
+        return {
+            "tensors": {"head_input": self.head_input, "pooled": self.pooled},
+            "metadata": {"backbone": self.backbone, "weights": self.weights, "head_input": self.head_input_mode,
+                         "paths": self.paths, "sha256": self.sha256, "errors": self.errors,
+                         "backbone_sha256": self.backbone_sha256},
+        }
+
+    @property
+    def readable(self) -> np.ndarray:
+        """Per image, whether the backbone could read it."""
+        return np.array([not error for error in self.errors], dtype=bool)
+
+    def check(self, image_index: pd.DataFrame, backbone: str, head_input_mode: str,
+              backbone_sha256: str | None = None) -> FeatureCache:
+        """This cache, if it was computed for these images (in order), this backbone (these very
+        weights, when both sides record them) and this head input; else a :class:`DataError`."""
+        same_weights = None in (backbone_sha256, self.backbone_sha256) or backbone_sha256 == self.backbone_sha256
+        if not (_index_rows_match(self.sha256, image_index) and self.backbone == backbone
+                and self.head_input_mode == head_input_mode and same_weights):
+            raise DataError(
+                f"backbone_features were computed for another image index or backbone ({self.backbone}, "
+                f"head_input {self.head_input_mode}, {len(self.sha256)} images; now {backbone}, head_input "
+                f"{head_input_mode}, {len(image_index)} images{'' if same_weights else ', other weights'}); "
+                "run `kedro run --pipelines train` to recompute them")
+        return self
+
+
+@dataclass(frozen=True)
+class ScoredIndex:
+    """Every indexed image scored once by one checkpoint, in the index's order.
+
+    Attributes:
+        score: float32 (N,), the probability of valid; NaN where the image could not be read.
+        embedding: float32 (N, 50), the head's embedding (pre-logits).
+        pooled: float16 (N, C), the scoring backbone's global-average-pooled features.
+        errors: per image, why it could not be read, or "".
+        checkpoint: the :meth:`Checkpoint.fingerprint` of the model that scored them.
+        source: ``feature_cache`` or ``images`` (a fine-tuned backbone reads the files again).
+    """
+
+    score: np.ndarray
+    embedding: np.ndarray
+    pooled: torch.Tensor
+    sha256: list[str]
+    errors: list[str]
+    checkpoint: str
+    source: str
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> ScoredIndex:
+        tensors, metadata = payload["tensors"], payload["metadata"]
+        return cls(score=tensors["score"].numpy(), embedding=tensors["embedding"].numpy(), pooled=tensors["pooled"],
+                   sha256=list(metadata["sha256"]), errors=list(metadata["errors"]),
+                   checkpoint=metadata["checkpoint"], source=metadata["source"])
+
+    def to_payload(self) -> dict:
+        return {
+            "tensors": {"score": torch.as_tensor(np.ascontiguousarray(self.score, np.float32)),
+                        "embedding": torch.as_tensor(np.ascontiguousarray(self.embedding, np.float32)),
+                        "pooled": self.pooled.to(torch.float16).contiguous()},
+            "metadata": {"sha256": self.sha256, "errors": self.errors, "checkpoint": self.checkpoint,
+                         "source": self.source},
+        }
+
+    def check(self, image_index: pd.DataFrame, checkpoint: Checkpoint) -> ScoredIndex:
+        """These scores, if they were computed for these images (in order) by this checkpoint."""
+        if not _index_rows_match(self.sha256, image_index):
+            raise DataError("scored_index was computed for another image index (data_prep ran since); run "
+                            "`kedro run --pipelines train,score` (or `--pipelines score` if the model is current)")
+        if self.checkpoint != checkpoint.fingerprint():
+            raise DataError("scored_index was computed by another model_checkpoint than the one loaded; run "
+                            "`kedro run --pipelines score` to score the images with this checkpoint")
+        return self
+
+    def table(self, image_index: pd.DataFrame, pooled: bool = False) -> pd.DataFrame:
+        """One row per indexed image: path, split, label, kind, target, score, error, ``e0..e{d-1}``
+        and, with ``pooled``, ``f0..f{C-1}``."""
+        table = image_index[INDEX_COLUMNS].reset_index(drop=True).copy()
+        table["score"] = self.score.astype(np.float32)
+        table["error"] = pd.array(self.errors, dtype="string")
+        columns = {f"e{i}": self.embedding[:, i] for i in range(self.embedding.shape[1])}
+        if pooled:
+            features = self.pooled.float().numpy()
+            columns |= {f"f{i}": features[:, i] for i in range(features.shape[1])}
+        return pd.concat([table, pd.DataFrame(columns)], axis=1)
+
+    def space(self, name: str) -> np.ndarray:
+        """The features of one anomaly-detection space, (N, d) float64: ``embedding``, ``pooled`` or
+        ``score`` (the classifier's probability of valid, as one column)."""
+        if name == "embedding":
+            return self.embedding.astype(np.float64)
+        if name == "pooled":
+            return self.pooled.double().numpy()
+        if name == "score":
+            return self.score.astype(np.float64)[:, None]
+        raise ValueError(f"unknown feature space '{name}'")
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The decision threshold evaluate chose for one checkpoint (``operating_point.json``).
+
+    An image is called valid when its score is at least ``threshold``. ``choice`` holds how it was
+    chosen and what it achieved on validation (rule, description, target, reached, fallback,
+    validation counts); ``checkpoint`` what of the checkpoint it belongs to, so that predict refuses
+    to apply it to another model.
+    """
+
+    CHECKPOINT_KEYS = ("weights", "input_size", "fine_tuned_blocks", "seed", "epochs_run")
+    DECISION = "an image is called valid when its score (probability of valid) is >= threshold"
+
+    threshold: float
+    choice: dict
+    backbone: str | None = None
+    best_epoch: int | None = None
+    class_names: list[str] = field(default_factory=lambda: ["invalid", "valid"])
+    checkpoint: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_checkpoint(cls, choice: dict, checkpoint: Checkpoint) -> OperatingPoint:
+        """The threshold in ``choice`` (see :func:`~image_classification.metrics.select_threshold`),
+        recorded with the checkpoint it was chosen for."""
+        return cls(threshold=float(choice["threshold"]), choice={k: v for k, v in choice.items() if k != "threshold"},
+                   backbone=checkpoint.backbone, best_epoch=checkpoint.best_epoch,
+                   class_names=list(checkpoint.class_names),
+                   checkpoint={key: getattr(checkpoint, key) for key in cls.CHECKPOINT_KEYS})
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> OperatingPoint:
+        threshold = payload.get("threshold")
+        if threshold is None or not 0.0 <= float(threshold) <= 1.0:
+            raise DataError(f"operating_point has no threshold between 0 and 1 (got {threshold}); run the evaluate "
+                            "pipeline")
+        known = ("threshold", "backbone", "best_epoch", "class_names", "checkpoint", "positive_class", "decision")
+        return cls(threshold=float(threshold), choice={k: v for k, v in payload.items() if k not in known},
+                   backbone=payload.get("backbone"), best_epoch=payload.get("best_epoch"),
+                   class_names=list(payload.get("class_names") or ["invalid", "valid"]),
+                   checkpoint=dict(payload.get("checkpoint") or {}))
+
+    def to_payload(self) -> dict:
+        return {"threshold": self.threshold, **self.choice, "positive_class": "valid", "decision": self.DECISION,
+                "backbone": self.backbone, "class_names": self.class_names, "best_epoch": self.best_epoch,
+                "checkpoint": self.checkpoint}
+
+    def threshold_for(self, checkpoint: Checkpoint) -> float:
+        """The threshold, if it was chosen for this checkpoint; a :class:`DataError` if its record of
+        the checkpoint (backbone, best epoch, weights, seed, ...) disagrees: it belongs to another model."""
+        recorded = {"backbone": self.backbone, "best_epoch": self.best_epoch, **self.checkpoint}
+        actual = checkpoint.metadata
+        differing = {key: (value, actual[key]) for key, value in recorded.items()
+                     if value is not None and key in actual and actual[key] != value}
+        if differing:
+            raise DataError(
+                f"operating_point was chosen for another checkpoint (operating point vs checkpoint: {differing}); run "
+                "`kedro run --pipelines evaluate` for this checkpoint, or pass the operating point that belongs to "
+                "it with --load-versions operating_point:<version>")
+        return self.threshold
+
+    def predicted_labels(self, scores: np.ndarray) -> pd.Series:
+        """``valid``/``invalid`` at this threshold, the one meaning of ``predicted_label`` in every
+        stage; NA where the score is NaN (an unreadable image)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        labels = pd.array(np.where(scores >= self.threshold, "valid", "invalid"), dtype="string")
+        labels[np.isnan(scores)] = pd.NA
+        return pd.Series(labels)
