@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from image_classification import plots
+from image_classification.plots import evaluation as plots
 from image_classification.errors import DataError, ParameterError
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
 from image_classification.inference import score_index
