@@ -15,9 +15,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Ellipse
-from matplotlib.ticker import PercentFormatter
 
 from image_classification.clustering import (
     COVARIANCE_TYPES,
@@ -36,17 +33,12 @@ from image_classification.clustering import (
 )
 from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.errors import DataError, ParameterError
+from image_classification.plots import embedding as embedding_plots
 
 logger = logging.getLogger(__name__)
 
-LABEL_COLOURS = {"valid": "#1b9e77", "invalid": "#d95f02"}
-UNSEEN_COLOUR = "#9e9e9e"
-SPLIT_MARKERS = {"train": "o", "val": "^", "test": "s"}
-SPLIT_SYMBOLS_3D = {"train": "circle", "val": "diamond", "test": "square"}
-# clusters are coloured unlike labels, so a cluster is never mistaken for a label
-CLUSTER_COLOURS = ["#1f77b4", "#9467bd", "#d62728", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f",
-                   "#393b79", "#637939"]
 METHODS = {"gmm": "GMM (k by BIC)", "gmm_2": "GMM (k = 2)", "agglomerative": "Agglomerative"}
+SHORT_NAMES = {"gmm": "GMM (BIC)", "gmm_2": "GMM k=2", "agglomerative": "Agglomerative"}  # in the composition panel
 
 
 @dataclass(frozen=True)
@@ -294,56 +286,9 @@ def _figure_rows(projection: pd.DataFrame, max_points: int, seed: int) -> pd.Dat
     return readable.iloc[stratified_sample(strata.to_numpy(), max_points, seed)]
 
 
-def _sample_note(shown: int, total: int) -> str:
-    return f"; random {shown:,} of {total:,} images" if shown < total else ""
-
-
-def _point_size(count: int) -> float:
-    return float(np.clip(3000 / max(count, 1), 6, 40))
-
-
-def _axis_label(variance: pd.DataFrame | None, component: int) -> str:
-    if variance is None or component > len(variance):
-        return f"PC{component}"
-    return f"PC{component} ({variance['explained_variance_ratio'].iloc[component - 1]:.1%} of variance)"
-
-
-def _scatter_by_label(axis, rows: pd.DataFrame) -> None:
-    size = _point_size(len(rows))
-    for (label, split), group in rows.groupby(["label", "split"], observed=True):
-        axis.scatter(group["pc1"], group["pc2"], s=size, marker=SPLIT_MARKERS.get(split, "o"),
-                     color=LABEL_COLOURS.get(label, UNSEEN_COLOUR), alpha=0.7, linewidths=0)
-
-
-def _label_legend(axis, rows: pd.DataFrame) -> None:
-    handles = [Line2D([], [], linestyle="", marker="o", color=LABEL_COLOURS.get(label, UNSEEN_COLOUR), label=label)
-               for label in sorted(rows["label"].dropna().unique())]
-    handles += [Line2D([], [], linestyle="", marker=marker, color="black", markerfacecolor="none", label=split)
-                for split, marker in SPLIT_MARKERS.items() if (rows["split"] == split).any()]
-    axis.legend(handles=handles, loc="best", fontsize="small", framealpha=0.85)
-
-
 def plot_explained_variance(pca_explained_variance: pd.DataFrame) -> Figure:
     """Variance explained by each principal component (log scale), and cumulatively by the first ten."""
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
-    each, cumulative = figure.subplots(1, 2)
-    each.bar(pca_explained_variance["component"], pca_explained_variance["explained_variance_ratio"], color="#4c72b0")
-    each.set(yscale="log", xlabel="principal component", ylabel="share of variance (log scale)",
-             title="Variance explained by each component")
-    first = pca_explained_variance.head(10)
-    cumulative.plot(first["component"], first["cumulative"], marker="o", color="#4c72b0")
-    for row in first.itertuples():
-        cumulative.annotate(f"{row.cumulative:.{2 if row.cumulative > 0.99 else 1}%}", (row.component, row.cumulative),
-                            textcoords="offset points", xytext=(0, -14), ha="center", fontsize="x-small")
-    low = float(first["cumulative"].iloc[0])
-    cumulative.set(xlabel="number of components", ylabel="cumulative share of variance", xticks=first["component"],
-                   ylim=(max(0.0, low - 0.15 * (1 - low) - 0.002), 1 + 0.05 * (1 - low) + 0.0005),
-                   title="Cumulative variance of the first components")
-    cumulative.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
-    for axis in (each, cumulative):
-        axis.grid(alpha=0.3)
-    figure.suptitle("PCA of the classifier embedding, fitted on the training split")
-    return figure
+    return embedding_plots.explained_variance_figure(pca_explained_variance)
 
 
 def plot_pca_scatter(pca_projection: pd.DataFrame, pca_explained_variance: pd.DataFrame,
@@ -351,16 +296,7 @@ def plot_pca_scatter(pca_projection: pd.DataFrame, pca_explained_variance: pd.Da
     """Labelled images on the first two principal components: colour is the label, marker the split."""
     labelled = pca_projection.loc[pca_projection["label"].notna()]
     rows = _figure_rows(labelled, config.figure_max_points, seed)
-    figure = Figure(figsize=(9, 6.5), layout="constrained")
-    axis = figure.subplots()
-    _scatter_by_label(axis, rows)
-    _label_legend(axis, rows)
-    axis.set(xlabel=_axis_label(pca_explained_variance, 1), ylabel=_axis_label(pca_explained_variance, 2),
-             title="Classifier embeddings on the first two principal components\n"
-                   f"PCA fitted on the training split; axes not to the same scale"
-                   f"{_sample_note(len(rows), int(labelled['pc1'].notna().sum()))}")
-    axis.grid(alpha=0.3)
-    return figure
+    return embedding_plots.pca_scatter_figure(rows, pca_explained_variance, int(labelled["pc1"].notna().sum()))
 
 
 def plot_pca_scatter_3d(pca_projection: pd.DataFrame, pca_explained_variance: pd.DataFrame,
@@ -368,95 +304,7 @@ def plot_pca_scatter_3d(pca_projection: pd.DataFrame, pca_explained_variance: pd
     """Interactive 3D scatter of the first three principal components; hover shows path, label,
     score and split. Unseen kinds are one faint trace, hidden until clicked in the legend."""
     rows = _figure_rows(pca_projection, config.figure_max_points, seed)
-    figure = go.Figure()
-    order = {split: i for i, split in enumerate(SPLIT_SYMBOLS_3D)}
-    rows = rows.assign(trace=rows["label"].fillna("unseen"), split_order=rows["split"].map(order))
-    for (label, _, split), group in rows.groupby(["trace", "split_order", "split"], observed=True, dropna=False):
-        unseen = label == "unseen"
-        described = "kind: %{customdata[1]} (unseen)" if unseen else f"label: {label}"
-        figure.add_trace(go.Scatter3d(
-            x=group["pc1"], y=group["pc2"], z=group["pc3"], mode="markers",
-            name="unseen kinds" if unseen else f"{label} · {split}", visible="legendonly" if unseen else True,
-            marker={"size": 2.5 if unseen else 3.5, "color": LABEL_COLOURS.get(label, UNSEEN_COLOUR),
-                    "symbol": SPLIT_SYMBOLS_3D.get(split, "circle"), "opacity": 0.35 if unseen else 0.85},
-            customdata=np.stack([group["path"].astype(str), group["kind"].astype(str), group["split"].astype(str),
-                                 group["score"].map("{:.4f}".format)], axis=1),
-            hovertemplate=("%{customdata[0]}<br>" + described +
-                           "<br>score: %{customdata[3]}<br>split: %{customdata[2]}<extra></extra>"),
-        ))
-    axes = {f"{name}axis": {"title": {"text": _axis_label(pca_explained_variance, i + 1)}}
-            for i, name in enumerate(("x", "y", "z"))}
-    figure.update_layout(
-        title=f"Classifier embeddings, first three principal components{_sample_note(len(rows), int(pca_projection['pc1'].notna().sum()))}",
-        scene=axes, legend={"itemsizing": "constant"}, margin={"l": 0, "r": 0, "t": 50, "b": 0}, template="plotly_white",
-    )
-    return figure
-
-
-def _draw_ellipses(axis, model: dict, pca_basis: dict) -> None:
-    """Each mixture component as 1- and 2-sigma ellipses on PC1/PC2, keeping the view on the points."""
-    limits = axis.get_xlim(), axis.get_ylim()
-    centers, covariances = project_gaussians(model["means"], model["covariances"], pca_basis["mean"],
-                                             pca_basis["components"][:2])
-    for index, (center, covariance) in enumerate(zip(centers, covariances)):
-        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-        angle = np.degrees(np.arctan2(eigenvectors[1, -1], eigenvectors[0, -1]))
-        colour = CLUSTER_COLOURS[index % len(CLUSTER_COLOURS)]
-        for sigmas, style in ((1, "-"), (2, "--")):
-            width, height = 2 * sigmas * np.sqrt(np.clip(eigenvalues[::-1], 0, None))
-            axis.add_patch(Ellipse(center, width, height, angle=angle, fill=False, color=colour,
-                                   linestyle=style, linewidth=1.4))
-        axis.plot(*center, marker="X", color=colour, markeredgecolor="black", markersize=9)
-    axis.set_xlim(*limits[0])
-    axis.set_ylim(*limits[1])
-
-
-def _scatter_by_cluster(axis, rows: pd.DataFrame, method: str, sizes: pd.Series) -> None:
-    """Points coloured by cluster; the legend gives each cluster's size among all clustered images."""
-    size = _point_size(len(rows))
-    for cluster, group in rows.groupby(method):
-        axis.scatter(group["pc1"], group["pc2"], s=size, color=CLUSTER_COLOURS[int(cluster) % len(CLUSTER_COLOURS)],
-                     alpha=0.7, linewidths=0, label=f"cluster {int(cluster)} (n={sizes[cluster]:,})")
-    axis.legend(loc="best", fontsize="x-small", framealpha=0.85, markerscale=1.5)
-
-
-def _method_title(method: str, metrics: dict) -> str:
-    scores = metrics[method]
-    silhouette = "n/a" if scores["silhouette"] is None else f"{scores['silhouette']:.2f}"
-    sampled = f" on a sample of {scores['points']:,}" if scores.get("sampled") else ""
-    return (f"{METHODS[method]}: k={scores['clusters']}{sampled}\nARI {scores['ari']:.2f}, NMI {scores['nmi']:.2f}, "
-            f"purity {scores['purity']:.2f}, silhouette {silhouette}")
-
-
-def _plot_bic(axis, metrics: dict, config: EmbeddingAnalysisConfig) -> None:
-    bic = {int(k): v for k, v in metrics["gmm"]["bic"].items()}
-    chosen = metrics["gmm"]["clusters"]
-    axis.plot(list(bic), list(bic.values()), marker="o", color="#4c72b0")
-    if chosen in bic:
-        axis.plot(chosen, bic[chosen], marker="o", markersize=12, fillstyle="none", color="#c44e52",
-                  label=f"chosen k = {chosen}")
-        axis.legend(loc="best", fontsize="small")
-    untried = config.gmm_components[1] > max(bic)
-    axis.set(xlabel="number of mixture components k" + (f"  (k > {max(bic)} not tried: BIC was rising)" if untried else ""),
-             ylabel="BIC (lower is better)",
-             title=f"GMM model selection ({metrics['gmm']['covariance_type']} covariance)")
-    axis.set_xticks(list(bic))
-
-
-def _plot_composition(axis, composition: pd.DataFrame) -> None:
-    short = {"gmm": "GMM (BIC)", "gmm_2": "GMM k=2", "agglomerative": "Agglomerative"}
-    names = [f"{short[r.method]} · cluster {r.cluster} (n={r.size:,})" for r in composition.itertuples()]
-    left = np.zeros(len(composition))
-    for label, colour in LABEL_COLOURS.items():
-        if label in composition:
-            share = composition[label].to_numpy(float) / composition["size"].to_numpy(float)
-            axis.barh(np.arange(len(names)), share, left=left, color=colour, label=label)
-            left += share
-    axis.set_yticks(np.arange(len(names)), names, fontsize="small")
-    axis.invert_yaxis()
-    axis.xaxis.set_major_formatter(PercentFormatter(1.0))
-    axis.set(xlim=(0, 1), title="Label composition of each cluster")
-    axis.legend(loc="lower right", fontsize="small", framealpha=0.85)
+    return embedding_plots.pca_scatter_3d_plotly(rows, pca_explained_variance, int(pca_projection["pc1"].notna().sum()))
 
 
 def plot_cluster_comparison(pca_projection: pd.DataFrame, cluster_assignments: pd.DataFrame, cluster_models: dict,
@@ -466,23 +314,19 @@ def plot_cluster_comparison(pca_projection: pd.DataFrame, cluster_assignments: p
     clusters; below, the BIC curve and each cluster's label composition."""
     merged = cluster_assignments.merge(pca_projection[["path", "pc1", "pc2"]], on="path", how="left", validate="one_to_one")
     rows = _figure_rows(merged, config.figure_max_points, seed)
-    figure = Figure(figsize=(17, 10.5), layout="constrained")
-    axes = figure.subplots(2, 3)
-    _scatter_by_label(axes[0, 0], rows)
-    _label_legend(axes[0, 0], rows)
-    axes[0, 0].set_title("True labels")
-    for axis, method in zip((axes[0, 1], axes[0, 2], axes[1, 0]), METHODS):
+    panels = []
+    for method, name in METHODS.items():
         clustered = merged.dropna(subset=[method])
         shown = rows if len(clustered) == len(merged) else _figure_rows(clustered, config.figure_max_points, seed)
-        _scatter_by_cluster(axis, shown, method, clustered[method].value_counts())
+        centers = covariances = None
         if method in ("gmm", "gmm_2"):
-            _draw_ellipses(axis, cluster_models[method], pca_basis)
-        axis.set_title(_method_title(method, clustering_metrics))
-    for axis in (axes[0, 0], axes[0, 1], axes[0, 2], axes[1, 0]):
-        axis.set(xlabel="PC1", ylabel="PC2")
-        axis.grid(alpha=0.3)
-    _plot_bic(axes[1, 1], clustering_metrics, config)
-    _plot_composition(axes[1, 2], cluster_composition)
-    figure.suptitle("Clusters of the classifier embedding vs the true labels"
-                    + _sample_note(len(rows), len(merged)) + "; ellipses: 1 and 2 sigma", fontsize="large")
-    return figure
+            model = cluster_models[method]
+            centers, covariances = project_gaussians(model["means"], model["covariances"], pca_basis["mean"],
+                                                     pca_basis["components"][:2])
+        panels.append(embedding_plots.ClusterPanel(
+            name, clustering_metrics[method], shown[["pc1", "pc2"]].assign(cluster=shown[method]),
+            clustered[method].value_counts().to_dict(), centers, covariances))
+    gmm = clustering_metrics["gmm"]
+    bic = embedding_plots.BicCurve(gmm["bic"], gmm["clusters"], gmm["covariance_type"], config.gmm_components[1])
+    composition = cluster_composition.assign(method=cluster_composition["method"].map(SHORT_NAMES))
+    return embedding_plots.cluster_comparison_figure(rows, len(merged), panels, bic, composition)

@@ -12,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from image_classification import plots
 from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
 from image_classification.baseline import LogisticBaseline
+from image_classification.plots import evaluation as plots
 from image_classification.errors import DataError, ParameterError
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
 from image_classification.metrics import (

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
 from image_classification.inference import extract_backbone_features, head_outputs, image_loader, model_outputs, torch_device
 from image_classification.model import ClassifierHead, ImageClassifier, ModelConfig, build_backbone
+from image_classification.plots.training import training_curves_figure
 from image_classification.training import ResumeStore, TrainConfig, fit
 
 logger = logging.getLogger(__name__)
@@ -141,18 +141,7 @@ def _with_targets(loader, targets: np.ndarray):
 
 def plot_training_curves(history: pd.DataFrame) -> Figure:
     """Loss and validation metrics per epoch, with the best epoch marked."""
-    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_axis.plot(history["epoch"], history["train_loss"], label="train loss")
-    loss_axis.plot(history["epoch"], history["val_loss"], label="validation loss")
-    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
-    metric_axis.plot(history["epoch"], history["val_recall_at_precision"], label="val recall at target precision")
-    metric_axis.plot(history["epoch"], history["val_average_precision"], label="val average precision")
+    best_epoch = None
     if len(history):
-        best = history.sort_values(["val_recall_at_precision", "val_average_precision"]).iloc[-1]
-        metric_axis.axvline(best["epoch"], color="grey", linestyle="--", label=f"best epoch {int(best['epoch'])}")
-    metric_axis.set(xlabel="epoch", ylim=(0, 1.02), title="Validation")
-    for axis in (loss_axis, metric_axis):
-        axis.legend(loc="best", fontsize="small")
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    return figure
+        best_epoch = int(history.sort_values(["val_recall_at_precision", "val_average_precision"]).iloc[-1]["epoch"])
+    return training_curves_figure(history, best_epoch)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
 
 from image_classification.anomaly import (
     DETECTORS,
@@ -19,6 +21,7 @@ from image_classification.anomaly import (
 )
 from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.errors import DataError, ParameterError
+from image_classification.plots import zero_shot as zero_shot_plots
 
 logger = logging.getLogger(__name__)
 
@@ -182,69 +185,26 @@ def _projection(pca_projection: pd.DataFrame, decisions: pd.DataFrame) -> pd.Dat
     return points
 
 
-def plot_embedding_overlay(pca_projection: pd.DataFrame, decisions: pd.DataFrame):
+def plot_embedding_overlay(pca_projection: pd.DataFrame, decisions: pd.DataFrame) -> tuple[Figure, go.Figure]:
     """Where unseen kinds fall in the embedding space, next to the test images (2D PNG and 3D)."""
-    import matplotlib.pyplot as plt
-    import plotly.express as px
-
     points = _projection(pca_projection, decisions)
-    figure, axis = plt.subplots(figsize=(8, 6.5))
-    for index, (kind, group) in enumerate(points.groupby("kind", sort=True)):
-        in_distribution = kind.startswith("in-distribution")
-        axis.scatter(group["pc1"], group["pc2"], s=14 if in_distribution else 10, alpha=0.75 if in_distribution else 0.55,
-                     marker="o" if in_distribution else "^", label=f"{kind} ({len(group)})", color=plt.cm.tab10(index % 10))
-    axis.set(xlabel="PC 1", ylabel="PC 2", title="Test images and unseen kinds in the 50-d embedding (PCA fitted on train)")
-    axis.legend(fontsize="small", markerscale=1.5)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    interactive = px.scatter_3d(
-        points, x="pc1", y="pc2", z="pc3", color="kind", symbol="split", opacity=0.7,
-        hover_data={"path": True, "score": ":.3f", "anomaly_score": ":.3f", "accepted_as_valid": True},
-        title="Test images and unseen kinds in the embedding space (PCA fitted on train)",
-    )
-    interactive.update_traces(marker_size=3)
-    return figure, interactive
+    return zero_shot_plots.embedding_overlay_figure(points), zero_shot_plots.embedding_overlay_plotly(points)
 
 
-def plot_anomaly_scores(decisions: pd.DataFrame, thresholds: dict, config: ZeroShotConfig):
+def plot_anomaly_scores(decisions: pd.DataFrame, thresholds: dict, config: ZeroShotConfig) -> Figure:
     """The flag detector's score per kind, with the calibrated threshold."""
-    import matplotlib.pyplot as plt
-
-    kinds = sorted(decisions["kind"].unique())
-    figure, axis = plt.subplots(figsize=(9, 0.55 * len(kinds) + 2))
-    values = [decisions.loc[decisions["kind"] == kind, "anomaly_score"].to_numpy() for kind in kinds]
-    axis.boxplot(values, orientation="horizontal", tick_labels=kinds, showfliers=True, flierprops={"markersize": 2})
-    axis.axvline(thresholds[config.flag_detector], color="crimson", linestyle="--",
-                 label=f"threshold: {config.target_tpr:.0%} of validation images accepted")
-    axis.set(xlabel=f"anomaly score ({config.flag_detector}); right of the line = flagged", title="Anomaly scores per kind")
-    axis.legend(loc="lower right", fontsize="small")
-    axis.grid(alpha=0.3, axis="x")
-    figure.tight_layout()
-    return figure
+    scores = {kind: group["anomaly_score"].to_numpy() for kind, group in decisions.groupby("kind")}
+    return zero_shot_plots.anomaly_score_figure(scores, thresholds[config.flag_detector], config.flag_detector,
+                                                config.target_tpr)
 
 
-def plot_detector_comparison(zero_shot_metrics: dict):
+def plot_detector_comparison(zero_shot_metrics: dict) -> Figure:
     """AUROC of every detector and feature space, against all unseen images and per kind."""
-    import matplotlib.pyplot as plt
-
     detectors = zero_shot_metrics["detectors"]
-    names = list(detectors)
-    kinds = sorted(next(iter(detectors.values()))["per_kind"])
-    figure, axis = plt.subplots(figsize=(max(8, 1.1 * len(names)), 5))
-    if next(iter(detectors.values()))["all_unseen"] is None:
-        axis.text(0.5, 0.5, "No unseen-kind images in this run, so no detector could be measured.\n"
-                  "Give data_prep a zero_shot_root, zero_shot_csv or unseen classes.", ha="center", va="center")
-        axis.set_axis_off()
-        return figure
-    width = 0.8 / (len(kinds) + 1)
-    positions = np.arange(len(names))
-    axis.bar(positions, [detectors[n]["all_unseen"]["auroc"] for n in names], width, label="all unseen", color="black")
-    for index, kind in enumerate(kinds, start=1):
-        axis.bar(positions + index * width, [detectors[n]["per_kind"][kind]["auroc"] for n in names], width, label=kind)
-    axis.axhline(0.5, color="grey", linewidth=0.8)
-    axis.set_xticks(positions + width * len(kinds) / 2, names, rotation=30, ha="right")
-    axis.set(ylim=(0, 1.02), ylabel="AUROC (test images vs unseen)", title="Anomaly detectors compared")
-    axis.legend(fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
-    axis.grid(alpha=0.3, axis="y")
-    figure.tight_layout()
-    return figure
+    overall = {name: None if block["all_unseen"] is None else block["all_unseen"]["auroc"]
+               for name, block in detectors.items()}
+    per_kind = {}
+    for name, block in detectors.items():
+        for kind, metrics in block["per_kind"].items():
+            per_kind.setdefault(kind, {})[name] = metrics["auroc"]
+    return zero_shot_plots.detector_comparison_figure(overall, per_kind)

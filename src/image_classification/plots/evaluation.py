@@ -1,8 +1,6 @@
-"""Evaluation figures, built from scores and thresholds: interactive plotly for kedro-viz, static
-matplotlib for reports. Pure functions of arrays; images arrive already decoded.
-
-Matplotlib figures are made with :class:`~matplotlib.figure.Figure` directly rather than
-``pyplot``, so building many of them never accumulates open windows.
+"""Evaluation figures, built from scores and thresholds: precision-recall, ROC, score histograms,
+confusion matrices and the error gallery. Interactive plotly for kedro-viz, static matplotlib for
+reports. Pure functions of arrays; images arrive already decoded.
 """
 
 from __future__ import annotations
@@ -16,11 +14,13 @@ from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-# Okabe-Ito colours: distinguishable with every common colour-vision deficiency.
-SERIES_COLOURS = ("#0072B2", "#E69F00", "#CC79A7", "#56B4E9")
-CLASS_COLOURS = {"invalid": "#D55E00", "valid": "#009E73"}
-SERIES_MARKERS = ("o", "s", "^", "D")
-PLOTLY_MARKERS = ("circle", "square", "triangle-up", "diamond")
+from image_classification.plots.style import (
+    CLASS_COLOURS,
+    PLOTLY_MARKERS,
+    SERIES_COLOURS,
+    SERIES_MARKERS,
+    grid,
+)
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,10 @@ def _ratio(top: int, bottom: int) -> float:
     return top / bottom if bottom else float("nan")
 
 
-def _style(axis: Axes, title: str, xlabel: str, ylabel: str) -> None:
+def _finish_rates(axis: Axes, title: str, xlabel: str, ylabel: str) -> None:
+    """Title, labels and limits of a panel whose axes are both rates in [0, 1]."""
     axis.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(-0.02, 1.02), ylim=(-0.02, 1.04))
-    axis.grid(alpha=0.3)
+    grid(axis)
     axis.legend(loc="lower left", fontsize="small", framealpha=0.9)
 
 
@@ -74,7 +75,7 @@ def precision_recall_figure(series: list[ScoredSplit], target_precision: float, 
         axis.plot(recall_at, precision_at, SERIES_MARKERS[index], color=colour, markersize=11 - 3 * index,
                   markeredgecolor="black",
                   label=f"{item.name} at threshold {item.threshold:.3f}: P {precision_at:.2f}, R {recall_at:.2f}")
-    _style(axis, _split_title("Precision-recall", series, split), "recall", "precision")
+    _finish_rates(axis, _split_title("Precision-recall", series, split), "recall", "precision")
     figure.tight_layout()
     return figure
 
@@ -114,7 +115,7 @@ def roc_figure(series: list[ScoredSplit], split: str = "test") -> Figure:
         fpr_at, recall_at, _ = item.operating_point()
         axis.plot(fpr_at, recall_at, SERIES_MARKERS[index], color=colour, markersize=11 - 3 * index,
                   markeredgecolor="black", label=f"{item.name} at threshold {item.threshold:.3f}")
-    _style(axis, _split_title("ROC", series, split), "false positive rate (invalid called valid)",
+    _finish_rates(axis, _split_title("ROC", series, split), "false positive rate (invalid called valid)",
            "recall (true positive rate)")
     axis.legend(loc="lower right", fontsize="small", framealpha=0.9)
     figure.tight_layout()
@@ -165,7 +166,7 @@ def score_histogram_figure(panels: dict[str, ScoredSplit]) -> Figure:
                       edgecolor="white", label=f"truly {label} ({int(mask.sum())})")
         axis.axvline(item.threshold, color="black", linestyle="--", label=f"threshold {item.threshold:.3f}")
         axis.set(title=f"{title} ({len(targets)} images)", xlabel="score (probability of valid)", xlim=(0, 1))
-        axis.grid(alpha=0.3)
+        grid(axis)
         axis.legend(loc="upper center", fontsize="small")
     axes[0].set_ylabel("images")
     figure.tight_layout()
