@@ -1,54 +1,64 @@
-"""How long the embedding_analysis nodes take on 100,000 generated 50-d embeddings.
+"""How the embedding_analysis stage's time grows with the number of embeddings, side by side.
 
-Not a test (timings depend on the machine): run it by hand and read the table,
+It runs every node of the embedding_analysis pipeline downstream of ``image_embeddings`` (PCA,
+clustering, their scores, the summary and the figures), in the pipeline's own order, on generated
+50-d embeddings at two sizes, and prints each node's wall and CPU seconds at both sizes and the
+ratio large/small. A ratio near the size ratio means the node is linear in the rows; a ratio near
+1 means it works on a capped sample (agglomerative clustering, the figures). Run it from the
+repository root:
 
-    python -m tests.pipelines.embedding_analysis.speed_check [rows]
+    python benchmarks/embedding_analysis_speed.py                      # 10,000 vs 100,000 rows
+    python benchmarks/embedding_analysis_speed.py --rows 2000 20000    # a quick run
 
-Everything but agglomerative clustering (which clusters a sample of at most
-``agglomerative_max_samples``) should take seconds. CPU seconds are shown beside wall seconds
-because on a shared machine the wall clock mostly measures the neighbours; on such a machine
-``OPENBLAS_NUM_THREADS=1`` also avoids BLAS threads spinning against each other.
+CPU seconds are shown beside wall seconds because on a shared machine the wall clock mostly
+measures the neighbours; on such a machine ``OPENBLAS_NUM_THREADS=1`` also avoids BLAS threads
+spinning against each other. Everything should take seconds at 100,000 rows.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 
-from image_classification.pipelines.embedding_analysis import nodes
+from image_classification.pipelines.embedding_analysis import create_pipeline
+from image_classification.pipelines.embedding_analysis.nodes import EmbeddingAnalysisConfig
 
-from .generated import embeddings_table
+# the generator the embedding_analysis tests use, so the benchmark times the data they check
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.pipelines.embedding_analysis.generated import embeddings_table  # noqa: E402
+
+EMBEDDINGS = "image_embeddings"
 
 
-def main(rows: int = 100_000) -> None:
-    config = nodes.EmbeddingAnalysisConfig()
-    table = embeddings_table(rows, seed=0)
-    steps, timings = {}, []
-
-    def timed(name, func, *args):
+def time_nodes(rows: int, seed: int = 42) -> pd.DataFrame:
+    """Wall and CPU seconds of each node downstream of ``image_embeddings`` on ``rows`` embeddings."""
+    data = {EMBEDDINGS: embeddings_table(rows, seed=0), "params:embedding_analysis": EmbeddingAnalysisConfig(),
+            "params:seed": seed}
+    timings = []
+    for node in create_pipeline().from_inputs(EMBEDDINGS).nodes:  # topologically sorted
         wall, cpu = time.perf_counter(), time.process_time()
-        steps[name] = func(*args)
-        timings.append((name, time.perf_counter() - wall, time.process_time() - cpu))
-        return steps[name]
+        data.update(node.run({name: data[name] for name in node.inputs}))
+        timings.append((node.name, time.perf_counter() - wall, time.process_time() - cpu))
+    return pd.DataFrame(timings, columns=["node", "wall_s", "cpu_s"]).set_index("node")
 
-    basis, variance = timed("fit_pca_basis", nodes.fit_pca_basis, table)
-    projection = timed("project_embeddings", nodes.project_embeddings, table, basis, config)
-    assignments, models = timed("cluster_embeddings", nodes.cluster_embeddings, table, config, 42)
-    metrics, composition = timed("score_clusters", nodes.score_clusters, assignments, table, models, config, 42)
-    timed("summarise_embedding_space", nodes.summarise_embedding_space, table, variance, metrics)
-    timed("plot_explained_variance", nodes.plot_explained_variance, variance)
-    timed("plot_pca_scatter", nodes.plot_pca_scatter, projection, variance, config, 42)
-    timed("plot_pca_scatter_3d", nodes.plot_pca_scatter_3d, projection, variance, config, 42)
-    timed("plot_cluster_comparison", nodes.plot_cluster_comparison, projection, assignments, models, basis,
-          metrics, composition, config, 42)
-    report = pd.DataFrame(timings, columns=["node", "wall_s", "cpu_s"])
-    print(f"{rows:,} embeddings x {len(nodes.embedding_columns(table))} dimensions")
-    print(report.to_string(index=False, float_format="%.2f"))
-    print(f"total {report['wall_s'].sum():.1f} s wall, {report['cpu_s'].sum():.1f} s CPU; GMM k={metrics['gmm']['clusters']} ARI {metrics['gmm']['ari']:.3f}; "
-          f"agglomerative on {metrics['agglomerative']['points']:,} points ARI {metrics['agglomerative']['ari']:.3f}")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs=2, default=[10_000, 100_000], metavar=("SMALL", "LARGE"))
+    small, large = parser.parse_args().rows
+    time_nodes(min(small, 1_000))  # warm-up: first imports and first figures are not the nodes' cost
+    report = time_nodes(small).join(time_nodes(large), suffixes=(f"@{small:,}", f"@{large:,}"))
+    report.loc["total"] = report.sum()
+    report["wall ratio"] = report[f"wall_s@{large:,}"] / report[f"wall_s@{small:,}"]
+    report["cpu ratio"] = report[f"cpu_s@{large:,}"] / report[f"cpu_s@{small:,}"]
+    print(f"embedding_analysis nodes on {small:,} and {large:,} generated 50-d embeddings "
+          f"(rows ratio {large / small:.1f}x)")
+    print(report.to_string(float_format="%.2f"))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    main()
