@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import fsspec
 import pandas as pd
 
+from image_classification.demo import DemoFolder
 from image_classification.errors import SourceError
 from image_classification.images import IMAGE_EXTENSIONS
 
@@ -232,10 +233,24 @@ def _demo_folder(demo_root: str | Callable[[], str]) -> str:
     return demo_root() if callable(demo_root) else demo_root
 
 
+_LOCATIONS = ("root", "zero_shot_root", "csv", "zero_shot_csv")
+
+
+def _build_demo_if_named(source: dict, demo_root: str | Callable[[], str]) -> None:
+    """Build the demo first when a source's path lies inside the demo's folder: the cifar10_dev
+    environment reads the demo's far unseen kinds from ``data/01_raw/demo/unseen``, which a fresh
+    clone does not have yet."""
+    if isinstance(demo_root, DemoFolder) and any(
+        source.get(key) and demo_root.holds(str(source[key])) for key in _LOCATIONS
+    ):
+        demo_root()
+
+
 def read_source(source: dict, demo_root: str | Callable[[], str]) -> tuple[pd.DataFrame, list[dict]]:
     """Dispatch on ``source['kind']``: demo, folder_tree, csv or class_folders. The demo is only
     built when ``kind`` is demo."""
     kind = source.get("kind")
+    _build_demo_if_named(source, demo_root)
     if kind == "demo":
         root = _demo_folder(demo_root)
         return read_folder_tree(posixpath.join(root, "labelled"), posixpath.join(root, "unseen"))
@@ -262,6 +277,7 @@ def read_unlabelled(source: dict, demo_root: str | Callable[[], str]) -> tuple[l
     Returns the image paths and a folder's other files, each with the reason it is skipped.
     """
     kind = source.get("kind")
+    _build_demo_if_named(source, demo_root)
     location = _demo_folder(demo_root) if kind == "demo" else source.get("csv" if kind == "csv" else "root")
     if kind not in ("demo", "folder", "csv") or not location:
         raise SourceError(f"predict.source needs kind 'folder' with a root, 'csv' with a csv, or 'demo'; got {source}")
