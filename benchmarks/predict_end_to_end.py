@@ -1,6 +1,6 @@
 """predict from image files to decisions, against the physical floor, and its memory at two sizes.
 
-Speed: the predict pipeline's own nodes (list_images, export_onnx_model, check_onnx_parity,
+Speed: the predict pipeline's own nodes (list_prediction_images, export_onnx_model, check_onnx_parity,
 predict_images) over a folder of generated camera-like JPEGs, in images per second, beside:
 
 - the floor: the same backend, batch size and threads scoring the same images already decoded
@@ -123,18 +123,18 @@ def load_inputs(workdir: Path) -> dict:
 def config(folder: Path, args: argparse.Namespace, workers: int):
     from image_classification.pipelines.predict.nodes import PredictConfig
 
-    return PredictConfig(source={"kind": "folder", "root": str(folder)}, backend=args.backend, device="cpu",
+    return PredictConfig(source={"kind": "folder_tree", "root": str(folder)}, backend=args.backend, device="cpu",
                          batch_size=args.batch_size, workers=workers,
                          threads={"onnxruntime": args.threads, "torch": args.threads})
 
 
 def run_predict(folder: Path, inputs: dict, predict) -> dict:
     """The predict nodes in order; seconds of each and predict_images' summary."""
-    from image_classification.pipelines.predict.nodes import check_onnx_parity, list_images, predict_images
+    from image_classification.pipelines.predict.nodes import check_onnx_parity, list_prediction_images, predict_images
 
     timings = {}
     started = time.perf_counter()
-    images = list_images(predict.source, demo_images="unused")
+    images = list_prediction_images(predict.source, demo_images="unused")
     timings["list"] = time.perf_counter() - started
     started = time.perf_counter()
     parity = check_onnx_parity(inputs["model_checkpoint"], inputs["onnx_model"], images, predict)

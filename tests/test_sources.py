@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from image_classification.demo import DemoFolder
 from image_classification.sources import SourceError, read_class_folders, read_labels_csv, read_source
 
 from .conftest import make_folder_tree
@@ -120,3 +121,22 @@ def test_class_folders_can_take_more_unseen_kinds_from_another_root(tmp_path):
         "unused",
     )
     assert list(candidates.loc[candidates["label"].isna(), "kind"]) == ["digit", "digit"]
+
+
+def test_a_path_inside_the_demo_builds_the_demo_first(tmp_path):
+    # conf/cifar10_dev reads the demo's far unseen kinds from data/01_raw/demo/unseen, which a
+    # fresh clone does not have until something builds the demo
+    demo = DemoFolder(tmp_path / "data" / "01_raw" / "demo")
+    root = make_folder_tree(tmp_path / "classes", valid=2, invalid=2)
+    source = {"kind": "class_folders", "root": str(root), "zero_shot_root": str(demo.path / "unseen"),
+              "class_map": {"valid": ["valid"], "invalid": ["invalid"]}}
+    candidates, _ = read_source(source, demo)
+    assert set(candidates.loc[candidates["label"].isna(), "kind"]) == {"digit", "photo", "texture"}
+    assert (candidates["label"] == "valid").sum() == 2
+
+
+def test_a_source_outside_the_demo_never_builds_it(tmp_path):
+    demo = DemoFolder(tmp_path / "demo")
+    root = make_folder_tree(tmp_path / "tree", valid=2, invalid=2, unseen={"texture": 1})
+    read_source({"kind": "folder_tree", "root": str(root), "zero_shot_root": str(root / "unseen")}, demo)
+    assert not demo.path.exists()

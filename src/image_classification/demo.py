@@ -68,6 +68,28 @@ def _demo_images() -> dict[str, Image.Image]:
     return images
 
 
+class DemoFolder:
+    """Where the demo lives, built there only when something reads it.
+
+    Calling it builds the demo (once) and returns its folder; ``holds`` tells whether a path a
+    source names lies inside the demo, e.g. ``data/01_raw/demo/unseen`` for its far unseen kinds.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __call__(self) -> str:
+        return str(ensure_demo(self.path).resolve())
+
+    def holds(self, location: str) -> bool:
+        if "://" in location:
+            return False
+        return Path(location).resolve().is_relative_to(self.path.resolve())
+
+    def __repr__(self) -> str:
+        return f"DemoFolder('{self.path}')"
+
+
 def ensure_demo(root: str | os.PathLike) -> Path:
     """Build the demo under ``root`` unless this version of it is already there.
 

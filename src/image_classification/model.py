@@ -450,8 +450,8 @@ class ClassifierHead(nn.Module):
         """How many rows (and columns) of a ``feature_size`` map the head actually reads.
 
         The stride-2 convolution and the 2x2 max-pool both floor their output size, so on the
-        7x7 map of a 224 px image the head sees only its top-left 4x4 corner. Cached features
-        keep just that corner: the head's output is the same and the cache is 3x smaller.
+        7x7 map of a 224 px image the head reads a 4x4 grid. Cached features hold that grid (the
+        whole map averaged to 4x4, see ``adapt_feature_map``): the same head output, a 3x smaller cache.
         """
         convolved = (feature_size - 2) // 2 + 1
         pooled = (convolved - 2) // 2 + 1

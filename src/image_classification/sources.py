@@ -16,12 +16,18 @@ from collections.abc import Callable, Iterable
 import fsspec
 import pandas as pd
 
+from image_classification.demo import DemoFolder
 from image_classification.errors import SourceError
 from image_classification.images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 CANDIDATE_COLUMNS = ["path", "label", "kind", "split", "group"]
+# One vocabulary of source kinds for data_prep and predict; predict reads the unlabelled ones.
+SOURCE_KINDS = ("demo", "folder_tree", "csv", "class_folders")
+UNLABELLED_KINDS = ("demo", "folder_tree", "csv")
+# old names that still work, each with a deprecation warning naming its new name
+RENAMED_KINDS = {"folder": "folder_tree"}
 SPLITS = ("train", "val", "test")
 _LABEL_WORDS = {
     "valid": "valid", "1": "valid", "true": "valid",
@@ -232,10 +238,24 @@ def _demo_folder(demo_root: str | Callable[[], str]) -> str:
     return demo_root() if callable(demo_root) else demo_root
 
 
+_LOCATIONS = ("root", "zero_shot_root", "csv", "zero_shot_csv")
+
+
+def _build_demo_if_named(source: dict, demo_root: str | Callable[[], str]) -> None:
+    """Build the demo first when a source's path lies inside the demo's folder: the cifar10_dev
+    environment reads the demo's far unseen kinds from ``data/01_raw/demo/unseen``, which a fresh
+    clone does not have yet."""
+    if isinstance(demo_root, DemoFolder) and any(
+        source.get(key) and demo_root.holds(str(source[key])) for key in _LOCATIONS
+    ):
+        demo_root()
+
+
 def read_source(source: dict, demo_root: str | Callable[[], str]) -> tuple[pd.DataFrame, list[dict]]:
     """Dispatch on ``source['kind']``: demo, folder_tree, csv or class_folders. The demo is only
     built when ``kind`` is demo."""
     kind = source.get("kind")
+    _build_demo_if_named(source, demo_root)
     if kind == "demo":
         root = _demo_folder(demo_root)
         return read_folder_tree(posixpath.join(root, "labelled"), posixpath.join(root, "unseen"))
@@ -250,21 +270,31 @@ def read_source(source: dict, demo_root: str | Callable[[], str]) -> tuple[pd.Da
             candidates = pd.concat([candidates, _candidates(extra)], ignore_index=True)
             skipped += extra_skipped
         return candidates, skipped
-    raise SourceError(
-        f"data_prep.source.kind is '{kind}'; use one of demo, folder_tree, csv, class_folders"
-    )
+    raise SourceError(f"data_prep.source.kind is '{kind}'; use one of {', '.join(SOURCE_KINDS)}")
+
+
+def current_kind(kind: str | None, parameter: str) -> str | None:
+    """``kind`` in today's vocabulary: an old name is logged as deprecated, naming the new one."""
+    if kind in RENAMED_KINDS:
+        logger.warning("%s: '%s' is deprecated, use '%s' (the same source); the old name will stop working",
+                       parameter, kind, RENAMED_KINDS[kind])
+        return RENAMED_KINDS[kind]
+    return kind
 
 
 def read_unlabelled(source: dict, demo_root: str | Callable[[], str]) -> tuple[list[str], list[dict]]:
-    """Images to score (predict): every file below a folder (``kind: folder`` with ``root``, or
-    ``demo``) or the ``path`` column of a CSV (``kind: csv`` with ``csv``).
+    """Images to score (predict): every file below a folder (``kind: folder_tree`` with ``root``,
+    at any depth, or ``demo``) or the ``path`` column of a CSV (``kind: csv`` with ``csv``).
 
     Returns the image paths and a folder's other files, each with the reason it is skipped.
     """
-    kind = source.get("kind")
+    kind = current_kind(source.get("kind"), "predict.source.kind")
+    _build_demo_if_named(source, demo_root)
     location = _demo_folder(demo_root) if kind == "demo" else source.get("csv" if kind == "csv" else "root")
-    if kind not in ("demo", "folder", "csv") or not location:
-        raise SourceError(f"predict.source needs kind 'folder' with a root, 'csv' with a csv, or 'demo'; got {source}")
+    if kind not in UNLABELLED_KINDS or not location:
+        raise SourceError(
+            f"predict.source needs kind 'folder_tree' with a root, 'csv' with a csv, or 'demo'; got {source}"
+        )
     fs, path = _filesystem(str(location))
     if kind == "csv":
         if not fs.isfile(path):

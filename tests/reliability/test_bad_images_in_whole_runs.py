@@ -93,7 +93,7 @@ class WholeRun:
         self.project = make_project(root / "project", FAST_SETTINGS | {
             "data_prep": {"source": {"kind": "folder_tree", "root": str(self.images),
                                      "zero_shot_root": str(self.unseen)}},
-            "predict": {**FAST_SETTINGS["predict"], "source": {"kind": "folder", "root": str(self.incoming)}},
+            "predict": {**FAST_SETTINGS["predict"], "source": {"kind": "folder_tree", "root": str(self.incoming)}},
         })
         self.deleted: list[Path] = []
         self.runs: dict = {}

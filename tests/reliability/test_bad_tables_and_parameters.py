@@ -119,7 +119,7 @@ def test_a_broken_csv_stops_data_prep_before_any_image_is_decoded(project, tmp_p
     assert type(result.error).__name__ == "SourceError"
     for fragment in fragments:
         assert fragment in str(result.error), (fragment, str(result.error))
-    assert result.nodes == ["list_images"] and decoded == []
+    assert result.nodes == ["list_image_candidates"] and decoded == []
     tally.add("bad tables tried", 1)
 
 

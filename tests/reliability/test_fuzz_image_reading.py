@@ -1,6 +1,6 @@
 """Fuzz the image-reading path for a bounded time: damaged files of every format go through
 data_prep's checker and the model's reader; each is either read or skipped with a reason, and
-nothing else may happen (``scripts/reliability_soak.py`` runs the same check for much longer)."""
+nothing else may happen (``test_soak.py`` runs the same check for longer)."""
 
 from __future__ import annotations
 

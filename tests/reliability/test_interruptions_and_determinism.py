@@ -3,7 +3,7 @@ uninterrupted run, and a checkpoint save killed halfway leaves the previous vers
 Two runs with the same seed and data give identical metrics.
 
 The processes are forked from the test process (started in milliseconds, with everything already
-imported); ``scripts/reliability_soak.py`` repeats the training case with fresh interpreters.
+imported); ``test_soak.py`` repeats the training case with fresh interpreters.
 """
 
 from __future__ import annotations

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from image_classification.demo import DEMO_VERSION, ensure_demo
+from image_classification.demo import DEMO_VERSION, DemoFolder
 
 
-class DemoImagesDataset(AbstractDataset[None, Callable[[], str]]):
-    """Loads as a function that returns the demo's root folder, building the demo there on its
-    first call. Loading builds nothing: a run on the user's own images never writes the demo.
+class DemoImagesDataset(AbstractDataset[None, DemoFolder]):
+    """Loads as a ``DemoFolder``: called, it returns the demo's root folder, building the demo
+    there on its first call; a source whose paths lie inside that folder (the cifar10_dev
+    environment reads the demo's far unseen kinds) builds it too. Loading builds nothing: a run on
+    the user's own images never writes the demo.
 
     Example catalog entry::
 
@@ -26,13 +27,8 @@ class DemoImagesDataset(AbstractDataset[None, Callable[[], str]]):
         self._path = Path(path)
         self.metadata = metadata
 
-    def load(self) -> Callable[[], str]:
-        path = self._path
-
-        def demo_root() -> str:
-            return str(ensure_demo(path).resolve())
-
-        return demo_root
+    def load(self) -> DemoFolder:
+        return DemoFolder(self._path)
 
     def save(self, data: None) -> None:
         raise DatasetError("DemoImagesDataset is read-only: the demo is built from bundled images")

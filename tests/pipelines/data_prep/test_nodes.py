@@ -11,7 +11,7 @@ from image_classification.pipelines.data_prep.nodes import (
     _duplicate_report,
     check_images,
     group_duplicates,
-    list_images,
+    list_image_candidates,
     split_images,
     summarise_splits,
     build_image_index,
@@ -39,7 +39,7 @@ def test_check_images_keeps_good_and_reports_bad(tmp_path, bad_image_folder):
     root = make_folder_tree(tmp_path / "tree", valid=4, invalid=3)
     for bad in bad_image_folder.iterdir():
         (root / "valid" / bad.name).symlink_to(bad)
-    candidates, skipped = list_images("unused", {"kind": "folder_tree", "root": str(root)})
+    candidates, skipped = list_image_candidates({"kind": "folder_tree", "root": str(root)}, "unused")
     checked, rejected = check_images(candidates, skipped, CHECKS)
     assert len(checked) == 7
     assert len(rejected) == len(list(bad_image_folder.iterdir()))
@@ -52,7 +52,7 @@ def test_exact_duplicates_share_a_group_and_conflicting_labels_are_rejected(tmp_
     other = png_bytes(noise_image(2))
     write_files(tmp_path / "valid", {"a.png": same, "b.png": same, "c.png": other})
     write_files(tmp_path / "invalid", {"d.png": other, "e.png": png_bytes(noise_image(3))})
-    candidates, skipped = list_images("unused", {"kind": "folder_tree", "root": str(tmp_path)})
+    candidates, skipped = list_image_candidates({"kind": "folder_tree", "root": str(tmp_path)}, "unused")
     checked, rejected = check_images(candidates, skipped, CHECKS)
     grouped, rejected, report = group_duplicates(checked, rejected, max_distance=2)
     names = grouped["path"].str.rsplit("/", n=1).str[-1].tolist()
@@ -67,7 +67,7 @@ def test_near_duplicates_are_found_by_perceptual_hash(tmp_path):
     base = noise_image(5, size=(64, 64))
     write_files(tmp_path / "valid", {"a.png": png_bytes(base), "b.png": png_bytes(base.resize((48, 48)))})
     write_files(tmp_path / "invalid", {"c.png": png_bytes(noise_image(6, size=(64, 64)))})
-    candidates, skipped = list_images("unused", {"kind": "folder_tree", "root": str(tmp_path)})
+    candidates, skipped = list_image_candidates({"kind": "folder_tree", "root": str(tmp_path)}, "unused")
     checked, rejected = check_images(candidates, skipped, CHECKS)
     grouped, _, report = group_duplicates(checked, rejected, max_distance=4)
     assert grouped["split_group"].nunique() == 2

@@ -11,7 +11,7 @@ from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.pipelines.predict.nodes import (
     PredictConfig,
     format_for_spreadsheet,
-    list_images,
+    list_prediction_images,
     predict_images,
 )
 from image_classification.sources import SourceError
@@ -21,25 +21,37 @@ from .helpers import MIXED_FILES, knn_detector_payload, tiny_checkpoint
 NO_EXPORT = {"passed": False, "reason": "not exported in this test"}
 
 
-def test_list_images_keeps_non_image_files_as_rows_with_a_reason(mixed_folder):
-    table = list_images({"kind": "folder", "root": str(mixed_folder)}, demo_images="unused")
+def test_list_prediction_images_keeps_non_image_files_as_rows_with_a_reason(mixed_folder):
+    table = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")
     assert len(table) == MIXED_FILES
     notes = table.loc[table["path"].str.endswith("notes.txt"), "error"].iloc[0]
     assert "not an image file type" in notes
     assert (table["error"] == "").sum() == MIXED_FILES - 1  # the others are found bad when decoded
 
 
-def test_list_images_reads_a_csv_of_paths(tmp_path, mixed_folder):
+def test_list_prediction_images_reads_a_csv_of_paths(tmp_path, mixed_folder):
     (tmp_path / "new.csv").write_text("path\nincoming/astronaut.jpg\nincoming/missing.jpg\n")
-    table = list_images({"kind": "csv", "csv": str(tmp_path / "new.csv")}, demo_images="unused")
+    table = list_prediction_images({"kind": "csv", "csv": str(tmp_path / "new.csv")}, demo_images="unused")
     assert table["path"].tolist() == [str(mixed_folder / "astronaut.jpg"), str(mixed_folder / "missing.jpg")]
 
 
-def test_list_images_names_the_parameter_to_fix(tmp_path):
+def test_list_prediction_images_names_the_parameter_to_fix(tmp_path):
     with pytest.raises(SourceError, match="predict.source.root .* is not a folder"):
-        list_images({"kind": "folder", "root": str(tmp_path / "nowhere")}, demo_images="unused")
+        list_prediction_images({"kind": "folder_tree", "root": str(tmp_path / "nowhere")}, demo_images="unused")
     with pytest.raises(ValueError, match="predict.source.csv must be set"):
         PredictConfig(source={"kind": "csv"})
+
+
+def test_the_old_kind_folder_still_works_and_names_its_new_name(mixed_folder, caplog):
+    old = {"kind": "folder", "root": str(mixed_folder)}
+    table = list_prediction_images(old, demo_images="unused")
+    assert len(table) == MIXED_FILES
+    assert "'folder' is deprecated, use 'folder_tree'" in caplog.text
+    caplog.clear()
+    assert PredictConfig(source=old).source["kind"] == "folder_tree"
+    assert "predict.source.kind: 'folder' is deprecated, use 'folder_tree'" in caplog.text
+    with pytest.raises(ValueError, match="must be one of demo, folder_tree, csv, got 'class_folders'"):
+        PredictConfig(source={"kind": "class_folders", "root": str(mixed_folder)})
 
 
 def test_threshold_comes_from_the_operating_point_of_this_checkpoint():
@@ -54,7 +66,7 @@ def test_threshold_comes_from_the_operating_point_of_this_checkpoint():
 
 def test_labels_follow_the_saved_threshold_not_a_constant(mixed_folder):
     """Two operating points, two calls; the msp detector (no feature space) reads the score itself."""
-    images = list_images({"kind": "folder", "root": str(mixed_folder)}, demo_images="unused").head(2)
+    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused").head(2)
     config = PredictConfig(backend="torch", workers=0, batch_size=2)
     knn = knn_detector_payload(threshold=10.0)
     msp = DetectorState.of(MaxSoftmaxDetector(), "msp", None, threshold=-0.75).to_payload()

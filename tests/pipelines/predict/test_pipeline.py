@@ -20,9 +20,9 @@ def test_predict_scores_a_folder_with_bad_files_one_row_each(mixed_folder):
         "operating_point": {"threshold": 0.37, "backbone": "efficientnet_lite0", "best_epoch": 3},
         "anomaly_detector": knn_detector_payload(threshold=0.3),
         "demo_images": "unused",
-        "params:predict": PredictConfig(source={"kind": "folder", "root": str(mixed_folder)}, workers=1, batch_size=4,
+        "params:predict": PredictConfig(source={"kind": "folder_tree", "root": str(mixed_folder)}, workers=1, batch_size=4,
                                         parity_images=4),
-        "params:predict.source": {"kind": "folder", "root": str(mixed_folder)},
+        "params:predict.source": {"kind": "folder_tree", "root": str(mixed_folder)},
     }
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
     for name in ("predictions", "prediction_summary", "onnx_parity", "onnx_model", "predictions_csv"):

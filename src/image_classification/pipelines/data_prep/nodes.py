@@ -18,9 +18,9 @@ logger = logging.getLogger(__name__)
 REJECTED_COLUMNS = ["path", "label", "kind", "reason"]
 
 
-def list_images(demo_root: str | Callable[[], str], source: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def list_image_candidates(source: dict, demo_images: str | Callable[[], str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the configured source into candidate images and files skipped while listing."""
-    candidates, skipped = read_source(source, demo_root)
+    candidates, skipped = read_source(source, demo_images)
     if candidates["label"].notna().sum() == 0:
         raise SourceError(f"no labelled images were found in the source {source}")
     skipped_frame = pd.DataFrame(skipped, columns=["path", "reason"]).reindex(columns=REJECTED_COLUMNS)

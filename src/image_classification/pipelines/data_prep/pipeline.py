@@ -6,7 +6,7 @@ from .nodes import (
     build_image_index,
     check_images,
     group_duplicates,
-    list_images,
+    list_image_candidates,
     split_images,
     summarise_splits,
 )
@@ -16,10 +16,10 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=list_images,
-                inputs=["demo_images", "params:data_prep.source"],
+                func=list_image_candidates,
+                inputs=["params:data_prep.source", "demo_images"],
                 outputs=["image_candidates", "skipped_files"],
-                name="list_images",
+                name="list_image_candidates",
             ),
             Node(
                 func=check_images,

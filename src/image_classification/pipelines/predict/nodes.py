@@ -33,7 +33,7 @@ from image_classification.export import (
 )
 from image_classification.inference import ImageFiles, image_loader, torch_device
 from image_classification.model import BackboneSpec, backbone_spec
-from image_classification.sources import read_unlabelled
+from image_classification.sources import UNLABELLED_KINDS, current_kind, read_unlabelled
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class PredictConfig:
     """What to score and how; Kedro checks it before any node runs.
 
     Attributes:
-        source: ``{kind: folder, root: ...}`` (every file below ``root``), ``{kind: csv, csv: ...}``
+        source: ``{kind: folder_tree, root: ...}`` (every file below ``root``; ``folder`` is its
+            deprecated old name), ``{kind: csv, csv: ...}``
             (a CSV with a ``path`` column) or ``{kind: demo}`` (the built-in demo's images).
         backend: ``auto`` (the fastest usable one), ``onnxruntime``, ``torch`` (channels_last) or
             ``torch_nchw`` (the plain eager baseline).
@@ -71,9 +72,12 @@ class PredictConfig:
     opset: int = 17
 
     def __post_init__(self) -> None:
-        if self.source.get("kind") not in ("demo", "folder", "csv"):
-            raise ParameterError(f"predict.source.kind must be demo, folder or csv, got '{self.source.get('kind')}'")
-        needed = {"folder": "root", "csv": "csv"}.get(self.source["kind"])
+        kind = current_kind(self.source.get("kind"), "predict.source.kind")
+        object.__setattr__(self, "source", {**self.source, "kind": kind})
+        if self.source["kind"] not in UNLABELLED_KINDS:
+            raise ParameterError(f"predict.source.kind must be one of {', '.join(UNLABELLED_KINDS)}, "
+                                 f"got '{self.source['kind']}'")
+        needed = {"folder_tree": "root", "csv": "csv"}.get(self.source["kind"])
         if needed and not self.source.get(needed):
             raise ParameterError(f"predict.source.{needed} must be set when predict.source.kind is '{self.source['kind']}'")
         if self.backend not in ("auto", *BACKENDS):
@@ -92,7 +96,7 @@ class PredictConfig:
         return self.threads.get("onnxruntime" if backend == "onnxruntime" else "torch")
 
 
-def list_images(source: dict, demo_images: str | Callable[[], str]) -> pd.DataFrame:
+def list_prediction_images(source: dict, demo_images: str | Callable[[], str]) -> pd.DataFrame:
     """One row per file to score: ``path`` and ``error`` ("" or why the file is not scored)."""
     images, skipped = read_unlabelled(source, demo_images)
     table = pd.DataFrame({"path": images + [row["path"] for row in skipped],

@@ -2,14 +2,20 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import check_onnx_parity, export_onnx_model, format_for_spreadsheet, list_images, predict_images
+from .nodes import (
+    check_onnx_parity,
+    export_onnx_model,
+    format_for_spreadsheet,
+    list_prediction_images,
+    predict_images,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=list_images,
+                func=list_prediction_images,
                 inputs=["params:predict.source", "demo_images"],
                 outputs="prediction_images",
                 name="list_prediction_images",

@@ -1,0 +1,105 @@
+"""Generated files for the reliability soak: good images in many formats and modes, and bad files
+of every kind data_prep must skip, each with the reason it must give."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..conftest import bomb_png, jpeg_bytes, noise_image, png_bytes
+from .fuzzing import check_one, mutate
+
+GOOD_KINDS = ("png", "jpg", "webp", "bmp", "gif", "grey_png", "rgba_png", "sixteen_bit_png", "cmyk_jpg",
+              "tiff", "exif_jpg", "wide_png")
+
+
+def good_image(index: int) -> tuple[str, bytes]:
+    """A distinct picture in one of many formats and modes; index picks both."""
+    kind = GOOD_KINDS[index % len(GOOD_KINDS)]
+    rng = np.random.default_rng(index)
+    size = (int(rng.integers(16, 64)), int(rng.integers(16, 64)))
+    picture = noise_image(100_000 + index, size)
+    buffer = io.BytesIO()
+    if kind == "png":
+        return ".png", png_bytes(picture)
+    if kind == "jpg":
+        return ".jpg", jpeg_bytes(picture, quality=90)
+    if kind == "webp":
+        picture.save(buffer, format="WEBP", lossless=True)
+        return ".webp", buffer.getvalue()
+    if kind == "bmp":
+        picture.save(buffer, format="BMP")
+        return ".bmp", buffer.getvalue()
+    if kind == "gif":
+        picture.convert("P").save(buffer, format="GIF")
+        return ".gif", buffer.getvalue()
+    if kind == "grey_png":
+        return ".png", png_bytes(picture.convert("L"))
+    if kind == "rgba_png":
+        return ".png", png_bytes(noise_image(100_000 + index, size, mode="RGBA"))
+    if kind == "sixteen_bit_png":
+        pixels = rng.integers(0, 65535, size=(size[1], size[0]), dtype=np.uint16)
+        return ".png", png_bytes(Image.fromarray(pixels))
+    if kind == "cmyk_jpg":
+        return ".jpg", jpeg_bytes(picture.convert("CMYK"))
+    if kind == "tiff":
+        picture.save(buffer, format="TIFF")
+        return ".tif", buffer.getvalue()
+    if kind == "exif_jpg":
+        exif = Image.Exif()
+        exif[0x0112] = int(rng.integers(1, 9))
+        return ".jpg", jpeg_bytes(picture, exif=exif)
+    return ".png", png_bytes(noise_image(100_000 + index, (int(rng.integers(400, 1500)), 16)))  # 25:1 to 94:1
+
+
+def bad_file(index: int, folder: Path, rng: random.Random, seeds: dict[str, bytes], scratch: Path) -> tuple[Path, str]:
+    """Write one bad file of a kind index picks; returns its path and the reason data_prep must give."""
+    kind = index % 12
+    stem = folder / f"bad_{index:05d}"
+    picture = noise_image(200_000 + index, (48, 40))
+    if kind == 0:
+        path, data, reason = stem.with_suffix(".jpg"), b"", "empty file"
+    elif kind == 1:
+        full = jpeg_bytes(picture)
+        path, data, reason = stem.with_suffix(".jpg"), full[: rng.randint(200, len(full) - 10)], ""
+    elif kind == 2:
+        full = png_bytes(picture)
+        path, data, reason = stem.with_suffix(".png"), full[: rng.randint(60, len(full) - 20)], ""
+    elif kind == 3:
+        path, data, reason = stem.with_suffix(rng.choice([".png", ".jpg", ".gif", ".webp"])), rng.randbytes(
+            rng.randint(1, 4096)), ""
+    elif kind == 4:
+        path, data, reason = stem.with_suffix(".jpg"), b"<!DOCTYPE html><html><body>403 Forbidden</body></html>", \
+            "not an image"
+    elif kind == 5:
+        side = rng.randint(1, 15)
+        path, data, reason = stem.with_suffix(".png"), png_bytes(noise_image(index, (side, rng.randint(1, 300)))), \
+            "too small"
+    elif kind == 6:
+        path, data, reason = stem.with_suffix(".png"), bomb_png(), "decompression bomb"
+    elif kind == 7:
+        path = stem.with_suffix(".jpg")
+        os.symlink(path, path)
+        return path, "symbolic links"
+    elif kind == 8:
+        path = stem.with_suffix(".png")
+        os.symlink(folder / f"gone_{index}.png", path)
+        return path, "missing file"
+    elif kind == 9:
+        path, data, reason = stem.with_suffix(rng.choice([".txt", ".csv", ".json", ""])), b"notes", \
+            "not an image file type"
+    else:  # a fuzz-damaged file the image reader itself skips: data_prep must give the same reason
+        name = rng.choice(sorted(seeds))
+        while True:
+            data = mutate(seeds[name], rng)
+            status, reason = check_one(scratch, data)
+            if status == "skipped":
+                break
+        path = stem.with_suffix(Path(name).suffix or ".png")
+    path.write_bytes(data)
+    return path, reason
