@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -13,43 +12,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from image_classification.errors import DataError, ParameterError
-from image_classification.metrics import check_target_precision, validation_score
+from image_classification.errors import DataError
+from image_classification.metrics import validation_score
+from image_classification.parameters.train import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings; the defaults are the original project's."""
-
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 1.5e-3
-    weight_decay: float = 1e-5
-    trainable_blocks: int = 0
-    backbone_learning_rate: float = 1.5e-4
-    class_weights: str = "balanced"
-    patience: int | None = 10
-    target_precision: float = 0.9
-    augment: bool = False
-    workers: int = 0
-    save_state_every_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        check_target_precision(self.target_precision)
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ParameterError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if self.class_weights not in ("balanced", "none"):
-            raise ParameterError(f"train.class_weights must be 'balanced' or 'none', got '{self.class_weights}'")
-        if self.patience is not None and int(self.patience) < 1:
-            raise ParameterError(f"train.patience must be at least 1 or null (off), got {self.patience}")
-        if self.learning_rate <= 0 or self.backbone_learning_rate <= 0:
-            raise ParameterError("train.learning_rate and train.backbone_learning_rate must be positive")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class ResumeStore:

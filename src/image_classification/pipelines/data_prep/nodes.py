@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,7 @@ import pandas as pd
 from image_classification.duplicates import connected_groups, near_duplicate_pairs, pairs_sharing
 from image_classification.images import ImageLimits, inspect_images
 from image_classification.sources import SPLITS, SourceError, read_source
+from image_classification.parameters.data_prep import SplitFractions, validated_fractions
 
 logger = logging.getLogger(__name__)
 
@@ -115,38 +116,6 @@ def _duplicate_report(images: pd.DataFrame, exact: np.ndarray, near: np.ndarray)
     return report.astype({c: "string" for c in columns[:-1]}).astype({"labels_differ": bool})
 
 
-def _validated_fractions(fractions: dict) -> dict[str, float]:
-    values = {name: float(fractions.get(name, -1)) for name in SPLITS}
-    for name, value in values.items():
-        if not 0.0 < value < 1.0:
-            raise SourceError(
-                f"data_prep.split.{name} is {fractions.get(name)}; each of train, val and test must "
-                "be a fraction strictly between 0 and 1"
-            )
-    if abs(sum(values.values()) - 1.0) > 1e-6:
-        raise SourceError(
-            f"data_prep.split fractions add up to {sum(values.values()):.4f}, not 1: {values}; "
-            "change them so that train + val + test = 1"
-        )
-    return values
-
-
-@dataclass(frozen=True)
-class SplitFractions:
-    """Each label's share of images in train, val and test.
-
-    Typed so that Kedro checks it when parameters load: impossible fractions stop a run before
-    a single image is decoded, not after every image has been.
-    """
-
-    train: float = 0.7
-    val: float = 0.2
-    test: float = 0.1
-
-    def __post_init__(self) -> None:
-        _validated_fractions(asdict(self))
-
-
 def _manual_split_per_group(labelled: pd.DataFrame) -> pd.Series:
     given = labelled.dropna(subset=["split"])
     per_group = given.groupby("split_group")["split"].agg(lambda s: sorted(set(s)))
@@ -169,7 +138,7 @@ def split_images(grouped: pd.DataFrame, fractions: SplitFractions, seed: int) ->
     group sizes allow. Unseen-kind images get the split ``unseen``.
     """
     # a bare runner (tests) may pass the plain dict of parameters
-    targets = _validated_fractions(asdict(fractions) if isinstance(fractions, SplitFractions) else fractions)
+    targets = validated_fractions(asdict(fractions) if isinstance(fractions, SplitFractions) else fractions)
     images = grouped.copy()
     labelled = images[images["label"].notna()]
     assigned = _manual_split_per_group(labelled)

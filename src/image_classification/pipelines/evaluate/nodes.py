@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,18 +14,15 @@ from matplotlib.figure import Figure
 from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
 from image_classification.baseline import LogisticBaseline
 from image_classification.plots import evaluation as plots
-from image_classification.errors import DataError, ParameterError
+from image_classification.errors import DataError
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
 from image_classification.metrics import (
-    BOUND_METHODS,
-    RuleSettings,
     bootstrap_precision_recall,
-    check_target_precision,
     metrics_at_threshold,
     recall_at_precision,
     select_threshold,
-    threshold_rule,
 )
+from image_classification.parameters.evaluate import EvaluateConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,53 +33,6 @@ ORACLE_NOTE = (
     "ORACLE, not an estimate of deployed performance: the threshold is picked on the test split itself "
     "(what the original project reported). Compare test.recall, whose threshold was chosen on validation."
 )
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """How the operating point is chosen and measured; Kedro checks it before any node runs.
-
-    Attributes:
-        target_precision: the precision the operating point must reach, in (0, 1].
-        rule: a name in :data:`~image_classification.metrics.THRESHOLD_RULES`. ``point``: the
-            highest validation recall whose validation precision reaches the target;
-            ``lower_bound``: the highest validation recall whose one-sided lower confidence bound
-            on validation precision reaches it (honest on small validation sets).
-        bound_method: ``wilson`` or ``clopper_pearson`` (exact, more conservative).
-        bound_level: confidence of the one-sided bound, in (0, 1).
-        bootstrap_samples: resamples of the test split behind the confidence intervals.
-        bootstrap_level: coverage of the bootstrap intervals, in (0, 1).
-        baseline_c_grid: inverse regularisation strengths tried for the baseline.
-        gallery_size: false positives, and false negatives, shown in the error gallery.
-    """
-
-    target_precision: float = 0.9
-    rule: str = "point"
-    bound_method: str = "wilson"
-    bound_level: float = 0.95
-    bootstrap_samples: int = 1000
-    bootstrap_level: float = 0.95
-    baseline_c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
-    gallery_size: int = 8
-
-    def __post_init__(self) -> None:
-        check_target_precision(self.target_precision)
-        threshold_rule(self.rule)
-        if self.bound_method not in BOUND_METHODS:
-            raise ParameterError(f"evaluate.bound_method must be one of {', '.join(BOUND_METHODS)}, got '{self.bound_method}'")
-        for name in ("bound_level", "bootstrap_level"):
-            if not 0.0 < float(getattr(self, name)) < 1.0:
-                raise ParameterError(f"evaluate.{name} must be in (0, 1), got {getattr(self, name)}")
-        if int(self.bootstrap_samples) < 1 or int(self.gallery_size) < 0:
-            raise ParameterError("evaluate.bootstrap_samples must be at least 1 and evaluate.gallery_size at least 0")
-        grid = tuple(float(c) for c in self.baseline_c_grid)
-        if not grid or min(grid) <= 0:
-            raise ParameterError(f"evaluate.baseline_c_grid must list positive values, got {list(self.baseline_c_grid)}")
-        object.__setattr__(self, "baseline_c_grid", grid)  # YAML gives a list
-
-    @property
-    def rule_settings(self) -> RuleSettings:
-        return RuleSettings(self.target_precision, self.bound_level, self.bound_method)
 
 
 # ---------------------------------------------------------------- scores

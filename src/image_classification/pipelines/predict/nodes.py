@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -19,9 +18,7 @@ from tqdm.auto import tqdm
 
 from image_classification.anomaly import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint, OperatingPoint
-from image_classification.errors import ParameterError
 from image_classification.export import (
-    BACKENDS,
     CHECKPOINT_KEY,
     Backend,
     build_backend,
@@ -33,67 +30,14 @@ from image_classification.export import (
 )
 from image_classification.inference import ImageFiles, image_loader, torch_device
 from image_classification.model import BackboneSpec, backbone_spec
-from image_classification.sources import UNLABELLED_KINDS, current_kind, read_unlabelled
+from image_classification.sources import read_unlabelled
+from image_classification.parameters.predict import PredictConfig
 
 logger = logging.getLogger(__name__)
 
 # which backend output each anomaly detector's feature space is (msp's space is None: the score)
 _SPACE_OUTPUT = {"pooled": "features", "embedding": "embedding"}
 PREDICTION_COLUMNS = ["path", "score", "predicted_label", "anomaly_score", "anomaly_flag", "accepted_as_valid", "error"]
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """What to score and how; Kedro checks it before any node runs.
-
-    Attributes:
-        source: ``{kind: folder_tree, root: ...}`` (every file below ``root``; ``folder`` is its
-            deprecated old name), ``{kind: csv, csv: ...}``
-            (a CSV with a ``path`` column) or ``{kind: demo}`` (the built-in demo's images).
-        backend: ``auto`` (the fastest usable one), ``onnxruntime``, ``torch`` (channels_last) or
-            ``torch_nchw`` (the plain eager baseline).
-        device: ``auto``, ``cpu`` or ``cuda[:N]`` (PyTorch backends only).
-        batch_size: images scored together.
-        workers: processes decoding images while the model scores (0: in the main process).
-        threads: CPU threads per backend (``onnxruntime``, ``torch``); null: the library default.
-        parity_images: readable images on which the export is compared with PyTorch.
-        parity_tolerance: the largest score difference at which the export is trusted.
-        opset: the ONNX operator set the model is exported with.
-    """
-
-    source: dict = field(default_factory=lambda: {"kind": "demo"})
-    backend: str = "auto"
-    device: str = "auto"
-    batch_size: int = 32
-    workers: int = 2
-    threads: dict = field(default_factory=dict)
-    parity_images: int = 16
-    parity_tolerance: float = 1e-4
-    opset: int = 17
-
-    def __post_init__(self) -> None:
-        kind = current_kind(self.source.get("kind"), "predict.source.kind")
-        object.__setattr__(self, "source", {**self.source, "kind": kind})
-        if self.source["kind"] not in UNLABELLED_KINDS:
-            raise ParameterError(f"predict.source.kind must be one of {', '.join(UNLABELLED_KINDS)}, "
-                                 f"got '{self.source['kind']}'")
-        needed = {"folder_tree": "root", "csv": "csv"}.get(self.source["kind"])
-        if needed and not self.source.get(needed):
-            raise ParameterError(f"predict.source.{needed} must be set when predict.source.kind is '{self.source['kind']}'")
-        if self.backend not in ("auto", *BACKENDS):
-            raise ParameterError(f"predict.backend must be auto or one of {', '.join(BACKENDS)}, got '{self.backend}'")
-        if self.batch_size < 1 or self.workers < 0 or self.parity_images < 1 or self.parity_tolerance <= 0:
-            raise ParameterError("predict.batch_size and parity_images must be at least 1, workers at least 0, "
-                                 "parity_tolerance positive")
-        unknown = sorted(set(self.threads) - {"onnxruntime", "torch"})
-        if unknown:
-            raise ParameterError(f"predict.threads has unknown backends {unknown}; use onnxruntime and torch")
-        if any(value is not None and int(value) < 1 for value in self.threads.values()):
-            raise ParameterError(f"predict.threads must be at least 1 or null (the default), got {self.threads}")
-
-    def threads_for(self, backend: str) -> int | None:
-        """CPU threads for a backend (torch_nchw shares torch's)."""
-        return self.threads.get("onnxruntime" if backend == "onnxruntime" else "torch")
 
 
 def list_prediction_images(source: dict, demo_images: str | Callable[[], str]) -> pd.DataFrame:
