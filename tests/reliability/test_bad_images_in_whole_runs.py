@@ -113,10 +113,11 @@ def whole_run(tmp_path_factory) -> WholeRun:
         Path(path).unlink()
         run.deleted.append(Path(path))
     run.runs["train"] = run_session(run.project, ["train"])
+    run.runs["score"] = run_session(run.project, ["score"])
     # evaluate's threshold, written as evaluate would (evaluate itself is left out to save time)
     JSONDataset(filepath=str(run.project / "data/07_model_output/operating_point.json"),
                 version=Version(None, None)).save({"threshold": 0.5})
-    run.runs["zero_shot"] = run_session(run.project, ["zero_shot"])
+    run.runs["zero_shot"] = run_session(run.project, ["embedding_analysis", "zero_shot"])
     run.runs["predict"] = run_session(run.project, ["predict"])
     return run
 

@@ -46,8 +46,8 @@ def synthetic_inputs() -> tuple[dict, pd.DataFrame]:
     head_input = (torch.randn(len(rows), 1280, 4, 4, generator=generator) + 0.15 * sign * direction).relu()
     features = {
         "tensors": {"head_input": head_input.half(), "pooled": head_input.mean(dim=(2, 3)).half()},
-        "metadata": {"backbone": "efficientnet_lite0", "head_input": ModelConfig.head_input,
-                     "sha256": index["sha256"].tolist(), "errors": [""] * len(rows)},
+        "metadata": {"backbone": "efficientnet_lite0", "weights": "none", "head_input": ModelConfig.head_input,
+                     "paths": index["path"].tolist(), "sha256": index["sha256"].tolist(), "errors": [""] * len(rows)},
     }
     return features, index
 
