@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 
 from image_classification.images import decode_rgb
-from image_classification.model import backbone_spec, preprocess_transform
+from image_classification.backbones import backbone_spec
+from image_classification.model import preprocess_transform
 
 
 def camera_like_jpeg(width: int, height: int, grain: float = 6.0, seed: int = 0) -> bytes:

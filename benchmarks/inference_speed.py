@@ -55,7 +55,8 @@ def real_photos(size: int = 224) -> torch.Tensor:
     import skimage.data
     from PIL import Image
 
-    from image_classification.model import backbone_spec, preprocess_transform
+    from image_classification.backbones import backbone_spec
+    from image_classification.model import preprocess_transform
 
     transform = preprocess_transform(backbone_spec("efficientnet_lite0"))
     names = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")

@@ -93,7 +93,8 @@ def prepare_inputs(workdir: Path) -> float:
     from image_classification.anomaly import DetectorState, KNNDetector
     from image_classification.artefacts import Checkpoint
     from image_classification.datasets import SafetensorsDataset
-    from image_classification.model import backbone_spec, build_model
+    from image_classification.backbones import backbone_spec
+    from image_classification.model import build_model
     from image_classification.pipelines.predict.nodes import PredictConfig, export_onnx_model
 
     torch.manual_seed(0)
@@ -154,7 +155,7 @@ def floor_and_decoding(folder: Path, inputs: dict, predict, backend_name: str, c
     from image_classification.export import build_backend
     from image_classification.inference import image_loader
     from image_classification.artefacts import Checkpoint
-    from image_classification.model import backbone_spec
+    from image_classification.backbones import backbone_spec
 
     paths = sorted(str(path) for path in folder.glob("*.jpg"))[:count]
     spec = backbone_spec("efficientnet_lite0")

@@ -78,7 +78,8 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
     import torch
 
     from image_classification.inference import torch_device
-    from image_classification.model import ClassifierHead, ImageClassifier, ModelConfig, build_backbone
+    from image_classification.backbones import build_backbone
+    from image_classification.model import ClassifierHead, ImageClassifier, ModelConfig
     from image_classification.pipelines.train import nodes
     from image_classification.training import TrainConfig, fit
 

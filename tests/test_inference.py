@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from image_classification.inference import model_outputs
-from image_classification.model import ClassifierHead, backbone_spec, build_model
+from image_classification.backbones import backbone_spec
+from image_classification.model import ClassifierHead, build_model
 
 from .conftest import noise_image, png_bytes, write_files
 

@@ -1,45 +1,24 @@
-"""Tests for model.py: exact head layers, backbone shapes, freezing, real ImageNet weights."""
+"""Tests for model.py: exact head layers, the head on every map size, freezing, checkpoints.
+
+Backbones themselves are tested in test_backbones.py."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage import data
 from torch import nn
 
-from image_classification import model as model_module
-from image_classification.model import (
-    BACKBONES,
-    BackboneUnavailableError,
-    ClassifierHead,
-    backbone_spec,
-    build_backbone,
-    build_model,
-    imagenet_classifier,
-    pooled_features,
-    preprocess_transform,
-)
-
-SHARED_MOBILENET_V2 = (
-    Path(__file__).resolve().parents[2] / "shared/weights/mobilenet_v2_imagenet_coral_tflite.pth"
-)
-ESPRESSO = 967
-DOMESTIC_CATS = range(281, 286)
+from image_classification.errors import ParameterError
+from image_classification.backbones import backbone_spec
+from image_classification.artefacts import Checkpoint
+from image_classification.model import ClassifierHead, ModelConfig, adapt_feature_map, build_model, preprocess_transform
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def _top5(classifier: nn.Module, backbone: str, image: np.ndarray) -> list[int]:
-    batch = preprocess_transform(backbone_spec(backbone))(Image.fromarray(image)).unsqueeze(0)
-    with torch.inference_mode():
-        return classifier(batch).topk(5).indices[0].tolist()
 
 
 def test_head_shapes_and_one_pass_outputs_agree() -> None:
@@ -68,15 +47,6 @@ def test_head_layers_match_the_original() -> None:
     assert (layers[8].in_features, layers[8].out_features) == (320, 50)
     assert (layers[9].in_features, layers[9].out_features) == (50, 2)
 
-
-@pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_random_backbone_feature_shape(name: str) -> None:
-    backbone = build_backbone(name, weights="none").eval()
-    with torch.inference_mode():
-        features = backbone(torch.randn(2, 3, 224, 224))
-    assert features.shape == (2, BACKBONES[name].feature_channels, 7, 7)
-    assert not torch.isnan(features).any()
-    assert pooled_features(features).shape == (2, 1280)
 
 
 def test_forward_all_is_one_consistent_pass() -> None:
@@ -118,87 +88,15 @@ def test_trainable_blocks_out_of_range() -> None:
         build_model("efficientnet_lite0", weights="none", trainable_blocks=99)
 
 
-def test_efficientnet_lite0_recognises_photos() -> None:
-    classifier = imagenet_classifier("efficientnet_lite0")
-    assert ESPRESSO in _top5(classifier, "efficientnet_lite0", data.coffee())
-    assert set(DOMESTIC_CATS) & set(_top5(classifier, "efficientnet_lite0", data.chelsea()))
 
 
-def test_efficientnet_lite0_backbone_is_the_classifiers_features() -> None:
-    backbone = build_backbone("efficientnet_lite0").eval()
-    classifier = imagenet_classifier("efficientnet_lite0")
-    for (key, value), expected in zip(
-        backbone.state_dict().items(), classifier.features.state_dict().values(), strict=True
-    ):
-        assert torch.equal(value, expected), key
 
 
-def test_mobilenet_v2_from_weights_path_recognises_coffee() -> None:
-    if not SHARED_MOBILENET_V2.is_file():
-        pytest.skip(f"offline MobileNetV2 weights not found at {SHARED_MOBILENET_V2}")
-    classifier = imagenet_classifier("mobilenet_v2", weights_path=str(SHARED_MOBILENET_V2))
-    assert ESPRESSO in _top5(classifier, "mobilenet_v2", data.coffee())
-    backbone = build_backbone("mobilenet_v2", weights_path=str(SHARED_MOBILENET_V2))
-    assert backbone.state_dict().keys() == classifier.features.state_dict().keys()
 
 
-def test_mobilenet_v2_without_cache_says_how_to_fix(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(BackboneUnavailableError) as caught:
-        build_backbone("mobilenet_v2")
-    message = str(caught.value)
-    for hint in ("weights_path", "efficientnet_lite0", "mobilenet_v2-b0353104.pth",
-                 str(tmp_path / "checkpoints"), "IMAGENET1K_V1"):
-        assert hint in message
 
 
-def test_mobilenet_v2_cache_file_with_wrong_hash(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "mobilenet_v2-b0353104.pth").write_bytes(b"truncated")
-    with pytest.raises(BackboneUnavailableError, match="sha256 prefix b0353104"):
-        build_backbone("mobilenet_v2")
 
-
-def test_missing_weights_path(tmp_path: Path) -> None:
-    with pytest.raises(BackboneUnavailableError, match="does not exist"):
-        build_backbone("mobilenet_v2", weights_path=str(tmp_path / "absent.pth"))
-
-
-def test_weights_path_of_another_architecture(tmp_path: Path) -> None:
-    path = tmp_path / "lite0.pth"
-    torch.save(build_backbone("efficientnet_lite0", weights="none").state_dict(), path)
-    with pytest.raises(BackboneUnavailableError, match="does not match the mobilenet_v2"):
-        build_backbone("mobilenet_v2", weights_path=str(path))
-
-
-def test_weights_path_that_is_not_a_state_dict(tmp_path: Path) -> None:
-    path = tmp_path / "garbage.pth"
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(BackboneUnavailableError, match="state dict"):
-        build_backbone("mobilenet_v2", weights_path=str(path))
-
-
-def test_unknown_backbone_names_the_value_and_the_choices() -> None:
-    with pytest.raises(ValueError, match="resnet9000.*efficientnet_lite0.*mobilenet_v2"):
-        build_model("resnet9000")
-    with pytest.raises(ValueError, match="resnet9000"):
-        backbone_spec("resnet9000")
-
-
-def test_unknown_weights_value() -> None:
-    with pytest.raises(ValueError, match="'imagenet21k'"):
-        build_backbone("efficientnet_lite0", weights="imagenet21k")
-
-
-def test_sha256_mismatch_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model_module, "EFFICIENTNET_LITE0_SHA256", "0" * 64)
-    with pytest.raises(BackboneUnavailableError, match="sha256"):
-        build_backbone("efficientnet_lite0")
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -208,3 +106,43 @@ def test_preprocess_transform_output(train: bool) -> None:
     tensor = preprocess_transform(spec, train=train)(image)
     assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, torch.ones_like(tensor))  # (1 - 0.5) / 0.5
+
+
+@pytest.mark.parametrize("size", [4, 7, 9, 12])
+def test_pooled_head_input_fits_the_head_on_any_map(size: int) -> None:
+    feature_map = torch.randn(2, 1280, size, size)
+    head_input = adapt_feature_map(feature_map, "pooled")
+    assert head_input.shape == (2, 1280, ClassifierHead.INPUT_GRID, ClassifierHead.INPUT_GRID)
+    assert torch.isclose(head_input[0, 0, 0, 0], feature_map[0, 0, : -(-size // 4), : -(-size // 4)].mean())
+    assert ClassifierHead().eval()(head_input).shape == (2, 2)
+
+
+def test_the_raw_lite2_map_does_not_fit_the_head() -> None:
+    """Why adapt_feature_map exists: the head's layers leave 2x2 of a 9x9 map, Linear(320) fails."""
+    assert ClassifierHead.input_extent(9) == 8 and ClassifierHead.input_extent(7) == 4
+    with pytest.raises(RuntimeError):
+        ClassifierHead().eval()(torch.randn(1, 1280, 9, 9))
+
+
+def test_corner_on_a_9x9_map_is_a_clear_parameter_error() -> None:
+    with pytest.raises(ParameterError, match="9x9.*head_input=pooled"):
+        adapt_feature_map(torch.randn(1, 1280, 9, 9), "corner")
+    with pytest.raises(ParameterError, match="efficientnet_lite2.*head_input=pooled"):
+        ModelConfig(backbone="efficientnet_lite2", weights="none", head_input="corner")
+    with pytest.raises(ParameterError, match="efficientnet_lite2"):
+        build_model("efficientnet_lite2", weights="none", head_input="corner")
+    assert adapt_feature_map(torch.randn(1, 1280, 7, 7), "corner").shape == (1, 1280, 4, 4)
+
+
+def test_lite2_classifier_and_its_checkpoint_round_trip() -> None:
+    spec = backbone_spec("efficientnet_lite2")
+    model = build_model("efficientnet_lite2", weights="none").eval()
+    images = torch.randn(2, 3, spec.input_size, spec.input_size)
+    payload = Checkpoint.from_model(model, backbone="efficientnet_lite2", head={"in_channels": 1280}).to_payload()
+    restored = Checkpoint.from_payload(payload).model()
+    with torch.inference_mode():
+        outputs, again = model.forward_all(images), restored.forward_all(images)
+    assert outputs["features"].shape == (2, 1280) and outputs["logits"].shape == (2, 2)
+    for name in outputs:
+        torch.testing.assert_close(again[name], outputs[name])
+    assert restored.head_input == "pooled"

@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 
 from image_classification.errors import DataError
-from image_classification.model import ClassifierHead, ImageClassifier, build_backbone
+from image_classification.backbones import build_backbone
+from image_classification.model import ClassifierHead, ImageClassifier
 
 INDEX_COLUMNS = ["path", "split", "label", "kind", "target"]
 

@@ -13,15 +13,8 @@ from tqdm.auto import tqdm
 from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
 from image_classification.errors import ParameterError
 from image_classification.images import ImageLimits, ImageReadError, load_rgb
-from image_classification.model import (
-    BackboneSpec,
-    ClassifierHead,
-    ImageClassifier,
-    adapt_feature_map,
-    backbone_spec,
-    pooled_features,
-    preprocess_transform,
-)
+from image_classification.backbones import BackboneSpec, backbone_spec
+from image_classification.model import ClassifierHead, ImageClassifier, adapt_feature_map, pooled_features, preprocess_transform
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 
-from image_classification.model import ClassifierHead, ModelConfig, build_backbone
+from image_classification.backbones import build_backbone
+from image_classification.model import ClassifierHead, ModelConfig
 from image_classification.pipelines.train import create_pipeline
 from image_classification.training import TrainConfig
 

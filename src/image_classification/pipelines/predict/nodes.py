@@ -29,7 +29,7 @@ from image_classification.export import (
     select_backend,
 )
 from image_classification.inference import ImageFiles, image_loader, torch_device
-from image_classification.model import BackboneSpec, backbone_spec
+from image_classification.backbones import BackboneSpec, backbone_spec
 from image_classification.sources import read_unlabelled
 from image_classification.parameters.predict import PredictConfig
 
