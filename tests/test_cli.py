@@ -44,7 +44,7 @@ USER_ERRORS = {
         ["/nonexistent/our_images"]),
     "impossible_parameter": (
         ["--pipelines", "train", "--params", "model.backbone=resnet9000"],
-        ["'resnet9000'", "efficientnet_lite0, mobilenet_v2"]),
+        ["'resnet9000'", "efficientnet_lite0, efficientnet_lite2, mobilenet_v2"]),
     "missing_pretrained_weights": (
         ["--pipelines", "data_prep,train", "--params",
          "model.backbone=mobilenet_v2,model.weights_path=/nonexistent/mobilenet_v2.pth"],

@@ -162,7 +162,7 @@ def test_train_skips_files_deleted_after_indexing_and_trains_on_the_rest(whole_r
 
 def test_zero_shot_scores_every_readable_image_and_names_the_deleted_ones(whole_run):
     run = whole_run.runs["zero_shot"]
-    assert {"embed_images_for_zero_shot", "decide_images", "plot_detector_comparison"} <= set(run.nodes)
+    assert {"score_anomalies", "decide_images", "plot_detector_comparison"} <= set(run.nodes)
     index = pd.read_parquet(whole_run.output("03_primary/image_index.parquet"))
     decisions = pd.read_parquet(whole_run.output("07_model_output/zero_shot_decisions.parquet"))
     deleted = {str(p) for p in whole_run.deleted}

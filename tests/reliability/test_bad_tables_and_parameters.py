@@ -54,7 +54,7 @@ def decoded(monkeypatch) -> list[int]:
 
 BAD_PARAMETERS = [
     # (pipelines, --params, fragments the message must contain: the value, and what is allowed)
-    (None, "model.backbone=resnet9000", ["'resnet9000'", "efficientnet_lite0, mobilenet_v2"]),
+    (None, "model.backbone=resnet9000", ["'resnet9000'", "efficientnet_lite0, efficientnet_lite2, mobilenet_v2"]),
     (["train"], "model.weights=imagenet21k", ["imagenet21k", "imagenet", "none"]),
     (["evaluate"], "evaluate.target_precision=1.5", ["got 1.5", "(0, 1]"]),
     (None, "target_precision=0", ["got 0", "(0, 1]", "Parameter 'train'", "Parameter 'evaluate'"]),
