@@ -51,7 +51,8 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
 
     from image_classification.inference import extract_backbone_features, head_outputs, torch_device
     from image_classification.backbones import build_backbone
-    from image_classification.model import ClassifierHead, ModelConfig
+    from image_classification.model import ClassifierHead
+    from image_classification.parameters.shared import ModelConfig
     from image_classification.artefacts import FeatureCache
     from image_classification.pipelines.evaluate.nodes import EvaluateConfig, fit_baseline
     from image_classification.pipelines.train.nodes import cached_feeds

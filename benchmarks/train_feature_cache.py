@@ -79,7 +79,8 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
 
     from image_classification.inference import torch_device
     from image_classification.backbones import build_backbone
-    from image_classification.model import ClassifierHead, ImageClassifier, ModelConfig
+    from image_classification.model import ClassifierHead, ImageClassifier
+    from image_classification.parameters.shared import ModelConfig
     from image_classification.pipelines.train import nodes
     from image_classification.training import TrainConfig, fit
 

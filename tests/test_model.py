@@ -13,7 +13,8 @@ from torch import nn
 from image_classification.errors import ParameterError
 from image_classification.backbones import backbone_spec
 from image_classification.artefacts import Checkpoint
-from image_classification.model import ClassifierHead, ModelConfig, adapt_feature_map, build_model, preprocess_transform
+from image_classification.model import ClassifierHead, adapt_feature_map, build_model, preprocess_transform
+from image_classification.parameters.shared import ModelConfig
 
 
 @pytest.fixture(autouse=True)

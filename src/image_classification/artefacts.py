@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,19 @@ from image_classification.backbones import build_backbone
 from image_classification.model import ClassifierHead, ImageClassifier
 
 INDEX_COLUMNS = ["path", "split", "label", "kind", "target"]
+
+
+def jsonable(value: object) -> object:
+    """Plain JSON types; NaN and infinity, which strict JSON lacks, become null."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _known_fields(cls: type) -> set[str]:

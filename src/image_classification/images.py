@@ -199,3 +199,14 @@ def inspect_images(
             )
         )
     return pd.DataFrame(rows, columns=columns)
+
+
+def thumbnail(path: str, size: int) -> np.ndarray | None:
+    """A small RGB copy of an image (for galleries), or None, with a warning, if it can no longer be read."""
+    try:
+        image = load_rgb(path, ImageLimits(min_side=1), draft_size=size)
+    except ImageReadError as error:
+        logger.warning("%s cannot be shown: %s", path, error)
+        return None
+    image.thumbnail((size, size))
+    return np.asarray(image)

@@ -169,6 +169,12 @@ def recall_at_precision_bound(
     )
 
 
+ORACLE_NOTE = (
+    "ORACLE, not an estimate of deployed performance: the threshold is picked on the test split itself "
+    "(what the original project reported). Compare test.recall, whose threshold was chosen on validation."
+)
+
+
 # ---------------------------------------------------------------- threshold rules
 
 
@@ -323,3 +329,20 @@ def bootstrap_precision_recall(
         result[name] = [float(v) for v in np.percentile(values, tails)] if len(values) else [float("nan")] * 2
         result[f"{name}_resamples"] = int(usable.sum())
     return result
+
+
+def report_at_threshold(targets: np.ndarray, scores: np.ndarray, threshold: float, target_precision: float,
+                        bootstrap_samples: int, bootstrap_level: float, seed: int) -> dict:
+    """One classifier's test metrics at a threshold chosen elsewhere, their bootstrap intervals, and the
+    oracle (the threshold picked on these very images) for comparison, labelled as such."""
+    test = metrics_at_threshold(targets, scores, threshold)
+    test["target_precision_held"] = bool(test["precision"] >= target_precision)  # NaN: not held
+    bootstrap = bootstrap_precision_recall(targets, scores >= threshold, bootstrap_samples, seed, bootstrap_level)
+    oracle = recall_at_precision(targets, scores, target_precision)
+    return {
+        "test": test,
+        "test_bootstrap": {**bootstrap, "seed": seed},
+        "oracle_picked_on_test": {"note": ORACLE_NOTE, "reached": oracle.reached, "threshold": oracle.threshold,
+                                  "recall_at_target_precision": oracle.recall if oracle.reached else None,
+                                  "precision": oracle.precision if oracle.reached else None},
+    }

@@ -11,7 +11,6 @@ the backbone, ``forward_head(features, pre_logits=True)`` returns the 50-d embed
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,8 +20,6 @@ from image_classification.backbones import (
     BackboneSpec,
     backbone_spec,
     build_backbone,
-    check_weights_choice,
-    imagenet_weights_file,
 )
 from image_classification.errors import ParameterError
 
@@ -230,39 +227,6 @@ class ImageClassifier(nn.Module):
         for block in self._backbone_blocks()[: self.frozen_blocks]:
             block.eval()
         return self
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which backbone, with which weights; checked when parameters load, before any work.
-
-    Kedro builds this from ``params:model`` and runs ``__post_init__`` before the first node,
-    so a missing weights file stops a run at once with the fix, not after data_prep.
-    """
-
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    weights_path: str | None = None
-    head_input: str = "pooled"
-
-    def __post_init__(self) -> None:
-        spec = backbone_spec(self.backbone)
-        if self.head_input not in HEAD_INPUTS:
-            raise ParameterError(f"model.head_input must be one of {HEAD_INPUTS}, got '{self.head_input}'")
-        if self.head_input == "corner":
-            check_corner_fits(spec.feature_size, self.backbone)
-        check_weights_choice(self.weights)
-        if self.weights == "imagenet":
-            imagenet_weights_file(self.backbone, self.weights_path)
-        elif self.weights_path is not None:
-            raise ParameterError(
-                f"model.weights is 'none' but model.weights_path={self.weights_path!r} is set; "
-                "use weights: imagenet to load the file, or drop weights_path"
-            )
-
-    @property
-    def spec(self) -> BackboneSpec:
-        return backbone_spec(self.backbone)
 
 
 def build_model(

@@ -23,7 +23,7 @@ import torch
 
 from image_classification.datasets import SafetensorsDataset, TrainingStateDataset
 from image_classification.datasets.safetensors_dataset import METADATA_KEY
-from image_classification.model import ModelConfig
+from image_classification.parameters.shared import ModelConfig
 from image_classification.pipelines.train.nodes import train_classifier
 from image_classification.training import TrainConfig
 

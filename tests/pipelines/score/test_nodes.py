@@ -13,7 +13,8 @@ import torch
 
 from image_classification.artefacts import Checkpoint, ScoredIndex
 from image_classification.errors import DataError
-from image_classification.model import ModelConfig, build_model
+from image_classification.model import build_model
+from image_classification.parameters.shared import ModelConfig
 from image_classification.pipelines.score.nodes import score_index
 from image_classification.pipelines.train.nodes import extract_features
 

@@ -11,7 +11,8 @@ from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 
 from image_classification.backbones import build_backbone
-from image_classification.model import ClassifierHead, ModelConfig
+from image_classification.model import ClassifierHead
+from image_classification.parameters.shared import ModelConfig
 from image_classification.pipelines.train import create_pipeline
 from image_classification.training import TrainConfig
 

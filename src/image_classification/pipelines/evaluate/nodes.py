@@ -11,28 +11,19 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
+from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex, jsonable
 from image_classification.baseline import LogisticBaseline
-from image_classification.plots import evaluation as plots
 from image_classification.errors import DataError
-from image_classification.images import ImageLimits, ImageReadError, load_rgb
-from image_classification.metrics import (
-    bootstrap_precision_recall,
-    metrics_at_threshold,
-    recall_at_precision,
-    select_threshold,
-)
+from image_classification.images import thumbnail
+from image_classification.metrics import report_at_threshold, select_threshold
 from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.plots import evaluation as plots
 
 logger = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("val", "test")
 SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "error"]
 THUMBNAIL_SIZE = 160
-ORACLE_NOTE = (
-    "ORACLE, not an estimate of deployed performance: the threshold is picked on the test split itself "
-    "(what the original project reported). Compare test.recall, whose threshold was chosen on validation."
-)
 
 
 # ---------------------------------------------------------------- scores
@@ -100,7 +91,7 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
     """
     point = select_threshold(*_scored(evaluation_scores, "val", "score"), evaluate.rule, evaluate.rule_settings)
     _log_operating_point("Model", point)
-    return _jsonable(OperatingPoint.for_checkpoint(point, Checkpoint.from_payload(model_checkpoint)).to_payload())
+    return jsonable(OperatingPoint.for_checkpoint(point, Checkpoint.from_payload(model_checkpoint)).to_payload())
 
 
 def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, baseline_fit: dict,
@@ -119,7 +110,7 @@ def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, 
     }
     for name in ("model", "baseline"):
         _log_test_report(name, metrics[name], evaluate.target_precision)
-    return _jsonable(metrics)
+    return jsonable(metrics)
 
 
 def list_errors(evaluation_scores: pd.DataFrame, operating_point: dict) -> pd.DataFrame:
@@ -183,7 +174,7 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
         errors = gap_analysis[gap_analysis["error"] == error]
         shown = "" if len(errors) <= evaluate.gallery_size else f", the {evaluate.gallery_size} most wrong shown"
         rows[f"{title}: {len(errors)}{shown}"] = [
-            (_thumbnail(row.path), f"{row.path.rsplit('/', 1)[-1][:22]}\n{row.split} split, score {row.score:.3f}")
+            (thumbnail(row.path, THUMBNAIL_SIZE), f"{row.path.rsplit('/', 1)[-1][:22]}\n{row.split} split, score {row.score:.3f}")
             for row in errors.head(evaluate.gallery_size).itertuples()
         ]
     title = f"Model errors at threshold {operating_point['threshold']:.3f} on validation and test, most wrong first"
@@ -210,20 +201,13 @@ def _test_report(evaluation_scores: pd.DataFrame, column: str, point: dict, conf
     if not len(targets):
         raise DataError("the test split has no readable image to measure on; give it a share in "
                         "data_prep.split and rerun data_prep and train")
-    test = metrics_at_threshold(targets, scores, point["threshold"])
-    test["target_precision_held"] = bool(test["precision"] >= config.target_precision)  # NaN: not held
-    bootstrap = bootstrap_precision_recall(targets, scores >= point["threshold"], config.bootstrap_samples, seed,
-                                           config.bootstrap_level)
-    oracle = recall_at_precision(targets, scores, config.target_precision)
+    report = report_at_threshold(targets, scores, point["threshold"], config.target_precision,
+                                 config.bootstrap_samples, config.bootstrap_level, seed)
     return {
         "threshold": point["threshold"],
         "chosen_on_validation": {key: point[key] for key in ("rule", "reached", "fallback", "validation")},
-        "test": test,
-        "test_bootstrap": {**bootstrap, "seed": seed},
+        **report,
         "unscored_test_images": int(((evaluation_scores["split"] == "test") & evaluation_scores[column].isna()).sum()),
-        "oracle_picked_on_test": {"note": ORACLE_NOTE, "reached": oracle.reached, "threshold": oracle.threshold,
-                                  "recall_at_target_precision": oracle.recall if oracle.reached else None,
-                                  "precision": oracle.precision if oracle.reached else None},
     }
 
 
@@ -231,17 +215,6 @@ def _test_series(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> l
     baseline = "baseline (logistic regression)"
     return [plots.ScoredSplit(name, *_scored(evaluation_scores, "test", column), evaluation_metrics[key]["threshold"])
             for key, column, name in (("model", "score", "model"), ("baseline", "baseline_score", baseline))]
-
-
-def _thumbnail(path: str) -> np.ndarray | None:
-    """A small RGB copy of an image for the gallery, or None if it can no longer be read."""
-    try:
-        image = load_rgb(path, ImageLimits(min_side=1), draft_size=THUMBNAIL_SIZE)
-    except ImageReadError as error:
-        logger.warning("Error gallery: %s cannot be shown: %s", path, error)
-        return None
-    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    return np.asarray(image)
 
 
 def _log_operating_point(name: str, point: dict) -> None:
@@ -270,14 +243,3 @@ def _format(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def _jsonable(value: object) -> object:
-    """Plain JSON types; NaN and infinity, which strict JSON lacks, become null."""
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
