@@ -160,6 +160,29 @@ def demo_run(tmp_path_factory) -> Path:
     return project
 
 
+def base_catalog_config() -> dict[str, dict]:
+    """Every entry and dataset factory of conf/base/catalog*.yml, as Kedro reads them."""
+    import yaml
+
+    config: dict[str, dict] = {}
+    for path in sorted((REPO_ROOT / "conf" / "base").glob("catalog*.yml")):
+        config.update(yaml.safe_load(path.read_text()) or {})
+    return {name: entry for name, entry in config.items() if not name.startswith("_")}
+
+
+def catalog_entry(name: str) -> dict | None:
+    """The configuration Kedro gives dataset ``name``: its explicit entry, or the dataset factory it
+    matches with the placeholders filled in; None when it is an in-memory dataset."""
+    from kedro.io import DataCatalog
+
+    config = base_catalog_config()
+    if name in config:
+        return config[name]
+    resolved = DataCatalog.from_config(config).config_resolver.resolve_pattern(name)
+    # Kedro's own catch-all pattern makes every other name a MemoryDataset: not an entry
+    return None if "MemoryDataset" in str(resolved.get("type", "MemoryDataset")) else resolved
+
+
 class KeptDataset(MemoryDataset):
     """A MemoryDataset the runner cannot release, so a test can read intermediate outputs."""
 

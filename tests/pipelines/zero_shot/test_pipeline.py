@@ -59,7 +59,7 @@ def tiny_inputs(seed: int = 0) -> dict:
 def test_zero_shot_runs_alone_and_flags_far_kinds():
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in tiny_inputs().items()})
     outputs = ["zero_shot_decisions", "zero_shot_metrics", "anomaly_thresholds", "zero_shot_embedding_3d",
-               "zero_shot_embedding_plot", "anomaly_score_plot", "detector_comparison_plot"]
+               "zero_shot_embedding_figure", "anomaly_score_figure", "detector_comparison_figure"]
     for name in outputs:
         catalog[name] = KeptDataset(copy_mode="assign")
     SequentialRunner().run(create_pipeline(), catalog)
@@ -95,7 +95,7 @@ def test_without_unseen_images_the_detectors_are_still_fitted_and_the_run_comple
                      "errors": [""] * len(inputs["image_index"])},
     }
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
-    for name in ("zero_shot_metrics", "anomaly_detector", "detector_comparison_plot"):
+    for name in ("zero_shot_metrics", "anomaly_detector", "detector_comparison_figure"):
         catalog[name] = KeptDataset(copy_mode="assign")
     with caplog.at_level("WARNING"):
         SequentialRunner().run(create_pipeline(), catalog)

@@ -37,19 +37,19 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=plot_embedding_overlay,
                 inputs=["pca_projection", "zero_shot_decisions"],
-                outputs=["zero_shot_embedding_plot", "zero_shot_embedding_3d"],
+                outputs=["zero_shot_embedding_figure", "zero_shot_embedding_3d"],
                 name="plot_embedding_overlay",
             ),
             Node(
                 func=plot_anomaly_scores,
                 inputs=["zero_shot_decisions", "anomaly_thresholds", "params:zero_shot"],
-                outputs="anomaly_score_plot",
+                outputs="anomaly_score_figure",
                 name="plot_anomaly_scores",
             ),
             Node(
                 func=plot_detector_comparison,
                 inputs="zero_shot_metrics",
-                outputs="detector_comparison_plot",
+                outputs="detector_comparison_figure",
                 name="plot_detector_comparison",
             ),
         ],
