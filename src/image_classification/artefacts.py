@@ -245,16 +245,12 @@ class ScoredIndex:
                             "`kedro run --pipelines score` to score the images with this checkpoint")
         return self
 
-    def table(self, image_index: pd.DataFrame, pooled: bool = False) -> pd.DataFrame:
-        """One row per indexed image: path, split, label, kind, target, score, error, ``e0..e{d-1}``
-        and, with ``pooled``, ``f0..f{C-1}``."""
+    def table(self, image_index: pd.DataFrame) -> pd.DataFrame:
+        """One row per indexed image: path, split, label, kind, target, score, error, ``e0..e{d-1}``."""
         table = image_index[INDEX_COLUMNS].reset_index(drop=True).copy()
         table["score"] = self.score.astype(np.float32)
         table["error"] = pd.array(self.errors, dtype="string")
         columns = {f"e{i}": self.embedding[:, i] for i in range(self.embedding.shape[1])}
-        if pooled:
-            features = self.pooled.float().numpy()
-            columns |= {f"f{i}": features[:, i] for i in range(features.shape[1])}
         return pd.concat([table, pd.DataFrame(columns)], axis=1)
 
     def space(self, name: str) -> np.ndarray:
