@@ -9,10 +9,17 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from image_classification.duplicates import connected_groups, near_duplicate_pairs, pairs_sharing
+from image_classification.duplicates import (
+    connected_groups,
+    near_duplicate_pairs,
+    pairs_sharing,
+)
 from image_classification.images import ImageLimits, inspect_images
+from image_classification.parameters.data_prep import (
+    SplitFractions,
+    validated_fractions,
+)
 from image_classification.sources import SPLITS, SourceError, read_source
-from image_classification.parameters.data_prep import SplitFractions, validated_fractions
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
+from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.clustering import (
     agglomerative_clusters,
     agreement_scores,
@@ -28,10 +29,9 @@ from image_classification.clustering import (
     project_gaussians,
     stratified_sample,
 )
-from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.errors import DataError
-from image_classification.plots import embedding as embedding_plots
 from image_classification.parameters.embedding_analysis import EmbeddingAnalysisConfig
+from image_classification.plots import embedding as embedding_plots
 
 logger = logging.getLogger(__name__)
 

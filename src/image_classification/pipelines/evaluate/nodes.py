@@ -11,7 +11,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex, jsonable
+from image_classification.artefacts import (
+    Checkpoint,
+    FeatureCache,
+    OperatingPoint,
+    ScoredIndex,
+    jsonable,
+)
 from image_classification.baseline import LogisticBaseline
 from image_classification.errors import DataError
 from image_classification.images import thumbnail

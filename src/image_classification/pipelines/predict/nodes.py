@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from image_classification.anomaly import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.backbones import BackboneSpec, backbone_spec
 from image_classification.export import (
     CHECKPOINT_KEY,
     Backend,
@@ -29,9 +30,8 @@ from image_classification.export import (
     select_backend,
 )
 from image_classification.inference import ImageFiles, image_loader, torch_device
-from image_classification.backbones import BackboneSpec, backbone_spec
-from image_classification.sources import read_unlabelled
 from image_classification.parameters.predict import PredictConfig
+from image_classification.sources import read_unlabelled
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,11 @@ import logging
 import pandas as pd
 
 from image_classification.artefacts import Checkpoint, FeatureCache
-from image_classification.inference import scores_from_cache, scores_from_images, torch_device
+from image_classification.inference import (
+    scores_from_cache,
+    scores_from_images,
+    torch_device,
+)
 
 logger = logging.getLogger(__name__)
 

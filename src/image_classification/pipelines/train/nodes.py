@@ -13,8 +13,14 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, TensorDataset
 
 from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
-from image_classification.inference import extract_backbone_features, head_outputs, image_loader, model_outputs, torch_device
 from image_classification.backbones import build_backbone
+from image_classification.inference import (
+    extract_backbone_features,
+    head_outputs,
+    image_loader,
+    model_outputs,
+    torch_device,
+)
 from image_classification.model import ClassifierHead, ImageClassifier
 from image_classification.parameters.shared import ModelConfig
 from image_classification.plots.training import training_curves_figure

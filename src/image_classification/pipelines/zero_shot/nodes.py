@@ -18,11 +18,10 @@ from image_classification.anomaly import (
 )
 from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.errors import DataError
-from image_classification.plots import zero_shot as zero_shot_plots
 from image_classification.parameters.zero_shot import ZeroShotConfig
+from image_classification.plots import zero_shot as zero_shot_plots
 
 logger = logging.getLogger(__name__)
-
 
 
 def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.DataFrame, config: ZeroShotConfig,
@@ -49,8 +48,9 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
         raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
     targets = image_index["target"].to_numpy(dtype=float, na_value=np.nan)[train].astype(int)
     thresholds, flag_state = {}, None
+    spaces = {space or "score": scored.space(space or "score") for _, _, space in config.detector_runs}
     for name, detector_name, space in config.detector_runs:
-        features = scored.space(space or "score")
+        features = spaces[space or "score"]
         detector = build_detector(detector_name, config.detector_settings(seed)).fit(features[train], targets)
         table[name] = detector.score_samples(features[rest])
         thresholds[name] = calibrate_threshold(table.loc[validation, name].to_numpy(), config.target_tpr)
