@@ -117,11 +117,14 @@ def test_a_store_that_cannot_be_written_costs_a_warning_not_the_run(project_copy
     metrics = project_copy / "data" / "08_reporting" / "evaluation_metrics.json"
     versions = len(list(metrics.iterdir()))
     try:
-        result = kedro(project_copy, "run", "--pipelines", "evaluate", "--params", EVALUATE_PARAMS)
+        # wide enough that the log does not wrap the warning
+        result = kedro(project_copy, "run", "--pipelines", "evaluate", "--params", EVALUATE_PARAMS,
+                       env={"COLUMNS": "1000"})
     finally:
         (project_copy / "conf" / "local" / "mlflow.yml").unlink()
-    output = " ".join((result.stdout + result.stderr).split())
-    assert f"MLflow tracking is off for this run: the MLflow database {store} cannot be written" in output
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if "MLflow" in line and "WARNING" in line]
+    assert len(warnings) == 1, warnings
+    assert f"MLflow tracking is off for this run: the MLflow database {store} cannot be written" in warnings[0]
     assert len(list(metrics.iterdir())) == versions + 1, "the run's outputs were not saved"
 
 
@@ -160,7 +163,7 @@ def test_mlflow_ui_shows_a_runs_metric_in_chromium(demo_run, tmp_path):
         with chromium_page(tmp_path / "profile") as page:
             page.goto(f"{url}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}", timeout=120_000)
             page.get_by_text("evaluation_metrics.model.test.recall", exact=True).first.wait_for(timeout=120_000)
-            row = page.locator("tr", has=page.get_by_text("evaluation_metrics.model.test.recall", exact=True)).first
-            assert f"{recall:g}" in row.inner_text()
+            row = page.get_by_role("row").filter(has_text="evaluation_metrics.model.test.recall").first
+            assert f"{recall:g}" in row.inner_text(timeout=30_000)
     finally:
         stop(process)
