@@ -9,3 +9,11 @@ CONFIG_LOADER_ARGS = {
     # an environment such as conf/cifar10_dev overrides single keys, not whole blocks
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
 }
+
+# Experiment tracking (conf/base/mlflow.yml): kedro-mlflow's hook, through the project's subclass
+# that adds metrics, artefacts and the model from the catalog's metadata; the plugin's own copy of
+# the hook is disabled so that it does not run twice.
+from image_classification.tracking import ProjectMlflowHook  # noqa: E402
+
+HOOKS = (ProjectMlflowHook(),)
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its distribution's name, either spelling

@@ -1,0 +1,46 @@
+"""The model as MLflow logs it: a checkpoint and the operating point chosen for it, loadable with
+``mlflow.pyfunc.load_model("models:/image_classification/<version>")`` to score image files.
+
+MLflow loads this file as code ("models from code"), so nothing is unpickled: the checkpoint is a
+safetensors file and the operating point a JSON file, both logged beside it as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.backbones import backbone_spec
+from image_classification.datasets import SafetensorsDataset
+from image_classification.inference import model_outputs
+
+
+class ImageClassifierModel(mlflow.pyfunc.PythonModel):
+    """Scores a table with a ``path`` column: probability of valid and the label at the threshold."""
+
+    def load_context(self, context) -> None:
+        self.checkpoint = Checkpoint.from_payload(SafetensorsDataset(filepath=context.artifacts["checkpoint"]).load())
+        with open(context.artifacts["operating_point"], encoding="utf-8") as file:
+            self.operating_point = OperatingPoint.from_payload(json.load(file))
+        self.threshold = self.operating_point.threshold_for(self.checkpoint)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        paths = [str(path) for path in model_input["path"]]
+        outputs = model_outputs(self.checkpoint.model(), paths, backbone_spec(self.checkpoint.backbone),
+                                torch.device("cpu"))
+        readable = np.array([not error for error in outputs["errors"]], dtype=bool)
+        scores = np.where(readable, outputs["score"], np.nan)
+        return pd.DataFrame({
+            "path": paths,
+            "score": scores,
+            "predicted_label": self.operating_point.predicted_labels(scores).to_numpy(),
+            "error": [error or None for error in outputs["errors"]],
+        })
+
+
+mlflow.models.set_model(ImageClassifierModel())

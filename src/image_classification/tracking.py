@@ -1,0 +1,240 @@
+"""Experiment tracking: every ``kedro run`` becomes one MLflow run in the project's own SQLite store.
+
+kedro-mlflow's hook does the work (``conf/base/mlflow.yml``: store, experiment, parameters); this
+subclass adds what the project needs on top:
+
+- the catalog says what MLflow gets: an entry whose ``metadata.mlflow`` has ``metrics`` has every
+  number of the JSON it saves logged as a metric (named ``<dataset>.<key>.<key>``); one with
+  ``artifact: <folder>`` has the file Kedro just wrote copied into the run's ``<folder>``; with
+  ``model_part: <name>`` that file is also part of the pyfunc model logged and registered when the
+  run chose an operating point (:mod:`image_classification.mlflow_model`);
+- the run is tagged with the pipelines it ran (``pipelines``, ``stage``);
+- a store that cannot be written costs one warning naming it, never the run's Kedro outputs;
+- ``IMAGE_CLASSIFICATION_MLFLOW=off`` turns tracking off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+# before MLflow is imported anywhere: its usage telemetry would try to reach the network
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import mlflow  # noqa: E402
+from kedro.framework.hooks import hook_impl  # noqa: E402
+from kedro.framework.startup import bootstrap_project  # noqa: E402, F401  (sets up Kedro's logging of warnings first)
+
+# kedro-mlflow's own pyfunc class has no type hints, which MLflow warns about when it is imported,
+# on every run, under a warning filter of its own: not shown
+_show_warning, warnings.showwarning = warnings.showwarning, lambda *args, **kwargs: None
+try:
+    from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook  # noqa: E402
+finally:
+    warnings.showwarning = _show_warning
+from mlflow.models import ModelSignature  # noqa: E402
+from mlflow.types import ColSpec, Schema  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+SWITCH = "IMAGE_CLASSIFICATION_MLFLOW"
+OFF_VALUES = ("0", "off", "false", "no")
+REGISTERED_MODEL = "image_classification"
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+MODEL_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "path")]),
+    outputs=Schema([ColSpec("string", "path"), ColSpec("double", "score"), ColSpec("string", "predicted_label"),
+                    ColSpec("string", "error", required=False)]),
+)
+MODEL_REQUIREMENTS = ("mlflow", "torch", "torchvision", "safetensors", "numpy", "pandas", "pillow")
+
+
+def tracking_switched_off() -> bool:
+    return os.environ.get(SWITCH, "").strip().lower() in OFF_VALUES
+
+
+def flatten_metrics(data: Any, prefix: str) -> dict[str, float]:
+    """Every number in a nested JSON-like structure, keyed by its path (``a.b.0``); booleans,
+    strings and nulls are left out. Keys keep only the characters MLflow allows."""
+    found: dict[str, float] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found.update(flatten_metrics(value, f"{prefix}.{key}"))
+    elif isinstance(data, (list, tuple)):
+        for index, value in enumerate(data):
+            found.update(flatten_metrics(value, f"{prefix}.{index}"))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool) and data == data:
+        found[re.sub(r"[^\w\-. /:]", "_", prefix)[:250]] = float(data)
+    return found
+
+
+def _plain(value: Any) -> Any:
+    """A typed parameter block (dataclass) as the dict kedro-mlflow flattens into parameters."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+
+
+def _saved_path(dataset: Any, saved: bool = True) -> Path | None:
+    """The local file a dataset has just written (``saved``), or would load now."""
+    try:
+        if getattr(dataset, "_version", None) is not None:
+            path = dataset._get_versioned_path(dataset.resolve_save_version()) if saved else dataset._get_load_path()
+        else:
+            path = dataset._filepath
+    except Exception:  # a dataset with no local file, or no version yet
+        return None
+    path = Path(str(path))
+    return path if path.is_file() else None
+
+
+def _store_description(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"MLflow database {Path(uri[len('sqlite:///'):]).absolute()}"
+    return f"MLflow store {uri}"
+
+
+class ProjectMlflowHook(MlflowHook):
+    """kedro-mlflow's hook, with the project's metrics, artefacts, model, tags and failure handling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tracking = False
+        self._catalog = None
+        self._model_parts: dict[str, Path] = {}
+
+    def _give_up(self, uri: str, error: BaseException) -> None:
+        """One warning that names the store, then no more tracking in this run."""
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        logger.warning("MLflow tracking is off for this run: the %s cannot be written (%s); Kedro's outputs are "
+                       "saved as usual. Set %s=off to stop tracking.", _store_description(uri), reason, SWITCH)
+        self._tracking = False
+        self._is_mlflow_enabled = False
+        self.run_id = None
+        try:
+            while mlflow.active_run():
+                mlflow.end_run("FAILED")
+        except Exception:  # the store is what failed; nothing more to tell
+            pass
+
+    def _store_uri(self, context: Any = None) -> str:
+        config = getattr(self, "mlflow_config", None)
+        if config is not None and config.server.mlflow_tracking_uri:
+            return config.server.mlflow_tracking_uri
+        try:
+            return context.config_loader["mlflow"]["server"]["mlflow_tracking_uri"]
+        except Exception:
+            return os.environ.get("MLFLOW_TRACKING_URI", "mlruns")
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._tracking = False
+        self.mlflow_config = None
+        if tracking_switched_off():
+            logger.info("MLflow tracking is off (%s=%s)", SWITCH, os.environ[SWITCH])
+            return
+        try:
+            super().after_context_created(context)
+        except Exception as error:
+            self._give_up(self._store_uri(context), error)
+            return
+        self._tracking = True
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        self._catalog = catalog
+        self._model_parts = {}
+        if not self._tracking:
+            self._is_mlflow_enabled = False
+            self.run_id = None
+            return
+        try:
+            super().before_pipeline_run(run_params, pipeline, catalog)
+            if self._is_mlflow_enabled:
+                names = run_params.get("pipeline_names") or ["__default__"]
+                mlflow.set_tags({"pipelines": ",".join(names),
+                                 "stage": "all stages" if names == ["__default__"] else "+".join(names)})
+        except Exception as error:
+            self._give_up(self._store_uri(), error)
+
+    @hook_impl
+    def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:
+        if not (self._tracking and self._is_mlflow_enabled):
+            return
+        try:
+            super().before_node_run(node, catalog, {name: _plain(value) for name, value in inputs.items()}, is_async)
+        except Exception as error:
+            self._give_up(self._store_uri(), error)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        if not (self._tracking and self._is_mlflow_enabled and self._catalog is not None):
+            return
+        try:
+            dataset = self._catalog[dataset_name]
+        except Exception:
+            return
+        spec = (getattr(dataset, "metadata", None) or {}).get("mlflow") or {}
+        if not spec:
+            return
+        try:
+            if spec.get("metrics"):
+                mlflow.log_metrics(flatten_metrics(data, dataset_name), run_id=self.run_id)
+            path = _saved_path(dataset) if "artifact" in spec or "model_part" in spec else None
+            if path is not None and "artifact" in spec:
+                mlflow.log_artifact(str(path), artifact_path=spec["artifact"], run_id=self.run_id)
+            if path is not None and "model_part" in spec:
+                self._model_parts[spec["model_part"]] = path
+        except Exception as error:
+            self._give_up(self._store_uri(), error)
+
+    def _log_model(self) -> None:
+        """When the run chose an operating point: the pyfunc model of it and its checkpoint, registered."""
+        parts = dict(self._model_parts)
+        if "operating_point" not in parts:
+            return
+        if "checkpoint" not in parts:  # evaluate alone: the checkpoint it read
+            for name in list(self._catalog.keys()):
+                dataset = self._catalog[name]
+                if ((getattr(dataset, "metadata", None) or {}).get("mlflow") or {}).get("model_part") == "checkpoint":
+                    parts["checkpoint"] = _saved_path(dataset, saved=False)
+            if parts.get("checkpoint") is None:
+                return
+        if mlflow.active_run() is None or mlflow.active_run().info.run_id != self.run_id:
+            mlflow.start_run(run_id=self.run_id, nested=True)
+        with warnings.catch_warnings():  # no input example: it would have to be an image file on this machine
+            warnings.filterwarnings("ignore", message=r"(?s).*input example was not provided", category=UserWarning)
+            self._log_pyfunc(parts)
+
+    @staticmethod
+    def _log_pyfunc(parts: dict[str, Path]) -> None:
+        mlflow.pyfunc.log_model(
+            name="image_classifier", python_model=str(MODEL_CODE),
+            artifacts={part: str(path) for part, path in parts.items()},
+            signature=MODEL_SIGNATURE, registered_model_name=REGISTERED_MODEL,
+            pip_requirements=[f"{package}=={version(package)}" for package in MODEL_REQUIREMENTS],
+        )
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if not (self._tracking and self._is_mlflow_enabled):
+            return
+        try:
+            self._log_model()
+            super().after_pipeline_run(run_params, pipeline, catalog)
+        except Exception as error:
+            self._give_up(self._store_uri(), error)
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if not (self._tracking and self._is_mlflow_enabled):
+            return
+        try:
+            super().on_pipeline_error(error, run_params, pipeline, catalog)
+        except Exception as store_error:
+            self._give_up(self._store_uri(), store_error)

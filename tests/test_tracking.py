@@ -1,0 +1,169 @@
+"""Experiment tracking: each `kedro run` is one MLflow run in the project's own SQLite store, with
+its parameters, metrics, figures and registered model; a store that cannot be written costs a
+warning, not the run; the MLflow UI shows a run's metric in Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from image_classification.tracking import SWITCH, flatten_metrics
+
+from .conftest import DEMO_PIPELINES
+from .test_viz import chromium_page, free_port, needs_chromium, stop
+
+EVALUATE_PARAMS = "evaluate.bootstrap_samples=50,runtime.threads=1,runtime.workers=0"
+
+
+def test_flatten_metrics_keeps_numbers_by_their_path():
+    data = {"model": {"test": {"recall": 0.9, "reached": True, "note": "x", "auroc": None},
+                      "test_bootstrap": {"recall": [0.8, 1.0]}}, "bic": {"2": -5}}
+    assert flatten_metrics(data, "evaluation_metrics") == {
+        "evaluation_metrics.model.test.recall": 0.9,
+        "evaluation_metrics.model.test_bootstrap.recall.0": 0.8,
+        "evaluation_metrics.model.test_bootstrap.recall.1": 1.0,
+        "evaluation_metrics.bic.2": -5.0,
+    }
+
+
+def kedro(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "kedro", *args]
+    result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "COLUMNS": "200", **(env or {})})
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def mlflow_runs(project: Path) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns.db'}")
+    return mlflow.search_runs(experiment_names=["image_classification"], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def project_copy(demo_run: Path, tmp_path_factory) -> Path:
+    """The demo run's project, copied so that the runs these tests add leave demo_run as it was."""
+    project = tmp_path_factory.mktemp("tracking") / "project"
+    shutil.copytree(demo_run, project, ignore=shutil.ignore_patterns("mlruns.db", "mlartifacts"))
+    shutil.copy(demo_run / "mlruns.db", project / "mlruns.db")  # its artifacts stay where they were logged
+    return project
+
+
+@pytest.mark.slow
+def test_the_demo_run_left_one_mlflow_run_with_metrics_figures_and_model(demo_run):
+    runs = mlflow_runs(demo_run)
+    assert len(runs) == 1, runs[["run_id", "tags.mlflow.runName"]]
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED"
+    assert set(run["tags.pipelines"].split(",")) == set(DEMO_PIPELINES.split(","))
+    assert run["params.train.epochs"] == "2" and run["params.evaluate.bootstrap_samples"] == "100"
+    for metric in ("evaluation_metrics.model.test.recall", "evaluation_metrics.model.test.precision",
+                   "evaluation_metrics.model.test.auroc", "evaluation_metrics.model.test.average_precision",
+                   "evaluation_metrics.baseline.test.recall", "evaluation_metrics.model.test_bootstrap.recall.0",
+                   "zero_shot_metrics.detectors.knn_pooled.all_unseen.auroc",
+                   "zero_shot_metrics.detectors.knn_pooled.per_kind.digit.auroc",
+                   "clustering_metrics.gmm.ari"):
+        assert 0.0 <= run[f"metrics.{metric}"] <= 1.0, metric
+    artifact_root = Path(run["artifact_uri"].removeprefix("file://"))
+    assert artifact_root.is_relative_to(demo_run), "MLflow wrote outside the project"
+    assert {"roc.png", "training_curves.png", "zero_shot_embedding.png"} <= {p.name for p in (artifact_root / "figures").iterdir()}
+    assert {"model.safetensors", "operating_point.json", "anomaly_detector.safetensors"} <= {
+        p.name for p in (artifact_root / "model").iterdir()}
+
+
+@pytest.mark.slow
+def test_two_runs_with_different_parameters_give_two_mlflow_runs_whose_metrics_differ(project_copy):
+    before = len(mlflow_runs(project_copy))
+    for target in ("0.5", "0.95"):
+        kedro(project_copy, "run", "--pipelines", "evaluate", "--params", f"target_precision={target},{EVALUATE_PARAMS}")
+    runs = mlflow_runs(project_copy).iloc[before:]
+    assert len(runs) == 2
+    assert list(runs["tags.stage"]) == ["evaluate", "evaluate"]
+    assert list(runs["params.evaluate.target_precision"]) == ["0.5", "0.95"]
+    assert list(runs["metrics.evaluation_metrics.target_precision"]) == [0.5, 0.95]
+    assert list(runs["metrics.evaluation_metrics.model.test_bootstrap.samples"]) == [50.0, 50.0]
+    # a lower target never asks for a higher threshold
+    thresholds = list(runs["metrics.evaluation_metrics.model.threshold"])
+    assert thresholds[0] <= thresholds[1]
+
+    # each evaluate registered a model version: the last one loads and scores images at its threshold
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/image_classification/latest")
+    images = sorted((project_copy / "data" / "01_raw" / "demo").rglob("*.png"))[:3]
+    predictions = model.predict(pd.DataFrame({"path": [str(path) for path in images]}))
+    assert predictions["score"].between(0, 1).all()
+    expected = ["valid" if score >= thresholds[1] else "invalid" for score in predictions["score"]]
+    assert list(predictions["predicted_label"]) == expected
+
+
+@pytest.mark.slow
+def test_a_store_that_cannot_be_written_costs_a_warning_not_the_run(project_copy, tmp_path):
+    # Tests run as root, for whom a read-only folder is writable: a path under a regular file is not,
+    # for anyone.
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the store's folder should be")
+    store = blocker / "mlruns.db"
+    (project_copy / "conf" / "local" / "mlflow.yml").write_text(f"server:\n  mlflow_tracking_uri: sqlite:///{store}\n")
+    metrics = project_copy / "data" / "08_reporting" / "evaluation_metrics.json"
+    versions = len(list(metrics.iterdir()))
+    try:
+        # wide enough that the log does not wrap the warning
+        result = kedro(project_copy, "run", "--pipelines", "evaluate", "--params", EVALUATE_PARAMS,
+                       env={"COLUMNS": "1000"})
+    finally:
+        (project_copy / "conf" / "local" / "mlflow.yml").unlink()
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if "MLflow" in line and "WARNING" in line]
+    assert len(warnings) == 1, warnings
+    assert f"MLflow tracking is off for this run: the MLflow database {store} cannot be written" in warnings[0]
+    assert len(list(metrics.iterdir())) == versions + 1, "the run's outputs were not saved"
+
+
+@pytest.mark.slow
+def test_tracking_turns_off_with_one_setting(project_copy):
+    before = len(mlflow_runs(project_copy))
+    kedro(project_copy, "run", "--pipelines", "evaluate", "--params", EVALUATE_PARAMS, env={SWITCH: "off"})
+    assert len(mlflow_runs(project_copy)) == before
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@needs_chromium
+def test_mlflow_ui_shows_a_runs_metric_in_chromium(demo_run, tmp_path):
+    run = mlflow_runs(demo_run).iloc[0]
+    recall = run["metrics.evaluation_metrics.model.test.recall"]
+    port = free_port()
+    log_path = tmp_path / "mlflow_ui.log"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "kedro", "mlflow", "ui", "--port", str(port)],
+                                   cwd=demo_run, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"kedro mlflow ui did not answer at {url}:\n{log_path.read_text()[-5000:]}")
+                time.sleep(1)
+        with chromium_page(tmp_path / "profile") as page:
+            page.goto(f"{url}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}", timeout=120_000)
+            page.get_by_text("evaluation_metrics.model.test.recall", exact=True).first.wait_for(timeout=120_000)
+            row = page.get_by_role("row").filter(has_text="evaluation_metrics.model.test.recall").first
+            assert f"{recall:g}" in row.inner_text(timeout=30_000)
+    finally:
+        stop(process)
