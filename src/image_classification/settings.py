@@ -9,3 +9,9 @@ CONFIG_LOADER_ARGS = {
     # an environment such as conf/cifar10_dev overrides single keys, not whole blocks
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
 }
+
+from image_classification.hooks import PartialSaveCleanup, SharedStateLock  # noqa: E402
+
+HOOKS = (PartialSaveCleanup(), SharedStateLock())
+# kedro-mlflow, when installed, registers itself as a plugin; the project decides its hooks itself
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its distribution's name, either spelling
