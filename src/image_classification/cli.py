@@ -87,7 +87,7 @@ def _output_error(error: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         return ""
-    named = re.search(r"filepath=([^,)]+)", str(error))
+    named = re.search(r"filepath=(?:\w+\()?'?([^,')]+)", str(error))
     path = cause.filename or (named.group(1) if named else "an output")
     return (f"cannot save {path}: {cause.strerror} ({_OUTPUT_ERRORS[cause.errno]}); the new version was not kept "
             "and the previous one still loads. Free some space or make the folder writable, then run again")

@@ -60,12 +60,14 @@ class PartialSaveCleanup:
             return
         try:
             dataset = catalog.get(name)
-        except Exception:  # noqa: BLE001 - a catalog without the entry: nothing of ours to clean
+            if not isinstance(dataset, AbstractVersionedDataset) or getattr(dataset, "_protocol", "") != "file":
+                return
+            # this run's version of it (_get_save_path would refuse: the partial file is already there)
+            path = Path(get_filepath_str(dataset._get_versioned_path(dataset.resolve_save_version()), "file"))
+            remove_partial_version(path)
+        except Exception as cleanup_error:  # noqa: BLE001 - never hide the error that stopped the run
+            logger.warning("Could not remove the partial new version of '%s': %s", name, cleanup_error)
             return
-        if not isinstance(dataset, AbstractVersionedDataset) or getattr(dataset, "_protocol", "file") != "file":
-            return
-        path = Path(get_filepath_str(dataset._get_save_path(), "file"))
-        remove_partial_version(path)
         logger.error("Saving '%s' failed; its partial new version was removed, the previous version still "
                      "loads: %s", name, path)
 
