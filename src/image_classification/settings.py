@@ -10,7 +10,7 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
 }
 
-from image_classification.hooks import PartialSaveCleanup, SharedStateLock  # noqa: E402
+from image_classification.hooks import PartialSaveCleanup, SharedStateLock
 
 HOOKS = (PartialSaveCleanup(), SharedStateLock())
 # kedro-mlflow, when installed, registers itself as a plugin; the project decides its hooks itself

@@ -55,7 +55,7 @@ def kedro_run(project: Path, pipelines: str, file_size_limit: int | None = None,
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     return subprocess.run([*prefix, sys.executable, "-m", "kedro", "run", "--pipelines", pipelines], cwd=project,
-                          capture_output=True, text=True, timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL, check=False,
                           env=CHILD_ENVIRONMENT, preexec_fn=limit_file_size if file_size_limit else None)
 
 
@@ -142,7 +142,7 @@ def test_a_checkpoint_save_over_the_file_size_limit_keeps_the_previous_version_l
     SafetensorsDataset(filepath=str(state)).save(first)
     for path, kind in ((versioned, "versioned"), (state, "plain")):
         child = subprocess.run([sys.executable, "-c", _SAVE_OVER_THE_LIMIT, str(path), kind], capture_output=True,
-                               text=True, timeout=CHILD_TIMEOUT, env=CHILD_ENVIRONMENT)
+                               text=True, timeout=CHILD_TIMEOUT, env=CHILD_ENVIRONMENT, check=False)
         assert "failed: DatasetError" in child.stdout and "File too large" in child.stdout, child.stderr[-2000:]
     for loaded in (SafetensorsDataset(filepath=str(versioned), version=Version(None, None)).load(),
                    SafetensorsDataset(filepath=str(state)).load()):

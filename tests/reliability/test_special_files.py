@@ -14,10 +14,21 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from image_classification.images import CHANGED_SINCE_INDEXED, ImageLimits, ImageReadError, inspect_images, read_bytes
+from image_classification.images import (
+    CHANGED_SINCE_INDEXED,
+    ImageLimits,
+    ImageReadError,
+    inspect_images,
+    read_bytes,
+)
 
 from ..conftest import noise_image, png_bytes
-from .special_files import MAX_FILE_BYTES, SPECIAL_REASONS, lying_file, write_special_files
+from .special_files import (
+    MAX_FILE_BYTES,
+    SPECIAL_REASONS,
+    lying_file,
+    write_special_files,
+)
 
 LIMITS = ImageLimits(max_file_bytes=MAX_FILE_BYTES, read_timeout_s=1.0)
 HANG_SECONDS = 10
