@@ -11,6 +11,7 @@ error too.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import pkgutil
@@ -74,13 +75,36 @@ def _missing_input_hint(error: Exception) -> str:
             f"`kedro run --pipelines {writers[0]}` (or the whole `kedro run`) first")
 
 
+# a save that fails for want of room or write access: the user's to fix, whatever exception carries it
+_OUTPUT_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                  errno.EROFS: "the file system is read-only", errno.EFBIG: "the file-size limit was reached"}
+
+
+def _output_error(error: BaseException) -> str:
+    """One line for an output that could not be written (disk full, read-only), naming its path; else ""."""
+    cause: BaseException | None = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _OUTPUT_ERRORS):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return ""
+    named = re.search(r"filepath=(?:\w+\()?'?([^,')]+)", str(error))
+    path = cause.filename or (named.group(1) if named else "an output")
+    return (f"cannot save {path}: {cause.strerror} ({_OUTPUT_ERRORS[cause.errno]}); the new version was not kept "
+            "and the previous one still loads. Free some space or make the folder writable, then run again")
+
+
 def _run(**options: Any) -> dict[str, Any]:
     _check_pipeline_names([*options.get("pipelines", ()), *filter(None, [options.get("pipeline")])])
     try:
         return kedro_run.callback(**options)
-    except USER_ERRORS as error:
+    except Exception as error:
+        output_error = _output_error(error)
+        if not (output_error or isinstance(error, USER_ERRORS)):
+            raise
         if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
             raise
+        if output_error:
+            raise click.ClickException(output_error) from None
         message = (str(error).strip() or type(error).__name__) + _missing_input_hint(error)
         raise click.ClickException(
             f"{message}\n(a problem with the input or the parameters, so no traceback; "

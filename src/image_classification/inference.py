@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
 from image_classification.errors import ParameterError
-from image_classification.images import ImageLimits, ImageReadError, load_rgb
+from image_classification.images import CHANGED_SINCE_INDEXED, ImageLimits, ImageReadError, load_rgb
 from image_classification.backbones import BackboneSpec, backbone_spec
 from image_classification.model import ClassifierHead, ImageClassifier, adapt_feature_map, pooled_features, preprocess_transform
 
@@ -38,31 +38,51 @@ class ImageFiles(Dataset):
     """Images by path, decoded (JPEGs in draft mode) and preprocessed for a backbone.
 
     An image that cannot be read yields a zero tensor and its reason instead of an exception,
-    so one bad file never stops a run over thousands.
+    so one bad file never stops a run over thousands. With ``sha256`` (the image index's), a file
+    whose bytes changed since data_prep is such an image too.
     """
 
-    def __init__(self, paths: list[str], spec: BackboneSpec, train: bool = False) -> None:
+    def __init__(self, paths: list[str], spec: BackboneSpec, train: bool = False,
+                 limits: ImageLimits | None = None, sha256: list[str] | None = None) -> None:
         self.paths = list(paths)
         self.spec = spec
         self.transform = preprocess_transform(spec, train=train)
-        self.limits = ImageLimits(min_side=1)
+        self.limits = limits or ImageLimits(min_side=1)
+        self.sha256 = list(sha256) if sha256 is not None else [None] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
-            image = load_rgb(self.paths[index], self.limits, draft_size=self.spec.input_size)
+            image = load_rgb(self.paths[index], self.limits, draft_size=self.spec.input_size,
+                             sha256=self.sha256[index])
             return self.transform(image), ""
         except ImageReadError as error:
             size = self.spec.input_size
             return torch.zeros(3, size, size), str(error) or "unreadable"
 
 
-def image_loader(paths: list[str], spec: BackboneSpec, batch_size: int, workers: int, train: bool = False) -> DataLoader:
+def image_loader(paths: list[str], spec: BackboneSpec, batch_size: int, workers: int, train: bool = False,
+                 limits: ImageLimits | None = None, sha256: list[str] | None = None) -> DataLoader:
     """Batches of preprocessed images in the given order; ``workers`` processes decode while the
     model computes."""
-    return DataLoader(ImageFiles(paths, spec, train=train), batch_size=batch_size, shuffle=False, num_workers=workers)
+    return DataLoader(ImageFiles(paths, spec, train=train, limits=limits, sha256=sha256), batch_size=batch_size,
+                      shuffle=False, num_workers=workers)
+
+
+def log_unreadable(paths: list[str], errors: list[str], what: str) -> None:
+    """Name the files a pass skipped, and say to rerun data_prep when some changed since it indexed them."""
+    skipped = [(path, error) for path, error in zip(paths, errors) if error]
+    if not skipped:
+        return
+    logger.warning("%d of %d images could not be read for %s", len(skipped), len(errors), what)
+    for path, error in skipped[:20]:
+        logger.warning("Skipping %s: %s", path, error)
+    changed = sum(1 for _, error in skipped if error == CHANGED_SINCE_INDEXED)
+    if changed:
+        logger.warning("%d images changed since data_prep indexed them and were skipped; rerun data_prep "
+                       "(`kedro run --pipelines data_prep`) and then this stage to use them", changed)
 
 
 @torch.inference_mode()
@@ -74,6 +94,7 @@ def extract_backbone_features(
     batch_size: int = 64,
     workers: int = 0,
     head_input: str = "pooled",
+    sha256: list[str] | None = None,
 ) -> dict[str, torch.Tensor | list[str]]:
     """Run a frozen backbone over every image once.
 
@@ -81,23 +102,21 @@ def extract_backbone_features(
         ``head_input``: what the head reads of each feature map, float16 (see
         :func:`~image_classification.model.adapt_feature_map`);
         ``pooled``: float16 (N, C) global-average-pooled features;
-        ``errors``: per image, the reason it could not be read, or "".
+        ``errors``: per image, the reason it could not be read, or "" (with ``sha256``, a file
+        that changed since data_prep indexed it is unreadable).
     """
     # channels_last lets oneDNN pick faster convolution kernels: 1.7x on a 2-core CPU
     backbone = backbone.to(device, memory_format=torch.channels_last).eval()
     adapted, pooled, errors = [], [], []
     for images, reasons in tqdm(
-        image_loader(paths, spec, batch_size, workers), desc="Backbone features", unit="batch", leave=False
+        image_loader(paths, spec, batch_size, workers, sha256=sha256), desc="Backbone features", unit="batch",
+        leave=False
     ):
         feature_map = backbone(images.to(device, memory_format=torch.channels_last))
         adapted.append(adapt_feature_map(feature_map, head_input).to(torch.float16).cpu())
         pooled.append(pooled_features(feature_map).to(torch.float16).cpu())
         errors += list(reasons)
-    bad = sum(1 for e in errors if e)
-    if bad:
-        logger.warning("%d of %d images could not be read for feature extraction", bad, len(errors))
-        for path, error in [(p, e) for p, e in zip(paths, errors) if e][:20]:
-            logger.warning("Skipping %s: %s", path, error)
+    log_unreadable(paths, errors, "feature extraction")
     return {"head_input": torch.cat(adapted), "pooled": torch.cat(pooled), "errors": errors}
 
 
@@ -119,13 +138,15 @@ def head_outputs(head: ClassifierHead, head_input: torch.Tensor, device: torch.d
 
 @torch.inference_mode()
 def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, device: torch.device,
-                  batch_size: int = 64, workers: int = 0) -> dict[str, np.ndarray | list[str]]:
+                  batch_size: int = 64, workers: int = 0,
+                  sha256: list[str] | None = None) -> dict[str, np.ndarray | list[str]]:
     """Pooled features, embeddings and probabilities of ``valid`` straight from image files."""
     # channels_last input alone gets the fast kernels; converting the weights too would change
     # their memory order under fit()'s fused Adam, which pairs moments with weights by that order
     model = model.to(device).eval()
     parts: dict[str, list] = {"features": [], "embedding": [], "score": [], "errors": []}
-    for images, reasons in tqdm(image_loader(paths, spec, batch_size, workers), desc="Scoring", unit="batch", leave=False):
+    loader = image_loader(paths, spec, batch_size, workers, sha256=sha256)
+    for images, reasons in tqdm(loader, desc="Scoring", unit="batch", leave=False):
         outputs = model.forward_all(images.to(device, memory_format=torch.channels_last))
         parts["features"].append(outputs["features"].cpu())
         parts["embedding"].append(outputs["embedding"].cpu())
@@ -149,8 +170,10 @@ def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtim
     """Score and embed every indexed image by running the whole model over the files: what a
     checkpoint with fine-tuned backbone blocks needs, since no cache describes its backbone."""
     logger.info("Scoring %d images through the whole model (its backbone was fine-tuned)", len(image_index))
-    outputs = model_outputs(checkpoint.model(), image_index["path"].tolist(), backbone_spec(checkpoint.backbone),
-                            torch_device(runtime), int(runtime["batch_size"]), int(runtime["workers"]))
+    paths = image_index["path"].tolist()
+    outputs = model_outputs(checkpoint.model(), paths, backbone_spec(checkpoint.backbone), torch_device(runtime),
+                            int(runtime["batch_size"]), int(runtime["workers"]), sha256=image_index["sha256"].tolist())
+    log_unreadable(paths, outputs["errors"], "scoring")
     readable = np.array([not error for error in outputs["errors"]], dtype=bool)
     return ScoredIndex(score=np.where(readable, outputs["score"], np.nan).astype(np.float32),
                        embedding=outputs["embedding"].astype(np.float32),

@@ -12,8 +12,11 @@ CONFIG_LOADER_ARGS = {
 
 # Experiment tracking (conf/base/mlflow.yml): kedro-mlflow's hook, through the project's subclass
 # that adds metrics, artefacts and the model from the catalog's metadata; the plugin's own copy of
-# the hook is disabled so that it does not run twice.
+# the hook is disabled so that it does not run twice. A failed save leaves no partial version
+# behind, and runs that share unversioned state (the feature cache, the training state) never
+# overlap.
+from image_classification.hooks import PartialSaveCleanup, SharedStateLock  # noqa: E402
 from image_classification.tracking import ProjectMlflowHook  # noqa: E402
 
-HOOKS = (ProjectMlflowHook(),)
+HOOKS = (ProjectMlflowHook(), PartialSaveCleanup(), SharedStateLock())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its distribution's name, either spelling

@@ -146,6 +146,9 @@ def read_class_folders(root: str, class_map: dict) -> tuple[pd.DataFrame, list[d
 
 
 def _read_csv_text(url: str) -> pd.DataFrame:
+    fs, path = _filesystem(url)
+    if fs.exists(path) and not fs.isfile(path):  # a folder, pipe or device: opening a pipe would block
+        raise SourceError(f"CSV file '{url}' is not a regular file; check data_prep.source.csv")
     try:
         with fsspec.open(url, "rb") as stream:
             raw = stream.read()

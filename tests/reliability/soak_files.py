@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,15 @@ def good_image(index: int) -> tuple[str, bytes]:
     return ".png", png_bytes(noise_image(100_000 + index, (int(rng.integers(400, 1500)), 16)))  # 25:1 to 94:1
 
 
+BAD_KINDS = 16
+
+
 def bad_file(index: int, folder: Path, rng: random.Random, seeds: dict[str, bytes], scratch: Path) -> tuple[Path, str]:
     """Write one bad file of a kind index picks; returns its path and the reason data_prep must give."""
-    kind = index % 12
+    kind = index % BAD_KINDS
     stem = folder / f"bad_{index:05d}"
+    if kind >= 12:
+        return _special_file(kind, stem, rng)
     picture = noise_image(200_000 + index, (48, 40))
     if kind == 0:
         path, data, reason = stem.with_suffix(".jpg"), b"", "empty file"
@@ -103,3 +109,21 @@ def bad_file(index: int, folder: Path, rng: random.Random, seeds: dict[str, byte
         path = stem.with_suffix(Path(name).suffix or ".png")
     path.write_bytes(data)
     return path, reason
+
+
+def _special_file(kind: int, stem: Path, rng: random.Random) -> tuple[Path, str]:
+    """A file no reader may open or read to the end: a pipe, a socket, a device link or a huge file."""
+    path = stem.with_suffix(rng.choice([".png", ".jpg"]))
+    if kind == 12:
+        os.mkfifo(path)
+        return path, "named pipe (FIFO)"
+    if kind == 13:
+        with socket.socket(socket.AF_UNIX) as unix_socket:
+            unix_socket.bind(str(path))
+        return path, "a socket"
+    if kind == 14:
+        os.symlink(rng.choice(["/dev/zero", "/dev/null", "/dev/urandom"]), path)
+        return path, "a character device"
+    with path.open("wb") as huge:  # sparse: over data_prep's default max_file_bytes, taking no room
+        huge.truncate(rng.randint(200_000_001, 2_000_000_000))
+    return path, "too large"

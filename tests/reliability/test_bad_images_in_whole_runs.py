@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,11 @@ from kedro.io.core import Version
 from kedro_datasets.json import JSONDataset
 
 from image_classification.datasets import SafetensorsDataset
+from image_classification.images import CHANGED_SINCE_INDEXED
 
 from ..conftest import BAD_FILES, good_files, noise_image, png_bytes, write_files
 from .conftest import FAST_SETTINGS, latest, make_project, run_session
+from .special_files import MAX_FILE_BYTES, SPECIAL_REASONS, write_special_files
 
 # the reason every bad file must be listed with (a fragment of it)
 EXPECTED_REASON = {
@@ -37,7 +41,9 @@ EXPECTED_REASON = {
     "loop.jpg": "symbolic links",
     "dangling.jpg": "missing file",
     "notes.txt": "not an image file type",
+    **SPECIAL_REASONS,  # pipes, sockets, devices, oversized and lying files: refused before any read
 }
+SECONDS_OVER_A_NORMAL_RUN = 60  # the most a run with bad files may take beyond the same run without them
 
 
 # predict scores any image it can decode, however small: only data_prep holds a minimum size
@@ -52,8 +58,9 @@ def extreme_aspect_ratios() -> dict[str, bytes]:
 
 def write_bad_files(folder: Path, names: list[str] | None = None) -> dict[str, Path]:
     """Bad files of every kind in ``folder`` (or those named): corrupt ones, a symlink loop,
-    a link whose file is gone and a text file."""
-    names = names or list(EXPECTED_REASON)
+    a link whose file is gone, a text file, and (all kinds only) pipes, sockets, devices and huge files."""
+    special = write_special_files(folder) if names is None else {}
+    names = names or [name for name in EXPECTED_REASON if name not in SPECIAL_REASONS]
     folder.mkdir(parents=True, exist_ok=True)
     write_files(folder, {name: make() for name, make in BAD_FILES.items() if name in names})
     if "loop.jpg" in names:
@@ -62,7 +69,7 @@ def write_bad_files(folder: Path, names: list[str] | None = None) -> dict[str, P
         os.symlink(folder / "deleted_long_ago.jpg", folder / "dangling.jpg")
     if "notes.txt" in names:
         (folder / "notes.txt").write_text("not an image")
-    return {name: folder / name for name in names}
+    return {**{name: folder / name for name in names}, **special}
 
 
 def write_good_images(folder: Path, label: str, count: int, first_seed: int) -> list[Path]:
@@ -92,11 +99,31 @@ class WholeRun:
         self.predict_bad = write_bad_files(self.incoming / "broken")
         self.project = make_project(root / "project", FAST_SETTINGS | {
             "data_prep": {"source": {"kind": "folder_tree", "root": str(self.images),
-                                     "zero_shot_root": str(self.unseen)}},
-            "predict": {**FAST_SETTINGS["predict"], "source": {"kind": "folder_tree", "root": str(self.incoming)}},
+                                     "zero_shot_root": str(self.unseen)},
+                          "image_checks": {"max_file_bytes": MAX_FILE_BYTES, "read_timeout_s": 5}},
+            "predict": {**FAST_SETTINGS["predict"], "source": {"kind": "folder_tree", "root": str(self.incoming)},
+                        "max_file_bytes": MAX_FILE_BYTES, "read_timeout_s": 5},
         })
+        # the same good images alone: what a normal run on them takes
+        self.good_only = root / "good_only"
+        for folder in (self.images, self.unseen):
+            shutil.copytree(folder, self.good_only / folder.name, symlinks=True,
+                            ignore=lambda _, names: [n for n in names if n in ("bad", "broken")])
+        self.predict_good_only = write_files(root / "incoming_good", good_files() | extreme_aspect_ratios())
+        self.baseline = make_project(root / "baseline", FAST_SETTINGS | {
+            "data_prep": {"source": {"kind": "folder_tree", "root": str(self.good_only / "images"),
+                                     "zero_shot_root": str(self.good_only / "unseen")}}})
         self.deleted: list[Path] = []
+        self.changed: list[Path] = []
         self.runs: dict = {}
+        self.seconds: dict[str, float] = {}
+        self.csv_predictions: pd.DataFrame | None = None
+
+    def timed(self, what: str, project: Path, pipelines: list[str], params: dict | None = None):
+        started = time.perf_counter()
+        record = run_session(project, pipelines, params)
+        self.seconds[what] = time.perf_counter() - started
+        return record
 
     def output(self, relative: str) -> Path:
         return latest(self.project / "data" / relative)
@@ -105,20 +132,34 @@ class WholeRun:
 @pytest.fixture(scope="module")
 def whole_run(tmp_path_factory) -> WholeRun:
     run = WholeRun(tmp_path_factory.mktemp("whole_run"))
-    run.runs["data_prep"] = run_session(run.project, ["data_prep"])
+    run.timed("data_prep, good images only", run.baseline, ["data_prep"])
+    run.runs["data_prep"] = run.timed("data_prep, with bad files", run.project, ["data_prep"])
     index = pd.read_parquet(run.output("03_primary/image_index.parquet"))
     # files deleted between indexing and training: a labelled one and an unseen-kind one
     for split in ("test", "unseen"):
         path = index.loc[index["split"] == split, "path"].iloc[0]
         Path(path).unlink()
         run.deleted.append(Path(path))
+    # files changed between indexing and training: one truncated, one replaced by another picture
+    truncated, replaced = (Path(p) for p in index.loc[index["split"] == "train", "path"].iloc[:2])
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    replaced.write_bytes(png_bytes(noise_image(999, (32, 32))))
+    run.changed += [truncated, replaced]
     run.runs["train"] = run_session(run.project, ["train"])
     run.runs["score"] = run_session(run.project, ["score"])
     # evaluate's threshold, written as evaluate would (evaluate itself is left out to save time)
     JSONDataset(filepath=str(run.project / "data/07_model_output/operating_point.json"),
                 version=Version(None, None)).save({"threshold": 0.5})
     run.runs["zero_shot"] = run_session(run.project, ["embedding_analysis", "zero_shot"])
-    run.runs["predict"] = run_session(run.project, ["predict"])
+    # the good images alone, then every file listed in a CSV, then the folder with every kind of bad file
+    good_source = {"kind": "folder_tree", "root": str(run.predict_good_only[0].parent)}
+    run.timed("predict, good images only", run.project, ["predict"], {"predict": {"source": good_source}})
+    listing = run.project / "listing.csv"
+    pd.DataFrame({"path": [str(p) for p in [*run.predict_good, *run.predict_bad.values()]]}).to_csv(listing, index=False)
+    run.timed("predict, CSV listing bad files", run.project, ["predict"],
+              {"predict": {"source": {"kind": "csv", "csv": str(listing)}}})
+    run.csv_predictions = pd.read_parquet(run.output("07_model_output/predictions.parquet"))
+    run.runs["predict"] = run.timed("predict, folder with bad files", run.project, ["predict"])
     return run
 
 
@@ -148,9 +189,15 @@ def test_train_skips_files_deleted_after_indexing_and_trains_on_the_rest(whole_r
     cache = whole_run.project / "data/04_feature/backbone_features.safetensors"
     features = SafetensorsDataset(filepath=str(cache)).load()
     errors = dict(zip(features["metadata"]["paths"], features["metadata"]["errors"]))
-    deleted = {str(p) for p in whole_run.deleted}
-    assert {path for path, error in errors.items() if error} == deleted
+    deleted, changed = {str(p) for p in whole_run.deleted}, {str(p) for p in whole_run.changed}
+    assert {path for path, error in errors.items() if error} == deleted | changed
     assert all("missing file" in errors[path] for path in deleted)
+    assert all(errors[path] == CHANGED_SINCE_INDEXED for path in changed)
+    assert "rerun data_prep" in CHANGED_SINCE_INDEXED
+    for path in changed:  # named once, with the stage to rerun
+        assert sum(path in line for line in whole_run.runs["train"].warnings) == 1
+    assert any("2 images changed since data_prep" in line and "rerun data_prep" in line
+               for line in whole_run.runs["train"].warnings)
     assert features["tensors"]["pooled"].float().abs().sum() > 0  # real features, not zeros
     for path in deleted:  # the log names each skipped file and why
         assert any(path in line and "missing file" in line for line in whole_run.runs["train"].warnings)
@@ -158,6 +205,7 @@ def test_train_skips_files_deleted_after_indexing_and_trains_on_the_rest(whole_r
     assert len(history) == 1 and np.isfinite(history["train_loss"]).all()
     assert whole_run.output("06_models/model.safetensors").stat().st_size > 0
     tally.add("files deleted between indexing and training", len(deleted))
+    tally.add("files truncated or replaced between indexing and training", len(changed))
 
 
 def test_zero_shot_scores_every_readable_image_and_names_the_deleted_ones(whole_run):
@@ -190,8 +238,25 @@ def test_predict_gives_every_file_one_row_scores_every_good_image_and_says_why_n
     assert summary["scored"] == len(whole_run.predict_good) + len(SCORED_BY_PREDICT)
     csv = pd.read_csv(whole_run.output("07_model_output/predictions.csv"), keep_default_na=False)
     assert len(csv) == len(predictions)
+    # the same files listed in a CSV: the same reasons, each file once
+    listed = whole_run.csv_predictions.set_index("path")
+    assert listed.index.is_unique and len(listed) == len(predictions)
+    for name, path in whole_run.predict_bad.items():
+        if name not in SCORED_BY_PREDICT:  # a text file named in a CSV is opened like any listed file
+            expected = "not an image" if name == "notes.txt" else EXPECTED_REASON[name]
+            assert expected in listed.loc[str(path), "error"], (name, listed.loc[str(path), "error"])
+    assert (listed.loc[[str(p) for p in whole_run.predict_good], "error"] == "").all()
     tally.add("bad image files tried (predict)", len(whole_run.predict_bad))
     tally.add("good images checked (predict)", len(whole_run.predict_good))
+
+
+def test_runs_with_bad_files_end_within_a_minute_of_runs_on_the_good_images_alone(whole_run, tally):
+    seconds = whole_run.seconds
+    for stage in ("data_prep", "predict"):
+        normal = seconds[f"{stage}, good images only"]
+        for case in [name for name in seconds if name.startswith(stage) and "good images only" not in name]:
+            tally.add(f"seconds over a normal {stage} run: {case} ({seconds[case]:.1f} s vs {normal:.1f} s)")
+            assert seconds[case] - normal < SECONDS_OVER_A_NORMAL_RUN, (case, seconds[case], normal)
 
 
 def test_a_pickle_planted_as_the_newest_checkpoint_is_refused_and_its_code_never_runs(whole_run, monkeypatch,

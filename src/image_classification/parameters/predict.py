@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from image_classification.errors import ParameterError
 from image_classification.export import BACKENDS
+from image_classification.images import ImageLimits
 from image_classification.sources import UNLABELLED_KINDS, current_kind
 
 
@@ -26,6 +27,8 @@ class PredictConfig:
         parity_images: readable images on which the export is compared with PyTorch.
         parity_tolerance: the largest score difference at which the export is trusted.
         opset: the ONNX operator set the model is exported with.
+        max_file_bytes: larger files get an error row unread; a read never goes past this.
+        read_timeout_s: per remote file: a stalled read becomes that file's error row.
     """
 
     source: dict = field(default_factory=lambda: {"kind": "demo"})
@@ -37,6 +40,8 @@ class PredictConfig:
     parity_images: int = 16
     parity_tolerance: float = 1e-4
     opset: int = 17
+    max_file_bytes: int = ImageLimits.max_file_bytes
+    read_timeout_s: float = ImageLimits.read_timeout_s
 
     def __post_init__(self) -> None:
         kind = current_kind(self.source.get("kind"), "predict.source.kind")
@@ -57,6 +62,14 @@ class PredictConfig:
             raise ParameterError(f"predict.threads has unknown backends {unknown}; use onnxruntime and torch")
         if any(value is not None and int(value) < 1 for value in self.threads.values()):
             raise ParameterError(f"predict.threads must be at least 1 or null (the default), got {self.threads}")
+        if self.max_file_bytes < 1 or not self.read_timeout_s > 0:
+            raise ParameterError(f"predict.max_file_bytes must be at least 1 and read_timeout_s positive, got "
+                                 f"{self.max_file_bytes} and {self.read_timeout_s}")
+
+    @property
+    def read_limits(self) -> ImageLimits:
+        """How files are read: any decodable size is scored (only data_prep holds a minimum)."""
+        return ImageLimits(min_side=1, max_file_bytes=self.max_file_bytes, read_timeout_s=self.read_timeout_s)
 
     def threads_for(self, backend: str) -> int | None:
         """CPU threads for a backend (torch_nchw shares torch's)."""

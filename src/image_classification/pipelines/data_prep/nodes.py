@@ -43,7 +43,9 @@ def check_images(
     candidates: pd.DataFrame, skipped: pd.DataFrame, checks: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decode every candidate once; keep the readable ones and list the rest with a reason."""
-    limits = ImageLimits(min_side=int(checks["min_side"]), max_pixels=int(checks["max_pixels"]))
+    limits = ImageLimits(min_side=int(checks["min_side"]), max_pixels=int(checks["max_pixels"]),
+                         max_file_bytes=int(checks.get("max_file_bytes", ImageLimits.max_file_bytes)),
+                         read_timeout_s=float(checks.get("read_timeout_s", ImageLimits.read_timeout_s)))
     report = inspect_images(candidates["path"], limits, workers=int(checks["workers"]))
     merged = candidates.reset_index(drop=True).join(report.drop(columns="path"))
     bad = merged.loc[~merged["ok"], REJECTED_COLUMNS]

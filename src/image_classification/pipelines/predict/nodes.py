@@ -78,7 +78,7 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
         return report | {"passed": False, "reason": "onnxruntime is not installed"}
     spec = backbone_spec(checkpoint.backbone)
     candidates = prediction_images.loc[prediction_images["error"].fillna("") == "", "path"].tolist()
-    images = _first_readable(candidates, spec, predict.parity_images)
+    images = _first_readable(candidates, spec, predict.parity_images, predict)
     if not len(images):
         return report | {"passed": False, "reason": "no readable image to compare on"}
     differences = parity(checkpoint.model(), onnx_model, images)
@@ -126,9 +126,9 @@ def format_for_spreadsheet(predictions: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _first_readable(paths: list[str], spec: BackboneSpec, count: int) -> torch.Tensor:
+def _first_readable(paths: list[str], spec: BackboneSpec, count: int, predict: PredictConfig) -> torch.Tensor:
     """Up to ``count`` preprocessed images, skipping files that cannot be read."""
-    dataset, images = ImageFiles(paths, spec), []
+    dataset, images = ImageFiles(paths, spec, limits=predict.read_limits), []
     for index in range(len(dataset)):
         image, reason = dataset[index]
         if not reason:
@@ -160,7 +160,8 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
     """Score, anomaly score and read error per image, batch by batch: features never accumulate."""
     parts: dict[str, list] = {"score": [], "anomaly_score": [], "error": []}
     with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False) as progress:
-        for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers):
+        for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers,
+                                            limits=predict.read_limits):
             outputs = backend(images)
             inputs = outputs["score"][:, None] if space is None else outputs[_SPACE_OUTPUT[space]]
             parts["score"].append(outputs["score"].astype(np.float32))

@@ -45,6 +45,7 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dic
     features = extract_backbone_features(
         backbone, image_index["path"].tolist(), model.spec, device,
         batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]), head_input=model.head_input,
+        sha256=image_index["sha256"].tolist(),  # a file changed since data_prep is skipped, not trained on
     )
     logger.info("Backbone features for %d images: %s", len(image_index), tuple(features["head_input"].shape))
     cache = FeatureCache(
@@ -125,26 +126,32 @@ def image_feeds(index: pd.DataFrame, rows: dict, targets: dict, model: ModelConf
     """Training batches and validation scores read from the image files, through the whole model:
     what train_classifier uses when fine-tuning backbone blocks."""
     paths = {split: index["path"].to_numpy()[rows[split]].tolist() for split in rows}
+    sha256 = {split: index["sha256"].to_numpy()[rows[split]].tolist() for split in rows}
     batch_size = int(runtime["batch_size"])
 
     def batches(epoch: int):
         order = torch.randperm(len(paths["train"]), generator=torch.Generator().manual_seed(seed * 7919 + epoch)).numpy()
         loader = image_loader([paths["train"][i] for i in order], model.spec, train.batch_size, train.workers,
-                              train=train.augment)
+                              train=train.augment, sha256=[sha256["train"][i] for i in order])
         return _with_targets(loader, targets["train"][order])
 
     def val_scores(classifier: ImageClassifier) -> np.ndarray:
-        return model_outputs(classifier, paths["val"], model.spec, device, batch_size, train.workers)["score"]
+        return model_outputs(classifier, paths["val"], model.spec, device, batch_size, train.workers,
+                             sha256=sha256["val"])["score"]
 
     return batches, val_scores
 
 
 def _with_targets(loader, targets: np.ndarray):
-    """Pair each image batch of an unshuffled loader with its targets."""
+    """Pair each image batch of an unshuffled loader with its targets, leaving out images that could not
+    be read since the cache was built (their zero tensors are not pictures of their class)."""
     start = 0
-    for images, _reasons in loader:
-        yield images, torch.as_tensor(targets[start : start + len(images)])
+    for images, reasons in loader:
+        readable = torch.tensor([not reason for reason in reasons], dtype=torch.bool)
+        batch_targets = torch.as_tensor(targets[start : start + len(images)])
         start += len(images)
+        if readable.any():
+            yield images[readable], batch_targets[readable]
 
 
 def plot_training_curves(history: pd.DataFrame) -> Figure:

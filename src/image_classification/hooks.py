@@ -1,0 +1,135 @@
+"""Kedro hooks that keep a project's outputs sound when the disk fills up or two runs share a project.
+
+:class:`PartialSaveCleanup`: a versioned save that fails halfway (disk full, read-only folder, file-size
+limit) leaves a partial file in the run's new version folder, and Kedro loads the newest version folder
+that holds the file, so the partial file would hide the previous, complete version. The hook removes it,
+so the previous version stays the one that loads. (``SafetensorsDataset`` already writes atomically.)
+
+:class:`SharedStateLock`: the feature cache and the training state are not versioned: two runs writing
+them at once would mix one run's features with the other's index. A run whose pipeline writes them holds
+a lock file for its whole duration; a second such run on the same project stops at once with a message
+naming the first (its process id, pipelines and start time) instead of waiting for hours. Runs that write
+only versioned outputs (data_prep, evaluate, predict, ...) never wait: each run saves under its own
+timestamped version, and a run reads back what it saved itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from kedro.framework.hooks import hook_impl
+from kedro.io.core import AbstractVersionedDataset, get_filepath_str
+
+from image_classification.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+SHARED_STATE = ("backbone_features", "training_state")
+"""Unversioned datasets that only one run at a time may write."""
+LOCK_FILE = "data/.shared_state.lock"
+
+
+class ConcurrentRunError(UserError, RuntimeError):
+    """Another run on this project is writing the state this run would write."""
+
+
+class PartialSaveCleanup:
+    """Removes what a failed versioned save left in its new version folder (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._saving: str | None = None
+
+    @hook_impl
+    def before_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        self._saving = dataset_name
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
+        self._saving = None
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict, pipeline: Any, catalog: Any) -> None:
+        name, self._saving = self._saving, None
+        if name is None:
+            return
+        try:
+            dataset = catalog.get(name)
+            if not isinstance(dataset, AbstractVersionedDataset) or getattr(dataset, "_protocol", "") != "file":
+                return
+            # this run's version of it (_get_save_path would refuse: the partial file is already there)
+            path = Path(get_filepath_str(dataset._get_versioned_path(dataset.resolve_save_version()), "file"))
+            remove_partial_version(path)
+        except Exception as cleanup_error:  # noqa: BLE001 - never hide the error that stopped the run
+            logger.warning("Could not remove the partial new version of '%s': %s", name, cleanup_error)
+            return
+        logger.error("Saving '%s' failed; its partial new version was removed, the previous version still "
+                     "loads: %s", name, path)
+
+
+def remove_partial_version(path: Path) -> None:
+    """Delete ``path`` (a file or a folder a dataset was writing) and its version folder if left empty."""
+    if path.is_dir() and not path.is_symlink():
+        for child in sorted(path.rglob("*"), reverse=True):
+            child.rmdir() if child.is_dir() and not child.is_symlink() else child.unlink()
+        path.rmdir()
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    try:
+        path.parent.rmdir()  # the version folder, when this was its only file
+    except OSError:
+        pass
+
+
+class SharedStateLock:
+    """Holds :data:`LOCK_FILE` while a run writes the unversioned state (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._lock: FileLock | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline: Any, catalog: Any) -> None:
+        used = set(pipeline.all_outputs()) | set(pipeline.inputs())
+        writes = sorted(name for name in SHARED_STATE if name in used)
+        if not writes:
+            return
+        path = Path(run_params.get("project_path") or os.getcwd()) / LOCK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise ConcurrentRunError(
+                f"another `kedro run` on this project is writing {', '.join(writes)} ({_owner(path)}); they are not "
+                "versioned, so two runs cannot write them at once. Wait for that run to finish and run again "
+                f"(the lock is {path}; it is released when that process ends)") from None
+        self._lock = lock
+        owner = {"pid": os.getpid(), "pipelines": run_params.get("pipeline_names") or ["__default__"],
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        path.with_suffix(".owner").write_text(json.dumps(owner))
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict, run_result: Any, pipeline: Any, catalog: Any) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict, pipeline: Any, catalog: Any) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _owner(path: Path) -> str:
+    try:
+        owner = json.loads(path.with_suffix(".owner").read_text())
+        return f"process {owner['pid']}, pipelines {', '.join(owner['pipelines'])}, started {owner['started']}"
+    except (OSError, ValueError, KeyError):
+        return "its details are unknown"
