@@ -27,11 +27,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 import image_classification.pipelines
 
-from .conftest import REPO_ROOT
+from .conftest import base_catalog_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -80,20 +79,12 @@ PREVIEWS_IN_BROWSER = [
 ]
 
 
-def base_catalog() -> dict[str, dict]:
-    """Every entry of conf/base/catalog*.yml."""
-    entries: dict[str, dict] = {}
-    for path in sorted((REPO_ROOT / "conf" / "base").glob("catalog*.yml")):
-        entries.update(yaml.safe_load(path.read_text()) or {})
-    return {name: entry for name, entry in entries.items() if not name.startswith("_")}
-
-
 def viz_layer(entry: dict) -> str | None:
     return ((entry.get("metadata") or {}).get("kedro-viz") or {}).get("layer")
 
 
 def test_every_catalog_entry_has_a_viz_layer_and_every_table_a_preview_size():
-    for name, entry in base_catalog().items():
+    for name, entry in base_catalog_config().items():
         viz = (entry.get("metadata") or {}).get("kedro-viz") or {}
         assert viz.get("layer") in LAYERS, f"{name}: metadata.kedro-viz.layer must be one of {LAYERS}"
         if entry["type"] in TABLES:
@@ -102,7 +93,7 @@ def test_every_catalog_entry_has_a_viz_layer_and_every_table_a_preview_size():
 
 def test_layers_follow_the_data_flow():
     """kedro viz draws no layers at all once a dataset feeds, directly or not, one of an earlier layer."""
-    layers = {name: viz_layer(entry) for name, entry in base_catalog().items()}
+    layers = {name: viz_layer(entry) for name, entry in base_catalog_config().items()}
     children: dict[str, set[str]] = {}
     for module in pkgutil.iter_modules(image_classification.pipelines.__path__):
         pipeline = importlib.import_module(f"image_classification.pipelines.{module.name}").create_pipeline()
@@ -194,14 +185,14 @@ def test_viz_serves_every_pipeline_with_layers_and_previews(viz_url):
     assert {pipeline["id"] for pipeline in main["pipelines"]} >= set(PIPELINE_NODES)
     assert main["layers"] == LAYERS
     data_nodes = {node["name"]: node for node in main["nodes"] if node["type"] == "data"}
-    for name, entry in base_catalog().items():
+    for name, entry in base_catalog_config().items():
         if name in data_nodes:
             assert data_nodes[name]["layer"] == viz_layer(entry), name
     for name, kind in PREVIEWS.items():
         metadata = get_json(f"{viz_url}api/nodes/{data_nodes[name]['id']}")
         assert metadata["preview_type"] == kind and metadata["preview"], name
     table = get_json(f"{viz_url}api/nodes/{data_nodes['zero_shot_decisions']['id']}")["preview"]
-    assert len(table["data"]) == base_catalog()["zero_shot_decisions"]["metadata"]["kedro-viz"]["preview_args"]["nrows"]
+    assert len(table["data"]) == base_catalog_config()["zero_shot_decisions"]["metadata"]["kedro-viz"]["preview_args"]["nrows"]
 
 
 @contextmanager
