@@ -129,6 +129,33 @@ def test_a_store_that_cannot_be_written_costs_a_warning_not_the_run(project_copy
 
 
 @pytest.mark.slow
+def test_a_locked_store_costs_a_warning_not_the_run(project_copy):
+    """Another process holds the database's write lock for the whole run (a second `kedro run`
+    writing its own MLflow run, an open sqlite3 shell): the run still ends with its outputs."""
+    import sqlite3
+    import time
+
+    store = project_copy / "mlruns.db"
+    metrics = project_copy / "data" / "08_reporting" / "evaluation_metrics.json"
+    versions = len(list(metrics.iterdir()))
+    lock = sqlite3.connect(store, timeout=0, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        result = kedro(project_copy, "run", "--pipelines", "evaluate", "--params", EVALUATE_PARAMS,
+                       env={"COLUMNS": "1000"})
+        seconds = time.monotonic() - started
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if "MLflow" in line and "WARNING" in line]
+    assert len(warnings) == 1, warnings
+    assert str(store) in warnings[0] or "mlruns.db" in warnings[0], warnings[0]
+    assert len(list(metrics.iterdir())) == versions + 1, "the run's outputs were not saved"
+    assert seconds < 300, f"a locked store held the run for {seconds:.0f} s"
+
+
+@pytest.mark.slow
 def test_tracking_turns_off_with_one_setting(project_copy):
     before = len(mlflow_runs(project_copy))
     kedro(project_copy, "run", "--pipelines", "evaluate", "--params", EVALUATE_PARAMS, env={SWITCH: "off"})
