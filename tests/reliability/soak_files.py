@@ -75,7 +75,9 @@ def bad_file(index: int, folder: Path, rng: random.Random, seeds: dict[str, byte
         path, data, reason = stem.with_suffix(".jpg"), full[: rng.randint(200, len(full) - 10)], ""
     elif kind == 2:
         full = png_bytes(picture)
-        path, data, reason = stem.with_suffix(".png"), full[: rng.randint(60, len(full) - 20)], ""
+        # cut inside the pixel data: a PNG missing only its last bytes (IEND, the zlib trailer) can
+        # still decode whole, which makes it a good image, not a bad one
+        path, data, reason = stem.with_suffix(".png"), full[: rng.randint(60, len(full) * 3 // 4)], ""
     elif kind == 3:
         path, data, reason = stem.with_suffix(rng.choice([".png", ".jpg", ".gif", ".webp"])), rng.randbytes(
             rng.randint(1, 4096)), ""
