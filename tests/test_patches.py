@@ -1,0 +1,104 @@
+"""Patch evidence: where the maps are tapped, what the cache holds, and that the score finds a local defect."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from image_classification.backbones import backbone_spec, build_backbone
+from image_classification.errors import ParameterError
+from image_classification.inference import extract_backbone_features
+from image_classification.patches import (
+    PatchMemory,
+    bytes_per_image,
+    greedy_coreset,
+    patch_blocks,
+    patch_grid_features,
+)
+
+from .conftest import noise_image, png_bytes, write_files
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("name", "expected", "channels"), [
+    ("efficientnet_lite0", (3, 5), (40, 112)),
+    ("mobilenet_v2", (6, 13), (32, 96)),
+])
+def test_the_last_stride_8_and_16_blocks_are_tapped(name, expected, channels):
+    backbone = build_backbone(name, weights="none")
+    assert patch_blocks(backbone, 224) == expected
+    x = torch.zeros(1, 3, 224, 224)
+    with torch.inference_mode():
+        for index, block in enumerate(backbone):
+            x = block(x)
+            if index in expected:
+                assert x.shape[1:] == (channels[expected.index(index)], 224 // (8 if index == expected[0] else 16),
+                                       224 // (8 if index == expected[0] else 16))
+
+
+def test_patch_vectors_are_one_grid_of_both_maps_in_float16():
+    stride8, stride16 = torch.randn(2, 40, 28, 28), torch.randn(2, 112, 14, 14)
+    patches = patch_grid_features([stride8, stride16], grid=7)
+    assert patches.shape == (2, 49, 152) and patches.dtype == torch.float16
+    # the top-left patch is the 3x3-smoothed maps averaged over the top-left cell of the grid
+    smoothed = torch.nn.functional.avg_pool2d(stride16, 3, 1, 1)[0, :, :2, :2].mean((1, 2))
+    assert torch.allclose(patches[0, 0, 40:].float(), smoothed, atol=1e-2)
+    assert bytes_per_image(14, 152) == 14 * 14 * 152 * 2
+
+
+def test_the_coreset_covers_every_cluster_before_repeating_one():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0], [100.0, 100.0]])
+    bank = torch.cat([c + torch.randn(250, 2, generator=generator) for c in centres])
+    bank = torch.cat([bank, torch.zeros(len(bank), 30)], dim=1)  # padded, so the projection has room
+    chosen = greedy_coreset(bank, 4, dims=8)
+    assert sorted((index // 250).item() for index in chosen) == [0, 1, 2, 3]
+    assert len(greedy_coreset(bank, 5000)) == len(bank)  # asking for more keeps everything
+
+
+def _images(count: int, generator: torch.Generator, defect: bool = False) -> torch.Tensor:
+    patches = torch.randn(count, 16, 8, generator=generator) * 0.1
+    if defect:
+        patches[:, 5] += 3.0  # one patch of each image far from anything valid
+    return patches
+
+
+def test_one_unusual_patch_makes_an_image_score_as_anomalous():
+    generator = torch.Generator().manual_seed(1)
+    memory = PatchMemory.fit(_images(50, generator), fraction=0.2, seed=0)
+    assert memory.describe() == {"memory_patches": 160, "patches_seen": 800, "channels": 8, "top_k": 1}
+    normal, defective = memory.anomaly_scores(_images(20, generator)), memory.anomaly_scores(_images(20, generator, True))
+    assert defective.min() > normal.max()
+    # averaging over the 4 farthest patches dilutes the one defect, but still ranks it first
+    wide = PatchMemory(memory.memory, top_k=4)
+    wide_defective = wide.anomaly_scores(_images(20, generator, True))
+    assert wide_defective.max() < defective.max()
+    assert wide_defective.min() > wide.anomaly_scores(_images(20, generator)).max()
+
+
+@pytest.mark.parametrize("settings", [{"fraction": 0.0}, {"fraction": 1.5}, {"max_size": 0}, {"top_k": 0}])
+def test_bad_memory_settings_are_refused(settings):
+    with pytest.raises(ParameterError, match="patch"):
+        PatchMemory.fit(torch.zeros(2, 4, 3), **settings)
+    with pytest.raises(ParameterError, match="valid training image"):
+        PatchMemory.fit(torch.zeros(0, 4, 3))
+
+
+def test_patches_come_from_the_same_pass_and_leave_the_other_features_unchanged(tmp_path):
+    paths = [str(p) for p in write_files(tmp_path, {f"{i}.png": png_bytes(noise_image(i, (64, 48))) for i in range(3)})]
+    spec = backbone_spec("efficientnet_lite0")
+    torch.manual_seed(0)
+    backbone = build_backbone("efficientnet_lite0", weights="none")
+    plain = extract_backbone_features(backbone, paths, spec, torch.device("cpu"), batch_size=2)
+    with_patches = extract_backbone_features(backbone, paths, spec, torch.device("cpu"), batch_size=2, patch_grid=7)
+    assert "patches" not in plain
+    assert with_patches["patches"].shape == (3, 49, 152) and with_patches["patches"].dtype == torch.float16
+    for name in ("head_input", "pooled"):
+        assert torch.equal(plain[name], with_patches[name]), name
