@@ -146,6 +146,8 @@ class FeatureCache:
         pooled: float16 (N, C), the global-average-pooled feature map.
         errors: per image, why it could not be read, or "".
         head_input_mode: ``pooled`` (the map averaged down to the head's 4x4 grid) or ``corner``.
+        patches: float16 (N, grid*grid, C) patch vectors for patch evidence
+            (:mod:`image_classification.patches`), or None when ``train.patch_grid`` is 0.
     """
 
     head_input: torch.Tensor
@@ -157,12 +159,14 @@ class FeatureCache:
     sha256: list[str]
     errors: list[str]
     backbone_sha256: str | None = None  # caches written before it was recorded have none
+    patches: torch.Tensor | None = None
 
     @classmethod
     def from_payload(cls, payload: dict) -> FeatureCache:
         metadata = payload["metadata"]
         return cls(
             head_input=payload["tensors"]["head_input"], pooled=payload["tensors"]["pooled"],
+            patches=payload["tensors"].get("patches"),
             backbone=metadata["backbone"], weights=metadata.get("weights", "imagenet"),
             # caches written before head_input was recorded hold the corner input
             head_input_mode=metadata.get("head_input", "corner"),
@@ -171,8 +175,11 @@ class FeatureCache:
         )
 
     def to_payload(self) -> dict:
+        tensors = {"head_input": self.head_input, "pooled": self.pooled}
+        if self.patches is not None:
+            tensors["patches"] = self.patches
         return {
-            "tensors": {"head_input": self.head_input, "pooled": self.pooled},
+            "tensors": tensors,
             "metadata": {"backbone": self.backbone, "weights": self.weights, "head_input": self.head_input_mode,
                          "paths": self.paths, "sha256": self.sha256, "errors": self.errors,
                          "backbone_sha256": self.backbone_sha256},

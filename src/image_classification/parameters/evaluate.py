@@ -24,6 +24,11 @@ class EvaluateConfig:
         bootstrap_level: coverage of the bootstrap intervals, in (0, 1).
         baseline_c_grid: inverse regularisation strengths tried for the baseline.
         gallery_size: false positives, and false negatives, shown in the error gallery.
+        patch_evidence: score validation and test images by patch evidence (and stack it with the
+            model and the baseline) when the feature cache holds patches (``train.patch_grid`` > 0).
+        patch_coreset_fraction: share of the valid training images' patches the memory keeps.
+        patch_memory_max: the most patches the memory keeps.
+        patch_top_k: an image's patch score is the mean distance of its ``patch_top_k`` most unusual patches.
     """
 
     target_precision: float = 0.9
@@ -34,6 +39,10 @@ class EvaluateConfig:
     bootstrap_level: float = 0.95
     baseline_c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
     gallery_size: int = 8
+    patch_evidence: bool = True
+    patch_coreset_fraction: float = 0.1
+    patch_memory_max: int = 20000
+    patch_top_k: int = 1
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
@@ -45,6 +54,10 @@ class EvaluateConfig:
                 raise ParameterError(f"evaluate.{name} must be in (0, 1), got {getattr(self, name)}")
         if int(self.bootstrap_samples) < 1 or int(self.gallery_size) < 0:
             raise ParameterError("evaluate.bootstrap_samples must be at least 1 and evaluate.gallery_size at least 0")
+        if not 0.0 < float(self.patch_coreset_fraction) <= 1.0 or int(self.patch_memory_max) < 1 or int(self.patch_top_k) < 1:
+            raise ParameterError(f"evaluate.patch_coreset_fraction must be in (0, 1] and patch_memory_max and "
+                                 f"patch_top_k at least 1, got {self.patch_coreset_fraction}, {self.patch_memory_max} "
+                                 f"and {self.patch_top_k}")
         grid = tuple(float(c) for c in self.baseline_c_grid)
         if not grid or min(grid) <= 0:
             raise ParameterError(f"evaluate.baseline_c_grid must list positive values, got {list(self.baseline_c_grid)}")

@@ -24,6 +24,8 @@ class TrainConfig:
     augment: bool = False
     workers: int = 0
     save_state_every_s: float = 60.0
+    patch_grid: int = 14
+
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
@@ -34,6 +36,9 @@ class TrainConfig:
             raise ParameterError(f"train.class_weights must be 'balanced' or 'none', got '{self.class_weights}'")
         if self.patience is not None and int(self.patience) < 1:
             raise ParameterError(f"train.patience must be at least 1 or null (off), got {self.patience}")
+        if int(self.patch_grid) < 0:
+            raise ParameterError(f"train.patch_grid must be 0 (no patch vectors) or the patches per side, got "
+                                 f"{self.patch_grid}")
         if self.learning_rate <= 0 or self.backbone_learning_rate <= 0:
             raise ParameterError("train.learning_rate and train.backbone_learning_rate must be positive")
 

@@ -65,9 +65,12 @@ def make_backbone_features(index: pd.DataFrame) -> dict:
     pooled = torch.randn(len(index), 1280, generator=generator) + 1.5 * signal
     errors = ["" for _ in range(len(index))]
     errors[UNREADABLE] = "missing file: it no longer exists at this path"
+    # patch vectors: every invalid image has one patch far from anything a valid image holds
+    patches = torch.randn(len(index), 16, 8, generator=generator) * 0.1
+    patches[:, 3] += 3.0 * (1 - signal)
     return {
         "tensors": {"head_input": torch.randn(len(index), 1280, 4, 4, generator=generator).half(),
-                    "pooled": pooled.half()},
+                    "pooled": pooled.half(), "patches": patches.half()},
         "metadata": {"backbone": "efficientnet_lite0", "head_input": "pooled", "weights": "none", "paths": index["path"].tolist(),
                      "sha256": index["sha256"].tolist(), "errors": errors},
     }

@@ -35,6 +35,7 @@ from image_classification.pipelines.evaluate.nodes import (
     plot_roc,
     plot_score_histograms,
     score_images,
+    score_patches,
 )
 
 from ...conftest import noise_image, png_bytes, write_files
@@ -42,6 +43,7 @@ from .conftest import CHECKPOINT_METADATA, SPLIT_SIZES, UNREADABLE, small_config
 
 CHECKPOINT = {"tensors": {}, "metadata": CHECKPOINT_METADATA}
 BASELINE_FIT = {"description": "test", "C": 1.0, "train_images": 4, "c_grid": []}
+PATCH_OFF = {"enabled": False, "reason": "evaluate.patch_evidence is off"}
 
 
 def scores_table(val: tuple[list[int], list[float]], test: tuple[list[int], list[float]],
@@ -56,6 +58,7 @@ def scores_table(val: tuple[list[int], list[float]], test: tuple[list[int], list
         }))
     table = pd.concat(frames, ignore_index=True)
     table["baseline_score"] = np.clip(table["score"] - baseline_shift, 0, 1).astype(np.float32)
+    table["patch_score"] = table["stack_score"] = np.float32(np.nan)
     return table
 
 
@@ -131,17 +134,44 @@ def test_bootstrap_of_nothing_is_undefined():
 def test_scores_cover_validation_and_test_only(evaluation_inputs):
     model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"],
                          evaluation_inputs["image_index"])
-    baseline, fitted = fit_baseline(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
-                                    small_config(), seed=42)
-    table = join_scores(model, baseline)
+    index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
+    baseline, fitted = fit_baseline(features, index, small_config(), seed=42)
+    patches, patch_fit = score_patches(features, index, small_config(), seed=42)
+    table = join_scores(model, baseline, patches, index, seed=42)
     sizes = {split: sum(counts) for split, counts in SPLIT_SIZES.items()}
     assert table["split"].value_counts().to_dict() == {"val": sizes["val"], "test": sizes["test"]}
-    unreadable = evaluation_inputs["image_index"]["path"].iloc[UNREADABLE]
-    assert table.loc[table["score"].isna() | table["baseline_score"].isna(), "path"].tolist() == [unreadable]
+    unreadable = index["path"].iloc[UNREADABLE]
+    for column in ("score", "baseline_score", "patch_score", "stack_score"):
+        assert table.loc[table[column].isna(), "path"].tolist() == [unreadable], column
     assert table["score"].dropna().between(0, 1).all() and table["baseline_score"].dropna().between(0, 1).all()
     assert fitted["C"] in (0.01, 1.0) and fitted["train_images"] == sum(SPLIT_SIZES["train"])
+    # the memory holds valid train images' patches only, so each invalid image's odd patch stands out
+    assert patch_fit["enabled"] and patch_fit["train_valid_images"] == SPLIT_SIZES["train"][0]
+    readable = table.dropna(subset=["patch_score"])
+    assert readable.loc[readable["target"] == 1, "patch_score"].min() > readable.loc[readable["target"] == 0, "patch_score"].max()
+    assert roc_auc_score(readable["target"], readable["stack_score"]) > 0.9
     with pytest.raises(ValueError, match="same images"):
-        join_scores(model, baseline.iloc[::-1])
+        join_scores(model, baseline.iloc[::-1], patches, index, seed=42)
+
+
+@pytest.mark.parametrize("why", ["switched off", "no patches cached"])
+def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(evaluation_inputs, why):
+    index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
+    config = small_config(patch_evidence=why != "switched off")
+    if why == "no patches cached":
+        features = {**features, "tensors": {k: v for k, v in features["tensors"].items() if k != "patches"}}
+    patches, patch_fit = score_patches(features, index, config, seed=42)
+    assert patches["patch_score"].isna().all() and not patch_fit["enabled"]
+    assert ("patch_evidence is off" if why == "switched off" else "train.patch_grid is 0") in patch_fit["reason"]
+    model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index)
+    baseline, fitted = fit_baseline(features, index, config, seed=42)
+    table = join_scores(model, baseline, patches, index, seed=42)
+    assert table["stack_score"].isna().all()
+    point = choose_operating_point(table, CHECKPOINT, config)
+    metrics = measure_performance(table, point, fitted, patch_fit, config, seed=42)
+    assert [row["candidate"] for row in metrics["candidates"]["table"]] == ["model", "baseline"]
+    assert metrics["patch"] == patch_fit and "stack" not in metrics
+    json.dumps(metrics, allow_nan=False)
 
 
 def test_stale_features_or_scores_are_refused(evaluation_inputs):
@@ -176,7 +206,7 @@ def test_unreachable_target_is_reported_not_hidden():
     scores = scores_table(([0, 1, 0, 1], [0.9, 0.8, 0.7, 0.6]), TEST)
     point = choose_operating_point(scores, CHECKPOINT, small_config())
     assert not point["reached"] and "No threshold reaches precision 0.90" in point["fallback"]
-    metrics = measure_performance(scores, point, BASELINE_FIT, small_config(), seed=42)
+    metrics = measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
     assert metrics["model"]["chosen_on_validation"]["reached"] is False
     assert metrics["model"]["chosen_on_validation"]["fallback"] == point["fallback"]
 
@@ -191,7 +221,7 @@ def test_an_empty_test_split_stops_the_run():
     scores = scores_table(VAL, ([], []))
     point = choose_operating_point(scores, CHECKPOINT, small_config())
     with pytest.raises(ValueError, match="test split has no readable image"):
-        measure_performance(scores, point, BASELINE_FIT, small_config(), seed=42)
+        measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
 
 
 # ---------------------------------------------------------------- test metrics
@@ -199,7 +229,7 @@ def test_an_empty_test_split_stops_the_run():
 
 def test_test_metrics_use_the_validation_threshold_and_match_scikit_learn(evaluation_scores):
     point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config())
-    metrics = measure_performance(evaluation_scores, point, BASELINE_FIT, small_config(), seed=42)
+    metrics = measure_performance(evaluation_scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
     json.dumps(metrics, allow_nan=False)
     targets, scores = np.array(TEST[0]), np.array(TEST[1], dtype=np.float32)
     predicted = scores >= np.float32(0.6)
@@ -220,10 +250,33 @@ def test_test_metrics_use_the_validation_threshold_and_match_scikit_learn(evalua
     assert set(baseline["test"]) == set(model["test"])
 
 
+def test_every_candidate_is_measured_at_its_own_validation_threshold_and_the_best_is_named(evaluation_scores):
+    rng = np.random.default_rng(3)
+    scores = evaluation_scores.assign(
+        patch_score=np.where(evaluation_scores["target"] == 1, -0.1, -2.0) + rng.normal(0, 0.01, len(evaluation_scores)),
+        stack_score=evaluation_scores["score"] * 0.5)
+    point = choose_operating_point(scores, CHECKPOINT, small_config())
+    patch_fit = {"enabled": True, "memory_patches": 10}
+    metrics = measure_performance(scores, point, BASELINE_FIT, patch_fit, small_config(), seed=42)
+    json.dumps(metrics, allow_nan=False)
+    table = {row["candidate"]: row for row in metrics["candidates"]["table"]}
+    assert list(table) == ["model", "baseline", "patch", "stack"]
+    # the patch score separates validation perfectly, so it has the best validation AP and recall 1 on test
+    assert metrics["candidates"]["best_by_validation_average_precision"] == "patch"
+    assert table["patch"]["val_average_precision"] == pytest.approx(1.0) and table["patch"]["test_recall"] == 1.0
+    assert metrics["patch"]["memory_patches"] == 10 and metrics["patch"]["threshold"] < -0.1
+    # the stacked column is half the model's score: the same ranking, a threshold half as high
+    assert metrics["stack"]["threshold"] == pytest.approx(point["threshold"] / 2)
+    assert table["stack"]["test_auroc"] == pytest.approx(table["model"]["test_auroc"])
+    assert metrics["candidates"]["operating_point_from"] == "model"
+    for interactive, _ in (plot_roc(scores, metrics), plot_precision_recall(scores, metrics)):
+        assert {"model", "baseline (logistic regression)", "patch evidence", "stacked"} <= {t.name for t in interactive.data}
+
+
 def test_a_test_split_of_one_class_gives_nulls_not_nan():
     scores = scores_table(VAL, ([0, 0, 0], [0.9, 0.2, 0.1]))
     point = choose_operating_point(scores, CHECKPOINT, small_config())
-    metrics = measure_performance(scores, point, BASELINE_FIT, small_config(), seed=42)
+    metrics = measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
     json.dumps(metrics, allow_nan=False)
     assert metrics["model"]["test"]["auroc"] is None and metrics["model"]["test"]["recall"] is None
     assert metrics["model"]["test_bootstrap"]["recall"] == [None, None]
@@ -254,7 +307,7 @@ def png_size(figure: Figure) -> tuple[int, int]:
 def test_figures_are_drawn(test_split):
     scores = scores_table(VAL, test_split)
     point = choose_operating_point(scores, CHECKPOINT, small_config())
-    metrics = measure_performance(scores, point, BASELINE_FIT, small_config(), seed=42)
+    metrics = measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
     for interactive, static in (plot_precision_recall(scores, metrics), plot_roc(scores, metrics),
                                 plot_score_histograms(scores, point)):
         assert isinstance(interactive, go.Figure) and interactive.data

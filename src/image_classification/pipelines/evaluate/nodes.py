@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import warnings
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from image_classification.artefacts import (
     Checkpoint,
@@ -23,12 +30,20 @@ from image_classification.errors import DataError
 from image_classification.images import thumbnail
 from image_classification.metrics import report_at_threshold, select_threshold
 from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.patches import PatchMemory
 from image_classification.plots import evaluation as plots
 
 logger = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("val", "test")
-SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "error"]
+SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "patch_score", "stack_score", "error"]
+# every score evaluate measures: (key in evaluation_metrics.json, column of evaluation_scores, what it is)
+CANDIDATES = (
+    ("model", "score", "the trained model (the original head)"),
+    ("baseline", "baseline_score", "logistic regression on pooled features"),
+    ("patch", "patch_score", "patch evidence (negated distance to the valid patch memory)"),
+    ("stack", "stack_score", "logistic regression over the three, fitted on validation"),
+)
 THUMBNAIL_SIZE = 160
 
 
@@ -78,11 +93,100 @@ def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: E
             baseline.summary(cache.backbone, len(train)))
 
 
-def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame) -> pd.DataFrame:
-    """The model's and the baseline's scores side by side, one row per validation and test image."""
-    if model_scores["path"].tolist() != baseline_scores["path"].tolist():
-        raise ValueError("model and baseline scores are not for the same images in the same order")
-    return model_scores.assign(baseline_score=baseline_scores["baseline_score"].to_numpy())[SCORE_COLUMNS]
+def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: EvaluateConfig,
+                  seed: int) -> tuple[pd.DataFrame, dict]:
+    """Patch evidence for every validation and test image: a memory of the valid train images'
+    patches (:class:`~image_classification.patches.PatchMemory`), read from the feature cache.
+
+    Returns:
+        ``path`` and ``patch_score`` (minus the patch distance, so that higher means more like valid,
+        as for the other scores; NaN when off or unreadable) per validation and test image, and what
+        was fitted (or why nothing was).
+    """
+    cache = FeatureCache.from_payload(backbone_features)
+    cache.check(image_index, cache.backbone, cache.head_input_mode)
+    rows = _evaluated_rows(image_index)
+    scores = np.full(len(rows), np.nan, dtype=np.float32)
+    reason = ("evaluate.patch_evidence is off" if not evaluate.patch_evidence else
+              "the feature cache holds no patches (train.patch_grid is 0)" if cache.patches is None else None)
+    train_valid = np.flatnonzero(cache.readable & (image_index["split"] == "train").to_numpy()
+                                 & (image_index["target"] == 1).to_numpy())
+    if reason is None and not len(train_valid):
+        reason = "the train split has no readable valid image"
+    if reason is not None:
+        logger.info("Patch evidence not scored: %s", reason)
+        return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores}), \
+            {"enabled": False, "reason": reason}
+    start = time.perf_counter()
+    memory = PatchMemory.fit(cache.patches[train_valid], evaluate.patch_coreset_fraction, evaluate.patch_memory_max,
+                             evaluate.patch_top_k, seed)
+    readable = cache.readable[rows]
+    scores[readable] = -memory.anomaly_scores(cache.patches[rows[readable]])
+    fitted = {"enabled": True, "description": "PatchCore-style patch evidence: distance of an image's most unusual "
+              "patches to a coreset of the valid train images' patches", "train_valid_images": int(len(train_valid)),
+              "grid": int(round(cache.patches.shape[1] ** 0.5)), **memory.describe()}
+    logger.info("Patch evidence: memory of %d of %d patches from %d valid train images; %d images scored in %.1f s",
+                fitted["memory_patches"], fitted["patches_seen"], len(train_valid), int(readable.sum()),
+                time.perf_counter() - start)
+    return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores}), fitted
+
+
+def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch_scores: pd.DataFrame,
+                image_index: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Every candidate's score side by side, one row per validation and test image, with the stacker's.
+
+    The stacker is a logistic regression over the model's and the baseline's logits and the patch
+    score, fitted on the validation images. Its validation scores are cross-fitted over validation
+    split groups (each scored by a stacker that never saw its group), so the threshold chosen on them
+    is as honest as the others'; its test scores come from the stacker fitted on all of validation.
+    """
+    for name, other in (("baseline", baseline_scores), ("patch", patch_scores)):
+        if model_scores["path"].tolist() != other["path"].tolist():
+            raise ValueError(f"model and {name} scores are not for the same images in the same order")
+    table = model_scores.assign(baseline_score=baseline_scores["baseline_score"].to_numpy(),
+                                patch_score=patch_scores["patch_score"].to_numpy())
+    groups = image_index.set_index("path").loc[table["path"], "split_group"].to_numpy() \
+        if "split_group" in image_index else table["path"].to_numpy()
+    stack, reason = stacked_scores(table, groups, seed)
+    if reason:
+        logger.info("No stacked score: %s", reason)
+    return table.assign(stack_score=stack)[SCORE_COLUMNS]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def stacked_scores(table: pd.DataFrame, groups: np.ndarray, seed: int) -> tuple[np.ndarray, str | None]:
+    """The stacker's score per row (NaN where any input is missing), or NaN and why there is none."""
+    stack = np.full(len(table), np.nan, dtype=np.float32)
+    inputs = np.column_stack([_logit(table["score"].to_numpy(float)), _logit(table["baseline_score"].to_numpy(float)),
+                              table["patch_score"].to_numpy(float)])
+    usable = ~np.isnan(inputs).any(axis=1)
+    val = np.flatnonzero(usable & (table["split"] == "val").to_numpy())
+    targets = table["target"].to_numpy(int)
+    if np.isnan(table["patch_score"].to_numpy(float)).all():
+        return stack, "no patch score to stack"
+    folds = min(5, len(np.unique(groups[val])), *(int(np.sum(targets[val] == c)) for c in (0, 1)))
+    if folds < 2:
+        return stack, "too few validation groups or images of each label to cross-fit a stacker"
+
+    def stacker():
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", random_state=seed))
+
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a fold short of one label's groups still fits
+        for fit_rows, score_rows in splitter.split(val, targets[val], groups[val]):
+            fitted_on, scored = val[fit_rows], val[score_rows]
+            if len(np.unique(targets[fitted_on])) < 2:
+                return np.full(len(table), np.nan, dtype=np.float32), "a cross-fitting fold holds one label only"
+            stack[scored] = stacker().fit(inputs[fitted_on], targets[fitted_on]).predict_proba(inputs[scored])[:, 1]
+    other = np.flatnonzero(usable & (table["split"] != "val").to_numpy())
+    if len(other):
+        stack[other] = stacker().fit(inputs[val], targets[val]).predict_proba(inputs[other])[:, 1]
+    return stack, None
 
 
 # ---------------------------------------------------------------- operating point and metrics
@@ -101,21 +205,42 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
 
 
 def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, baseline_fit: dict,
-                        evaluate: EvaluateConfig, seed: int) -> dict:
-    """Test metrics at the thresholds chosen on validation: the model, and the baseline beside it.
-
-    The baseline's threshold is chosen by the same rule on its own validation scores.
+                        patch_fit: dict, evaluate: EvaluateConfig, seed: int) -> dict:
+    """Test metrics at the thresholds chosen on validation: the model, and beside it the baseline,
+    the patch evidence and the stacker, each at a threshold chosen by the same rule on its own
+    validation scores; and a table of all of them with the one of best validation average precision.
     """
-    baseline_point = select_threshold(*_scored(evaluation_scores, "val", "baseline_score"), evaluate.rule,
-                                      evaluate.rule_settings)
-    _log_operating_point("Baseline", baseline_point)
-    metrics = {
-        "split": "test", "target_precision": evaluate.target_precision, "rule": evaluate.rule,
-        "model": _test_report(evaluation_scores, "score", operating_point, evaluate, seed),
-        "baseline": {**baseline_fit, **_test_report(evaluation_scores, "baseline_score", baseline_point, evaluate, seed)},
-    }
-    for name in ("model", "baseline"):
-        _log_test_report(name, metrics[name], evaluate.target_precision)
+    metrics = {"split": "test", "target_precision": evaluate.target_precision, "rule": evaluate.rule,
+               "model": _test_report(evaluation_scores, "score", operating_point, evaluate, seed)}
+    fits = {"baseline": baseline_fit, "patch": patch_fit}
+    for key, column, description in CANDIDATES[1:]:
+        if evaluation_scores[column].isna().all():
+            continue
+        point = select_threshold(*_scored(evaluation_scores, "val", column), evaluate.rule, evaluate.rule_settings)
+        _log_operating_point(key.capitalize(), point)
+        metrics[key] = {**fits.get(key, {"description": description}),
+                        **_test_report(evaluation_scores, column, point, evaluate, seed)}
+    if "patch" not in metrics:
+        metrics["patch"] = patch_fit
+    table = []
+    for key, column, description in CANDIDATES:
+        if key in metrics and "test" in metrics[key]:
+            targets, scores = _scored(evaluation_scores, "val", column)
+            test = metrics[key]["test"]
+            table.append({"candidate": key, "description": description,
+                          "val_average_precision": float(average_precision_score(targets, scores)),
+                          "test_auroc": test["auroc"], "test_average_precision": test["average_precision"],
+                          "test_recall": test["recall"], "test_precision": test["precision"],
+                          "target_precision_held": test["target_precision_held"]})
+    best = max(table, key=lambda row: row["val_average_precision"])["candidate"]
+    metrics["candidates"] = {"table": table, "best_by_validation_average_precision": best,
+                             "operating_point_from": "model",
+                             "why": "predict serves the trained model, so its threshold is the operating point; the "
+                                    "other candidates are measured beside it"}
+    for row in table:
+        _log_test_report(row["candidate"], metrics[row["candidate"]], evaluate.target_precision)
+    logger.info("Best validation average precision: %s (%s)", best,
+                ", ".join(f"{row['candidate']} {row['val_average_precision']:.3f}" for row in table))
     return jsonable(metrics)
 
 
@@ -218,9 +343,11 @@ def _test_report(evaluation_scores: pd.DataFrame, column: str, point: dict, conf
 
 
 def _test_series(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> list[plots.ScoredSplit]:
-    baseline = "baseline (logistic regression)"
-    return [plots.ScoredSplit(name, *_scored(evaluation_scores, "test", column), evaluation_metrics[key]["threshold"])
-            for key, column, name in (("model", "score", "model"), ("baseline", "baseline_score", baseline))]
+    names = {"model": "model", "baseline": "baseline (logistic regression)", "patch": "patch evidence",
+             "stack": "stacked"}
+    return [plots.ScoredSplit(names[key], *_scored(evaluation_scores, "test", column),
+                              evaluation_metrics[key]["threshold"])
+            for key, column, _ in CANDIDATES if "threshold" in evaluation_metrics.get(key, {})]
 
 
 def _log_operating_point(name: str, point: dict) -> None:

@@ -14,6 +14,7 @@ from .nodes import (
     plot_roc,
     plot_score_histograms,
     score_images,
+    score_patches,
 )
 
 
@@ -33,8 +34,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="fit_baseline",
             ),
             Node(
+                func=score_patches,
+                inputs=["backbone_features", "image_index", "params:evaluate", "params:seed"],
+                outputs=["patch_scores", "patch_fit"],
+                name="score_patches",
+            ),
+            Node(
                 func=join_scores,
-                inputs=["model_scores", "baseline_scores"],
+                inputs=["model_scores", "baseline_scores", "patch_scores", "image_index", "params:seed"],
                 outputs="evaluation_scores",
                 name="join_scores",
             ),
@@ -46,7 +53,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=measure_performance,
-                inputs=["evaluation_scores", "operating_point", "baseline_fit", "params:evaluate", "params:seed"],
+                inputs=["evaluation_scores", "operating_point", "baseline_fit", "patch_fit", "params:evaluate",
+                        "params:seed"],
                 outputs="evaluation_metrics",
                 name="measure_performance",
             ),

@@ -23,6 +23,7 @@ from image_classification.inference import (
 )
 from image_classification.model import ClassifierHead, ImageClassifier
 from image_classification.parameters.shared import ModelConfig
+from image_classification.patches import bytes_per_image, check_grid
 from image_classification.plots.training import training_curves_figure
 from image_classification.training import ResumeStore, TrainConfig, fit
 
@@ -38,20 +39,28 @@ def _seeded_backbone(model: ModelConfig, seed: int) -> torch.nn.Module:
     return build_backbone(model.backbone, model.weights, model.weights_path)
 
 
-def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dict, seed: int) -> dict:
-    """Run the frozen backbone over every indexed image once (unseen kinds too, for zero_shot)."""
+def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dict, seed: int,
+                     patch_grid: int = 0) -> dict:
+    """Run the frozen backbone over every indexed image once (unseen kinds too, for zero_shot),
+    keeping patch vectors on a ``patch_grid`` x ``patch_grid`` grid for evaluate's patch evidence."""
     device = torch_device(runtime)
     backbone = _seeded_backbone(model, seed)
     features = extract_backbone_features(
         backbone, image_index["path"].tolist(), model.spec, device,
         batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]), head_input=model.head_input,
         sha256=image_index["sha256"].tolist(),  # a file changed since data_prep is skipped, not trained on
+        patch_grid=check_grid(patch_grid) if patch_grid else 0,
     )
     logger.info("Backbone features for %d images: %s", len(image_index), tuple(features["head_input"].shape))
+    if "patches" in features:
+        logger.info("Patch vectors for patch evidence: %s, %s bytes per image (train.patch_grid %d; 0 turns them off)",
+                    tuple(features["patches"].shape),
+                    f"{bytes_per_image(patch_grid, features['patches'].shape[-1]):,}", patch_grid)
     cache = FeatureCache(
         head_input=features["head_input"], pooled=features["pooled"], backbone=model.backbone, weights=model.weights,
         head_input_mode=model.head_input, paths=image_index["path"].tolist(), sha256=image_index["sha256"].tolist(),
         errors=features["errors"], backbone_sha256=tensors_sha256(backbone.cpu().state_dict()),
+        patches=features.get("patches"),
     )
     return cache.to_payload()
 
