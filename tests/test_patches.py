@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import pandas as pd
 import pytest
 import torch
 
+from image_classification.artefacts import FeatureCache
 from image_classification.backbones import backbone_spec, build_backbone
 from image_classification.errors import ParameterError
 from image_classification.inference import extract_backbone_features
+from image_classification.parameters.shared import ModelConfig
+from image_classification.parameters.train import TrainConfig
 from image_classification.patches import (
     PatchMemory,
     bytes_per_image,
@@ -15,6 +21,7 @@ from image_classification.patches import (
     patch_blocks,
     patch_grid_features,
 )
+from image_classification.pipelines.train.nodes import extract_features
 
 from .conftest import noise_image, png_bytes, write_files
 
@@ -102,3 +109,28 @@ def test_patches_come_from_the_same_pass_and_leave_the_other_features_unchanged(
     assert with_patches["patches"].shape == (3, 49, 152) and with_patches["patches"].dtype == torch.float16
     for name in ("head_input", "pooled"):
         assert torch.equal(plain[name], with_patches[name]), name
+
+
+def test_a_large_bank_is_drawn_down_before_the_greedy_selection_and_still_finds_defects():
+    generator = torch.Generator().manual_seed(2)
+    memory = PatchMemory.fit(_images(200, generator), fraction=0.01, seed=0)  # 3,200 patches, keeps 32 of 128 drawn
+    assert memory.describe()["patches_seen"] == 3200 and len(memory.memory) == 32
+    normal, defective = memory.anomaly_scores(_images(20, generator)), memory.anomaly_scores(_images(20, generator, True))
+    assert defective.min() > normal.max()
+
+
+@pytest.mark.parametrize("grid", [0, 5])
+def test_the_train_feature_cache_keeps_patches_on_the_configured_grid(tmp_path, grid):
+    paths = write_files(tmp_path, {f"{i}.png": png_bytes(noise_image(i, (40, 40))) for i in range(2)})
+    index = pd.DataFrame({"path": [str(p) for p in paths],
+                          "sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]})
+    payload = extract_features(index, ModelConfig("efficientnet_lite0", weights="none"),
+                               {"device": "cpu", "threads": 1, "batch_size": 2, "workers": 0}, 42,
+                               TrainConfig(patch_grid=grid))
+    cache = FeatureCache.from_payload(payload)
+    if grid:
+        assert cache.patches.shape == (2, 25, 152) and "patches" in payload["tensors"]
+    else:
+        assert cache.patches is None and "patches" not in payload["tensors"]
+    with pytest.raises(ValueError, match="patch_grid"):
+        TrainConfig(patch_grid=-1)

@@ -24,6 +24,7 @@ from torch import nn
 from image_classification.errors import ParameterError
 
 STRIDES = (8, 16)
+CANDIDATES_PER_KEPT = 4  # the coreset chooses from at most this many patches per patch it keeps
 
 
 def patch_blocks(backbone: nn.Sequential, input_size: int) -> tuple[int, ...]:
@@ -63,13 +64,6 @@ def patch_grid_features(maps: list[torch.Tensor], grid: int) -> torch.Tensor:
 def bytes_per_image(grid: int, channels: int) -> int:
     """Bytes one image's float16 patches take in the feature cache."""
     return grid * grid * channels * 2
-
-
-def check_grid(grid: int) -> int:
-    if int(grid) < 1:
-        raise ParameterError(f"train.patch_grid must be at least 1 (patches per side), or 0 for no patches; "
-                             f"got {grid}")
-    return int(grid)
 
 
 def greedy_coreset(bank: torch.Tensor, size: int, dims: int = 32, seed: int = 0) -> torch.Tensor:
@@ -113,20 +107,28 @@ class PatchMemory:
     patches_seen: int = 0
 
     @classmethod
-    def fit(cls, patches: torch.Tensor, fraction: float = 0.1, max_size: int = 20000, top_k: int = 1,
+    def fit(cls, patches: torch.Tensor, fraction: float = 0.1, max_size: int = 10000, top_k: int = 1,
             seed: int = 0) -> PatchMemory:
         """The memory of ``patches`` (N, P, C) of valid training images, reduced to ``fraction`` of
-        their patches (at most ``max_size``) by :func:`greedy_coreset`."""
+        their patches (at most ``max_size``) by :func:`greedy_coreset`.
+
+        The greedy selection costs (rows it chooses from) x (rows it keeps); it chooses from at most
+        ``CANDIDATES_PER_KEPT`` times as many patches as it keeps, drawn at random, so a large training
+        set costs seconds, not minutes."""
         if len(patches) == 0:
             raise ParameterError("patch evidence needs at least one readable valid training image")
         if not 0.0 < fraction <= 1.0 or max_size < 1 or top_k < 1:
             raise ParameterError(f"evaluate.patch_coreset_fraction must be in (0, 1], patch_memory_max at least 1 "
                                  f"and patch_top_k at least 1; got {fraction}, {max_size}, {top_k}")
         bank = patches.reshape(-1, patches.shape[-1])
-        size = max(1, min(max_size, int(round(len(bank) * fraction))))
+        seen = len(bank)
+        size = max(1, min(max_size, int(round(seen * fraction))))
+        if seen > CANDIDATES_PER_KEPT * size:
+            drawn = torch.randperm(seen, generator=torch.Generator().manual_seed(seed))[:CANDIDATES_PER_KEPT * size]
+            bank = bank[drawn.sort().values]
         keep = greedy_coreset(bank, size, seed=seed)
         return cls(memory=bank[keep].to(torch.float16).contiguous(), top_k=min(top_k, patches.shape[1]),
-                   patches_seen=len(bank))
+                   patches_seen=seen)
 
     def distances(self, patches: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """(N, P) distance of every patch to its nearest neighbour in the memory."""

@@ -41,7 +41,7 @@ class EvaluateConfig:
     gallery_size: int = 8
     patch_evidence: bool = True
     patch_coreset_fraction: float = 0.1
-    patch_memory_max: int = 20000
+    patch_memory_max: int = 10000
     patch_top_k: int = 1
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ from image_classification.inference import (
 )
 from image_classification.model import ClassifierHead, ImageClassifier
 from image_classification.parameters.shared import ModelConfig
-from image_classification.patches import bytes_per_image, check_grid
+from image_classification.patches import bytes_per_image
 from image_classification.plots.training import training_curves_figure
 from image_classification.training import ResumeStore, TrainConfig, fit
 
@@ -40,16 +40,18 @@ def _seeded_backbone(model: ModelConfig, seed: int) -> torch.nn.Module:
 
 
 def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dict, seed: int,
-                     patch_grid: int = 0) -> dict:
+                     train: TrainConfig | None = None) -> dict:
     """Run the frozen backbone over every indexed image once (unseen kinds too, for zero_shot),
-    keeping patch vectors on a ``patch_grid`` x ``patch_grid`` grid for evaluate's patch evidence."""
+    keeping patch vectors on a ``train.patch_grid`` square grid for evaluate's patch evidence
+    (none without ``train``)."""
+    patch_grid = int(train.patch_grid) if train is not None else 0
     device = torch_device(runtime)
     backbone = _seeded_backbone(model, seed)
     features = extract_backbone_features(
         backbone, image_index["path"].tolist(), model.spec, device,
         batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]), head_input=model.head_input,
         sha256=image_index["sha256"].tolist(),  # a file changed since data_prep is skipped, not trained on
-        patch_grid=check_grid(patch_grid) if patch_grid else 0,
+        patch_grid=patch_grid,
     )
     logger.info("Backbone features for %d images: %s", len(image_index), tuple(features["head_input"].shape))
     if "patches" in features:

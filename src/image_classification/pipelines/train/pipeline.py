@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=extract_features,
-                inputs=["image_index", "params:model", "params:runtime", "params:seed", "params:train.patch_grid"],
+                inputs=["image_index", "params:model", "params:runtime", "params:seed", "params:train"],
                 outputs="backbone_features",
                 name="extract_features",
             ),
