@@ -29,6 +29,8 @@ class EvaluateConfig:
         patch_coreset_fraction: share of the valid training images' patches the memory keeps.
         patch_memory_max: the most patches the memory keeps.
         patch_top_k: an image's patch score is the mean distance of its ``patch_top_k`` most unusual patches.
+        cv_folds: grouped folds of the cross-validation report (0: off).
+        cv_max_images: cross-validate only when fewer labelled images than this are readable.
     """
 
     target_precision: float = 0.9
@@ -43,6 +45,8 @@ class EvaluateConfig:
     patch_coreset_fraction: float = 0.1
     patch_memory_max: int = 10000
     patch_top_k: int = 1
+    cv_folds: int = 5
+    cv_max_images: int = 5000
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
@@ -58,6 +62,9 @@ class EvaluateConfig:
             raise ParameterError(f"evaluate.patch_coreset_fraction must be in (0, 1] and patch_memory_max and "
                                  f"patch_top_k at least 1, got {self.patch_coreset_fraction}, {self.patch_memory_max} "
                                  f"and {self.patch_top_k}")
+        if int(self.cv_folds) not in (0, *range(2, 21)) or int(self.cv_max_images) < 0:
+            raise ParameterError(f"evaluate.cv_folds must be 0 (off) or 2 to 20, and cv_max_images at least 0; got "
+                                 f"{self.cv_folds} and {self.cv_max_images}")
         grid = tuple(float(c) for c in self.baseline_c_grid)
         if not grid or min(grid) <= 0:
             raise ParameterError(f"evaluate.baseline_c_grid must list positive values, got {list(self.baseline_c_grid)}")

@@ -22,9 +22,11 @@ from sklearn.metrics import (
 )
 
 from image_classification.metrics import bootstrap_precision_recall, metrics_at_threshold
+from image_classification.parameters.train import TrainConfig
 from image_classification.pipelines.evaluate.nodes import (
     EvaluateConfig,
     choose_operating_point,
+    cross_validate_candidates,
     draw_error_gallery,
     fit_baseline,
     join_scores,
@@ -79,7 +81,8 @@ def test_config_accepts_the_yaml_shape_and_refuses_nonsense():
     config = EvaluateConfig(baseline_c_grid=[0.1, 1])
     assert config.baseline_c_grid == (0.1, 1.0)
     for bad in ({"target_precision": 0.0}, {"target_precision": 1.2}, {"rule": "f1"}, {"bound_method": "exact"},
-                {"bound_level": 1.0}, {"bootstrap_samples": 0}, {"baseline_c_grid": []}, {"baseline_c_grid": [-1]}):
+                {"bound_level": 1.0}, {"bootstrap_samples": 0}, {"baseline_c_grid": []}, {"baseline_c_grid": [-1]},
+                {"cv_folds": 1}, {"patch_coreset_fraction": 0}, {"patch_top_k": 0}):
         with pytest.raises(ValueError):
             EvaluateConfig(**bad)
 
@@ -172,6 +175,35 @@ def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(e
     assert [row["candidate"] for row in metrics["candidates"]["table"]] == ["model", "baseline"]
     assert metrics["patch"] == patch_fit and "stack" not in metrics
     json.dumps(metrics, allow_nan=False)
+
+
+def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inputs):
+    index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
+    report = cross_validate_candidates(features, index, TrainConfig(epochs=2), small_config(cv_folds=3), seed=42)
+    json.dumps(report, allow_nan=False)
+    labelled = sum(sum(counts) for counts in SPLIT_SIZES.values()) - 1  # one image unreadable
+    assert report["enabled"] and report["labelled_images"] == labelled and len(report["folds"]) == 3
+    # every labelled image is tested exactly once, and never in its own fold's train or validation rows
+    assert sum(fold["images"]["test"] for fold in report["folds"]) == labelled
+    for fold in report["folds"]:
+        assert sum(fold["images"].values()) == labelled
+        assert list(fold["candidates"]) == ["model", "baseline", "patch", "stack"]
+    summary = report["summary"]
+    # the patch vectors separate the labels (conftest), so patch evidence is perfect on every fold
+    assert summary["patch"]["test_auroc"]["mean"] == pytest.approx(1.0) and summary["patch"]["folds"] == 3
+    assert summary["baseline"]["test_auroc"]["sd"] is not None
+    assert report["best_by_validation_average_precision"] in summary
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"cv_folds": 0}, "cv_folds is 0"),
+    ({"cv_max_images": 30}, "one split is large enough"),
+    ({"cv_folds": 20}, "fewer than 20 groups of each label"),
+])
+def test_cross_validation_is_skipped_with_a_reason(evaluation_inputs, changes, why):
+    report = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
+                                       TrainConfig(epochs=1), small_config(**changes), seed=42)
+    assert not report["enabled"] and why in report["reason"]
 
 
 def test_stale_features_or_scores_are_refused(evaluation_inputs):

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import precision_score, recall_score
 
+from image_classification.parameters.train import TrainConfig
 from image_classification.pipelines.data_prep import create_pipeline as data_prep_pipeline
 from image_classification.pipelines.evaluate import create_pipeline
 from image_classification.pipelines.evaluate.nodes import EvaluateConfig
@@ -58,7 +59,8 @@ def test_parameters_file_builds_a_valid_config():
 
 
 def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
-    parameters = {"params:runtime": RUNTIME, "params:seed": 42, "params:evaluate": small_config()}
+    parameters = {"params:runtime": RUNTIME, "params:seed": 42, "params:evaluate": small_config(),
+                  "params:train": TrainConfig(epochs=2)}
     # "assign": deep-copying figures and checkpoints between nodes would only slow the test down
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign")
                            for name, value in {**evaluation_inputs, **parameters}.items()})
@@ -76,6 +78,8 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     assert metrics["model"]["test"]["recall"] == pytest.approx(recall_score(test["target"], called))
     assert metrics["model"]["test"]["precision"] == pytest.approx(
         precision_score(test["target"], called, zero_division=np.nan), nan_ok=True)
+    assert catalog.load("cross_validation")["enabled"] and len(catalog.load("cross_validation")["folds"]) == 5
+    assert [row["candidate"] for row in metrics["candidates"]["table"]] == ["model", "baseline", "patch", "stack"]
     scored = scores.dropna(subset=["score"])
     assert len(catalog.load("gap_analysis")) == ((scored["score"] >= point["threshold"]) != (scored["target"] == 1)).sum()
     assert all(isinstance(catalog.load(name), Figure) for name in FIGURES)

@@ -6,17 +6,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
-from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from image_classification.artefacts import (
     Checkpoint,
@@ -29,7 +24,9 @@ from image_classification.baseline import LogisticBaseline
 from image_classification.errors import DataError
 from image_classification.images import thumbnail
 from image_classification.metrics import report_at_threshold, select_threshold
+from image_classification.candidates import cross_validate, stack_inputs, stack_scores
 from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.parameters.train import TrainConfig
 from image_classification.patches import PatchMemory
 from image_classification.plots import evaluation as plots
 
@@ -153,40 +150,56 @@ def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch
     return table.assign(stack_score=stack)[SCORE_COLUMNS]
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def stacked_scores(table: pd.DataFrame, groups: np.ndarray, seed: int) -> tuple[np.ndarray, str | None]:
     """The stacker's score per row (NaN where any input is missing), or NaN and why there is none."""
     stack = np.full(len(table), np.nan, dtype=np.float32)
-    inputs = np.column_stack([_logit(table["score"].to_numpy(float)), _logit(table["baseline_score"].to_numpy(float)),
-                              table["patch_score"].to_numpy(float)])
-    usable = ~np.isnan(inputs).any(axis=1)
-    val = np.flatnonzero(usable & (table["split"] == "val").to_numpy())
-    targets = table["target"].to_numpy(int)
     if np.isnan(table["patch_score"].to_numpy(float)).all():
         return stack, "no patch score to stack"
-    folds = min(5, len(np.unique(groups[val])), *(int(np.sum(targets[val] == c)) for c in (0, 1)))
-    if folds < 2:
-        return stack, "too few validation groups or images of each label to cross-fit a stacker"
-
-    def stacker():
-        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", random_state=seed))
-
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a fold short of one label's groups still fits
-        for fit_rows, score_rows in splitter.split(val, targets[val], groups[val]):
-            fitted_on, scored = val[fit_rows], val[score_rows]
-            if len(np.unique(targets[fitted_on])) < 2:
-                return np.full(len(table), np.nan, dtype=np.float32), "a cross-fitting fold holds one label only"
-            stack[scored] = stacker().fit(inputs[fitted_on], targets[fitted_on]).predict_proba(inputs[scored])[:, 1]
+    inputs = stack_inputs(table["score"], table["baseline_score"], table["patch_score"])
+    usable = ~np.isnan(inputs).any(axis=1)
+    val = np.flatnonzero(usable & (table["split"] == "val").to_numpy())
     other = np.flatnonzero(usable & (table["split"] != "val").to_numpy())
-    if len(other):
-        stack[other] = stacker().fit(inputs[val], targets[val]).predict_proba(inputs[other])[:, 1]
-    return stack, None
+    val_scores, other_scores, reason = stack_scores(inputs[val], table["target"].to_numpy(int)[val], groups[val],
+                                                    inputs[other], seed)
+    stack[val], stack[other] = val_scores, other_scores
+    return stack, reason
+
+
+def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame, train: TrainConfig,
+                              evaluate: EvaluateConfig, seed: int) -> dict:
+    """On a small labelled set, every candidate over ``evaluate.cv_folds`` grouped, stratified folds
+    (:func:`~image_classification.candidates.cross_validate`): figures per fold and mean +- sd, so
+    that one small test split's luck does not pass for the model's quality.
+
+    Returns ``{"enabled": False, "reason": ...}`` when it is off or the set is large enough for one split.
+    """
+    cache = FeatureCache.from_payload(backbone_features)
+    cache.check(image_index, cache.backbone, cache.head_input_mode)
+    labelled = np.flatnonzero(cache.readable & image_index["split"].isin(("train", "val", "test")).to_numpy(bool)
+                              & image_index["target"].notna().to_numpy())
+    reason = ("evaluate.cv_folds is 0" if not evaluate.cv_folds else
+              f"{len(labelled)} labelled images, at least evaluate.cv_max_images ({evaluate.cv_max_images}): one "
+              "split is large enough" if len(labelled) >= evaluate.cv_max_images else None)
+    targets = image_index["target"].to_numpy(dtype=float, na_value=np.nan)[labelled].astype(int)
+    groups = image_index["split_group" if "split_group" in image_index else "path"].to_numpy()[labelled]
+    if reason is None and min(len(np.unique(groups[targets == c])) for c in (0, 1)) < evaluate.cv_folds:
+        reason = f"fewer than {evaluate.cv_folds} groups of each label: too few for {evaluate.cv_folds} grouped folds"
+    if reason is not None:
+        logger.info("Cross-validation skipped: %s", reason)
+        return {"enabled": False, "reason": reason}
+    logger.info("Cross-validating every candidate on %d grouped folds of %d labelled images", evaluate.cv_folds,
+                len(labelled))
+    patches = cache.patches[labelled] if cache.patches is not None and evaluate.patch_evidence else None
+    report = cross_validate(cache.head_input[labelled], cache.pooled[labelled].float().numpy(), patches, targets,
+                            groups, evaluate.cv_folds, train, evaluate, seed)
+    for name, figures in report["summary"].items():
+        logger.info("Cross-validated %s: test AUROC %s +- %s, recall %s +- %s at the validation threshold, test "
+                    "precision >= %.2f in %d of %d folds", name, _format(figures["test_auroc"]["mean"]),
+                    _format(figures["test_auroc"]["sd"]), _format(figures["test_recall"]["mean"]),
+                    _format(figures["test_recall"]["sd"]), evaluate.target_precision,
+                    figures["folds_target_precision_held"], figures["folds"])
+    return jsonable({"enabled": True, "labelled_images": int(len(labelled)), "groups": int(len(np.unique(groups))),
+                     **report})
 
 
 # ---------------------------------------------------------------- operating point and metrics

@@ -4,6 +4,7 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     choose_operating_point,
+    cross_validate_candidates,
     draw_error_gallery,
     fit_baseline,
     join_scores,
@@ -38,6 +39,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["backbone_features", "image_index", "params:evaluate", "params:seed"],
                 outputs=["patch_scores", "patch_fit"],
                 name="score_patches",
+            ),
+            Node(
+                func=cross_validate_candidates,
+                inputs=["backbone_features", "image_index", "params:train", "params:evaluate", "params:seed"],
+                outputs="cross_validation",
+                name="cross_validate_candidates",
             ),
             Node(
                 func=join_scores,

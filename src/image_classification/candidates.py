@@ -1,0 +1,181 @@
+"""Candidate scores side by side, and grouped cross-validation of all of them on small data.
+
+Four scores of "valid" come from one pass of the frozen backbone (the feature cache):
+
+- ``model``     the original head, trained on the cached head inputs (:func:`image_classification.training.fit`);
+- ``baseline``  logistic regression on pooled features (:class:`~image_classification.baseline.LogisticBaseline`);
+- ``patch``     patch evidence (:class:`~image_classification.patches.PatchMemory`), negated so higher means valid;
+- ``stack``     logistic regression over the three, fitted on validation (:func:`stack_scores`).
+
+On a few hundred test images one split's figures move by +-0.1 from seed to seed. :func:`cross_validate`
+therefore repeats what the pipeline does on ``folds`` grouped, stratified folds: each fold is the test
+set once, the rest is split by group into train and validation (three parts to one), every candidate is
+fitted on train, its threshold chosen on validation by the configured rule, and measured on the fold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from image_classification.baseline import LogisticBaseline
+from image_classification.metrics import metrics_at_threshold, select_threshold
+from image_classification.patches import PatchMemory
+
+logger = logging.getLogger(__name__)
+
+NAMES = ("model", "baseline", "patch", "stack")
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def stack_inputs(model: np.ndarray, baseline: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    """The stacker's inputs: the model's and the baseline's logits, and the patch score."""
+    return np.column_stack([_logit(model), _logit(baseline), np.asarray(patch, dtype=float)])
+
+
+def stack_scores(val_inputs: np.ndarray, val_targets: np.ndarray, val_groups: np.ndarray, other_inputs: np.ndarray,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """A stacker's validation scores, cross-fitted over validation groups (each image scored by a
+    stacker that never saw its group), and its scores of ``other_inputs`` from the stacker fitted on
+    all of validation; or NaN and the reason there is none."""
+    nothing = (np.full(len(val_inputs), np.nan), np.full(len(other_inputs), np.nan))
+    folds = min(5, len(np.unique(val_groups)), *(int(np.sum(val_targets == c)) for c in (0, 1)))
+    if folds < 2:
+        return *nothing, "too few validation groups or images of each label to cross-fit a stacker"
+
+    def stacker():
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", random_state=seed))
+
+    val_scores = np.full(len(val_inputs), np.nan)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a fold short of one label's groups still fits
+        for fitted_on, scored in splitter.split(val_inputs, val_targets, val_groups):
+            if len(np.unique(val_targets[fitted_on])) < 2:
+                return *nothing, "a cross-fitting fold of validation holds one label only"
+            val_scores[scored] = stacker().fit(val_inputs[fitted_on], val_targets[fitted_on]).predict_proba(
+                val_inputs[scored])[:, 1]
+    other = stacker().fit(val_inputs, val_targets).predict_proba(other_inputs)[:, 1] if len(other_inputs) else \
+        np.zeros(0)
+    return val_scores, other, None
+
+
+def grouped_folds(targets: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """Rows of train, validation and test for each of ``folds`` grouped, stratified folds: the test
+    rows are the fold; the rest is split by group, three parts train to one part validation."""
+    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fewer groups of one label than folds: still grouped
+        for number, (rest, test) in enumerate(outer.split(np.zeros(len(targets)), targets, groups)):
+            inner = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=seed + number)
+            train, val = next(inner.split(rest, targets[rest], groups[rest]))
+            yield {"train": rest[train], "val": rest[val], "test": test}
+
+
+def head_scores(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray, train_config,
+                seed: int) -> dict[str, np.ndarray]:
+    """The original head trained on ``rows['train']`` with early stopping on ``rows['val']`` (as the
+    train pipeline does with a frozen backbone), scoring validation and test."""
+    from image_classification.inference import head_outputs
+    from image_classification.model import ClassifierHead
+    from image_classification.pipelines.train.nodes import cached_feeds
+    from image_classification.training import fit
+
+    device = torch.device("cpu")
+    split_targets = {split: targets[index] for split, index in rows.items()}
+    torch.manual_seed(seed)  # the head's initial weights: the same fold trains the same head every time
+    head = ClassifierHead(in_channels=head_input.shape[1])
+    source = type("Cached", (), {"head_input": head_input})
+    batches, val_scores = cached_feeds(source, rows, split_targets, train_config, seed, device)
+    best, _, _ = fit(head, batches, val_scores, split_targets["val"], split_targets["train"], train_config, device,
+                     seed, fingerprint=f"cross-validation {seed}")
+    head.load_state_dict(best)
+    return {split: head_outputs(head, head_input[rows[split]], device)[1] for split in ("val", "test")}
+
+
+def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None,
+                rows: dict[str, np.ndarray], targets: np.ndarray, groups: np.ndarray, train_config, evaluate,
+                seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every candidate fitted on one fold's train rows: (validation scores, test scores) by name."""
+    val, test = {}, {}
+    val["model"], test["model"] = head_scores(head_input, rows, targets, train_config, seed).values()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        baseline = LogisticBaseline(evaluate.baseline_c_grid, evaluate.target_precision, seed).fit(
+            pooled[rows["train"]], targets[rows["train"]], pooled[rows["val"]], targets[rows["val"]])
+    val["baseline"], test["baseline"] = (baseline.score_samples(pooled[rows[s]]) for s in ("val", "test"))
+    if patches is not None:
+        memory = PatchMemory.fit(patches[rows["train"][targets[rows["train"]] == 1]], evaluate.patch_coreset_fraction,
+                                 evaluate.patch_memory_max, evaluate.patch_top_k, seed)
+        val["patch"], test["patch"] = (-memory.anomaly_scores(patches[rows[s]]) for s in ("val", "test"))
+        val["stack"], test["stack"], _ = stack_scores(
+            stack_inputs(val["model"], val["baseline"], val["patch"]), targets[rows["val"]], groups[rows["val"]],
+            stack_inputs(test["model"], test["baseline"], test["patch"]), seed)
+    return val, test
+
+
+def _mean_sd(values: list[float]) -> dict:
+    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    return {"mean": float(finite.mean()) if len(finite) else None,
+            "sd": float(finite.std(ddof=1)) if len(finite) > 1 else None}
+
+
+def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None, targets: np.ndarray,
+                   groups: np.ndarray, folds: int, train_config, evaluate, seed: int) -> dict:
+    """Each candidate on ``folds`` grouped folds, as the pipeline would fit, threshold and measure it.
+
+    Returns:
+        ``folds``: per fold, the images, and per candidate the validation AP, test AUROC and AP, and
+        the test recall and precision at the threshold chosen on validation by ``evaluate.rule``;
+        ``summary``: per candidate, mean and sd over folds of each figure, and in how many folds test
+        precision reached the target; ``best_by_validation_average_precision``: the candidate of the
+        best mean validation AP.
+    """
+    per_fold = []
+    for number, rows in enumerate(grouped_folds(targets, groups, folds, seed)):
+        start = time.perf_counter()
+        val, test = fold_scores(head_input, pooled, patches, rows, targets, groups, train_config, evaluate,
+                                seed + number)
+        fold = {"fold": number, "images": {split: int(len(index)) for split, index in rows.items()},
+                "test_groups": int(len(np.unique(groups[rows["test"]]))), "candidates": {}}
+        for name in (n for n in NAMES if n in val and not np.isnan(val[n]).all()):
+            y_val, y_test = targets[rows["val"]], targets[rows["test"]]
+            point = select_threshold(y_val, val[name], evaluate.rule, evaluate.rule_settings)
+            measured = metrics_at_threshold(y_test, test[name], point["threshold"])
+            fold["candidates"][name] = {
+                "val_average_precision": float(average_precision_score(y_val, val[name])),
+                "test_auroc": measured["auroc"], "test_average_precision": measured["average_precision"],
+                "test_recall": measured["recall"], "test_precision": measured["precision"],
+                "target_precision_held": bool(measured["precision"] >= evaluate.target_precision),
+            }
+        per_fold.append(fold)
+        logger.info("Cross-validation fold %d of %d (%d test images, %d groups, %.0f s): test AUROC %s", number + 1,
+                    folds, len(rows["test"]), fold["test_groups"], time.perf_counter() - start,
+                    ", ".join(f"{n} {c['test_auroc']:.3f}" for n, c in fold["candidates"].items()))
+    summary = {}
+    for name in NAMES:
+        results = [f["candidates"][name] for f in per_fold if name in f["candidates"]]
+        if not results:
+            continue
+        summary[name] = {key: _mean_sd([r[key] for r in results]) for key in (
+            "val_average_precision", "test_auroc", "test_average_precision", "test_recall", "test_precision")}
+        summary[name]["folds_target_precision_held"] = int(sum(r["target_precision_held"] for r in results))
+        summary[name]["folds"] = len(results)
+    best = max(summary, key=lambda n: summary[n]["val_average_precision"]["mean"] or 0.0)
+    return {"folds": per_fold, "summary": summary, "best_by_validation_average_precision": best,
+            "rule": evaluate.rule, "target_precision": evaluate.target_precision}
