@@ -46,7 +46,7 @@ class EvaluateConfig:
     patch_memory_max: int = 10000
     patch_top_k: int = 1
     cv_folds: int = 5
-    cv_max_images: int = 5000
+    cv_max_images: int = 2000
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
