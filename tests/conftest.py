@@ -188,3 +188,15 @@ class KeptDataset(MemoryDataset):
 
     def _release(self) -> None:
         pass
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is faster than two spin-waiting on CPUs shared with other work.
+    Use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,12 +26,7 @@ from image_classification.pipelines.train.nodes import extract_features
 from .conftest import noise_image, png_bytes, write_files
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("name", "expected", "channels"), [

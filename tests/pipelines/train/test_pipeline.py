@@ -27,13 +27,7 @@ SEED = 42
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread is faster than two spin-waiting on CPUs shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_image_index(folder) -> pd.DataFrame:
