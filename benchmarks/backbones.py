@@ -79,7 +79,7 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
     torch.manual_seed(SEED)
     head = ClassifierHead(in_channels=model.spec.feature_channels)
     train = TrainConfig(target_precision=TARGET_PRECISION, save_state_every_s=float("inf"))
-    batches, val_scores = cached_feeds(cache, rows, targets, train, SEED, device)
+    batches, val_scores = cached_feeds(cache.head_input, rows, targets, train, SEED, device)
     best, history, best_epoch = fit(head, batches, val_scores, targets["val"], targets["train"], train, device, SEED,
                                     fingerprint=f"benchmark-backbones-{name}")
     head.load_state_dict(best)

@@ -101,7 +101,7 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
         features = nodes.extract_features(index, model, runtime, SEED)
         extracted = time.perf_counter()
         trained = head
-        batches, val_scores = nodes.cached_feeds(features, rows_of, targets, train, SEED, device)
+        batches, val_scores = nodes.cached_feeds(features["tensors"]["head_input"], rows_of, targets, train, SEED, device)
     else:
         extracted = start
         trained = ImageClassifier(build_backbone(model.backbone, model.weights, model.weights_path), head)

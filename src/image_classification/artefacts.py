@@ -190,6 +190,11 @@ class FeatureCache:
         """Per image, whether the backbone could read it."""
         return np.array([not error for error in self.errors], dtype=bool)
 
+    def check_index(self, image_index: pd.DataFrame) -> FeatureCache:
+        """This cache, if it was computed for these images (in order), whatever its backbone: for
+        readers that take the backbone the cache was made with; else a :class:`DataError`."""
+        return self.check(image_index, self.backbone, self.head_input_mode)
+
     def check(self, image_index: pd.DataFrame, backbone: str, head_input_mode: str,
               backbone_sha256: str | None = None) -> FeatureCache:
         """This cache, if it was computed for these images (in order), this backbone (these very

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from scipy.special import logit
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
@@ -39,8 +40,8 @@ NAMES = ("model", "baseline", "patch", "stack")
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+    """log(p / (1 - p)), finite for probabilities rounded to 0 or 1."""
+    return logit(np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6))
 
 
 def stack_inputs(model: np.ndarray, baseline: np.ndarray, patch: np.ndarray) -> np.ndarray:
@@ -100,8 +101,7 @@ def head_scores(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: 
     split_targets = {split: targets[index] for split, index in rows.items()}
     torch.manual_seed(seed)  # the head's initial weights: the same fold trains the same head every time
     head = ClassifierHead(in_channels=head_input.shape[1])
-    source = type("Cached", (), {"head_input": head_input})
-    batches, val_scores = cached_feeds(source, rows, split_targets, train_config, seed, device)
+    batches, val_scores = cached_feeds(head_input, rows, split_targets, train_config, seed, device)
     best, _, _ = fit(head, batches, val_scores, split_targets["val"], split_targets["train"], train_config, device,
                      seed, fingerprint=f"cross-validation {seed}")
     head.load_state_dict(best)

@@ -74,8 +74,7 @@ def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: E
         ``path`` and ``baseline_score`` per validation and test image (rows as in
         :func:`score_images`), and what was fitted: C and the validation score of every C tried.
     """
-    cache = FeatureCache.from_payload(backbone_features)
-    cache.check(image_index, cache.backbone, cache.head_input_mode)
+    cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     rows = _evaluated_rows(image_index)
     features, readable = cache.pooled.float().numpy(), cache.readable
     split, targets = image_index["split"].to_numpy(), image_index["target"].to_numpy(dtype=float, na_value=np.nan)
@@ -100,8 +99,7 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
         as for the other scores; NaN when off or unreadable) per validation and test image, and what
         was fitted (or why nothing was).
     """
-    cache = FeatureCache.from_payload(backbone_features)
-    cache.check(image_index, cache.backbone, cache.head_input_mode)
+    cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     rows = _evaluated_rows(image_index)
     scores = np.full(len(rows), np.nan, dtype=np.float32)
     reason = ("evaluate.patch_evidence is off" if not evaluate.patch_evidence else
@@ -173,8 +171,7 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
 
     Returns ``{"enabled": False, "reason": ...}`` when it is off or the set is large enough for one split.
     """
-    cache = FeatureCache.from_payload(backbone_features)
-    cache.check(image_index, cache.backbone, cache.head_input_mode)
+    cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     labelled = np.flatnonzero(cache.readable & image_index["split"].isin(("train", "val", "test")).to_numpy(bool)
                               & image_index["target"].notna().to_numpy())
     reason = ("evaluate.cv_folds is 0" if not evaluate.cv_folds else

@@ -98,7 +98,7 @@ def train_classifier(
     classifier.freeze_backbone(train.trainable_blocks)
     fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed)
     if train.trainable_blocks == 0:
-        trained, batches, val_scores = head, *cached_feeds(cache, rows, targets, train, seed, device)
+        trained, batches, val_scores = head, *cached_feeds(cache.head_input, rows, targets, train, seed, device)
     else:
         trained, batches, val_scores = classifier, *image_feeds(image_index, rows, targets, model, train, runtime, seed, device)
     best, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
@@ -115,10 +115,11 @@ def train_classifier(
     return checkpoint.to_payload(), history
 
 
-def cached_feeds(cache: FeatureCache, rows: dict, targets: dict, train: TrainConfig, seed: int, device: torch.device):
+def cached_feeds(head_input: torch.Tensor, rows: dict, targets: dict, train: TrainConfig, seed: int,
+                 device: torch.device):
     """Training batches (per epoch, reshuffled with ``seed``) and validation scores for a head trained
-    on the cached head inputs: what train_classifier uses with a frozen backbone."""
-    head_input = cache.head_input
+    on cached head inputs (a feature cache's ``head_input``): what train_classifier uses with a frozen
+    backbone, and what cross-validation trains each fold's head with."""
     train_set = TensorDataset(head_input[rows["train"]].float(), torch.as_tensor(targets["train"]))
     val_inputs = head_input[rows["val"]]
 
