@@ -23,6 +23,7 @@ import importlib.util
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -30,7 +31,13 @@ import torch
 from torch import nn
 
 from image_classification.errors import ParameterError
-from image_classification.model import ImageClassifier, adapt_feature_map, pooled_features
+from image_classification.model import (
+    ClassifierHead,
+    ImageClassifier,
+    adapt_feature_map,
+    pooled_features,
+)
+from image_classification.patches import patch_blocks, pool_patches
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +54,28 @@ def scoring_outputs(classifier: ImageClassifier, images: torch.Tensor) -> tuple[
     return torch.softmax(outputs["logits"], dim=1)[:, 1], outputs["embedding"], outputs["features"]
 
 
-def head_input_map(classifier: ImageClassifier, feature_size: int) -> torch.Tensor:
-    """``model.adapt_feature_map`` as one (extent², size²) matrix over the feature map's positions.
+def position_map(transform: Callable[[torch.Tensor], torch.Tensor], side: int) -> torch.Tensor:
+    """``transform``, a map of a (N, C, side, side) feature map's positions that treats every channel
+    alike (averaging, cutting), as one (out_positions, side²) matrix.
 
-    Built by passing every one-hot position map through ``adapt_feature_map`` itself, then
-    checked on a random map, so it is that function (average to the head's grid, or cut the
-    corner) and not a copy of its rules.
+    Built by passing every one-hot position map through ``transform`` itself, then checked on a
+    random map, so the matrix is that function and not a copy of its rules: a matrix product
+    exports everywhere, whereas the TorchScript exporter cannot export adaptive average pooling
+    whose windows overlap (7x7 to 4x4, 28x28 to 12x12).
     """
-    positions = feature_size**2
-    probes = torch.eye(positions).reshape(positions, 1, feature_size, feature_size)
-    matrix = adapt_feature_map(probes, classifier.head_input).reshape(positions, -1).T.contiguous()
-    sample = torch.randn(2, 3, feature_size, feature_size)
-    extent = int(round(matrix.shape[0] ** 0.5))
-    if not torch.allclose((sample.flatten(2) @ matrix.T).unflatten(2, (extent, extent)),
-                          adapt_feature_map(sample, classifier.head_input), atol=1e-5):
-        raise ValueError("model.adapt_feature_map is not a linear map of positions; the export cannot express it")
+    positions = side**2
+    probes = torch.eye(positions).reshape(positions, 1, side, side)
+    matrix = transform(probes).reshape(positions, -1).T.contiguous()
+    sample = torch.randn(2, 3, side, side)
+    expected = transform(sample)
+    if not torch.allclose((sample.flatten(2) @ matrix.T).reshape(expected.shape), expected, atol=1e-5):
+        raise ValueError("the feature map transform is not a linear map of positions; the export cannot express it")
     return matrix
+
+
+def head_input_map(classifier: ImageClassifier, feature_size: int) -> torch.Tensor:
+    """``model.adapt_feature_map`` as one (extent², size²) matrix over the feature map's positions."""
+    return position_map(lambda feature_map: adapt_feature_map(feature_map, classifier.head_input), feature_size)
 
 
 class ScoringModel(nn.Module):
@@ -89,6 +102,83 @@ class ScoringModel(nn.Module):
                                                                               self.extent)
         embedding, logits = self.classifier.head.embed_and_classify(head_input)
         return torch.softmax(logits, dim=1)[:, 1], embedding, pooled_features(feature_map)
+
+
+FEATURE_OUTPUTS = ("head_input", "pooled", "patches")
+
+
+class FeatureModel(nn.Module):
+    """A frozen backbone as one exportable graph: what train's feature cache keeps of every image.
+
+    Images in; out: the 4x4 ``head_input`` (see :func:`~image_classification.model.adapt_feature_map`),
+    the globally ``pooled`` features and, with ``patch_grid``, the (N, grid², C) ``patches`` of
+    :func:`~image_classification.patches.patch_grid_features`, all float32, from one pass through
+    the blocks. Position pooling is applied as :func:`position_map` matrices.
+    """
+
+    def __init__(self, backbone: nn.Sequential, input_size: int, head_input: str = "pooled",
+                 patch_grid: int = 0) -> None:
+        super().__init__()
+        self.blocks = backbone.eval()
+        self.taps = patch_blocks(backbone, input_size) if patch_grid else ()
+        sides, x = [], torch.zeros(1, 3, input_size, input_size)
+        with torch.no_grad():
+            for block in self.blocks:
+                x = block(x)
+                sides.append(x.shape[-1])
+        self.channels = x.shape[1]
+        grid = ClassifierHead.INPUT_GRID
+        self.register_buffer("head_map", position_map(lambda m: adapt_feature_map(m, head_input), sides[-1]),
+                             persistent=False)
+        for number, tap in enumerate(self.taps):
+            self.register_buffer(f"patch_map_{number}", position_map(lambda m: pool_patches(m, patch_grid), sides[tap]),
+                                 persistent=False)
+        self.grid = grid
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, tapped = images, []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in self.taps:
+                tapped.append(x)
+        head_input = (x.flatten(2) @ self.head_map.T).reshape(-1, self.channels, self.grid, self.grid)
+        outputs = (head_input, pooled_features(x))
+        if tapped:
+            parts = [t.flatten(2) @ getattr(self, f"patch_map_{n}").T for n, t in enumerate(tapped)]
+            outputs += (torch.cat(parts, dim=1).transpose(1, 2),)
+        return outputs
+
+
+def export_feature_model(backbone: nn.Sequential, input_size: int, head_input: str = "pooled",
+                         patch_grid: int = 0, opset: int = 17) -> bytes:
+    """:class:`FeatureModel` as ONNX bytes, any batch size (see :func:`export_onnx` on the exporter)."""
+    import onnx
+
+    module = FeatureModel(copy.deepcopy(backbone).cpu().float(), input_size, head_input, patch_grid).eval()
+    names = list(FEATURE_OUTPUTS[: 3 if module.taps else 2])
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (torch.zeros(2, 3, input_size, input_size),), buffer, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *names)},
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def onnx_session(onnx_model: bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session whose idle threads sleep instead of spinning, leaving the cores to the
+    decoding workers; ``threads`` None or 0: one per physical core."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(threads or 0)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
 
 
 def export_onnx(classifier: ImageClassifier, input_size: int, properties: dict[str, str],
@@ -162,14 +252,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, onnx_model: bytes, threads: int | None = None) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(threads or 0)  # 0: one per physical core
-        options.inter_op_num_threads = 1
-        # idle threads sleep instead of spinning, leaving the cores to the decoding workers
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(onnx_model, threads)
 
     def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         arrays = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.detach().cpu().float().numpy()})

@@ -53,11 +53,15 @@ def patch_blocks(backbone: nn.Sequential, input_size: int) -> tuple[int, ...]:
     return tuple(found)
 
 
+def pool_patches(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """A (N, C, H, W) map averaged over 3x3 neighbourhoods, then pooled to (N, C, grid, grid)."""
+    return nn.functional.adaptive_avg_pool2d(nn.functional.avg_pool2d(feature_map, 3, 1, 1), grid)
+
+
 def patch_grid_features(maps: list[torch.Tensor], grid: int) -> torch.Tensor:
     """(N, grid*grid, C) float16 patch vectors from mid-level maps [(N, C_i, H_i, W_i), ...]:
     each map averaged over 3x3 neighbourhoods, pooled to ``grid`` x ``grid``, then concatenated."""
-    parts = [nn.functional.adaptive_avg_pool2d(nn.functional.avg_pool2d(m.float(), 3, 1, 1), grid) for m in maps]
-    stacked = torch.cat(parts, dim=1)  # N, C, grid, grid
+    stacked = torch.cat([pool_patches(m.float(), grid) for m in maps], dim=1)  # N, C, grid, grid
     return stacked.flatten(2).transpose(1, 2).to(torch.float16).contiguous()
 
 
