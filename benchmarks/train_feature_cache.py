@@ -26,6 +26,7 @@ per label with seed 42 by data_prep's own split_images.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import os
 import queue
@@ -85,7 +86,8 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
     from image_classification.training import TrainConfig, fit
 
     index = pd.DataFrame(rows)
-    index["sha256"] = index["path"]  # extract_features records it; nothing here compares it
+    # the passes check every file against its indexed sha256, as after data_prep
+    index["sha256"] = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in index["path"]]
     model = ModelConfig()  # efficientnet_lite0, ImageNet weights
     runtime = {"device": "auto", "threads": threads, "batch_size": 64, "workers": workers}
     train = TrainConfig(epochs=epochs, batch_size=32, patience=None, target_precision=TARGET_PRECISION,

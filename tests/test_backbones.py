@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def test_registry_knows_every_backbone_by_name() -> None:
     for name, spec in BACKBONES.items():
         assert isinstance(spec, BackboneSpec) and spec.name == name and backbone_spec(name) is spec
     assert backbone_spec("efficientnet_lite2").input_size == 260
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_a_spec_travels_to_spawned_decoding_workers(name: str) -> None:
+    # DataLoader workers on macOS and Windows (and in any spawned process) receive the dataset, spec
+    # included, pickled: a lambda in a spec made every multi-worker pass there fail
+    spec = BACKBONES[name]
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy.name == name and copy.input_size == spec.input_size
+    assert isinstance(copy.skeleton(), nn.Module)
 
 
 def test_registering_a_name_twice_is_refused() -> None:

@@ -27,5 +27,5 @@ def weights_file() -> Path:
 
 SPEC = register(efficientnet_lite.lite_spec(
     "efficientnet_lite0", ARCHITECTURE, input_size=224, feature_size=7,
-    weights_file=lambda: weights_file(), requirement=REQUIREMENT, fix_it=FIX_IT,
+    weights_file=weights_file, requirement=REQUIREMENT, fix_it=FIX_IT,
 ))

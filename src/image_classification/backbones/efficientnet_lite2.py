@@ -29,5 +29,5 @@ def weights_file() -> Path:
 
 SPEC = register(efficientnet_lite.lite_spec(
     "efficientnet_lite2", ARCHITECTURE, input_size=260, feature_size=9,
-    weights_file=lambda: weights_file(), requirement=REQUIREMENT, fix_it=FIX_IT,
+    weights_file=weights_file, requirement=REQUIREMENT, fix_it=FIX_IT,
 ))

@@ -7,6 +7,7 @@ They are read from torchvision's download cache, or from a state dict given as
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -62,8 +63,8 @@ SPEC = register(BackboneSpec(
     std=IMAGENET_STD,
     feature_channels=1280,
     feature_size=7,
-    skeleton=lambda: torchvision.models.mobilenet_v2(weights=None),
-    weights_file=lambda: weights_file(),
+    skeleton=partial(torchvision.models.mobilenet_v2, weights=None),
+    weights_file=weights_file,
     weights_origin="`torchvision.models.mobilenet_v2`",
     fix_it=FIX_IT,
 ))
