@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -16,10 +17,15 @@ from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
 from image_classification.backbones import BackboneSpec, backbone_spec
 from image_classification.errors import ParameterError
 from image_classification.export import (
+    CHECKPOINT_KEY,
     INPUT_NAME,
+    OUTPUT_NAMES,
+    OnnxRuntimeBackend,
     export_feature_model,
+    export_onnx,
     onnx_session,
     onnxruntime_available,
+    scoring_outputs,
 )
 from image_classification.images import (
     CHANGED_SINCE_INDEXED,
@@ -160,6 +166,53 @@ def choose_extraction_backend(requested: str, device: torch.device) -> str:
     return requested
 
 
+def _fallback_on_error(requested: str, what: str, build: Callable[[], FeatureRun]) -> FeatureRun | None:
+    """``build()`` the ONNX Runtime run; if it fails, None (PyTorch) under ``auto``, the error otherwise."""
+    try:
+        return build()
+    except Exception as error:  # the exporter and onnxruntime raise many exception types
+        if requested == "onnxruntime":
+            raise
+        logger.warning("%s could not be run in ONNX Runtime (%s); running it in PyTorch", what.capitalize(), error)
+        return None
+
+
+class CheckedRun:
+    """One pass's batches through ONNX Runtime (``fast``), checked once against eager PyTorch.
+
+    On the first batch with readable images, ``fast``'s outputs for up to ``parity_images`` of them
+    are compared with ``eager``'s (:func:`feature_parity`). Over ``tolerance``, a ``requested`` auto
+    falls back to ``eager`` for the rest of the pass (that batch included) with a warning, and an
+    explicit onnxruntime stops with a :class:`ParameterError`. Without ``fast`` it is ``eager``.
+    """
+
+    def __init__(self, fast: FeatureRun | None, eager: FeatureRun, requested: str, tolerance: float,
+                 parity_images: int, what: str) -> None:
+        self.run, self.eager, self.requested = fast or eager, eager, requested
+        self.name = "onnxruntime" if fast is not None else "torch"
+        self.tolerance, self.parity_images, self.what = tolerance, parity_images, what
+        self.parity: float | None = None
+
+    def __call__(self, images: torch.Tensor, reasons: list[str]) -> tuple[torch.Tensor, ...]:
+        outputs = self.run(images)
+        readable = torch.tensor([not reason for reason in reasons], dtype=torch.bool)
+        if self.name != "onnxruntime" or self.parity is not None or not readable.any():
+            return outputs
+        probe = images[readable][: self.parity_images]
+        self.parity = feature_parity(tuple(o[readable][: self.parity_images] for o in outputs), self.eager(probe))
+        logger.info("%s: ONNX Runtime vs PyTorch on %d images, largest relative difference %.1e (tolerance %g)",
+                    self.what.capitalize(), len(probe), self.parity, self.tolerance)
+        if self.parity <= self.tolerance:
+            return outputs
+        if self.requested == "onnxruntime":
+            raise ParameterError(f"{self.what} from ONNX Runtime differ from PyTorch by {self.parity:.1e}, over "
+                                 f"runtime.parity_tolerance {self.tolerance:g}; use runtime.backend auto or torch")
+        logger.warning("%s from ONNX Runtime differ from PyTorch by %.1e (over %g); running the pass in PyTorch",
+                       self.what.capitalize(), self.parity, self.tolerance)
+        self.name, self.run = "torch", self.eager
+        return self.run(images)
+
+
 @torch.inference_mode()
 def extract_backbone_features(
     backbone: torch.nn.Module,
@@ -204,44 +257,25 @@ def extract_backbone_features(
         return _torch_features(backbone, taps, images.to(device, memory_format=torch.channels_last), head_input,
                                patch_grid)
 
-    run, parity = eager, None
+    fast = None
     if chosen == "onnxruntime":
-        try:
-            run = _onnx_features(backbone.cpu(), spec, head_input, patch_grid, threads)
-        except Exception as error:  # the exporter and onnxruntime raise many exception types
-            if backend == "onnxruntime":
-                raise
-            logger.warning("The backbone could not be run in ONNX Runtime (%s); extracting with PyTorch", error)
-            chosen = "torch"
+        fast = _fallback_on_error(backend, "the backbone", lambda: _onnx_features(backbone.cpu(), spec, head_input,
+                                                                                  patch_grid, threads))
     backbone = backbone.to(device, memory_format=torch.channels_last)
+    run = CheckedRun(fast, eager, backend, parity_tolerance, parity_images, "backbone features")
     parts: list[list[torch.Tensor]] = [[], [], []]
     errors: list[str] = []
     for images, reasons in tqdm(
         image_loader(paths, spec, batch_size, workers, sha256=sha256), desc="Backbone features", unit="batch",
         leave=False
     ):
-        outputs = run(images)
-        readable = torch.tensor([not reason for reason in reasons], dtype=torch.bool)
-        if chosen == "onnxruntime" and parity is None and readable.any():
-            probe = images[readable][:parity_images]
-            parity = feature_parity(tuple(o[readable][:parity_images] for o in outputs), eager(probe))
-            logger.info("ONNX Runtime vs PyTorch on %d images: largest relative difference %.1e (tolerance %g)",
-                        len(probe), parity, parity_tolerance)
-            if not parity <= parity_tolerance:
-                if backend == "onnxruntime":
-                    raise ParameterError(f"the backbone in ONNX Runtime differs from PyTorch by {parity:.1e}, over "
-                                         f"runtime.parity_tolerance {parity_tolerance:g}; use runtime.backend auto or torch")
-                logger.warning("ONNX Runtime differs from PyTorch by %.1e (over %g); extracting with PyTorch",
-                               parity, parity_tolerance)
-                chosen, run = "torch", eager
-                outputs = run(images)
-        for part, output in zip(parts, outputs):
+        for part, output in zip(parts, run(images, reasons)):
             part.append(output.to(torch.float16).cpu())
         errors += list(reasons)
     log_unreadable(paths, errors, "feature extraction")
     empty = torch.empty(0, dtype=torch.float16)
     features = {"head_input": torch.cat(parts[0]) if parts[0] else empty, "pooled": torch.cat(parts[1]) if parts[1] else empty,
-                "errors": errors, "backend": chosen, "parity": float(parity or 0.0)}
+                "errors": errors, "backend": run.name, "parity": run.parity or 0.0}
     if taps:
         features["patches"] = torch.cat(parts[2]) if parts[2] else empty
     return features
@@ -293,16 +327,55 @@ def scores_from_cache(checkpoint: Checkpoint, cache: FeatureCache, device: torch
                        checkpoint=checkpoint.fingerprint(), source="feature_cache")
 
 
+def _onnx_scoring(checkpoint: Checkpoint, classifier: ImageClassifier, threads: int | None) -> FeatureRun:
+    """The whole checkpoint (fine-tuned blocks included) exported as predict exports it, in ONNX Runtime."""
+    started = time.perf_counter()
+    onnx_model = export_onnx(copy.deepcopy(classifier).cpu(), int(checkpoint.input_size),
+                             {CHECKPOINT_KEY: checkpoint.fingerprint()})
+    backend = OnnxRuntimeBackend(onnx_model, threads)
+    logger.info("Exported the model to ONNX (%.1f MB) in %.1f s", len(onnx_model) / 1e6, time.perf_counter() - started)
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = backend(images)
+        return tuple(torch.from_numpy(outputs[name]) for name in OUTPUT_NAMES)
+
+    return run
+
+
+@torch.inference_mode()
 def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtime: dict) -> ScoredIndex:
     """Score and embed every indexed image by running the whole model over the files: what a
-    checkpoint with fine-tuned backbone blocks needs, since no cache describes its backbone."""
+    checkpoint with fine-tuned backbone blocks needs, since no cache describes its backbone.
+
+    Runs on ``runtime.backend`` as train's extraction does: ONNX Runtime under ``auto`` on a CPU,
+    checked against PyTorch on the first images (see :class:`CheckedRun`)."""
     logger.info("Scoring %d images through the whole model (its backbone was fine-tuned)", len(image_index))
-    paths = image_index["path"].tolist()
-    outputs = model_outputs(checkpoint.model(), paths, backbone_spec(checkpoint.backbone), torch_device(runtime),
-                            int(runtime["batch_size"]), int(runtime["workers"]), sha256=image_index["sha256"].tolist())
-    log_unreadable(paths, outputs["errors"], "scoring")
-    readable = np.array([not error for error in outputs["errors"]], dtype=bool)
-    return ScoredIndex(score=np.where(readable, outputs["score"], np.nan).astype(np.float32),
-                       embedding=outputs["embedding"].astype(np.float32),
-                       pooled=torch.as_tensor(outputs["features"]).to(torch.float16), sha256=image_index["sha256"].tolist(),
-                       errors=list(outputs["errors"]), checkpoint=checkpoint.fingerprint(), source="images")
+    paths, device = image_index["path"].tolist(), torch_device(runtime)
+    requested = str(runtime.get("backend", "auto"))
+    chosen = choose_extraction_backend(requested, device)
+    classifier = checkpoint.model().to(device).eval()
+
+    def eager(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = scoring_outputs(classifier, images.to(device, memory_format=torch.channels_last))
+        return tuple(output.float().cpu() for output in outputs)
+
+    fast = None
+    if chosen == "onnxruntime":
+        fast = _fallback_on_error(requested, "the model", lambda: _onnx_scoring(checkpoint, classifier, runtime.get("threads")))
+    run = CheckedRun(fast, eager, requested, float(runtime.get("parity_tolerance", 1e-4)), 16, "scores")
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    errors: list[str] = []
+    loader = image_loader(paths, backbone_spec(checkpoint.backbone), int(runtime["batch_size"]), int(runtime["workers"]),
+                          sha256=image_index["sha256"].tolist())
+    for images, reasons in tqdm(loader, desc="Scoring", unit="batch", leave=False):
+        for part, output in zip(parts, run(images, reasons)):
+            part.append(output)
+        errors += list(reasons)
+    log_unreadable(paths, errors, "scoring")
+    logger.info("Scored the images with %s", run.name)
+    score, embedding, pooled = (torch.cat(part) if part else torch.empty(0) for part in parts)
+    readable = np.array([not error for error in errors], dtype=bool)
+    return ScoredIndex(score=np.where(readable, score.numpy(), np.nan).astype(np.float32),
+                       embedding=embedding.numpy().astype(np.float32), pooled=pooled.to(torch.float16),
+                       sha256=image_index["sha256"].tolist(), errors=errors, checkpoint=checkpoint.fingerprint(),
+                       source="images")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from image_classification.artefacts import Checkpoint, ScoredIndex
-from image_classification.errors import DataError
+from image_classification.errors import DataError, ParameterError
 from image_classification.model import build_model
 from image_classification.parameters.shared import ModelConfig
 from image_classification.pipelines.score.nodes import score_index
@@ -79,3 +79,17 @@ def test_a_cache_of_other_images_or_weights_stops_the_stage_and_says_to_rerun_tr
                                           weights="none")
     with pytest.raises(DataError, match="other weights"):
         score_index(other_weights.to_payload(), cache, indexed_images, RUNTIME)
+
+
+def test_a_fine_tuned_model_scores_through_onnx_runtime_as_it_would_in_pytorch(indexed_images, caplog):
+    checkpoint = checkpoint_for(1).to_payload()
+    with caplog.at_level("INFO"):
+        fast = ScoredIndex.from_payload(score_index(checkpoint, {}, indexed_images, RUNTIME | {"backend": "auto"}))
+    assert "Scored the images with onnxruntime" in caplog.text
+    eager = ScoredIndex.from_payload(score_index(checkpoint, {}, indexed_images, RUNTIME | {"backend": "torch"}))
+    assert fast.errors == eager.errors and np.isnan(fast.score[4])
+    np.testing.assert_allclose(fast.score[:4], eager.score[:4], atol=1e-4)
+    scale = float(np.abs(eager.embedding).max())
+    np.testing.assert_allclose(fast.embedding[:4], eager.embedding[:4], atol=1e-4 * max(scale, 1))
+    with pytest.raises(ParameterError, match="runtime.parity_tolerance"):
+        score_index(checkpoint, {}, indexed_images, RUNTIME | {"backend": "onnxruntime", "parity_tolerance": 0.0})
