@@ -151,20 +151,33 @@ class FeatureModel(nn.Module):
 
 def export_feature_model(backbone: nn.Sequential, input_size: int, head_input: str = "pooled",
                          patch_grid: int = 0, opset: int = 17) -> bytes:
-    """:class:`FeatureModel` as ONNX bytes, any batch size (see :func:`export_onnx` on the exporter)."""
+    """:class:`FeatureModel` as ONNX bytes, any batch size."""
+    module = FeatureModel(copy.deepcopy(backbone).cpu().float(), input_size, head_input, patch_grid).eval()
+    return export_module(module, input_size, list(FEATURE_OUTPUTS[: 3 if module.taps else 2]), opset=opset)
+
+
+def export_module(module: nn.Module, input_size: int, output_names: list[str], properties: dict | None = None,
+                  opset: int = 17) -> bytes:
+    """A module taking a batch of images as checked ONNX bytes, any batch size, with ``properties`` in
+    its metadata.
+
+    Uses the TorchScript-based exporter: on this project's 2-core CPU it exports the model in
+    about 7 s, the torch.export-based one (``dynamo=True``, which also needs ``onnxscript``) in
+    60-100 s, for the same graph, speed and outputs (tracing a symbolic batch size dominates).
+    """
     import onnx
 
-    module = FeatureModel(copy.deepcopy(backbone).cpu().float(), input_size, head_input, patch_grid).eval()
-    names = list(FEATURE_OUTPUTS[: 3 if module.taps else 2])
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notice, see above
         torch.onnx.export(
-            module, (torch.zeros(2, 3, input_size, input_size),), buffer, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=names,
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *names)},
+            module.eval(), (torch.zeros(2, 3, input_size, input_size),), buffer, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=output_names,
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *output_names)},
         )
     model = onnx.load_from_string(buffer.getvalue())
+    if properties:
+        onnx.helper.set_model_props(model, {key: str(value) for key, value in properties.items()})
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
@@ -183,28 +196,8 @@ def onnx_session(onnx_model: bytes, threads: int | None = None):
 
 def export_onnx(classifier: ImageClassifier, input_size: int, properties: dict[str, str],
                 opset: int = 17) -> bytes:
-    """The classifier as ONNX bytes, any batch size, with ``properties`` in its metadata.
-
-    Uses the TorchScript-based exporter: on this project's 2-core CPU it exports the model in
-    about 7 s, the torch.export-based one (``dynamo=True``, which also needs ``onnxscript``) in
-    60-100 s, for the same graph, speed and outputs (tracing a symbolic batch size dominates).
-    """
-    import onnx
-
-    module = ScoringModel(classifier.eval(), input_size).eval()
-    example = torch.zeros(2, 3, input_size, input_size)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notice, see above
-        torch.onnx.export(
-            module, (example,), buffer, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
-        )
-    model = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(model, {key: str(value) for key, value in properties.items()})
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    """The classifier as ONNX bytes (:class:`ScoringModel`), any batch size, with ``properties`` in its metadata."""
+    return export_module(ScoringModel(classifier.eval(), input_size), input_size, list(OUTPUT_NAMES), properties, opset)
 
 
 def onnx_properties(onnx_model: bytes) -> dict[str, str]:

@@ -166,7 +166,7 @@ def choose_extraction_backend(requested: str, device: torch.device) -> str:
     return requested
 
 
-def _fallback_on_error(requested: str, what: str, build: Callable[[], FeatureRun]) -> FeatureRun | None:
+def onnx_or_fallback(requested: str, what: str, build: Callable[[], FeatureRun]) -> FeatureRun | None:
     """``build()`` the ONNX Runtime run; if it fails, None (PyTorch) under ``auto``, the error otherwise."""
     try:
         return build()
@@ -259,7 +259,7 @@ def extract_backbone_features(
 
     fast = None
     if chosen == "onnxruntime":
-        fast = _fallback_on_error(backend, "the backbone", lambda: _onnx_features(backbone.cpu(), spec, head_input,
+        fast = onnx_or_fallback(backend, "the backbone", lambda: _onnx_features(backbone.cpu(), spec, head_input,
                                                                                   patch_grid, threads))
     backbone = backbone.to(device, memory_format=torch.channels_last)
     run = CheckedRun(fast, eager, backend, parity_tolerance, parity_images, "backbone features")
@@ -361,7 +361,7 @@ def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtim
 
     fast = None
     if chosen == "onnxruntime":
-        fast = _fallback_on_error(requested, "the model", lambda: _onnx_scoring(checkpoint, classifier, runtime.get("threads")))
+        fast = onnx_or_fallback(requested, "the model", lambda: _onnx_scoring(checkpoint, classifier, runtime.get("threads")))
     run = CheckedRun(fast, eager, requested, float(runtime.get("parity_tolerance", 1e-4)), 16, "scores")
     parts: list[list[torch.Tensor]] = [[], [], []]
     errors: list[str] = []

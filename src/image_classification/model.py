@@ -196,6 +196,14 @@ class ImageClassifier(nn.Module):
         embedding, logits = self.head.embed_and_classify(adapt_feature_map(feature_map, self.head_input))
         return {"features": pooled_features(feature_map), "embedding": embedding, "logits": logits}
 
+    def frozen_part(self) -> nn.Sequential:
+        """The frozen backbone blocks, in order: the part fine-tuning never changes."""
+        return nn.Sequential(*self._backbone_blocks()[: self.frozen_blocks])
+
+    def trainable_part(self) -> TrainablePart:
+        """The trainable blocks and the head, as one module reading the frozen part's output."""
+        return TrainablePart(self)
+
     def _backbone_blocks(self) -> list[nn.Module]:
         return list(self.backbone.children())
 
@@ -227,6 +235,23 @@ class ImageClassifier(nn.Module):
         for block in self._backbone_blocks()[: self.frozen_blocks]:
             block.eval()
         return self
+
+
+class TrainablePart(nn.Module):
+    """What fine-tuning trains of an :class:`ImageClassifier`: its trainable backbone blocks (as
+    ``backbone``, so the optimiser gives them the backbone's learning rate) and its head, sharing
+    their parameters with the classifier. Its input is the frozen blocks' output, so the frozen part
+    can run anywhere (ONNX Runtime), without gradients."""
+
+    def __init__(self, classifier: ImageClassifier) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(*classifier._backbone_blocks()[classifier.frozen_blocks:])
+        self.head = classifier.head
+        self.head_input = classifier.head_input
+
+    def forward(self, frozen_output: torch.Tensor) -> torch.Tensor:
+        """The (N, num_classes) logits."""
+        return self.head(adapt_feature_map(self.backbone(frozen_output), self.head_input))
 
 
 def build_model(

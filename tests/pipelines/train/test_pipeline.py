@@ -51,14 +51,15 @@ def make_image_index(folder) -> pd.DataFrame:
     return index
 
 
-def run_train_pipeline(index: pd.DataFrame, store: MemoryStore, trainable_blocks: int, epochs: int) -> DataCatalog:
+def run_train_pipeline(index: pd.DataFrame, store: MemoryStore, trainable_blocks: int, epochs: int,
+                       backend: str = "auto") -> DataCatalog:
     inputs = {
         "image_index": index,
         # typed parameters: Kedro builds these dataclasses before a session runs; a bare runner does not
         "params:model": ModelConfig(backbone="efficientnet_lite0", weights="none"),
         "params:train": TrainConfig(epochs=epochs, batch_size=4, patience=None, save_state_every_s=0,
                                     trainable_blocks=trainable_blocks, workers=0),
-        "params:runtime": {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0},
+        "params:runtime": {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0, "backend": backend},
         "params:seed": SEED,
     }
     catalog = DataCatalog({name: MemoryDataset(value) for name, value in inputs.items()})
@@ -118,3 +119,16 @@ def test_train_pipeline_on_an_in_memory_catalog(tmp_path, trainable_blocks, epoc
     figure = catalog.load("training_curves")
     assert isinstance(figure, Figure) and len(figure.axes) == 2
     plt.close(figure)
+
+
+def test_fine_tuning_on_the_frozen_blocks_in_onnx_runtime_trains_as_pytorch_does(tmp_path, caplog):
+    index = make_image_index(tmp_path / "images")
+    with caplog.at_level("INFO"):
+        fast = run_train_pipeline(index, MemoryStore(), trainable_blocks=1, epochs=2, backend="auto")
+    assert "The frozen blocks' output: ONNX Runtime vs PyTorch" in caplog.text
+    eager = run_train_pipeline(index, MemoryStore(), trainable_blocks=1, epochs=2, backend="torch")
+    fast_history, eager_history = fast.load("training_history"), eager.load("training_history")
+    pd.testing.assert_frame_equal(fast_history, eager_history, atol=1e-3, rtol=1e-3)
+    fast_weights, eager_weights = fast.load("model_checkpoint")["tensors"], eager.load("model_checkpoint")["tensors"]
+    for name in ("backbone.8.0.weight", "head.layers.0.weight", "head.layers.9.weight"):
+        assert torch.allclose(fast_weights[name], eager_weights[name], atol=1e-3), name

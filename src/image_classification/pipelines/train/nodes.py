@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -14,11 +15,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
 from image_classification.backbones import build_backbone
+from image_classification.export import INPUT_NAME, export_module, onnx_session
 from image_classification.inference import (
+    CheckedRun,
+    choose_extraction_backend,
     extract_backbone_features,
     head_outputs,
     image_loader,
-    model_outputs,
+    onnx_or_fallback,
     torch_device,
 )
 from image_classification.model import ClassifierHead, ImageClassifier
@@ -98,11 +102,14 @@ def train_classifier(
     head = ClassifierHead(in_channels=model.spec.feature_channels)
     classifier = ImageClassifier(backbone, head, head_input=model.head_input)
     classifier.freeze_backbone(train.trainable_blocks)
-    fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed)
+    # the fine-tuning path trains the trainable part on the frozen part's output (its saved states say so)
+    fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed,
+                               "trainable part" if train.trainable_blocks else "head")
     if train.trainable_blocks == 0:
         trained, batches, val_scores = head, *cached_feeds(cache.head_input, rows, targets, train, seed, device)
     else:
-        trained, batches, val_scores = classifier, *image_feeds(image_index, rows, targets, model, train, runtime, seed, device)
+        trained, batches, val_scores = image_feeds(classifier, image_index, rows, targets, model, train, runtime, seed,
+                                                   device)
     best, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
                                     device, seed, fingerprint, training_state)
     trained.load_state_dict(best)
@@ -135,37 +142,71 @@ def cached_feeds(head_input: torch.Tensor, rows: dict, targets: dict, train: Tra
     return batches, val_scores
 
 
-def image_feeds(index: pd.DataFrame, rows: dict, targets: dict, model: ModelConfig, train: TrainConfig,
-                runtime: dict, seed: int, device: torch.device):
-    """Training batches and validation scores read from the image files, through the whole model:
-    what train_classifier uses when fine-tuning backbone blocks."""
+def frozen_part_run(classifier: ImageClassifier, spec, runtime: dict, device: torch.device) -> CheckedRun:
+    """The classifier's frozen blocks as one checked run over image batches: in ONNX Runtime under
+    ``runtime.backend`` auto on a CPU (checked against PyTorch on the first batch), else PyTorch."""
+    frozen = classifier.frozen_part().to(device).eval()
+    requested = str(runtime.get("backend", "auto"))
+
+    def eager(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return (frozen(images.to(device, memory_format=torch.channels_last)),)
+
+    fast = None
+    if len(frozen) and choose_extraction_backend(requested, device) == "onnxruntime":
+        fast = onnx_or_fallback(requested, "the frozen blocks", lambda: _onnx_blocks(frozen, spec.input_size,
+                                                                                       runtime.get("threads")))
+    return CheckedRun(fast, eager, requested, float(runtime.get("parity_tolerance", 1e-4)), 16,
+                      "the frozen blocks' output")
+
+
+def _onnx_blocks(frozen: torch.nn.Sequential, input_size: int, threads: int | None):
+    session = onnx_session(export_module(copy.deepcopy(frozen).cpu(), input_size, ["features"]), threads)
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (torch.from_numpy(session.run(None, {INPUT_NAME: images.float().numpy()})[0]),)
+
+    return run
+
+
+def image_feeds(classifier: ImageClassifier, index: pd.DataFrame, rows: dict, targets: dict, model: ModelConfig,
+                train: TrainConfig, runtime: dict, seed: int, device: torch.device):
+    """What train_classifier fine-tunes backbone blocks with: the classifier's trainable part (see
+    :meth:`~image_classification.model.ImageClassifier.trainable_part`), training batches of its input
+    (the frozen blocks' output on the image files, through :func:`frozen_part_run`) and validation scores."""
     paths = {split: index["path"].to_numpy()[rows[split]].tolist() for split in rows}
     sha256 = {split: index["sha256"].to_numpy()[rows[split]].tolist() for split in rows}
     batch_size = int(runtime["batch_size"])
+    frozen = frozen_part_run(classifier, model.spec, runtime, device)
 
     def batches(epoch: int):
         order = torch.randperm(len(paths["train"]), generator=torch.Generator().manual_seed(seed * 7919 + epoch)).numpy()
         loader = image_loader([paths["train"][i] for i in order], model.spec, train.batch_size, train.workers,
                               train=train.augment, sha256=[sha256["train"][i] for i in order])
-        return _with_targets(loader, targets["train"][order])
+        return _with_targets(loader, targets["train"][order], frozen)
 
-    def val_scores(classifier: ImageClassifier) -> np.ndarray:
-        return model_outputs(classifier, paths["val"], model.spec, device, batch_size, train.workers,
-                             sha256=sha256["val"])["score"]
+    @torch.inference_mode()
+    def val_scores(part: torch.nn.Module) -> np.ndarray:
+        scores = []
+        for images, reasons in image_loader(paths["val"], model.spec, batch_size, train.workers, sha256=sha256["val"]):
+            logits = part(frozen(images, reasons)[0].to(device))
+            scores.append(torch.softmax(logits, dim=1)[:, 1].cpu())
+        return torch.cat(scores).numpy() if scores else np.empty(0, np.float32)
 
-    return batches, val_scores
+    return classifier.trainable_part(), batches, val_scores
 
 
-def _with_targets(loader, targets: np.ndarray):
-    """Pair each image batch of an unshuffled loader with its targets, leaving out images that could not
-    be read since the cache was built (their zero tensors are not pictures of their class)."""
+def _with_targets(loader, targets: np.ndarray, frozen: CheckedRun):
+    """Pair each image batch of an unshuffled loader, run through the frozen blocks, with its targets,
+    leaving out images that could not be read since the cache was built (their zero tensors are not
+    pictures of their class)."""
     start = 0
     for images, reasons in loader:
         readable = torch.tensor([not reason for reason in reasons], dtype=torch.bool)
         batch_targets = torch.as_tensor(targets[start : start + len(images)])
         start += len(images)
         if readable.any():
-            yield images[readable], batch_targets[readable]
+            yield frozen(images, reasons)[0][readable], batch_targets[readable]
 
 
 def plot_training_curves(history: pd.DataFrame) -> Figure:

@@ -1,0 +1,220 @@
+"""Every pass over images, backend by backend and decoder by decoder, side by side in one run.
+
+1. **Extraction on images in memory**: train's frozen-backbone pass (head input, pooled features and
+   the grid-14 patch vectors, as the pipeline keeps them) on the same preprocessed images through
+   eager PyTorch fp32 NCHW (the baseline), eager PyTorch channels_last (the project's PyTorch path)
+   and ONNX Runtime (``runtime.backend: auto`` on a CPU), each at 1 and 2 threads. Rounds
+   interleave the arms; each figure is the median over rounds. Ratios are to the baseline.
+2. **Extraction from files**: ``inference.extract_backbone_features`` end to end (read, decode,
+   preprocess, run, keep) with ``backend`` torch and onnxruntime and 0-3 decoding workers, so the
+   best setting for this machine is measured, not assumed.
+3. **Decoding alone**: the project's decoder (Pillow, JPEG draft mode, then the backbone's
+   preprocessing) against the other decoders installed here (simplejpeg, OpenCV: not project
+   dependencies, measured only where present), per image on one thread, on camera-like 1280x960
+   JPEGs and 300x300 PNGs.
+
+Run it from the repository root:
+
+    python benchmarks/extraction_speed.py              # ~4 min on 2 cores
+    python benchmarks/extraction_speed.py --quick      # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from predict_end_to_end import make_images  # noqa: E402
+
+GRID = 14
+
+
+def backbone_and_spec():
+    from image_classification.backbones import backbone_spec, build_backbone
+
+    spec = backbone_spec("efficientnet_lite0")
+    try:
+        return build_backbone(spec.name, "imagenet", None).eval(), spec
+    except Exception as error:  # no weights here: speed does not depend on their values
+        print(f"ImageNet weights unavailable ({str(error).splitlines()[0]}); timing random weights")
+        return build_backbone(spec.name, "none", None).eval(), spec
+
+
+def png_folder(folder: Path, count: int) -> list[str]:
+    """``count`` 300x300 PNG crops of scikit-image's photos."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(), skimage.data.immunohistochemistry()]
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        path = folder / f"{index:05d}.png"
+        if not path.exists():
+            photo = photos[index % len(photos)]
+            top, left = rng.integers(0, photo.shape[0] - 300), rng.integers(0, photo.shape[1] - 300)
+            Image.fromarray(photo[top : top + 300, left : left + 300]).save(path)
+    return sorted(str(path) for path in folder.glob("*.png"))[:count]
+
+
+def in_memory(backbone, spec, images, rounds: int) -> dict[str, float]:
+    """Median images/s of each arm at its best thread count, on the same preprocessed images."""
+    import torch
+
+    from image_classification.export import export_feature_model, onnx_session
+    from image_classification.inference import _torch_features
+    from image_classification.patches import patch_blocks
+
+    taps = patch_blocks(backbone, spec.input_size)
+    onnx_model = export_feature_model(backbone, spec.input_size, "pooled", GRID)
+    sessions = {threads: onnx_session(onnx_model, threads) for threads in (1, 2)}
+    channels_last = __import__("copy").deepcopy(backbone).to(memory_format=torch.channels_last)
+
+    def eager(model, memory_format):
+        def run(batch):
+            with torch.inference_mode():
+                _torch_features(model, taps, batch.contiguous(memory_format=memory_format), "pooled", GRID)
+        return run
+
+    arms = {}
+    for threads in (1, 2):
+        arms[("torch_nchw", threads)] = eager(backbone, torch.contiguous_format)
+        arms[("torch_channels_last", threads)] = eager(channels_last, torch.channels_last)
+        arms[("onnxruntime", threads)] = (lambda session: lambda batch: session.run(None, {"images": batch.numpy()}))(
+            sessions[threads])
+    rates: dict[tuple[str, int], list[float]] = {arm: [] for arm in arms}
+    batches = list(images.split(64))
+    for _ in range(rounds):
+        for (name, threads), run in arms.items():
+            torch.set_num_threads(threads)
+            run(batches[0][:8])  # warm-up
+            started = time.perf_counter()
+            for batch in batches:
+                run(batch)
+            rates[(name, threads)].append(len(images) / (time.perf_counter() - started))
+    torch.set_num_threads(os.cpu_count() or 1)
+    medians = {arm: statistics.median(values) for arm, values in rates.items()}
+    best = {}
+    for name in ("torch_nchw", "torch_channels_last", "onnxruntime"):
+        threads = max((1, 2), key=lambda t: medians[(name, t)])
+        best[name] = medians[(name, threads)]
+        print(f"  {name:22s} {medians[(name, 1)]:7.1f} img/s at 1 thread, {medians[(name, 2)]:7.1f} at 2")
+    for name, rate in best.items():
+        print(f"  best {name:17s} {rate:7.1f} img/s   {rate / best['torch_nchw']:5.2f}x eager NCHW")
+    return best
+
+
+def from_files(backbone, spec, paths: list[str], workers_list: list[int]) -> None:
+    import torch
+
+    from image_classification.inference import extract_backbone_features
+
+    reference = None
+    for backend in ("torch", "onnxruntime"):
+        for workers in workers_list:
+            started = time.perf_counter()
+            out = extract_backbone_features(backbone, paths, spec, torch.device("cpu"), batch_size=64, workers=workers,
+                                            patch_grid=GRID, backend=backend)
+            rate = len(paths) / (time.perf_counter() - started)
+            if reference is None:
+                reference = out
+            difference = max(float((out[k].float() - reference[k].float()).abs().max()) for k in ("pooled", "head_input"))
+            extra = "" if backend == "torch" else f", parity {out['parity']:.1e}, max float16 difference {difference:.1e}"
+            print(f"  backend {backend:12s} workers {workers}: {rate:7.1f} img/s (export and parity check included){extra}")
+
+
+def decoders(jpegs: list[str], pngs: list[str], count: int) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from image_classification.backbones import backbone_spec
+    from image_classification.images import ImageLimits, load_rgb, read_bytes
+    from image_classification.model import preprocess_transform
+
+    torch.set_num_threads(1)
+    spec = backbone_spec("efficientnet_lite0")
+    transform, limits, size = preprocess_transform(spec), ImageLimits(min_side=1), spec.input_size
+    candidates = {"Pillow, the project's decode_rgb (draft mode) + preprocessing":
+                  lambda path: transform(load_rgb(path, limits, draft_size=size))}
+    try:
+        import simplejpeg
+
+        def with_simplejpeg(path):
+            data = read_bytes(path, limits)
+            if path.endswith(".png"):
+                pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            else:
+                pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size)
+            return transform(Image.fromarray(pixels))
+
+        candidates["simplejpeg (libjpeg-turbo, DCT scaling) + the same preprocessing"] = with_simplejpeg
+    except ImportError:
+        print("  simplejpeg is not installed: left out")
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+
+        def with_opencv(path):
+            flag = cv2.IMREAD_COLOR if path.endswith(".png") else cv2.IMREAD_REDUCED_COLOR_4
+            pixels = cv2.imdecode(np.frombuffer(read_bytes(path, limits), np.uint8), flag)
+            return transform(Image.fromarray(np.ascontiguousarray(pixels[..., ::-1])))
+
+        candidates["OpenCV imdecode (JPEG at 1/4) + the same preprocessing"] = with_opencv
+    except ImportError:
+        print("  OpenCV is not installed: left out")
+    for label, paths in (("1280x960 JPEG", jpegs), ("300x300 PNG", pngs)):
+        print(f"  {label}:")
+        base = None
+        for name, decode in candidates.items():
+            decode(paths[0])
+            started = time.perf_counter()
+            for path in paths[:count]:
+                decode(path)
+            ms = 1000 * (time.perf_counter() - started) / min(count, len(paths))
+            base = base or ms
+            print(f"    {name:68s} {ms:6.2f} ms/img  {base / ms:5.2f}x")
+    torch.set_num_threads(os.cpu_count() or 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=512, help="images per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="64 images, 1 round, workers 0 and 2")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "image_classification_extraction"))
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.rounds = 64, 1
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+
+    from image_classification.inference import ImageFiles
+
+    workdir = Path(args.workdir)
+    make_images(workdir / "jpeg", args.images, min(args.images, 60))
+    jpegs = sorted(str(path) for path in (workdir / "jpeg").glob("*.jpg"))[: args.images]
+    pngs = png_folder(workdir / "png", args.images)
+    backbone, spec = backbone_and_spec()
+    dataset = ImageFiles(jpegs, spec)
+    images = torch.stack([dataset[index][0] for index in range(len(jpegs))])
+    print(f"\n1. Extraction on {len(images)} images in memory (efficientnet_lite0, batch 64, patches on grid {GRID}):")
+    in_memory(backbone, spec, images, args.rounds)
+    print(f"\n2. Extraction from {len(jpegs)} files (1280x960 JPEGs), the whole pass:")
+    from_files(backbone, spec, jpegs, [0, 2] if args.quick else [0, 1, 2, 3])
+    print("\n3. Decoding alone, one thread, per image:")
+    decoders(jpegs, pngs, min(200, args.images))
+
+
+if __name__ == "__main__":
+    main()
