@@ -1,12 +1,12 @@
 """How much the train stage's feature cache saves: the same training run two ways, side by side.
 
 A "feature cache" runs the frozen backbone once per image (the train pipeline's extract_features
-node) and trains the classifier head on the cached 4x4 head inputs (the 7x7 feature maps averaged
+node, in ONNX Runtime under the default ``runtime.backend: auto``) and trains the classifier head on the cached 4x4 head inputs (the 7x7 feature maps averaged
 down to 4x4, the default ``model.head_input: pooled``), as train_classifier does with
 ``trainable_blocks: 0``.
 
 B "backbone every epoch" is the original project's way: the whole ImageClassifier, backbone
-frozen, fed from the image files every epoch and validated through the whole model every epoch,
+frozen, in eager PyTorch, fed from the image files every epoch and validated through the whole model every epoch,
 with the head on full 7x7 maps (train_classifier's image feeds, used when fine-tuning, here with
 no trainable block).
 
@@ -106,9 +106,11 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
         batches, val_scores = nodes.cached_feeds(features["tensors"]["head_input"], rows_of, targets, train, SEED, device)
     else:
         extracted = start
-        trained = ImageClassifier(build_backbone(model.backbone, model.weights, model.weights_path), head)
-        trained.freeze_backbone(0)
-        batches, val_scores = nodes.image_feeds(index, rows_of, targets, model, train, runtime, SEED, device)
+        classifier = ImageClassifier(build_backbone(model.backbone, model.weights, model.weights_path), head)
+        classifier.freeze_backbone(0)
+        # the original way runs the backbone in eager PyTorch
+        trained, batches, val_scores = nodes.image_feeds(classifier, index, rows_of, targets, model, train,
+                                                         runtime | {"backend": "torch"}, SEED, device)
     _, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
                                  device, SEED, fingerprint=f"benchmark-{arm}")
     finished = time.perf_counter()
