@@ -8,10 +8,12 @@
 2. **Extraction from files**: ``inference.extract_backbone_features`` end to end (read, decode,
    preprocess, run, keep) with ``backend`` torch and onnxruntime and 0-3 decoding workers, so the
    best setting for this machine is measured, not assumed.
-3. **Decoding alone**: the project's decoder (Pillow, JPEG draft mode, then the backbone's
-   preprocessing) against the other decoders installed here (simplejpeg, OpenCV: not project
-   dependencies, measured only where present), per image on one thread, on camera-like 1280x960
-   JPEGs and 300x300 PNGs.
+3. **Decoding alone**, file to model input, per image on one thread, on camera-like 1280x960 JPEGs,
+   300x300 RGB PNGs and 300x300 grayscale PNGs (defects-dev's where present): the way before
+   (Pillow to RGB, then torchvision's ToImage, ToDtype and Normalize), the project's way now
+   (grayscale kept as one channel until the normalisation broadcasts it; one fused
+   normalisation), and the other decoders installed here (simplejpeg, OpenCV: not project
+   dependencies, measured only where present) with the project's preprocessing.
 
 Run it from the repository root:
 
@@ -132,10 +134,13 @@ def from_files(backbone, spec, paths: list[str], workers_list: list[int]) -> Non
             print(f"  backend {backend:12s} workers {workers}: {rate:7.1f} img/s (export and parity check included){extra}")
 
 
-def decoders(jpegs: list[str], pngs: list[str], count: int) -> None:
+def decoders(jpegs: list[str], pngs: list[str], grays: list[str], count: int) -> None:
+    """ms per image, one thread, from file to the model's input tensor: the way before this change,
+    the project's way now, and other decoders with the project's preprocessing."""
     import numpy as np
     import torch
     from PIL import Image
+    from torchvision.transforms import v2
 
     from image_classification.backbones import backbone_spec
     from image_classification.images import ImageLimits, load_rgb, read_bytes
@@ -144,20 +149,23 @@ def decoders(jpegs: list[str], pngs: list[str], count: int) -> None:
     torch.set_num_threads(1)
     spec = backbone_spec("efficientnet_lite0")
     transform, limits, size = preprocess_transform(spec), ImageLimits(min_side=1), spec.input_size
-    candidates = {"Pillow, the project's decode_rgb (draft mode) + preprocessing":
-                  lambda path: transform(load_rgb(path, limits, draft_size=size))}
+    before = v2.Compose([v2.Resize((size, size), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                         v2.Normalize(mean=list(spec.mean), std=list(spec.std))])
+    candidates = {
+        "before: Pillow to RGB, torchvision ToImage/ToDtype/Normalize": lambda path: before(load_rgb(path, limits, size)),
+        "now: Pillow, grayscale kept as L, one fused normalisation": lambda path: transform(
+            load_rgb(path, limits, size, keep_gray=True)),
+    }
     try:
         import simplejpeg
 
         def with_simplejpeg(path):
-            data = read_bytes(path, limits)
-            if path.endswith(".png"):
-                pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-            else:
-                pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=size, min_width=size)
-            return transform(Image.fromarray(pixels))
+            if not path.endswith(".jpg"):
+                return None
+            return transform(Image.fromarray(simplejpeg.decode_jpeg(read_bytes(path, limits), colorspace="RGB",
+                                                                    min_height=size, min_width=size)))
 
-        candidates["simplejpeg (libjpeg-turbo, DCT scaling) + the same preprocessing"] = with_simplejpeg
+        candidates["simplejpeg (libjpeg-turbo, DCT scaling), JPEG only"] = with_simplejpeg
     except ImportError:
         print("  simplejpeg is not installed: left out")
     try:
@@ -166,25 +174,45 @@ def decoders(jpegs: list[str], pngs: list[str], count: int) -> None:
         cv2.setNumThreads(1)
 
         def with_opencv(path):
-            flag = cv2.IMREAD_COLOR if path.endswith(".png") else cv2.IMREAD_REDUCED_COLOR_4
+            flag = cv2.IMREAD_REDUCED_COLOR_4 if path.endswith(".jpg") else cv2.IMREAD_UNCHANGED
             pixels = cv2.imdecode(np.frombuffer(read_bytes(path, limits), np.uint8), flag)
-            return transform(Image.fromarray(np.ascontiguousarray(pixels[..., ::-1])))
+            pixels = pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[..., ::-1])
+            return transform(Image.fromarray(pixels))
 
-        candidates["OpenCV imdecode (JPEG at 1/4) + the same preprocessing"] = with_opencv
+        candidates["OpenCV imdecode (JPEG at 1/4)"] = with_opencv
     except ImportError:
         print("  OpenCV is not installed: left out")
-    for label, paths in (("1280x960 JPEG", jpegs), ("300x300 PNG", pngs)):
+    for label, paths in (("1280x960 JPEG", jpegs), ("300x300 RGB PNG", pngs), ("300x300 grayscale PNG", grays)):
         print(f"  {label}:")
-        base = None
+        reference, base = candidates[next(iter(candidates))](paths[0]), None
         for name, decode in candidates.items():
-            decode(paths[0])
+            if decode(paths[0]) is None:
+                continue
+            difference = float((decode(paths[0]) - reference).abs().max())
             started = time.perf_counter()
             for path in paths[:count]:
                 decode(path)
             ms = 1000 * (time.perf_counter() - started) / min(count, len(paths))
             base = base or ms
-            print(f"    {name:68s} {ms:6.2f} ms/img  {base / ms:5.2f}x")
+            print(f"    {name:64s} {ms:6.2f} ms/img  {base / ms:5.2f}x   max difference {difference:.1e}")
     torch.set_num_threads(os.cpu_count() or 1)
+
+
+def gray_pngs(workdir: Path, count: int) -> list[str]:
+    """defects-dev's 300x300 grayscale photos where present, else grayscale copies of the RGB PNGs."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "defects-dev"
+    found = sorted(str(path) for path in shared.glob("*/*.png"))[:count]
+    if found:
+        return found
+    from PIL import Image
+
+    folder = workdir / "gray"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in png_folder(workdir / "png", count):
+        target = folder / Path(path).name
+        if not target.exists():
+            Image.open(path).convert("L").save(target)
+    return sorted(str(path) for path in folder.glob("*.png"))[:count]
 
 
 def main() -> None:
@@ -212,8 +240,8 @@ def main() -> None:
     in_memory(backbone, spec, images, args.rounds)
     print(f"\n2. Extraction from {len(jpegs)} files (1280x960 JPEGs), the whole pass:")
     from_files(backbone, spec, jpegs, [0, 2] if args.quick else [0, 1, 2, 3])
-    print("\n3. Decoding alone, one thread, per image:")
-    decoders(jpegs, pngs, min(200, args.images))
+    print("\n3. Decoding alone, one thread, per image, file to model input:")
+    decoders(jpegs, pngs, gray_pngs(workdir, args.images), min(200, args.images))
 
 
 if __name__ == "__main__":

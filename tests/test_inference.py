@@ -109,3 +109,22 @@ def test_head_input_corner_is_the_original_design_and_pooled_sees_the_whole_map(
             assert torch.allclose(ImageClassifier(backbone, head, head_input=mode).eval()(feature_map), expected, atol=1e-6)
     with pytest.raises(ValueError, match="head_input"):
         adapt_feature_map(feature_map, "center")
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "I;16"])
+def test_a_grayscale_image_is_preprocessed_once_and_gives_the_same_tensor_as_its_rgb_copy(tmp_path, mode):
+    import numpy as np
+    from PIL import Image
+
+    from image_classification.images import ImageLimits, load_rgb
+    from image_classification.inference import ImageFiles
+
+    pixels = np.asarray(noise_image(3, (300, 300), mode="L"))
+    gray = Image.fromarray(pixels).convert(mode) if mode != "I;16" else Image.fromarray(pixels.astype(np.uint16) * 257)
+    rgb = load_rgb(str(write_files(tmp_path, {"gray.png": png_bytes(gray)})[0]), ImageLimits(min_side=1))
+    paths = write_files(tmp_path, {"gray.png": png_bytes(gray), "rgb.png": png_bytes(rgb)})
+    assert load_rgb(str(paths[0]), ImageLimits(min_side=1), keep_gray=True).mode == "L"
+    dataset = ImageFiles([str(p) for p in paths], backbone_spec(BACKBONE))
+    (from_gray, reason), (from_rgb, _) = dataset[0], dataset[1]
+    assert not reason and from_gray.shape == (3, 224, 224)
+    assert torch.equal(from_gray, from_rgb)  # bit for bit: the cache and the figures do not move

@@ -199,10 +199,12 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode we accept to 8-bit RGB."""
-    if image.mode == "RGB":
+def _to_rgb(image: Image.Image, keep_gray: bool = False) -> Image.Image:
+    """Convert any Pillow mode we accept to 8-bit RGB (or, with ``keep_gray``, grayscale ones to 8-bit L)."""
+    if image.mode == "RGB" or (keep_gray and image.mode == "L"):
         return image
+    if keep_gray and image.mode == "1":
+        return image.convert("L")
     if image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info
     ):
@@ -212,7 +214,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float64)
         low, high = float(pixels.min()), float(pixels.max())
         scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
-        return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
+        gray = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        return gray if keep_gray else gray.convert("RGB")
     return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
 
 
@@ -220,6 +223,7 @@ def decode_rgb(
     data: bytes,
     limits: ImageLimits = ImageLimits(),
     draft_size: int | None = None,
+    keep_gray: bool = False,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Decode image bytes into an upright 8-bit RGB image.
 
@@ -228,6 +232,8 @@ def decode_rgb(
         limits: size limits; checked on the declared size, before any pixel is decoded.
         draft_size: for JPEGs, let the decoder scale down by up to 8x while keeping both
             sides at least this many pixels (much faster on large photos). None decodes fully.
+        keep_gray: return grayscale images as 8-bit L instead of RGB: the same pixels without
+            three copies of them (see :func:`image_classification.model.preprocess_transform`).
 
     Returns:
         The RGB image and the file's full (width, height) after EXIF orientation.
@@ -267,16 +273,16 @@ def decode_rgb(
             rotated = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
             oriented_size = (height, width) if rotated else (width, height)
             oriented = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(oriented)
+            rgb = _to_rgb(oriented, keep_gray)
         except Exception as error:  # truncated data, broken chunks, bad EXIF, ...
             raise ImageReadError(f"corrupt or truncated image data: {error}") from None
     return rgb, oriented_size
 
 
 def load_rgb(path: str, limits: ImageLimits = ImageLimits(), draft_size: int | None = None,
-             sha256: str | None = None) -> Image.Image:
+             sha256: str | None = None, keep_gray: bool = False) -> Image.Image:
     """Read (see :func:`read_bytes`) and decode one image file into upright RGB (see :func:`decode_rgb`)."""
-    return decode_rgb(read_bytes(path, limits, sha256), limits, draft_size)[0]
+    return decode_rgb(read_bytes(path, limits, sha256), limits, draft_size, keep_gray)[0]
 
 
 def inspect_image(path: str, limits: ImageLimits, draft_size: int = 256) -> dict:

@@ -82,7 +82,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
             image = load_rgb(self.paths[index], self.limits, draft_size=self.spec.input_size,
-                             sha256=self.sha256[index])
+                             sha256=self.sha256[index], keep_gray=True)
             return self.transform(image), ""
         except ImageReadError as error:
             size = self.spec.input_size

@@ -26,8 +26,25 @@ from image_classification.errors import ParameterError
 logger = logging.getLogger(__name__)
 
 
+class ToModelInput(nn.Module):
+    """A PIL image (RGB, or L for grayscale) to the normalised (3, H, W) float tensor: scaled to [0, 1],
+    then ``(x - mean) / std`` per channel. A grayscale image is broadcast to three channels by the
+    normalisation itself, so its pixels are converted, resized and scaled once, not three times:
+    the same tensor as converting it to RGB first."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+
+    def forward(self, image) -> torch.Tensor:
+        pixels = v2.functional.pil_to_tensor(image)  # uint8 (C, H, W), C = 1 or 3
+        # the operations of torchvision's ToDtype(scale=True) and Normalize, in their order: the same bits
+        return (pixels.to(torch.float32).mul_(1.0 / 255) - self.mean).div_(self.std)
+
+
 def preprocess_transform(spec: BackboneSpec, train: bool = False) -> v2.Compose:
-    """Turn an RGB PIL image into the normalised (3, size, size) float tensor a backbone expects.
+    """Turn an RGB (or grayscale L) PIL image into the normalised (3, size, size) float tensor a backbone expects.
 
     Images are resized straight to the square input size (small images such as 32 x 32 are
     upsampled). With ``train=True`` a random horizontal flip comes first.
@@ -35,9 +52,7 @@ def preprocess_transform(spec: BackboneSpec, train: bool = False) -> v2.Compose:
     steps: list[nn.Module] = [v2.RandomHorizontalFlip()] if train else []
     steps += [
         v2.Resize((spec.input_size, spec.input_size), antialias=True),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+        ToModelInput(spec.mean, spec.std),
     ]
     return v2.Compose(steps)
 
