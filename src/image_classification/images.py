@@ -296,7 +296,8 @@ def inspect_image(path: str, limits: ImageLimits, draft_size: int = 256) -> dict
     try:
         data = read_bytes(path, limits)
         row["sha256"] = hashlib.sha256(data).hexdigest()
-        image, (row["width"], row["height"]) = decode_rgb(data, limits, draft_size)
+        # phash reads luminance: a grayscale image needs no RGB copy (and gives the same hash)
+        image, (row["width"], row["height"]) = decode_rgb(data, limits, draft_size, keep_gray=True)
         row["phash"] = str(imagehash.phash(image))
         row["ok"] = True
     except ImageReadError as error:
