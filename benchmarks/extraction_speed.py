@@ -24,7 +24,6 @@ Run it from the repository root:
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -73,7 +72,7 @@ def in_memory(backbone, spec, images, rounds: int) -> dict[str, float]:
     import torch
 
     from image_classification.export import export_feature_model, onnx_session
-    from image_classification.inference import _torch_features
+    from image_classification.inference import torch_features
     from image_classification.patches import patch_blocks
 
     taps = patch_blocks(backbone, spec.input_size)
@@ -84,7 +83,7 @@ def in_memory(backbone, spec, images, rounds: int) -> dict[str, float]:
     def eager(model, memory_format):
         def run(batch):
             with torch.inference_mode():
-                _torch_features(model, taps, batch.contiguous(memory_format=memory_format), "pooled", GRID)
+                torch_features(model, taps, batch.contiguous(memory_format=memory_format), "pooled", GRID)
         return run
 
     arms = {}

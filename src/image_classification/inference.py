@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import time
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -17,15 +14,14 @@ from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
 from image_classification.backbones import BackboneSpec, backbone_spec
 from image_classification.errors import ParameterError
 from image_classification.export import (
-    CHECKPOINT_KEY,
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    OnnxRuntimeBackend,
-    export_feature_model,
-    export_onnx,
-    onnx_session,
-    onnxruntime_available,
     scoring_outputs,
+)
+from image_classification.fast_path import (
+    CheckedRun,
+    choose_extraction_backend,
+    onnx_feature_run,
+    onnx_or_fallback,
+    onnx_scoring_run,
 )
 from image_classification.images import (
     CHANGED_SINCE_INDEXED,
@@ -111,11 +107,7 @@ def log_unreadable(paths: list[str], errors: list[str], what: str) -> None:
                        "(`kedro run --pipelines data_prep`) and then this stage to use them", changed)
 
 
-EXTRACTION_BACKENDS = ("auto", "onnxruntime", "torch")
-FeatureRun = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
-
-
-def _torch_features(backbone: torch.nn.Sequential, taps: tuple[int, ...], images: torch.Tensor, head_input: str,
+def torch_features(backbone: torch.nn.Sequential, taps: tuple[int, ...], images: torch.Tensor, head_input: str,
                     patch_grid: int) -> tuple[torch.Tensor, ...]:
     """Eager PyTorch: float32 head input, pooled features and (with ``taps``) patches of a batch."""
     feature_map, tapped = images, []
@@ -128,89 +120,6 @@ def _torch_features(backbone: torch.nn.Sequential, taps: tuple[int, ...], images
         stacked = torch.cat([pool_patches(m.float(), patch_grid) for m in tapped], dim=1)
         outputs += (stacked.flatten(2).transpose(1, 2),)
     return outputs
-
-
-def _onnx_features(backbone: torch.nn.Sequential, spec: BackboneSpec, head_input: str, patch_grid: int,
-                   threads: int | None) -> FeatureRun:
-    """The frozen backbone exported (:func:`~image_classification.export.export_feature_model`) and
-    run in ONNX Runtime."""
-    started = time.perf_counter()
-    onnx_model = export_feature_model(backbone, spec.input_size, head_input, patch_grid)
-    session = onnx_session(onnx_model, threads)
-    logger.info("Exported the frozen backbone to ONNX (%.1f MB) in %.1f s", len(onnx_model) / 1e6,
-                time.perf_counter() - started)
-
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(array) for array in session.run(None, {INPUT_NAME: images.float().numpy()}))
-
-    return run
-
-
-def feature_parity(fast: tuple[torch.Tensor, ...], reference: tuple[torch.Tensor, ...]) -> float:
-    """The largest difference between two passes' outputs, relative to each output's largest magnitude
-    (patch vectors reach about 30, pooled features about 6, so an absolute bound would mean different
-    things for each)."""
-    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1.0))
-               for a, b in zip(fast, reference))
-
-
-def choose_extraction_backend(requested: str, device: torch.device) -> str:
-    """``auto``: ONNX Runtime on a CPU where it is installed, else PyTorch; an explicit choice is honoured."""
-    if requested not in EXTRACTION_BACKENDS:
-        raise ParameterError(f"runtime.backend must be one of {', '.join(EXTRACTION_BACKENDS)}, got '{requested}'")
-    if requested == "onnxruntime" and (device.type != "cpu" or not onnxruntime_available()):
-        raise ParameterError(f"runtime.backend is onnxruntime but {'ONNX Runtime is not installed' if device.type == 'cpu' else f'runtime.device is {device}'}"
-                             "; this project runs ONNX Runtime on the CPU only: use runtime.backend auto or torch")
-    if requested == "auto":
-        return "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
-    return requested
-
-
-def onnx_or_fallback(requested: str, what: str, build: Callable[[], FeatureRun]) -> FeatureRun | None:
-    """``build()`` the ONNX Runtime run; if it fails, None (PyTorch) under ``auto``, the error otherwise."""
-    try:
-        return build()
-    except Exception as error:  # the exporter and onnxruntime raise many exception types
-        if requested == "onnxruntime":
-            raise
-        logger.warning("%s could not be run in ONNX Runtime (%s); running it in PyTorch", what.capitalize(), error)
-        return None
-
-
-class CheckedRun:
-    """One pass's batches through ONNX Runtime (``fast``), checked once against eager PyTorch.
-
-    On the first batch with readable images, ``fast``'s outputs for up to ``parity_images`` of them
-    are compared with ``eager``'s (:func:`feature_parity`). Over ``tolerance``, a ``requested`` auto
-    falls back to ``eager`` for the rest of the pass (that batch included) with a warning, and an
-    explicit onnxruntime stops with a :class:`ParameterError`. Without ``fast`` it is ``eager``.
-    """
-
-    def __init__(self, fast: FeatureRun | None, eager: FeatureRun, requested: str, tolerance: float,
-                 parity_images: int, what: str) -> None:
-        self.run, self.eager, self.requested = fast or eager, eager, requested
-        self.name = "onnxruntime" if fast is not None else "torch"
-        self.tolerance, self.parity_images, self.what = tolerance, parity_images, what
-        self.parity: float | None = None
-
-    def __call__(self, images: torch.Tensor, reasons: list[str]) -> tuple[torch.Tensor, ...]:
-        outputs = self.run(images)
-        readable = torch.tensor([not reason for reason in reasons], dtype=torch.bool)
-        if self.name != "onnxruntime" or self.parity is not None or not readable.any():
-            return outputs
-        probe = images[readable][: self.parity_images]
-        self.parity = feature_parity(tuple(o[readable][: self.parity_images] for o in outputs), self.eager(probe))
-        logger.info("%s: ONNX Runtime vs PyTorch on %d images, largest relative difference %.1e (tolerance %g)",
-                    self.what.capitalize(), len(probe), self.parity, self.tolerance)
-        if self.parity <= self.tolerance:
-            return outputs
-        if self.requested == "onnxruntime":
-            raise ParameterError(f"{self.what} from ONNX Runtime differ from PyTorch by {self.parity:.1e}, over "
-                                 f"runtime.parity_tolerance {self.tolerance:g}; use runtime.backend auto or torch")
-        logger.warning("%s from ONNX Runtime differ from PyTorch by %.1e (over %g); running the pass in PyTorch",
-                       self.what.capitalize(), self.parity, self.tolerance)
-        self.name, self.run = "torch", self.eager
-        return self.run(images)
 
 
 @torch.inference_mode()
@@ -254,12 +163,12 @@ def extract_backbone_features(
     backbone = backbone.eval()
 
     def eager(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _torch_features(backbone, taps, images.to(device, memory_format=torch.channels_last), head_input,
+        return torch_features(backbone, taps, images.to(device, memory_format=torch.channels_last), head_input,
                                patch_grid)
 
     fast = None
     if chosen == "onnxruntime":
-        fast = onnx_or_fallback(backend, "the backbone", lambda: _onnx_features(backbone.cpu(), spec, head_input,
+        fast = onnx_or_fallback(backend, "the backbone", lambda: onnx_feature_run(backbone.cpu(), spec, head_input,
                                                                                   patch_grid, threads))
     backbone = backbone.to(device, memory_format=torch.channels_last)
     run = CheckedRun(fast, eager, backend, parity_tolerance, parity_images, "backbone features")
@@ -327,21 +236,6 @@ def scores_from_cache(checkpoint: Checkpoint, cache: FeatureCache, device: torch
                        checkpoint=checkpoint.fingerprint(), source="feature_cache")
 
 
-def _onnx_scoring(checkpoint: Checkpoint, classifier: ImageClassifier, threads: int | None) -> FeatureRun:
-    """The whole checkpoint (fine-tuned blocks included) exported as predict exports it, in ONNX Runtime."""
-    started = time.perf_counter()
-    onnx_model = export_onnx(copy.deepcopy(classifier).cpu(), int(checkpoint.input_size),
-                             {CHECKPOINT_KEY: checkpoint.fingerprint()})
-    backend = OnnxRuntimeBackend(onnx_model, threads)
-    logger.info("Exported the model to ONNX (%.1f MB) in %.1f s", len(onnx_model) / 1e6, time.perf_counter() - started)
-
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = backend(images)
-        return tuple(torch.from_numpy(outputs[name]) for name in OUTPUT_NAMES)
-
-    return run
-
-
 @torch.inference_mode()
 def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtime: dict) -> ScoredIndex:
     """Score and embed every indexed image by running the whole model over the files: what a
@@ -361,7 +255,7 @@ def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtim
 
     fast = None
     if chosen == "onnxruntime":
-        fast = onnx_or_fallback(requested, "the model", lambda: _onnx_scoring(checkpoint, classifier, runtime.get("threads")))
+        fast = onnx_or_fallback(requested, "the model", lambda: onnx_scoring_run(checkpoint, classifier, runtime.get("threads")))
     run = CheckedRun(fast, eager, requested, float(runtime.get("parity_tolerance", 1e-4)), 16, "scores")
     parts: list[list[torch.Tensor]] = [[], [], []]
     errors: list[str] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -15,14 +14,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
 from image_classification.backbones import build_backbone
-from image_classification.export import INPUT_NAME, export_module, onnx_session
-from image_classification.inference import (
+from image_classification.fast_path import (
     CheckedRun,
     choose_extraction_backend,
+    onnx_blocks_run,
+    onnx_or_fallback,
+)
+from image_classification.inference import (
     extract_backbone_features,
     head_outputs,
     image_loader,
-    onnx_or_fallback,
     torch_device,
 )
 from image_classification.model import ClassifierHead, ImageClassifier
@@ -154,19 +155,10 @@ def frozen_part_run(classifier: ImageClassifier, spec, runtime: dict, device: to
 
     fast = None
     if len(frozen) and choose_extraction_backend(requested, device) == "onnxruntime":
-        fast = onnx_or_fallback(requested, "the frozen blocks", lambda: _onnx_blocks(frozen, spec.input_size,
+        fast = onnx_or_fallback(requested, "the frozen blocks", lambda: onnx_blocks_run(frozen, spec.input_size,
                                                                                        runtime.get("threads")))
     return CheckedRun(fast, eager, requested, float(runtime.get("parity_tolerance", 1e-4)), 16,
                       "the frozen blocks' output")
-
-
-def _onnx_blocks(frozen: torch.nn.Sequential, input_size: int, threads: int | None):
-    session = onnx_session(export_module(copy.deepcopy(frozen).cpu(), input_size, ["features"]), threads)
-
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (torch.from_numpy(session.run(None, {INPUT_NAME: images.float().numpy()})[0]),)
-
-    return run
 
 
 def image_feeds(classifier: ImageClassifier, index: pd.DataFrame, rows: dict, targets: dict, model: ModelConfig,

@@ -1,0 +1,148 @@
+"""Passes over images through ONNX Runtime, checked against eager PyTorch, with a clean fallback.
+
+Train's frozen-backbone extraction, the score stage's pass over the files and fine-tuning's frozen
+blocks all run the same way (``runtime.backend``): ``auto`` exports the part that does not train to
+ONNX and runs it in ONNX Runtime on a CPU (about 3x eager PyTorch on 2 cores), ``torch`` runs eager
+PyTorch, ``onnxruntime`` insists. A :class:`CheckedRun` compares the two on the first readable images
+of the pass and falls back to PyTorch (under ``auto``) when they differ by more than
+``runtime.parity_tolerance``. predict has its own backends (:mod:`image_classification.export`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from image_classification.artefacts import Checkpoint
+from image_classification.backbones import BackboneSpec
+from image_classification.errors import ParameterError
+from image_classification.export import (
+    CHECKPOINT_KEY,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    OnnxRuntimeBackend,
+    export_feature_model,
+    export_module,
+    export_onnx,
+    onnx_session,
+    onnxruntime_available,
+)
+from image_classification.model import ImageClassifier
+
+logger = logging.getLogger(__name__)
+
+EXTRACTION_BACKENDS = ("auto", "onnxruntime", "torch")
+FeatureRun = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def feature_parity(fast: tuple[torch.Tensor, ...], reference: tuple[torch.Tensor, ...]) -> float:
+    """The largest difference between two passes' outputs, relative to each output's largest magnitude
+    (patch vectors reach about 30, pooled features about 6, so an absolute bound would mean different
+    things for each)."""
+    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1.0))
+               for a, b in zip(fast, reference))
+
+
+def choose_extraction_backend(requested: str, device: torch.device) -> str:
+    """``auto``: ONNX Runtime on a CPU where it is installed, else PyTorch; an explicit choice is honoured."""
+    if requested not in EXTRACTION_BACKENDS:
+        raise ParameterError(f"runtime.backend must be one of {', '.join(EXTRACTION_BACKENDS)}, got '{requested}'")
+    if requested == "onnxruntime" and (device.type != "cpu" or not onnxruntime_available()):
+        why = "ONNX Runtime is not installed" if device.type == "cpu" else f"runtime.device is {device}"
+        raise ParameterError(f"runtime.backend is onnxruntime but {why}; this project runs ONNX Runtime on the CPU "
+                             "only: use runtime.backend auto or torch")
+    if requested == "auto":
+        return "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
+    return requested
+
+
+def onnx_or_fallback(requested: str, what: str, build: Callable[[], FeatureRun]) -> FeatureRun | None:
+    """``build()`` the ONNX Runtime run; if it fails, None (PyTorch) under ``auto``, the error otherwise."""
+    try:
+        return build()
+    except Exception as error:  # the exporter and onnxruntime raise many exception types
+        if requested == "onnxruntime":
+            raise
+        logger.warning("%s could not be run in ONNX Runtime (%s); running it in PyTorch", what.capitalize(), error)
+        return None
+
+
+class CheckedRun:
+    """One pass's batches through ONNX Runtime (``fast``), checked once against eager PyTorch.
+
+    On the first batch with readable images, ``fast``'s outputs for up to ``parity_images`` of them
+    are compared with ``eager``'s (:func:`feature_parity`). Over ``tolerance``, a ``requested`` auto
+    falls back to ``eager`` for the rest of the pass (that batch included) with a warning, and an
+    explicit onnxruntime stops with a :class:`ParameterError`. Without ``fast`` it is ``eager``.
+    """
+
+    def __init__(self, fast: FeatureRun | None, eager: FeatureRun, requested: str, tolerance: float,
+                 parity_images: int, what: str) -> None:
+        self.run, self.eager, self.requested = fast or eager, eager, requested
+        self.name = "onnxruntime" if fast is not None else "torch"
+        self.tolerance, self.parity_images, self.what = tolerance, parity_images, what
+        self.parity: float | None = None
+
+    def __call__(self, images: torch.Tensor, reasons: list[str]) -> tuple[torch.Tensor, ...]:
+        outputs = self.run(images)
+        readable = torch.tensor([not reason for reason in reasons], dtype=torch.bool)
+        if self.name != "onnxruntime" or self.parity is not None or not readable.any():
+            return outputs
+        probe = images[readable][: self.parity_images]
+        self.parity = feature_parity(tuple(o[readable][: self.parity_images] for o in outputs), self.eager(probe))
+        logger.info("%s: ONNX Runtime vs PyTorch on %d images, largest relative difference %.1e (tolerance %g)",
+                    self.what.capitalize(), len(probe), self.parity, self.tolerance)
+        if self.parity <= self.tolerance:
+            return outputs
+        if self.requested == "onnxruntime":
+            raise ParameterError(f"{self.what} from ONNX Runtime differ from PyTorch by {self.parity:.1e}, over "
+                                 f"runtime.parity_tolerance {self.tolerance:g}; use runtime.backend auto or torch")
+        logger.warning("%s from ONNX Runtime differ from PyTorch by %.1e (over %g); running the pass in PyTorch",
+                       self.what.capitalize(), self.parity, self.tolerance)
+        self.name, self.run = "torch", self.eager
+        return self.run(images)
+
+
+def onnx_feature_run(backbone: torch.nn.Sequential, spec: BackboneSpec, head_input: str, patch_grid: int,
+                   threads: int | None) -> FeatureRun:
+    """The frozen backbone exported (:func:`~image_classification.export.export_feature_model`) and
+    run in ONNX Runtime."""
+    started = time.perf_counter()
+    onnx_model = export_feature_model(backbone, spec.input_size, head_input, patch_grid)
+    session = onnx_session(onnx_model, threads)
+    logger.info("Exported the frozen backbone to ONNX (%.1f MB) in %.1f s", len(onnx_model) / 1e6,
+                time.perf_counter() - started)
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(array) for array in session.run(None, {INPUT_NAME: images.float().numpy()}))
+
+    return run
+
+
+def onnx_scoring_run(checkpoint: Checkpoint, classifier: ImageClassifier, threads: int | None) -> FeatureRun:
+    """The whole checkpoint (fine-tuned blocks included) exported as predict exports it, in ONNX Runtime."""
+    started = time.perf_counter()
+    onnx_model = export_onnx(copy.deepcopy(classifier).cpu(), int(checkpoint.input_size),
+                             {CHECKPOINT_KEY: checkpoint.fingerprint()})
+    backend = OnnxRuntimeBackend(onnx_model, threads)
+    logger.info("Exported the model to ONNX (%.1f MB) in %.1f s", len(onnx_model) / 1e6, time.perf_counter() - started)
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = backend(images)
+        return tuple(torch.from_numpy(outputs[name]) for name in OUTPUT_NAMES)
+
+    return run
+
+
+def onnx_blocks_run(frozen: torch.nn.Sequential, input_size: int, threads: int | None) -> FeatureRun:
+    """Backbone blocks exported on their own (what fine-tuning keeps frozen), in ONNX Runtime."""
+    session = onnx_session(export_module(copy.deepcopy(frozen).cpu(), input_size, ["features"]), threads)
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (torch.from_numpy(session.run(None, {INPUT_NAME: images.float().numpy()})[0]),)
+
+    return run
