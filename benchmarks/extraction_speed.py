@@ -219,6 +219,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512, help="images per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="64 images, 1 round, workers 0 and 2")
+    parser.add_argument("--files", default=None, help="a folder whose images (any depth) part 2 reads instead of "
+                        "the generated JPEGs, e.g. ../shared/datasets/cifar10-dev")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "image_classification_extraction"))
     args = parser.parse_args()
     if args.quick:
@@ -237,8 +239,13 @@ def main() -> None:
     images = torch.stack([dataset[index][0] for index in range(len(jpegs))])
     print(f"\n1. Extraction on {len(images)} images in memory (efficientnet_lite0, batch 64, patches on grid {GRID}):")
     in_memory(backbone, spec, images, args.rounds)
-    print(f"\n2. Extraction from {len(jpegs)} files (1280x960 JPEGs), the whole pass:")
-    from_files(backbone, spec, jpegs, [0, 2] if args.quick else [0, 1, 2, 3])
+    files, what = jpegs, "1280x960 JPEGs"
+    if args.files:
+        found = sorted(str(p) for p in Path(args.files).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        step = max(1, len(found) // args.images)
+        files, what = found[::step][: args.images], f"from {args.files}"
+    print(f"\n2. Extraction from {len(files)} files ({what}), the whole pass:")
+    from_files(backbone, spec, files, [0, 2] if args.quick else [0, 1, 2, 3])
     print("\n3. Decoding alone, one thread, per image, file to model input:")
     decoders(jpegs, pngs, gray_pngs(workdir, args.images), min(200, args.images))
 

@@ -52,8 +52,12 @@ def numbers(value, prefix=""):
         yield prefix, float(value)
 
 
-metrics = {b: dict(numbers(json.loads(next((work / b / "data/08_reporting").rglob("evaluation_metrics.json")).read_text())))
-           for b in ("torch", "auto")}
+def metrics_of(backend):  # versioned: the file sits in a folder named after the dataset
+    found = next(p for p in (work / backend / "data/08_reporting").rglob("evaluation_metrics.json") if p.is_file())
+    return dict(numbers(json.loads(found.read_text())))
+
+
+metrics = {b: metrics_of(b) for b in ("torch", "auto")}
 apart = {key: abs(value - metrics["auto"][key]) for key, value in metrics["torch"].items() if key in metrics["auto"]}
 over = {key: value for key, value in apart.items() if value > 1e-4}
 print(f"evaluation_metrics.json: {len(apart)} figures, {len(over)} apart by more than 1e-4")
