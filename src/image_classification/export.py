@@ -126,14 +126,12 @@ class FeatureModel(nn.Module):
             for block in self.blocks:
                 x = block(x)
                 sides.append(x.shape[-1])
-        self.channels = x.shape[1]
-        grid = ClassifierHead.INPUT_GRID
+        self.channels, self.grid = x.shape[1], ClassifierHead.INPUT_GRID
         self.register_buffer("head_map", position_map(lambda m: adapt_feature_map(m, head_input), sides[-1]),
                              persistent=False)
         for number, tap in enumerate(self.taps):
             self.register_buffer(f"patch_map_{number}", position_map(lambda m: pool_patches(m, patch_grid), sides[tap]),
                                  persistent=False)
-        self.grid = grid
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, tapped = images, []

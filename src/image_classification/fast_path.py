@@ -107,6 +107,18 @@ class CheckedRun:
         return self.run(images)
 
 
+def checked_run(requested: str, device: torch.device, eager: FeatureRun, build_fast: Callable[[], FeatureRun] | None,
+                tolerance: float, what: str, parity_images: int = 16) -> CheckedRun:
+    """The :class:`CheckedRun` of one pass on ``runtime.backend`` ``requested``: ``build_fast()`` (the
+    ONNX Runtime run) where :func:`choose_extraction_backend` picks ONNX Runtime, falling back to
+    ``eager`` as :func:`onnx_or_fallback` says when it cannot be built; ``eager`` alone otherwise or
+    without ``build_fast``."""
+    fast = None
+    if build_fast is not None and choose_extraction_backend(requested, device) == "onnxruntime":
+        fast = onnx_or_fallback(requested, what, build_fast)
+    return CheckedRun(fast, eager, requested, tolerance, parity_images, what)
+
+
 def onnx_feature_run(backbone: torch.nn.Sequential, spec: BackboneSpec, head_input: str, patch_grid: int,
                    threads: int | None) -> FeatureRun:
     """The frozen backbone exported (:func:`~image_classification.export.export_feature_model`) and

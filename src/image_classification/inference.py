@@ -17,10 +17,8 @@ from image_classification.export import (
     scoring_outputs,
 )
 from image_classification.fast_path import (
-    CheckedRun,
-    choose_extraction_backend,
+    checked_run,
     onnx_feature_run,
-    onnx_or_fallback,
     onnx_scoring_run,
 )
 from image_classification.images import (
@@ -36,7 +34,7 @@ from image_classification.model import (
     pooled_features,
     preprocess_transform,
 )
-from image_classification.patches import patch_blocks, pool_patches
+from image_classification.patches import patch_blocks, patch_grid_features
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +115,7 @@ def torch_features(backbone: torch.nn.Sequential, taps: tuple[int, ...], images:
             tapped.append(feature_map)
     outputs = (adapt_feature_map(feature_map, head_input), pooled_features(feature_map))
     if taps:
-        stacked = torch.cat([pool_patches(m.float(), patch_grid) for m in tapped], dim=1)
-        outputs += (stacked.flatten(2).transpose(1, 2),)
+        outputs += (patch_grid_features(tapped, patch_grid, dtype=torch.float32),)
     return outputs
 
 
@@ -143,7 +140,7 @@ def extract_backbone_features(
     With ``patch_grid`` > 0 the same pass also keeps ``patches``: float16 (N, patch_grid**2, C)
     vectors of the last stride-8 and stride-16 maps (see :mod:`image_classification.patches`).
 
-    ``backend`` (see :func:`choose_extraction_backend`): ``onnxruntime`` runs the backbone
+    ``backend`` (see :func:`~image_classification.fast_path.checked_run`): ``onnxruntime`` runs the backbone
     exported to ONNX (about 3x eager PyTorch on a CPU). Its outputs on the first ``parity_images``
     readable images are compared with eager PyTorch's (:func:`feature_parity`); over
     ``parity_tolerance``, or when the export fails, ``auto`` falls back to PyTorch with a warning
@@ -159,19 +156,16 @@ def extract_backbone_features(
     """
     # channels_last lets oneDNN pick faster convolution kernels: 1.7x on a 2-core CPU
     taps = patch_blocks(backbone.cpu(), spec.input_size) if patch_grid else ()
-    chosen = choose_extraction_backend(backend, device)
     backbone = backbone.eval()
 
     def eager(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return torch_features(backbone, taps, images.to(device, memory_format=torch.channels_last), head_input,
-                               patch_grid)
+                              patch_grid)
 
-    fast = None
-    if chosen == "onnxruntime":
-        fast = onnx_or_fallback(backend, "the backbone", lambda: onnx_feature_run(backbone.cpu(), spec, head_input,
-                                                                                  patch_grid, threads))
+    run = checked_run(backend, device, eager, lambda: onnx_feature_run(backbone.cpu(), spec, head_input, patch_grid,
+                                                                      threads),
+                      parity_tolerance, "backbone features", parity_images)
     backbone = backbone.to(device, memory_format=torch.channels_last)
-    run = CheckedRun(fast, eager, backend, parity_tolerance, parity_images, "backbone features")
     parts: list[list[torch.Tensor]] = [[], [], []]
     errors: list[str] = []
     for images, reasons in tqdm(
@@ -245,18 +239,15 @@ def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtim
     checked against PyTorch on the first images (see :class:`CheckedRun`)."""
     logger.info("Scoring %d images through the whole model (its backbone was fine-tuned)", len(image_index))
     paths, device = image_index["path"].tolist(), torch_device(runtime)
-    requested = str(runtime.get("backend", "auto"))
-    chosen = choose_extraction_backend(requested, device)
     classifier = checkpoint.model().to(device).eval()
 
     def eager(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = scoring_outputs(classifier, images.to(device, memory_format=torch.channels_last))
         return tuple(output.float().cpu() for output in outputs)
 
-    fast = None
-    if chosen == "onnxruntime":
-        fast = onnx_or_fallback(requested, "the model", lambda: onnx_scoring_run(checkpoint, classifier, runtime.get("threads")))
-    run = CheckedRun(fast, eager, requested, float(runtime.get("parity_tolerance", 1e-4)), 16, "scores")
+    run = checked_run(str(runtime.get("backend", "auto")), device, eager,
+                      lambda: onnx_scoring_run(checkpoint, classifier, runtime.get("threads")),
+                      float(runtime.get("parity_tolerance", 1e-4)), "scores")
     parts: list[list[torch.Tensor]] = [[], [], []]
     errors: list[str] = []
     loader = image_loader(paths, backbone_spec(checkpoint.backbone), int(runtime["batch_size"]), int(runtime["workers"]),

@@ -58,11 +58,11 @@ def pool_patches(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
     return nn.functional.adaptive_avg_pool2d(nn.functional.avg_pool2d(feature_map, 3, 1, 1), grid)
 
 
-def patch_grid_features(maps: list[torch.Tensor], grid: int) -> torch.Tensor:
-    """(N, grid*grid, C) float16 patch vectors from mid-level maps [(N, C_i, H_i, W_i), ...]:
+def patch_grid_features(maps: list[torch.Tensor], grid: int, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """(N, grid*grid, C) patch vectors (float16, as cached) from mid-level maps [(N, C_i, H_i, W_i), ...]:
     each map averaged over 3x3 neighbourhoods, pooled to ``grid`` x ``grid``, then concatenated."""
     stacked = torch.cat([pool_patches(m.float(), grid) for m in maps], dim=1)  # N, C, grid, grid
-    return stacked.flatten(2).transpose(1, 2).to(torch.float16).contiguous()
+    return stacked.flatten(2).transpose(1, 2).to(dtype).contiguous()
 
 
 def bytes_per_image(grid: int, channels: int) -> int:

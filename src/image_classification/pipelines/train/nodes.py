@@ -14,12 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
 from image_classification.backbones import build_backbone
-from image_classification.fast_path import (
-    CheckedRun,
-    choose_extraction_backend,
-    onnx_blocks_run,
-    onnx_or_fallback,
-)
+from image_classification.fast_path import CheckedRun, checked_run, onnx_blocks_run
 from image_classification.inference import (
     extract_backbone_features,
     head_outputs,
@@ -147,18 +142,15 @@ def frozen_part_run(classifier: ImageClassifier, spec, runtime: dict, device: to
     """The classifier's frozen blocks as one checked run over image batches: in ONNX Runtime under
     ``runtime.backend`` auto on a CPU (checked against PyTorch on the first batch), else PyTorch."""
     frozen = classifier.frozen_part().to(device).eval()
-    requested = str(runtime.get("backend", "auto"))
 
     def eager(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
             return (frozen(images.to(device, memory_format=torch.channels_last)),)
 
-    fast = None
-    if len(frozen) and choose_extraction_backend(requested, device) == "onnxruntime":
-        fast = onnx_or_fallback(requested, "the frozen blocks", lambda: onnx_blocks_run(frozen, spec.input_size,
-                                                                                       runtime.get("threads")))
-    return CheckedRun(fast, eager, requested, float(runtime.get("parity_tolerance", 1e-4)), 16,
-                      "the frozen blocks' output")
+    # with every block trainable there is nothing frozen to export
+    build = (lambda: onnx_blocks_run(frozen, spec.input_size, runtime.get("threads"))) if len(frozen) else None
+    return checked_run(str(runtime.get("backend", "auto")), device, eager, build,
+                       float(runtime.get("parity_tolerance", 1e-4)), "the frozen blocks' output")
 
 
 def image_feeds(classifier: ImageClassifier, index: pd.DataFrame, rows: dict, targets: dict, model: ModelConfig,
