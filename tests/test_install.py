@@ -11,7 +11,8 @@ from packaging.requirements import Requirement
 
 # what each command needs beyond Kedro itself
 COMMAND_NEEDS = {
-    "kedro run": ["kedro", "torch", "onnxruntime"],
+    # runtime.dask.address (a LocalCluster or a cluster) and s3:// images need no extra either
+    "kedro run": ["kedro", "torch", "onnxruntime", "dask", "distributed", "s3fs"],
     "kedro viz": ["kedro-viz"],
     "kedro jupyter lab": ["jupyterlab", "ipykernel"],
 }
@@ -34,4 +35,4 @@ def test_the_plain_install_brings_what_the_command_needs(command):
 
 
 def test_test_tools_stay_in_the_test_extra():
-    assert {"pytest", "hypothesis", "playwright"}.isdisjoint(plain_requirements())
+    assert {"pytest", "hypothesis", "playwright", "moto"}.isdisjoint(plain_requirements())

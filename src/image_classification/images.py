@@ -306,9 +306,10 @@ def inspect_image(path: str, limits: ImageLimits, draft_size: int = 256) -> dict
 
 
 def inspect_images(
-    paths: Iterable[str], limits: ImageLimits, workers: int = 4, draft_size: int = 256
+    paths: Iterable[str], limits: ImageLimits, workers: int = 4, draft_size: int = 256, progress: bool = True
 ) -> pd.DataFrame:
-    """Validate many images in a thread pool (decoding releases the GIL), with a progress bar."""
+    """Validate many images in a thread pool (decoding releases the GIL), with a progress bar unless
+    ``progress`` is False (a part of a larger run, whose caller shows the progress)."""
     paths = list(paths)
     columns = ["path", "ok", "reason", "sha256", "phash", "width", "height"]
     if not paths:
@@ -321,6 +322,7 @@ def inspect_images(
                 desc="Checking images",
                 unit="img",
                 leave=False,
+                disable=not progress,
             )
         )
     return pd.DataFrame(rows, columns=columns)

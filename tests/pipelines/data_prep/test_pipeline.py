@@ -21,6 +21,7 @@ def test_data_prep_runs_on_an_in_memory_catalog(tmp_path):
         "params:data_prep.near_duplicate_max_distance": 2,
         "params:data_prep.split": {"train": 0.6, "val": 0.2, "test": 0.2},
         "params:seed": 42,
+        "params:runtime.dask": None,  # in this process
     }
     outputs = ("image_index", "rejected_images", "duplicate_report", "split_summary")
     catalog = DataCatalog({name: MemoryDataset(value) for name, value in params.items()})

@@ -9,6 +9,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
+from image_classification.distributed import DaskSettings, dask_map
 from image_classification.duplicates import (
     connected_groups,
     near_duplicate_pairs,
@@ -40,13 +41,14 @@ def list_image_candidates(source: dict, demo_images: str | Callable[[], str]) ->
 
 
 def check_images(
-    candidates: pd.DataFrame, skipped: pd.DataFrame, checks: dict
+    candidates: pd.DataFrame, skipped: pd.DataFrame, checks: dict, dask: DaskSettings | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Decode every candidate once; keep the readable ones and list the rest with a reason."""
+    """Decode every candidate once (on the Dask cluster ``runtime.dask`` names, if any); keep the
+    readable ones and list the rest with a reason."""
     limits = ImageLimits(min_side=int(checks["min_side"]), max_pixels=int(checks["max_pixels"]),
                          max_file_bytes=int(checks.get("max_file_bytes", ImageLimits.max_file_bytes)),
                          read_timeout_s=float(checks.get("read_timeout_s", ImageLimits.read_timeout_s)))
-    report = inspect_images(candidates["path"], limits, workers=int(checks["workers"]))
+    report = _inspect(candidates["path"].tolist(), limits, int(checks["workers"]), DaskSettings.from_params(dask))
     merged = candidates.reset_index(drop=True).join(report.drop(columns="path"))
     bad = merged.loc[~merged["ok"], REJECTED_COLUMNS]
     for row in bad.head(20).itertuples():
@@ -56,6 +58,17 @@ def check_images(
     rejected = pd.concat([skipped.astype(bad.dtypes.to_dict()), bad], ignore_index=True)
     checked = merged.loc[merged["ok"]].drop(columns=["ok", "reason"]).reset_index(drop=True)
     return checked, rejected.astype("string")
+
+
+def _inspect(paths: list[str], limits: ImageLimits, threads: int, dask: DaskSettings) -> pd.DataFrame:
+    """inspect_images over all paths, in this process or in partitions on Dask (rows in the paths' order)."""
+    with dask_map(dask, "Checking images") as cluster:
+        if cluster is None:
+            return inspect_images(paths, limits, workers=threads)
+        parts = dict(cluster.run(inspect_images, paths, limits, dask.threads_per_worker, 256, False))
+    if not parts:
+        return inspect_images([], limits)
+    return pd.concat([parts[start] for start in sorted(parts)], ignore_index=True)
 
 
 def _conflicting_exact_duplicates(checked: pd.DataFrame) -> pd.Series:

@@ -23,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=check_images,
-                inputs=["image_candidates", "skipped_files", "params:data_prep.image_checks"],
+                inputs=["image_candidates", "skipped_files", "params:data_prep.image_checks", "params:runtime.dask"],
                 outputs=["checked_images", "unreadable_images"],
                 name="check_images",
             ),

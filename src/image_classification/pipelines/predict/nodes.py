@@ -8,8 +8,10 @@ images a folder holds.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,12 @@ from tqdm.auto import tqdm
 from image_classification.anomaly import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.backbones import BackboneSpec, backbone_spec
+from image_classification.distributed import (
+    DaskMap,
+    DaskSettings,
+    dask_map,
+    worker_cached,
+)
 from image_classification.export import (
     CHECKPOINT_KEY,
     Backend,
@@ -92,8 +100,11 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
 
 def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict,
                    operating_point: dict, prediction_images: pd.DataFrame,
-                   predict: PredictConfig) -> tuple[pd.DataFrame, dict]:
+                   predict: PredictConfig, dask: DaskSettings | None = None) -> tuple[pd.DataFrame, dict]:
     """Score every listed image: classifier call at the operating threshold, anomaly flag, decision.
+
+    In this process, or in partitions on the Dask cluster ``runtime.dask`` names (each worker
+    builds the backend once, with ``runtime.dask.threads_per_worker`` threads).
 
     Returns:
         One row per listed file (see :data:`PREDICTION_COLUMNS`; ``error`` says why a file has
@@ -101,19 +112,63 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     """
     checkpoint, detector = Checkpoint.from_payload(model_checkpoint), DetectorState.from_payload(anomaly_detector)
     threshold = OperatingPoint.from_payload(operating_point).threshold_for(checkpoint)
-    device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
-    backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device)
     readable = prediction_images["error"].fillna("") == ""
+    paths, dask = prediction_images.loc[readable, "path"].tolist(), DaskSettings.from_params(dask)
     started = time.perf_counter()
-    outputs = _stream_scores(backend, prediction_images.loc[readable, "path"].tolist(), backbone_spec(checkpoint.backbone),
-                             detector.restore(), detector.space, predict)
+    with dask_map(dask, "Predicting") as cluster:
+        if cluster is None:
+            device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
+            backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device)
+            outputs = _stream_scores(backend, paths, backbone_spec(checkpoint.backbone), detector.restore(),
+                                     detector.space, predict)
+        else:
+            outputs, predict = _scores_on_dask(cluster, paths, checkpoint, model_checkpoint, onnx_model, onnx_parity,
+                                               anomaly_detector, predict, dask)
     seconds = time.perf_counter() - started
     table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold)
-    summary = _summary(table, backend.name, threshold, detector.describe(), predict, seconds)
+    summary = _summary(table, outputs["backend"], threshold, detector.describe(), predict, seconds)
+    if dask.enabled:
+        summary["dask"] = {"address": dask.address, "partition_size": dask.partition_size, "workers": outputs["workers"]}
     logger.info("Scored %d of %d files in %.1f s (%.1f images/s, %s): %d accepted as valid, %d flagged, %d unreadable",
-                summary["scored"], summary["images"], seconds, summary["images_per_second"] or 0.0, backend.name,
+                summary["scored"], summary["images"], seconds, summary["images_per_second"] or 0.0, summary["backend"],
                 summary["accepted_as_valid"], summary["anomaly_flagged"], summary["errors"])
     return table, summary
+
+
+def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> dict:
+    """On a Dask worker: score, anomaly score and read error of some images, with the backend this
+    worker built for the model (once per worker process)."""
+    def build() -> tuple[Backend, Detector, str | None, BackboneSpec]:
+        checkpoint, detector = Checkpoint.from_payload(model["checkpoint"]), DetectorState.from_payload(model["detector"])
+        device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
+        backend = _backend(checkpoint, model["onnx"], model["parity"], predict, device)
+        return backend, detector.restore(), detector.space, backbone_spec(checkpoint.backbone)
+
+    backend, detector, space, spec = worker_cached(f"predict-{model['key']}", build)
+    return _stream_scores(backend, paths, spec, detector, space, predict, progress=False) | {"worker": os.getpid()}
+
+
+def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, model_checkpoint: dict,
+                    onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict, predict: PredictConfig,
+                    dask: DaskSettings) -> tuple[dict, PredictConfig]:
+    """The outputs of :func:`_stream_scores`, computed partition by partition on the cluster and
+    written into place as each comes back; with the settings the workers ran."""
+    threads = int(dask.threads_per_worker)
+    # a Dask worker is a daemon process: it cannot start DataLoader workers, and its cores are its threads
+    on_worker = replace(predict, workers=0, threads={"onnxruntime": threads, "torch": threads})
+    model = cluster.shared({"key": checkpoint.fingerprint(), "checkpoint": model_checkpoint, "onnx": onnx_model,
+                            "parity": onnx_parity, "detector": anomaly_detector})
+    score, anomaly = np.full(len(paths), np.nan, np.float32), np.full(len(paths), np.nan, np.float32)
+    errors: list[str] = [""] * len(paths)
+    backends, workers = set(), set()
+    for start, part in cluster.run(score_partition, paths, model, on_worker):
+        stop = start + len(part["error"])
+        score[start:stop], anomaly[start:stop], errors[start:stop] = part["score"], part["anomaly_score"], part["error"]
+        backends.add(part["backend"])
+        workers.add(part["worker"])
+    backend = "+".join(sorted(backends)) or predict.backend
+    return {"score": score, "anomaly_score": anomaly, "error": errors, "backend": backend,
+            "workers": len(workers)}, on_worker
 
 
 def format_for_spreadsheet(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -156,10 +211,10 @@ def _backend(checkpoint: Checkpoint, onnx_model: bytes, onnx_parity: dict, predi
 
 
 def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detector: Detector, space: str | None,
-                   predict: PredictConfig) -> dict[str, np.ndarray | list[str]]:
+                   predict: PredictConfig, progress: bool = True) -> dict[str, np.ndarray | list[str] | str]:
     """Score, anomaly score and read error per image, batch by batch: features never accumulate."""
     parts: dict[str, list] = {"score": [], "anomaly_score": [], "error": []}
-    with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False) as progress:
+    with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False, disable=not progress) as bar:
         for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers,
                                             limits=predict.read_limits):
             outputs = backend(images)
@@ -167,10 +222,11 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
             parts["score"].append(outputs["score"].astype(np.float32))
             parts["anomaly_score"].append(detector.score_samples(inputs.astype(np.float64)).astype(np.float32))
             parts["error"] += list(reasons)
-            progress.update(len(images))
+            bar.update(len(images))
     empty = np.empty(0, np.float32)
     return {"score": np.concatenate(parts["score"]) if paths else empty,
-            "anomaly_score": np.concatenate(parts["anomaly_score"]) if paths else empty, "error": parts["error"]}
+            "anomaly_score": np.concatenate(parts["anomaly_score"]) if paths else empty, "error": parts["error"],
+            "backend": backend.name}
 
 
 def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold: float,

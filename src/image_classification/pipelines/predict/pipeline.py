@@ -35,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=predict_images,
                 inputs=["model_checkpoint", "onnx_model", "onnx_parity", "anomaly_detector", "operating_point",
-                        "prediction_images", "params:predict"],
+                        "prediction_images", "params:predict", "params:runtime.dask"],
                 outputs=["predictions", "prediction_summary"],
                 name="predict_images",
             ),

@@ -52,7 +52,7 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dic
         batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]), head_input=model.head_input,
         sha256=image_index["sha256"].tolist(),  # a file changed since data_prep is skipped, not trained on
         patch_grid=patch_grid, backend=str(runtime.get("backend", "auto")), threads=runtime.get("threads"),
-        parity_tolerance=float(runtime.get("parity_tolerance", 1e-4)),
+        parity_tolerance=float(runtime.get("parity_tolerance", 1e-4)), dask=runtime.get("dask"),
     )
     logger.info("Backbone features for %d images: %s, by %s", len(image_index), tuple(features["head_input"].shape),
                 features["backend"])
