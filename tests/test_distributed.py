@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -227,26 +228,39 @@ def test_data_prep_and_predict_read_images_on_s3_with_a_local_cluster(s3_bucket)
     assert summary["dask"] == {"address": "local", "partition_size": 4, "workers": 2}
 
 
-def test_extracting_features_on_two_workers_gives_the_in_process_features(tmp_path, cluster):
+def test_train_extracts_features_on_two_workers_like_in_process(tmp_path, cluster):
+    import hashlib
+
     import torch
 
-    from image_classification.backbones import backbone_spec, build_backbone
-    from image_classification.inference import extract_backbone_features
+    from image_classification.artefacts import FeatureCache
+    from image_classification.parameters.shared import ModelConfig
+    from image_classification.pipelines.train.nodes import extract_features
+    from image_classification.training import TrainConfig
 
     address, client = cluster
     paths = sorted(str(path) for path in write_files(tmp_path, image_files(10)))
-    torch.manual_seed(0)
-    backbone, spec = build_backbone("efficientnet_lite0", "none"), backbone_spec("efficientnet_lite0")
-    options = {"batch_size": 4, "patch_grid": 2, "backend": "onnxruntime", "parity_tolerance": 1e-3}
-    here = extract_backbone_features(backbone, paths, spec, torch.device("cpu"), **options)
+    index = pd.DataFrame({"path": paths, "sha256": [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]})
+    model, train = ModelConfig(weights="none"), TrainConfig(patch_grid=2)
+    runtime = {"device": "cpu", "batch_size": 4, "workers": 0, "backend": "onnxruntime", "parity_tolerance": 1e-3}
+    here = FeatureCache.from_payload(extract_features(index, model, runtime, 0, train))
     with get_task_stream(client) as tasks:
-        there = extract_backbone_features(backbone, paths, spec, torch.device("cpu"), **options,
-                                          dask=DaskSettings(address=address, partition_size=4))
-    assert there["errors"] == here["errors"] and sum(map(bool, here["errors"])) == len(BAD)
-    assert there["backend"] == "onnxruntime"
+        there = FeatureCache.from_payload(extract_features(
+            index, model, runtime | {"dask": {"address": address, "partition_size": 4}}, 0, train))
+    assert there.paths == here.paths and there.errors == here.errors and sum(map(bool, here.errors)) == len(BAD)
+    assert there.backbone_sha256 == here.backbone_sha256
     for name in ("head_input", "pooled", "patches"):
-        assert there[name].shape == here[name].shape and there[name].dtype == torch.float16
-        scale = float(here[name].float().abs().max())
-        np.testing.assert_allclose(there[name].float(), here[name].float(), atol=2e-3 * scale)
+        mine, theirs = getattr(here, name), getattr(there, name)
+        assert theirs.shape == mine.shape and theirs.dtype == torch.float16
+        np.testing.assert_allclose(theirs.float(), mine.float(), atol=2e-3 * float(mine.float().abs().max()))
     ran = [task for task in tasks.data if task["key"].startswith("Backbone features-")]
     assert len(ran) == 4 and len({task["worker"] for task in ran}) == 2
+
+
+def test_a_worker_builds_its_model_once_per_key():
+    from image_classification.distributed import worker_cached
+
+    built = []
+    for key in ("a", "a", "b", "b", "a"):
+        worker_cached(key, lambda key=key: built.append(key) or key)
+    assert built == ["a", "b", "a"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -160,8 +161,9 @@ class DaskMap:
     def run(self, task: Callable[..., Any], items: Sequence, *args: Any) -> Iterator[tuple[int, Any]]:
         """Yield ``(start, task(items[start:start+size], *args))`` as partitions finish.
 
-        Every partition yields exactly once: a task whose worker died is run again elsewhere
-        (``retries``), and a task that still fails stops the run with its error.
+        Every partition yields exactly once: a task whose worker died is run again on another
+        (Dask's ``allowed-failures``), one that raised is tried ``retries`` more times, and one that
+        still fails stops the run with its error.
         """
         from distributed import as_completed
 
@@ -209,11 +211,14 @@ def dask_map(settings: DaskSettings, what: str) -> Iterator[DaskMap | None]:
 
 
 _WORKER_CACHE: dict[str, Any] = {}
+_WORKER_CACHE_LOCK = threading.Lock()
 
 
 def worker_cached(key: str, build: Callable[[], Any]) -> Any:
-    """What ``build()`` returns, built once per worker process and key (the latest key only is kept)."""
-    if key not in _WORKER_CACHE:
-        _WORKER_CACHE.clear()
-        _WORKER_CACHE[key] = build()
-    return _WORKER_CACHE[key]
+    """What ``build()`` returns, built once per worker process and key (the latest key only is kept;
+    a worker of several threads builds it once too)."""
+    with _WORKER_CACHE_LOCK:
+        if key not in _WORKER_CACHE:
+            _WORKER_CACHE.clear()
+            _WORKER_CACHE[key] = build()
+        return _WORKER_CACHE[key]
