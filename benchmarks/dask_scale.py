@@ -238,8 +238,11 @@ def rehearsal(workdir: Path, args: argparse.Namespace) -> None:
     dask = DaskSettings(address="local", workers=args.workers, partition_size=args.partition, dashboard_address=None)
     inputs = load_inputs(workdir)
     stages = {}
+    def driver_cpu() -> float:
+        return sum(sampler.process.cpu_times()[:2])
+
     with MemorySampler() as sampler:
-        begin = time.monotonic()
+        begin, cpu = time.monotonic(), driver_cpu()
         catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in {
             "params:data_prep.source": {"kind": "folder_tree", "root": str(folder)},
             "params:data_prep.image_checks": {"min_side": 16, "max_pixels": 50_000_000, "workers": 1},
@@ -250,20 +253,27 @@ def rehearsal(workdir: Path, args: argparse.Namespace) -> None:
             catalog[name] = _Kept(copy_mode="assign")
         SequentialRunner().run(create_pipeline(), catalog)
         index = catalog.load("image_index")
-        stages["data_prep (whole pipeline)"] = (begin, time.monotonic(), len(index))
-        begin = time.monotonic()
+        stages["data_prep (whole pipeline)"] = (begin, time.monotonic(), len(index), driver_cpu() - cpu)
+        begin, cpu = time.monotonic(), driver_cpu()
         predict = PredictConfig(source={"kind": "folder_tree", "root": str(folder)}, device="cpu")
         images = list_prediction_images(predict.source, "unused")
         parity = check_onnx_parity(inputs["model_checkpoint"], inputs["onnx_model"], images, predict)
         table, summary = predict_images(inputs["model_checkpoint"], inputs["onnx_model"], parity,
                                         inputs["anomaly_detector"], inputs["operating_point"], images, predict, dask)
-        stages["predict (list, parity, score)"] = (begin, time.monotonic(), len(table))
+        stages["predict (list, parity, score)"] = (begin, time.monotonic(), len(table), driver_cpu() - cpu)
     assert len(index) == args.rehearsal and len(table) == args.rehearsal and summary["errors"] == 0
     assert isinstance(table, pd.DataFrame) and table["path"].is_unique
-    print(f"{'stage':32s} {'images':>8s} {'seconds':>8s} {'img/s':>7s}   peak MB per quarter (driver / largest worker)")
-    for name, (begin, end, count) in stages.items():
+    print(f"{'stage':32s} {'images':>8s} {'seconds':>8s} {'img/s':>7s} {'driver CPU ms/img':>18s}   "
+          "peak MB per quarter (driver / largest worker)")
+    for name, (begin, end, count, cpu) in stages.items():
         quarters = "  ".join(f"{driver:4.0f}/{worker:4.0f}" for driver, worker in sampler.quarters(begin, end))
-        print(f"{name:32s} {count:8d} {end - begin:8.0f} {count / (end - begin):7.1f}   {quarters}")
+        print(f"{name:32s} {count:8d} {end - begin:8.0f} {count / (end - begin):7.1f} {1000 * cpu / count:18.2f}   "
+              f"{quarters}")
+    # the driver's CPU time per image bounds how far more workers can go before it is the bottleneck
+    for name, (begin, end, count, cpu) in stages.items():
+        print(f"{name}: the driver spends {1000 * cpu / count:.2f} ms of CPU per image, so it could feed at most "
+              f"about {count / max(cpu, 1e-9):,.0f} images/s, {count / max(cpu, 1e-9) / (count / (end - begin)):.0f}x "
+              "this run's rate")
     print(f"predict backend {summary['backend']}, {summary['dask']['workers']} workers used")
 
 
