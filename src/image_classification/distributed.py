@@ -178,17 +178,20 @@ class DaskMap:
                                retries=int(self.settings.retries), pure=False): start
             for start in starts
         }
-        done = 0
         with tqdm(total=len(items), desc=self.what, unit="img", leave=False) as progress:
-            for future in as_completed(futures):
+            for future in as_completed(list(futures)):
                 start = futures.pop(future)
                 result = future.result()
                 future.release()
-                done += 1
                 progress.update(min(size, len(items) - start))
                 yield start, result
-        if done != len(starts):  # as_completed hands every future back once; anything else is a bug
-            raise RuntimeError(f"{self.what}: {done} of {len(starts)} partitions came back")
+        if futures:  # as_completed hands every future back once; anything else is a bug
+            raise RuntimeError(f"{self.what}: {len(futures)} of {len(starts)} partitions did not come back")
+
+    def in_order(self, task: Callable[..., Any], items: Sequence, *args: Any) -> list:
+        """The results of :meth:`run`, one per partition, in the items' order."""
+        results = dict(self.run(task, items, *args))
+        return [results[start] for start in sorted(results)]
 
     def close(self) -> None:
         for future in self._shared:
@@ -197,12 +200,10 @@ class DaskMap:
 
 
 @contextmanager
-def dask_map(settings: DaskSettings, what: str) -> Iterator[DaskMap | None]:
-    """A :class:`DaskMap` on the configured cluster, or ``None`` when ``runtime.dask.address`` is null."""
+def dask_map(settings: DaskSettings, what: str) -> Iterator[DaskMap]:
+    """A :class:`DaskMap` on the cluster ``runtime.dask.address`` names (callers take the in-process
+    path themselves when it is null)."""
     with dask_client(settings) as client:
-        if client is None:
-            yield None
-            return
         mapper = DaskMap(client, settings, what)
         try:
             yield mapper

@@ -169,8 +169,8 @@ def extract_backbone_features(
     options = {"head_input": head_input, "patch_grid": patch_grid, "backend": backend, "threads": threads,
                "parity_tolerance": parity_tolerance, "parity_images": parity_images, "batch_size": batch_size}
     dask = DaskSettings.from_params(dask)
-    with dask_map(dask, "Backbone features") as cluster:
-        if cluster is not None:
+    if dask.enabled and paths:
+        with dask_map(dask, "Backbone features") as cluster:
             return _features_on_dask(cluster, backbone, paths, spec, device, sha256, options, dask)
     run = _feature_run(backbone, spec, device, options)
     features = _features(run, paths, spec, batch_size, workers, sha256, bool(patch_grid))
@@ -238,12 +238,8 @@ def _features_on_dask(cluster: DaskMap, backbone: torch.nn.Module, paths: list[s
     options = options | {"threads": int(dask.threads_per_worker)}
     shared = cluster.shared(backbone.cpu().eval())
     items = list(zip(paths, sha256 if sha256 is not None else [None] * len(paths)))
-    parts = dict(cluster.run(features_partition, items, f"features-{uuid.uuid4().hex}", shared, spec, str(device),
-                             options))
-    ordered = [parts[start] for start in sorted(parts)]
-    if not ordered:
-        return _features(None, [], spec, 1, 0, None, bool(options["patch_grid"])) | {"backend": options["backend"],
-                                                                                     "parity": 0.0}
+    ordered = cluster.in_order(features_partition, items, f"features-{uuid.uuid4().hex}", shared, spec, str(device),
+                               options)
     features = {name: torch.cat([part[name] for part in ordered]) for name in ("head_input", "pooled", "patches")
                 if name in ordered[0]}
     features["errors"] = [error for part in ordered for error in part["errors"]]

@@ -62,13 +62,11 @@ def check_images(
 
 def _inspect(paths: list[str], limits: ImageLimits, threads: int, dask: DaskSettings) -> pd.DataFrame:
     """inspect_images over all paths, in this process or in partitions on Dask (rows in the paths' order)."""
+    if not (dask.enabled and paths):
+        return inspect_images(paths, limits, workers=threads)
     with dask_map(dask, "Checking images") as cluster:
-        if cluster is None:
-            return inspect_images(paths, limits, workers=threads)
-        parts = dict(cluster.run(inspect_images, paths, limits, dask.threads_per_worker, 256, False))
-    if not parts:
-        return inspect_images([], limits)
-    return pd.concat([parts[start] for start in sorted(parts)], ignore_index=True)
+        parts = cluster.in_order(inspect_images, paths, limits, dask.threads_per_worker, 256, False)
+    return pd.concat(parts, ignore_index=True)
 
 
 def _conflicting_exact_duplicates(checked: pd.DataFrame) -> pd.Series:

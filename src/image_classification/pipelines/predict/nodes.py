@@ -115,19 +115,19 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     readable = prediction_images["error"].fillna("") == ""
     paths, dask = prediction_images.loc[readable, "path"].tolist(), DaskSettings.from_params(dask)
     started = time.perf_counter()
-    with dask_map(dask, "Predicting") as cluster:
-        if cluster is None:
-            device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
-            backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device)
-            outputs = _stream_scores(backend, paths, backbone_spec(checkpoint.backbone), detector.restore(),
-                                     detector.space, predict)
-        else:
+    if dask.enabled and paths:
+        with dask_map(dask, "Predicting") as cluster:
             outputs, predict = _scores_on_dask(cluster, paths, checkpoint, model_checkpoint, onnx_model, onnx_parity,
                                                anomaly_detector, predict, dask)
+    else:
+        device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
+        backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device)
+        outputs = _stream_scores(backend, paths, backbone_spec(checkpoint.backbone), detector.restore(),
+                                 detector.space, predict)
     seconds = time.perf_counter() - started
     table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold)
     summary = _summary(table, outputs["backend"], threshold, detector.describe(), predict, seconds)
-    if dask.enabled:
+    if "workers" in outputs:  # scored on Dask
         summary["dask"] = {"address": dask.address, "partition_size": dask.partition_size, "workers": outputs["workers"]}
     logger.info("Scored %d of %d files in %.1f s (%.1f images/s, %s): %d accepted as valid, %d flagged, %d unreadable",
                 summary["scored"], summary["images"], seconds, summary["images_per_second"] or 0.0, summary["backend"],
@@ -166,8 +166,7 @@ def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, 
         score[start:stop], anomaly[start:stop], errors[start:stop] = part["score"], part["anomaly_score"], part["error"]
         backends.add(part["backend"])
         workers.add(part["worker"])
-    backend = "+".join(sorted(backends)) or predict.backend
-    return {"score": score, "anomaly_score": anomaly, "error": errors, "backend": backend,
+    return {"score": score, "anomaly_score": anomaly, "error": errors, "backend": "+".join(sorted(backends)),
             "workers": len(workers)}, on_worker
 
 
