@@ -55,6 +55,15 @@ def test_csv_with_unseen_kinds(tmp_path):
     assert candidates["label"].isna().sum() == 2
 
 
+def test_csv_class_column_gives_each_image_its_fine_class(tmp_path):
+    # zero_shot's class-conditional detectors read the finer class; an empty cell keeps the label
+    labels = write_csv(tmp_path / "labels.csv", "path,label,class\na.jpg,1,truck\nb.jpg,0, cat \nc.jpg,1,\n")
+    candidates, _ = read_labels_csv(labels)
+    assert list(candidates["kind"]) == ["truck", "cat", "valid"]
+    assert list(candidates["label"]) == ["valid", "invalid", "valid"]
+    assert "class" not in candidates.columns
+
+
 @pytest.mark.parametrize(
     ("text", "encoding", "message"),
     [

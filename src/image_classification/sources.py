@@ -205,9 +205,11 @@ def _csv_rows(url: str, required: list[str], optional: list[str]) -> pd.DataFram
 
 
 def read_labels_csv(url: str, zero_shot_csv: str | None = None) -> tuple[pd.DataFrame, list[dict]]:
-    """A CSV with ``path`` and ``label``, optional ``split`` and ``group``; unseen kinds from a
-    second CSV with ``path`` and ``kind``."""
-    frame = _csv_rows(url, ["path", "label"], ["split", "group"])
+    """A CSV with ``path`` and ``label``, optional ``split``, ``group`` and ``class`` (a finer
+    label, e.g. the kind of defect or of vehicle, which zero_shot's class-conditional detectors
+    use; an empty cell falls back to the label); unseen kinds from a second CSV with ``path`` and
+    ``kind``."""
+    frame = _csv_rows(url, ["path", "label"], ["split", "group", "class"])
     labels = frame["label"].str.strip().str.lower().map(_LABEL_WORDS)
     unknown = frame[labels.isna()]
     if not unknown.empty:
@@ -217,6 +219,9 @@ def read_labels_csv(url: str, zero_shot_csv: str | None = None) -> tuple[pd.Data
             f"({len(unknown)} row(s) have unknown labels)"
         )
     frame["kind"] = labels
+    if "class" in frame.columns:
+        classes = frame.pop("class").fillna("").astype(str).str.strip()
+        frame["kind"] = classes.where(classes != "", labels)
     frame["label"] = labels
     if "split" in frame.columns:
         splits = frame["split"].str.strip().str.lower().replace("", None)
