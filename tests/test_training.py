@@ -274,3 +274,35 @@ def test_train_config_accepts_the_edges():
     config = TrainConfig(target_precision=1.0, patience=None, class_weights="none", epochs=1)
     assert config.as_dict()["patience"] is None
     assert TrainConfig().as_dict()["epochs"] == 30
+
+
+def test_an_auxiliary_fine_class_output_learns_the_finer_classes_it_is_given():
+    """(N, 2) targets train the head's fine output too: four fine classes, two per label, which
+    the valid/invalid output alone has no reason to tell apart."""
+    generator = torch.Generator().manual_seed(0)
+    fine = torch.arange(96) % 4  # 0, 2: invalid; 1, 3: valid
+    directions = torch.randn(4, CHANNELS, 4, 4, generator=torch.Generator().manual_seed(1))
+    inputs = torch.randn(96, CHANNELS, 4, 4, generator=generator) + 0.6 * directions[fine]
+    targets = torch.stack([fine % 2, fine], dim=1)
+
+    def train(weight: float) -> ClassifierHead:
+        torch.manual_seed(3)
+        head = ClassifierHead(in_channels=CHANNELS, hidden_channels=16, embedding_dim=8, fine_classes=4)
+        batches = lambda epoch: DataLoader(TensorDataset(inputs, targets), batch_size=16, shuffle=True,  # noqa: E731
+                                           generator=torch.Generator().manual_seed(epoch))
+        fit(head, batches, lambda h: head_outputs(h, inputs[:32], CPU)[1], targets[:32, 0].numpy(),
+            targets[:, 0].numpy(), TrainConfig(epochs=15, patience=None, fine_class_weight=weight), CPU, 3, "fine",
+            NoResume())
+        return head.eval()  # as the last epoch left it
+
+    def fine_accuracy(head: ClassifierHead) -> float:
+        with torch.no_grad():
+            return float((head.forward_train(inputs)[1].argmax(dim=1) == fine).float().mean())
+
+    with_fine, without = train(1.0), train(0.0)
+    assert fine_accuracy(with_fine) > 0.9
+    assert fine_accuracy(without) < 0.7  # untrained, it can at best tell the labels apart
+    with torch.no_grad():
+        assert with_fine(inputs).shape == (96, 2)  # the valid/invalid output is still the model's output
+    with pytest.raises(ValueError, match="fine_class_weight"):
+        TrainConfig(fine_class_weight=-1)

@@ -58,7 +58,9 @@ class Checkpoint:
     Attributes:
         tensors: the model's state dict.
         backbone: the backbone's registry name.
-        head: the :class:`ClassifierHead` arguments (channels, embedding size, classes).
+        head: the :class:`ClassifierHead` arguments (channels, embedding size, classes, and
+            ``fine_classes`` when it has an auxiliary fine-class output).
+        fine_class_names: the classes of that output, in order (None without one).
         head_input: how the head reads the backbone's map (``pooled`` or ``corner``).
         fine_tuned_blocks: backbone blocks trained end to end; 0 means the backbone is the frozen
             pretrained one, so the train stage's feature cache describes it.
@@ -74,6 +76,7 @@ class Checkpoint:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     class_names: list[str] = field(default_factory=lambda: ["invalid", "valid"])
+    fine_class_names: list[str] | None = None
     fine_tuned_blocks: int = 0
     best_epoch: int | None = None
     epochs_run: int | None = None

@@ -103,6 +103,12 @@ class ClassifierHead(nn.Module):
 
     Layers, in order: Conv2d(k=2, s=2, no bias) -> MaxPool2d(2) -> ReLU -> Conv2d(k=1, no bias)
     -> Flatten -> Dropout -> ReLU -> Dropout -> Linear (embedding) -> Linear (logits).
+
+    With ``fine_classes`` > 0 a second ``Linear(embedding_dim, fine_classes)`` (``fine``) reads
+    the same embedding and is trained on the images' finer classes (airplane, truck, cat, ...)
+    next to valid/invalid: an auxiliary output that makes the embedding tell the classes apart,
+    which zero_shot's detectors need to see unseen kinds as new. The valid/invalid logits, and
+    everything computed from them, do not read it.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class ClassifierHead(nn.Module):
         embedding_dim: int = 50,
         num_classes: int = 2,
         dropout: tuple[float, float] = (0.2, 0.3),
+        fine_classes: int = 0,
     ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
@@ -126,6 +133,7 @@ class ClassifierHead(nn.Module):
             nn.Linear(hidden_channels, embedding_dim),
             nn.Linear(embedding_dim, num_classes),
         )
+        self.fine = nn.Linear(embedding_dim, fine_classes) if fine_classes else None
 
     INPUT_GRID = 4
     """The input side the head needs: its Linear(320, 50) requires a 1x1 map after the MaxPool."""
@@ -172,6 +180,11 @@ class ClassifierHead(nn.Module):
         """The embedding and the (N, num_classes) logits computed from it, in one pass."""
         embedding = self.embed(features)
         return embedding, self.layers[-1](embedding)
+
+    def forward_train(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The valid/invalid logits and the fine-class logits (None without ``fine_classes``)."""
+        embedding = self.embed(features)
+        return self.layers[-1](embedding), None if self.fine is None else self.fine(embedding)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """The embedding if ``pre_logits`` else the logits (timm's convention)."""
@@ -267,6 +280,10 @@ class TrainablePart(nn.Module):
     def forward(self, frozen_output: torch.Tensor) -> torch.Tensor:
         """The (N, num_classes) logits."""
         return self.head(adapt_feature_map(self.backbone(frozen_output), self.head_input))
+
+    def forward_train(self, frozen_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The valid/invalid logits and the head's fine-class logits (see :class:`ClassifierHead`)."""
+        return self.head.forward_train(adapt_feature_map(self.backbone(frozen_output), self.head_input))
 
 
 def build_model(

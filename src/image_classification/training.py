@@ -89,6 +89,16 @@ def _unpack_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimize
     return best, state["metadata"]
 
 
+def _loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: nn.Module,
+          fine_class_weight: float) -> torch.Tensor:
+    """The valid/invalid loss; with (N, 2) targets (valid/invalid, fine class) plus
+    ``fine_class_weight`` times the fine-class cross-entropy of the head's auxiliary output."""
+    if targets.ndim == 1:
+        return loss_fn(model(inputs), targets)
+    logits, fine_logits = model.forward_train(inputs)
+    return loss_fn(logits, targets[:, 0]) + fine_class_weight * nn.functional.cross_entropy(fine_logits, targets[:, 1])
+
+
 def fit(
     model: nn.Module,
     train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
@@ -107,7 +117,10 @@ def fit(
         model: any module mapping a batch of inputs to (N, 2) logits; only parameters with
             ``requires_grad`` are trained.
         train_batches: ``epoch -> iterable of (inputs, targets)``; it must shuffle from a seed
-            derived from the epoch, so a resumed run sees the same batches.
+            derived from the epoch, so a resumed run sees the same batches. Targets are (N,)
+            valid/invalid, or (N, 2) with each image's fine class as the second column for a
+            model with an auxiliary fine-class output (``forward_train``).
+        train_targets: the training images' valid/invalid targets (for class weights).
         validation_scores: ``model -> probability of valid`` for each validation image.
         fingerprint: identifies the data and settings; a saved state with another fingerprint
             is ignored instead of resumed.
@@ -140,7 +153,7 @@ def fit(
         for inputs, targets in train_batches(epoch):
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs), targets)
+            loss = _loss(model, inputs, targets, loss_fn, config.fine_class_weight)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(targets)

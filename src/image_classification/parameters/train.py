@@ -25,7 +25,7 @@ class TrainConfig:
     workers: int = 0
     save_state_every_s: float = 60.0
     patch_grid: int = 14
-
+    fine_class_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
@@ -39,6 +39,8 @@ class TrainConfig:
         if int(self.patch_grid) < 0:
             raise ParameterError(f"train.patch_grid must be 0 (no patch vectors) or the patches per side, got "
                                  f"{self.patch_grid}")
+        if self.fine_class_weight < 0:
+            raise ParameterError(f"train.fine_class_weight must be 0 (off) or positive, got {self.fine_class_weight}")
         if self.learning_rate <= 0 or self.backbone_learning_rate <= 0:
             raise ParameterError("train.learning_rate and train.backbone_learning_rate must be positive")
 

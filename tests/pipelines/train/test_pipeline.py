@@ -52,13 +52,13 @@ def make_image_index(folder) -> pd.DataFrame:
 
 
 def run_train_pipeline(index: pd.DataFrame, store: MemoryStore, trainable_blocks: int, epochs: int,
-                       backend: str = "auto") -> DataCatalog:
+                       backend: str = "auto", fine_class_weight: float = 0.0) -> DataCatalog:
     inputs = {
         "image_index": index,
         # typed parameters: Kedro builds these dataclasses before a session runs; a bare runner does not
         "params:model": ModelConfig(backbone="efficientnet_lite0", weights="none"),
         "params:train": TrainConfig(epochs=epochs, batch_size=4, patience=None, save_state_every_s=0,
-                                    trainable_blocks=trainable_blocks, workers=0),
+                                    trainable_blocks=trainable_blocks, workers=0, fine_class_weight=fine_class_weight),
         "params:runtime": {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0, "backend": backend},
         "params:seed": SEED,
     }
@@ -119,6 +119,31 @@ def test_train_pipeline_on_an_in_memory_catalog(tmp_path, trainable_blocks, epoc
     figure = catalog.load("training_curves")
     assert isinstance(figure, Figure) and len(figure.axes) == 2
     plt.close(figure)
+
+
+def catalog_head(catalog: DataCatalog) -> dict:
+    return catalog.load("model_checkpoint")["metadata"]["head"]
+
+
+def test_finer_classes_train_an_auxiliary_output_that_the_checkpoint_keeps(tmp_path):
+    from image_classification.artefacts import Checkpoint
+
+    index = make_image_index(tmp_path / "images")
+    labelled = index["label"].notna()
+    # two classes per label, as class_folders gives them (car/truck valid, cat/dog invalid)
+    names = {"valid": ("car", "truck"), "invalid": ("cat", "dog")}
+    index.loc[labelled, "kind"] = [names[label][i % 2] for i, label in enumerate(index.loc[labelled, "label"])]
+    assert catalog_head(run_train_pipeline(index, MemoryStore(), 0, 1)) == {  # off unless asked for
+        "in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}
+    catalog = run_train_pipeline(index, MemoryStore(), 0, 1, fine_class_weight=1.0)
+
+    payload = catalog.load("model_checkpoint")
+    assert payload["metadata"]["fine_class_names"] == ["car", "cat", "dog", "truck"]
+    assert payload["metadata"]["head"]["fine_classes"] == 4
+    assert payload["tensors"]["head.fine.weight"].shape == (4, 50)
+    model = Checkpoint.from_payload(payload).model()  # rebuilds the head with its fine output, strictly
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 2)
 
 
 def test_fine_tuning_on_the_frozen_blocks_in_onnx_runtime_trains_as_pytorch_does(tmp_path, caplog):

@@ -95,7 +95,15 @@ def train_classifier(
     rows = {split: np.flatnonzero(cache.readable & (image_index["split"] == split).to_numpy())
             for split in ("train", "val")}
     targets = {split: image_index["target"].to_numpy()[rows[split]].astype(int) for split in rows}
-    head = ClassifierHead(in_channels=model.spec.feature_channels)
+    fine_classes = fine_class_names(image_index, rows["train"]) if train.fine_class_weight > 0 else []
+    head = ClassifierHead(in_channels=model.spec.feature_channels, fine_classes=len(fine_classes))
+    train_targets = targets["train"]
+    if fine_classes:
+        # the second column is each training image's fine class, for the head's auxiliary output
+        codes = np.searchsorted(fine_classes, image_index["kind"].to_numpy(dtype=str)[rows["train"]])
+        targets = {**targets, "train": np.stack([train_targets, codes], axis=1)}
+        logger.info("Training with an auxiliary output over %d fine classes: %s", len(fine_classes),
+                    ", ".join(fine_classes))
     classifier = ImageClassifier(backbone, head, head_input=model.head_input)
     classifier.freeze_backbone(train.trainable_blocks)
     # the fine-tuning path trains the trainable part on the frozen part's output (its saved states say so)
@@ -106,18 +114,27 @@ def train_classifier(
     else:
         trained, batches, val_scores = image_feeds(classifier, image_index, rows, targets, model, train, runtime, seed,
                                                    device)
-    best, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
+    best, history, best_epoch = fit(trained, batches, val_scores, targets["val"], train_targets, train,
                                     device, seed, fingerprint, training_state)
     trained.load_state_dict(best)
     checkpoint = Checkpoint.from_model(
         classifier.cpu(), backbone=model.backbone, weights=model.weights, input_size=model.spec.input_size,
         mean=list(model.spec.mean), std=list(model.spec.std),
-        head={"in_channels": model.spec.feature_channels, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2},
-        class_names=CLASS_NAMES, train=train.as_dict(), seed=seed, best_epoch=best_epoch,
+        head={"in_channels": model.spec.feature_channels, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}
+        | ({"fine_classes": len(fine_classes)} if fine_classes else {}),
+        class_names=CLASS_NAMES, fine_class_names=fine_classes or None, train=train.as_dict(), seed=seed, best_epoch=best_epoch,
         fine_tuned_blocks=train.trainable_blocks, epochs_run=int(len(history)),
         best_val_recall_at_precision=float(history["val_recall_at_precision"].max()) if len(history) else 0.0,
     )
     return checkpoint.to_payload(), history
+
+
+def fine_class_names(image_index: pd.DataFrame, train_rows: np.ndarray) -> list[str]:
+    """The training images' finer classes (their ``kind``: the class folder, or a CSV's ``class``),
+    sorted; empty when there are no more classes than labels (nothing finer to learn)."""
+    train = image_index.iloc[train_rows]
+    names = sorted(train["kind"].astype(str).unique())
+    return names if len(names) > train["label"].nunique() else []
 
 
 def cached_feeds(head_input: torch.Tensor, rows: dict, targets: dict, train: TrainConfig, seed: int,
