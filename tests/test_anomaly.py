@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from image_classification.anomaly import build_detector, calibrate_threshold, separation_metrics
+from image_classification.anomaly import build_detector, calibrate_threshold, open_world_precision, separation_metrics
 
 DETECTORS = ["knn", "mahalanobis", "relative_mahalanobis", "gmm"]
 
@@ -27,7 +27,7 @@ def gaussian_data(dimensions: int, shift: float, seed: int = 0, spread: int = 1)
     return train, targets, test, unseen
 
 
-@pytest.mark.parametrize("name", ["knn", "mahalanobis", "gmm"])
+@pytest.mark.parametrize("name", ["knn", "class_knn", "mahalanobis", "gmm"])
 def test_far_away_cluster_is_found(name):
     train, targets, test, unseen = gaussian_data(20, shift=12.0)
     detector = build_detector(name).fit(train, targets)
@@ -100,7 +100,7 @@ def test_bad_names_and_rates_are_refused():
         calibrate_threshold(np.ones(3), 1.5)
 
 
-@pytest.mark.parametrize("name", ["knn", "mahalanobis", "relative_mahalanobis", "gmm", "msp"])
+@pytest.mark.parametrize("name", ["knn", "class_knn", "mahalanobis", "relative_mahalanobis", "gmm", "msp"])
 def test_exported_detector_scores_the_same_after_a_safetensors_round_trip(tmp_path, name):
     from image_classification.anomaly import DetectorState
     from image_classification.datasets import SafetensorsDataset
@@ -169,3 +169,75 @@ def test_detector_files_written_before_each_detector_had_its_own_name_still_load
     state = DetectorState.from_payload(old)
     assert state.detector == "relative_mahalanobis" and state.target_tpr == 0.95
     np.testing.assert_allclose(state.restore().score_samples(test), detector.score_samples(test), rtol=1e-10)
+
+
+def test_open_world_precision_counts_each_unseen_kind_at_its_share():
+    # 10 test images: 4 valid accepted, 1 valid rejected, 1 invalid accepted, 4 invalid rejected
+    accepted = np.array([1, 1, 1, 1, 0, 1, 0, 0, 0, 0], dtype=bool)
+    valid = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    assert open_world_precision(accepted, valid, {}, 0.0) == pytest.approx(0.8)
+    # two unseen kinds, 50% and 0% accepted: each counts equally, whatever its image count
+    unseen = {"frog": np.array([1, 0] * 50, dtype=bool), "digit": np.zeros(3, dtype=bool)}
+    # per unit of images: 0.9*0.4 true, 0.9*0.1 false in-distribution, 0.1*0.25 unseen
+    assert open_world_precision(accepted, valid, unseen, 0.1) == pytest.approx(0.36 / (0.36 + 0.09 + 0.025))
+    assert np.isnan(open_world_precision(np.zeros(3, bool), np.ones(3, bool), {}, 0.1))
+    with pytest.raises(ValueError, match="unseen_share"):
+        open_world_precision(accepted, valid, unseen, 1.0)
+
+
+def two_space_data(seed: int = 0):
+    """Two feature spaces of the same images (a 5-d and a 30-d one, of very different scales); one
+    unseen kind is new in the first space only, another in the second only."""
+    train, targets, test, unseen = gaussian_data(5, shift=12.0, seed=seed)
+    wide_train, _, wide_test, wide_unseen = gaussian_data(30, shift=12.0, seed=seed + 1)
+    wide_train, wide_test, wide_unseen = 1000 * wide_train, 1000 * wide_test, 1000 * wide_unseen
+    validation = gaussian_data(5, shift=0.0, seed=seed + 2)[2], 1000 * gaussian_data(30, shift=0.0, seed=seed + 3)[2]
+    first_only = np.hstack([unseen, wide_test])  # new in the first space, ordinary in the second
+    second_only = np.hstack([test, wide_unseen])
+    return (np.hstack([train, wide_train]), targets, np.hstack(validation), np.hstack([test, wide_test]),
+            first_only, second_only)
+
+
+def fused(components=(("knn", "embedding"), ("knn", "pooled"))):
+    from image_classification.anomaly import DetectorSettings
+
+    return build_detector("fused", DetectorSettings(fused=components))
+
+
+def test_fused_detector_finds_kinds_that_only_one_of_its_spaces_sees():
+    train, targets, validation, test, first_only, second_only = two_space_data()
+    detector = fused().fit_parts([train[:, :5], train[:, 5:]], targets).standardise(validation)
+    for unseen in (first_only, second_only):
+        assert separation_metrics(detector.score_samples(test), detector.score_samples(unseen))["auroc"] > 0.95
+    # each component alone misses the kind its space does not see
+    alone = build_detector("knn").fit(train[:, :5], targets)
+    assert separation_metrics(alone.score_samples(test[:, :5]), alone.score_samples(second_only[:, :5]))["auroc"] < 0.6
+    # standardised on validation: ordinary images score about 0 whatever the components' scales
+    assert abs(float(np.mean(detector.score_samples(validation)))) < 1e-9
+
+
+def test_fused_detector_survives_a_safetensors_round_trip_and_refuses_misuse(tmp_path):
+    from image_classification.anomaly import DetectorState
+    from image_classification.datasets import SafetensorsDataset
+
+    train, targets, validation, test, first_only, _ = two_space_data()
+    detector = fused().fit_parts([train[:, :5], train[:, 5:]], targets).standardise(validation)
+    dataset = SafetensorsDataset(filepath=str(tmp_path / "detector.safetensors"))
+    dataset.save(DetectorState.of(detector, "fused", "embedding+pooled", threshold=0.5).to_payload())
+    restored = DetectorState.from_payload(dataset.load())
+    assert restored.space == "embedding+pooled"
+    queries = np.vstack([test, first_only])
+    np.testing.assert_allclose(restored.restore().score_samples(queries), detector.score_samples(queries), rtol=1e-10)
+    with pytest.raises(ValueError, match="standardised on validation"):
+        fused().fit_parts([train[:, :5], train[:, 5:]], targets).score_samples(test)
+    with pytest.raises(ValueError, match="zero_shot.fused"):
+        fused(components=())
+
+
+def test_fused_components_must_be_detectors_that_run():
+    from image_classification.parameters.zero_shot import ZeroShotConfig
+
+    config = ZeroShotConfig(fused=["knn_embedding", "msp"], flag_detector="fused")
+    assert ("fused", "fused", "embedding+score") in config.detector_runs
+    with pytest.raises(ValueError, match=r"zero_shot.fused \['knn_hidden'\]"):
+        ZeroShotConfig(fused=["knn_hidden"])

@@ -39,6 +39,8 @@ class DetectorSettings:
     knn_k: int = 5
     gmm_components: int = 4
     seed: int = 42
+    fused: tuple[tuple[str, str | None], ...] = ()
+    """The fused detector's components: (detector, feature space or None) pairs."""
 
 
 class Detector:
@@ -46,11 +48,13 @@ class Detector:
 
     Subclasses set ``name``, implement ``fit`` and ``score_samples``, and say how they are built
     (``create``), saved (``state``: arrays and JSON settings) and restored (``restore``).
-    ``space_free`` detectors read the classifier's score, not a feature space.
+    ``space_free`` detectors read the classifier's score, not a feature space; ``composite`` ones
+    read several spaces side by side (see :class:`FusedDetector`).
     """
 
     name: ClassVar[str]
     space_free: ClassVar[bool] = False
+    composite: ClassVar[bool] = False
 
     @classmethod
     def create(cls, settings: DetectorSettings) -> Detector:
@@ -61,6 +65,11 @@ class Detector:
 
     def score_samples(self, features: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def standardise(self, features: np.ndarray) -> Detector:
+        """Called with the validation images' features after ``fit``: a detector that combines
+        scores of different scales measures them here. Most need nothing."""
+        return self
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         return {}, {}
@@ -104,6 +113,41 @@ class KNNDetector(Detector):
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], settings: dict) -> KNNDetector:
         return cls(k=int(settings["k"]))._index(arrays["reference"])
+
+
+@register
+@dataclass
+class ClassKNNDetector(KNNDetector):
+    """Distance to the k-th nearest training image of the nearest class, after L2 normalisation:
+    an image is ordinary if it is close to many images of any one class. With finer classes than
+    valid/invalid (``zero_shot.class_conditional``) a tight class is not drowned by a loose one."""
+
+    name: ClassVar[str] = "class_knn"
+    classes_: np.ndarray | None = field(default=None, repr=False)
+    indexes_: list[NearestNeighbors] | None = field(default=None, repr=False)
+
+    def _index(self, reference: np.ndarray, classes: np.ndarray | None = None) -> ClassKNNDetector:
+        self.reference_ = reference
+        self.classes_ = np.asarray(classes if classes is not None else self.classes_)
+        self.indexes_ = [NearestNeighbors(n_neighbors=min(self.k, int(np.sum(self.classes_ == c)))).fit(
+            reference[self.classes_ == c]) for c in np.unique(self.classes_)]
+        return self
+
+    def fit(self, features: np.ndarray, targets: np.ndarray) -> ClassKNNDetector:
+        if len(features) < self.k:
+            raise DataError(f"class_knn detector needs at least k={self.k} training images, got {len(features)}")
+        return self._index(normalize(features), np.asarray(targets))
+
+    def score_samples(self, features: np.ndarray) -> np.ndarray:
+        query = normalize(features)
+        return np.min([index.kneighbors(query)[0][:, -1] for index in self.indexes_], axis=0)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        return {"reference": self.reference_, "classes": self.classes_}, {"k": self.k}
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], settings: dict) -> ClassKNNDetector:
+        return cls(k=int(settings["k"]))._index(arrays["reference"], arrays["classes"])
 
 
 @register
@@ -229,6 +273,82 @@ class MaxSoftmaxDetector(Detector):
         return -np.maximum(probability, 1.0 - probability)
 
 
+@register
+@dataclass
+class FusedDetector(Detector):
+    """Several detectors, each on its own feature space, their scores standardised on validation
+    images (mean 0, sd 1) and averaged: the backbone's pooled features see far-away kinds, the
+    trained embedding near ones, and the fused score keeps both.
+
+    Its features are the components' spaces side by side (``space`` ``embedding+pooled``), in the
+    order of ``components``.
+    """
+
+    name: ClassVar[str] = "fused"
+    composite: ClassVar[bool] = True
+    components: tuple[tuple[str, str | None], ...] = ()
+    settings: DetectorSettings = field(default_factory=DetectorSettings)
+    widths_: list[int] | None = None
+    detectors_: list[Detector] | None = field(default=None, repr=False)
+    means_: np.ndarray | None = None
+    scales_: np.ndarray | None = None
+
+    @classmethod
+    def create(cls, settings: DetectorSettings) -> FusedDetector:
+        if not settings.fused:
+            raise ParameterError("the fused detector needs components: set zero_shot.fused, e.g. "
+                                 "[knn_embedding, knn_pooled]")
+        return cls(components=tuple(settings.fused), settings=settings)
+
+    def _parts(self, features: np.ndarray) -> list[np.ndarray]:
+        return np.split(features, np.cumsum(self.widths_)[:-1], axis=1)
+
+    def fit_parts(self, parts: list[np.ndarray], targets: np.ndarray) -> FusedDetector:
+        """Fit every component on its own space's training features."""
+        self.widths_ = [part.shape[1] for part in parts]
+        self.detectors_ = [build_detector(detector, self.settings).fit(part, targets)
+                           for (detector, _), part in zip(self.components, parts)]
+        return self
+
+    def fit(self, features: np.ndarray, targets: np.ndarray) -> FusedDetector:
+        if self.widths_ is None:
+            raise DataError("the fused detector is fitted through fit_parts (one array per component)")
+        return self.fit_parts(self._parts(features), targets)
+
+    def _component_scores(self, features: np.ndarray) -> np.ndarray:
+        return np.stack([detector.score_samples(part) for detector, part in zip(self.detectors_, self._parts(features))],
+                        axis=1)
+
+    def standardise(self, features: np.ndarray) -> FusedDetector:
+        scores = self._component_scores(features)
+        self.means_, self.scales_ = scores.mean(axis=0), np.maximum(scores.std(axis=0), 1e-12)
+        return self
+
+    def score_samples(self, features: np.ndarray) -> np.ndarray:
+        if self.means_ is None:
+            raise DataError("the fused detector must be standardised on validation images before it scores")
+        return np.mean((self._component_scores(features) - self.means_) / self.scales_, axis=1)
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        arrays = {"means": self.means_, "scales": self.scales_}
+        components = []
+        for index, ((detector, space), fitted) in enumerate(zip(self.components, self.detectors_)):
+            part_arrays, part_settings = fitted.state()
+            arrays |= {f"{index}.{key}": value for key, value in part_arrays.items()}
+            components.append({"detector": detector, "space": space, "settings": part_settings})
+        return arrays, {"components": components, "widths": self.widths_}
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], settings: dict) -> FusedDetector:
+        components = settings["components"]
+        detectors = [DETECTORS[part["detector"]].restore(
+            {key.split(".", 1)[1]: value for key, value in arrays.items() if key.startswith(f"{index}.")},
+            part["settings"]) for index, part in enumerate(components)]
+        return cls(components=tuple((part["detector"], part["space"]) for part in components),
+                   widths_=[int(width) for width in settings["widths"]], detectors_=detectors,
+                   means_=arrays["means"], scales_=arrays["scales"])
+
+
 def build_detector(name: str, settings: DetectorSettings | None = None) -> Detector:
     """An unfitted detector by its registered name."""
     if name not in DETECTORS:
@@ -323,3 +443,22 @@ def separation_metrics(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float
         "aupr": float(average_precision_score(labels, scores)),
         "fpr_at_95_tpr": float(np.mean(out_scores <= threshold)),
     }
+
+
+def open_world_precision(accepted_in: np.ndarray, valid_in: np.ndarray, accepted_unseen_by_kind: dict[str, np.ndarray],
+                         unseen_share: float) -> float:
+    """Precision of everything accepted as valid when unseen kinds make up ``unseen_share`` of the
+    images, each unseen kind equally often (none ever being valid).
+
+    ``accepted_in``/``valid_in`` describe the in-distribution test images; the share of each
+    unseen kind's images accepted is their false-positive rate. NaN when nothing is accepted.
+    """
+    if not 0.0 <= unseen_share < 1.0:
+        raise ParameterError(f"zero_shot.unseen_share must be in [0, 1), got {unseen_share}")
+    accepted_in, valid_in = np.asarray(accepted_in, dtype=bool), np.asarray(valid_in, dtype=bool)
+    true_positive = (1.0 - unseen_share) * float(np.mean(accepted_in & valid_in)) if len(accepted_in) else 0.0
+    false_in = (1.0 - unseen_share) * float(np.mean(accepted_in & ~valid_in)) if len(accepted_in) else 0.0
+    rates = [float(np.mean(accepted)) for accepted in accepted_unseen_by_kind.values() if len(accepted)]
+    false_unseen = unseen_share * float(np.mean(rates)) if rates else 0.0
+    accepted = true_positive + false_in + false_unseen
+    return true_positive / accepted if accepted > 0 else float("nan")

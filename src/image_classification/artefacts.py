@@ -270,7 +270,10 @@ class ScoredIndex:
 
     def space(self, name: str) -> np.ndarray:
         """The features of one anomaly-detection space, (N, d) float64: ``embedding``, ``pooled`` or
-        ``score`` (the classifier's probability of valid, as one column)."""
+        ``score`` (the classifier's probability of valid, as one column), or several side by side
+        (``embedding+pooled``)."""
+        if "+" in name:
+            return np.hstack([self.space(part) for part in name.split("+")])
         if name == "embedding":
             return self.embedding.astype(np.float64)
         if name == "pooled":

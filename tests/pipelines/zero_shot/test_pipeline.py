@@ -69,6 +69,11 @@ def test_zero_shot_runs_alone_and_flags_far_kinds():
     assert metrics["detectors"]["knn_pooled"]["all_unseen"]["auroc"] > 0.95
     assert set(metrics["detectors"]["knn_pooled"]["per_kind"]) == {"digit", "texture"}
     assert metrics["decision_per_kind"]["digit"]["accepted_combined"] <= metrics["decision_per_kind"]["digit"]["accepted_by_classifier"]
+    precision = metrics["precision"]
+    assert metrics["unseen_share"] == 0.1
+    # unseen kinds can only lower the precision of what is accepted; the flag keeps out at least as many
+    assert precision["open_world_classifier"] <= precision["closed_set_classifier"]
+    assert precision["open_world_combined"] >= precision["open_world_classifier"]
     decisions = catalog.load("zero_shot_decisions")
     assert len(decisions) == 12 + 16
     assert (decisions["accepted_as_valid"] == ((decisions["score"] >= 0.5) & ~decisions["anomaly_flag"])).all()
@@ -103,9 +108,12 @@ def test_without_unseen_images_the_detectors_are_still_fitted_and_the_run_comple
     metrics = catalog.load("zero_shot_metrics")
     assert all(block["all_unseen"] is None and block["per_kind"] == {} for block in metrics["detectors"].values())
     assert set(metrics["decision_per_kind"]) == {"in-distribution (valid)", "in-distribution (invalid)"}
+    assert metrics["precision"]["open_world_combined"] is None and metrics["precision"]["closed_set_combined"] > 0
     detector = catalog.load("anomaly_detector")
-    assert detector["metadata"]["name"] == "knn_pooled" and np.isfinite(detector["metadata"]["threshold"])
-    assert detector["tensors"]["reference"].shape == (40, 1280)  # the training images
+    assert detector["metadata"]["name"] == "fused" and np.isfinite(detector["metadata"]["threshold"])
+    # the training images, in each of the fused detector's spaces (embedding, pooled)
+    assert detector["tensors"]["0.reference"].shape == (40, 50)
+    assert detector["tensors"]["1.reference"].shape == (40, 1280)
     assert "No unseen-kind images" in caplog.text
 
 
@@ -119,3 +127,4 @@ def test_scores_of_another_checkpoint_are_refused():
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
     with pytest.raises(ValueError, match="kedro run --pipelines score"):
         SequentialRunner().run(create_pipeline(), catalog)
+

@@ -45,6 +45,14 @@ logger = logging.getLogger(__name__)
 
 # which backend output each anomaly detector's feature space is (msp's space is None: the score)
 _SPACE_OUTPUT = {"pooled": "features", "embedding": "embedding"}
+
+
+def _space_features(outputs: dict[str, np.ndarray], space: str | None) -> np.ndarray:
+    """A batch's features in a detector's space; a fused detector's spaces side by side."""
+    return np.hstack([outputs["score"][:, None] if part == "score" else outputs[_SPACE_OUTPUT[part]]
+                      for part in (space or "score").split("+")])
+
+
 PREDICTION_COLUMNS = ["path", "score", "predicted_label", "anomaly_score", "anomaly_flag", "accepted_as_valid", "error"]
 
 
@@ -217,7 +225,7 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
         for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers,
                                             limits=predict.read_limits):
             outputs = backend(images)
-            inputs = outputs["score"][:, None] if space is None else outputs[_SPACE_OUTPUT[space]]
+            inputs = _space_features(outputs, space)
             parts["score"].append(outputs["score"].astype(np.float32))
             parts["anomaly_score"].append(detector.score_samples(inputs.astype(np.float64)).astype(np.float32))
             parts["error"] += list(reasons)

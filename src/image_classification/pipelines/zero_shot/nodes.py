@@ -11,9 +11,11 @@ from matplotlib.figure import Figure
 
 from image_classification.anomaly import (
     DetectorState,
+    FusedDetector,
     build_detector,
     calibrate_threshold,
     decide,
+    open_world_precision,
     separation_metrics,
 )
 from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
@@ -46,18 +48,32 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     validation = (table["split"] == "val").to_numpy()
     if not validation.any():
         raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
-    targets = image_index["target"].to_numpy(dtype=float, na_value=np.nan)[train].astype(int)
+    targets = _training_targets(image_index, train, config.class_conditional)
     thresholds, flag_state = {}, None
     spaces = {space or "score": scored.space(space or "score") for _, _, space in config.detector_runs}
     for name, detector_name, space in config.detector_runs:
         features = spaces[space or "score"]
-        detector = build_detector(detector_name, config.detector_settings(seed)).fit(features[train], targets)
+        detector = build_detector(detector_name, config.detector_settings(seed))
+        if isinstance(detector, FusedDetector):
+            detector.fit_parts([spaces[part or "score"][train] for _, part in detector.components], targets)
+        else:
+            detector.fit(features[train], targets)
+        detector.standardise(features[rest[validation]])
         table[name] = detector.score_samples(features[rest])
         thresholds[name] = calibrate_threshold(table.loc[validation, name].to_numpy(), config.target_tpr)
         if name == config.flag_detector:
             flag_state = DetectorState.of(detector, name, space, thresholds[name], config.target_tpr).to_payload()
     logger.info("Fitted %d detectors on %d training images", len(thresholds), len(train))
     return table, thresholds, flag_state
+
+
+def _training_targets(image_index: pd.DataFrame, train: np.ndarray, class_conditional: bool) -> np.ndarray:
+    """What class-aware detectors group the training images by: their finer class (``kind``) when
+    ``class_conditional`` and there are more classes than labels, else valid/invalid."""
+    rows = image_index.iloc[train]
+    if class_conditional and rows["kind"].nunique() > rows["label"].nunique():
+        return np.unique(rows["kind"].to_numpy(dtype=str), return_inverse=True)[1]
+    return rows["target"].to_numpy(dtype=float, na_value=np.nan).astype(int)
 
 
 def _log_unreadable(image_index: pd.DataFrame, errors: list[str]) -> None:
@@ -112,20 +128,48 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
     valid_test = decisions[(decisions["split"] == "test") & (decisions["label"] == "valid")]
     kept_by_classifier = valid_test["predicted_label"] == "valid"
     lost = float((kept_by_classifier & valid_test["anomaly_flag"]).sum() / max(kept_by_classifier.sum(), 1))
+    precision = _precisions(decisions, config.unseen_share)
     metrics = {
         "flag_detector": config.flag_detector, "target_tpr": config.target_tpr,
         "classifier_threshold": operating_point["threshold"], "detectors": detectors,
         "decision_per_kind": {k: {c: float(v) for c, v in row.items()} for k, row in per_kind.iterrows()},
         "valid_test_images_lost_by_combined_decision": lost,
+        "unseen_share": config.unseen_share, "precision": precision,
     }
     flag = detectors[config.flag_detector]["all_unseen"]
     if flag is not None:
         logger.info("Zero-shot (%s): AUROC %.3f, FPR@95 %.3f", config.flag_detector, flag["auroc"], flag["fpr_at_95_tpr"])
     logger.info("Valid test images lost by the combined decision: %.1f%%", 100 * lost)
+    if precision["open_world_combined"] is not None:
+        logger.info("Precision of what is accepted as valid: closed set %.3f; with %.0f%% unseen kinds %.3f "
+                    "(classifier alone %.3f)", precision["closed_set_combined"], 100 * config.unseen_share,
+                    precision["open_world_combined"], precision["open_world_classifier"])
     for kind, row in per_kind.iterrows():
         logger.info("  %-28s accepted as valid: classifier alone %.1f%%, combined %.1f%%",
                     kind, 100 * row["accepted_by_classifier"], 100 * row["accepted_combined"])
     return metrics
+
+
+def _precisions(decisions: pd.DataFrame, unseen_share: float) -> dict[str, float | None]:
+    """Closed-set precision (test images only) and open-world precision (with unseen kinds at
+    ``unseen_share``), for the classifier alone and for the combined decision; open-world figures
+    are None without unseen-kind images."""
+    accepted = {"classifier": (decisions["predicted_label"] == "valid").to_numpy(),
+                "combined": decisions["accepted_as_valid"].to_numpy(bool)}
+    test, unseen = (decisions["split"] == "test").to_numpy(), (decisions["split"] == "unseen").to_numpy()
+    valid = (decisions["label"] == "valid").to_numpy()[test]
+    kinds = decisions["kind"].to_numpy()
+    figures: dict[str, float | None] = {}
+    for name, called in accepted.items():
+        by_kind = {kind: called[unseen & (kinds == kind)] for kind in np.unique(kinds[unseen])}
+        figures[f"closed_set_{name}"] = _none_if_nan(open_world_precision(called[test], valid, {}, 0.0))
+        figures[f"open_world_{name}"] = _none_if_nan(
+            open_world_precision(called[test], valid, by_kind, unseen_share)) if by_kind else None
+    return figures
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def _projection(pca_projection: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
