@@ -132,6 +132,8 @@ def train_classifier(
 def fine_class_names(image_index: pd.DataFrame, train_rows: np.ndarray) -> list[str]:
     """The training images' finer classes (their ``kind``: the class folder, or a CSV's ``class``),
     sorted; empty when there are no more classes than labels (nothing finer to learn)."""
+    if "kind" not in image_index.columns:  # an index made by hand, without data_prep's kinds
+        return []
     train = image_index.iloc[train_rows]
     names = sorted(train["kind"].astype(str).unique())
     return names if len(names) > train["label"].nunique() else []
