@@ -198,15 +198,15 @@ def two_space_data(seed: int = 0):
             first_only, second_only)
 
 
-def fused(components=(("knn", "embedding"), ("knn", "pooled"))):
+def fused(components=(("knn", "embedding"), ("knn", "pooled")), widths=(5, 30)):
     from image_classification.anomaly import DetectorSettings
 
-    return build_detector("fused", DetectorSettings(fused=components))
+    return build_detector("fused", DetectorSettings(fused=components, fused_widths=widths))
 
 
 def test_fused_detector_finds_kinds_that_only_one_of_its_spaces_sees():
     train, targets, validation, test, first_only, second_only = two_space_data()
-    detector = fused().fit_parts([train[:, :5], train[:, 5:]], targets).standardise(validation)
+    detector = fused().fit(train, targets).standardise(validation)
     for unseen in (first_only, second_only):
         assert separation_metrics(detector.score_samples(test), detector.score_samples(unseen))["auroc"] > 0.95
     # each component alone misses the kind its space does not see
@@ -221,7 +221,7 @@ def test_fused_detector_survives_a_safetensors_round_trip_and_refuses_misuse(tmp
     from image_classification.datasets import SafetensorsDataset
 
     train, targets, validation, test, first_only, _ = two_space_data()
-    detector = fused().fit_parts([train[:, :5], train[:, 5:]], targets).standardise(validation)
+    detector = fused().fit(train, targets).standardise(validation)
     dataset = SafetensorsDataset(filepath=str(tmp_path / "detector.safetensors"))
     dataset.save(DetectorState.of(detector, "fused", "embedding+pooled", threshold=0.5).to_payload())
     restored = DetectorState.from_payload(dataset.load())
@@ -229,9 +229,11 @@ def test_fused_detector_survives_a_safetensors_round_trip_and_refuses_misuse(tmp
     queries = np.vstack([test, first_only])
     np.testing.assert_allclose(restored.restore().score_samples(queries), detector.score_samples(queries), rtol=1e-10)
     with pytest.raises(ValueError, match="standardised on validation"):
-        fused().fit_parts([train[:, :5], train[:, 5:]], targets).score_samples(test)
+        fused().fit(train, targets).score_samples(test)
     with pytest.raises(ValueError, match="zero_shot.fused"):
-        fused(components=())
+        fused(components=(), widths=())
+    with pytest.raises(ValueError, match="width of each component"):
+        fused(widths=(5,))
 
 
 def test_fused_components_must_be_detectors_that_run():

@@ -149,3 +149,17 @@ def test_a_source_outside_the_demo_never_builds_it(tmp_path):
     root = make_folder_tree(tmp_path / "tree", valid=2, invalid=2, unseen={"texture": 1})
     read_source({"kind": "folder_tree", "root": str(root), "zero_shot_root": str(root / "unseen")}, demo)
     assert not demo.path.exists()
+
+
+def test_fine_classes_are_the_kinds_only_when_finer_than_the_labels():
+    import numpy as np
+    import pandas as pd
+
+    from image_classification.sources import fine_classes
+
+    index = pd.DataFrame({"label": ["valid", "valid", "invalid", "invalid", None],
+                          "kind": ["truck", "airplane", "cat", "cat", "frog"]})
+    names, codes = fine_classes(index, np.arange(4))  # the unseen frog is not a training row
+    assert names == ["airplane", "cat", "truck"] and codes.tolist() == [2, 0, 1, 1]
+    assert fine_classes(index.assign(kind=index["label"]), np.arange(4)) == ([], None)
+    assert fine_classes(index.drop(columns="kind"), np.arange(4)) == ([], None)

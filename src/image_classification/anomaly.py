@@ -41,6 +41,8 @@ class DetectorSettings:
     seed: int = 42
     fused: tuple[tuple[str, str | None], ...] = ()
     """The fused detector's components: (detector, feature space or None) pairs."""
+    fused_widths: tuple[int, ...] = ()
+    """How many columns each component's space has, in the fused detector's side-by-side features."""
 
 
 class Detector:
@@ -298,22 +300,19 @@ class FusedDetector(Detector):
         if not settings.fused:
             raise ParameterError("the fused detector needs components: set zero_shot.fused, e.g. "
                                  "[knn_embedding, knn_pooled]")
-        return cls(components=tuple(settings.fused), settings=settings)
+        if len(settings.fused_widths) != len(settings.fused):
+            raise ParameterError(f"the fused detector needs the width of each component's space, got "
+                                 f"{list(settings.fused_widths)} for {len(settings.fused)} components")
+        return cls(components=tuple(settings.fused), settings=settings, widths_=list(settings.fused_widths))
 
     def _parts(self, features: np.ndarray) -> list[np.ndarray]:
         return np.split(features, np.cumsum(self.widths_)[:-1], axis=1)
 
-    def fit_parts(self, parts: list[np.ndarray], targets: np.ndarray) -> FusedDetector:
-        """Fit every component on its own space's training features."""
-        self.widths_ = [part.shape[1] for part in parts]
-        self.detectors_ = [build_detector(detector, self.settings).fit(part, targets)
-                           for (detector, _), part in zip(self.components, parts)]
-        return self
-
     def fit(self, features: np.ndarray, targets: np.ndarray) -> FusedDetector:
-        if self.widths_ is None:
-            raise DataError("the fused detector is fitted through fit_parts (one array per component)")
-        return self.fit_parts(self._parts(features), targets)
+        """Fit every component on its own space's columns of the training features."""
+        self.detectors_ = [build_detector(detector, self.settings).fit(part, targets)
+                           for (detector, _), part in zip(self.components, self._parts(features))]
+        return self
 
     def _component_scores(self, features: np.ndarray) -> np.ndarray:
         return np.stack([detector.score_samples(part) for detector, part in zip(self.detectors_, self._parts(features))],
@@ -456,9 +455,9 @@ def open_world_precision(accepted_in: np.ndarray, valid_in: np.ndarray, accepted
     if not 0.0 <= unseen_share < 1.0:
         raise ParameterError(f"zero_shot.unseen_share must be in [0, 1), got {unseen_share}")
     accepted_in, valid_in = np.asarray(accepted_in, dtype=bool), np.asarray(valid_in, dtype=bool)
-    true_positive = (1.0 - unseen_share) * float(np.mean(accepted_in & valid_in)) if len(accepted_in) else 0.0
-    false_in = (1.0 - unseen_share) * float(np.mean(accepted_in & ~valid_in)) if len(accepted_in) else 0.0
-    rates = [float(np.mean(accepted)) for accepted in accepted_unseen_by_kind.values() if len(accepted)]
-    false_unseen = unseen_share * float(np.mean(rates)) if rates else 0.0
-    accepted = true_positive + false_in + false_unseen
-    return true_positive / accepted if accepted > 0 else float("nan")
+    images = max(len(accepted_in), 1)
+    true_positive = (1.0 - unseen_share) * np.sum(accepted_in & valid_in) / images
+    false_in = (1.0 - unseen_share) * np.sum(accepted_in & ~valid_in) / images
+    rates = [np.mean(accepted) for accepted in accepted_unseen_by_kind.values() if len(accepted)]
+    accepted = true_positive + false_in + (unseen_share * np.mean(rates) if rates else 0.0)
+    return float(true_positive / accepted) if accepted > 0 else float("nan")

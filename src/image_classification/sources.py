@@ -14,6 +14,7 @@ import posixpath
 from collections.abc import Callable, Iterable
 
 import fsspec
+import numpy as np
 import pandas as pd
 
 from image_classification.demo import DemoFolder
@@ -239,6 +240,19 @@ def read_labels_csv(url: str, zero_shot_csv: str | None = None) -> tuple[pd.Data
         unseen = _csv_rows(zero_shot_csv, ["path", "kind"], [])
         rows += [{"path": r["path"], "label": None, "kind": r["kind"]} for r in unseen.to_dict("records")]
     return _candidates(rows), []
+
+
+def fine_classes(image_index: pd.DataFrame, rows: np.ndarray) -> tuple[list[str], np.ndarray | None]:
+    """The finer classes of the indexed images at ``rows`` (their ``kind``: the class folder, or a
+    CSV's ``class``), sorted, and each image's code among them; ``([], None)`` when there are no
+    more classes than labels, or no ``kind`` column (an index made by hand): nothing finer to learn."""
+    if "kind" not in image_index.columns:
+        return [], None
+    chosen = image_index.iloc[rows]
+    names, codes = np.unique(chosen["kind"].to_numpy(dtype=str), return_inverse=True)
+    if len(names) <= chosen["label"].nunique():
+        return [], None
+    return names.tolist(), codes
 
 
 def _demo_folder(demo_root: str | Callable[[], str]) -> str:

@@ -24,6 +24,7 @@ from image_classification.inference import (
 from image_classification.model import ClassifierHead, ImageClassifier
 from image_classification.parameters.shared import ModelConfig
 from image_classification.patches import bytes_per_image
+from image_classification.sources import fine_classes
 from image_classification.plots.training import training_curves_figure
 from image_classification.training import ResumeStore, TrainConfig, fit
 
@@ -95,15 +96,13 @@ def train_classifier(
     rows = {split: np.flatnonzero(cache.readable & (image_index["split"] == split).to_numpy())
             for split in ("train", "val")}
     targets = {split: image_index["target"].to_numpy()[rows[split]].astype(int) for split in rows}
-    fine_classes = fine_class_names(image_index, rows["train"]) if train.fine_class_weight > 0 else []
-    head = ClassifierHead(in_channels=model.spec.feature_channels, fine_classes=len(fine_classes))
+    fine, codes = fine_classes(image_index, rows["train"]) if train.fine_class_weight > 0 else ([], None)
+    head = ClassifierHead(in_channels=model.spec.feature_channels, fine_classes=len(fine))
     train_targets = targets["train"]
-    if fine_classes:
+    if fine:
         # the second column is each training image's fine class, for the head's auxiliary output
-        codes = np.searchsorted(fine_classes, image_index["kind"].to_numpy(dtype=str)[rows["train"]])
         targets = {**targets, "train": np.stack([train_targets, codes], axis=1)}
-        logger.info("Training with an auxiliary output over %d fine classes: %s", len(fine_classes),
-                    ", ".join(fine_classes))
+        logger.info("Training with an auxiliary output over %d fine classes: %s", len(fine), ", ".join(fine))
     classifier = ImageClassifier(backbone, head, head_input=model.head_input)
     classifier.freeze_backbone(train.trainable_blocks)
     # the fine-tuning path trains the trainable part on the frozen part's output (its saved states say so)
@@ -121,22 +120,12 @@ def train_classifier(
         classifier.cpu(), backbone=model.backbone, weights=model.weights, input_size=model.spec.input_size,
         mean=list(model.spec.mean), std=list(model.spec.std),
         head={"in_channels": model.spec.feature_channels, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}
-        | ({"fine_classes": len(fine_classes)} if fine_classes else {}),
-        class_names=CLASS_NAMES, fine_class_names=fine_classes or None, train=train.as_dict(), seed=seed, best_epoch=best_epoch,
+        | ({"fine_classes": len(fine)} if fine else {}),
+        class_names=CLASS_NAMES, fine_class_names=fine or None, train=train.as_dict(), seed=seed, best_epoch=best_epoch,
         fine_tuned_blocks=train.trainable_blocks, epochs_run=int(len(history)),
         best_val_recall_at_precision=float(history["val_recall_at_precision"].max()) if len(history) else 0.0,
     )
     return checkpoint.to_payload(), history
-
-
-def fine_class_names(image_index: pd.DataFrame, train_rows: np.ndarray) -> list[str]:
-    """The training images' finer classes (their ``kind``: the class folder, or a CSV's ``class``),
-    sorted; empty when there are no more classes than labels (nothing finer to learn)."""
-    if "kind" not in image_index.columns:  # an index made by hand, without data_prep's kinds
-        return []
-    train = image_index.iloc[train_rows]
-    names = sorted(train["kind"].astype(str).unique())
-    return names if len(names) > train["label"].nunique() else []
 
 
 def cached_feeds(head_input: torch.Tensor, rows: dict, targets: dict, train: TrainConfig, seed: int,

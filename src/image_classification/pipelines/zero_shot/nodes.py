@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,6 @@ from matplotlib.figure import Figure
 
 from image_classification.anomaly import (
     DetectorState,
-    FusedDetector,
     build_detector,
     calibrate_threshold,
     decide,
@@ -21,6 +21,7 @@ from image_classification.anomaly import (
 from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.errors import DataError
 from image_classification.parameters.zero_shot import ZeroShotConfig
+from image_classification.sources import fine_classes
 from image_classification.plots import zero_shot as zero_shot_plots
 
 logger = logging.getLogger(__name__)
@@ -48,16 +49,16 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     validation = (table["split"] == "val").to_numpy()
     if not validation.any():
         raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
-    targets = _training_targets(image_index, train, config.class_conditional)
+    names, codes = fine_classes(image_index, train) if config.class_conditional else ([], None)
+    # class-aware detectors group the training images by their finer class when there is one
+    targets = codes if names else image_index["target"].to_numpy(dtype=float, na_value=np.nan)[train].astype(int)
     thresholds, flag_state = {}, None
     spaces = {space or "score": scored.space(space or "score") for _, _, space in config.detector_runs}
+    settings = config.detector_settings(seed)
+    settings = replace(settings, fused_widths=tuple(spaces[part or "score"].shape[1] for _, part in settings.fused))
     for name, detector_name, space in config.detector_runs:
         features = spaces[space or "score"]
-        detector = build_detector(detector_name, config.detector_settings(seed))
-        if isinstance(detector, FusedDetector):
-            detector.fit_parts([spaces[part or "score"][train] for _, part in detector.components], targets)
-        else:
-            detector.fit(features[train], targets)
+        detector = build_detector(detector_name, settings).fit(features[train], targets)
         detector.standardise(features[rest[validation]])
         table[name] = detector.score_samples(features[rest])
         thresholds[name] = calibrate_threshold(table.loc[validation, name].to_numpy(), config.target_tpr)
@@ -65,15 +66,6 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
             flag_state = DetectorState.of(detector, name, space, thresholds[name], config.target_tpr).to_payload()
     logger.info("Fitted %d detectors on %d training images", len(thresholds), len(train))
     return table, thresholds, flag_state
-
-
-def _training_targets(image_index: pd.DataFrame, train: np.ndarray, class_conditional: bool) -> np.ndarray:
-    """What class-aware detectors group the training images by: their finer class (``kind``) when
-    ``class_conditional`` and there are more classes than labels, else valid/invalid."""
-    rows = image_index.iloc[train]
-    if class_conditional and rows["kind"].nunique() > rows["label"].nunique():
-        return np.unique(rows["kind"].to_numpy(dtype=str), return_inverse=True)[1]
-    return rows["target"].to_numpy(dtype=float, na_value=np.nan).astype(int)
 
 
 def _log_unreadable(image_index: pd.DataFrame, errors: list[str]) -> None:
