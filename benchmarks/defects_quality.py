@@ -13,7 +13,11 @@ of the frozen backbone over the files (the pipeline's ``extract_backbone_feature
                 valid training images;
 - ``stack``     logistic regression over the three scores, fitted on the validation split (its own
                 validation scores, for the threshold, are cross-fitted over validation groups);
-- ``chosen``    per fold, whichever of the four has the best validation average precision.
+- ``chosen``    per fold, whichever of the four has the best validation average precision;
+- ``fine_tuned``  with ``--fine-tune N``: the project's train node fine-tuning the backbone's last N
+                blocks and the head end to end on the fold's train images (``train.augment``: each
+                ``--augment`` setting is its own row), early stopping on its validation images, then
+                the score stage's pass over the files. It is slow on a CPU (~20 s per epoch here).
 
 Per candidate it prints mean +- sd over folds of test AUROC and AP (valid = positive class), and,
 for each threshold rule (``point`` and ``lower_bound``, chosen on validation), the test recall and in
@@ -21,6 +25,7 @@ how many folds test precision reached the target. Nothing is tuned on a test fol
 
     python benchmarks/defects_quality.py                  # 5 folds, 30 epochs, both rules (~6 min on 2 cores)
     python benchmarks/defects_quality.py --quick          # 2 folds, 3 epochs: a smoke run
+    python benchmarks/defects_quality.py --fine-tune 2 --augment none inspection   # + fine-tuning (~35 min)
 
 The features are cached in --cache (default /tmp/defects_quality_features.safetensors) and reused
 when they match the backbone, grid and file list.
@@ -42,11 +47,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
 from image_classification.backbones import backbone_spec, build_backbone  # noqa: E402
-from image_classification.candidates import cross_validate  # noqa: E402
+from image_classification.candidates import (  # noqa: E402
+    NAMES,
+    cross_validate,
+    fold_figures,
+    grouped_folds,
+)
 from image_classification.inference import extract_backbone_features  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
+from image_classification.parameters.shared import ModelConfig  # noqa: E402
 from image_classification.parameters.train import TrainConfig  # noqa: E402
 from image_classification.patches import bytes_per_image  # noqa: E402
+from image_classification.pipelines.score.nodes import score_index  # noqa: E402
+from image_classification.pipelines.train.nodes import (  # noqa: E402
+    extract_features,
+    train_classifier,
+)
+from image_classification.training import NoResume  # noqa: E402
 
 DATA = REPO_ROOT.parent / "shared" / "datasets" / "defects-dev"
 RULES = ("point", "lower_bound")
@@ -74,9 +91,48 @@ def features(manifest: pd.DataFrame, root: Path, backbone: str, grid: int, cache
     return tensors
 
 
+def fine_tuned_scores(manifest: pd.DataFrame, root: Path, backbone: str, blocks: int, augment: str, epochs: int,
+                      folds: int, threads: int) -> list[dict[str, np.ndarray]]:
+    """Per fold (the same grouped folds as cross_validate), the validation and test scores of the
+    model the train node fine-tunes on that fold's train images, as the pipeline would with
+    ``train.trainable_blocks`` and ``train.augment``."""
+    y = (manifest["label"] == "valid").to_numpy().astype(int)
+    index = pd.DataFrame({"path": [str(root / p) for p in manifest["path"]], "label": manifest["label"],
+                          "kind": manifest["kind"], "split": "train", "split_group": manifest["group"],
+                          "group": manifest["group"], "sha256": manifest["sha256"], "phash": "", "width": 0, "height": 0})
+    index["target"] = pd.array(y, dtype="Int8")
+    model = ModelConfig(backbone=backbone, weights="imagenet", head_input="pooled")
+    runtime = {"device": "cpu", "threads": threads, "batch_size": 64, "workers": 2, "backend": "auto",
+               "parity_tolerance": 1e-4, "dask": None}
+    features = extract_features(index, model, runtime, 42, TrainConfig(patch_grid=0))
+    train = TrainConfig(epochs=epochs, trainable_blocks=blocks, augment=augment, patience=max(2, epochs // 2),
+                        workers=2, patch_grid=0)
+    out = []
+    for number, rows in enumerate(grouped_folds(y, manifest["group"].to_numpy(), folds, seed=42)):
+        start = time.perf_counter()
+        split = np.full(len(index), "train", dtype=object)
+        split[rows["val"]], split[rows["test"]] = "val", "test"
+        fold_index = index.assign(split=split)
+        checkpoint, history = train_classifier(features, fold_index, model, train, runtime, 42 + number, NoResume())
+        score = score_index(checkpoint, features, fold_index, runtime)["tensors"]["score"].numpy()
+        out.append({"val": score[rows["val"]], "test": score[rows["test"]]})
+        print(f"fine-tuned ({blocks} blocks, augment {augment}) fold {number}: {len(history)} epochs, best "
+              f"{checkpoint['metadata']['best_epoch']}, {time.perf_counter() - start:.0f} s", flush=True)
+    return out
+
+
+def add_candidate(report: dict, name: str, scores: list[dict[str, np.ndarray]], y: np.ndarray, groups: np.ndarray,
+                  evaluate: EvaluateConfig) -> None:
+    """One more candidate in every fold of a cross_validate report, thresholded and measured the same way."""
+    for fold, rows, fold_scores in zip(report["folds"], grouped_folds(y, groups, len(scores), seed=42), scores):
+        fold["candidates"][name] = fold_figures(y[rows["val"]], fold_scores["val"], y[rows["test"]], fold_scores["test"],
+                                                evaluate)
+
+
 def chosen_row(report: dict) -> list[dict]:
     """Per fold, the figures of the candidate with the best validation AP on that fold."""
-    return [max(fold["candidates"].values(), key=lambda c: c["val_average_precision"]) for fold in report["folds"]]
+    return [max((c for name, c in fold["candidates"].items() if name in NAMES), key=lambda c: c["val_average_precision"])
+            for fold in report["folds"]]
 
 
 def main() -> None:
@@ -90,6 +146,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
     parser.add_argument("--quick", action="store_true", help="2 folds, 3 epochs")
+    parser.add_argument("--fine-tune", type=int, default=0, metavar="BLOCKS",
+                        help="also fine-tune the backbone's last BLOCKS blocks per fold (train.trainable_blocks)")
+    parser.add_argument("--augment", nargs="+", default=["inspection"], help="train.augment settings to fine-tune with")
+    parser.add_argument("--fine-tune-epochs", type=int, default=10)
     args = parser.parse_args()
     if args.quick:
         args.folds, args.epochs = 2, 3
@@ -110,8 +170,18 @@ def main() -> None:
         print(f"rule {rule}: {time.perf_counter() - start:.0f} s; per-fold test AUROC: " + "; ".join(
             name + " " + " ".join(f"{f['candidates'][name]['test_auroc']:.3f}" for f in reports[rule]["folds"])
             for name in reports[rule]["summary"]), flush=True)
+    extra = []
+    for augment in args.augment if args.fine_tune else []:
+        name = f"fine_tuned {args.fine_tune}b {augment}"
+        scores = fine_tuned_scores(manifest, args.data, args.backbone, args.fine_tune, augment,
+                                   3 if args.quick else args.fine_tune_epochs, args.folds, args.threads)
+        for rule in RULES:
+            add_candidate(reports[rule], name, scores, y, groups, EvaluateConfig(target_precision=args.target, rule=rule))
+        print(f"{name}: per-fold test AUROC " + " ".join(
+            f"{f['candidates'][name]['test_auroc']:.3f}" for f in reports["point"]["folds"]), flush=True)
+        extra.append(name)
     print(f"\n{args.data.name}, {args.backbone}, {args.folds} grouped folds, target precision {args.target}")
-    header = f"{'candidate':10s} {'val AP':>14s} {'test AUROC':>14s} {'test AP':>14s}"
+    header = f"{'candidate':26s} {'val AP':>14s} {'test AUROC':>14s} {'test AP':>14s}"
     for rule in RULES:
         header += f" | {rule + ' recall':>20s} {'prec>=t':>7s} {'prec min':>8s}"
     print(header)
@@ -120,11 +190,11 @@ def main() -> None:
         values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
         return f"{np.nanmean(values):.3f} +- {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.3f}"
 
-    for name in (*reports["point"]["summary"], "chosen"):
+    for name in (*reports["point"]["summary"], "chosen", *extra):
         rows = {rule: chosen_row(reports[rule]) if name == "chosen" else
                 [f["candidates"][name] for f in reports[rule]["folds"]] for rule in RULES}
         first = rows["point"]
-        line = (f"{name:10s} {mean_sd([r['val_average_precision'] for r in first]):>14s} "
+        line = (f"{name:26s} {mean_sd([r['val_average_precision'] for r in first]):>14s} "
                 f"{mean_sd([r['test_auroc'] for r in first]):>14s} {mean_sd([r['test_average_precision'] for r in first]):>14s}")
         for rule in RULES:
             precisions = np.array([np.nan if r["test_precision"] is None else r["test_precision"] for r in rows[rule]])

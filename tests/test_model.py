@@ -100,13 +100,47 @@ def test_trainable_blocks_out_of_range() -> None:
 
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_preprocess_transform_output(train: bool) -> None:
+@pytest.mark.parametrize("augment", ["none", "flip"])
+def test_preprocess_transform_output(augment: str) -> None:
     spec = backbone_spec("efficientnet_lite0")
     image = Image.fromarray(np.full((32, 32, 3), 255, dtype=np.uint8))
-    tensor = preprocess_transform(spec, train=train)(image)
+    tensor = preprocess_transform(spec, augment)(image)
     assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, torch.ones_like(tensor))  # (1 - 0.5) / 0.5
+
+
+def _bright_corner(tensor: torch.Tensor) -> tuple[int, int]:
+    """(row, column) of the brightest cell of an 8 x 8 grid over the image."""
+    cells = tensor[0].reshape(8, 28, 8, 28).mean(dim=(1, 3))
+    row, column = divmod(int(cells.argmax()), 8)
+    return row, column
+
+
+def test_inspection_augmentation_draws_every_symmetry_of_the_square_and_jitters_light() -> None:
+    """A part photographed from above may come in any of the square's eight orientations, and
+    in somewhat different light: ``inspection`` shows the model all of them, and nothing else."""
+    spec = backbone_spec("efficientnet_lite0")
+    pixels = np.full((64, 64), 100, dtype=np.uint8)
+    pixels[8:16, 16:24] = 250  # one bright cell off every axis of symmetry: each orientation puts it elsewhere
+    image = Image.fromarray(pixels, mode="L")
+    plain = preprocess_transform(spec)(image)
+    transform = preprocess_transform(spec, "inspection")
+    places, backgrounds = set(), set()
+    for _ in range(200):
+        tensor = transform(image)
+        assert tensor.shape == (3, 224, 224)
+        places.add(_bright_corner(tensor))
+        backgrounds.add(round(float(tensor[0, 100:120, 100:120].mean()), 3))
+    expected = {(1, 2), (1, 5), (6, 2), (6, 5), (2, 1), (5, 1), (2, 6), (5, 6)}
+    assert _bright_corner(plain) == (1, 2)
+    assert places == expected
+    assert len(backgrounds) > 20  # brightness and contrast differ from draw to draw
+    assert all(abs(b - float(plain[0, 100:120, 100:120].mean())) < 0.5 for b in backgrounds)  # mildly
+
+
+def test_an_unknown_augmentation_is_refused_with_the_choices() -> None:
+    with pytest.raises(ParameterError, match="train.augment must be one of none, flip, inspection"):
+        preprocess_transform(backbone_spec("efficientnet_lite0"), "rotate")
 
 
 @pytest.mark.parametrize("size", [4, 7, 9, 12])

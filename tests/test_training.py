@@ -263,6 +263,7 @@ def test_class_weight_tensor():
         ({"patience": 0}, "patience"),
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"backbone_learning_rate": -1e-4}, "backbone_learning_rate"),
+        ({"augment": "rotate"}, "train.augment must be one of none, flip, inspection"),
     ],
 )
 def test_train_config_rejects_bad_values(settings, message):
@@ -274,6 +275,13 @@ def test_train_config_accepts_the_edges():
     config = TrainConfig(target_precision=1.0, patience=None, class_weights="none", epochs=1)
     assert config.as_dict()["patience"] is None
     assert TrainConfig().as_dict()["epochs"] == 30
+
+
+def test_train_augment_still_takes_the_old_switch():
+    """Configurations written when augment was a switch for horizontal flips keep their meaning."""
+    assert TrainConfig(augment=True).augment == "flip"
+    assert TrainConfig(augment=False).augment == "none"
+    assert TrainConfig(augment="inspection").as_dict()["augment"] == "inspection"
 
 
 def test_an_auxiliary_fine_class_output_learns_the_finer_classes_it_is_given():

@@ -129,6 +129,20 @@ def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Ten
     return val, test
 
 
+def fold_figures(val_targets: np.ndarray, val_scores: np.ndarray, test_targets: np.ndarray, test_scores: np.ndarray,
+                 evaluate) -> dict:
+    """One candidate on one fold: its validation AP, and on the test rows its AUROC, AP, and recall and
+    precision at the threshold ``evaluate.rule`` chooses on validation."""
+    point = select_threshold(val_targets, val_scores, evaluate.rule, evaluate.rule_settings)
+    measured = metrics_at_threshold(test_targets, test_scores, point["threshold"])
+    return {
+        "val_average_precision": float(average_precision_score(val_targets, val_scores)),
+        "test_auroc": measured["auroc"], "test_average_precision": measured["average_precision"],
+        "test_recall": measured["recall"], "test_precision": measured["precision"],
+        "target_precision_held": bool(measured["precision"] >= evaluate.target_precision),
+    }
+
+
 def _mean_sd(values: list[float]) -> dict:
     finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     return {"mean": float(finite.mean()) if len(finite) else None,
@@ -154,15 +168,8 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         fold = {"fold": number, "images": {split: int(len(index)) for split, index in rows.items()},
                 "test_groups": int(len(np.unique(groups[rows["test"]]))), "candidates": {}}
         for name in (n for n in NAMES if n in val and not np.isnan(val[n]).all()):
-            y_val, y_test = targets[rows["val"]], targets[rows["test"]]
-            point = select_threshold(y_val, val[name], evaluate.rule, evaluate.rule_settings)
-            measured = metrics_at_threshold(y_test, test[name], point["threshold"])
-            fold["candidates"][name] = {
-                "val_average_precision": float(average_precision_score(y_val, val[name])),
-                "test_auroc": measured["auroc"], "test_average_precision": measured["average_precision"],
-                "test_recall": measured["recall"], "test_precision": measured["precision"],
-                "target_precision_held": bool(measured["precision"] >= evaluate.target_precision),
-            }
+            fold["candidates"][name] = fold_figures(targets[rows["val"]], val[name], targets[rows["test"]], test[name],
+                                                    evaluate)
         per_fold.append(fold)
         logger.info("Cross-validation fold %d of %d (%d test images, %d groups, %.0f s): test AUROC %s", number + 1,
                     folds, len(rows["test"]), fold["test_groups"], time.perf_counter() - start,

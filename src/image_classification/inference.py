@@ -70,11 +70,11 @@ class ImageFiles(Dataset):
     whose bytes changed since data_prep is such an image too.
     """
 
-    def __init__(self, paths: list[str], spec: BackboneSpec, train: bool = False,
+    def __init__(self, paths: list[str], spec: BackboneSpec, augment: str = "none",
                  limits: ImageLimits | None = None, sha256: list[str] | None = None) -> None:
         self.paths = list(paths)
         self.spec = spec
-        self.transform = preprocess_transform(spec, train=train)
+        self.transform = preprocess_transform(spec, augment)
         self.limits = limits or ImageLimits(min_side=1)
         self.sha256 = list(sha256) if sha256 is not None else [None] * len(self.paths)
 
@@ -91,11 +91,11 @@ class ImageFiles(Dataset):
             return torch.zeros(3, size, size), str(error) or "unreadable"
 
 
-def image_loader(paths: list[str], spec: BackboneSpec, batch_size: int, workers: int, train: bool = False,
+def image_loader(paths: list[str], spec: BackboneSpec, batch_size: int, workers: int, augment: str = "none",
                  limits: ImageLimits | None = None, sha256: list[str] | None = None) -> DataLoader:
     """Batches of preprocessed images in the given order; ``workers`` processes decode while the
     model computes."""
-    return DataLoader(ImageFiles(paths, spec, train=train, limits=limits, sha256=sha256), batch_size=batch_size,
+    return DataLoader(ImageFiles(paths, spec, augment, limits=limits, sha256=sha256), batch_size=batch_size,
                       shuffle=False, num_workers=workers)
 
 

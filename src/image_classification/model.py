@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
@@ -43,14 +44,42 @@ class ToModelInput(nn.Module):
         return (pixels.to(torch.float32).mul_(1.0 / 255) - self.mean).div_(self.std)
 
 
-def preprocess_transform(spec: BackboneSpec, train: bool = False) -> v2.Compose:
+AUGMENTATIONS = ("none", "flip", "inspection")
+"""What fine-tuning may do to a training image (``train.augment``): ``none``; ``flip``, a random
+horizontal flip (for photos, where up is up); ``inspection``, for photos of parts taken from above:
+a random one of the eight flips and quarter turns of the square, then mild brightness and contrast
+jitter (factors 0.8-1.2), because a part's defect is a defect in any orientation and light."""
+
+
+class RandomQuarterTurn(nn.Module):
+    """Turn a PIL image by a random multiple of 90 degrees (0, 90, 180 or 270): with a random
+    horizontal flip, any of the square's eight symmetries."""
+
+    TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        turn = self.TURNS[int(torch.randint(len(self.TURNS), ()))]
+        return image if turn is None else image.transpose(turn)
+
+
+def augmentation(augment: str) -> list[nn.Module]:
+    """The random steps of ``augment`` (see :data:`AUGMENTATIONS`), applied to a PIL image."""
+    if augment not in AUGMENTATIONS:
+        raise ParameterError(f"train.augment must be one of {', '.join(AUGMENTATIONS)}, got '{augment}'")
+    if augment == "flip":
+        return [v2.RandomHorizontalFlip()]
+    if augment == "inspection":
+        return [v2.RandomHorizontalFlip(), RandomQuarterTurn(), v2.ColorJitter(brightness=0.2, contrast=0.2)]
+    return []
+
+
+def preprocess_transform(spec: BackboneSpec, augment: str = "none") -> v2.Compose:
     """Turn an RGB (or grayscale L) PIL image into the normalised (3, size, size) float tensor a backbone expects.
 
     Images are resized straight to the square input size (small images such as 32 x 32 are
-    upsampled). With ``train=True`` a random horizontal flip comes first.
+    upsampled). The random steps of ``augment`` (see :data:`AUGMENTATIONS`) come first.
     """
-    steps: list[nn.Module] = [v2.RandomHorizontalFlip()] if train else []
-    steps += [
+    steps = augmentation(augment) + [
         v2.Resize((spec.input_size, spec.input_size), antialias=True),
         ToModelInput(spec.mean, spec.std),
     ]

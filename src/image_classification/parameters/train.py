@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from image_classification.errors import ParameterError
 from image_classification.metrics import check_target_precision
+from image_classification.model import AUGMENTATIONS
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class TrainConfig:
     class_weights: str = "balanced"
     patience: int | None = 10
     target_precision: float = 0.9
-    augment: bool = False
+    augment: str = "none"
     workers: int = 0
     save_state_every_s: float = 60.0
     patch_grid: int = 14
@@ -29,6 +30,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
+        if isinstance(self.augment, bool):  # the setting was a switch for horizontal flips before
+            object.__setattr__(self, "augment", "flip" if self.augment else "none")
+        if self.augment not in AUGMENTATIONS:
+            raise ParameterError(f"train.augment must be one of {', '.join(AUGMENTATIONS)} (true: flip, false: none), "
+                                 f"got '{self.augment}'")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ParameterError(f"train.{name} must be at least 1, got {getattr(self, name)}")

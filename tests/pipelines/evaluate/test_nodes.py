@@ -193,6 +193,15 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
     assert summary["patch"]["test_auroc"]["mean"] == pytest.approx(1.0) and summary["patch"]["folds"] == 3
     assert summary["baseline"]["test_auroc"]["sd"] is not None
     assert report["best_by_validation_average_precision"] in summary
+    assert report["model"].startswith("the original head on the frozen backbone") and "fine-tuned" not in report["model"]
+
+
+def test_cross_validation_says_its_model_row_is_not_the_fine_tuned_model(evaluation_inputs):
+    """With fine-tuned backbone blocks the folds still train the head on the frozen features: the
+    report must not pass those figures off as the fine-tuned model's."""
+    report = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
+                                       TrainConfig(epochs=1, trainable_blocks=1), small_config(cv_folds=3), seed=42)
+    assert report["enabled"] and "not the model with 1 fine-tuned backbone blocks" in report["model"]
 
 
 @pytest.mark.parametrize(("changes", "why"), [

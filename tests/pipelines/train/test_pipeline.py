@@ -52,13 +52,14 @@ def make_image_index(folder) -> pd.DataFrame:
 
 
 def run_train_pipeline(index: pd.DataFrame, store: MemoryStore, trainable_blocks: int, epochs: int,
-                       backend: str = "auto", fine_class_weight: float = 0.0) -> DataCatalog:
+                       backend: str = "auto", fine_class_weight: float = 0.0, augment: str = "none") -> DataCatalog:
     inputs = {
         "image_index": index,
         # typed parameters: Kedro builds these dataclasses before a session runs; a bare runner does not
         "params:model": ModelConfig(backbone="efficientnet_lite0", weights="none"),
         "params:train": TrainConfig(epochs=epochs, batch_size=4, patience=None, save_state_every_s=0,
-                                    trainable_blocks=trainable_blocks, workers=0, fine_class_weight=fine_class_weight),
+                                    trainable_blocks=trainable_blocks, workers=0, fine_class_weight=fine_class_weight,
+                                    augment=augment),
         "params:runtime": {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0, "backend": backend},
         "params:seed": SEED,
     }
@@ -157,3 +158,19 @@ def test_fine_tuning_on_the_frozen_blocks_in_onnx_runtime_trains_as_pytorch_does
     fast_weights, eager_weights = fast.load("model_checkpoint")["tensors"], eager.load("model_checkpoint")["tensors"]
     for name in ("backbone.8.0.weight", "head.layers.0.weight", "head.layers.9.weight"):
         assert torch.allclose(fast_weights[name], eager_weights[name], atol=1e-3), name
+
+
+def test_fine_tuning_with_inspection_augmentation_trains_on_turned_and_jittered_images(tmp_path, caplog):
+    """train.augment=inspection reaches the fine-tuning batches: the same seed trains other weights
+    than without it. With a frozen backbone the head trains on cached features, and the run says the
+    setting does nothing there instead of ignoring it silently."""
+    index = make_image_index(tmp_path / "images")
+    plain = run_train_pipeline(index, MemoryStore(), trainable_blocks=1, epochs=1, backend="torch")
+    turned = run_train_pipeline(index, MemoryStore(), trainable_blocks=1, epochs=1, backend="torch",
+                                augment="inspection")
+    name = "backbone.8.0.weight"
+    assert not torch.equal(plain.load("model_checkpoint")["tensors"][name], turned.load("model_checkpoint")["tensors"][name])
+    assert turned.load("model_checkpoint")["metadata"]["train"]["augment"] == "inspection"
+    with caplog.at_level("WARNING"):
+        run_train_pipeline(index, MemoryStore(), trainable_blocks=0, epochs=1, augment="inspection")
+    assert "train.augment=inspection has no effect with a frozen backbone" in caplog.text

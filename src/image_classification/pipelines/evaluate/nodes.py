@@ -186,6 +186,13 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
         return {"enabled": False, "reason": reason}
     logger.info("Cross-validating every candidate on %d grouped folds of %d labelled images", evaluate.cv_folds,
                 len(labelled))
+    model = "the original head on the frozen backbone's cached features, trained per fold as train does"
+    if train.trainable_blocks:
+        # fine-tuning every fold would cost cv_folds more fine-tuning runs; say what the row measures
+        model += (f"; not the model with {train.trainable_blocks} fine-tuned backbone blocks that train made and "
+                  "predict serves (benchmarks/defects_quality.py --fine-tune measures that over folds)")
+        logger.warning("Cross-validation's model row is the head on the frozen backbone, not the fine-tuned model "
+                       "(train.trainable_blocks=%d)", train.trainable_blocks)
     patches = cache.patches[labelled] if cache.patches is not None and evaluate.patch_evidence else None
     report = cross_validate(cache.head_input[labelled], cache.pooled[labelled].float().numpy(), patches, targets,
                             groups, evaluate.cv_folds, train, evaluate, seed)
@@ -196,7 +203,7 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
                     _format(figures["test_recall"]["sd"]), evaluate.target_precision,
                     figures["folds_target_precision_held"], figures["folds"])
     return jsonable({"enabled": True, "labelled_images": int(len(labelled)), "groups": int(len(np.unique(groups))),
-                     **report})
+                     "model": model, **report})
 
 
 # ---------------------------------------------------------------- operating point and metrics

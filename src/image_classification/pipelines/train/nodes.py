@@ -109,6 +109,10 @@ def train_classifier(
     fingerprint = _fingerprint(image_index[["path", "sha256", "split"]].values.tolist(), model, train, seed,
                                "trainable part" if train.trainable_blocks else "head")
     if train.trainable_blocks == 0:
+        if train.augment != "none":
+            logger.warning("train.augment=%s has no effect with a frozen backbone (train.trainable_blocks=0): the head "
+                           "trains on features cached once per image; set trainable_blocks to fine-tune with it",
+                           train.augment)
         trained, batches, val_scores = head, *cached_feeds(cache.head_input, rows, targets, train, seed, device)
     else:
         trained, batches, val_scores = image_feeds(classifier, image_index, rows, targets, model, train, runtime, seed,
@@ -174,7 +178,7 @@ def image_feeds(classifier: ImageClassifier, index: pd.DataFrame, rows: dict, ta
     def batches(epoch: int):
         order = torch.randperm(len(paths["train"]), generator=torch.Generator().manual_seed(seed * 7919 + epoch)).numpy()
         loader = image_loader([paths["train"][i] for i in order], model.spec, train.batch_size, train.workers,
-                              train=train.augment, sha256=[sha256["train"][i] for i in order])
+                              augment=train.augment, sha256=[sha256["train"][i] for i in order])
         return _with_targets(loader, targets["train"][order], frozen)
 
     @torch.inference_mode()
