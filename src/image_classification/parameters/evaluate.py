@@ -17,7 +17,8 @@ class EvaluateConfig:
         rule: a name in :data:`~image_classification.metrics.THRESHOLD_RULES`. ``point``: the
             highest validation recall whose validation precision reaches the target;
             ``lower_bound``: the highest validation recall whose one-sided lower confidence bound
-            on validation precision reaches it (honest on small validation sets).
+            on validation precision reaches it (honest on small validation sets; the default, see
+            benchmarks/threshold_rules.py).
         bound_method: ``wilson`` or ``clopper_pearson`` (exact, more conservative).
         bound_level: confidence of the one-sided bound, in (0, 1).
         bootstrap_samples: resamples of the test split behind the confidence intervals.
@@ -34,7 +35,7 @@ class EvaluateConfig:
     """
 
     target_precision: float = 0.9
-    rule: str = "point"
+    rule: str = "lower_bound"
     bound_method: str = "wilson"
     bound_level: float = 0.95
     bootstrap_samples: int = 1000

@@ -227,7 +227,7 @@ def test_stale_features_or_scores_are_refused(evaluation_inputs):
 
 
 def test_operating_point_is_chosen_on_validation(evaluation_scores):
-    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config())
+    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config(rule="point"))
     assert point["threshold"] == pytest.approx(0.6) and point["reached"] and point["fallback"] is None
     assert point["validation"]["precision"] == pytest.approx(0.9) and point["validation"]["recall"] == 1.0
     assert 0 < point["validation"]["precision_lower_bound"] < 0.9
@@ -245,8 +245,10 @@ def test_lower_bound_rule_on_a_small_validation_set_falls_back_and_explains(eval
 
 def test_unreachable_target_is_reported_not_hidden():
     scores = scores_table(([0, 1, 0, 1], [0.9, 0.8, 0.7, 0.6]), TEST)
-    point = choose_operating_point(scores, CHECKPOINT, small_config())
-    assert not point["reached"] and "No threshold reaches precision 0.90" in point["fallback"]
+    for rule, says in (("point", "No threshold reaches precision 0.90"),
+                       ("lower_bound", "No threshold's 95% wilson lower bound on validation precision reaches 0.90")):
+        point = choose_operating_point(scores, CHECKPOINT, small_config(rule=rule))
+        assert not point["reached"] and says in point["fallback"]
     metrics = measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
     assert metrics["model"]["chosen_on_validation"]["reached"] is False
     assert metrics["model"]["chosen_on_validation"]["fallback"] == point["fallback"]
@@ -269,8 +271,8 @@ def test_an_empty_test_split_stops_the_run():
 
 
 def test_test_metrics_use_the_validation_threshold_and_match_scikit_learn(evaluation_scores):
-    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config())
-    metrics = measure_performance(evaluation_scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
+    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config(rule="point"))
+    metrics = measure_performance(evaluation_scores, point, BASELINE_FIT, PATCH_OFF, small_config(rule="point"), seed=42)
     json.dumps(metrics, allow_nan=False)
     targets, scores = np.array(TEST[0]), np.array(TEST[1], dtype=np.float32)
     predicted = scores >= np.float32(0.6)

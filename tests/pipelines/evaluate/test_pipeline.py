@@ -71,7 +71,7 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
 
     scores, point, metrics = (catalog.load(name) for name in ("evaluation_scores", "operating_point", "evaluation_metrics"))
     assert set(scores["split"]) == {"val", "test"}
-    assert point["backbone"] == "efficientnet_lite0" and point["rule"] == "point"
+    assert point["backbone"] == "efficientnet_lite0" and point["rule"] == "lower_bound"  # the default
     test = scores[(scores["split"] == "test") & scores["score"].notna()]
     called = test["score"] >= point["threshold"]
     assert metrics["model"]["threshold"] == point["threshold"]
