@@ -65,7 +65,8 @@ class RandomQuarterTurn(nn.Module):
 def augmentation(augment: str) -> list[nn.Module]:
     """The random steps of ``augment`` (see :data:`AUGMENTATIONS`), applied to a PIL image."""
     if augment not in AUGMENTATIONS:
-        raise ParameterError(f"train.augment must be one of {', '.join(AUGMENTATIONS)}, got '{augment}'")
+        raise ParameterError(f"train.augment must be one of {', '.join(AUGMENTATIONS)} (true: flip, false: none), "
+                             f"got '{augment}'")
     if augment == "flip":
         return [v2.RandomHorizontalFlip()]
     if augment == "inspection":

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from image_classification.errors import ParameterError
 from image_classification.metrics import check_target_precision
-from image_classification.model import AUGMENTATIONS
+from image_classification.model import augmentation
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,7 @@ class TrainConfig:
         check_target_precision(self.target_precision)
         if isinstance(self.augment, bool):  # the setting was a switch for horizontal flips before
             object.__setattr__(self, "augment", "flip" if self.augment else "none")
-        if self.augment not in AUGMENTATIONS:
-            raise ParameterError(f"train.augment must be one of {', '.join(AUGMENTATIONS)} (true: flip, false: none), "
-                                 f"got '{self.augment}'")
+        augmentation(self.augment)  # refuses an unknown setting, naming the choices
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ParameterError(f"train.{name} must be at least 1, got {getattr(self, name)}")
