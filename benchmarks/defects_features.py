@@ -24,7 +24,9 @@ mono/poly): a four-class logistic regression whose score is the probability of t
     python benchmarks/defects_features.py                # 7 variants (~30 min on 2 cores; eager PyTorch)
     python benchmarks/defects_features.py --variants efficientnet_lite0@224 efficientnet_lite0@300
 
-Feature maps' poolings are cached per variant in --cache-dir and reused.
+Feature maps' poolings are cached per variant in --cache-dir and reused. The pass is the benchmark's
+own eager loop, not the pipeline's ``extract_backbone_features``: it needs a contrast step before the
+transform and the whole last map for max and GeM pooling, which the pipeline does not keep.
 """
 
 from __future__ import annotations
@@ -97,6 +99,12 @@ def poolings(variant: str, paths: list[str], cache_dir: Path, batch_size: int = 
     return {k: v.numpy() for k, v in out.items()}
 
 
+def kinds_probability(model, features: np.ndarray, kinds: list[str]) -> np.ndarray:
+    """A fitted multi-class model's summed probability of ``kinds`` for each row of ``features``."""
+    probabilities = model.predict_proba(features)
+    return probabilities[:, [list(model.classes_).index(k) for k in kinds]].sum(axis=1)
+
+
 def logistic_aurocs(features: np.ndarray, y: np.ndarray, groups: np.ndarray, c_grid: tuple[float, ...],
                     fine: np.ndarray | None = None) -> list[float]:
     """Test AUROC per grouped fold of logistic regression with C chosen on the fold's validation split;
@@ -111,15 +119,12 @@ def logistic_aurocs(features: np.ndarray, y: np.ndarray, groups: np.ndarray, c_g
                 aurocs.append(roc_auc_score(y[test], model.score_samples(features[test])))
                 continue
             valid_kinds = sorted(set(fine[y == 1]))
-
-            def score(c: float, rows_scored: np.ndarray) -> np.ndarray:
-                fitted = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
-                fitted.fit(features[train], fine[train])
-                probabilities = fitted.predict_proba(features[rows_scored])
-                return sum(probabilities[:, list(fitted.classes_).index(k)] for k in valid_kinds)
-
-            best = max(c_grid, key=lambda c: roc_auc_score(y[val], score(c, val)))
-            aurocs.append(roc_auc_score(y[test], score(best, test)))
+            fitted = {c: make_pipeline(StandardScaler(),
+                                       LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+                      .fit(features[train], fine[train]) for c in c_grid}
+            best = max(c_grid, key=lambda c: roc_auc_score(
+                y[val], kinds_probability(fitted[c], features[val], valid_kinds)))
+            aurocs.append(roc_auc_score(y[test], kinds_probability(fitted[best], features[test], valid_kinds)))
     return aurocs
 
 
