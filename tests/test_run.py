@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
@@ -32,9 +35,17 @@ def latest(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_data_prep_session_on_the_demo(project):
-    with KedroSession.create(project_path=project) as session:
-        session.run(pipeline_names=["data_prep"])
+def test_data_prep_session_on_the_demo(project, caplog):
+    with caplog.at_level(logging.INFO, logger="image_classification.hooks"):
+        with KedroSession.create(project_path=project) as session:
+            session.run(pipeline_names=["data_prep"])
+    # the run ends by saying where its time went, every node of the pipeline named once
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Time per node"))
+    timed = re.findall(r"(\w+) (\d+\.\d) s(?:,|$)", summary.split(": ", 1)[1])
+    assert sorted(name for name, _ in timed) == sorted(node.name for node in pipelines["data_prep"].nodes)
+    assert [float(s) for _, s in timed] == sorted((float(s) for _, s in timed), reverse=True)
+    io = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Loading and saving datasets"))
+    assert "image_index " in io
     index = pd.read_parquet(latest(project / "data/03_primary/image_index.parquet"))
     summary = json.loads(latest(project / "data/08_reporting/split_summary.json").read_text())
     assert summary["per_split"] == {

@@ -11,6 +11,10 @@ a lock file for its whole duration; a second such run on the same project stops 
 naming the first (its process id, pipelines and start time) instead of waiting for hours. Runs that write
 only versioned outputs (data_prep, evaluate, predict, ...) never wait: each run saves under its own
 timestamped version, and a run reads back what it saved itself.
+
+:class:`NodeTimes`: where a run's time went. Each node's wall time is logged when it ends, and the run
+ends with one line that lists the nodes from the slowest down, and one for the datasets whose loading and
+saving took longest, so that a user (or a benchmark) sees at once which stage to make faster or to skip.
 """
 
 from __future__ import annotations
@@ -133,3 +137,69 @@ def _owner(path: Path) -> str:
         return f"process {owner['pid']}, pipelines {', '.join(owner['pipelines'])}, started {owner['started']}"
     except (OSError, ValueError, KeyError):
         return "its details are unknown"
+
+
+class NodeTimes:
+    """Logs each node's wall time and, at the end of a run, the nodes from the slowest down, and the
+    datasets whose loading and saving took longest (time outside any node's function)."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+        self.io_seconds: dict[str, float] = {}
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline: Any, catalog: Any) -> None:
+        self._started, self.seconds, self.io_seconds = {}, {}, {}
+
+    @hook_impl
+    def before_node_run(self, node: Any) -> None:
+        self._started[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node: Any) -> None:
+        started = self._started.pop(node.name, None)
+        if started is not None:
+            self.seconds[node.name] = time.perf_counter() - started
+            logger.info("Node %s took %.1f s", _short(node.name), self.seconds[node.name])
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str) -> None:
+        self._started[f"load {dataset_name}"] = time.perf_counter()
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str) -> None:
+        self._add_io(f"load {dataset_name}", dataset_name)
+
+    @hook_impl
+    def before_dataset_saved(self, dataset_name: str) -> None:
+        self._started[f"save {dataset_name}"] = time.perf_counter()
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        self._add_io(f"save {dataset_name}", dataset_name)
+
+    def _add_io(self, key: str, dataset_name: str) -> None:
+        started = self._started.pop(key, None)
+        if started is not None:
+            self.io_seconds[dataset_name] = self.io_seconds.get(dataset_name, 0.0) + time.perf_counter() - started
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict, run_result: Any, pipeline: Any, catalog: Any) -> None:
+        if self.seconds:
+            logger.info("Time per node, slowest first (%.1f s in %d nodes): %s", sum(self.seconds.values()),
+                        len(self.seconds), _ranked(self.seconds))
+        if self.io_seconds:
+            logger.info("Loading and saving datasets took %.1f s; slowest first: %s", sum(self.io_seconds.values()),
+                        _ranked(self.io_seconds, 8))
+
+
+def _ranked(seconds: dict[str, float], most: int | None = None) -> str:
+    ranked = sorted(seconds.items(), key=lambda item: -item[1])[:most]
+    return ", ".join(f"{_short(name)} {value:.1f} s" for name, value in ranked)
+
+
+def _short(name: str) -> str:
+    """A node's function name without the ``(inputs) -> [outputs]`` Kedro appends to unnamed nodes."""
+    return name.split("(", 1)[0].strip()
+
