@@ -85,6 +85,17 @@ def test_one_unusual_patch_makes_an_image_score_as_anomalous():
     assert wide_defective.min() > wide.anomaly_scores(_images(20, generator)).max()
 
 
+@pytest.mark.parametrize("rows", [1, 7, 512])
+def test_distances_are_each_patch_to_its_nearest_memory_patch(rows):
+    generator = torch.Generator().manual_seed(2)
+    memory = PatchMemory(torch.randn(300, 8, generator=generator).to(torch.float16))
+    patches = torch.randn(11, 16, 8, generator=generator).to(torch.float16)
+    expected = torch.cdist(patches.float().reshape(-1, 8), memory.memory.float()).amin(1).reshape(11, 16)
+    assert torch.allclose(memory.distances(patches, rows=rows), expected, atol=1e-4)
+    # a patch that is in the memory is at distance zero, never NaN from rounding below zero
+    assert memory.distances(memory.memory[None, :5]).max() < 1e-3
+
+
 @pytest.mark.parametrize("settings", [{"fraction": 0.0}, {"fraction": 1.5}, {"max_size": 0}, {"top_k": 0}])
 def test_bad_memory_settings_are_refused(settings):
     with pytest.raises(ParameterError, match="patch"):
