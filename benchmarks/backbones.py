@@ -7,7 +7,8 @@ For each backbone, on the same images, one after the other in one process with t
    forward); its images per second, timed after the backbone is built;
 2. the classifier head trained on the cached head inputs with ``training.fit`` and the train
    node's ``cached_feeds`` (the train pipeline with ``trainable_blocks: 0``, its defaults:
-   30 epochs, patience 10, batch 32);
+   30 epochs, batch 32, early stopping with train's default patience: 10 when the README's
+   figures were measured, 5 now);
 3. the evaluate stage's logistic baseline (``fit_baseline``: pooled features, C chosen on
    validation).
 

@@ -20,7 +20,7 @@ class TrainConfig:
     trainable_blocks: int = 0
     backbone_learning_rate: float = 1.5e-4
     class_weights: str = "balanced"
-    patience: int | None = 10
+    patience: int | None = 5
     target_precision: float = 0.9
     augment: str = "none"
     workers: int = 0

@@ -1,0 +1,164 @@
+"""How long the head trains against what it learns: ``train.patience`` side by side on both dev sets.
+
+With a frozen backbone the head trains on cached features, and its 30 epochs of the original head's
+1280x1280 convolution are the largest single cost of a whole run left after fast extraction. Early
+stopping ends training after ``train.patience`` epochs without a better validation score and keeps
+the best epoch's weights. This benchmark measures what a shorter patience saves and what it costs,
+through the project's own code, with thresholds chosen on validation and nothing tuned on test:
+
+- cifar10-dev (``--env cifar10_dev``: vehicles valid, four animals invalid), five split seeds of
+  data_prep's own split: the train node (``train_classifier``) on one cached pass of the frozen
+  backbone, the score stage, evaluate's ``choose_operating_point``, measured on that seed's test split;
+- defects-dev (1,665 solar-cell photos), the five grouped, stratified folds of the pipeline's
+  cross-validation (``candidates.grouped_folds``): the head trained as ``candidates.head_scores``
+  trains it, its threshold chosen on validation, measured on the fold.
+
+Per data set and patience it prints mean +- sd of the training time, the epochs run, the best epoch,
+test AUROC, recall and precision, and in how many splits test precision reached the target; then
+per split, whether each patience kept the same best epoch as the longest one.
+
+    python benchmarks/patience.py                      # patience 10, 5, 3 (~25 min on 2 cores after extraction)
+    python benchmarks/patience.py --patience 10 5 --quick   # 2 seeds and folds: a smoke run
+
+Features are cached as open_world.py and defects_quality.py cache them (same files, same keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import defects_quality  # noqa: E402
+import open_world  # noqa: E402
+
+from image_classification.candidates import fold_figures, grouped_folds  # noqa: E402
+from image_classification.inference import head_outputs  # noqa: E402
+from image_classification.metrics import metrics_at_threshold  # noqa: E402
+from image_classification.model import ClassifierHead  # noqa: E402
+from image_classification.parameters.data_prep import SplitFractions  # noqa: E402
+from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
+from image_classification.parameters.shared import ModelConfig  # noqa: E402
+from image_classification.parameters.train import TrainConfig  # noqa: E402
+from image_classification.pipelines.data_prep.nodes import (  # noqa: E402
+    build_image_index,
+    split_images,
+)
+from image_classification.pipelines.evaluate.nodes import (  # noqa: E402
+    choose_operating_point,
+    score_images,
+)
+from image_classification.pipelines.score.nodes import score_index  # noqa: E402
+from image_classification.pipelines.train.nodes import cached_feeds, train_classifier  # noqa: E402
+from image_classification.training import NoResume, fit  # noqa: E402
+
+
+def cifar_rows(seeds: list[int], patiences: list[int | None], cache: Path) -> list[dict]:
+    """Per split seed and patience: the train node's time and epochs, and the head's test figures."""
+    params = open_world.parameters()
+    model = ModelConfig(**params["model"])
+    runtime = dict(params["runtime"]) | {"dask": None}
+    evaluate = EvaluateConfig(**params["evaluate"])
+    grouped, order, rows = open_world.grouped_images(params), None, []
+    for seed in seeds:
+        index = build_image_index(split_images(grouped, SplitFractions(**params["data_prep"]["split"]), seed))
+        order = index["path"].tolist() if order is None else order
+        index = index.set_index("path").loc[order].reset_index()  # the feature cache's order
+        for patience in patiences:
+            train = TrainConfig(**{**params["train"], "patience": patience})
+            features = open_world.cached_features(index, model, runtime, train, cache)
+            start = time.perf_counter()
+            checkpoint, history = train_classifier(features, index, model, train, runtime, seed, NoResume())
+            seconds = time.perf_counter() - start
+            evaluated = score_images(score_index(checkpoint, features, index, runtime), checkpoint, index)
+            tested = evaluated[evaluated["split"] == "test"]
+            point = choose_operating_point(evaluated, checkpoint, evaluate)
+            measured = metrics_at_threshold(tested["target"].to_numpy(int), tested["score"].to_numpy(),
+                                            point["threshold"])
+            rows.append({"data": "cifar10-dev (split seeds)", "split": seed, "patience": patience, "seconds": seconds,
+                         "epochs": len(history), "best_epoch": checkpoint["metadata"]["best_epoch"],
+                         "auroc": measured["auroc"], "recall": measured["recall"],
+                         "precision": measured["precision"]})
+        print(f"cifar10-dev seed {seed} done", flush=True)
+    return rows
+
+
+def defects_rows(folds: int, patiences: list[int | None], cache: Path) -> list[dict]:
+    """Per grouped fold and patience: the head's training time and epochs, and its test figures."""
+    manifest = pd.read_csv(defects_quality.DATA / "manifest.csv")
+    targets = (manifest["label"] == "valid").to_numpy().astype(int)
+    head_input = defects_quality.features(manifest, defects_quality.DATA, "efficientnet_lite0", 14, cache)["head_input"]
+    evaluate, device, rows = EvaluateConfig(), torch.device("cpu"), []
+    for number, split_rows in enumerate(grouped_folds(targets, manifest["group"].to_numpy(), folds, seed=42)):
+        seed = 42 + number  # as candidates.cross_validate seeds each fold
+        split_targets = {split: targets[index] for split, index in split_rows.items()}
+        for patience in patiences:
+            train = TrainConfig(patience=patience)
+            torch.manual_seed(seed)  # the same initial head for every patience
+            head = ClassifierHead(in_channels=head_input.shape[1])
+            start = time.perf_counter()
+            batches, val_scores = cached_feeds(head_input, split_rows, split_targets, train, seed, device)
+            best, history, best_epoch = fit(head, batches, val_scores, split_targets["val"], split_targets["train"],
+                                            train, device, seed, fingerprint=f"patience {seed}")
+            seconds = time.perf_counter() - start
+            head.load_state_dict(best)
+            val, test = (head_outputs(head, head_input[split_rows[s]], device)[1] for s in ("val", "test"))
+            figures = fold_figures(split_targets["val"], val, split_targets["test"], test, evaluate)
+            rows.append({"data": "defects-dev (grouped folds)", "split": number, "patience": patience,
+                         "seconds": seconds, "epochs": len(history), "best_epoch": best_epoch,
+                         "auroc": figures["test_auroc"], "recall": figures["test_recall"],
+                         "precision": figures["test_precision"]})
+        print(f"defects-dev fold {number} done", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patience", type=lambda v: None if v == "none" else int(v), nargs="+", default=[10, 5, 3],
+                        help="patience values to compare, the first one the reference ('none': no early stopping)")
+    parser.add_argument("--quick", action="store_true", help="2 seeds and folds")
+    parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--cifar-cache", type=Path, default=Path("/tmp/open_world_features.safetensors"))
+    parser.add_argument("--defects-cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
+    args = parser.parse_args()
+    for data in (open_world.DATA, defects_quality.DATA):
+        if not data.is_dir():
+            raise SystemExit(f"{data} is missing: this benchmark needs both dev sets in ../shared/datasets")
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    splits = 2 if args.quick else 5
+    frame = pd.DataFrame(cifar_rows([42, 1, 2, 3, 4][:splits], args.patience, args.cifar_cache)
+                         + defects_rows(splits, args.patience, args.defects_cache))
+    frame["patience"] = frame["patience"].astype(object).where(frame["patience"].notna(), "none")
+    frame["held"] = frame["precision"] >= args.target
+    reference = frame[frame["patience"] == frame["patience"].iloc[0]].set_index(["data", "split"])["best_epoch"]
+    frame["same_best_epoch"] = [reference[(d, s)] == b for d, s, b in zip(frame["data"], frame["split"],
+                                                                         frame["best_epoch"])]
+    print(f"\nThe head trained with each patience (target precision {args.target}; thresholds chosen on validation):\n")
+    print("| data | patience | training s | epochs run | best epoch | test AUROC | test recall | test precision | "
+          f"precision >= target | best epoch as patience {frame['patience'].iloc[0]} |\n|---|---|---|---|---|---|---|---|---|---|")
+    for (data, patience), group in frame.groupby(["data", "patience"], sort=False):
+        cell = lambda c, f=".3f": f"{group[c].mean():{f}} +- {group[c].std(ddof=1):{f}}"  # noqa: E731
+        print(f"| {data} | {patience} | {cell('seconds', '.1f')} | {cell('epochs', '.1f')} | {cell('best_epoch', '.1f')} | "
+              f"{cell('auroc', '.4f')} | {cell('recall')} | {cell('precision')} | {int(group['held'].sum())}/{len(group)} | "
+              f"{int(group['same_best_epoch'].sum())}/{len(group)} |")
+    totals = frame.groupby(["data", "patience"], sort=False)["seconds"].sum().unstack("patience")
+    print("\nTotal training seconds, and the ratio to the first patience:\n")
+    for data, row in totals.iterrows():
+        print(f"  {data}: " + ", ".join(f"patience {p} {s:.0f} s ({row.iloc[0] / s:.2f}x)" for p, s in row.items()))
+    print("\nPer split:\n" + frame.round(4).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
