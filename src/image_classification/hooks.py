@@ -161,7 +161,7 @@ class NodeTimes:
         started = self._started.pop(node.name, None)
         if started is not None:
             self.seconds[node.name] = time.perf_counter() - started
-            logger.info("Node %s took %.1f s", _short(node.name), self.seconds[node.name])
+            logger.info("Node %s took %.1f s", short_node_name(node.name), self.seconds[node.name])
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str) -> None:
@@ -196,10 +196,10 @@ class NodeTimes:
 
 def _ranked(seconds: dict[str, float], most: int | None = None) -> str:
     ranked = sorted(seconds.items(), key=lambda item: -item[1])[:most]
-    return ", ".join(f"{_short(name)} {value:.1f} s" for name, value in ranked)
+    return ", ".join(f"{short_node_name(name)} {value:.1f} s" for name, value in ranked)
 
 
-def _short(name: str) -> str:
+def short_node_name(name: str) -> str:
     """A node's function name without the ``(inputs) -> [outputs]`` Kedro appends to unnamed nodes."""
     return name.split("(", 1)[0].strip()
 

@@ -14,9 +14,11 @@ CONFIG_LOADER_ARGS = {
 # that adds metrics, artefacts and the model from the catalog's metadata; the plugin's own copy of
 # the hook is disabled so that it does not run twice. A failed save leaves no partial version
 # behind, and runs that share unversioned state (the feature cache, the training state) never
-# overlap; each node's wall time is logged, and the run ends with the slowest nodes first.
+# overlap; each node's wall time is logged (and tracked in MLflow), and the run ends with the slowest
+# nodes first.
 from image_classification.hooks import NodeTimes, PartialSaveCleanup, SharedStateLock  # noqa: E402
 from image_classification.tracking import ProjectMlflowHook  # noqa: E402
 
-HOOKS = (ProjectMlflowHook(), PartialSaveCleanup(), SharedStateLock(), NodeTimes())
+NODE_TIMES = NodeTimes()
+HOOKS = (ProjectMlflowHook(NODE_TIMES), PartialSaveCleanup(), SharedStateLock(), NODE_TIMES)
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its distribution's name, either spelling

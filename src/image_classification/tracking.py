@@ -8,7 +8,9 @@ subclass adds what the project needs on top:
   ``artifact: <folder>`` has the file Kedro just wrote copied into the run's ``<folder>``; with
   ``model_part: <name>`` that file is also part of the pyfunc model logged and registered when the
   run chose an operating point (:mod:`image_classification.mlflow_model`);
-- the run is tagged with the pipelines it ran (``pipelines``, ``stage``);
+- the run is tagged with the pipelines it ran (``pipelines``, ``stage``), and with a
+  :class:`~image_classification.hooks.NodeTimes` it logs each node's wall time as
+  ``node_seconds.<node>``;
 - a store that cannot be written costs one warning naming it, never the run's Kedro outputs;
 - ``IMAGE_CLASSIFICATION_MLFLOW=off`` turns tracking off.
 """
@@ -41,6 +43,8 @@ finally:
     warnings.showwarning = _show_warning
 from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types import ColSpec, Schema  # noqa: E402
+
+from image_classification.hooks import NodeTimes, short_node_name  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +106,9 @@ def _store_description(uri: str) -> str:
 class ProjectMlflowHook(MlflowHook):
     """kedro-mlflow's hook, with the project's metrics, artefacts, model, tags and failure handling."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_times: NodeTimes | None = None) -> None:
         super().__init__()
+        self._node_times = node_times
         self._tracking = False
         self._catalog = None
         self._model_parts: dict[str, Path] = {}
@@ -225,6 +230,10 @@ class ProjectMlflowHook(MlflowHook):
         if not (self._tracking and self._is_mlflow_enabled):
             return
         try:
+            if self._node_times is not None and self._node_times.seconds:
+                # each node's wall time, so that runs compare on speed as on quality
+                mlflow.log_metrics({f"node_seconds.{short_node_name(name)}": round(seconds, 3)
+                                    for name, seconds in self._node_times.seconds.items()}, run_id=self.run_id)
             self._log_model()
             super().after_pipeline_run(run_params, pipeline, catalog)
         except Exception as error:
