@@ -34,6 +34,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +98,16 @@ def grouped_images(params: dict) -> pd.DataFrame:
     checked, rejected = check_images(candidates, skipped, params["data_prep"]["image_checks"])
     grouped, _, _ = group_duplicates(checked, rejected, int(params["data_prep"]["near_duplicate_max_distance"]))
     return grouped
+
+
+def split_indices(params: dict, seeds: list[int]) -> Iterator[tuple[int, pd.DataFrame]]:
+    """Per split seed, data_prep's image index of that split, rows in the first seed's order (the
+    feature cache's order, which the split does not change)."""
+    grouped, order = grouped_images(params), None
+    for seed in seeds:
+        index = build_image_index(split_images(grouped, SplitFractions(**params["data_prep"]["split"]), seed))
+        order = index["path"].tolist() if order is None else order
+        yield seed, index.set_index("path").loc[order].reset_index()
 
 
 def cached_features(index: pd.DataFrame, model: ModelConfig, runtime: dict, train: TrainConfig, cache: Path) -> dict:
@@ -180,14 +191,9 @@ def main() -> None:
     model = ModelConfig(**params["model"])
     runtime = dict(params["runtime"]) | {"dask": None}
     train = TrainConfig(**{**params["train"], "epochs": epochs})
-    grouped = grouped_images(params)
-    order = None
     rows = []
     start = time.perf_counter()
-    for seed in seeds:
-        index = build_image_index(split_images(grouped, SplitFractions(**params["data_prep"]["split"]), seed))
-        order = index["path"].tolist() if order is None else order
-        index = index.set_index("path").loc[order].reset_index()  # the cache's order
+    for seed, index in split_indices(params, seeds):
         features = cached_features(index, model, runtime, train, args.cache)
         for head, weight in (("binary", 0.0), ("fine", 1.0)):
             head_rows = one_head(index, features, params, model, runtime,

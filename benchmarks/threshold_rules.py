@@ -42,14 +42,9 @@ import open_world  # noqa: E402
 
 from image_classification.candidates import cross_validate  # noqa: E402
 from image_classification.metrics import metrics_at_threshold  # noqa: E402
-from image_classification.parameters.data_prep import SplitFractions  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.parameters.shared import ModelConfig  # noqa: E402
 from image_classification.parameters.train import TrainConfig  # noqa: E402
-from image_classification.pipelines.data_prep.nodes import (  # noqa: E402
-    build_image_index,
-    split_images,
-)
 from image_classification.pipelines.evaluate.nodes import (  # noqa: E402
     choose_operating_point,
     score_images,
@@ -67,11 +62,8 @@ def cifar_rows(seeds: list[int], epochs: int, cache: Path) -> list[dict]:
     model = ModelConfig(**params["model"])
     runtime = dict(params["runtime"]) | {"dask": None}
     train = TrainConfig(**{**params["train"], "epochs": epochs})
-    grouped, order, rows = open_world.grouped_images(params), None, []
-    for seed in seeds:
-        index = build_image_index(split_images(grouped, SplitFractions(**params["data_prep"]["split"]), seed))
-        order = index["path"].tolist() if order is None else order
-        index = index.set_index("path").loc[order].reset_index()  # the feature cache's order
+    rows = []
+    for seed, index in open_world.split_indices(params, seeds):
         features = open_world.cached_features(index, model, runtime, train, cache)
         checkpoint, _ = train_classifier(features, index, model, train, runtime, seed, NoResume())
         evaluated = score_images(score_index(checkpoint, features, index, runtime), checkpoint, index)
