@@ -12,13 +12,14 @@
    300x300 RGB PNGs and 300x300 grayscale PNGs (defects-dev's where present): the way before
    (Pillow to RGB, then torchvision's ToImage, ToDtype and Normalize), the project's way now
    (grayscale kept as one channel until the normalisation broadcasts it; one fused
-   normalisation), and the other decoders installed here (simplejpeg, OpenCV: not project
+   normalisation), and the other decoders installed here (simplejpeg, OpenCV, pyspng: not project
    dependencies, measured only where present) with the project's preprocessing.
 
 Run it from the repository root:
 
     python benchmarks/extraction_speed.py              # ~4 min on 2 cores
     python benchmarks/extraction_speed.py --quick      # a smoke run
+    python benchmarks/extraction_speed.py --decoders-only   # part 3 alone (~1 min)
 """
 
 from __future__ import annotations
@@ -168,6 +169,18 @@ def decoders(jpegs: list[str], pngs: list[str], grays: list[str], count: int) ->
     except ImportError:
         print("  simplejpeg is not installed: left out")
     try:
+        import pyspng
+
+        def with_pyspng(path):
+            if not path.endswith(".png"):
+                return None
+            pixels = pyspng.load(read_bytes(path, limits))
+            return transform(Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels))
+
+        candidates["pyspng (libspng), PNG only"] = with_pyspng
+    except ImportError:
+        print("  pyspng is not installed: left out")
+    try:
         import cv2
 
         cv2.setNumThreads(1)
@@ -221,6 +234,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 images, 1 round, workers 0 and 2")
     parser.add_argument("--files", default=None, help="a folder whose images (any depth) part 2 reads instead of "
                         "the generated JPEGs, e.g. ../shared/datasets/cifar10-dev")
+    parser.add_argument("--decoders-only", action="store_true", help="part 3 alone")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "image_classification_extraction"))
     args = parser.parse_args()
     if args.quick:
@@ -234,6 +248,10 @@ def main() -> None:
     make_images(workdir / "jpeg", args.images, min(args.images, 60))
     jpegs = sorted(str(path) for path in (workdir / "jpeg").glob("*.jpg"))[: args.images]
     pngs = png_folder(workdir / "png", args.images)
+    if args.decoders_only:
+        print("\n3. Decoding alone, one thread, per image, file to model input:")
+        decoders(jpegs, pngs, gray_pngs(workdir, args.images), min(200, args.images))
+        return
     backbone, spec = backbone_and_spec()
     dataset = ImageFiles(jpegs, spec)
     images = torch.stack([dataset[index][0] for index in range(len(jpegs))])
