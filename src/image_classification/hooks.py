@@ -202,4 +202,3 @@ def _ranked(seconds: dict[str, float], most: int | None = None) -> str:
 def short_node_name(name: str) -> str:
     """A node's function name without the ``(inputs) -> [outputs]`` Kedro appends to unnamed nodes."""
     return name.split("(", 1)[0].strip()
-
