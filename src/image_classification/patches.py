@@ -141,8 +141,8 @@ class PatchMemory:
         product (``addmm``) over ``rows`` patches at a time, and |x|^2 is added after the minimum over
         the memory, so the (rows, memory) block is written once and read once. That keeps scoring at
         the rate of the matrix product (2.2-2.6x faster than forming the three terms separately over 64
-        images at a time, with the same distances: benchmarks/patch_scoring.py) and its scratch memory at rows x memory floats
-        (20 MB for a memory of 10,000) rather than hundreds of megabytes.
+        images at a time, with the same distances: benchmarks/patch_scoring.py) and its scratch memory
+        at rows x memory floats (20 MB for a memory of 10,000) rather than hundreds of megabytes.
         """
         memory = self.memory.float()
         memory_t = memory.T.contiguous()
