@@ -94,9 +94,10 @@ def test_readme_command_names_things_that_exist(command):
 FAST = "train.epochs=2,evaluate.bootstrap_samples=100,runtime.threads=1,runtime.workers=0,predict.workers=0"
 CIFAR_CLASSES = ("airplane", "automobile", "ship", "truck", "bird", "cat", "deer", "dog", "frog", "horse")
 SHARED_WEIGHTS = REPO_ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet_coral_tflite.pth"
-# Environments whose image folder is set in their conf, not on the command line: the run reads the
-# stand-in instead (cifar10-dev's 5,000 photos take 10+ minutes; its figures are in the README).
-ENV_ROOTS = {"cifar10_dev": "/data/cifar"}
+# Environments whose images are set in their conf, not on the command line: the run reads the stand-in
+# instead (cifar10-dev's 5,000 photos and defects-dev's 1,665 take minutes; their figures are in the
+# README). Each names the data_prep.source key it sets and the stand-in for it.
+ENV_SOURCES = {"cifar10_dev": ("root", "/data/cifar"), "defects_dev": ("csv", "/data/defects.csv")}
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +117,18 @@ def stand_ins(tmp_path_factory) -> dict[str, str]:
         images(root / "parts_unseen" / kind, 4)
     csv = root / "binary_classification.csv"
     csv.write_text("path,label\n" + "".join(f"{path},{label}\n" for label, paths in labelled.items() for path in paths))
+    # as defects-dev's manifest: a group per module (two photos each), and columns the source ignores
+    defects = root / "defects.csv"
+    defects.write_text("path,label,kind,group\n" + "".join(
+        f"{path},{label},{label}-kind,module-{label}-{i // 2}\n" for label, paths in labelled.items()
+        for i, path in enumerate(paths)))
     new = images(root / "new_images", 5)
     (root / "new_images" / "notes.txt").write_text("not an image")
     (root / "new.csv").write_text("path\n" + "".join(f"{path}\n" for path in new))
     return {"/data/cifar": str(root / "cifar"), "/data/binary_classification.csv": str(csv),
             "/data/parts_unseen": str(root / "parts_unseen"), "/data/parts": str(root / "parts"),
             "/data/new_images": str(root / "new_images"), "/data/new.csv": str(root / "new.csv"),
+            "/data/defects.csv": str(defects),
             "/models/mobilenet_v2.pth": str(SHARED_WEIGHTS)}
 
 
@@ -146,8 +153,9 @@ def as_run_here(command: str, stand_ins: dict[str, str], project: Path) -> list[
         command = command.replace(f"{name}:{stamp}", f"{name}:{versions[-1]}")
     words = shlex.split(command)
     fast = FAST
-    if options(command).get("--env") in ENV_ROOTS:
-        fast += f",data_prep.source.root={stand_ins[ENV_ROOTS[options(command)['--env']]]}"
+    if options(command).get("--env") in ENV_SOURCES:
+        key, path = ENV_SOURCES[options(command)["--env"]]
+        fast += f",data_prep.source.{key}={stand_ins[path]}"
     if "--params" in words:
         words[words.index("--params") + 1] += "," + fast
     else:
