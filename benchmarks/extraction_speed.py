@@ -240,18 +240,22 @@ def main() -> None:
     if args.quick:
         args.images, args.rounds = 64, 1
     os.environ.setdefault("TQDM_DISABLE", "1")
-    import torch
-
-    from image_classification.inference import ImageFiles
-
     workdir = Path(args.workdir)
     make_images(workdir / "jpeg", args.images, min(args.images, 60))
     jpegs = sorted(str(path) for path in (workdir / "jpeg").glob("*.jpg"))[: args.images]
     pngs = png_folder(workdir / "png", args.images)
-    if args.decoders_only:
-        print("\n3. Decoding alone, one thread, per image, file to model input:")
-        decoders(jpegs, pngs, gray_pngs(workdir, args.images), min(200, args.images))
-        return
+    if not args.decoders_only:
+        extraction(args, jpegs)
+    print("\n3. Decoding alone, one thread, per image, file to model input:")
+    decoders(jpegs, pngs, gray_pngs(workdir, args.images), min(200, args.images))
+
+
+def extraction(args: argparse.Namespace, jpegs: list[str]) -> None:
+    """Parts 1 and 2: the backends on images in memory, then the whole pass from the files."""
+    import torch
+
+    from image_classification.inference import ImageFiles
+
     backbone, spec = backbone_and_spec()
     dataset = ImageFiles(jpegs, spec)
     images = torch.stack([dataset[index][0] for index in range(len(jpegs))])
@@ -264,8 +268,6 @@ def main() -> None:
         files, what = found[::step][: args.images], f"from {args.files}"
     print(f"\n2. Extraction from {len(files)} files ({what}), the whole pass:")
     from_files(backbone, spec, files, [0, 2] if args.quick else [0, 1, 2, 3])
-    print("\n3. Decoding alone, one thread, per image, file to model input:")
-    decoders(jpegs, pngs, gray_pngs(workdir, args.images), min(200, args.images))
 
 
 if __name__ == "__main__":

@@ -76,17 +76,15 @@ def main() -> None:
             torch.mm(flat[start:start + 512], bank_t, out=block)
 
     times: dict[str, list[float]] = {"before": [], "now": [], "matmul floor": []}
+    results = {}
     for _ in range(args.rounds):
         for name, run in (("before", lambda: distances_before(memory, scored)),
                           ("now", lambda: memory.distances(scored)),
                           ("matmul floor", matmul_alone)):
             start = time.perf_counter()
-            result = run()
+            results[name] = run()
             times[name].append(time.perf_counter() - start)
-            if name == "before":
-                before = result
-            elif name == "now":
-                now = result
+    before, now = results["before"], results["now"]
     median = {name: statistics.median(values) for name, values in times.items()}
     for name, seconds in median.items():
         print(f"  {name:13s} {seconds:6.2f} s (median of {args.rounds}; {len(scored) / seconds:7.1f} img/s)")

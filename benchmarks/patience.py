@@ -10,8 +10,8 @@ through the project's own code, with thresholds chosen on validation and nothing
   data_prep's own split: the train node (``train_classifier``) on one cached pass of the frozen
   backbone, the score stage, evaluate's ``choose_operating_point``, measured on that seed's test split;
 - defects-dev (1,665 solar-cell photos), the five grouped, stratified folds of the pipeline's
-  cross-validation (``candidates.grouped_folds``): the head trained as ``candidates.head_scores``
-  trains it, its threshold chosen on validation, measured on the fold.
+  cross-validation (``candidates.grouped_folds``): the head trained by ``candidates.fit_head``, as
+  cross-validation trains it, its threshold chosen on validation, measured on the fold.
 
 Per data set and patience it prints mean +- sd of the training time, the epochs run, the best epoch,
 test AUROC, recall and precision, and in how many splits test precision reached the target; then
@@ -43,10 +43,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import defects_quality  # noqa: E402
 import open_world  # noqa: E402
 
-from image_classification.candidates import fold_figures, grouped_folds  # noqa: E402
+from image_classification.candidates import fit_head, fold_figures, grouped_folds  # noqa: E402
 from image_classification.inference import head_outputs  # noqa: E402
 from image_classification.metrics import metrics_at_threshold  # noqa: E402
-from image_classification.model import ClassifierHead  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.parameters.shared import ModelConfig  # noqa: E402
 from image_classification.parameters.train import TrainConfig  # noqa: E402
@@ -55,8 +54,8 @@ from image_classification.pipelines.evaluate.nodes import (  # noqa: E402
     score_images,
 )
 from image_classification.pipelines.score.nodes import score_index  # noqa: E402
-from image_classification.pipelines.train.nodes import cached_feeds, train_classifier  # noqa: E402
-from image_classification.training import NoResume, fit  # noqa: E402
+from image_classification.pipelines.train.nodes import train_classifier  # noqa: E402
+from image_classification.training import NoResume  # noqa: E402
 
 
 def cifar_rows(seeds: list[int], patiences: list[int | None], cache: Path) -> list[dict]:
@@ -91,22 +90,15 @@ def defects_rows(folds: int, patiences: list[int | None], cache: Path) -> list[d
     manifest = pd.read_csv(defects_quality.DATA / "manifest.csv")
     targets = (manifest["label"] == "valid").to_numpy().astype(int)
     head_input = defects_quality.features(manifest, defects_quality.DATA, "efficientnet_lite0", 14, cache)["head_input"]
-    evaluate, device, rows = EvaluateConfig(), torch.device("cpu"), []
+    evaluate, rows = EvaluateConfig(), []
     for number, split_rows in enumerate(grouped_folds(targets, manifest["group"].to_numpy(), folds, seed=42)):
         seed = 42 + number  # as candidates.cross_validate seeds each fold
-        split_targets = {split: targets[index] for split, index in split_rows.items()}
         for patience in patiences:
-            train = TrainConfig(patience=patience)
-            torch.manual_seed(seed)  # the same initial head for every patience
-            head = ClassifierHead(in_channels=head_input.shape[1])
             start = time.perf_counter()
-            batches, val_scores = cached_feeds(head_input, split_rows, split_targets, train, seed, device)
-            best, history, best_epoch = fit(head, batches, val_scores, split_targets["val"], split_targets["train"],
-                                            train, device, seed, fingerprint=f"patience {seed}")
+            head, history, best_epoch = fit_head(head_input, split_rows, targets, TrainConfig(patience=patience), seed)
             seconds = time.perf_counter() - start
-            head.load_state_dict(best)
-            val, test = (head_outputs(head, head_input[split_rows[s]], device)[1] for s in ("val", "test"))
-            figures = fold_figures(split_targets["val"], val, split_targets["test"], test, evaluate)
+            val, test = (head_outputs(head, head_input[split_rows[s]], torch.device("cpu"))[1] for s in ("val", "test"))
+            figures = fold_figures(targets[split_rows["val"]], val, targets[split_rows["test"]], test, evaluate)
             rows.append({"data": "defects-dev (grouped folds)", "split": number, "patience": patience,
                          "seconds": seconds, "epochs": len(history), "best_epoch": best_epoch,
                          "auroc": figures["test_auroc"], "recall": figures["test_recall"],

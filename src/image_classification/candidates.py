@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.special import logit
 from sklearn.exceptions import ConvergenceWarning
@@ -88,11 +89,11 @@ def grouped_folds(targets: np.ndarray, groups: np.ndarray, folds: int, seed: int
             yield {"train": rest[train], "val": rest[val], "test": test}
 
 
-def head_scores(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray, train_config,
-                seed: int) -> dict[str, np.ndarray]:
+def fit_head(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray, train_config,
+             seed: int) -> tuple[torch.nn.Module, pd.DataFrame, int]:
     """The original head trained on ``rows['train']`` with early stopping on ``rows['val']`` (as the
-    train pipeline does with a frozen backbone), scoring validation and test."""
-    from image_classification.inference import head_outputs
+    train pipeline does with a frozen backbone), its best epoch's weights loaded; with its training
+    history and best epoch."""
     from image_classification.model import ClassifierHead
     from image_classification.pipelines.train.nodes import cached_feeds
     from image_classification.training import fit
@@ -102,10 +103,19 @@ def head_scores(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: 
     torch.manual_seed(seed)  # the head's initial weights: the same fold trains the same head every time
     head = ClassifierHead(in_channels=head_input.shape[1])
     batches, val_scores = cached_feeds(head_input, rows, split_targets, train_config, seed, device)
-    best, _, _ = fit(head, batches, val_scores, split_targets["val"], split_targets["train"], train_config, device,
-                     seed, fingerprint=f"cross-validation {seed}")
+    best, history, best_epoch = fit(head, batches, val_scores, split_targets["val"], split_targets["train"],
+                                    train_config, device, seed, fingerprint=f"cross-validation {seed}")
     head.load_state_dict(best)
-    return {split: head_outputs(head, head_input[rows[split]], device)[1] for split in ("val", "test")}
+    return head, history, best_epoch
+
+
+def head_scores(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray, train_config,
+                seed: int) -> dict[str, np.ndarray]:
+    """The head of :func:`fit_head` scoring validation and test."""
+    from image_classification.inference import head_outputs
+
+    head, _, _ = fit_head(head_input, rows, targets, train_config, seed)
+    return {split: head_outputs(head, head_input[rows[split]], torch.device("cpu"))[1] for split in ("val", "test")}
 
 
 def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None,
