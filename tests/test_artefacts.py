@@ -134,6 +134,18 @@ def test_operating_point_belongs_to_its_checkpoint(checkpoint):
         point.threshold_for(other)
     with pytest.raises(DataError, match="no threshold"):
         OperatingPoint.from_payload({"rule": "point"})
+    # an operating point saved before candidates existed is the model's; one this version cannot serve is refused
+    assert point.candidate == "model" and OperatingPoint.from_payload({"threshold": 0.5}).candidate == "model"
+    weights = {"coef": [1.0], "mean": [0.0], "scale": [1.0], "intercept": 0.0, "C": 1.0, "backbone": "efficientnet_lite0"}
+    baseline = OperatingPoint.from_payload(
+        OperatingPoint.for_checkpoint(choice, checkpoint, "baseline", weights).to_payload())
+    assert baseline.candidate == "baseline" and "candidate" not in baseline.choice and baseline.served_weights == weights
+    np.testing.assert_allclose(baseline.scores(np.array([0.3, np.nan]), np.array([[2.0], [1.0]])),
+                               [1 / (1 + np.exp(-2.0)), np.nan])
+    with pytest.raises(DataError, match="serves the baseline but holds no served_weights"):
+        OperatingPoint.from_payload({"threshold": 0.5, "candidate": "baseline"})
+    with pytest.raises(DataError, match="candidate 'stack', which this version cannot serve"):
+        OperatingPoint.from_payload({"threshold": 0.5, "candidate": "stack"})
 
 
 def test_predicted_label_is_at_the_operating_threshold_and_na_when_unreadable(checkpoint):

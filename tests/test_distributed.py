@@ -29,7 +29,7 @@ from image_classification.pipelines.data_prep.nodes import check_images
 from image_classification.pipelines.predict.nodes import PredictConfig, predict_images
 
 from .conftest import BAD_FILES, KeptDataset, jpeg_bytes, noise_image, write_files
-from .pipelines.predict.helpers import knn_detector_payload, tiny_checkpoint
+from .pipelines.predict.helpers import baseline_payload, knn_detector_payload, tiny_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning")
 
@@ -79,14 +79,21 @@ def test_checking_images_on_two_workers_gives_the_in_process_rows(tmp_path, clus
     assert len(ran) == 9 and len({task["worker"] for task in ran}) == 2
 
 
-def test_predicting_on_two_workers_gives_the_in_process_scores(tmp_path, cluster):
+@pytest.mark.parametrize("served", ["model", "baseline"])
+def test_predicting_on_two_workers_gives_the_in_process_scores(tmp_path, cluster, served):
     address, _ = cluster
     paths = sorted(str(path) for path in write_files(tmp_path, image_files(14)))
-    here, _ = predict_images(**predict_inputs(paths))
-    there, summary = predict_images(**predict_inputs(paths), dask=DaskSettings(address=address, partition_size=3))
-    pd.testing.assert_frame_equal(here.drop(columns=["score", "anomaly_score"]),
-                                  there.drop(columns=["score", "anomaly_score"]))
+    inputs = predict_inputs(paths)
+    if served == "baseline":  # the workers score the pooled features with the saved baseline weights
+        inputs["operating_point"] = OPERATING_POINT | {"candidate": "baseline", "served_weights": baseline_payload()}
+    here, _ = predict_images(**inputs)
+    there, summary = predict_images(**inputs, dask=DaskSettings(address=address, partition_size=3))
+    floats = ["score", "anomaly_score", "model_score"]
+    pd.testing.assert_frame_equal(here.drop(columns=floats), there.drop(columns=floats))
     np.testing.assert_allclose(there["score"], here["score"], atol=1e-5)
+    np.testing.assert_allclose(there["model_score"], here["model_score"], atol=1e-5)
+    readable = here["error"] == ""
+    assert (here.loc[readable, "score"] == here.loc[readable, "model_score"]).all() == (served == "model")
     np.testing.assert_allclose(there["anomaly_score"], here["anomaly_score"], atol=1e-4)
     assert (there["error"] != "").sum() == len(BAD)
     assert summary["dask"]["workers"] == 2 and summary["backend"] == "torch" and summary["threads"] == 1

@@ -51,7 +51,9 @@ def test_results_notebook_runs_on_the_last_run(demo_run, kedro_kernel, tmp_path,
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     printed = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     shown = [set(output.get("data", {})) for output in outputs]
-    for sentence in ("threshold", "Test precision", "oracle", "Baseline:", "Flag detector:", "Cost:"):
+    # the served score and its threshold, and the other servable score beside it
+    for sentence in ("served:", "threshold chosen on", "Served (", "test precision", "oracle", "Beside it, the",
+                     "Flag detector:", "Cost:"):
         assert sentence in printed, sentence
     assert sum("application/vnd.plotly.v1+json" in kinds for kinds in shown) >= 4  # PR, histograms, two 3D
     assert sum("image/png" in kinds for kinds in shown) >= 3  # confusion matrix, error gallery, detectors

@@ -287,14 +287,18 @@ class ScoredIndex:
 class OperatingPoint:
     """The decision threshold evaluate chose for one checkpoint (``operating_point.json``).
 
-    An image is called valid when its score is at least ``threshold``. ``choice`` holds how it was
-    chosen and what it achieved on validation (rule, description, target, reached, fallback,
-    validation counts); ``checkpoint`` what of the checkpoint it belongs to, so that predict refuses
-    to apply it to another model.
+    An image is called valid when its ``candidate``'s score is at least ``threshold``: ``model`` (the
+    trained model's probability of valid) or ``baseline`` (the logistic regression on the frozen
+    backbone's pooled features, whose weights ``served_weights`` holds, so that the operating point
+    alone serves it). ``choice`` holds how it was chosen and what
+    it achieved (rule, description, target, reached, fallback, the images it was chosen on);
+    ``checkpoint`` what of the checkpoint it belongs to, so that predict refuses to apply it to
+    another model.
     """
 
     CHECKPOINT_KEYS = ("weights", "input_size", "fine_tuned_blocks", "seed", "epochs_run")
-    DECISION = "an image is called valid when its score (probability of valid) is >= threshold"
+    CANDIDATES = ("model", "baseline")
+    DECISION = "an image is called valid when its candidate's score (probability of valid) is >= threshold"
 
     threshold: float
     choice: dict
@@ -302,12 +306,19 @@ class OperatingPoint:
     best_epoch: int | None = None
     class_names: list[str] = field(default_factory=lambda: ["invalid", "valid"])
     checkpoint: dict = field(default_factory=dict)
+    candidate: str = "model"
+    served_weights: dict | None = None
 
     @classmethod
-    def for_checkpoint(cls, choice: dict, checkpoint: Checkpoint) -> OperatingPoint:
-        """The threshold in ``choice`` (see :func:`~image_classification.metrics.select_threshold`),
+    def for_checkpoint(cls, choice: dict, checkpoint: Checkpoint, candidate: str = "model",
+                       served_weights: dict | None = None) -> OperatingPoint:
+        """The threshold in ``choice`` (see :func:`~image_classification.metrics.select_threshold`) on
+        ``candidate``'s scores (with the baseline's ``served_weights`` when it is the baseline),
         recorded with the checkpoint it was chosen for."""
+        if candidate == "baseline" and not served_weights:
+            raise DataError("the operating point serves the baseline, but no baseline weights were given")
         return cls(threshold=float(choice["threshold"]), choice={k: v for k, v in choice.items() if k != "threshold"},
+                   candidate=candidate, served_weights=served_weights if candidate == "baseline" else None,
                    backbone=checkpoint.backbone, best_epoch=checkpoint.best_epoch,
                    class_names=list(checkpoint.class_names),
                    checkpoint={key: getattr(checkpoint, key) for key in cls.CHECKPOINT_KEYS})
@@ -318,16 +329,26 @@ class OperatingPoint:
         if threshold is None or not 0.0 <= float(threshold) <= 1.0:
             raise DataError(f"operating_point has no threshold between 0 and 1 (got {threshold}); run the evaluate "
                             "pipeline")
-        known = ("threshold", "backbone", "best_epoch", "class_names", "checkpoint", "positive_class", "decision")
+        candidate = payload.get("candidate", "model")
+        if candidate not in cls.CANDIDATES:
+            raise DataError(f"operating_point is for candidate '{candidate}', which this version cannot serve (only "
+                            f"{', '.join(cls.CANDIDATES)}); run the evaluate pipeline")
+        if candidate == "baseline" and not payload.get("served_weights"):
+            raise DataError("operating_point serves the baseline but holds no served_weights; run the evaluate "
+                            "pipeline again")
+        known = ("threshold", "candidate", "backbone", "best_epoch", "class_names", "checkpoint", "positive_class",
+                 "decision", "served_weights")
         return cls(threshold=float(threshold), choice={k: v for k, v in payload.items() if k not in known},
+                   candidate=candidate, served_weights=payload.get("served_weights"),
                    backbone=payload.get("backbone"), best_epoch=payload.get("best_epoch"),
                    class_names=list(payload.get("class_names") or ["invalid", "valid"]),
                    checkpoint=dict(payload.get("checkpoint") or {}))
 
     def to_payload(self) -> dict:
-        return {"threshold": self.threshold, **self.choice, "positive_class": "valid", "decision": self.DECISION,
+        return {"threshold": self.threshold, "candidate": self.candidate, **self.choice, "positive_class": "valid",
+                "decision": self.DECISION,
                 "backbone": self.backbone, "class_names": self.class_names, "best_epoch": self.best_epoch,
-                "checkpoint": self.checkpoint}
+                "checkpoint": self.checkpoint} | ({"served_weights": self.served_weights} if self.served_weights else {})
 
     def threshold_for(self, checkpoint: Checkpoint) -> float:
         """The threshold, if it was chosen for this checkpoint; a :class:`DataError` if its record of
@@ -342,6 +363,23 @@ class OperatingPoint:
                 "`kedro run --pipelines evaluate` for this checkpoint, or pass the operating point that belongs to "
                 "it with --load-versions operating_point:<version>")
         return self.threshold
+
+    def scores(self, model_scores: np.ndarray, pooled: np.ndarray | torch.Tensor | None) -> np.ndarray:
+        """The scores this threshold applies to: the model's own, or the baseline's of the pooled
+        features (NaN wherever the model's score is NaN: an unreadable image)."""
+        model_scores = np.asarray(model_scores, dtype=np.float64)
+        if self.candidate == "model":
+            return model_scores
+        from image_classification.baseline import BaselineWeights
+
+        weights = BaselineWeights.from_payload(self.served_weights)
+        if pooled is None:
+            raise DataError("the operating point is the baseline's, which needs pooled features; none were given")
+        pooled = pooled.float().numpy() if isinstance(pooled, torch.Tensor) else np.asarray(pooled)
+        scores = np.full(len(model_scores), np.nan)
+        readable = ~np.isnan(model_scores)
+        scores[readable] = weights.score(pooled[readable])
+        return scores
 
     def predicted_labels(self, scores: np.ndarray) -> pd.Series:
         """``valid``/``invalid`` at this threshold, the one meaning of ``predicted_label`` in every

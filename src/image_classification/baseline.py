@@ -4,13 +4,16 @@ features. If the deep head cannot beat it, the head does not earn its keep."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from image_classification.errors import DataError
 from image_classification.metrics import validation_score
 
 
@@ -59,3 +62,55 @@ class LogisticBaseline:
             "c_grid": [{"C": c, "val_recall_at_target_precision": recall, "val_average_precision": average_precision}
                        for c, (recall, average_precision) in self.quality_.items()],
         }
+
+
+@dataclass(frozen=True)
+class BaselineWeights:
+    """A fitted :class:`LogisticBaseline` as plain numbers (``baseline_model.json``, and inside
+    ``operating_point.json`` when it is served), so that predict, zero_shot, embedding_analysis and
+    the MLflow model serve it without unpickling anything.
+
+    The probability of valid is ``expit(((x - mean) / scale) @ coef + intercept)`` for pooled features
+    ``x`` of the frozen ``backbone`` (the feature cache's, which a checkpoint without fine-tuned
+    blocks computes too).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    c: float
+    backbone: str
+
+    @classmethod
+    def of(cls, baseline: LogisticBaseline, backbone: str) -> BaselineWeights:
+        scaler, regression = baseline.model_[0], baseline.model_[-1]
+        return cls(mean=np.asarray(scaler.mean_, float), scale=np.asarray(scaler.scale_, float),
+                   coef=np.asarray(regression.coef_[0], float), intercept=float(regression.intercept_[0]),
+                   c=float(baseline.c_), backbone=backbone)
+
+    def to_payload(self) -> dict:
+        return {"kind": "logistic regression on pooled backbone features", "backbone": self.backbone, "C": self.c,
+                "features": int(len(self.coef)), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "coef": self.coef.tolist(), "intercept": self.intercept}
+
+    @classmethod
+    def from_payload(cls, payload: dict | None) -> BaselineWeights:
+        if not payload or not payload.get("coef"):
+            raise DataError("no fitted baseline weights were given (the operating point serves the baseline); run "
+                            "`kedro run --pipelines evaluate`")
+        weights = cls(mean=np.asarray(payload["mean"], float), scale=np.asarray(payload["scale"], float),
+                      coef=np.asarray(payload["coef"], float), intercept=float(payload["intercept"]),
+                      c=float(payload["C"]), backbone=str(payload["backbone"]))
+        if not len(weights.mean) == len(weights.scale) == len(weights.coef):
+            raise DataError(f"baseline_model is inconsistent: {len(weights.mean)} means, {len(weights.scale)} scales "
+                            f"and {len(weights.coef)} weights; run `kedro run --pipelines evaluate` again")
+        return weights
+
+    def score(self, pooled: np.ndarray) -> np.ndarray:
+        """The probability of valid per row of pooled features (NaN rows stay NaN)."""
+        pooled = np.asarray(pooled, dtype=np.float64)
+        if pooled.ndim != 2 or pooled.shape[1] != len(self.coef):
+            raise DataError(f"the baseline was fitted on {len(self.coef)} pooled {self.backbone} features, got "
+                            f"features of shape {pooled.shape}; run `kedro run --pipelines evaluate` for this model")
+        return expit(((pooled - self.mean) / self.scale) @ self.coef + self.intercept)

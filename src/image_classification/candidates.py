@@ -168,13 +168,18 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         the test recall and precision at the threshold chosen on validation by ``evaluate.rule``;
         ``summary``: per candidate, mean and sd over folds of each figure, and in how many folds test
         precision reached the target; ``best_by_validation_average_precision``: the candidate of the
-        best mean validation AP.
+        best mean validation AP; ``out_of_fold``: per row, its ``fold`` and every candidate's score
+        from the models of the fold it was tested in (arrays, not JSON).
     """
     per_fold = []
+    out_of_fold = {"fold": np.full(len(targets), -1)}
     for number, rows in enumerate(grouped_folds(targets, groups, folds, seed)):
         start = time.perf_counter()
         val, test = fold_scores(head_input, pooled, patches, rows, targets, groups, train_config, evaluate,
                                 seed + number)
+        out_of_fold["fold"][rows["test"]] = number
+        for name, scores in test.items():
+            out_of_fold.setdefault(name, np.full(len(targets), np.nan))[rows["test"]] = scores
         fold = {"fold": number, "images": {split: int(len(index)) for split, index in rows.items()},
                 "test_groups": int(len(np.unique(groups[rows["test"]]))), "candidates": {}}
         for name in (n for n in NAMES if n in val and not np.isnan(val[n]).all()):
@@ -195,4 +200,4 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         summary[name]["folds"] = len(results)
     best = max(summary, key=lambda n: summary[n]["val_average_precision"]["mean"] or 0.0)
     return {"folds": per_fold, "summary": summary, "best_by_validation_average_precision": best,
-            "rule": evaluate.rule, "target_precision": evaluate.target_precision}
+            "rule": evaluate.rule, "target_precision": evaluate.target_precision, "out_of_fold": out_of_fold}

@@ -21,7 +21,8 @@ from image_classification.inference import model_outputs
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
-    """Scores a table with a ``path`` column: probability of valid and the label at the threshold."""
+    """Scores a table with a ``path`` column: probability of valid (of the candidate the operating point
+    serves: the model, or the baseline on the pooled features) and the label at the threshold."""
 
     def load_context(self, context) -> None:
         self.checkpoint = Checkpoint.from_payload(SafetensorsDataset(filepath=context.artifacts["checkpoint"]).load())
@@ -34,7 +35,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         outputs = model_outputs(self.checkpoint.model(), paths, backbone_spec(self.checkpoint.backbone),
                                 torch.device("cpu"))
         readable = np.array([not error for error in outputs["errors"]], dtype=bool)
-        scores = np.where(readable, outputs["score"], np.nan)
+        scores = self.operating_point.scores(np.where(readable, outputs["score"], np.nan), outputs["features"])
         return pd.DataFrame({
             "path": paths,
             "score": scores,

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from image_classification.errors import ParameterError
+from image_classification.artefacts import OperatingPoint
 from image_classification.metrics import BOUND_METHODS, RuleSettings, check_target_precision, threshold_rule
+
+
+OPERATING_CANDIDATES = OperatingPoint.CANDIDATES
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,16 @@ class EvaluateConfig:
         patch_top_k: an image's patch score is the mean distance of its ``patch_top_k`` most unusual patches.
         cv_folds: grouped folds of the cross-validation report (0: off).
         cv_max_images: cross-validate only when fewer labelled images than this are readable.
+        operating_candidate: the score whose threshold is the operating point that predict, zero_shot
+            and embedding_analysis apply: ``model``, ``baseline`` (servable only with a frozen
+            backbone), or ``auto``: on small data (cross-validation ran) the baseline, whose threshold
+            is chosen on out-of-fold scores; on large data the model, unless the baseline's validation
+            average precision is clearly higher (a paired bootstrap interval of the difference above 0).
+        threshold_on: where the threshold is chosen: ``validation``, ``out_of_fold`` (the
+            cross-validation's held-out scores of train and validation images, five times as many;
+            falls back to validation when cross-validation did not run), or ``auto``: out of fold for
+            the baseline, validation for the model (early-stopped heads of different folds do not
+            score on one scale, so a threshold does not carry from theirs to the served one).
     """
 
     target_precision: float = 0.9
@@ -48,6 +62,8 @@ class EvaluateConfig:
     patch_top_k: int = 1
     cv_folds: int = 5
     cv_max_images: int = 2000
+    operating_candidate: str = "auto"
+    threshold_on: str = "auto"
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
@@ -66,6 +82,12 @@ class EvaluateConfig:
         if int(self.cv_folds) not in (0, *range(2, 21)) or int(self.cv_max_images) < 0:
             raise ParameterError(f"evaluate.cv_folds must be 0 (off) or 2 to 20, and cv_max_images at least 0; got "
                                  f"{self.cv_folds} and {self.cv_max_images}")
+        if self.operating_candidate not in ("auto", *OPERATING_CANDIDATES):
+            raise ParameterError(f"evaluate.operating_candidate must be auto, {' or '.join(OPERATING_CANDIDATES)}, got "
+                                 f"'{self.operating_candidate}' (patch and stack are measured, not served)")
+        if self.threshold_on not in ("auto", "validation", "out_of_fold"):
+            raise ParameterError(f"evaluate.threshold_on must be auto, validation or out_of_fold, got "
+                                 f"'{self.threshold_on}'")
         grid = tuple(float(c) for c in self.baseline_c_grid)
         if not grid or min(grid) <= 0:
             raise ParameterError(f"evaluate.baseline_c_grid must list positive values, got {list(self.baseline_c_grid)}")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
+from image_classification.baseline import BaselineWeights
 from image_classification.pipelines.embedding_analysis.nodes import (
     EmbeddingAnalysisConfig,
     cluster_embeddings,
@@ -67,6 +68,26 @@ def test_embed_images_reads_every_image_from_the_score_stage(tiny_scores, tiny_c
     # one meaning of predicted_label in every stage: valid at evaluate's operating threshold
     expected = np.where(table.loc[readable, "score"] >= 0.47, "valid", "invalid")
     assert table.loc[readable, "predicted_label"].tolist() == expected.tolist()
+
+
+def test_predicted_labels_follow_the_baseline_when_evaluate_serves_it(tiny_scores, tiny_checkpoint, tiny_index,
+                                                                      tiny_operating_point):
+    """With the baseline's operating point, predicted_label is the baseline's call on the pooled
+    features (as in predict and zero_shot); the score and embedding stay the model's."""
+    pooled = tiny_scores["tensors"]["pooled"].float().numpy()
+    rng = np.random.default_rng(0)
+    weights = BaselineWeights(mean=pooled.mean(axis=0), scale=pooled.std(axis=0) + 1e-3,
+                              coef=rng.normal(0, 1, pooled.shape[1]), intercept=0.0, c=1.0,
+                              backbone="efficientnet_lite0")
+    served = weights.score(pooled)
+    point = {**tiny_operating_point, "candidate": "baseline", "threshold": float(np.median(served)),
+             "served_weights": weights.to_payload()}
+    table = embed_images(tiny_scores, tiny_checkpoint, tiny_index, point)
+    readable = table["score"].notna().to_numpy()
+    expected = np.where(served[readable] >= point["threshold"], "valid", "invalid")
+    assert table.loc[readable, "predicted_label"].tolist() == expected.tolist()
+    assert 0 < (expected == "valid").sum() < readable.sum() and pd.isna(table.loc[2, "predicted_label"])
+    np.testing.assert_array_equal(table["score"], tiny_scores["tensors"]["score"].numpy())
 
 
 def test_embed_images_refuses_an_operating_point_of_another_checkpoint(tiny_scores, tiny_checkpoint, tiny_index,

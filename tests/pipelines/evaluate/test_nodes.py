@@ -21,7 +21,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from image_classification.metrics import bootstrap_precision_recall, metrics_at_threshold
+from image_classification.baseline import BaselineWeights
+from image_classification.errors import ParameterError
+from image_classification.metrics import bootstrap_precision_recall, metrics_at_threshold, select_threshold
 from image_classification.parameters.train import TrainConfig
 from image_classification.pipelines.evaluate.nodes import (
     EvaluateConfig,
@@ -138,7 +140,7 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
     model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"],
                          evaluation_inputs["image_index"])
     index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
-    baseline, fitted = fit_baseline(features, index, small_config(), seed=42)
+    baseline, fitted, weights = fit_baseline(features, index, small_config(), seed=42)
     patches, patch_fit = score_patches(features, index, small_config(), seed=42)
     table = join_scores(model, baseline, patches, index, seed=42)
     sizes = {split: sum(counts) for split, counts in SPLIT_SIZES.items()}
@@ -148,6 +150,12 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
         assert table.loc[table[column].isna(), "path"].tolist() == [unreadable], column
     assert table["score"].dropna().between(0, 1).all() and table["baseline_score"].dropna().between(0, 1).all()
     assert fitted["C"] in (0.01, 1.0) and fitted["train_images"] == sum(SPLIT_SIZES["train"])
+    # the saved weights, read back from JSON, score as the fitted baseline did (what predict serves)
+    served = BaselineWeights.from_payload(json.loads(json.dumps(weights)))
+    pooled = features["tensors"]["pooled"].float().numpy()[index["split"].isin(["val", "test"]).to_numpy()]
+    readable = table["baseline_score"].notna().to_numpy()
+    assert served.c == fitted["C"] and np.allclose(served.score(pooled[readable]),
+                                                   table.loc[readable, "baseline_score"], atol=1e-6)
     # the memory holds valid train images' patches only, so each invalid image's odd patch stands out
     assert patch_fit["enabled"] and patch_fit["train_valid_images"] == SPLIT_SIZES["train"][0]
     readable = table.dropna(subset=["patch_score"])
@@ -167,7 +175,7 @@ def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(e
     assert patches["patch_score"].isna().all() and not patch_fit["enabled"]
     assert ("patch_evidence is off" if why == "switched off" else "train.patch_grid is 0") in patch_fit["reason"]
     model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index)
-    baseline, fitted = fit_baseline(features, index, config, seed=42)
+    baseline, fitted, _ = fit_baseline(features, index, config, seed=42)
     table = join_scores(model, baseline, patches, index, seed=42)
     assert table["stack_score"].isna().all()
     point = choose_operating_point(table, CHECKPOINT, config)
@@ -179,12 +187,21 @@ def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(e
 
 def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inputs):
     index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
-    report = cross_validate_candidates(features, index, TrainConfig(epochs=2), small_config(cv_folds=3), seed=42)
+    report, held_out = cross_validate_candidates(features, index, TrainConfig(epochs=2), small_config(cv_folds=3),
+                                                 seed=42)
     json.dumps(report, allow_nan=False)
-    labelled = sum(sum(counts) for counts in SPLIT_SIZES.values()) - 1  # one image unreadable
+    # the train and validation images only: the test split measures the choices made on these
+    labelled = sum(SPLIT_SIZES["train"]) + sum(SPLIT_SIZES["val"]) - 1  # one image unreadable
     assert report["enabled"] and report["labelled_images"] == labelled and len(report["folds"]) == 3
-    # every labelled image is tested exactly once, and never in its own fold's train or validation rows
+    # every labelled image is held out exactly once, and never in its own fold's train or validation rows
     assert sum(fold["images"]["test"] for fold in report["folds"]) == labelled
+    assert len(held_out) == labelled and set(held_out["split"]) == {"train", "val"}
+    assert held_out["fold"].value_counts().sort_index().tolist() == [f["images"]["test"] for f in report["folds"]]
+    assert held_out[["score", "baseline_score", "patch_score", "stack_score"]].notna().all(axis=None)
+    # each fold's held-out scores are the ones its figures were measured on
+    first = held_out[held_out["fold"] == 0]
+    assert roc_auc_score(first["target"], first["baseline_score"]) == pytest.approx(
+        report["folds"][0]["candidates"]["baseline"]["test_auroc"])
     for fold in report["folds"]:
         assert sum(fold["images"].values()) == labelled
         assert list(fold["candidates"]) == ["model", "baseline", "patch", "stack"]
@@ -199,20 +216,22 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
 def test_cross_validation_says_its_model_row_is_not_the_fine_tuned_model(evaluation_inputs):
     """With fine-tuned backbone blocks the folds still train the head on the frozen features: the
     report must not pass those figures off as the fine-tuned model's."""
-    report = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
-                                       TrainConfig(epochs=1, trainable_blocks=1), small_config(cv_folds=3), seed=42)
+    report, _ = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
+                                          TrainConfig(epochs=1, trainable_blocks=1), small_config(cv_folds=3), seed=42)
     assert report["enabled"] and "not the model with 1 fine-tuned backbone blocks" in report["model"]
 
 
 @pytest.mark.parametrize(("changes", "why"), [
     ({"cv_folds": 0}, "cv_folds is 0"),
-    ({"cv_max_images": 30}, "one split is large enough"),
+    ({"cv_max_images": 20}, "one split is large enough"),
     ({"cv_folds": 20}, "fewer than 20 groups of each label"),
 ])
 def test_cross_validation_is_skipped_with_a_reason(evaluation_inputs, changes, why):
-    report = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
-                                       TrainConfig(epochs=1), small_config(**changes), seed=42)
-    assert not report["enabled"] and why in report["reason"]
+    report, held_out = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
+                                                 TrainConfig(epochs=1), small_config(**changes), seed=42)
+    assert not report["enabled"] and why in report["reason"] and held_out.empty
+    assert list(held_out) == ["path", "split", "target", "fold", "score", "baseline_score", "patch_score",
+                              "stack_score"]
 
 
 def test_stale_features_or_scores_are_refused(evaluation_inputs):
@@ -241,6 +260,114 @@ def test_lower_bound_rule_on_a_small_validation_set_falls_back_and_explains(eval
     assert "Fallback rule" in point["fallback"] and "too small to certify" in point["fallback"]
     # the highest bound is reached by the 8 valid images above the invalid one at 0.62
     assert point["threshold"] == pytest.approx(0.65) and point["validation"]["precision"] == 1.0
+
+
+def held_out_table(targets: list[int], model: list[float], baseline: list[float]) -> pd.DataFrame:
+    """An ``out_of_fold_scores`` table of two folds."""
+    return pd.DataFrame({"path": [f"/images/oof_{i}.png" for i in range(len(targets))], "split": "train",
+                         "target": np.array(targets, np.int8), "fold": np.arange(len(targets)) % 2,
+                         "score": np.array(model, np.float32), "baseline_score": np.array(baseline, np.float32),
+                         "patch_score": np.float32(np.nan), "stack_score": np.float32(np.nan)})
+
+
+def per_fold_difference(held_out: pd.DataFrame) -> np.ndarray:
+    """The model's held-out AP minus the baseline's, fold by fold, as scikit-learn computes them."""
+    return np.array([average_precision_score(f["target"], f["score"]) - average_precision_score(f["target"],
+                                                                                                 f["baseline_score"])
+                     for _, f in held_out.groupby("fold")])
+
+
+# the baseline's weights as evaluate saves them (the operating point carries them when it serves the baseline)
+WEIGHTS = {"kind": "logistic regression on pooled backbone features", "backbone": "efficientnet_lite0", "C": 1.0,
+           "features": 2, "mean": [0.0, 0.0], "scale": [1.0, 1.0], "coef": [1.0, -1.0], "intercept": 0.0}
+# 30 held-out images: the baseline ranks them well (one invalid image among the top 20 valid ones)
+OOF_TARGETS = [1] * 20 + [0] * 10
+OOF_BASELINE = [0.99 - 0.01 * i for i in range(20)] + [0.985] + [0.1] * 9
+# a model that ranks them perfectly, and a baseline with an invalid image near the top of each fold
+OOF_PERFECT = [0.9 - 0.001 * i for i in range(20)] + [0.1] * 10
+OOF_WORSE_BASELINE = [0.99 - 0.01 * i for i in range(20)] + [0.985, 0.975] + [0.1] * 8
+
+
+def test_on_small_data_auto_serves_the_baseline_with_an_out_of_fold_threshold_and_says_how_the_model_compares(
+        evaluation_scores, caplog):
+    """Only the baseline's threshold carries over from out-of-fold scores, so on small data it is
+    served; the record compares the model's held-out AP with it and the run warns when the model
+    ranks clearly better (by more than two standard errors over the folds)."""
+    held_out = held_out_table(OOF_TARGETS, [0.5] * 30, OOF_BASELINE)  # a model that ranks nothing
+    config = small_config(rule="point")
+    point = choose_operating_point(evaluation_scores, CHECKPOINT, config, held_out, baseline_model=WEIGHTS)
+    json.dumps(point, allow_nan=False)
+    assert point["candidate"] == "baseline" and point["threshold_chosen_on"] == "out_of_fold"
+    assert "on small data the baseline, whose threshold is chosen on out-of-fold scores" in point["why"]
+    compared = point["candidates_compared"]["model_minus_baseline_held_out_average_precision"]
+    assert compared["per_fold"] == pytest.approx(per_fold_difference(held_out).tolist()) and compared["mean"] < 0
+    assert "ranks clearly better" not in point["why"] and "ranks clearly better" not in caplog.text
+    expected = select_threshold(np.array(OOF_TARGETS), np.array(OOF_BASELINE, np.float32).astype(float), "point",
+                                config.rule_settings)
+    assert point["threshold"] == pytest.approx(expected["threshold"]) and point["validation"]["images"] == 30
+    clearly = held_out_table(OOF_TARGETS, OOF_PERFECT, OOF_WORSE_BASELINE)
+    difference = per_fold_difference(clearly)
+    assert difference.mean() > 2 * difference.std(ddof=1) / np.sqrt(2)  # better in both folds, by about as much
+    warned = choose_operating_point(evaluation_scores, CHECKPOINT, config, clearly, baseline_model=WEIGHTS)
+    assert warned["candidate"] == "baseline" and "evaluate.operating_candidate=model serves it" in warned["why"]
+    assert "ranks clearly better" in caplog.text
+    # pinned, the model keeps its validation threshold (its fold heads score on other scales)
+    model_point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config(rule="point",
+                                         operating_candidate="model"), clearly, baseline_model=WEIGHTS)
+    assert model_point["candidate"] == "model" and model_point["threshold_chosen_on"] == "validation"
+    assert model_point["threshold"] == pytest.approx(0.6)
+    # everything measured and drawn follows the served candidate
+    metrics = measure_performance(evaluation_scores, point, BASELINE_FIT, PATCH_OFF, config, seed=42)
+    assert metrics["operating_candidate"] == "baseline" and metrics["candidates"]["operating_point_from"] == "baseline"
+    assert metrics["baseline"]["threshold"] == point["threshold"] and metrics["baseline"]["C"] == 1.0
+    assert metrics["model"]["threshold"] == pytest.approx(0.6)  # chosen on validation beside it
+    errors = list_errors(evaluation_scores, point)
+    by_baseline = evaluation_scores["baseline_score"] >= point["threshold"]
+    wrong = by_baseline != (evaluation_scores["target"] == 1)
+    assert sorted(errors["path"]) == sorted(evaluation_scores.loc[wrong, "path"])
+    assert np.allclose(errors.set_index("path").loc[evaluation_scores.loc[wrong, "path"], "score"],
+                       evaluation_scores.loc[wrong, "baseline_score"])
+
+
+def test_without_cross_validation_auto_compares_validation_average_precision_and_says_so(evaluation_scores):
+    worse_baseline = evaluation_scores.assign(baseline_score=lambda t: np.where(t["target"] == 1, 0.4, 0.6) +
+                                              np.linspace(0, 0.01, len(t)))
+    point = choose_operating_point(worse_baseline, CHECKPOINT, small_config(rule="point"), pd.DataFrame(),
+                                   baseline_model=WEIGHTS)
+    assert point["candidate"] == "model" and "unless the baseline's validation average precision is clearly higher" \
+        in point["why"]
+    low, high = point["candidates_compared"]["baseline_minus_model_validation_average_precision_interval"]
+    assert low < high < 0
+    # a baseline that ranks validation clearly better (a paired bootstrap interval above 0) is served
+    better_baseline = evaluation_scores.assign(
+        baseline_score=lambda t: t["target"] * 0.5 + np.linspace(0.2, 0.3, len(t)),
+        score=lambda t: np.where(t["target"] == 1, 0.4, 0.6) + np.linspace(0, 0.01, len(t)))
+    served = choose_operating_point(better_baseline, CHECKPOINT, small_config(rule="point"), pd.DataFrame(),
+                                    baseline_model=WEIGHTS)
+    assert served["candidate"] == "baseline" and served["candidates_compared"][
+        "baseline_minus_model_validation_average_precision_interval"][0] > 0
+    # the operating point carries the weights it serves: predict and zero_shot need nothing else
+    assert served["served_weights"] == WEIGHTS and "served_weights" not in point
+    without = choose_operating_point(better_baseline, CHECKPOINT, small_config(rule="point"), pd.DataFrame())
+    assert without["candidate"] == "model" and "no fitted baseline weights were given" in without["why"]
+    # out_of_fold asked for without cross-validation: validation, and the record says why
+    pinned = choose_operating_point(evaluation_scores, CHECKPOINT,
+                                    small_config(rule="point", operating_candidate="baseline", threshold_on="out_of_fold"),
+                                    pd.DataFrame(), baseline_model=WEIGHTS)
+    assert pinned["candidate"] == "baseline" and pinned["why"] == "pinned by evaluate.operating_candidate"
+    assert pinned["threshold_chosen_on"] == "validation" and "cross-validation did not run" in pinned["threshold_note"]
+
+
+def test_the_baseline_is_not_served_for_a_fine_tuned_backbone(evaluation_scores):
+    fine_tuned = {"tensors": {}, "metadata": {**CHECKPOINT_METADATA, "fine_tuned_blocks": 2}}
+    held_out = held_out_table(OOF_TARGETS, [0.5] * 30, OOF_BASELINE)
+    point = choose_operating_point(evaluation_scores, fine_tuned, small_config(), held_out, baseline_model=WEIGHTS)
+    assert point["candidate"] == "model" and "2 fine-tuned blocks" in point["why"]
+    with pytest.raises(ParameterError, match="fitted on the frozen backbone's features"):
+        choose_operating_point(evaluation_scores, fine_tuned, small_config(operating_candidate="baseline"),
+                               baseline_model=WEIGHTS)
+    with pytest.raises(ParameterError, match="patch and stack are measured, not served"):
+        small_config(operating_candidate="stack")
 
 
 def test_unreachable_target_is_reported_not_hidden():

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import precision_score, recall_score
 
+from image_classification.baseline import BaselineWeights
 from image_classification.parameters.train import TrainConfig
 from image_classification.pipelines.data_prep import create_pipeline as data_prep_pipeline
 from image_classification.pipelines.evaluate import create_pipeline
@@ -47,7 +48,7 @@ def test_every_output_is_a_versioned_catalog_entry_seen_by_kedro_viz():
         entry = catalog_entry(name)
         assert entry is not None, name
         assert entry["versioned"] is True, name
-        assert entry["metadata"]["kedro-viz"]["layer"] in ("model_output", "reporting"), name
+        assert entry["metadata"]["kedro-viz"]["layer"] in ("models", "model_output", "reporting"), name
 
 
 def test_parameters_file_builds_a_valid_config():
@@ -72,16 +73,23 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     scores, point, metrics = (catalog.load(name) for name in ("evaluation_scores", "operating_point", "evaluation_metrics"))
     assert set(scores["split"]) == {"val", "test"}
     assert point["backbone"] == "efficientnet_lite0" and point["rule"] == "lower_bound"  # the default
-    test = scores[(scores["split"] == "test") & scores["score"].notna()]
-    called = test["score"] >= point["threshold"]
-    assert metrics["model"]["threshold"] == point["threshold"]
-    assert metrics["model"]["test"]["recall"] == pytest.approx(recall_score(test["target"], called))
-    assert metrics["model"]["test"]["precision"] == pytest.approx(
+    # the served candidate (auto: model or baseline), measured at its operating threshold
+    served, column = point["candidate"], {"model": "score", "baseline": "baseline_score"}[point["candidate"]]
+    assert metrics["operating_candidate"] == served and point["threshold_chosen_on"] == (
+        "out_of_fold" if served == "baseline" else "validation")
+    test = scores[(scores["split"] == "test") & scores[column].notna()]
+    called = test[column] >= point["threshold"]
+    assert metrics[served]["threshold"] == point["threshold"]
+    assert metrics[served]["test"]["recall"] == pytest.approx(recall_score(test["target"], called))
+    assert metrics[served]["test"]["precision"] == pytest.approx(
         precision_score(test["target"], called, zero_division=np.nan), nan_ok=True)
     assert catalog.load("cross_validation")["enabled"] and len(catalog.load("cross_validation")["folds"]) == 5
+    held_out = catalog.load("out_of_fold_scores")
+    assert set(held_out["split"]) == {"train", "val"} and held_out["fold"].nunique() == 5
     assert [row["candidate"] for row in metrics["candidates"]["table"]] == ["model", "baseline", "patch", "stack"]
-    scored = scores.dropna(subset=["score"])
-    assert len(catalog.load("gap_analysis")) == ((scored["score"] >= point["threshold"]) != (scored["target"] == 1)).sum()
+    assert BaselineWeights.from_payload(catalog.load("baseline_model")).c == metrics["baseline"]["C"]
+    scored = scores.dropna(subset=[column])
+    assert len(catalog.load("gap_analysis")) == ((scored[column] >= point["threshold"]) != (scored["target"] == 1)).sum()
     assert all(isinstance(catalog.load(name), Figure) for name in FIGURES)
     assert all(isinstance(catalog.load(name), go.Figure) for name in PLOTS)
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from image_classification.anomaly import DetectorState, KNNDetector
 from image_classification.artefacts import Checkpoint
+from image_classification.baseline import BaselineWeights
 from image_classification.model import build_model
 
 from ...conftest import BAD_FILES, jpeg_bytes, noise_image, png_bytes, write_files
@@ -51,6 +52,14 @@ def knn_detector_payload(threshold: float = 0.5, seed: int = 0) -> dict:
     reference = np.random.default_rng(seed).random((12, 1280))
     detector = KNNDetector(k=2).fit(reference, np.zeros(12))
     return DetectorState.of(detector, "knn_pooled", "pooled", threshold, target_tpr=0.95).to_payload()
+
+
+def baseline_payload(seed: int = 0) -> dict:
+    """A logistic regression on the tiny model's 1280 pooled features, as evaluate saves it."""
+    rng = np.random.default_rng(seed)
+    weights = BaselineWeights(mean=rng.random(1280) * 0.1, scale=1 + rng.random(1280), coef=rng.normal(0, 0.05, 1280),
+                              intercept=0.2, c=1.0, backbone="efficientnet_lite0")
+    return weights.to_payload()
 
 
 def photo_files() -> dict[str, bytes]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from image_classification.anomaly import DetectorState, MaxSoftmaxDetector
 from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.backbones import backbone_spec
 from image_classification.pipelines.predict.nodes import (
     PredictConfig,
     format_for_spreadsheet,
@@ -16,7 +18,10 @@ from image_classification.pipelines.predict.nodes import (
 )
 from image_classification.sources import SourceError
 
-from .helpers import MIXED_FILES, knn_detector_payload, tiny_checkpoint
+from image_classification.baseline import BaselineWeights
+from image_classification.inference import model_outputs
+
+from .helpers import MIXED_FILES, baseline_payload, knn_detector_payload, tiny_checkpoint
 
 NO_EXPORT = {"passed": False, "reason": "not exported in this test"}
 
@@ -95,3 +100,32 @@ def test_config_refuses_unknown_backends_and_threads():
         PredictConfig(backend="tensorrt")
     with pytest.raises(ValueError, match="unknown backends"):
         PredictConfig(threads={"openvino": 2})
+
+
+def test_an_operating_point_on_the_baseline_calls_images_on_the_baseline_score(mixed_folder):
+    """evaluate may serve the baseline: predict then scores the pooled features of the same pass with
+    the weights the operating point carries, calls images at the threshold on that score and keeps
+    the model's beside it."""
+    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")
+    config = PredictConfig(backend="torch", workers=0, batch_size=4)
+    checkpoint = Checkpoint.from_payload(tiny_checkpoint())
+    readable = (images["error"] == "").to_numpy()
+    reference = model_outputs(checkpoint.model(), images.loc[readable, "path"].tolist(),
+                              backbone_spec(checkpoint.backbone), torch.device("cpu"))
+    ok = np.array([not error for error in reference["errors"]])
+    expected = BaselineWeights.from_payload(baseline_payload()).score(reference["features"][ok])
+    threshold = float(np.median(expected))  # half the readable images on each side
+    point = {"threshold": threshold, "candidate": "baseline", "served_weights": baseline_payload(),
+             "backbone": "efficientnet_lite0", "best_epoch": 3}
+    table, summary = predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn_detector_payload(threshold=10.0), point,
+                                    images, config)
+    scored = table["error"] == ""
+    assert scored.sum() == ok.sum() >= 4
+    np.testing.assert_allclose(table.loc[scored, "score"], expected, atol=1e-4)
+    np.testing.assert_allclose(table.loc[scored, "model_score"], reference["score"][ok], atol=1e-5)
+    assert (table.loc[scored, "predicted_label"] == np.where(expected >= threshold, "valid", "invalid")).all()
+    assert 0 < (table.loc[scored, "predicted_label"] == "valid").sum() < scored.sum()
+    assert table.loc[~scored, ["score", "model_score"]].isna().all(axis=None) and summary["candidate"] == "baseline"
+    without = {key: value for key, value in point.items() if key != "served_weights"}
+    with pytest.raises(ValueError, match="serves the baseline but holds no served_weights; run the evaluate"):
+        predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn_detector_payload(), without, images, config)

@@ -12,6 +12,7 @@ from kedro.runner import SequentialRunner
 from ...conftest import KeptDataset
 
 from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.baseline import BaselineWeights
 from image_classification.model import build_model
 from image_classification.pipelines.score.nodes import score_index
 from image_classification.pipelines.zero_shot import create_pipeline
@@ -78,6 +79,27 @@ def test_zero_shot_runs_alone_and_flags_far_kinds():
     assert len(decisions) == 12 + 16
     assert (decisions["accepted_as_valid"] == ((decisions["score"] >= 0.5) & ~decisions["anomaly_flag"])).all()
     assert catalog.load("zero_shot_embedding_3d").data  # a plotly figure with traces
+
+
+def test_with_the_baseline_served_the_decisions_use_its_score():
+    inputs = tiny_inputs()
+    pooled = inputs["scored_index"]["tensors"]["pooled"].float().numpy()
+    weights = BaselineWeights(mean=pooled.mean(axis=0), scale=pooled.std(axis=0), coef=np.random.default_rng(1).normal(
+        0, 0.1, 1280), intercept=0.0, c=1.0, backbone="efficientnet_lite0")
+    served = weights.score(pooled)
+    inputs["operating_point"] |= {"candidate": "baseline", "threshold": float(np.median(served[52:64])),
+                                  "served_weights": weights.to_payload()}
+    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
+    for name in ("zero_shot_decisions", "zero_shot_metrics"):
+        catalog[name] = KeptDataset(copy_mode="assign")
+    SequentialRunner().run(create_pipeline(), catalog)
+    decisions = catalog.load("zero_shot_decisions").set_index("path")
+    rows = inputs["image_index"]["path"].to_numpy()[52:]  # test and unseen images
+    np.testing.assert_allclose(decisions.loc[rows, "score"], served[52:], rtol=1e-6)
+    np.testing.assert_allclose(decisions.loc[rows, "model_score"], inputs["scored_index"]["tensors"]["score"][52:])
+    called = served[52:] >= inputs["operating_point"]["threshold"]
+    assert (decisions.loc[rows, "predicted_label"] == np.where(called, "valid", "invalid")).all()
+    assert catalog.load("zero_shot_metrics")["classifier"] == "baseline"
 
 
 def test_config_refuses_an_unknown_flag_detector():

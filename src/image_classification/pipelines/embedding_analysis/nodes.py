@@ -54,16 +54,17 @@ def embed_images(scored_index: dict, model_checkpoint: dict, image_index: pd.Dat
     """The score and 50-d embedding of every indexed image (unseen kinds too), from the score stage.
 
     Returns:
-        One row per image: path, split, label, kind, target, score, ``predicted_label`` (``valid``
-        when the score reaches evaluate's operating threshold, as in zero_shot and predict; NA if
-        unreadable), error and e0..e49.
+        One row per image: path, split, label, kind, target, score (the model's), ``predicted_label``
+        (``valid`` when the served candidate's score reaches evaluate's operating threshold, as in
+        zero_shot and predict; NA if unreadable), error and e0..e49.
     """
     checkpoint = Checkpoint.from_payload(model_checkpoint)
     scored = ScoredIndex.from_payload(scored_index).check(image_index, checkpoint)
     threshold = OperatingPoint.from_payload(operating_point)
     threshold.threshold_for(checkpoint)
     table = scored.table(image_index)
-    table.insert(6, "predicted_label", threshold.predicted_labels(table["score"].to_numpy()))
+    served = threshold.scores(table["score"].to_numpy(), scored.pooled)
+    table.insert(6, "predicted_label", threshold.predicted_labels(served))
     logger.info("Embedded %d images (%d unreadable) into %d dimensions", len(table),
                 int(table["score"].isna().sum()), len(embedding_columns(table)))
     return table

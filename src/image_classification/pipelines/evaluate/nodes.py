@@ -20,8 +20,8 @@ from image_classification.artefacts import (
     ScoredIndex,
     jsonable,
 )
-from image_classification.baseline import LogisticBaseline
-from image_classification.errors import DataError
+from image_classification.baseline import BaselineWeights, LogisticBaseline
+from image_classification.errors import DataError, ParameterError
 from image_classification.images import thumbnail
 from image_classification.metrics import report_at_threshold, select_threshold
 from image_classification.candidates import cross_validate, stack_inputs, stack_scores
@@ -33,6 +33,7 @@ from image_classification.plots import evaluation as plots
 logger = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("val", "test")
+OUT_OF_FOLD_COLUMNS = ["path", "split", "target", "fold", "score", "baseline_score", "patch_score", "stack_score"]
 SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "patch_score", "stack_score", "error"]
 # every score evaluate measures: (key in evaluation_metrics.json, column of evaluation_scores, what it is)
 CANDIDATES = (
@@ -66,13 +67,15 @@ def score_images(scored_index: dict, model_checkpoint: dict, image_index: pd.Dat
 
 
 def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: EvaluateConfig,
-                 seed: int) -> tuple[pd.DataFrame, dict]:
+                 seed: int) -> tuple[pd.DataFrame, dict, dict]:
     """Fit a logistic regression on the frozen backbone's pooled features of the train split,
     with C chosen on validation, and score the validation and test images with it.
 
     Returns:
         ``path`` and ``baseline_score`` per validation and test image (rows as in
-        :func:`score_images`), and what was fitted: C and the validation score of every C tried.
+        :func:`score_images`); what was fitted: C and the validation score of every C tried; and the
+        fitted weights as plain numbers (``baseline_model``), which the operating point carries when
+        it serves the baseline.
     """
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     rows = _evaluated_rows(image_index)
@@ -86,7 +89,7 @@ def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: E
                 "(recall at target precision %.3f, average precision %.3f)", len(train), cache.backbone, baseline.c_,
                 *baseline.quality_[baseline.c_])
     return (pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "baseline_score": scores}),
-            baseline.summary(cache.backbone, len(train)))
+            baseline.summary(cache.backbone, len(train)), BaselineWeights.of(baseline, cache.backbone).to_payload())
 
 
 def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: EvaluateConfig,
@@ -164,15 +167,21 @@ def stacked_scores(table: pd.DataFrame, groups: np.ndarray, seed: int) -> tuple[
 
 
 def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame, train: TrainConfig,
-                              evaluate: EvaluateConfig, seed: int) -> dict:
+                              evaluate: EvaluateConfig, seed: int) -> tuple[dict, pd.DataFrame]:
     """On a small labelled set, every candidate over ``evaluate.cv_folds`` grouped, stratified folds
-    (:func:`~image_classification.candidates.cross_validate`): figures per fold and mean +- sd, so
-    that one small test split's luck does not pass for the model's quality.
+    of the train and validation images (:func:`~image_classification.candidates.cross_validate`):
+    figures per fold and mean +- sd, so that one small split's luck does not pass for the model's
+    quality, and an out-of-fold score of every one of those images, on which the operating point can
+    be chosen (:func:`choose_operating_point`). The test split stays out, so the test figures remain
+    a measurement of the choice and not part of it.
 
-    Returns ``{"enabled": False, "reason": ...}`` when it is off or the set is large enough for one split.
+    Returns:
+        The report (``{"enabled": False, "reason": ...}`` when it is off or the set is large enough
+        for one split), and per train and validation image its fold and every candidate's held-out
+        score (no rows when it did not run).
     """
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
-    labelled = np.flatnonzero(cache.readable & image_index["split"].isin(("train", "val", "test")).to_numpy(bool)
+    labelled = np.flatnonzero(cache.readable & image_index["split"].isin(("train", "val")).to_numpy(bool)
                               & image_index["target"].notna().to_numpy())
     reason = ("evaluate.cv_folds is 0" if not evaluate.cv_folds else
               f"{len(labelled)} labelled images, at least evaluate.cv_max_images ({evaluate.cv_max_images}): one "
@@ -183,9 +192,11 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
         reason = f"fewer than {evaluate.cv_folds} groups of each label: too few for {evaluate.cv_folds} grouped folds"
     if reason is not None:
         logger.info("Cross-validation skipped: %s", reason)
-        return {"enabled": False, "reason": reason}
-    logger.info("Cross-validating every candidate on %d grouped folds of %d labelled images", evaluate.cv_folds,
-                len(labelled))
+        return {"enabled": False, "reason": reason}, pd.DataFrame({
+            "path": pd.Series(dtype="string"), "split": pd.Series(dtype="string"), "target": pd.Series(dtype="int8"),
+            "fold": pd.Series(dtype="int16"), **{c: pd.Series(dtype="float32") for c in OUT_OF_FOLD_COLUMNS[4:]}})
+    logger.info("Cross-validating every candidate on %d grouped folds of the %d labelled train and validation "
+                "images", evaluate.cv_folds, len(labelled))
     model = "the original head on the frozen backbone's cached features, trained per fold as train does"
     if train.trainable_blocks:
         # fine-tuning every fold would cost cv_folds more fine-tuning runs; say what the row measures
@@ -196,29 +207,154 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
     patches = cache.patches[labelled] if cache.patches is not None and evaluate.patch_evidence else None
     report = cross_validate(cache.head_input[labelled], cache.pooled[labelled].float().numpy(), patches, targets,
                             groups, evaluate.cv_folds, train, evaluate, seed)
+    held_out = report.pop("out_of_fold")
+    out_of_fold = image_index.iloc[labelled][["path", "split", "target"]].reset_index(drop=True).astype(
+        {"target": "int8"}).assign(fold=held_out["fold"].astype("int16"))
+    for key, column, _ in CANDIDATES:
+        out_of_fold[column] = held_out.get(key, np.full(len(labelled), np.nan)).astype(np.float32)
     for name, figures in report["summary"].items():
-        logger.info("Cross-validated %s: test AUROC %s +- %s, recall %s +- %s at the validation threshold, test "
+        logger.info("Cross-validated %s: held-out AUROC %s +- %s, recall %s +- %s at the validation threshold, test "
                     "precision >= %.2f in %d of %d folds", name, _format(figures["test_auroc"]["mean"]),
                     _format(figures["test_auroc"]["sd"]), _format(figures["test_recall"]["mean"]),
                     _format(figures["test_recall"]["sd"]), evaluate.target_precision,
                     figures["folds_target_precision_held"], figures["folds"])
-    return jsonable({"enabled": True, "labelled_images": int(len(labelled)), "groups": int(len(np.unique(groups))),
-                     "model": model, **report})
+    return jsonable({"enabled": True, "labelled_images": int(len(labelled)), "splits": ["train", "val"],
+                     "groups": int(len(np.unique(groups))), "model": model, **report}), out_of_fold
 
 
 # ---------------------------------------------------------------- operating point and metrics
 
 
-def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: dict, evaluate: EvaluateConfig) -> dict:
-    """Choose the model's decision threshold on the validation split, by the configured rule.
+def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: dict, evaluate: EvaluateConfig,
+                           out_of_fold_scores: pd.DataFrame | None = None, seed: int = 42,
+                           baseline_model: dict | None = None) -> dict:
+    """Choose the served score (``evaluate.operating_candidate``) and its decision threshold, by the
+    configured rule, on validation or on the out-of-fold scores (``evaluate.threshold_on``).
+
+    Of the candidates predict can serve (the model, and the baseline when the backbone is frozen):
+    on small data, where cross-validation ran (``out_of_fold_scores`` has rows), the baseline, since
+    only its threshold carries over
+    from out-of-fold scores (the record says how the model compares, and the run warns when it ranks
+    clearly better); on large data the model, unless the baseline's validation average precision is
+    clearly higher (the lower end of a paired bootstrap interval of the difference above 0). With
+    ``threshold_on`` auto the baseline's threshold is chosen on its out-of-fold scores, five times
+    as many images as validation (benchmarks/oof_threshold.py measures what that buys), the model's
+    on validation.
 
     Returns:
-        The threshold, how it was chosen and what it achieves on validation, with what of the
-        checkpoint ``predict`` and ``zero_shot`` need to apply it to the right model.
+        The candidate, the threshold, why and how they were chosen and what the threshold achieves
+        where it was chosen, with what of the checkpoint predict, zero_shot and embedding_analysis
+        need to apply it to the right model.
     """
-    point = select_threshold(*_scored(evaluation_scores, "val", "score"), evaluate.rule, evaluate.rule_settings)
-    _log_operating_point("Model", point)
-    return jsonable(OperatingPoint.for_checkpoint(point, Checkpoint.from_payload(model_checkpoint)).to_payload())
+    checkpoint = Checkpoint.from_payload(model_checkpoint)
+    out_of_fold_scores = out_of_fold_scores if out_of_fold_scores is not None else pd.DataFrame()
+    candidate, why, compared = _operating_candidate(evaluation_scores, out_of_fold_scores, checkpoint, evaluate, seed,
+                                                    baseline_model)
+    column = _COLUMN[candidate]
+    chosen_on = evaluate.threshold_on if evaluate.threshold_on != "auto" else \
+        "out_of_fold" if candidate == "baseline" else "validation"
+    held_out = out_of_fold_scores[out_of_fold_scores[column].notna()] if len(out_of_fold_scores) else out_of_fold_scores
+    note = None
+    if chosen_on == "out_of_fold" and held_out.empty:
+        note = ("no out-of-fold scores (cross-validation did not run; cross_validation.json says why), so the "
+                "threshold was chosen on validation")
+        logger.info("Operating point: %s", note)
+        chosen_on = "validation"
+    if chosen_on == "out_of_fold":
+        point = select_threshold(held_out["target"].to_numpy(int), held_out[column].to_numpy(np.float64), evaluate.rule,
+                                 evaluate.rule_settings)
+        where = (f"out-of-fold scores of {len(held_out)} train and validation images over "
+                 f"{held_out['fold'].nunique()} grouped folds")
+    else:
+        point = select_threshold(*_scored(evaluation_scores, "val", column), evaluate.rule, evaluate.rule_settings)
+        where = "the validation split"
+    point |= {"threshold_chosen_on": chosen_on, "threshold_chosen_on_images": where, "why": why,
+              "candidates_compared": compared, "threshold_note": note}
+    logger.info("Operating point: the %s's score (%s); threshold chosen on %s", candidate, why, where)
+    _log_operating_point(candidate.capitalize(), point)
+    return jsonable(OperatingPoint.for_checkpoint(point, checkpoint, candidate, baseline_model).to_payload())
+
+
+_COLUMN = {key: column for key, column, _ in CANDIDATES}
+
+
+def _paired_average_precision_interval(evaluation_scores: pd.DataFrame, evaluate: EvaluateConfig,
+                                      seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval of the baseline's validation AP minus the model's, on the same
+    resampled validation images (``evaluate.bootstrap_samples``, ``evaluate.bootstrap_level``)."""
+    rows = evaluation_scores[(evaluation_scores["split"] == "val") & evaluation_scores["score"].notna()
+                             & evaluation_scores["baseline_score"].notna()]
+    targets, model, baseline = (rows[c].to_numpy(float) for c in ("target", "score", "baseline_score"))
+    rng, differences = np.random.default_rng(seed), []
+    for _ in range(evaluate.bootstrap_samples):
+        pick = rng.integers(0, len(rows), len(rows))
+        if 0 < targets[pick].sum() < len(pick):
+            differences.append(average_precision_score(targets[pick], baseline[pick])
+                               - average_precision_score(targets[pick], model[pick]))
+    if not differences:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - evaluate.bootstrap_level) / 2
+    return float(np.percentile(differences, tail)), float(np.percentile(differences, 100 - tail))
+
+
+def _held_out_average_precision(out_of_fold_scores: pd.DataFrame, column: str) -> np.ndarray:
+    """Per cross-validation fold, the average precision of one candidate's held-out scores (as
+    cross_validation.json reports it per fold)."""
+    return np.array([average_precision_score(fold["target"], fold[column])
+                     for _, fold in out_of_fold_scores.groupby("fold", sort=True)], dtype=float)
+
+
+def _operating_candidate(evaluation_scores: pd.DataFrame, out_of_fold_scores: pd.DataFrame, checkpoint: Checkpoint,
+                         evaluate: EvaluateConfig, seed: int, baseline_model: dict | None) -> tuple[str, str, dict]:
+    """The served candidate, why, and the figures compared."""
+    servable = {"model": None}
+    if checkpoint.fine_tuned_blocks:
+        unservable = (f"the checkpoint's backbone has {checkpoint.fine_tuned_blocks} fine-tuned blocks, and the "
+                      "baseline was fitted on the frozen backbone's features")
+    elif "baseline_score" not in evaluation_scores or evaluation_scores["baseline_score"].isna().all():
+        unservable = "there are no baseline scores"
+    elif not baseline_model:
+        unservable = "no fitted baseline weights were given"
+    else:
+        unservable, servable["baseline"] = None, None
+    if evaluate.operating_candidate != "auto":
+        if evaluate.operating_candidate not in servable:
+            raise ParameterError(f"evaluate.operating_candidate is {evaluate.operating_candidate}, but {unservable}; "
+                                 "use auto or model")
+        return evaluate.operating_candidate, "pinned by evaluate.operating_candidate", {}
+    held_out = out_of_fold_scores.dropna(subset=["score", "baseline_score"]) if len(out_of_fold_scores) else None
+    if "baseline" in servable and held_out is not None and held_out["fold"].nunique() >= 2:
+        # small data: only the baseline's threshold can be chosen on out-of-fold scores (a logistic regression
+        # fitted per fold scores on one scale; early-stopped heads do not), and it is the one that held
+        difference = _held_out_average_precision(held_out, "score") - _held_out_average_precision(held_out,
+                                                                                                   "baseline_score")
+        margin = 2 * difference.std(ddof=1) / np.sqrt(len(difference))
+        best = "baseline"
+        compared = {"model_minus_baseline_held_out_average_precision": {
+            "per_fold": difference.tolist(), "mean": float(difference.mean()), "two_standard_errors": float(margin)}}
+        measure = ("on small data the baseline, whose threshold is chosen on out-of-fold scores: over five grouped "
+                   "folds of defects-dev it held test precision at the target in 4 of 5 folds, the model's "
+                   "validation threshold in 1 (benchmarks/oof_threshold.py)")
+        details = (f"here the model's held-out average precision minus the baseline's is {difference.mean():+.3f} over "
+                   f"{len(difference)} folds, two standard errors {margin:.3f}")
+        if difference.mean() > margin:
+            details += ("; the model ranks clearly better on this data: evaluate.operating_candidate=model serves it, "
+                        "for more recall at a less certain precision")
+            logger.warning("Operating point: %s", details)
+    else:
+        compared = {name: float(average_precision_score(*_scored(evaluation_scores, "val", _COLUMN[name])))
+                    for name in servable}
+        best, measure = "model", "the model, unless the baseline's validation average precision is clearly higher"
+        details = ", ".join(f"{name} {_format(value)}" for name, value in compared.items())
+        if "baseline" in servable:
+            low, high = _paired_average_precision_interval(evaluation_scores, evaluate, seed)
+            compared["baseline_minus_model_validation_average_precision_interval"] = [low, high]
+            details += f"; baseline minus model {100 * evaluate.bootstrap_level:.0f}% interval [{low:+.4f}, {high:+.4f}]"
+            best = "baseline" if low > 0 else "model"
+    why = f"auto: {measure} ({details})"
+    if unservable and evaluate.operating_candidate == "auto":
+        why += f"; the baseline is not served because {unservable}"
+    return best, why, {"measure": measure, **compared}
 
 
 def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, baseline_fit: dict,
@@ -227,14 +363,18 @@ def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, 
     the patch evidence and the stacker, each at a threshold chosen by the same rule on its own
     validation scores; and a table of all of them with the one of best validation average precision.
     """
+    served = operating_point.get("candidate", "model")
     metrics = {"split": "test", "target_precision": evaluate.target_precision, "rule": evaluate.rule,
-               "model": _test_report(evaluation_scores, "score", operating_point, evaluate, seed)}
-    fits = {"baseline": baseline_fit, "patch": patch_fit}
-    for key, column, description in CANDIDATES[1:]:
-        if evaluation_scores[column].isna().all():
+               "operating_candidate": served}
+    fits = {"model": {}, "baseline": baseline_fit, "patch": patch_fit}
+    for key, column, description in CANDIDATES:
+        if key != "model" and evaluation_scores[column].isna().all():
             continue
-        point = select_threshold(*_scored(evaluation_scores, "val", column), evaluate.rule, evaluate.rule_settings)
-        _log_operating_point(key.capitalize(), point)
+        if key == served:
+            point = operating_point
+        else:
+            point = select_threshold(*_scored(evaluation_scores, "val", column), evaluate.rule, evaluate.rule_settings)
+            _log_operating_point(key.capitalize(), point)
         metrics[key] = {**fits.get(key, {"description": description}),
                         **_test_report(evaluation_scores, column, point, evaluate, seed)}
     if "patch" not in metrics:
@@ -251,9 +391,9 @@ def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, 
                           "target_precision_held": test["target_precision_held"]})
     best = max(table, key=lambda row: row["val_average_precision"])["candidate"]
     metrics["candidates"] = {"table": table, "best_by_validation_average_precision": best,
-                             "operating_point_from": "model",
-                             "why": "predict serves the trained model, so its threshold is the operating point; the "
-                                    "other candidates are measured beside it"}
+                             "operating_point_from": served,
+                             "why": operating_point.get("why", "the operating point is the model's") + "; the other "
+                                    "candidates are measured beside it, each at a threshold chosen on validation"}
     for row in table:
         _log_test_report(row["candidate"], metrics[row["candidate"]], evaluate.target_precision)
     logger.info("Best validation average precision: %s (%s)", best,
@@ -267,8 +407,8 @@ def list_errors(evaluation_scores: pd.DataFrame, operating_point: dict) -> pd.Da
     ``margin`` is how far the score lies past the threshold on the wrong side: a false positive
     scored 0.99 at threshold 0.6 is more wrong than one scored 0.61.
     """
-    threshold = operating_point["threshold"]
-    scored = evaluation_scores.dropna(subset=["score"])
+    threshold, column = operating_point["threshold"], _COLUMN[operating_point.get("candidate", "model")]
+    scored = evaluation_scores.dropna(subset=[column]).assign(score=lambda table: table[column])
     called_valid = (scored["score"] >= threshold).to_numpy()
     wrong = called_valid != (scored["target"] == 1).to_numpy()
     errors = scored.loc[wrong, ["split", "path", "label", "score"]].assign(
@@ -297,9 +437,11 @@ def plot_roc(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> tuple
 
 
 def plot_score_histograms(evaluation_scores: pd.DataFrame, operating_point: dict) -> tuple[go.Figure, Figure]:
-    """The model's scores per true class on validation and on test, with the threshold drawn."""
-    panels = {f"model, {name} split": plots.ScoredSplit("model", *_scored(evaluation_scores, split, "score"),
-                                                        operating_point["threshold"])
+    """The served score per true class on validation and on test, with the operating threshold drawn."""
+    candidate = operating_point.get("candidate", "model")
+    panels = {f"{candidate}, {name} split": plots.ScoredSplit(candidate, *_scored(evaluation_scores, split,
+                                                                                  _COLUMN[candidate]),
+                                                              operating_point["threshold"])
               for split, name in (("val", "validation"), ("test", "test"))}
     return plots.score_histogram_plotly(panels), plots.score_histogram_figure(panels)
 
@@ -325,7 +467,8 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
             (thumbnail(row.path, THUMBNAIL_SIZE), f"{row.path.rsplit('/', 1)[-1][:22]}\n{row.split} split, score {row.score:.3f}")
             for row in errors.head(evaluate.gallery_size).itertuples()
         ]
-    title = f"Model errors at threshold {operating_point['threshold']:.3f} on validation and test, most wrong first"
+    title = (f"Errors of the {operating_point.get('candidate', 'model')} at threshold {operating_point['threshold']:.3f} "
+             "on validation and test, most wrong first")
     return plots.error_gallery_figure(rows, title)
 
 
@@ -369,13 +512,13 @@ def _test_series(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> l
 
 def _log_operating_point(name: str, point: dict) -> None:
     validation = point["validation"]
-    logger.info("%s operating point (rule %s): threshold %.4f; validation precision %.3f (%.0f%% %s lower bound %.3f), "
-                "recall %.3f on %d images", name, point["rule"], point["threshold"], validation["precision"],
+    logger.info("%s operating point (rule %s): threshold %.4f; precision %.3f (%.0f%% %s lower bound %.3f), recall "
+                "%.3f on %d images of %s", name, point["rule"], point["threshold"], validation["precision"],
                 100 * validation["bound_level"], validation["bound_method"], validation["precision_lower_bound"],
-                validation["recall"], validation["images"])
+                validation["recall"], validation["images"], point.get("threshold_chosen_on_images", "the validation split"))
     if not point["reached"]:
-        logger.warning("%s: target precision %.2f NOT reached on validation. %s", name, point["target_precision"],
-                       point["fallback"])
+        logger.warning("%s: target precision %.2f NOT reached on %s. %s", name, point["target_precision"],
+                       point.get("threshold_chosen_on_images", "the validation split"), point["fallback"])
 
 
 def _log_test_report(name: str, report: dict, target: float) -> None:

@@ -31,7 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=fit_baseline,
                 inputs=["backbone_features", "image_index", "params:evaluate", "params:seed"],
-                outputs=["baseline_scores", "baseline_fit"],
+                outputs=["baseline_scores", "baseline_fit", "baseline_model"],
                 name="fit_baseline",
             ),
             Node(
@@ -43,7 +43,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=cross_validate_candidates,
                 inputs=["backbone_features", "image_index", "params:train", "params:evaluate", "params:seed"],
-                outputs="cross_validation",
+                outputs=["cross_validation", "out_of_fold_scores"],
                 name="cross_validate_candidates",
             ),
             Node(
@@ -54,7 +54,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=choose_operating_point,
-                inputs=["evaluation_scores", "model_checkpoint", "params:evaluate"],
+                inputs=["evaluation_scores", "model_checkpoint", "params:evaluate", "out_of_fold_scores",
+                        "params:seed", "baseline_model"],
                 outputs="operating_point",
                 name="choose_operating_point",
             ),

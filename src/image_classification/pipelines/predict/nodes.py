@@ -7,6 +7,8 @@ images a folder holds.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 
 from image_classification.anomaly import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.baseline import BaselineWeights
 from image_classification.backbones import BackboneSpec, backbone_spec
 from image_classification.distributed import (
     DaskMap,
@@ -53,7 +56,10 @@ def _space_features(outputs: dict[str, np.ndarray], space: str | None) -> np.nda
                       for part in (space or "score").split("+")])
 
 
-PREDICTION_COLUMNS = ["path", "score", "predicted_label", "anomaly_score", "anomaly_flag", "accepted_as_valid", "error"]
+# score: the served candidate's probability of valid (operating_point.json's candidate: the model, or the
+# baseline on the pooled features); model_score: the trained model's, the same when the model is served
+PREDICTION_COLUMNS = ["path", "score", "predicted_label", "anomaly_score", "anomaly_flag", "accepted_as_valid",
+                      "model_score", "error"]
 
 
 def list_prediction_images(source: dict, demo_images: str | Callable[[], str]) -> pd.DataFrame:
@@ -107,9 +113,13 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
 
 
 def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict,
-                   operating_point: dict, prediction_images: pd.DataFrame,
-                   predict: PredictConfig, dask: DaskSettings | None = None) -> tuple[pd.DataFrame, dict]:
+                   operating_point: dict, prediction_images: pd.DataFrame, predict: PredictConfig,
+                   dask: DaskSettings | None = None) -> tuple[pd.DataFrame, dict]:
     """Score every listed image: classifier call at the operating threshold, anomaly flag, decision.
+
+    The call is made on the score evaluate chose to serve (``operating_point.json``'s candidate): the
+    model's, or the baseline's (its weights are in the operating point) on the pooled features the same
+    pass computes.
 
     In this process, or in partitions on the Dask cluster ``runtime.dask`` names (each worker
     builds the backend once, with ``runtime.dask.threads_per_worker`` threads).
@@ -119,22 +129,25 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
         no score) and a summary of the run: counts, backend, threshold, detector and speed.
     """
     checkpoint, detector = Checkpoint.from_payload(model_checkpoint), DetectorState.from_payload(anomaly_detector)
-    threshold = OperatingPoint.from_payload(operating_point).threshold_for(checkpoint)
+    point = OperatingPoint.from_payload(operating_point)
+    threshold = point.threshold_for(checkpoint)
+    baseline = BaselineWeights.from_payload(point.served_weights) if point.candidate == "baseline" else None
     readable = prediction_images["error"].fillna("") == ""
     paths, dask = prediction_images.loc[readable, "path"].tolist(), DaskSettings.from_params(dask)
     started = time.perf_counter()
     if dask.enabled and paths:
         with dask_map(dask, "Predicting") as cluster:
             outputs, predict = _scores_on_dask(cluster, paths, checkpoint, model_checkpoint, onnx_model, onnx_parity,
-                                               anomaly_detector, predict, dask)
+                                               anomaly_detector, point.served_weights, predict, dask)
     else:
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device)
         outputs = _stream_scores(backend, paths, backbone_spec(checkpoint.backbone), detector.restore(),
-                                 detector.space, predict)
+                                 detector.space, predict, baseline=baseline)
     seconds = time.perf_counter() - started
     table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold)
-    summary = _summary(table, outputs["backend"], threshold, detector.describe(), predict, seconds)
+    summary = _summary(table, outputs["backend"], threshold, detector.describe(), predict, seconds) | {
+        "candidate": point.candidate}
     if "workers" in outputs:  # scored on Dask
         summary["dask"] = {"address": dask.address, "partition_size": dask.partition_size, "workers": outputs["workers"]}
     logger.info("Scored %d of %d files in %.1f s (%.1f images/s, %s): %d accepted as valid, %d flagged, %d unreadable",
@@ -146,41 +159,51 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
 def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> dict:
     """On a Dask worker: score, anomaly score and read error of some images, with the backend this
     worker built for the model (once per worker process)."""
-    def build() -> tuple[Backend, Detector, str | None, BackboneSpec]:
+    def build() -> tuple[Backend, Detector, str | None, BackboneSpec, BaselineWeights | None]:
         checkpoint, detector = Checkpoint.from_payload(model["checkpoint"]), DetectorState.from_payload(model["detector"])
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         backend = _backend(checkpoint, model["onnx"], model["parity"], predict, device)
-        return backend, detector.restore(), detector.space, backbone_spec(checkpoint.backbone)
+        baseline = BaselineWeights.from_payload(model["baseline"]) if model["baseline"] else None
+        return backend, detector.restore(), detector.space, backbone_spec(checkpoint.backbone), baseline
 
-    backend, detector, space, spec = worker_cached(f"predict-{model['key']}", build)
-    return _stream_scores(backend, paths, spec, detector, space, predict, progress=False) | {"worker": os.getpid()}
+    backend, detector, space, spec, baseline = worker_cached(f"predict-{model['key']}", build)
+    return _stream_scores(backend, paths, spec, detector, space, predict, progress=False, baseline=baseline) | {
+        "worker": os.getpid()}
 
 
 def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, model_checkpoint: dict,
-                    onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict, predict: PredictConfig,
-                    dask: DaskSettings) -> tuple[dict, PredictConfig]:
+                    onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict, served_weights: dict | None,
+                    predict: PredictConfig, dask: DaskSettings) -> tuple[dict, PredictConfig]:
     """The outputs of :func:`_stream_scores`, computed partition by partition on the cluster and
     written into place as each comes back; with the settings the workers ran."""
     threads = int(dask.threads_per_worker)
     # a Dask worker is a daemon process: it cannot start DataLoader workers, and its cores are its threads
     on_worker = replace(predict, workers=0, threads={"onnxruntime": threads, "torch": threads})
-    model = cluster.shared({"key": checkpoint.fingerprint(), "checkpoint": model_checkpoint, "onnx": onnx_model,
-                            "parity": onnx_parity, "detector": anomaly_detector})
+    # what a worker builds once and keeps: this checkpoint, and the baseline weights when they are served
+    weights = hashlib.sha256(json.dumps(served_weights, sort_keys=True).encode()).hexdigest() if served_weights else ""
+    key = checkpoint.fingerprint() + (f"-baseline-{weights}" if weights else "")
+    model = cluster.shared({"key": key, "checkpoint": model_checkpoint, "onnx": onnx_model,
+                            "parity": onnx_parity, "detector": anomaly_detector, "baseline": served_weights})
     score, anomaly = np.full(len(paths), np.nan, np.float32), np.full(len(paths), np.nan, np.float32)
+    baseline_score = np.full(len(paths), np.nan, np.float32) if served_weights else None
     errors: list[str] = [""] * len(paths)
     backends, workers = set(), set()
     for start, part in cluster.run(score_partition, paths, model, on_worker):
         stop = start + len(part["error"])
         score[start:stop], anomaly[start:stop], errors[start:stop] = part["score"], part["anomaly_score"], part["error"]
+        if baseline_score is not None:
+            baseline_score[start:stop] = part["baseline_score"]
         backends.add(part["backend"])
         workers.add(part["worker"])
-    return {"score": score, "anomaly_score": anomaly, "error": errors, "backend": "+".join(sorted(backends)),
-            "workers": len(workers)}, on_worker
+    outputs = {"score": score, "anomaly_score": anomaly, "error": errors, "backend": "+".join(sorted(backends)),
+               "workers": len(workers)}
+    return outputs | ({"baseline_score": baseline_score} if baseline_score is not None else {}), on_worker
 
 
 def format_for_spreadsheet(predictions: pd.DataFrame) -> pd.DataFrame:
     """The predictions with blanks instead of missing values and scores rounded to 6 decimals."""
-    table = predictions.astype({"score": "float64", "anomaly_score": "float64"}).round({"score": 6, "anomaly_score": 6})
+    scores = {column: 6 for column in ("score", "anomaly_score", "model_score") if column in predictions}
+    table = predictions.astype({column: "float64" for column in scores}).round(scores)
     table = table.astype("object")
     return table.where(predictions.notna(), "")
 
@@ -218,9 +241,12 @@ def _backend(checkpoint: Checkpoint, onnx_model: bytes, onnx_parity: dict, predi
 
 
 def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detector: Detector, space: str | None,
-                   predict: PredictConfig, progress: bool = True) -> dict[str, np.ndarray | list[str] | str]:
-    """Score, anomaly score and read error per image, batch by batch: features never accumulate."""
-    parts: dict[str, list] = {"score": [], "anomaly_score": [], "error": []}
+                   predict: PredictConfig, progress: bool = True,
+                   baseline: BaselineWeights | None = None) -> dict[str, np.ndarray | list[str] | str]:
+    """Score, anomaly score and read error per image (and the ``baseline``'s score of the pooled
+    features, when given), batch by batch: features never accumulate."""
+    parts: dict[str, list] = {"score": [], "anomaly_score": [], "error": []} | (
+        {"baseline_score": []} if baseline is not None else {})
     with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False, disable=not progress) as bar:
         for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers,
                                             limits=predict.read_limits):
@@ -228,25 +254,28 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
             inputs = _space_features(outputs, space)
             parts["score"].append(outputs["score"].astype(np.float32))
             parts["anomaly_score"].append(detector.score_samples(inputs.astype(np.float64)).astype(np.float32))
+            if baseline is not None:
+                parts["baseline_score"].append(baseline.score(outputs["features"]).astype(np.float32))
             parts["error"] += list(reasons)
             bar.update(len(images))
     empty = np.empty(0, np.float32)
-    return {"score": np.concatenate(parts["score"]) if paths else empty,
-            "anomaly_score": np.concatenate(parts["anomaly_score"]) if paths else empty, "error": parts["error"],
-            "backend": backend.name}
+    return {name: np.concatenate(parts[name]) if paths else empty for name in parts if name != "error"} | {
+        "error": parts["error"], "backend": backend.name}
 
 
 def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold: float,
             anomaly_threshold: float) -> pd.DataFrame:
-    """Per image: valid at the threshold, anomalous above the detector's, accepted if both say so."""
+    """Per image: valid at the threshold (on the baseline's score when ``outputs`` has one, else the
+    model's), anomalous above the detector's, accepted if both say so."""
     table = listed[["path"]].copy()
     errors = listed["error"].to_numpy(dtype=object).copy()
     errors[readable] = outputs["error"]
     ok = np.array([not error for error in errors], dtype=bool)
-    score = np.full(len(table), np.nan, np.float32)
+    score, model_score = np.full(len(table), np.nan, np.float32), np.full(len(table), np.nan, np.float32)
     anomaly = np.full(len(table), np.nan, np.float32)
-    score[readable], anomaly[readable] = outputs["score"], outputs["anomaly_score"]
-    score[~ok], anomaly[~ok] = np.nan, np.nan
+    model_score[readable], anomaly[readable] = outputs["score"], outputs["anomaly_score"]
+    score[readable] = outputs.get("baseline_score", outputs["score"])
+    score[~ok], model_score[~ok], anomaly[~ok] = np.nan, np.nan, np.nan
     valid, flagged, accepted = decide(score, anomaly, threshold, anomaly_threshold)
     table["score"] = score
     table["predicted_label"] = pd.array(np.where(valid, "valid", "invalid"), dtype="string")
@@ -255,6 +284,7 @@ def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold
     table["anomaly_flag"] = pd.array(flagged, dtype="boolean")
     table.loc[~ok, "anomaly_flag"] = pd.NA
     table["accepted_as_valid"] = accepted  # False where unreadable: a NaN score is never valid
+    table["model_score"] = model_score
     table["error"] = pd.array(errors, dtype="string")
     return table[PREDICTION_COLUMNS]
 
@@ -266,7 +296,8 @@ def _summary(table: pd.DataFrame, backend: str, threshold: float, detector: dict
         "images": len(table), "scored": scored, "errors": len(table) - scored,
         "called_valid": int((table["predicted_label"] == "valid").sum()),
         "anomaly_flagged": int(table["anomaly_flag"].sum()), "accepted_as_valid": int(table["accepted_as_valid"].sum()),
-        "threshold": threshold, "decision": "accepted as valid when score >= threshold and the anomaly score "
+        "threshold": threshold, "decision": "accepted as valid when score (the served candidate's) >= threshold and "
+                                            "the anomaly score "
                                             "is not above the detector's threshold",
         "anomaly_detector": detector,
         "backend": backend, "batch_size": predict.batch_size, "workers": predict.workers,

@@ -28,14 +28,16 @@ logger = logging.getLogger(__name__)
 
 
 def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.DataFrame, config: ZeroShotConfig,
-                    seed: int) -> tuple[pd.DataFrame, dict, dict]:
+                    seed: int, operating_point: dict | None = None) -> tuple[pd.DataFrame, dict, dict]:
     """Fit every detector on the training images, score the rest, calibrate on validation.
 
     Reads the score stage's one pass over the index (score, embedding and pooled features of
     every image, unseen kinds included); unreadable images are left out.
 
     Returns:
-        The validation, test and unseen images with one anomaly-score column per detector;
+        The validation, test and unseen images with ``score`` (the probability of valid of the
+        candidate evaluate serves: the model's, or the baseline's on the pooled features),
+        ``model_score`` (the model's) and one anomaly-score column per detector;
         per detector the threshold that accepts ``target_tpr`` of validation images; and the
         fitted flag detector with its threshold, for ``predict``.
     """
@@ -45,7 +47,9 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     split = image_index["split"].to_numpy(dtype=str)
     train, rest = np.flatnonzero(readable & (split == "train")), np.flatnonzero(readable & (split != "train"))
     table = image_index.iloc[rest][["path", "split", "label", "kind", "target"]].reset_index(drop=True)
-    table["score"] = scored.score[rest]
+    served = OperatingPoint.from_payload(operating_point).scores(scored.score, scored.pooled) \
+        if operating_point is not None else scored.score
+    table["score"], table["model_score"] = np.asarray(served, np.float64)[rest], scored.score[rest]
     validation = (table["split"] == "val").to_numpy()
     if not validation.any():
         raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
@@ -123,7 +127,8 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
     precision = _precisions(decisions, config.unseen_share)
     metrics = {
         "flag_detector": config.flag_detector, "target_tpr": config.target_tpr,
-        "classifier_threshold": operating_point["threshold"], "detectors": detectors,
+        "classifier": operating_point.get("candidate", "model"), "classifier_threshold": operating_point["threshold"],
+        "detectors": detectors,
         "decision_per_kind": {k: {c: float(v) for c, v in row.items()} for k, row in per_kind.iterrows()},
         "valid_test_images_lost_by_combined_decision": lost,
         "unseen_share": config.unseen_share, "precision": precision,

@@ -17,7 +17,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=score_anomalies,
-                inputs=["scored_index", "model_checkpoint", "image_index", "params:zero_shot", "params:seed"],
+                inputs=["scored_index", "model_checkpoint", "image_index", "params:zero_shot", "params:seed",
+                        "operating_point"],
                 outputs=["anomaly_scores", "anomaly_thresholds", "anomaly_detector"],
                 name="score_anomalies",
             ),
