@@ -87,7 +87,8 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
     train_s = time.perf_counter() - started
     head_scores = {part: head_outputs(head, features["head_input"][rows[part]], device)[1] for part in ("val", "test")}
 
-    baseline, summary = fit_baseline(cache.to_payload(), index, EvaluateConfig(target_precision=TARGET_PRECISION), SEED)
+    baseline, summary, _ = fit_baseline(cache.to_payload(), index, EvaluateConfig(target_precision=TARGET_PRECISION),
+                                        SEED)
     by_path = dict(zip(baseline["path"], baseline["baseline_score"]))
     baseline_scores = {part: np.array([by_path[p] for p in index["path"].to_numpy()[rows[part]]]) for part in ("val", "test")}
     return {

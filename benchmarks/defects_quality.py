@@ -69,6 +69,15 @@ DATA = REPO_ROOT.parent / "shared" / "datasets" / "defects-dev"
 RULES = ("point", "lower_bound")
 
 
+def labelled(data: Path, threads: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """defects-dev's manifest, its targets (valid = 1) and groups (modules); torch on ``threads`` threads."""
+    if not (data / "manifest.csv").is_file():
+        raise SystemExit(f"{data}/manifest.csv not found: this benchmark needs ../shared/datasets/defects-dev")
+    torch.set_num_threads(threads)
+    manifest = pd.read_csv(data / "manifest.csv")
+    return manifest, (manifest["label"] == "valid").to_numpy().astype(int), manifest["group"].to_numpy()
+
+
 def features(manifest: pd.DataFrame, root: Path, backbone: str, grid: int, cache: Path) -> dict[str, torch.Tensor]:
     """Head inputs, pooled features and patches of every image, from ``cache`` when it matches."""
     key = f"{backbone}|{grid}|{len(manifest)}|{manifest['sha256'].iloc[0]}|{manifest['sha256'].iloc[-1]}"
@@ -153,12 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.folds, args.epochs = 2, 3
-    if not (args.data / "manifest.csv").is_file():
-        raise SystemExit(f"{args.data}/manifest.csv not found: this benchmark needs ../shared/datasets/defects-dev")
-    torch.set_num_threads(args.threads)
-    manifest = pd.read_csv(args.data / "manifest.csv")
-    y = (manifest["label"] == "valid").to_numpy().astype(int)
-    groups = manifest["group"].to_numpy()
+    manifest, y, groups = labelled(args.data, args.threads)
     feats = features(manifest, args.data, args.backbone, args.grid, args.cache)
     train = TrainConfig(epochs=args.epochs)
     reports = {}

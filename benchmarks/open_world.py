@@ -136,7 +136,9 @@ def one_head(index: pd.DataFrame, features: dict, params: dict, model: ModelConf
     checkpoint, _ = train_classifier(features, index, model, train, runtime, seed, NoResume())
     scored = score_index(checkpoint, features, index, runtime)
     evaluated = score_images(scored, checkpoint, index)
-    point = choose_operating_point(evaluated, checkpoint, EvaluateConfig(**params["evaluate"]))
+    # the head's operating point: the open-world figures are the trained model's
+    point = choose_operating_point(evaluated, checkpoint, EvaluateConfig(**{**params["evaluate"],
+                                                                           "operating_candidate": "model"}))
     tested = evaluated[evaluated["split"] == "test"]
     called = tested["score"].to_numpy() >= point["threshold"]
     valid = tested["target"].to_numpy() == 1

@@ -63,7 +63,7 @@ def cifar_rows(seeds: list[int], patiences: list[int | None], cache: Path) -> li
     params = open_world.parameters()
     model = ModelConfig(**params["model"])
     runtime = dict(params["runtime"]) | {"dask": None}
-    evaluate = EvaluateConfig(**params["evaluate"])
+    evaluate = EvaluateConfig(**{**params["evaluate"], "operating_candidate": "model"})  # the head's threshold
     rows = []
     for seed, index in open_world.split_indices(params, seeds):
         for patience in patiences:

@@ -69,7 +69,8 @@ def cifar_rows(seeds: list[int], epochs: int, cache: Path) -> list[dict]:
         evaluated = score_images(score_index(checkpoint, features, index, runtime), checkpoint, index)
         tested = evaluated[evaluated["split"] == "test"]
         for rule in RULES:
-            evaluate = EvaluateConfig(**{**params["evaluate"], "rule": rule})
+            # the head's operating point, whichever score evaluate would serve
+            evaluate = EvaluateConfig(**{**params["evaluate"], "rule": rule, "operating_candidate": "model"})
             point = choose_operating_point(evaluated, checkpoint, evaluate)
             measured = metrics_at_threshold(tested["target"].to_numpy(int), tested["score"].to_numpy(), point["threshold"])
             rows.append({"data": "cifar10-dev (split seeds)", "split": seed, "rule": rule,
