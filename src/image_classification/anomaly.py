@@ -43,6 +43,8 @@ class DetectorSettings:
     """The fused detector's components: (detector, feature space or None) pairs."""
     fused_widths: tuple[int, ...] = ()
     """How many columns each component's space has, in the fused detector's side-by-side features."""
+    fusion: str = "fisher"
+    """How the fused detector combines its components (:data:`FUSIONS`)."""
 
 
 class Detector:
@@ -275,12 +277,25 @@ class MaxSoftmaxDetector(Detector):
         return -np.maximum(probability, 1.0 - probability)
 
 
+FUSIONS = ("fisher", "mean")
+"""How a fused detector combines its components' scores, each measured against the validation images:
+
+- ``fisher``: each score becomes the share of validation images scoring at least as high (an
+  empirical p-value, (1 + count) / (n + 1), shrinking further beyond the highest validation score),
+  and the fused score is the sum of their negative logarithms (Fisher's method). An image that one
+  component places beyond nearly every validation image stays far out whatever the others say.
+- ``mean``: each score standardised (mean 0, sd 1 on validation) and averaged. A component whose
+  validation scores spread widely counts for less, so one component's clear evidence can be
+  averaged away.
+"""
+
+
 @register
 @dataclass
 class FusedDetector(Detector):
-    """Several detectors, each on its own feature space, their scores standardised on validation
-    images (mean 0, sd 1) and averaged: the backbone's pooled features see far-away kinds, the
-    trained embedding near ones, and the fused score keeps both.
+    """Several detectors, each on its own feature space, their scores measured against the
+    validation images and combined (``fusion``, :data:`FUSIONS`): the backbone's pooled features see
+    far-away kinds, the trained embedding near ones, and the fused score keeps both.
 
     Its features are the components' spaces side by side (``space`` ``embedding+pooled``), in the
     order of ``components``.
@@ -290,20 +305,26 @@ class FusedDetector(Detector):
     composite: ClassVar[bool] = True
     components: tuple[tuple[str, str | None], ...] = ()
     settings: DetectorSettings = field(default_factory=DetectorSettings)
+    fusion: str = "fisher"
     widths_: list[int] | None = None
     detectors_: list[Detector] | None = field(default=None, repr=False)
     means_: np.ndarray | None = None
     scales_: np.ndarray | None = None
+    reference_: np.ndarray | None = field(default=None, repr=False)
+    """fisher: every component's validation scores, sorted, one column per component."""
 
     @classmethod
     def create(cls, settings: DetectorSettings) -> FusedDetector:
+        if settings.fusion not in FUSIONS:
+            raise ParameterError(f"zero_shot.fusion must be one of {list(FUSIONS)}, got '{settings.fusion}'")
         if not settings.fused:
             raise ParameterError("the fused detector needs components: set zero_shot.fused, e.g. "
                                  "[knn_embedding, knn_pooled]")
         if len(settings.fused_widths) != len(settings.fused):
             raise ParameterError(f"the fused detector needs the width of each component's space, got "
                                  f"{list(settings.fused_widths)} for {len(settings.fused)} components")
-        return cls(components=tuple(settings.fused), settings=settings, widths_=list(settings.fused_widths))
+        return cls(components=tuple(settings.fused), settings=settings, fusion=settings.fusion,
+                   widths_=list(settings.fused_widths))
 
     def _parts(self, features: np.ndarray) -> list[np.ndarray]:
         return np.split(features, np.cumsum(self.widths_)[:-1], axis=1)
@@ -320,22 +341,42 @@ class FusedDetector(Detector):
 
     def standardise(self, features: np.ndarray) -> FusedDetector:
         scores = self._component_scores(features)
+        if not len(scores):
+            raise DataError("the fused detector needs validation images to measure its components against")
         self.means_, self.scales_ = scores.mean(axis=0), np.maximum(scores.std(axis=0), 1e-12)
+        self.reference_ = np.sort(scores, axis=0)
         return self
 
     def score_samples(self, features: np.ndarray) -> np.ndarray:
         if self.means_ is None:
             raise DataError("the fused detector must be standardised on validation images before it scores")
-        return np.mean((self._component_scores(features) - self.means_) / self.scales_, axis=1)
+        scores = self._component_scores(features)
+        if self.fusion == "mean":
+            return np.mean((scores - self.means_) / self.scales_, axis=1)
+        return -np.sum(np.log(self._p_values(scores)), axis=1)
+
+    def _p_values(self, scores: np.ndarray) -> np.ndarray:
+        """Per component, the share of validation images scoring at least as high, (1 + count) / (n + 1);
+        beyond the highest validation score it keeps shrinking, by exp(-distance / sd), so that
+        images out there are still ordered."""
+        reference, n = self.reference_, len(self.reference_)
+        p_values = np.empty_like(scores, dtype=np.float64)
+        for column in range(scores.shape[1]):
+            above = n - np.searchsorted(reference[:, column], scores[:, column], side="left")
+            beyond = np.maximum(scores[:, column] - reference[-1, column], 0.0) / self.scales_[column]
+            p_values[:, column] = (1.0 + above) / (n + 1.0) * np.exp(-beyond)
+        return p_values
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays = {"means": self.means_, "scales": self.scales_}
+        if self.fusion == "fisher":
+            arrays["reference"] = self.reference_
         components = []
         for index, ((detector, space), fitted) in enumerate(zip(self.components, self.detectors_)):
             part_arrays, part_settings = fitted.state()
             arrays |= {f"{index}.{key}": value for key, value in part_arrays.items()}
             components.append({"detector": detector, "space": space, "settings": part_settings})
-        return arrays, {"components": components, "widths": self.widths_}
+        return arrays, {"components": components, "widths": self.widths_, "fusion": self.fusion}
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], settings: dict) -> FusedDetector:
@@ -344,8 +385,9 @@ class FusedDetector(Detector):
             {key.split(".", 1)[1]: value for key, value in arrays.items() if key.startswith(f"{index}.")},
             part["settings"]) for index, part in enumerate(components)]
         return cls(components=tuple((part["detector"], part["space"]) for part in components),
+                   fusion=settings.get("fusion", "mean"),  # saved before the fusion rule was a setting
                    widths_=[int(width) for width in settings["widths"]], detectors_=detectors,
-                   means_=arrays["means"], scales_=arrays["scales"])
+                   means_=arrays["means"], scales_=arrays["scales"], reference_=arrays.get("reference"))
 
 
 def build_detector(name: str, settings: DetectorSettings | None = None) -> Detector:
@@ -373,20 +415,23 @@ class DetectorState:
     arrays: dict[str, np.ndarray]
     settings: dict
     target_tpr: float | None = None
+    calibrated_on: str | None = None
+    """Which validation images the threshold keeps ``target_tpr`` of (``zero_shot.calibrate_on``)."""
 
     @classmethod
     def of(cls, detector: Detector, name: str, space: str | None, threshold: float,
-           target_tpr: float | None = None) -> DetectorState:
+           target_tpr: float | None = None, calibrated_on: str | None = None) -> DetectorState:
         arrays, settings = detector.state()
-        return cls(detector.name, name, space, float(threshold), arrays, settings, target_tpr)
+        return cls(detector.name, name, space, float(threshold), arrays, settings, target_tpr, calibrated_on)
 
     def to_payload(self) -> dict:
         tensors = {key: torch.as_tensor(np.ascontiguousarray(value, dtype=np.float64))
                    for key, value in self.arrays.items()}
         metadata = {**self.settings, "type": self.detector, "name": self.name, "space": self.space,
                     "threshold": self.threshold}
-        return {"tensors": tensors, "metadata": metadata | ({} if self.target_tpr is None else
-                                                            {"target_tpr": self.target_tpr})}
+        calibration = {key: value for key, value in (("target_tpr", self.target_tpr),
+                                                      ("calibrated_on", self.calibrated_on)) if value is not None}
+        return {"tensors": tensors, "metadata": metadata | calibration}
 
     @classmethod
     def from_payload(cls, payload: dict) -> DetectorState:
@@ -399,7 +444,8 @@ class DetectorState:
                             "pipeline")
         name, space, threshold = metadata.pop("name"), metadata.pop("space"), float(metadata.pop("threshold"))
         arrays = {key: value.numpy() for key, value in payload["tensors"].items()}
-        return cls(detector, name, space, threshold, arrays, metadata, metadata.pop("target_tpr", None))
+        return cls(detector, name, space, threshold, arrays, metadata, metadata.pop("target_tpr", None),
+                   metadata.pop("calibrated_on", None))
 
     def restore(self) -> Detector:
         """The fitted detector, ready to score."""
@@ -407,7 +453,8 @@ class DetectorState:
 
     def describe(self) -> dict:
         """Its name, space, threshold and calibration target, for reports."""
-        return {"name": self.name, "space": self.space, "threshold": self.threshold, "target_tpr": self.target_tpr}
+        return {"name": self.name, "space": self.space, "threshold": self.threshold, "target_tpr": self.target_tpr,
+                "calibrated_on": self.calibrated_on}
 
 
 def calibrate_threshold(in_distribution_scores: np.ndarray, target_tpr: float) -> float:

@@ -44,10 +44,11 @@ def test_overlay_draws_one_scatter_per_kind_with_and_without_unseen_kinds():
 
 def test_anomaly_scores_one_box_per_kind_and_the_threshold():
     scores = {"texture": np.array([0.9, 0.95]), "in-distribution (valid)": np.array([0.1, 0.2, 0.3])}
-    figure = anomaly_score_figure(scores, threshold=0.5, detector="knn_pooled", target_tpr=0.95)
+    figure = anomaly_score_figure(scores, threshold=0.5, detector="knn_pooled", target_tpr=0.98,
+                                  calibrated_on="accepted_valid")
     axis = figure.axes[0]
     assert [label.get_text() for label in axis.get_yticklabels()] == ["in-distribution (valid)", "texture"]
-    assert "knn_pooled" in axis.get_xlabel() and "95% of validation images accepted" in texts(figure)
+    assert "knn_pooled" in axis.get_xlabel() and "keeps 98% of accepted valid validation images" in texts(figure)
     assert min(png_size(figure)) > 100
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from image_classification.anomaly import DETECTORS, DetectorSettings
+from image_classification.anomaly import DETECTORS, FUSIONS, DetectorSettings
 from image_classification.errors import ParameterError
 
 FEATURE_SPACES = ("embedding", "pooled")
+CALIBRATIONS = ("accepted_valid", "validation")
+"""Which validation images a flag threshold is set on: the valid images the classifier accepts (so
+``target_tpr`` is the share of accepted valid images the flag keeps), or all of them."""
 
 
 @dataclass(frozen=True)
@@ -15,19 +18,22 @@ class ZeroShotConfig:
     """Which detectors run on which features, and which one flags images.
 
     ``flag_detector`` is ``<detector>_<space>`` (e.g. ``knn_pooled``), ``msp`` or ``fused``.
-    ``fused`` lists the columns the fused detector standardises on validation and averages.
+    ``fused`` lists the columns the fused detector combines, ``fusion`` how (:data:`FUSIONS`).
     ``class_conditional`` gives class-aware detectors (mahalanobis, class_knn) the images' finer
     classes when there are more classes than labels. ``unseen_share`` is the share of images of
     unseen kinds at which the open-world precision (the precision of everything accepted as
-    valid) is reported.
+    valid) is reported. ``calibrate_on`` says which validation images each threshold keeps
+    ``target_tpr`` of (:data:`CALIBRATIONS`).
     """
 
     detectors: list[str] = field(default_factory=lambda: list(DETECTORS))
     feature_spaces: list[str] = field(default_factory=lambda: list(FEATURE_SPACES))
     fused: list[str] = field(default_factory=lambda: ["knn_embedding", "knn_pooled"])
+    fusion: str = "fisher"
     flag_detector: str = "fused"
     class_conditional: bool = True
-    target_tpr: float = 0.95
+    target_tpr: float = 0.98
+    calibrate_on: str = "accepted_valid"
     unseen_share: float = 0.1
     knn_k: int = 5
     gmm_components: int = 4
@@ -48,6 +54,11 @@ class ZeroShotConfig:
                                  f"{self.detector_names}")
         if not 0.0 < self.target_tpr <= 1.0:
             raise ParameterError(f"zero_shot.target_tpr must be in (0, 1], got {self.target_tpr}")
+        if self.fusion not in FUSIONS:
+            raise ParameterError(f"zero_shot.fusion must be one of {list(FUSIONS)}, got '{self.fusion}'")
+        if self.calibrate_on not in CALIBRATIONS:
+            raise ParameterError(f"zero_shot.calibrate_on must be one of {list(CALIBRATIONS)}, got "
+                                 f"'{self.calibrate_on}'")
         if not 0.0 <= self.unseen_share < 1.0:
             raise ParameterError(f"zero_shot.unseen_share must be in [0, 1), got {self.unseen_share}; it is the "
                                  "share of images of unseen kinds the open-world precision assumes, e.g. 0.1")
@@ -55,7 +66,7 @@ class ZeroShotConfig:
     def detector_settings(self, seed: int) -> DetectorSettings:
         runs = {name: (detector, space) for name, detector, space in self._single_runs()}
         return DetectorSettings(knn_k=self.knn_k, gmm_components=self.gmm_components, seed=seed,
-                                fused=tuple(runs[name] for name in self.fused if name in runs))
+                                fused=tuple(runs[name] for name in self.fused if name in runs), fusion=self.fusion)
 
     def _single_runs(self) -> list[tuple[str, str, str | None]]:
         return [

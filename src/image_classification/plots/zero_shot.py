@@ -50,10 +50,13 @@ def embedding_overlay_plotly(points: pd.DataFrame) -> go.Figure:
     return interactive
 
 
+CALIBRATED_ON = {"accepted_valid": "accepted valid validation images", "validation": "validation images"}
+
+
 def anomaly_score_figure(scores_by_kind: dict[str, np.ndarray], threshold: float, detector: str,
-                         target_tpr: float) -> Figure:
+                         target_tpr: float, calibrated_on: str = "validation") -> Figure:
     """A box of the flag detector's anomaly scores per kind, with its calibrated threshold
-    (which accepts ``target_tpr`` of validation images)."""
+    (which keeps ``target_tpr`` of the validation images ``calibrated_on`` names)."""
     kinds = sorted(scores_by_kind)
     figure = Figure(figsize=(9, 0.55 * len(kinds) + 2))
     axis = figure.subplots()
@@ -63,7 +66,7 @@ def anomaly_score_figure(scores_by_kind: dict[str, np.ndarray], threshold: float
     axis.boxplot([scores_by_kind[kind] for kind in kinds], orientation="horizontal", tick_labels=kinds,
                  showfliers=True, flierprops={"markersize": 2})
     axis.axvline(threshold, color=THRESHOLD_COLOUR, linestyle="--",
-                 label=f"threshold: {target_tpr:.0%} of validation images accepted")
+                 label=f"threshold: keeps {target_tpr:.0%} of {CALIBRATED_ON[calibrated_on]}")
     axis.set(xlabel=f"anomaly score ({detector}); right of the line = flagged", title="Anomaly scores per kind")
     axis.legend(loc="lower right", fontsize="small")
     grid(axis, "x")

@@ -150,3 +150,49 @@ def test_scores_of_another_checkpoint_are_refused():
     with pytest.raises(ValueError, match="kedro run --pipelines score"):
         SequentialRunner().run(create_pipeline(), catalog)
 
+
+
+def test_flag_thresholds_keep_the_share_of_accepted_valid_validation_images_asked_for():
+    """By default the flag's threshold is set on the images it can cost: validation images labelled
+    valid that the classifier accepts. target_tpr 0.9 of 30 such images flags 2 of them (the
+    quantile at or above 90%), whatever the invalid and rejected ones score."""
+    from image_classification.pipelines.zero_shot.nodes import calibration_images
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({
+        "split": ["val"] * 60 + ["test"] * 10,
+        "target": pd.array([1] * 40 + [0] * 20 + [1] * 10, dtype="Int8"),
+        "score": np.r_[np.full(30, 0.9), np.full(10, 0.1), rng.uniform(size=20), np.full(10, 0.9)],
+        "anomaly": rng.normal(size=70),
+    })
+    point = OperatingPoint(threshold=0.5, choice={})
+    config = ZeroShotConfig(target_tpr=0.9)
+    rows, population = calibration_images(table, point, config)
+    assert population == "accepted_valid" and rows.sum() == 30 and rows[:30].all()
+    from image_classification.anomaly import calibrate_threshold
+
+    threshold = calibrate_threshold(table.loc[rows, "anomaly"].to_numpy(), config.target_tpr)
+    assert (table["anomaly"][:30] > threshold).sum() == 2
+    rows, population = calibration_images(table, point, ZeroShotConfig(calibrate_on="validation"))
+    assert population == "validation" and rows.sum() == 60
+
+
+def test_with_too_few_accepted_valid_validation_images_thresholds_fall_back_to_all_of_them(caplog):
+    """The tiny index has 6 valid validation images: fewer than the calibration needs, so the run
+    says so, calibrates on all 12 validation images and records which it used."""
+    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in tiny_inputs().items()})
+    for name in ("zero_shot_metrics", "anomaly_detector"):
+        catalog[name] = KeptDataset(copy_mode="assign")
+    with caplog.at_level("WARNING"):
+        SequentialRunner().run(create_pipeline(), catalog)
+    metrics = catalog.load("zero_shot_metrics")
+    assert metrics["calibrated_on"] == "validation" and metrics["calibration_images"] == 12
+    assert catalog.load("anomaly_detector")["metadata"]["calibrated_on"] == "validation"
+    assert "valid validation images are accepted by the classifier" in caplog.text
+
+
+def test_config_refuses_an_unknown_calibration_or_fusion():
+    with pytest.raises(ValueError, match="calibrate_on"):
+        ZeroShotConfig(calibrate_on="test")
+    with pytest.raises(ValueError, match="zero_shot.fusion"):
+        ZeroShotConfig(fusion="max")

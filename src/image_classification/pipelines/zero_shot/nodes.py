@@ -27,8 +27,12 @@ from image_classification.plots import zero_shot as zero_shot_plots
 logger = logging.getLogger(__name__)
 
 
+MIN_CALIBRATION_IMAGES = 20
+"""Fewer accepted valid validation images than this and thresholds are set on all validation images."""
+
+
 def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.DataFrame, config: ZeroShotConfig,
-                    seed: int, operating_point: dict | None = None) -> tuple[pd.DataFrame, dict, dict]:
+                    seed: int, operating_point: dict) -> tuple[pd.DataFrame, dict, dict]:
     """Fit every detector on the training images, score the rest, calibrate on validation.
 
     Reads the score stage's one pass over the index (score, embedding and pooled features of
@@ -38,7 +42,8 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
         The validation, test and unseen images with ``score`` (the probability of valid of the
         candidate evaluate serves: the model's, or the baseline's on the pooled features),
         ``model_score`` (the model's) and one anomaly-score column per detector;
-        per detector the threshold that accepts ``target_tpr`` of validation images; and the
+        per detector the threshold that keeps ``target_tpr`` of the validation images
+        ``calibrate_on`` names (by default the valid ones the classifier accepts); and the
         fitted flag detector with its threshold, for ``predict``.
     """
     scored = ScoredIndex.from_payload(scored_index).check(image_index, Checkpoint.from_payload(model_checkpoint))
@@ -47,12 +52,15 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     split = image_index["split"].to_numpy(dtype=str)
     train, rest = np.flatnonzero(readable & (split == "train")), np.flatnonzero(readable & (split != "train"))
     table = image_index.iloc[rest][["path", "split", "label", "kind", "target"]].reset_index(drop=True)
-    served = OperatingPoint.from_payload(operating_point).scores(scored.score, scored.pooled) \
-        if operating_point is not None else scored.score
+    point = OperatingPoint.from_payload(operating_point)
+    served = point.scores(scored.score, scored.pooled)
     table["score"], table["model_score"] = np.asarray(served, np.float64)[rest], scored.score[rest]
     validation = (table["split"] == "val").to_numpy()
     if not validation.any():
         raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
+    calibration, population = calibration_images(table, point, config)
+    logger.info("Flag thresholds keep %.0f%% of %d validation images (%s)", 100 * config.target_tpr,
+                calibration.sum(), population)
     names, codes = fine_classes(image_index, train) if config.class_conditional else ([], None)
     # class-aware detectors group the training images by their finer class when there is one
     targets = codes if names else image_index["target"].to_numpy(dtype=float, na_value=np.nan)[train].astype(int)
@@ -65,11 +73,37 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
         detector = build_detector(detector_name, settings).fit(features[train], targets)
         detector.standardise(features[rest[validation]])
         table[name] = detector.score_samples(features[rest])
-        thresholds[name] = calibrate_threshold(table.loc[validation, name].to_numpy(), config.target_tpr)
+        thresholds[name] = calibrate_threshold(table.loc[calibration, name].to_numpy(), config.target_tpr)
         if name == config.flag_detector:
-            flag_state = DetectorState.of(detector, name, space, thresholds[name], config.target_tpr).to_payload()
+            flag_state = DetectorState.of(detector, name, space, thresholds[name], config.target_tpr,
+                                          population).to_payload()
     logger.info("Fitted %d detectors on %d training images", len(thresholds), len(train))
     return table, thresholds, flag_state
+
+
+def calibration_images(table: pd.DataFrame, point: OperatingPoint, config: ZeroShotConfig,
+                       warn: bool = True) -> tuple[np.ndarray, str]:
+    """The rows of ``table`` the flag thresholds are set on, and which population they are.
+
+    ``accepted_valid``: validation images labelled valid whose served score reaches the operating
+    threshold. Those are the images the flag can cost (an invalid or rejected image is not accepted
+    either way), so ``target_tpr`` becomes the share of accepted valid images the flag keeps. With
+    fewer than :data:`MIN_CALIBRATION_IMAGES` of them, all validation images, with a warning.
+    """
+    validation = (table["split"] == "val").to_numpy()
+    if config.calibrate_on == "validation":
+        return validation, "validation"
+    valid = table["target"].to_numpy(dtype=float, na_value=np.nan) == 1
+    accepted_valid = validation & valid & (table["score"].to_numpy(dtype=float) >= point.threshold)
+    if accepted_valid.sum() >= MIN_CALIBRATION_IMAGES:
+        return accepted_valid, "accepted_valid"
+    if warn:
+        logger.warning("Only %d valid validation images are accepted by the classifier (threshold %.4f), fewer than "
+                       "%d: the flag thresholds keep %.0f%% of all %d validation images instead. More validation "
+                       "images (data_prep.split) give the calibration zero_shot.calibrate_on asks for.",
+                       accepted_valid.sum(), point.threshold, MIN_CALIBRATION_IMAGES, 100 * config.target_tpr,
+                       validation.sum())
+    return validation, "validation"
 
 
 def _log_unreadable(image_index: pd.DataFrame, errors: list[str]) -> None:
@@ -125,8 +159,11 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
     kept_by_classifier = valid_test["predicted_label"] == "valid"
     lost = float((kept_by_classifier & valid_test["anomaly_flag"]).sum() / max(kept_by_classifier.sum(), 1))
     precision = _precisions(decisions, config.unseen_share)
+    calibration, population = calibration_images(anomaly_scores, OperatingPoint.from_payload(operating_point), config,
+                                                 warn=False)
     metrics = {
         "flag_detector": config.flag_detector, "target_tpr": config.target_tpr,
+        "calibrated_on": population, "calibration_images": int(calibration.sum()),
         "classifier": operating_point.get("candidate", "model"), "classifier_threshold": operating_point["threshold"],
         "detectors": detectors,
         "decision_per_kind": {k: {c: float(v) for c, v in row.items()} for k, row in per_kind.iterrows()},
@@ -186,11 +223,13 @@ def plot_embedding_overlay(pca_projection: pd.DataFrame, decisions: pd.DataFrame
     return zero_shot_plots.embedding_overlay_figure(points), zero_shot_plots.embedding_overlay_plotly(points)
 
 
-def plot_anomaly_scores(decisions: pd.DataFrame, thresholds: dict, config: ZeroShotConfig) -> Figure:
+def plot_anomaly_scores(decisions: pd.DataFrame, zero_shot_metrics: dict) -> Figure:
     """The flag detector's score per kind, with the calibrated threshold."""
     scores = {kind: group["anomaly_score"].to_numpy() for kind, group in decisions.groupby("kind")}
-    return zero_shot_plots.anomaly_score_figure(scores, thresholds[config.flag_detector], config.flag_detector,
-                                                config.target_tpr)
+    flag = zero_shot_metrics["flag_detector"]
+    return zero_shot_plots.anomaly_score_figure(scores, zero_shot_metrics["detectors"][flag]["threshold"], flag,
+                                                zero_shot_metrics["target_tpr"],
+                                                zero_shot_metrics.get("calibrated_on", "validation"))
 
 
 def plot_detector_comparison(zero_shot_metrics: dict) -> Figure:

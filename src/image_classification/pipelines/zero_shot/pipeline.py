@@ -43,7 +43,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=plot_anomaly_scores,
-                inputs=["zero_shot_decisions", "anomaly_thresholds", "params:zero_shot"],
+                inputs=["zero_shot_decisions", "zero_shot_metrics"],
                 outputs="anomaly_score_figure",
                 name="plot_anomaly_scores",
             ),
