@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from image_classification.anomaly import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint, OperatingPoint
-from image_classification.baseline import BaselineWeights
 from image_classification.backbones import BackboneSpec, backbone_spec
 from image_classification.distributed import (
     DaskMap,
@@ -131,19 +130,18 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     checkpoint, detector = Checkpoint.from_payload(model_checkpoint), DetectorState.from_payload(anomaly_detector)
     point = OperatingPoint.from_payload(operating_point)
     threshold = point.threshold_for(checkpoint)
-    baseline = BaselineWeights.from_payload(point.served_weights) if point.candidate == "baseline" else None
     readable = prediction_images["error"].fillna("") == ""
     paths, dask = prediction_images.loc[readable, "path"].tolist(), DaskSettings.from_params(dask)
     started = time.perf_counter()
     if dask.enabled and paths:
         with dask_map(dask, "Predicting") as cluster:
             outputs, predict = _scores_on_dask(cluster, paths, checkpoint, model_checkpoint, onnx_model, onnx_parity,
-                                               anomaly_detector, point.served_weights, predict, dask)
+                                               anomaly_detector, point, predict, dask)
     else:
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device)
         outputs = _stream_scores(backend, paths, backbone_spec(checkpoint.backbone), detector.restore(),
-                                 detector.space, predict, baseline=baseline)
+                                 detector.space, point, predict)
     seconds = time.perf_counter() - started
     table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold)
     summary = _summary(table, outputs["backend"], threshold, detector.describe(), predict, seconds) | {
@@ -159,45 +157,44 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
 def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> dict:
     """On a Dask worker: score, anomaly score and read error of some images, with the backend this
     worker built for the model (once per worker process)."""
-    def build() -> tuple[Backend, Detector, str | None, BackboneSpec, BaselineWeights | None]:
+    def build() -> tuple[Backend, Detector, str | None, BackboneSpec, OperatingPoint]:
         checkpoint, detector = Checkpoint.from_payload(model["checkpoint"]), DetectorState.from_payload(model["detector"])
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         backend = _backend(checkpoint, model["onnx"], model["parity"], predict, device)
-        baseline = BaselineWeights.from_payload(model["baseline"]) if model["baseline"] else None
-        return backend, detector.restore(), detector.space, backbone_spec(checkpoint.backbone), baseline
+        point = OperatingPoint.from_payload(model["operating_point"])
+        return backend, detector.restore(), detector.space, backbone_spec(checkpoint.backbone), point
 
-    backend, detector, space, spec, baseline = worker_cached(f"predict-{model['key']}", build)
-    return _stream_scores(backend, paths, spec, detector, space, predict, progress=False, baseline=baseline) | {
+    backend, detector, space, spec, point = worker_cached(f"predict-{model['key']}", build)
+    return _stream_scores(backend, paths, spec, detector, space, point, predict, progress=False) | {
         "worker": os.getpid()}
 
 
 def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, model_checkpoint: dict,
-                    onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict, served_weights: dict | None,
+                    onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict, point: OperatingPoint,
                     predict: PredictConfig, dask: DaskSettings) -> tuple[dict, PredictConfig]:
     """The outputs of :func:`_stream_scores`, computed partition by partition on the cluster and
     written into place as each comes back; with the settings the workers ran."""
     threads = int(dask.threads_per_worker)
     # a Dask worker is a daemon process: it cannot start DataLoader workers, and its cores are its threads
     on_worker = replace(predict, workers=0, threads={"onnxruntime": threads, "torch": threads})
-    # what a worker builds once and keeps: this checkpoint, and the baseline weights when they are served
-    weights = hashlib.sha256(json.dumps(served_weights, sort_keys=True).encode()).hexdigest() if served_weights else ""
-    key = checkpoint.fingerprint() + (f"-baseline-{weights}" if weights else "")
-    model = cluster.shared({"key": key, "checkpoint": model_checkpoint, "onnx": onnx_model,
-                            "parity": onnx_parity, "detector": anomaly_detector, "baseline": served_weights})
+    # what a worker builds once and keeps: this checkpoint, and the served score's weights
+    operating_point = point.to_payload()
+    served = hashlib.sha256(json.dumps([point.candidate, point.served_weights], sort_keys=True).encode()).hexdigest()
+    model = cluster.shared({"key": f"{checkpoint.fingerprint()}-{served}", "checkpoint": model_checkpoint,
+                            "onnx": onnx_model, "parity": onnx_parity, "detector": anomaly_detector,
+                            "operating_point": operating_point})
     score, anomaly = np.full(len(paths), np.nan, np.float32), np.full(len(paths), np.nan, np.float32)
-    baseline_score = np.full(len(paths), np.nan, np.float32) if served_weights else None
+    served_score = np.full(len(paths), np.nan, np.float32)
     errors: list[str] = [""] * len(paths)
     backends, workers = set(), set()
     for start, part in cluster.run(score_partition, paths, model, on_worker):
         stop = start + len(part["error"])
         score[start:stop], anomaly[start:stop], errors[start:stop] = part["score"], part["anomaly_score"], part["error"]
-        if baseline_score is not None:
-            baseline_score[start:stop] = part["baseline_score"]
+        served_score[start:stop] = part["served_score"]
         backends.add(part["backend"])
         workers.add(part["worker"])
-    outputs = {"score": score, "anomaly_score": anomaly, "error": errors, "backend": "+".join(sorted(backends)),
-               "workers": len(workers)}
-    return outputs | ({"baseline_score": baseline_score} if baseline_score is not None else {}), on_worker
+    return {"score": score, "served_score": served_score, "anomaly_score": anomaly, "error": errors,
+            "backend": "+".join(sorted(backends)), "workers": len(workers)}, on_worker
 
 
 def format_for_spreadsheet(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -241,21 +238,20 @@ def _backend(checkpoint: Checkpoint, onnx_model: bytes, onnx_parity: dict, predi
 
 
 def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detector: Detector, space: str | None,
-                   predict: PredictConfig, progress: bool = True,
-                   baseline: BaselineWeights | None = None) -> dict[str, np.ndarray | list[str] | str]:
-    """Score, anomaly score and read error per image (and the ``baseline``'s score of the pooled
-    features, when given), batch by batch: features never accumulate."""
-    parts: dict[str, list] = {"score": [], "anomaly_score": [], "error": []} | (
-        {"baseline_score": []} if baseline is not None else {})
+                   point: OperatingPoint, predict: PredictConfig,
+                   progress: bool = True) -> dict[str, np.ndarray | list[str] | str]:
+    """The model's score, the served score (``point``'s candidate: the model's, or the baseline's of
+    the pooled features), anomaly score and read error per image, batch by batch: features never
+    accumulate."""
+    parts: dict[str, list] = {"score": [], "served_score": [], "anomaly_score": [], "error": []}
     with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False, disable=not progress) as bar:
         for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers,
                                             limits=predict.read_limits):
             outputs = backend(images)
             inputs = _space_features(outputs, space)
             parts["score"].append(outputs["score"].astype(np.float32))
+            parts["served_score"].append(point.scores(outputs["score"], outputs["features"]).astype(np.float32))
             parts["anomaly_score"].append(detector.score_samples(inputs.astype(np.float64)).astype(np.float32))
-            if baseline is not None:
-                parts["baseline_score"].append(baseline.score(outputs["features"]).astype(np.float32))
             parts["error"] += list(reasons)
             bar.update(len(images))
     empty = np.empty(0, np.float32)
@@ -265,8 +261,8 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
 
 def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold: float,
             anomaly_threshold: float) -> pd.DataFrame:
-    """Per image: valid at the threshold (on the baseline's score when ``outputs`` has one, else the
-    model's), anomalous above the detector's, accepted if both say so."""
+    """Per image: valid at the threshold (on the served score), anomalous above the detector's,
+    accepted if both say so."""
     table = listed[["path"]].copy()
     errors = listed["error"].to_numpy(dtype=object).copy()
     errors[readable] = outputs["error"]
@@ -274,7 +270,7 @@ def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold
     score, model_score = np.full(len(table), np.nan, np.float32), np.full(len(table), np.nan, np.float32)
     anomaly = np.full(len(table), np.nan, np.float32)
     model_score[readable], anomaly[readable] = outputs["score"], outputs["anomaly_score"]
-    score[readable] = outputs.get("baseline_score", outputs["score"])
+    score[readable] = outputs["served_score"]
     score[~ok], model_score[~ok], anomaly[~ok] = np.nan, np.nan, np.nan
     valid, flagged, accepted = decide(score, anomaly, threshold, anomaly_threshold)
     table["score"] = score
