@@ -278,6 +278,11 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
 _COLUMN = {key: column for key, column, _ in CANDIDATES}
 
 
+def _served(operating_point: dict) -> str:
+    """The candidate whose score the operating point's threshold applies to."""
+    return OperatingPoint.from_payload(operating_point).candidate
+
+
 def _paired_average_precision_interval(evaluation_scores: pd.DataFrame, evaluate: EvaluateConfig,
                                       seed: int) -> tuple[float, float]:
     """Percentile bootstrap interval of the baseline's validation AP minus the model's, on the same
@@ -362,7 +367,7 @@ def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, 
     the patch evidence and the stacker, each at a threshold chosen by the same rule on its own
     validation scores; and a table of all of them with the one of best validation average precision.
     """
-    served = operating_point.get("candidate", "model")
+    served = _served(operating_point)
     metrics = {"split": "test", "target_precision": evaluate.target_precision, "rule": evaluate.rule,
                "operating_candidate": served}
     fits = {"model": {}, "baseline": baseline_fit, "patch": patch_fit}
@@ -406,7 +411,7 @@ def list_errors(evaluation_scores: pd.DataFrame, operating_point: dict) -> pd.Da
     ``margin`` is how far the score lies past the threshold on the wrong side: a false positive
     scored 0.99 at threshold 0.6 is more wrong than one scored 0.61.
     """
-    threshold, column = operating_point["threshold"], _COLUMN[operating_point.get("candidate", "model")]
+    threshold, column = operating_point["threshold"], _COLUMN[_served(operating_point)]
     scored = evaluation_scores.dropna(subset=[column]).assign(score=lambda table: table[column])
     called_valid = (scored["score"] >= threshold).to_numpy()
     wrong = called_valid != (scored["target"] == 1).to_numpy()
@@ -437,7 +442,7 @@ def plot_roc(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> tuple
 
 def plot_score_histograms(evaluation_scores: pd.DataFrame, operating_point: dict) -> tuple[go.Figure, Figure]:
     """The served score per true class on validation and on test, with the operating threshold drawn."""
-    candidate = operating_point.get("candidate", "model")
+    candidate = _served(operating_point)
     panels = {f"{candidate}, {name} split": plots.ScoredSplit(candidate, *_scored(evaluation_scores, split,
                                                                                   _COLUMN[candidate]),
                                                               operating_point["threshold"])
@@ -466,7 +471,7 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
             (thumbnail(row.path, THUMBNAIL_SIZE), f"{row.path.rsplit('/', 1)[-1][:22]}\n{row.split} split, score {row.score:.3f}")
             for row in errors.head(evaluate.gallery_size).itertuples()
         ]
-    title = (f"Errors of the {operating_point.get('candidate', 'model')} at threshold {operating_point['threshold']:.3f} "
+    title = (f"Errors of the {_served(operating_point)} at threshold {operating_point['threshold']:.3f} "
              "on validation and test, most wrong first")
     return plots.error_gallery_figure(rows, title)
 

@@ -59,6 +59,12 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     if not validation.any():
         raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
     calibration, population = calibration_images(table, point, config)
+    if population != config.calibrate_on:
+        logger.warning("Only %d valid validation images are accepted by the classifier (threshold %.4f), fewer than "
+                       "%d: the flag thresholds keep %.0f%% of all %d validation images instead. More validation "
+                       "images (data_prep.split) give the calibration zero_shot.calibrate_on asks for.",
+                       _accepted_valid(table, point).sum(), point.threshold, MIN_CALIBRATION_IMAGES,
+                       100 * config.target_tpr, calibration.sum())
     logger.info("Flag thresholds keep %.0f%% of %d validation images (%s)", 100 * config.target_tpr,
                 calibration.sum(), population)
     names, codes = fine_classes(image_index, train) if config.class_conditional else ([], None)
@@ -81,29 +87,24 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     return table, thresholds, flag_state
 
 
-def calibration_images(table: pd.DataFrame, point: OperatingPoint, config: ZeroShotConfig,
-                       warn: bool = True) -> tuple[np.ndarray, str]:
+def calibration_images(table: pd.DataFrame, point: OperatingPoint, config: ZeroShotConfig) -> tuple[np.ndarray, str]:
     """The rows of ``table`` the flag thresholds are set on, and which population they are.
 
     ``accepted_valid``: validation images labelled valid whose served score reaches the operating
     threshold. Those are the images the flag can cost (an invalid or rejected image is not accepted
     either way), so ``target_tpr`` becomes the share of accepted valid images the flag keeps. With
-    fewer than :data:`MIN_CALIBRATION_IMAGES` of them, all validation images, with a warning.
+    fewer than :data:`MIN_CALIBRATION_IMAGES` of them, all validation images.
     """
-    validation = (table["split"] == "val").to_numpy()
-    if config.calibrate_on == "validation":
-        return validation, "validation"
-    valid = table["target"].to_numpy(dtype=float, na_value=np.nan) == 1
-    accepted_valid = validation & valid & (table["score"].to_numpy(dtype=float) >= point.threshold)
-    if accepted_valid.sum() >= MIN_CALIBRATION_IMAGES:
+    accepted_valid = _accepted_valid(table, point)
+    if config.calibrate_on == "accepted_valid" and accepted_valid.sum() >= MIN_CALIBRATION_IMAGES:
         return accepted_valid, "accepted_valid"
-    if warn:
-        logger.warning("Only %d valid validation images are accepted by the classifier (threshold %.4f), fewer than "
-                       "%d: the flag thresholds keep %.0f%% of all %d validation images instead. More validation "
-                       "images (data_prep.split) give the calibration zero_shot.calibrate_on asks for.",
-                       accepted_valid.sum(), point.threshold, MIN_CALIBRATION_IMAGES, 100 * config.target_tpr,
-                       validation.sum())
-    return validation, "validation"
+    return (table["split"] == "val").to_numpy(), "validation"
+
+
+def _accepted_valid(table: pd.DataFrame, point: OperatingPoint) -> np.ndarray:
+    """Validation images labelled valid whose served score reaches the operating threshold."""
+    valid = table["target"].to_numpy(dtype=float, na_value=np.nan) == 1
+    return (table["split"] == "val").to_numpy() & valid & (table["score"].to_numpy(dtype=float) >= point.threshold)
 
 
 def _log_unreadable(image_index: pd.DataFrame, errors: list[str]) -> None:
@@ -159,12 +160,12 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
     kept_by_classifier = valid_test["predicted_label"] == "valid"
     lost = float((kept_by_classifier & valid_test["anomaly_flag"]).sum() / max(kept_by_classifier.sum(), 1))
     precision = _precisions(decisions, config.unseen_share)
-    calibration, population = calibration_images(anomaly_scores, OperatingPoint.from_payload(operating_point), config,
-                                                 warn=False)
+    point = OperatingPoint.from_payload(operating_point)
+    calibration, population = calibration_images(anomaly_scores, point, config)
     metrics = {
         "flag_detector": config.flag_detector, "target_tpr": config.target_tpr,
         "calibrated_on": population, "calibration_images": int(calibration.sum()),
-        "classifier": operating_point.get("candidate", "model"), "classifier_threshold": operating_point["threshold"],
+        "classifier": point.candidate, "classifier_threshold": point.threshold,
         "detectors": detectors,
         "decision_per_kind": {k: {c: float(v) for c, v in row.items()} for k, row in per_kind.iterrows()},
         "valid_test_images_lost_by_combined_decision": lost,
@@ -229,7 +230,7 @@ def plot_anomaly_scores(decisions: pd.DataFrame, zero_shot_metrics: dict) -> Fig
     flag = zero_shot_metrics["flag_detector"]
     return zero_shot_plots.anomaly_score_figure(scores, zero_shot_metrics["detectors"][flag]["threshold"], flag,
                                                 zero_shot_metrics["target_tpr"],
-                                                zero_shot_metrics.get("calibrated_on", "validation"))
+                                                zero_shot_metrics["calibrated_on"])
 
 
 def plot_detector_comparison(zero_shot_metrics: dict) -> Figure:
