@@ -9,11 +9,18 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms import v2
 
 from image_classification.errors import ParameterError
 from image_classification.backbones import backbone_spec
 from image_classification.artefacts import Checkpoint
-from image_classification.model import ClassifierHead, adapt_feature_map, build_model, preprocess_transform
+from image_classification.model import (
+    ClassifierHead,
+    ToModelInput,
+    adapt_feature_map,
+    build_model,
+    preprocess_transform,
+)
 from image_classification.parameters.shared import ModelConfig
 
 
@@ -107,6 +114,21 @@ def test_preprocess_transform_output(augment: str) -> None:
     tensor = preprocess_transform(spec, augment)(image)
     assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, torch.ones_like(tensor))  # (1 - 0.5) / 0.5
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_normalising_by_table_gives_the_bits_of_torchvisions_todtype_and_normalize(mode: str) -> None:
+    """Every 8-bit value of every channel: the looked-up tensor is torchvision's, bit for bit, so the
+    cache and every figure stay where they were."""
+    spec = backbone_spec("efficientnet_lite0")
+    rng = np.random.default_rng(0)
+    values = np.stack([rng.permutation(256) for _ in range(3)], axis=-1).astype(np.uint8).reshape(16, 16, 3)
+    image = Image.fromarray(values if mode == "RGB" else values[..., 0], mode=mode)
+    reference = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(mean=list(spec.mean), std=list(spec.std))])(image.convert("RGB"))
+    looked_up = ToModelInput(spec.mean, spec.std)(image)
+    assert looked_up.shape == (3, 16, 16) and looked_up.dtype == torch.float32
+    assert torch.equal(looked_up, reference)
 
 
 def _bright_corner(tensor: torch.Tensor) -> tuple[int, int]:

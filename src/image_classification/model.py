@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -31,17 +32,32 @@ class ToModelInput(nn.Module):
     """A PIL image (RGB, or L for grayscale) to the normalised (3, H, W) float tensor: scaled to [0, 1],
     then ``(x - mean) / std`` per channel. A grayscale image is broadcast to three channels by the
     normalisation itself, so its pixels are converted, resized and scaled once, not three times:
-    the same tensor as converting it to RGB first."""
+    the same tensor as converting it to RGB first.
+
+    An 8-bit pixel has 256 values, so each channel's 256 results are computed once, with the same
+    float32 operations in the same order, and the image is normalised by looking its pixels up in that
+    table: one pass over the pixels instead of four, the same bits (about half the time on 224 px)."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256)
+        self._table = self.normalise(levels).view(3, 256).numpy()  # (3, 256): channel, 8-bit value
 
-    def forward(self, image) -> torch.Tensor:
-        pixels = v2.functional.pil_to_tensor(image)  # uint8 (C, H, W), C = 1 or 3
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (C, H, W), C = 1 or 3, to the normalised float32 (3, H, W)."""
         # the operations of torchvision's ToDtype(scale=True) and Normalize, in their order: the same bits
         return (pixels.to(torch.float32).mul_(1.0 / 255) - self.mean).div_(self.std)
+
+    def forward(self, image) -> torch.Tensor:
+        if not isinstance(image, Image.Image) or image.mode not in ("RGB", "L"):
+            return self.normalise(v2.functional.pil_to_tensor(image))
+        pixels = np.asarray(image)  # uint8 (H, W) or (H, W, 3)
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+        for channel in range(3):
+            np.take(self._table[channel], pixels if pixels.ndim == 2 else pixels[..., channel], out=out[channel])
+        return torch.from_numpy(out)
 
 
 AUGMENTATIONS = ("none", "flip", "inspection")
