@@ -117,10 +117,11 @@ def test_preprocess_transform_output(augment: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_normalising_by_table_gives_the_bits_of_torchvisions_todtype_and_normalize(mode: str) -> None:
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])  # one mean and std for all channels; three
+def test_normalising_by_table_gives_the_bits_of_torchvisions_todtype_and_normalize(mode: str, backbone: str) -> None:
     """Every 8-bit value of every channel: the looked-up tensor is torchvision's, bit for bit, so the
     cache and every figure stay where they were."""
-    spec = backbone_spec("efficientnet_lite0")
+    spec = backbone_spec(backbone)
     rng = np.random.default_rng(0)
     values = np.stack([rng.permutation(256) for _ in range(3)], axis=-1).astype(np.uint8).reshape(16, 16, 3)
     image = Image.fromarray(values if mode == "RGB" else values[..., 0], mode=mode)

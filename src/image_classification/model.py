@@ -44,6 +44,7 @@ class ToModelInput(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256)
         self._table = self.normalise(levels).view(3, 256).numpy()  # (3, 256): channel, 8-bit value
+        self._same_table = [bool(np.array_equal(row, self._table[0])) for row in self._table]
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (C, H, W), C = 1 or 3, to the normalised float32 (3, H, W)."""
@@ -56,7 +57,10 @@ class ToModelInput(nn.Module):
         pixels = np.asarray(image)  # uint8 (H, W) or (H, W, 3)
         out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
         for channel in range(3):
-            np.take(self._table[channel], pixels if pixels.ndim == 2 else pixels[..., channel], out=out[channel])
+            if pixels.ndim == 2 and channel and self._same_table[channel]:
+                out[channel] = out[0]  # a grayscale image under one normalisation for all channels: a copy
+            else:
+                np.take(self._table[channel], pixels if pixels.ndim == 2 else pixels[..., channel], out=out[channel])
         return torch.from_numpy(out)
 
 
