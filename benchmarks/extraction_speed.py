@@ -153,7 +153,7 @@ def decoders(jpegs: list[str], pngs: list[str], grays: list[str], count: int, ro
     spec = backbone_spec("efficientnet_lite0")
     transform, limits, size = preprocess_transform(spec), ImageLimits(min_side=1), spec.input_size
     resize, lookup = v2.Resize((size, size), antialias=True), ToModelInput(spec.mean, spec.std)
-    before = v2.Compose([v2.Resize((size, size), antialias=True), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+    before = v2.Compose([resize, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                          v2.Normalize(mean=list(spec.mean), std=list(spec.std))])
     candidates = {
         "before: Pillow to RGB, torchvision ToImage/ToDtype/Normalize": lambda path: before(load_rgb(path, limits, size)),

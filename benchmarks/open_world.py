@@ -24,7 +24,7 @@ fused flag (fisher) keeping 98% of the accepted valid validation images.
     python benchmarks/open_world.py                 # 5 seeds, 30 epochs (~8 min on 2 cores)
     python benchmarks/open_world.py --quick         # 2 seeds, 3 epochs: a smoke run
     python benchmarks/open_world.py --seeds 42 --heads fine --fine-tune 1   # the last backbone block
-        # fine-tuned (train.trainable_blocks, augment flip) with the fine-class output (~25 min per seed on 2 cores)
+        # fine-tuned (train.trainable_blocks, augment flip) with the fine-class output (~5 min per seed on 2 cores)
 
 The backbone features are cached in --cache (default /tmp/open_world_features.safetensors).
 """
