@@ -11,9 +11,12 @@ of the frozen backbone over the files (the pipeline's ``extract_backbone_feature
 - ``baseline``  the project's LogisticBaseline on pooled features (C chosen on validation);
 - ``patch``     the PatchCore-style patch score (``image_classification.patches``), memory from the
                 valid training images;
-- ``stack``     logistic regression over the three scores, fitted on the validation split (its own
-                validation scores, for the threshold, are cross-fitted over validation groups);
-- ``chosen``    per fold, whichever of the four has the best validation average precision;
+- ``patch_classifier``  supervised patch evidence (``PatchClassifier``): a small network over the
+                same patch vectors, trained on the train images' labels, each image scored by its
+                most defective patches;
+- ``stack``     logistic regression over the other four scores, fitted on the validation split (its
+                own validation scores, for the threshold, are cross-fitted over validation groups);
+- ``chosen``    per fold, whichever of the five has the best validation average precision;
 - ``fine_tuned``  with ``--fine-tune N``: the project's train node fine-tuning the backbone's last N
                 blocks and the head end to end on the fold's train images (``train.augment``: each
                 ``--augment`` setting is its own row), early stopping on its validation images, then

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from image_classification.artefacts import FeatureCache
 from image_classification.backbones import backbone_spec, build_backbone
@@ -15,6 +17,7 @@ from image_classification.inference import extract_backbone_features
 from image_classification.parameters.shared import ModelConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import (
+    PatchClassifier,
     PatchMemory,
     bytes_per_image,
     greedy_coreset,
@@ -123,6 +126,53 @@ def test_a_large_bank_is_drawn_down_before_the_greedy_selection_and_still_finds_
     assert memory.describe()["patches_seen"] == 3200 and len(memory.memory) == 32
     normal, defective = memory.anomaly_scores(_images(20, generator)), memory.anomaly_scores(_images(20, generator, True))
     assert defective.min() > normal.max()
+
+
+
+def _faint(count: int, generator: torch.Generator, defect: bool) -> torch.Tensor:
+    """Patches whose channels 1-7 vary widely and say nothing; a defect lifts channel 0 of one patch
+    by five of its standard deviations, a small step next to the spread of the others."""
+    patches = torch.randn(count, 16, 8, generator=generator)
+    patches[..., 1:] *= 3.0
+    patches[..., 0] *= 0.3
+    if defect:
+        patches[:, 5, 0] += 1.5
+    return patches.to(torch.float16)
+
+
+def test_the_patch_classifier_learns_a_faint_local_defect_that_the_valid_memory_misses():
+    generator = torch.Generator().manual_seed(3)
+    train = torch.cat([_faint(100, generator, False), _faint(100, generator, True)])
+    targets = np.r_[np.ones(100), np.zeros(100)].astype(int)
+    test = torch.cat([_faint(50, generator, False), _faint(50, generator, True)])
+    test_targets = np.r_[np.ones(50), np.zeros(50)]
+    classifier = PatchClassifier.fit(train, targets, top_k=1, seed=0)
+    memory = PatchMemory.fit(train[:100], fraction=0.2, seed=0)
+    assert roc_auc_score(test_targets, classifier.scores(test)) > 0.95  # higher means valid, as for every score
+    assert roc_auc_score(test_targets, -memory.anomaly_scores(test)) < 0.7
+    assert classifier.describe() == {"channels": 8, "hidden": 64, "top_k": 1, "epochs": 30}
+
+
+def test_the_patch_classifier_is_repeatable_and_leaves_the_global_random_state_alone():
+    generator = torch.Generator().manual_seed(4)
+    train = torch.cat([_faint(20, generator, False), _faint(20, generator, True)])
+    targets = np.r_[np.ones(20), np.zeros(20)].astype(int)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = PatchClassifier.fit(train, targets, epochs=3, seed=7).scores(train, rows=7)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert np.array_equal(first, PatchClassifier.fit(train, targets, epochs=3, seed=7).scores(train))
+    assert not np.array_equal(first, PatchClassifier.fit(train, targets, epochs=3, seed=8).scores(train))
+
+
+@pytest.mark.parametrize("settings", [{"epochs": 0}, {"hidden": 0}, {"top_k": 0}])
+def test_the_patch_classifier_refuses_one_label_and_bad_settings(settings):
+    patches = torch.zeros(4, 6, 3)
+    with pytest.raises(ParameterError, match="both labels"):
+        PatchClassifier.fit(patches, np.ones(4, dtype=int))
+    with pytest.raises(ParameterError, match="at least 1"):
+        PatchClassifier.fit(patches, np.array([0, 1, 0, 1]), **settings)
 
 
 @pytest.mark.parametrize("grid", [0, 5])

@@ -1,11 +1,13 @@
 """Candidate scores side by side, and grouped cross-validation of all of them on small data.
 
-Four scores of "valid" come from one pass of the frozen backbone (the feature cache):
+Five scores of "valid" come from one pass of the frozen backbone (the feature cache):
 
 - ``model``     the original head, trained on the cached head inputs (:func:`image_classification.training.fit`);
 - ``baseline``  logistic regression on pooled features (:class:`~image_classification.baseline.LogisticBaseline`);
 - ``patch``     patch evidence (:class:`~image_classification.patches.PatchMemory`), negated so higher means valid;
-- ``stack``     logistic regression over the three, fitted on validation (:func:`stack_scores`).
+- ``patch_classifier``  supervised patch evidence (:class:`~image_classification.patches.PatchClassifier`),
+  trained on the train images' labels;
+- ``stack``     logistic regression over the other four, fitted on validation (:func:`stack_scores`).
 
 On a few hundred test images one split's figures move by +-0.1 from seed to seed. :func:`cross_validate`
 therefore repeats what the pipeline does on ``folds`` grouped, stratified folds: each fold is the test
@@ -33,11 +35,11 @@ from sklearn.preprocessing import StandardScaler
 
 from image_classification.baseline import LogisticBaseline
 from image_classification.metrics import metrics_at_threshold, select_threshold
-from image_classification.patches import PatchMemory
+from image_classification.patches import PatchClassifier, PatchMemory
 
 logger = logging.getLogger(__name__)
 
-NAMES = ("model", "baseline", "patch", "stack")
+NAMES = ("model", "baseline", "patch", "patch_classifier", "stack")
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -45,9 +47,14 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return logit(np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6))
 
 
-def stack_inputs(model: np.ndarray, baseline: np.ndarray, patch: np.ndarray) -> np.ndarray:
-    """The stacker's inputs: the model's and the baseline's logits, and the patch score."""
-    return np.column_stack([_logit(model), _logit(baseline), np.asarray(patch, dtype=float)])
+def stack_inputs(model: np.ndarray, baseline: np.ndarray, patch: np.ndarray,
+                 patch_classifier: np.ndarray | None = None) -> np.ndarray:
+    """The stacker's inputs: the model's and the baseline's logits, the patch score and, where there
+    is one, the patch classifier's score."""
+    columns = [_logit(model), _logit(baseline), np.asarray(patch, dtype=float)]
+    if patch_classifier is not None and not np.isnan(np.asarray(patch_classifier, dtype=float)).all():
+        columns.append(np.asarray(patch_classifier, dtype=float))
+    return np.column_stack(columns)
 
 
 def stack_scores(val_inputs: np.ndarray, val_targets: np.ndarray, val_groups: np.ndarray, other_inputs: np.ndarray,
@@ -133,10 +140,21 @@ def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Ten
         memory = PatchMemory.fit(patches[rows["train"][targets[rows["train"]] == 1]], evaluate.patch_coreset_fraction,
                                  evaluate.patch_memory_max, evaluate.patch_top_k, seed)
         val["patch"], test["patch"] = (-memory.anomaly_scores(patches[rows[s]]) for s in ("val", "test"))
+        if evaluate.patch_classifier:
+            classifier = fit_patch_classifier(patches[rows["train"]], targets[rows["train"]], evaluate, seed)
+            val["patch_classifier"], test["patch_classifier"] = (classifier.scores(patches[rows[s]])
+                                                                 for s in ("val", "test"))
         val["stack"], test["stack"], _ = stack_scores(
-            stack_inputs(val["model"], val["baseline"], val["patch"]), targets[rows["val"]], groups[rows["val"]],
-            stack_inputs(test["model"], test["baseline"], test["patch"]), seed)
+            stack_inputs(val["model"], val["baseline"], val["patch"], val.get("patch_classifier")),
+            targets[rows["val"]], groups[rows["val"]],
+            stack_inputs(test["model"], test["baseline"], test["patch"], test.get("patch_classifier")), seed)
     return val, test
+
+
+def fit_patch_classifier(patches: torch.Tensor, targets: np.ndarray, evaluate, seed: int) -> PatchClassifier:
+    """The :class:`~image_classification.patches.PatchClassifier` of ``evaluate``'s settings."""
+    return PatchClassifier.fit(patches, targets, epochs=evaluate.patch_classifier_epochs,
+                               hidden=evaluate.patch_classifier_hidden, top_k=evaluate.patch_classifier_top_k, seed=seed)
 
 
 def fold_figures(val_targets: np.ndarray, val_scores: np.ndarray, test_targets: np.ndarray, test_scores: np.ndarray,

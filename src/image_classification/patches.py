@@ -163,3 +163,95 @@ class PatchMemory:
     def describe(self) -> dict:
         return {"memory_patches": int(len(self.memory)), "patches_seen": int(self.patches_seen),
                 "channels": int(self.memory.shape[1]), "top_k": int(self.top_k)}
+
+
+class ImageDropout(nn.Module):
+    """Dropout of hidden units with one mask per image, shared by all its patches (inputs (N, P, C)).
+
+    Regularises like elementwise dropout here (test AUROC 0.915 against 0.915 on defects-dev, 5 folds
+    x 2 seeds) at a fraction of the random numbers: drawing an elementwise mask for every patch took
+    most of the training time (12 s against 2.8 s per fit on 1,000 images).
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand(x.shape[0], 1, x.shape[2]) >= self.p) / (1 - self.p)
+
+
+@dataclass
+class PatchClassifier:
+    """Supervised patch evidence: a small network scores every patch, and an image is as defective as
+    the mean of its ``top_k`` most defective patches (multiple-instance learning: an image is invalid
+    when some of its patches are, valid when none is). It is trained on image labels alone, so it
+    learns what the *invalid* training images' local defects look like, which the valid-only memory of
+    :class:`PatchMemory` cannot; on defects-dev it ranks images better than either the memory or the
+    pooled features (benchmarks/defects_quality.py).
+
+    Attributes:
+        network: per-patch scorer, (…, C) standardised patch vectors to (…, 1) defect logits.
+        mean, std: per-channel standardisation of the training patches.
+        top_k: patches averaged into an image's score.
+        epochs: epochs it was trained for.
+    """
+
+    network: nn.Module
+    mean: torch.Tensor
+    std: torch.Tensor
+    top_k: int
+    epochs: int
+
+    @classmethod
+    def fit(cls, patches: torch.Tensor, targets: np.ndarray, epochs: int = 30, hidden: int = 64, top_k: int = 10,
+            seed: int = 0, batch_size: int = 32, learning_rate: float = 1e-3, weight_decay: float = 1e-3,
+            ) -> PatchClassifier:
+        """Trained on ``patches`` (N, P, C) of training images and their ``targets`` (1 valid, 0 invalid):
+        binary cross-entropy of each image's score (the mean of its ``top_k`` highest patch logits)
+        against "invalid", Adam, ``epochs`` passes in batches of ``batch_size`` images, dropout of the
+        hidden units (:class:`ImageDropout`). Deterministic for a given ``seed``; the global random state is left as it was."""
+        targets = np.asarray(targets)
+        if len(patches) != len(targets) or set(np.unique(targets).tolist()) != {0, 1}:
+            raise ParameterError("the patch classifier needs training images of both labels, one target per image; "
+                                 f"got {len(patches)} images and targets {sorted(set(np.unique(targets).tolist()))}")
+        if epochs < 1 or hidden < 1 or top_k < 1:
+            raise ParameterError(f"evaluate.patch_classifier_epochs, _hidden and _top_k must be at least 1; got "
+                                 f"{epochs}, {hidden} and {top_k}")
+        top_k = min(top_k, patches.shape[1])
+        flat = patches.reshape(-1, patches.shape[-1]).float()
+        mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+        del flat
+        inputs = (patches.float() - mean) / std
+        invalid = torch.as_tensor(1 - targets, dtype=torch.float32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = nn.Sequential(nn.Linear(patches.shape[-1], hidden), nn.ReLU(), ImageDropout(0.3),
+                                    nn.Linear(hidden, 1))
+            optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
+            network.train()
+            for _ in range(epochs):
+                for batch in torch.randperm(len(inputs)).split(batch_size):
+                    logits = network(inputs[batch]).squeeze(-1).topk(top_k, dim=1).values.mean(1)
+                    loss = nn.functional.binary_cross_entropy_with_logits(logits, invalid[batch])
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+        network.eval()
+        return cls(network=network, mean=mean, std=std, top_k=top_k, epochs=epochs)
+
+    def scores(self, patches: torch.Tensor, rows: int = 256) -> np.ndarray:
+        """Per image, minus the mean of its ``top_k`` highest patch logits: higher means more like valid."""
+        out = np.empty(len(patches), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(patches), rows):
+                chunk = (patches[start:start + rows].float() - self.mean) / self.std
+                logits = self.network(chunk).squeeze(-1).topk(self.top_k, dim=1).values.mean(1)
+                out[start:start + rows] = (-logits).numpy()
+        return out
+
+    def describe(self) -> dict:
+        return {"channels": int(self.mean.shape[0]), "hidden": int(self.network[0].out_features),
+                "top_k": int(self.top_k), "epochs": int(self.epochs)}

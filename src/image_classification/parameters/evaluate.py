@@ -34,6 +34,14 @@ class EvaluateConfig:
         patch_coreset_fraction: share of the valid training images' patches the memory keeps.
         patch_memory_max: the most patches the memory keeps.
         patch_top_k: an image's patch score is the mean distance of its ``patch_top_k`` most unusual patches.
+        patch_classifier: also score images by supervised patch evidence (a small network over the
+            cached patch vectors trained on the train images' labels, an image scored by its
+            ``patch_classifier_top_k`` most defective patches; see
+            :class:`~image_classification.patches.PatchClassifier`), a candidate of its own and an
+            input of the stacker. Needs ``patch_evidence`` and patches in the cache.
+        patch_classifier_epochs: passes over the train images.
+        patch_classifier_hidden: hidden units of the per-patch network.
+        patch_classifier_top_k: patches averaged into an image's score.
         cv_folds: grouped folds of the cross-validation report (0: off).
         cv_max_images: cross-validate only when fewer labelled images than this are readable.
         operating_candidate: the score whose threshold is the operating point that predict, zero_shot
@@ -60,6 +68,10 @@ class EvaluateConfig:
     patch_coreset_fraction: float = 0.1
     patch_memory_max: int = 10000
     patch_top_k: int = 1
+    patch_classifier: bool = True
+    patch_classifier_epochs: int = 30
+    patch_classifier_hidden: int = 64
+    patch_classifier_top_k: int = 10
     cv_folds: int = 5
     cv_max_images: int = 2000
     operating_candidate: str = "auto"
@@ -79,12 +91,17 @@ class EvaluateConfig:
             raise ParameterError(f"evaluate.patch_coreset_fraction must be in (0, 1] and patch_memory_max and "
                                  f"patch_top_k at least 1, got {self.patch_coreset_fraction}, {self.patch_memory_max} "
                                  f"and {self.patch_top_k}")
+        if min(int(self.patch_classifier_epochs), int(self.patch_classifier_hidden),
+               int(self.patch_classifier_top_k)) < 1:
+            raise ParameterError(f"evaluate.patch_classifier_epochs, patch_classifier_hidden and patch_classifier_top_k "
+                                 f"must be at least 1, got {self.patch_classifier_epochs}, "
+                                 f"{self.patch_classifier_hidden} and {self.patch_classifier_top_k}")
         if int(self.cv_folds) not in (0, *range(2, 21)) or int(self.cv_max_images) < 0:
             raise ParameterError(f"evaluate.cv_folds must be 0 (off) or 2 to 20, and cv_max_images at least 0; got "
                                  f"{self.cv_folds} and {self.cv_max_images}")
         if self.operating_candidate not in ("auto", *OPERATING_CANDIDATES):
             raise ParameterError(f"evaluate.operating_candidate must be auto, {' or '.join(OPERATING_CANDIDATES)}, got "
-                                 f"'{self.operating_candidate}' (patch and stack are measured, not served)")
+                                 f"'{self.operating_candidate}' (patch, patch_classifier and stack are measured, not served)")
         if self.threshold_on not in ("auto", "validation", "out_of_fold"):
             raise ParameterError(f"evaluate.threshold_on must be auto, validation or out_of_fold, got "
                                  f"'{self.threshold_on}'")

@@ -146,7 +146,7 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
     sizes = {split: sum(counts) for split, counts in SPLIT_SIZES.items()}
     assert table["split"].value_counts().to_dict() == {"val": sizes["val"], "test": sizes["test"]}
     unreadable = index["path"].iloc[UNREADABLE]
-    for column in ("score", "baseline_score", "patch_score", "stack_score"):
+    for column in ("score", "baseline_score", "patch_score", "patch_classifier_score", "stack_score"):
         assert table.loc[table[column].isna(), "path"].tolist() == [unreadable], column
     assert table["score"].dropna().between(0, 1).all() and table["baseline_score"].dropna().between(0, 1).all()
     assert fitted["C"] in (0.01, 1.0) and fitted["train_images"] == sum(SPLIT_SIZES["train"])
@@ -161,8 +161,25 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
     readable = table.dropna(subset=["patch_score"])
     assert readable.loc[readable["target"] == 1, "patch_score"].min() > readable.loc[readable["target"] == 0, "patch_score"].max()
     assert roc_auc_score(readable["target"], readable["stack_score"]) > 0.9
+    # the patch classifier learns the invalid train images' odd patch from their labels
+    classifier = patch_fit["classifier"]
+    assert classifier["enabled"] and classifier["train_images"] == sum(SPLIT_SIZES["train"])
+    assert roc_auc_score(readable["target"], readable["patch_classifier_score"]) > 0.9
     with pytest.raises(ValueError, match="same images"):
         join_scores(model, baseline.iloc[::-1], patches, index, seed=42)
+
+
+def test_with_the_patch_classifier_off_the_memory_and_the_stack_still_score(evaluation_inputs):
+    index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
+    config = small_config(patch_classifier=False)
+    patches, patch_fit = score_patches(features, index, config, seed=42)
+    assert patch_fit["enabled"] and patch_fit["classifier"] == {"enabled": False,
+                                                                "reason": "evaluate.patch_classifier is off"}
+    assert patches["patch_classifier_score"].isna().all() and patches["patch_score"].notna().sum() > 0
+    model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index)
+    baseline, _, _ = fit_baseline(features, index, config, seed=42)
+    table = join_scores(model, baseline, patches, index, seed=42)
+    assert table["stack_score"].notna().sum() == table["patch_score"].notna().sum()
 
 
 @pytest.mark.parametrize("why", ["switched off", "no patches cached"])
@@ -172,7 +189,7 @@ def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(e
     if why == "no patches cached":
         features = {**features, "tensors": {k: v for k, v in features["tensors"].items() if k != "patches"}}
     patches, patch_fit = score_patches(features, index, config, seed=42)
-    assert patches["patch_score"].isna().all() and not patch_fit["enabled"]
+    assert patches[["patch_score", "patch_classifier_score"]].isna().all(axis=None) and not patch_fit["enabled"]
     assert ("patch_evidence is off" if why == "switched off" else "train.patch_grid is 0") in patch_fit["reason"]
     model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index)
     baseline, fitted, _ = fit_baseline(features, index, config, seed=42)
@@ -197,14 +214,14 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
     assert sum(fold["images"]["test"] for fold in report["folds"]) == labelled
     assert len(held_out) == labelled and set(held_out["split"]) == {"train", "val"}
     assert held_out["fold"].value_counts().sort_index().tolist() == [f["images"]["test"] for f in report["folds"]]
-    assert held_out[["score", "baseline_score", "patch_score", "stack_score"]].notna().all(axis=None)
+    assert held_out[["score", "baseline_score", "patch_score", "patch_classifier_score", "stack_score"]].notna().all(axis=None)
     # each fold's held-out scores are the ones its figures were measured on
     first = held_out[held_out["fold"] == 0]
     assert roc_auc_score(first["target"], first["baseline_score"]) == pytest.approx(
         report["folds"][0]["candidates"]["baseline"]["test_auroc"])
     for fold in report["folds"]:
         assert sum(fold["images"].values()) == labelled
-        assert list(fold["candidates"]) == ["model", "baseline", "patch", "stack"]
+        assert list(fold["candidates"]) == ["model", "baseline", "patch", "patch_classifier", "stack"]
     summary = report["summary"]
     # the patch vectors separate the labels (conftest), so patch evidence is perfect on every fold
     assert summary["patch"]["test_auroc"]["mean"] == pytest.approx(1.0) and summary["patch"]["folds"] == 3
@@ -231,7 +248,7 @@ def test_cross_validation_is_skipped_with_a_reason(evaluation_inputs, changes, w
                                                  TrainConfig(epochs=1), small_config(**changes), seed=42)
     assert not report["enabled"] and why in report["reason"] and held_out.empty
     assert list(held_out) == ["path", "split", "target", "fold", "score", "baseline_score", "patch_score",
-                              "stack_score"]
+                              "patch_classifier_score", "stack_score"]
 
 
 def test_stale_features_or_scores_are_refused(evaluation_inputs):
@@ -366,7 +383,7 @@ def test_the_baseline_is_not_served_for_a_fine_tuned_backbone(evaluation_scores)
     with pytest.raises(ParameterError, match="fitted on the frozen backbone's features"):
         choose_operating_point(evaluation_scores, fine_tuned, small_config(operating_candidate="baseline"),
                                baseline_model=WEIGHTS)
-    with pytest.raises(ParameterError, match="patch and stack are measured, not served"):
+    with pytest.raises(ParameterError, match="patch_classifier and stack are measured, not served"):
         small_config(operating_candidate="stack")
 
 

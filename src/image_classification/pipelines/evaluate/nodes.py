@@ -24,7 +24,7 @@ from image_classification.baseline import BaselineWeights, LogisticBaseline
 from image_classification.errors import DataError, ParameterError
 from image_classification.images import thumbnail
 from image_classification.metrics import report_at_threshold, select_threshold
-from image_classification.candidates import cross_validate, stack_inputs, stack_scores
+from image_classification.candidates import cross_validate, fit_patch_classifier, stack_inputs, stack_scores
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import PatchMemory
@@ -33,14 +33,17 @@ from image_classification.plots import evaluation as plots
 logger = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("val", "test")
-OUT_OF_FOLD_COLUMNS = ["path", "split", "target", "fold", "score", "baseline_score", "patch_score", "stack_score"]
-SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "patch_score", "stack_score", "error"]
+OUT_OF_FOLD_COLUMNS = ["path", "split", "target", "fold", "score", "baseline_score", "patch_score",
+                       "patch_classifier_score", "stack_score"]
+SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "patch_score", "patch_classifier_score",
+                 "stack_score", "error"]
 # every score evaluate measures: (key in evaluation_metrics.json, column of evaluation_scores, what it is)
 CANDIDATES = (
     ("model", "score", "the trained model (the original head)"),
     ("baseline", "baseline_score", "logistic regression on pooled features"),
     ("patch", "patch_score", "patch evidence (negated distance to the valid patch memory)"),
-    ("stack", "stack_score", "logistic regression over the three, fitted on validation"),
+    ("patch_classifier", "patch_classifier_score", "supervised patch evidence (a patch network trained on the labels)"),
+    ("stack", "stack_score", "logistic regression over the other scores, fitted on validation"),
 )
 THUMBNAIL_SIZE = 160
 
@@ -94,17 +97,21 @@ def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: E
 
 def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: EvaluateConfig,
                   seed: int) -> tuple[pd.DataFrame, dict]:
-    """Patch evidence for every validation and test image: a memory of the valid train images'
-    patches (:class:`~image_classification.patches.PatchMemory`), read from the feature cache.
+    """Patch evidence for every validation and test image, read from the feature cache: a memory of
+    the valid train images' patches (:class:`~image_classification.patches.PatchMemory`) and, with
+    ``evaluate.patch_classifier``, a patch network trained on the train images' labels
+    (:class:`~image_classification.patches.PatchClassifier`).
 
     Returns:
-        ``path`` and ``patch_score`` (minus the patch distance, so that higher means more like valid,
-        as for the other scores; NaN when off or unreadable) per validation and test image, and what
-        was fitted (or why nothing was).
+        ``path``, ``patch_score`` (minus the patch distance, so that higher means more like valid,
+        as for the other scores; NaN when off or unreadable) and ``patch_classifier_score`` (minus
+        the image's defect logit; NaN when off) per validation and test image, and what was fitted
+        (or why nothing was).
     """
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     rows = _evaluated_rows(image_index)
     scores = np.full(len(rows), np.nan, dtype=np.float32)
+    classifier_scores = scores.copy()
     reason = ("evaluate.patch_evidence is off" if not evaluate.patch_evidence else
               "the feature cache holds no patches (train.patch_grid is 0)" if cache.patches is None else None)
     train_valid = np.flatnonzero(cache.readable & (image_index["split"] == "train").to_numpy()
@@ -113,8 +120,8 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
         reason = "the train split has no readable valid image"
     if reason is not None:
         logger.info("Patch evidence not scored: %s", reason)
-        return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores}), \
-            {"enabled": False, "reason": reason}
+        return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores,
+                             "patch_classifier_score": classifier_scores}), {"enabled": False, "reason": reason}
     start = time.perf_counter()
     memory = PatchMemory.fit(cache.patches[train_valid], evaluate.patch_coreset_fraction, evaluate.patch_memory_max,
                              evaluate.patch_top_k, seed)
@@ -126,23 +133,50 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
     logger.info("Patch evidence: memory of %d of %d patches from %d valid train images; %d images scored in %.1f s",
                 fitted["memory_patches"], fitted["patches_seen"], len(train_valid), int(readable.sum()),
                 time.perf_counter() - start)
-    return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores}), fitted
+    fitted["classifier"] = _patch_classifier(cache, image_index, rows, classifier_scores, evaluate, seed)
+    return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores,
+                         "patch_classifier_score": classifier_scores}), fitted
+
+
+def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.ndarray, scores: np.ndarray,
+                      evaluate: EvaluateConfig, seed: int) -> dict:
+    """Fit the patch classifier on the readable labelled train images and write its scores of
+    ``rows`` (where readable) into ``scores``; what was fitted, or why nothing was."""
+    train = np.flatnonzero(cache.readable & (image_index["split"] == "train").to_numpy()
+                           & image_index["target"].notna().to_numpy())
+    targets = image_index["target"].to_numpy(dtype=float, na_value=np.nan)[train].astype(int)
+    reason = ("evaluate.patch_classifier is off" if not evaluate.patch_classifier else
+              "the train split lacks readable images of one label" if len(np.unique(targets)) < 2 else None)
+    if reason is not None:
+        logger.info("Patch classifier not fitted: %s", reason)
+        return {"enabled": False, "reason": reason}
+    start = time.perf_counter()
+    classifier = fit_patch_classifier(cache.patches[train], targets, evaluate, seed)
+    readable = cache.readable[rows]
+    scores[readable] = classifier.scores(cache.patches[rows[readable]])
+    logger.info("Patch classifier: trained on %d train images' patches for %d epochs; %d images scored in %.1f s",
+                len(train), evaluate.patch_classifier_epochs, int(readable.sum()), time.perf_counter() - start)
+    return {"enabled": True, "description": "a network scores every patch; an image is as defective as the mean of "
+            "its top_k most defective patches; trained on the train images' labels", "train_images": int(len(train)),
+            "seconds": round(time.perf_counter() - start, 1), **classifier.describe()}
 
 
 def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch_scores: pd.DataFrame,
                 image_index: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Every candidate's score side by side, one row per validation and test image, with the stacker's.
 
-    The stacker is a logistic regression over the model's and the baseline's logits and the patch
-    score, fitted on the validation images. Its validation scores are cross-fitted over validation
+    The stacker is a logistic regression over the model's and the baseline's logits, the patch
+    score and the patch classifier's (where there is one), fitted on the validation images. Its validation scores are cross-fitted over validation
     split groups (each scored by a stacker that never saw its group), so the threshold chosen on them
     is as honest as the others'; its test scores come from the stacker fitted on all of validation.
     """
     for name, other in (("baseline", baseline_scores), ("patch", patch_scores)):
         if model_scores["path"].tolist() != other["path"].tolist():
             raise ValueError(f"model and {name} scores are not for the same images in the same order")
+    classifier = patch_scores["patch_classifier_score"].to_numpy() if "patch_classifier_score" in patch_scores else \
+        np.full(len(patch_scores), np.nan, dtype=np.float32)
     table = model_scores.assign(baseline_score=baseline_scores["baseline_score"].to_numpy(),
-                                patch_score=patch_scores["patch_score"].to_numpy())
+                                patch_score=patch_scores["patch_score"].to_numpy(), patch_classifier_score=classifier)
     groups = image_index.set_index("path").loc[table["path"], "split_group"].to_numpy() \
         if "split_group" in image_index else table["path"].to_numpy()
     stack, reason = stacked_scores(table, groups, seed)
@@ -156,7 +190,8 @@ def stacked_scores(table: pd.DataFrame, groups: np.ndarray, seed: int) -> tuple[
     stack = np.full(len(table), np.nan, dtype=np.float32)
     if np.isnan(table["patch_score"].to_numpy(float)).all():
         return stack, "no patch score to stack"
-    inputs = stack_inputs(table["score"], table["baseline_score"], table["patch_score"])
+    inputs = stack_inputs(table["score"], table["baseline_score"], table["patch_score"],
+                          table["patch_classifier_score"] if "patch_classifier_score" in table else None)
     usable = ~np.isnan(inputs).any(axis=1)
     val = np.flatnonzero(usable & (table["split"] == "val").to_numpy())
     other = np.flatnonzero(usable & (table["split"] != "val").to_numpy())
@@ -370,16 +405,16 @@ def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, 
     served = _served(operating_point)
     metrics = {"split": "test", "target_precision": evaluate.target_precision, "rule": evaluate.rule,
                "operating_candidate": served}
-    fits = {"model": {}, "baseline": baseline_fit, "patch": patch_fit}
+    fits = {"model": {}, "baseline": baseline_fit, "patch": patch_fit, "patch_classifier": patch_fit.get("classifier")}
     for key, column, description in CANDIDATES:
-        if key != "model" and evaluation_scores[column].isna().all():
+        if key != "model" and (column not in evaluation_scores or evaluation_scores[column].isna().all()):
             continue
         if key == served:
             point = operating_point
         else:
             point = select_threshold(*_scored(evaluation_scores, "val", column), evaluate.rule, evaluate.rule_settings)
             _log_operating_point(key.capitalize(), point)
-        metrics[key] = {**fits.get(key, {"description": description}),
+        metrics[key] = {**(fits.get(key) or {"description": description}),
                         **_test_report(evaluation_scores, column, point, evaluate, seed)}
     if "patch" not in metrics:
         metrics["patch"] = patch_fit
@@ -508,7 +543,7 @@ def _test_report(evaluation_scores: pd.DataFrame, column: str, point: dict, conf
 
 def _test_series(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> list[plots.ScoredSplit]:
     names = {"model": "model", "baseline": "baseline (logistic regression)", "patch": "patch evidence",
-             "stack": "stacked"}
+             "patch_classifier": "patch classifier", "stack": "stacked"}
     return [plots.ScoredSplit(names[key], *_scored(evaluation_scores, "test", column),
                               evaluation_metrics[key]["threshold"])
             for key, column, _ in CANDIDATES if "threshold" in evaluation_metrics.get(key, {})]
