@@ -1,0 +1,127 @@
+"""How the patch classifier is trained, variant by variant, on defects-dev's five grouped folds.
+
+``PatchClassifier`` (image_classification.patches) scores every cached patch vector with a small
+network and an image by the mean of its ``top_k`` most defective patches, trained on image labels.
+This benchmark fits it on the train rows of the same five grouped folds as ``defects_quality.py``
+(one pass of the frozen backbone, the pipeline's features and patches, cached) and prints, per
+variant, mean +- sd of test and validation AUROC over 5 folds x ``--seeds`` seeds, and seconds per
+fit, side by side:
+
+- the project's settings (30 epochs, 64 hidden units, top 10 patches, hidden dropout with one mask
+  per image shared by its patches);
+- hidden dropout drawn per element instead (``nn.Dropout``), the usual way and the slow one here;
+- 15 and 60 epochs; top 1, 3 and 30 patches; 32 and 128 hidden units;
+- each patch's grid position appended to its vector (x, y in [-1, 1]);
+- for reference, the project's LogisticBaseline on pooled features and the PatchCore-style memory.
+
+Choose on the validation column: nothing here looks at a test fold to choose.
+
+    python benchmarks/patch_classifier.py            # ~6 min on 2 cores after a 15 s extraction
+    python benchmarks/patch_classifier.py --quick    # 2 folds, 1 seed, fewer variants
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from defects_quality import DATA, features, labelled  # noqa: E402
+
+from image_classification import patches as patch_module  # noqa: E402
+from image_classification.baseline import LogisticBaseline  # noqa: E402
+from image_classification.candidates import grouped_folds  # noqa: E402
+from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
+from image_classification.patches import PatchClassifier, PatchMemory  # noqa: E402
+
+VARIANTS = {
+    "project: 30 epochs, 64 hidden, top 10, dropout per image": {},
+    "dropout per element (nn.Dropout)": {"dropout": "element"},
+    "15 epochs": {"epochs": 15},
+    "60 epochs": {"epochs": 60},
+    "top 1 patch": {"top_k": 1},
+    "top 3 patches": {"top_k": 3},
+    "top 30 patches": {"top_k": 30},
+    "32 hidden units": {"hidden": 32},
+    "128 hidden units": {"hidden": 128},
+    "+ grid position": {"position": True},
+}
+QUICK = ("project: 30 epochs, 64 hidden, top 10, dropout per image", "dropout per element (nn.Dropout)", "top 1 patch")
+
+
+def with_position(patches: torch.Tensor) -> torch.Tensor:
+    side = int(round(patches.shape[1] ** 0.5))
+    y, x = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+    position = torch.stack([x.flatten(), y.flatten()], 1).expand(len(patches), -1, -1)
+    return torch.cat([patches.float(), position], 2)
+
+
+def view(patches: torch.Tensor, settings: dict) -> torch.Tensor:
+    """What the variant's classifier reads of ``patches``."""
+    return with_position(patches) if settings.get("position") else patches
+
+
+def fit(patches: torch.Tensor, targets: np.ndarray, seed: int, settings: dict) -> PatchClassifier:
+    dropout = settings.get("dropout", "image")
+    options = {key: value for key, value in settings.items() if key not in ("dropout", "position")}
+    shared = patch_module.ImageDropout
+    if dropout == "element":
+        patch_module.ImageDropout = torch.nn.Dropout  # same constructor (p); one mask entry per element
+    try:
+        return PatchClassifier.fit(view(patches, settings), targets, seed=seed, **options)
+    finally:
+        patch_module.ImageDropout = shared
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    variants = {k: v for k, v in VARIANTS.items() if k in QUICK} if args.quick else VARIANTS
+    if args.quick:
+        args.folds, args.seeds = 2, 1
+    manifest, y, groups = labelled(DATA, 2)
+    feats = features(manifest, DATA, "efficientnet_lite0", 14, args.cache)
+    patches, pooled = feats["patches"], feats["pooled"].float().numpy()
+    evaluate = EvaluateConfig()
+    test_auc, val_auc, seconds = {}, {}, {}
+    for number, rows in enumerate(grouped_folds(y, groups, args.folds, seed=42)):
+        train, val, test = rows["train"], rows["val"], rows["test"]
+        baseline = LogisticBaseline(evaluate.baseline_c_grid, evaluate.target_precision, 42).fit(
+            pooled[train], y[train], pooled[val], y[val])
+        memory = PatchMemory.fit(patches[train][y[train] == 1], evaluate.patch_coreset_fraction,
+                                 evaluate.patch_memory_max, evaluate.patch_top_k, 42)
+        for name, score in (("reference: LogisticBaseline, pooled", lambda r: baseline.score_samples(pooled[r])),
+                            ("reference: PatchCore-style memory", lambda r: -memory.anomaly_scores(patches[r]))):
+            test_auc.setdefault(name, []).append(roc_auc_score(y[test], score(test)))
+            val_auc.setdefault(name, []).append(roc_auc_score(y[val], score(val)))
+        for name, settings in variants.items():
+            for seed in range(args.seeds):
+                start = time.perf_counter()
+                classifier = fit(patches[train], y[train], 42 + 10 * number + seed, settings)
+                seconds.setdefault(name, []).append(time.perf_counter() - start)
+                for split, found in ((test, test_auc), (val, val_auc)):
+                    found.setdefault(name, []).append(roc_auc_score(y[split], classifier.scores(
+                        view(patches[split], settings))))
+        print(f"fold {number + 1} of {args.folds} done", flush=True)
+    print(f"\ndefects-dev, efficientnet_lite0 patches (grid 14), {args.folds} grouped folds x {args.seeds} seeds")
+    print(f"{'variant':58s} {'test AUROC':>15s} {'val AUROC':>15s} {'s per fit':>9s}")
+    for name in test_auc:
+        line = (f"{name:58s} {np.mean(test_auc[name]):.3f} +- {np.std(test_auc[name], ddof=1):.3f} "
+                f"{np.mean(val_auc[name]):.3f} +- {np.std(val_auc[name], ddof=1):.3f}")
+        print(line + (f" {statistics.median(seconds[name]):9.1f}" if name in seconds else ""))
+
+
+if __name__ == "__main__":
+    main()
