@@ -154,7 +154,8 @@ def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Ten
 def fit_patch_classifier(patches: torch.Tensor, targets: np.ndarray, evaluate, seed: int) -> PatchClassifier:
     """The :class:`~image_classification.patches.PatchClassifier` of ``evaluate``'s settings."""
     return PatchClassifier.fit(patches, targets, epochs=evaluate.patch_classifier_epochs,
-                               hidden=evaluate.patch_classifier_hidden, top_k=evaluate.patch_classifier_top_k, seed=seed)
+                               hidden=evaluate.patch_classifier_hidden, top_k=evaluate.patch_classifier_top_k,
+                               seed=seed)
 
 
 def fold_figures(val_targets: np.ndarray, val_scores: np.ndarray, test_targets: np.ndarray, test_scores: np.ndarray,

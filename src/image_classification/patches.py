@@ -213,7 +213,8 @@ class PatchClassifier:
         """Trained on ``patches`` (N, P, C) of training images and their ``targets`` (1 valid, 0 invalid):
         binary cross-entropy of each image's score (the mean of its ``top_k`` highest patch logits)
         against "invalid", Adam, ``epochs`` passes in batches of ``batch_size`` images, dropout of the
-        hidden units (:class:`ImageDropout`). Deterministic for a given ``seed``; the global random state is left as it was."""
+        hidden units (:class:`ImageDropout`). Deterministic for a given ``seed``; the global random
+        state is left as it was."""
         targets = np.asarray(targets)
         if len(patches) != len(targets) or set(np.unique(targets).tolist()) != {0, 1}:
             raise ParameterError("the patch classifier needs training images of both labels, one target per image; "

@@ -93,15 +93,16 @@ class EvaluateConfig:
                                  f"and {self.patch_top_k}")
         if min(int(self.patch_classifier_epochs), int(self.patch_classifier_hidden),
                int(self.patch_classifier_top_k)) < 1:
-            raise ParameterError(f"evaluate.patch_classifier_epochs, patch_classifier_hidden and patch_classifier_top_k "
-                                 f"must be at least 1, got {self.patch_classifier_epochs}, "
+            raise ParameterError(f"evaluate.patch_classifier_epochs, patch_classifier_hidden and "
+                                 f"patch_classifier_top_k must be at least 1, got {self.patch_classifier_epochs}, "
                                  f"{self.patch_classifier_hidden} and {self.patch_classifier_top_k}")
         if int(self.cv_folds) not in (0, *range(2, 21)) or int(self.cv_max_images) < 0:
             raise ParameterError(f"evaluate.cv_folds must be 0 (off) or 2 to 20, and cv_max_images at least 0; got "
                                  f"{self.cv_folds} and {self.cv_max_images}")
         if self.operating_candidate not in ("auto", *OPERATING_CANDIDATES):
             raise ParameterError(f"evaluate.operating_candidate must be auto, {' or '.join(OPERATING_CANDIDATES)}, got "
-                                 f"'{self.operating_candidate}' (patch, patch_classifier and stack are measured, not served)")
+                                 f"'{self.operating_candidate}' (patch, patch_classifier and stack are measured, not "
+                                 "served)")
         if self.threshold_on not in ("auto", "validation", "out_of_fold"):
             raise ParameterError(f"evaluate.threshold_on must be auto, validation or out_of_fold, got "
                                  f"'{self.threshold_on}'")

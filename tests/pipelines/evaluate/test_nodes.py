@@ -214,7 +214,8 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
     assert sum(fold["images"]["test"] for fold in report["folds"]) == labelled
     assert len(held_out) == labelled and set(held_out["split"]) == {"train", "val"}
     assert held_out["fold"].value_counts().sort_index().tolist() == [f["images"]["test"] for f in report["folds"]]
-    assert held_out[["score", "baseline_score", "patch_score", "patch_classifier_score", "stack_score"]].notna().all(axis=None)
+    scores = ["score", "baseline_score", "patch_score", "patch_classifier_score", "stack_score"]
+    assert held_out[scores].notna().all(axis=None)
     # each fold's held-out scores are the ones its figures were measured on
     first = held_out[held_out["fold"] == 0]
     assert roc_auc_score(first["target"], first["baseline_score"]) == pytest.approx(

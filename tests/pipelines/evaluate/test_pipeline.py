@@ -86,8 +86,8 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     assert catalog.load("cross_validation")["enabled"] and len(catalog.load("cross_validation")["folds"]) == 5
     held_out = catalog.load("out_of_fold_scores")
     assert set(held_out["split"]) == {"train", "val"} and held_out["fold"].nunique() == 5
-    assert [row["candidate"] for row in metrics["candidates"]["table"]] == ["model", "baseline", "patch", "patch_classifier",
-                                                                         "stack"]
+    candidates = [row["candidate"] for row in metrics["candidates"]["table"]]
+    assert candidates == ["model", "baseline", "patch", "patch_classifier", "stack"]
     assert BaselineWeights.from_payload(catalog.load("baseline_model")).c == metrics["baseline"]["C"]
     scored = scores.dropna(subset=[column])
     assert len(catalog.load("gap_analysis")) == ((scored[column] >= point["threshold"]) != (scored["target"] == 1)).sum()

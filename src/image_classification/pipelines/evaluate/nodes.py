@@ -156,9 +156,10 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
     scores[readable] = classifier.scores(cache.patches[rows[readable]])
     logger.info("Patch classifier: trained on %d train images' patches for %d epochs; %d images scored in %.1f s",
                 len(train), evaluate.patch_classifier_epochs, int(readable.sum()), time.perf_counter() - start)
+    # no timing in the record: evaluation_metrics.json stays the same figure for figure between equal runs
     return {"enabled": True, "description": "a network scores every patch; an image is as defective as the mean of "
             "its top_k most defective patches; trained on the train images' labels", "train_images": int(len(train)),
-            "seconds": round(time.perf_counter() - start, 1), **classifier.describe()}
+            **classifier.describe()}
 
 
 def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch_scores: pd.DataFrame,
@@ -166,9 +167,10 @@ def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch
     """Every candidate's score side by side, one row per validation and test image, with the stacker's.
 
     The stacker is a logistic regression over the model's and the baseline's logits, the patch
-    score and the patch classifier's (where there is one), fitted on the validation images. Its validation scores are cross-fitted over validation
-    split groups (each scored by a stacker that never saw its group), so the threshold chosen on them
-    is as honest as the others'; its test scores come from the stacker fitted on all of validation.
+    score and the patch classifier's (where there is one), fitted on the validation images. Its
+    validation scores are cross-fitted over validation split groups (each scored by a stacker that
+    never saw its group), so the threshold chosen on them is as honest as the others'; its test
+    scores come from the stacker fitted on all of validation.
     """
     for name, other in (("baseline", baseline_scores), ("patch", patch_scores)):
         if model_scores["path"].tolist() != other["path"].tolist():
