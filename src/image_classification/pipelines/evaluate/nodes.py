@@ -111,7 +111,6 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     rows = _evaluated_rows(image_index)
     scores = np.full(len(rows), np.nan, dtype=np.float32)
-    classifier_scores = scores.copy()
     reason = ("evaluate.patch_evidence is off" if not evaluate.patch_evidence else
               "the feature cache holds no patches (train.patch_grid is 0)" if cache.patches is None else None)
     train_valid = np.flatnonzero(cache.readable & (image_index["split"] == "train").to_numpy()
@@ -121,7 +120,7 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
     if reason is not None:
         logger.info("Patch evidence not scored: %s", reason)
         return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores,
-                             "patch_classifier_score": classifier_scores}), {"enabled": False, "reason": reason}
+                             "patch_classifier_score": scores.copy()}), {"enabled": False, "reason": reason}
     start = time.perf_counter()
     memory = PatchMemory.fit(cache.patches[train_valid], evaluate.patch_coreset_fraction, evaluate.patch_memory_max,
                              evaluate.patch_top_k, seed)
@@ -133,15 +132,16 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
     logger.info("Patch evidence: memory of %d of %d patches from %d valid train images; %d images scored in %.1f s",
                 fitted["memory_patches"], fitted["patches_seen"], len(train_valid), int(readable.sum()),
                 time.perf_counter() - start)
-    fitted["classifier"] = _patch_classifier(cache, image_index, rows, classifier_scores, evaluate, seed)
+    classifier_scores, fitted["classifier"] = _patch_classifier(cache, image_index, rows, evaluate, seed)
     return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores,
                          "patch_classifier_score": classifier_scores}), fitted
 
 
-def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.ndarray, scores: np.ndarray,
-                      evaluate: EvaluateConfig, seed: int) -> dict:
-    """Fit the patch classifier on the readable labelled train images and write its scores of
-    ``rows`` (where readable) into ``scores``; what was fitted, or why nothing was."""
+def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.ndarray, evaluate: EvaluateConfig,
+                      seed: int) -> tuple[np.ndarray, dict]:
+    """The patch classifier fitted on the readable labelled train images: its scores of ``rows`` (NaN
+    where unreadable or when it is not fitted), and what was fitted, or why nothing was."""
+    scores = np.full(len(rows), np.nan, dtype=np.float32)
     train = np.flatnonzero(cache.readable & (image_index["split"] == "train").to_numpy()
                            & image_index["target"].notna().to_numpy())
     targets = image_index["target"].to_numpy(dtype=float, na_value=np.nan)[train].astype(int)
@@ -149,7 +149,7 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
               "the train split lacks readable images of one label" if len(np.unique(targets)) < 2 else None)
     if reason is not None:
         logger.info("Patch classifier not fitted: %s", reason)
-        return {"enabled": False, "reason": reason}
+        return scores, {"enabled": False, "reason": reason}
     start = time.perf_counter()
     classifier = fit_patch_classifier(cache.patches[train], targets, evaluate, seed)
     readable = cache.readable[rows]
@@ -157,7 +157,7 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
     logger.info("Patch classifier: trained on %d train images' patches for %d epochs; %d images scored in %.1f s",
                 len(train), evaluate.patch_classifier_epochs, int(readable.sum()), time.perf_counter() - start)
     # no timing in the record: evaluation_metrics.json stays the same figure for figure between equal runs
-    return {"enabled": True, "description": "a network scores every patch; an image is as defective as the mean of "
+    return scores, {"enabled": True, "description": "a network scores every patch; an image is as defective as the mean of "
             "its top_k most defective patches; trained on the train images' labels", "train_images": int(len(train)),
             **classifier.describe()}
 
@@ -175,10 +175,9 @@ def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch
     for name, other in (("baseline", baseline_scores), ("patch", patch_scores)):
         if model_scores["path"].tolist() != other["path"].tolist():
             raise ValueError(f"model and {name} scores are not for the same images in the same order")
-    classifier = patch_scores["patch_classifier_score"].to_numpy() if "patch_classifier_score" in patch_scores else \
-        np.full(len(patch_scores), np.nan, dtype=np.float32)
     table = model_scores.assign(baseline_score=baseline_scores["baseline_score"].to_numpy(),
-                                patch_score=patch_scores["patch_score"].to_numpy(), patch_classifier_score=classifier)
+                                patch_score=patch_scores["patch_score"].to_numpy(),
+                                patch_classifier_score=patch_scores["patch_classifier_score"].to_numpy())
     groups = image_index.set_index("path").loc[table["path"], "split_group"].to_numpy() \
         if "split_group" in image_index else table["path"].to_numpy()
     stack, reason = stacked_scores(table, groups, seed)
@@ -193,7 +192,7 @@ def stacked_scores(table: pd.DataFrame, groups: np.ndarray, seed: int) -> tuple[
     if np.isnan(table["patch_score"].to_numpy(float)).all():
         return stack, "no patch score to stack"
     inputs = stack_inputs(table["score"], table["baseline_score"], table["patch_score"],
-                          table["patch_classifier_score"] if "patch_classifier_score" in table else None)
+                          table["patch_classifier_score"])
     usable = ~np.isnan(inputs).any(axis=1)
     val = np.flatnonzero(usable & (table["split"] == "val").to_numpy())
     other = np.flatnonzero(usable & (table["split"] != "val").to_numpy())
