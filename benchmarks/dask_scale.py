@@ -90,7 +90,8 @@ def _predict(paths: list[str], dask, workdir: Path) -> dict:
 
     inputs, predict = load_inputs(workdir), PredictConfig(backend="auto", device="cpu", batch_size=32)
     images = pd.DataFrame({"path": paths, "error": ""}, dtype="string")
-    parity = check_onnx_parity(inputs["model_checkpoint"], inputs["onnx_model"], images, predict)
+    parity = check_onnx_parity(inputs["model_checkpoint"], inputs["onnx_model"], images, inputs["operating_point"],
+                               predict)
     started = time.perf_counter()
     table, summary = predict_images(inputs["model_checkpoint"], inputs["onnx_model"], parity, inputs["anomaly_detector"],
                                     inputs["operating_point"], images, predict, dask)
@@ -257,7 +258,8 @@ def rehearsal(workdir: Path, args: argparse.Namespace) -> None:
         begin, cpu = time.monotonic(), driver_cpu()
         predict = PredictConfig(source={"kind": "folder_tree", "root": str(folder)}, device="cpu")
         images = list_prediction_images(predict.source, "unused")
-        parity = check_onnx_parity(inputs["model_checkpoint"], inputs["onnx_model"], images, predict)
+        parity = check_onnx_parity(inputs["model_checkpoint"], inputs["onnx_model"], images, inputs["operating_point"],
+                               predict)
         table, summary = predict_images(inputs["model_checkpoint"], inputs["onnx_model"], parity,
                                         inputs["anomaly_detector"], inputs["operating_point"], images, predict, dask)
         stages["predict (list, parity, score)"] = (begin, time.monotonic(), len(table), driver_cpu() - cpu)

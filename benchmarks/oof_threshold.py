@@ -48,7 +48,7 @@ import defects_quality  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 
 from image_classification.baseline import BaselineWeights, LogisticBaseline  # noqa: E402
-from image_classification.candidates import NAMES, fold_scores, grouped_folds  # noqa: E402
+from image_classification.candidates import NAMES, fit_patch_classifier, fold_scores, grouped_folds  # noqa: E402
 from image_classification.metrics import metrics_at_threshold, select_threshold  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.parameters.train import TrainConfig  # noqa: E402
@@ -87,11 +87,16 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
             for name, scores in scored.items():
                 oof[name][inner_rows["test"]] = scores[:held]
                 inner_test[name].append(scores[held:])
-        # the split fit's weights as evaluate saves them (the baseline fold_scores fitted, fitted again)
+        # the split fits' weights as evaluate saves them (the baseline and patch classifier fold_scores fitted, fitted
+        # again with the same seed)
         baseline = LogisticBaseline(evaluate.baseline_c_grid, evaluate.target_precision, 42 + number).fit(
             pooled[rows["train"]], y[rows["train"]], pooled[rows["val"]], y[rows["val"]])
+        classifier = fit_patch_classifier(patches[rows["train"]], y[rows["train"]], evaluate, 42 + number) \
+            if evaluate.patch_classifier else None
         out.append({"test": rows["test"], "rest": rest, "val_rows": rows["val"], "split_val": val, "split_test": test,
                     "oof": oof, "inner_fold": inner_fold, "weights": BaselineWeights.of(baseline, BACKBONE).to_payload(),
+                    "patch_classifier": classifier.to_payload(int(round(patches.shape[1] ** 0.5))) if classifier
+                    else None,
                     "ensemble_test": {name: np.mean(parts, axis=0) for name, parts in inner_test.items()}})
         print(f"outer fold {number}: {time.perf_counter() - start:.0f} s; test AUROC split / ensemble: " + ", ".join(
             f"{name} {metrics_at_threshold(y[rows['test']], test[name], 0.5)['auroc']:.3f} / "
@@ -118,8 +123,10 @@ def chosen(fold: dict, names: tuple[str, ...], arm: str, y: np.ndarray) -> str:
 def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig) -> dict:
     """What evaluate's ``choose_operating_point`` serves on this outer fold (``operating_candidate``
     and ``threshold_on`` auto), from the split models' validation scores, the out-of-fold scores and
-    the split baseline's weights."""
-    columns = {"model": "score", "baseline": "baseline_score", "patch": "patch_score", "stack": "stack_score"}
+    the split baseline's and patch classifier's weights."""
+    columns = {"model": "score", "baseline": "baseline_score", "patch": "patch_score",
+               "patch_classifier": "patch_classifier_score", "stack": "stack_score"}
+    columns = {name: column for name, column in columns.items() if name in fold["split_val"]}
     rows = np.concatenate([fold["val_rows"], fold["test"]])
     evaluation = pd.DataFrame({"path": [f"image_{row}" for row in rows], "target": y[rows],
                                "split": ["val"] * len(fold["val_rows"]) + ["test"] * len(fold["test"])})
@@ -128,7 +135,8 @@ def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig) -> dict
     for name, column in columns.items():
         evaluation[column] = np.concatenate([fold["split_val"][name], fold["split_test"][name]])
         held_out[column] = fold["oof"][name]
-    return choose_operating_point(evaluation, CHECKPOINT, evaluate, held_out, baseline_model=fold["weights"])
+    return choose_operating_point(evaluation, CHECKPOINT, evaluate, held_out, baseline_model=fold["weights"],
+                                  patch_classifier_model=fold["patch_classifier"])
 
 
 def measure(fold: dict, name: str, arm: str, rule: str, y: np.ndarray, evaluate: EvaluateConfig) -> dict:

@@ -107,7 +107,7 @@ def prepare_inputs(workdir: Path) -> float:
     state = DetectorState.of(KNNDetector(k=5).fit(reference, np.zeros(1000)), "knn_pooled", "pooled", 0.8).to_payload()
     SafetensorsDataset(filepath=str(workdir / "detector.safetensors")).save(state)
     started = time.perf_counter()
-    (workdir / "model.onnx").write_bytes(export_onnx_model(checkpoint, PredictConfig()))
+    (workdir / "model.onnx").write_bytes(export_onnx_model(checkpoint, {"threshold": 0.5}, PredictConfig()))
     return time.perf_counter() - started
 
 
@@ -138,7 +138,8 @@ def run_predict(folder: Path, inputs: dict, predict) -> dict:
     images = list_prediction_images(predict.source, demo_images="unused")
     timings["list"] = time.perf_counter() - started
     started = time.perf_counter()
-    parity = check_onnx_parity(inputs["model_checkpoint"], inputs["onnx_model"], images, predict)
+    parity = check_onnx_parity(inputs["model_checkpoint"], inputs["onnx_model"], images, inputs["operating_point"],
+                               predict)
     timings["parity"] = time.perf_counter() - started
     started = time.perf_counter()
     table, summary = predict_images(inputs["model_checkpoint"], inputs["onnx_model"], parity,

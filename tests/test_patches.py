@@ -190,3 +190,23 @@ def test_the_train_feature_cache_keeps_patches_on_the_configured_grid(tmp_path, 
         assert cache.patches is None and "patches" not in payload["tensors"]
     with pytest.raises(ValueError, match="patch_grid"):
         TrainConfig(patch_grid=-1)
+
+
+def test_a_patch_classifier_saved_as_plain_numbers_scores_as_it_did():
+    """evaluate saves the patch classifier as JSON numbers (nothing to unpickle); loaded back, it
+    gives the same scores, and a damaged file is refused with what to do."""
+    import json
+
+    from image_classification.errors import DataError
+
+    generator = torch.Generator().manual_seed(5)
+    train = torch.cat([_faint(20, generator, False), _faint(20, generator, True)])
+    classifier = PatchClassifier.fit(train, np.r_[np.ones(20), np.zeros(20)].astype(int), epochs=3, hidden=8, top_k=2)
+    payload = json.loads(json.dumps(classifier.to_payload(grid=4)))
+    assert payload["grid"] == 4 and payload["top_k"] == 2
+    restored = PatchClassifier.from_payload(payload)
+    assert np.allclose(restored.scores(train), classifier.scores(train), atol=1e-6)
+    for damaged in ({**payload, "hidden_bias": payload["hidden_bias"][:-1]}, {k: v for k, v in payload.items()
+                                                                             if k != "mean"}):
+        with pytest.raises(DataError, match="run the evaluate pipeline again"):
+            PatchClassifier.from_payload(damaged)

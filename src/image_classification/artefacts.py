@@ -288,17 +288,19 @@ class OperatingPoint:
     """The decision threshold evaluate chose for one checkpoint (``operating_point.json``).
 
     An image is called valid when its ``candidate``'s score is at least ``threshold``: ``model`` (the
-    trained model's probability of valid) or ``baseline`` (the logistic regression on the frozen
-    backbone's pooled features, whose weights ``served_weights`` holds, so that the operating point
-    alone serves it). ``choice`` holds how it was chosen and what
+    trained model's probability of valid), ``baseline`` (the logistic regression on the frozen
+    backbone's pooled features) or ``patch_classifier`` (the patch network on the frozen backbone's
+    patch vectors, :class:`~image_classification.patches.PatchClassifier`); for the last two
+    ``served_weights`` holds the weights as plain numbers, so that the operating point alone serves
+    them. ``choice`` holds how it was chosen and what
     it achieved (rule, description, target, reached, fallback, the images it was chosen on);
     ``checkpoint`` what of the checkpoint it belongs to, so that predict refuses to apply it to
     another model.
     """
 
     CHECKPOINT_KEYS = ("weights", "input_size", "fine_tuned_blocks", "seed", "epochs_run")
-    CANDIDATES = ("model", "baseline")
-    DECISION = "an image is called valid when its candidate's score (probability of valid) is >= threshold"
+    CANDIDATES = ("model", "baseline", "patch_classifier")
+    DECISION = "an image is called valid when its candidate's score is >= threshold"
 
     threshold: float
     choice: dict
@@ -313,12 +315,12 @@ class OperatingPoint:
     def for_checkpoint(cls, choice: dict, checkpoint: Checkpoint, candidate: str = "model",
                        served_weights: dict | None = None) -> OperatingPoint:
         """The threshold in ``choice`` (see :func:`~image_classification.metrics.select_threshold`) on
-        ``candidate``'s scores (with the baseline's ``served_weights`` when it is the baseline),
-        recorded with the checkpoint it was chosen for."""
-        if candidate == "baseline" and not served_weights:
-            raise DataError("the operating point serves the baseline, but no baseline weights were given")
+        ``candidate``'s scores (with its ``served_weights`` when it is not the model), recorded with the
+        checkpoint it was chosen for."""
+        if candidate != "model" and not served_weights:
+            raise DataError(f"the operating point serves the {candidate}, but no weights of it were given")
         return cls(threshold=float(choice["threshold"]), choice={k: v for k, v in choice.items() if k != "threshold"},
-                   candidate=candidate, served_weights=served_weights if candidate == "baseline" else None,
+                   candidate=candidate, served_weights=served_weights if candidate != "model" else None,
                    backbone=checkpoint.backbone, best_epoch=checkpoint.best_epoch,
                    class_names=list(checkpoint.class_names),
                    checkpoint={key: getattr(checkpoint, key) for key in cls.CHECKPOINT_KEYS})
@@ -333,8 +335,8 @@ class OperatingPoint:
         if candidate not in cls.CANDIDATES:
             raise DataError(f"operating_point is for candidate '{candidate}', which this version cannot serve (only "
                             f"{', '.join(cls.CANDIDATES)}); run the evaluate pipeline")
-        if candidate == "baseline" and not payload.get("served_weights"):
-            raise DataError("operating_point serves the baseline but holds no served_weights; run the evaluate "
+        if candidate != "model" and not payload.get("served_weights"):
+            raise DataError(f"operating_point serves the {candidate} but holds no served_weights; run the evaluate "
                             "pipeline again")
         known = ("threshold", "candidate", "backbone", "best_epoch", "class_names", "checkpoint", "positive_class",
                  "decision", "served_weights")
@@ -364,22 +366,59 @@ class OperatingPoint:
                 "it with --load-versions operating_point:<version>")
         return self.threshold
 
-    def scores(self, model_scores: np.ndarray, pooled: np.ndarray | torch.Tensor | None) -> np.ndarray:
-        """The scores this threshold applies to: the model's own, or the baseline's of the pooled
-        features (NaN wherever the model's score is NaN: an unreadable image)."""
+    @property
+    def patch_grid(self) -> int:
+        """Patches per side the served score reads (0: it reads none; see :meth:`scores`)."""
+        return int(self.served_weights["grid"]) if self.candidate == "patch_classifier" else 0
+
+    def scores(self, model_scores: np.ndarray, pooled: np.ndarray | torch.Tensor | None,
+               patches: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """The scores this threshold applies to: the model's own, the baseline's of the pooled
+        features, or the patch classifier's of the (N, grid², C) patch vectors (NaN wherever the
+        model's score is NaN: an unreadable image)."""
         model_scores = np.asarray(model_scores, dtype=np.float64)
         if self.candidate == "model":
             return model_scores
-        from image_classification.baseline import BaselineWeights
-
-        weights = BaselineWeights.from_payload(self.served_weights)
-        if pooled is None:
-            raise DataError("the operating point is the baseline's, which needs pooled features; none were given")
-        pooled = pooled.float().numpy() if isinstance(pooled, torch.Tensor) else np.asarray(pooled)
+        needed = {"baseline": ("pooled features", pooled), "patch_classifier": ("patch vectors", patches)}
+        what, features = needed[self.candidate]
+        if features is None:
+            raise DataError(f"the operating point is the {self.candidate}'s, which needs {what}; none were given")
         scores = np.full(len(model_scores), np.nan)
         readable = ~np.isnan(model_scores)
-        scores[readable] = weights.score(pooled[readable])
+        if self.candidate == "baseline":
+            from image_classification.baseline import BaselineWeights
+
+            pooled = features.float().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+            scores[readable] = BaselineWeights.from_payload(self.served_weights).score(pooled[readable])
+            return scores
+        from image_classification.patches import PatchClassifier
+
+        patches = torch.as_tensor(features)
+        if patches.shape[1:2] != (self.patch_grid ** 2,):
+            raise DataError(f"the served patch classifier reads a {self.patch_grid}x{self.patch_grid} patch grid, but "
+                            f"the patch vectors given hold {patches.shape[1]} patches per image; run train and "
+                            "evaluate again with one train.patch_grid")
+        if readable.any():
+            scores[readable] = PatchClassifier.from_payload(self.served_weights).scores(
+                patches[torch.from_numpy(np.flatnonzero(readable))])
         return scores
+
+    def scores_of_index(self, scored: ScoredIndex, image_index: pd.DataFrame,
+                        backbone_features: dict | None) -> np.ndarray:
+        """The served score of every indexed image from the score stage's pass, reading the patch
+        vectors from the feature cache (``backbone_features``) when the served score needs them."""
+        patches = None
+        if self.patch_grid:
+            if backbone_features is None:
+                raise DataError("the operating point serves the patch classifier, which reads backbone_features; "
+                                "none were given")
+            cache = FeatureCache.from_payload(backbone_features)
+            cache.check(image_index, self.backbone or cache.backbone, cache.head_input_mode)
+            if cache.patches is None:
+                raise DataError("the operating point serves the patch classifier, but backbone_features holds no "
+                                "patch vectors (train.patch_grid is 0); run train and evaluate again")
+            patches = cache.patches
+        return self.scores(scored.score, scored.pooled, patches)
 
     def predicted_labels(self, scores: np.ndarray) -> pd.Series:
         """``valid``/``invalid`` at this threshold, the one meaning of ``predicted_label`` in every

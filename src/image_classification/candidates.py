@@ -50,10 +50,10 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def stack_inputs(model: np.ndarray, baseline: np.ndarray, patch: np.ndarray,
                  patch_classifier: np.ndarray | None = None) -> np.ndarray:
     """The stacker's inputs: the model's and the baseline's logits, the patch score and, where there
-    is one, the patch classifier's score."""
+    is one, the patch classifier's logit."""
     columns = [_logit(model), _logit(baseline), np.asarray(patch, dtype=float)]
     if patch_classifier is not None and not np.isnan(np.asarray(patch_classifier, dtype=float)).all():
-        columns.append(np.asarray(patch_classifier, dtype=float))
+        columns.append(_logit(patch_classifier))
     return np.column_stack(columns)
 
 

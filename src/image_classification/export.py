@@ -6,7 +6,9 @@ returns the same three arrays:
 - ``score``: (N,) probability of *valid*;
 - ``embedding``: (N, 50) the head's embedding (its pre-logits);
 - ``features``: (N, 1280) the backbone's global-average-pooled features, which the default
-  anomaly detector reads.
+  anomaly detector reads;
+- ``patches``: only when the served score is the patch classifier's (``patch_grid`` > 0), the
+  (N, grid², C) patch vectors of :func:`~image_classification.patches.patch_grid_features`.
 
 Backends, fastest first on a CPU:
 
@@ -43,15 +45,32 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("score", "embedding", "features")
+PATCH_OUTPUT = "patches"
 BACKENDS = ("onnxruntime", "torch", "torch_nchw")
 CHECKPOINT_KEY = "checkpoint_sha256"
 """ONNX metadata key naming the checkpoint a model was exported from."""
 
 
-def scoring_outputs(classifier: ImageClassifier, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Score, embedding and pooled features of a batch through the project's own ``forward_all``."""
-    outputs = classifier.forward_all(images)
-    return torch.softmax(outputs["logits"], dim=1)[:, 1], outputs["embedding"], outputs["features"]
+def scoring_outputs(classifier: ImageClassifier, images: torch.Tensor, patch_grid: int = 0,
+                    taps: tuple[int, ...] | None = None) -> tuple[torch.Tensor, ...]:
+    """Score, embedding and pooled features of a batch through the project's own ``forward_all``;
+    with ``patch_grid``, also its patch vectors, from the same pass (the blocks run one by one and
+    the stride-8 and -16 maps of :func:`~image_classification.patches.patch_blocks`, or ``taps``,
+    are kept, as the feature cache keeps them)."""
+    if not patch_grid:
+        outputs = classifier.forward_all(images)
+        return torch.softmax(outputs["logits"], dim=1)[:, 1], outputs["embedding"], outputs["features"]
+    from image_classification.inference import torch_features
+
+    taps = taps if taps is not None else patch_blocks(classifier.backbone, images.shape[-1])
+    head_input, pooled, patches = torch_features(classifier.backbone, taps, images, classifier.head_input, patch_grid)
+    embedding, logits = classifier.head.embed_and_classify(head_input)
+    return torch.softmax(logits, dim=1)[:, 1], embedding, pooled, patches
+
+
+def output_names(patch_grid: int = 0) -> list[str]:
+    """The outputs a backend returns: :data:`OUTPUT_NAMES`, and :data:`PATCH_OUTPUT` with a patch grid."""
+    return [*OUTPUT_NAMES, PATCH_OUTPUT] if patch_grid else list(OUTPUT_NAMES)
 
 
 def position_map(transform: Callable[[torch.Tensor], torch.Tensor], side: int) -> torch.Tensor:
@@ -79,29 +98,45 @@ def head_input_map(classifier: ImageClassifier, feature_size: int) -> torch.Tens
 
 
 class ScoringModel(nn.Module):
-    """The whole classifier as one exportable graph: images in; score, embedding, pooled features out.
+    """The whole classifier as one exportable graph: images in; score, embedding, pooled features
+    (and, with ``patch_grid``, patch vectors) out.
 
-    The same function as :func:`scoring_outputs`, with the head's input applied as the constant
-    matrix of :func:`head_input_map`: a matrix product exports everywhere, whereas the
-    TorchScript exporter cannot export adaptive average pooling from 7x7 to 4x4 (its windows
+    The same function as :func:`scoring_outputs`, with the head's input and the patch pooling
+    applied as constant matrices (:func:`position_map`): a matrix product exports everywhere, whereas
+    the TorchScript exporter cannot export adaptive average pooling from 7x7 to 4x4 (its windows
     overlap). Exported models are compared with :func:`scoring_outputs` (see :func:`parity`).
     """
 
-    def __init__(self, classifier: ImageClassifier, input_size: int) -> None:
+    def __init__(self, classifier: ImageClassifier, input_size: int, patch_grid: int = 0) -> None:
         super().__init__()
         self.classifier = classifier
+        self.taps = patch_blocks(classifier.backbone, input_size) if patch_grid else ()
+        sides, x = [], torch.zeros(1, 3, input_size, input_size)
         with torch.no_grad():
-            feature_size = classifier.forward_features(torch.zeros(1, 3, input_size, input_size)).shape[-1]
-        self.register_buffer("head_input_map", head_input_map(classifier, feature_size), persistent=False)
+            for block in classifier.backbone:
+                x = block(x)
+                sides.append(x.shape[-1])
+        self.register_buffer("head_input_map", head_input_map(classifier, sides[-1]), persistent=False)
         self.extent = int(round(self.head_input_map.shape[0] ** 0.5))
+        for number, tap in enumerate(self.taps):
+            self.register_buffer(f"patch_map_{number}", position_map(lambda m: pool_patches(m, patch_grid), sides[tap]),
+                                 persistent=False)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feature_map = self.classifier.forward_features(images)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feature_map, tapped = images, []
+        for index, block in enumerate(self.classifier.backbone):
+            feature_map = block(feature_map)
+            if index in self.taps:
+                tapped.append(feature_map)
         # -1 keeps the batch size a variable of the exported graph (unflatten would fix it)
         head_input = (feature_map.flatten(2) @ self.head_input_map.T).reshape(-1, feature_map.shape[1], self.extent,
                                                                               self.extent)
         embedding, logits = self.classifier.head.embed_and_classify(head_input)
-        return torch.softmax(logits, dim=1)[:, 1], embedding, pooled_features(feature_map)
+        outputs = (torch.softmax(logits, dim=1)[:, 1], embedding, pooled_features(feature_map))
+        if tapped:
+            parts = [t.flatten(2) @ getattr(self, f"patch_map_{n}").T for n, t in enumerate(tapped)]
+            outputs += (torch.cat(parts, dim=1).transpose(1, 2),)
+        return outputs
 
 
 FEATURE_OUTPUTS = ("head_input", "pooled", "patches")
@@ -193,9 +228,11 @@ def onnx_session(onnx_model: bytes, threads: int | None = None):
 
 
 def export_onnx(classifier: ImageClassifier, input_size: int, properties: dict[str, str],
-                opset: int = 17) -> bytes:
-    """The classifier as ONNX bytes (:class:`ScoringModel`), any batch size, with ``properties`` in its metadata."""
-    return export_module(ScoringModel(classifier.eval(), input_size), input_size, list(OUTPUT_NAMES), properties, opset)
+                opset: int = 17, patch_grid: int = 0) -> bytes:
+    """The classifier as ONNX bytes (:class:`ScoringModel`), any batch size, with ``properties`` in its
+    metadata; with ``patch_grid``, patch vectors as a fourth output."""
+    return export_module(ScoringModel(classifier.eval(), input_size, patch_grid), input_size, output_names(patch_grid),
+                         properties, opset)
 
 
 def onnx_properties(onnx_model: bytes) -> dict[str, str]:
@@ -222,19 +259,23 @@ class TorchBackend:
     """PyTorch eager fp32; ``channels_last`` lets oneDNN pick faster convolution kernels."""
 
     def __init__(self, classifier: ImageClassifier, device: torch.device, channels_last: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, patch_grid: int = 0) -> None:
         if threads:
             torch.set_num_threads(int(threads))
         self.name = "torch" if channels_last else "torch_nchw"
         self.device = device
+        self.patch_grid, self.taps = int(patch_grid), None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # a copy: .to() converts weights in place, and another backend may share the classifier
         self.classifier = copy.deepcopy(classifier).to(device, memory_format=self.memory_format).eval()
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        outputs = scoring_outputs(self.classifier, images.to(self.device, memory_format=self.memory_format))
-        return {name: value.float().cpu().numpy() for name, value in zip(OUTPUT_NAMES, outputs)}
+        if self.patch_grid and self.taps is None:
+            self.taps = patch_blocks(self.classifier.backbone, images.shape[-1])
+        outputs = scoring_outputs(self.classifier, images.to(self.device, memory_format=self.memory_format),
+                                  self.patch_grid, self.taps)
+        return {name: value.float().cpu().numpy() for name, value in zip(output_names(self.patch_grid), outputs)}
 
 
 class OnnxRuntimeBackend:
@@ -244,29 +285,38 @@ class OnnxRuntimeBackend:
 
     def __init__(self, onnx_model: bytes, threads: int | None = None) -> None:
         self.session = onnx_session(onnx_model, threads)
+        self.outputs = [output.name for output in self.session.get_outputs()]
 
     def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        arrays = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.detach().cpu().float().numpy()})
-        return dict(zip(OUTPUT_NAMES, arrays))
+        arrays = self.session.run(self.outputs, {INPUT_NAME: images.detach().cpu().float().numpy()})
+        return dict(zip(self.outputs, arrays))
 
 
 def build_backend(name: str, classifier: ImageClassifier, onnx_model: bytes | None, device: torch.device,
-                  threads: int | None = None) -> Backend:
-    """A backend by name: onnxruntime, torch (channels_last) or torch_nchw."""
+                  threads: int | None = None, patch_grid: int = 0) -> Backend:
+    """A backend by name: onnxruntime, torch (channels_last) or torch_nchw; with ``patch_grid``, one
+    that also returns patch vectors (an ONNX model must have been exported with the same grid)."""
     if name == "onnxruntime":
         if onnx_model is None:
             raise ValueError("the onnxruntime backend needs an exported ONNX model")
-        return OnnxRuntimeBackend(onnx_model, threads)
+        backend = OnnxRuntimeBackend(onnx_model, threads)
+        if (PATCH_OUTPUT in backend.outputs) != bool(patch_grid):
+            raise ValueError(f"the ONNX model {'has' if PATCH_OUTPUT in backend.outputs else 'lacks'} a patches output "
+                             f"but the served score needs {'them' if patch_grid else 'none'}; run "
+                             "`kedro run --pipelines predict` to export it again")
+        return backend
     if name in ("torch", "torch_nchw"):
-        return TorchBackend(classifier, device, channels_last=name == "torch", threads=threads)
+        return TorchBackend(classifier, device, channels_last=name == "torch", threads=threads, patch_grid=patch_grid)
     raise ValueError(f"unknown inference backend '{name}'; choose one of {', '.join(BACKENDS)}")
 
 
-def parity(classifier: ImageClassifier, onnx_model: bytes, images: torch.Tensor) -> dict[str, float]:
+def parity(classifier: ImageClassifier, onnx_model: bytes, images: torch.Tensor, patch_grid: int = 0
+           ) -> dict[str, float]:
     """Largest absolute difference, per output, between ONNX Runtime and PyTorch eager fp32."""
-    reference = TorchBackend(classifier, torch.device("cpu"), channels_last=False)(images)
+    reference = TorchBackend(classifier, torch.device("cpu"), channels_last=False, patch_grid=patch_grid)(images)
     exported = OnnxRuntimeBackend(onnx_model)(images)
-    return {name: float(np.max(np.abs(reference[name] - exported[name]), initial=0.0)) for name in OUTPUT_NAMES}
+    return {name: float(np.max(np.abs(reference[name] - exported[name]), initial=0.0))
+            for name in output_names(patch_grid)}
 
 
 def select_backend(requested: str, device: torch.device, onnx_usable: bool, why_not_onnx: str = "") -> tuple[str, str]:

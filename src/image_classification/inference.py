@@ -266,19 +266,26 @@ def head_outputs(head: ClassifierHead, head_input: torch.Tensor, device: torch.d
 
 @torch.inference_mode()
 def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, device: torch.device,
-                  batch_size: int = 64, workers: int = 0,
-                  sha256: list[str] | None = None) -> dict[str, np.ndarray | list[str]]:
-    """Pooled features, embeddings and probabilities of ``valid`` straight from image files."""
+                  batch_size: int = 64, workers: int = 0, sha256: list[str] | None = None,
+                  patch_grid: int = 0) -> dict[str, np.ndarray | list[str]]:
+    """Pooled features, embeddings and probabilities of ``valid`` straight from image files; with
+    ``patch_grid``, also the (N, grid², C) ``patches`` of the same pass."""
+    from image_classification.export import scoring_outputs
+
     # channels_last input alone gets the fast kernels; converting the weights too would change
     # their memory order under fit()'s fused Adam, which pairs moments with weights by that order
     model = model.to(device).eval()
     parts: dict[str, list] = {"features": [], "embedding": [], "score": [], "errors": []}
+    taps = None
+    if patch_grid:
+        parts["patches"] = []
     loader = image_loader(paths, spec, batch_size, workers, sha256=sha256)
     for images, reasons in tqdm(loader, desc="Scoring", unit="batch", leave=False):
-        outputs = model.forward_all(images.to(device, memory_format=torch.channels_last))
-        parts["features"].append(outputs["features"].cpu())
-        parts["embedding"].append(outputs["embedding"].cpu())
-        parts["score"].append(torch.softmax(outputs["logits"], dim=1)[:, 1].cpu())
+        if patch_grid and taps is None:
+            taps = patch_blocks(model.backbone, images.shape[-1])
+        outputs = scoring_outputs(model, images.to(device, memory_format=torch.channels_last), patch_grid, taps)
+        for name, value in zip(("score", "embedding", "features", "patches"), outputs):
+            parts[name].append(value.cpu())
         parts["errors"] += list(reasons)
     return {
         key: (torch.cat(value).numpy() if key != "errors" else value) for key, value in parts.items()

@@ -22,7 +22,8 @@ from image_classification.inference import model_outputs
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     """Scores a table with a ``path`` column: probability of valid (of the candidate the operating point
-    serves: the model, or the baseline on the pooled features) and the label at the threshold."""
+    serves: the model, the baseline on the pooled features or the patch classifier on the patch
+    vectors) and the label at the threshold."""
 
     def load_context(self, context) -> None:
         self.checkpoint = Checkpoint.from_payload(SafetensorsDataset(filepath=context.artifacts["checkpoint"]).load())
@@ -33,9 +34,10 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         paths = [str(path) for path in model_input["path"]]
         outputs = model_outputs(self.checkpoint.model(), paths, backbone_spec(self.checkpoint.backbone),
-                                torch.device("cpu"))
+                                torch.device("cpu"), patch_grid=self.operating_point.patch_grid)
         readable = np.array([not error for error in outputs["errors"]], dtype=bool)
-        scores = self.operating_point.scores(np.where(readable, outputs["score"], np.nan), outputs["features"])
+        scores = self.operating_point.scores(np.where(readable, outputs["score"], np.nan), outputs["features"],
+                                             outputs.get("patches"))
         return pd.DataFrame({
             "path": paths,
             "score": scores,

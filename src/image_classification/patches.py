@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from image_classification.errors import ParameterError
+from image_classification.errors import DataError, ParameterError
 
 STRIDES = (8, 16)
 CANDIDATES_PER_KEPT = 4  # the coreset chooses from at most this many patches per patch it keeps
@@ -35,7 +35,8 @@ def patch_blocks(backbone: nn.Sequential, input_size: int) -> tuple[int, ...]:
     """
     sides = []
     with torch.inference_mode():
-        x = torch.zeros(1, 3, input_size, input_size)
+        parameter = next(backbone.parameters(), None)
+        x = torch.zeros(1, 3, input_size, input_size, device=parameter.device if parameter is not None else None)
         was_training = backbone.training
         backbone.eval()
         for block in backbone:
@@ -245,15 +246,52 @@ class PatchClassifier:
         return cls(network=network, mean=mean, std=std, top_k=top_k, epochs=epochs)
 
     def scores(self, patches: torch.Tensor, rows: int = 256) -> np.ndarray:
-        """Per image, minus the mean of its ``top_k`` highest patch logits: higher means more like valid."""
+        """Per image, the probability of valid: the sigmoid of minus the mean of its ``top_k`` highest
+        patch logits (a probability like the model's and the baseline's, so that one threshold range
+        and one meaning of ``score`` hold whichever candidate is served)."""
         out = np.empty(len(patches), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(patches), rows):
                 chunk = (patches[start:start + rows].float() - self.mean) / self.std
                 logits = self.network(chunk).squeeze(-1).topk(self.top_k, dim=1).values.mean(1)
-                out[start:start + rows] = (-logits).numpy()
+                out[start:start + rows] = torch.sigmoid(-logits.double()).numpy()
         return out
 
     def describe(self) -> dict:
         return {"channels": int(self.mean.shape[0]), "hidden": int(self.network[0].out_features),
                 "top_k": int(self.top_k), "epochs": int(self.epochs)}
+
+    def to_payload(self, grid: int) -> dict:
+        """The classifier as plain numbers (JSON: nothing to unpickle), with the patch ``grid`` it reads,
+        so that an operating point can serve it (see :meth:`from_payload`)."""
+        first, last = self.network[0], self.network[3]
+        return {"grid": int(grid), "top_k": int(self.top_k), "epochs": int(self.epochs),
+                "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "hidden_weight": first.weight.detach().tolist(), "hidden_bias": first.bias.detach().tolist(),
+                "output_weight": last.weight.detach().tolist(), "output_bias": last.bias.detach().tolist()}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> PatchClassifier:
+        """The classifier :meth:`to_payload` wrote; a :class:`DataError` naming what is inconsistent."""
+        try:
+            hidden_weight = torch.tensor(payload["hidden_weight"], dtype=torch.float32)
+            tensors = {key: torch.tensor(payload[key], dtype=torch.float32)
+                       for key in ("mean", "std", "hidden_bias", "output_weight", "output_bias")}
+            hidden, channels = hidden_weight.shape
+            shapes_agree = (tensors["mean"].shape == tensors["std"].shape == (channels,)
+                            and tensors["hidden_bias"].shape == (hidden,) and tensors["output_weight"].shape == (1, hidden)
+                            and tensors["output_bias"].shape == (1,) and int(payload["top_k"]) >= 1)
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(f"the served patch classifier's weights are incomplete or malformed ({error}); run the "
+                            "evaluate pipeline again") from error
+        if not shapes_agree:
+            raise DataError("the served patch classifier's weights have inconsistent shapes; run the evaluate pipeline "
+                            "again")
+        network = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), ImageDropout(0.3), nn.Linear(hidden, 1))
+        with torch.no_grad():
+            network[0].weight.copy_(hidden_weight)
+            network[0].bias.copy_(tensors["hidden_bias"])
+            network[3].weight.copy_(tensors["output_weight"])
+            network[3].bias.copy_(tensors["output_bias"])
+        return cls(network=network.eval(), mean=tensors["mean"], std=tensors["std"], top_k=int(payload["top_k"]),
+                   epochs=int(payload.get("epochs", 0)))

@@ -45,14 +45,16 @@ class EvaluateConfig:
         cv_folds: grouped folds of the cross-validation report (0: off).
         cv_max_images: cross-validate only when fewer labelled images than this are readable.
         operating_candidate: the score whose threshold is the operating point that predict, zero_shot
-            and embedding_analysis apply: ``model``, ``baseline`` (servable only with a frozen
-            backbone), or ``auto``: on small data (cross-validation ran) the baseline, whose threshold
-            is chosen on out-of-fold scores; on large data the model, unless the baseline's validation
-            average precision is clearly higher (a paired bootstrap interval of the difference above 0).
+            and embedding_analysis apply: ``model``, ``baseline`` or ``patch_classifier`` (these two
+            servable only with a frozen backbone), or ``auto``: on small data (cross-validation ran)
+            the one of the baseline and the patch classifier of the higher mean held-out average
+            precision, its threshold chosen on out-of-fold scores; on large data the model, unless the
+            baseline's validation average precision is clearly higher (a paired bootstrap interval of
+            the difference above 0).
         threshold_on: where the threshold is chosen: ``validation``, ``out_of_fold`` (the
             cross-validation's held-out scores of train and validation images, five times as many;
             falls back to validation when cross-validation did not run), or ``auto``: out of fold for
-            the baseline, validation for the model (early-stopped heads of different folds do not
+            the baseline and the patch classifier, validation for the model (early-stopped heads of different folds do not
             score on one scale, so a threshold does not carry from theirs to the served one).
     """
 
@@ -101,8 +103,7 @@ class EvaluateConfig:
                                  f"{self.cv_folds} and {self.cv_max_images}")
         if self.operating_candidate not in ("auto", *OPERATING_CANDIDATES):
             raise ParameterError(f"evaluate.operating_candidate must be auto, {' or '.join(OPERATING_CANDIDATES)}, got "
-                                 f"'{self.operating_candidate}' (patch, patch_classifier and stack are measured, not "
-                                 "served)")
+                                 f"'{self.operating_candidate}' (patch and stack are measured, not served)")
         if self.threshold_on not in ("auto", "validation", "out_of_fold"):
             raise ParameterError(f"evaluate.threshold_on must be auto, validation or out_of_fold, got "
                                  f"'{self.threshold_on}'")

@@ -15,7 +15,8 @@ from image_classification.pipelines.embedding_analysis.nodes import EmbeddingAna
 from ...conftest import REPO_ROOT, catalog_entry
 
 CONF = REPO_ROOT / "conf" / "base"
-UPSTREAM = {"scored_index", "model_checkpoint", "image_index", "operating_point"}
+# backbone_features: the patch vectors, read when the operating point serves the patch classifier
+UPSTREAM = {"scored_index", "model_checkpoint", "image_index", "operating_point", "backbone_features"}
 PARAMETERS = {"params:embedding_analysis", "params:seed"}
 
 
@@ -40,7 +41,8 @@ def test_pipeline_needs_only_earlier_stages_outputs_and_writes_only_its_own_entr
         assert entry["metadata"]["kedro-viz"]["layer"] in {"model_output", "reporting"}, name
 
 
-def test_pipeline_runs_from_the_scored_index(tmp_path, tiny_checkpoint, tiny_scores, tiny_index, tiny_operating_point):
+def test_pipeline_runs_from_the_scored_index(tmp_path, tiny_checkpoint, tiny_scores, tiny_index, tiny_operating_point,
+                                             tiny_features):
     entries = {name: entry | {"filepath": str(tmp_path / entry["filepath"])} for name, entry in stage_catalog().items()}
     for entry in entries.values():
         if entry["type"] == "matplotlib.MatplotlibDataset":
@@ -48,7 +50,7 @@ def test_pipeline_runs_from_the_scored_index(tmp_path, tiny_checkpoint, tiny_sco
     catalog = DataCatalog.from_config(entries)
     inputs = {
         "model_checkpoint": tiny_checkpoint, "scored_index": tiny_scores, "image_index": tiny_index,
-        "operating_point": tiny_operating_point, "params:seed": 42,
+        "operating_point": tiny_operating_point, "backbone_features": tiny_features, "params:seed": 42,
         "params:embedding_analysis": EmbeddingAnalysisConfig(gmm_components=(1, 3), agglomerative_max_samples=12),
     }
     for name, value in inputs.items():

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import (
@@ -21,10 +22,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from image_classification.artefacts import OperatingPoint
 from image_classification.baseline import BaselineWeights
-from image_classification.errors import ParameterError
+from image_classification.errors import DataError, ParameterError
 from image_classification.metrics import bootstrap_precision_recall, metrics_at_threshold, select_threshold
 from image_classification.parameters.train import TrainConfig
+from image_classification.patches import PatchClassifier
 from image_classification.pipelines.evaluate.nodes import (
     EvaluateConfig,
     choose_operating_point,
@@ -141,7 +144,7 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
                          evaluation_inputs["image_index"])
     index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
     baseline, fitted, weights = fit_baseline(features, index, small_config(), seed=42)
-    patches, patch_fit = score_patches(features, index, small_config(), seed=42)
+    patches, patch_fit, _ = score_patches(features, index, small_config(), seed=42)
     table = join_scores(model, baseline, patches, index, seed=42)
     sizes = {split: sum(counts) for split, counts in SPLIT_SIZES.items()}
     assert table["split"].value_counts().to_dict() == {"val": sizes["val"], "test": sizes["test"]}
@@ -172,7 +175,7 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
 def test_with_the_patch_classifier_off_the_memory_and_the_stack_still_score(evaluation_inputs):
     index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
     config = small_config(patch_classifier=False)
-    patches, patch_fit = score_patches(features, index, config, seed=42)
+    patches, patch_fit, _ = score_patches(features, index, config, seed=42)
     assert patch_fit["enabled"] and patch_fit["classifier"] == {"enabled": False,
                                                                 "reason": "evaluate.patch_classifier is off"}
     assert patches["patch_classifier_score"].isna().all() and patches["patch_score"].notna().sum() > 0
@@ -188,7 +191,7 @@ def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(e
     config = small_config(patch_evidence=why != "switched off")
     if why == "no patches cached":
         features = {**features, "tensors": {k: v for k, v in features["tensors"].items() if k != "patches"}}
-    patches, patch_fit = score_patches(features, index, config, seed=42)
+    patches, patch_fit, _ = score_patches(features, index, config, seed=42)
     assert patches[["patch_score", "patch_classifier_score"]].isna().all(axis=None) and not patch_fit["enabled"]
     assert ("patch_evidence is off" if why == "switched off" else "train.patch_grid is 0") in patch_fit["reason"]
     model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index)
@@ -316,7 +319,8 @@ def test_on_small_data_auto_serves_the_baseline_with_an_out_of_fold_threshold_an
     point = choose_operating_point(evaluation_scores, CHECKPOINT, config, held_out, baseline_model=WEIGHTS)
     json.dumps(point, allow_nan=False)
     assert point["candidate"] == "baseline" and point["threshold_chosen_on"] == "out_of_fold"
-    assert "on small data the baseline, whose threshold is chosen on out-of-fold scores" in point["why"]
+    assert "on small data the one of the baseline and the patch classifier with the higher mean held-out" in point["why"]
+    assert "the patch classifier is not served because there are no patch_classifier scores" in point["why"]
     compared = point["candidates_compared"]["model_minus_baseline_held_out_average_precision"]
     assert compared["per_fold"] == pytest.approx(per_fold_difference(held_out).tolist()) and compared["mean"] < 0
     assert "ranks clearly better" not in point["why"] and "ranks clearly better" not in caplog.text
@@ -384,8 +388,63 @@ def test_the_baseline_is_not_served_for_a_fine_tuned_backbone(evaluation_scores)
     with pytest.raises(ParameterError, match="fitted on the frozen backbone's features"):
         choose_operating_point(evaluation_scores, fine_tuned, small_config(operating_candidate="baseline"),
                                baseline_model=WEIGHTS)
-    with pytest.raises(ParameterError, match="patch_classifier and stack are measured, not served"):
+    with pytest.raises(ParameterError, match="patch and stack are measured, not served"):
         small_config(operating_candidate="stack")
+
+
+def patch_classifier_payload(grid: int = 2) -> dict:
+    """A small fitted patch classifier as evaluate saves it (patch_classifier_model.json)."""
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.randn(12, grid * grid, 3, generator=generator)
+    return PatchClassifier.fit(patches, np.array([1, 0] * 6), epochs=2, hidden=4, top_k=2).to_payload(grid)
+
+
+def test_on_small_data_auto_serves_the_patch_classifier_when_it_ranks_held_out_images_best(evaluation_scores):
+    """The baseline and the patch classifier both take their thresholds from out-of-fold scores; the
+    one of the higher mean held-out average precision is served, and the operating point carries
+    its weights, so that predict, zero_shot and embedding_analysis score with it alone."""
+    payload = patch_classifier_payload()
+    scores = evaluation_scores.assign(patch_classifier_score=lambda t: t["score"] - 0.5)
+    held_out = held_out_table(OOF_TARGETS, [0.5] * 30, OOF_WORSE_BASELINE).assign(
+        patch_classifier_score=np.array(OOF_PERFECT, np.float32) - 0.5)
+    config = small_config(rule="point")
+    point = choose_operating_point(scores, CHECKPOINT, config, held_out, baseline_model=WEIGHTS,
+                                   patch_classifier_model=payload)
+    json.dumps(point, allow_nan=False)
+    assert point["candidate"] == "patch_classifier" and point["threshold_chosen_on"] == "out_of_fold"
+    assert point["served_weights"] == payload
+    compared = point["candidates_compared"]["held_out_average_precision"]
+    assert compared["patch_classifier"]["mean"] == pytest.approx(1.0)
+    assert compared["baseline"]["mean"] < 1.0
+    expected = select_threshold(np.array(OOF_TARGETS), held_out["patch_classifier_score"].to_numpy(float), "point",
+                                config.rule_settings)
+    assert point["threshold"] == pytest.approx(expected["threshold"])
+    served = OperatingPoint.from_payload(point)
+    patches = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(1))
+    model_scores = np.array([0.5, np.nan, 0.5, 0.5, 0.5])  # the second image could not be read
+    want = PatchClassifier.from_payload(payload).scores(patches)
+    got = served.scores(model_scores, None, patches)
+    assert np.isnan(got[1]) and np.allclose(got[[0, 2, 3, 4]], want[[0, 2, 3, 4]], atol=1e-6)
+    with pytest.raises(DataError, match="needs patch vectors"):
+        served.scores(model_scores, np.zeros((5, 2)))
+    with pytest.raises(DataError, match="reads a 2x2 patch grid"):
+        served.scores(model_scores, None, torch.zeros(5, 9, 3))
+    # measured on test at the served threshold, as every stage applies it
+    metrics = measure_performance(scores, point, BASELINE_FIT, {"enabled": True, "classifier": {"enabled": True}},
+                                  config, seed=42)
+    assert metrics["operating_candidate"] == "patch_classifier"
+    assert metrics["patch_classifier"]["threshold"] == point["threshold"]
+    # a patch classifier that ranks held-out images worse than the baseline leaves the baseline served
+    worse = held_out.assign(patch_classifier_score=np.float32(0.5))
+    assert choose_operating_point(scores, CHECKPOINT, config, worse, baseline_model=WEIGHTS,
+                                  patch_classifier_model=payload)["candidate"] == "baseline"
+    # pinned, it needs its weights and a frozen backbone
+    pinned = small_config(rule="point", operating_candidate="patch_classifier")
+    with pytest.raises(ParameterError, match="no fitted patch_classifier weights were given"):
+        choose_operating_point(scores, CHECKPOINT, pinned, held_out, baseline_model=WEIGHTS)
+    fine_tuned = {"tensors": {}, "metadata": {**CHECKPOINT_METADATA, "fine_tuned_blocks": 2}}
+    with pytest.raises(ParameterError, match="fitted on the frozen backbone's features"):
+        choose_operating_point(scores, fine_tuned, pinned, held_out, patch_classifier_model=payload)
 
 
 def test_unreachable_target_is_reported_not_hidden():

@@ -129,3 +129,40 @@ def test_an_operating_point_on_the_baseline_calls_images_on_the_baseline_score(m
     without = {key: value for key, value in point.items() if key != "served_weights"}
     with pytest.raises(ValueError, match="serves the baseline but holds no served_weights; run the evaluate"):
         predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn_detector_payload(), without, images, config)
+
+
+def test_an_operating_point_on_the_patch_classifier_scores_the_patch_vectors_of_the_same_pass(mixed_folder):
+    """evaluate may serve the patch classifier: the export then has the patch vectors as a fourth
+    output, its parity check compares the served score, and predict calls images on the patch
+    classifier's score on either backend, as the MLflow model and the feature cache would score them."""
+    from image_classification.patches import PatchClassifier
+    from image_classification.pipelines.predict.nodes import check_onnx_parity, export_onnx_model
+
+    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")
+    checkpoint = Checkpoint.from_payload(tiny_checkpoint())
+    readable = (images["error"] == "").to_numpy()
+    reference = model_outputs(checkpoint.model(), images.loc[readable, "path"].tolist(),
+                              backbone_spec(checkpoint.backbone), torch.device("cpu"), patch_grid=3)
+    ok = np.array([not error for error in reference["errors"]])
+    patches = torch.from_numpy(reference["patches"][ok])
+    assert patches.shape[1:] == (9, 152)
+    targets = np.arange(len(patches)) % 2
+    classifier = PatchClassifier.fit(patches, targets, epochs=5, hidden=8, top_k=2)
+    expected = classifier.scores(patches)
+    threshold = float(np.median(expected))
+    point = OperatingPoint.for_checkpoint({"threshold": threshold}, checkpoint, "patch_classifier",
+                                          classifier.to_payload(grid=3)).to_payload()
+    onnx_model = export_onnx_model(tiny_checkpoint(), point, PredictConfig())
+    parity = check_onnx_parity(tiny_checkpoint(), onnx_model, images, point, PredictConfig())
+    assert parity["passed"] and parity["max_abs_difference"]["served_score"] < 1e-4
+    for backend in ("onnxruntime", "torch"):
+        table, summary = predict_images(tiny_checkpoint(), onnx_model, parity, knn_detector_payload(threshold=10.0),
+                                        point, images, PredictConfig(backend=backend, workers=0, batch_size=4))
+        scored = table["error"] == ""
+        assert scored.sum() == ok.sum() >= 4 and summary["candidate"] == "patch_classifier", backend
+        np.testing.assert_allclose(table.loc[scored, "score"], expected, atol=1e-4)
+        assert (table.loc[scored, "predicted_label"] == np.where(expected >= threshold, "valid", "invalid")).all()
+    # the model's export alone cannot serve it: the parity check says so and auto falls back to PyTorch
+    plain = export_onnx_model(tiny_checkpoint(), {"threshold": 0.5}, PredictConfig())
+    refused = check_onnx_parity(tiny_checkpoint(), plain, images, point, PredictConfig())
+    assert not refused["passed"] and "export it again" in refused["reason"]

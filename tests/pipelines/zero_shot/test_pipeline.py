@@ -14,6 +14,7 @@ from ...conftest import KeptDataset
 from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.baseline import BaselineWeights
 from image_classification.model import build_model
+from image_classification.patches import PatchClassifier
 from image_classification.pipelines.score.nodes import score_index
 from image_classification.pipelines.zero_shot import create_pipeline
 from image_classification.pipelines.zero_shot.nodes import ZeroShotConfig
@@ -42,7 +43,8 @@ def tiny_inputs(seed: int = 0) -> dict:
         build_model(weights="none"), backbone="efficientnet_lite0", weights="none",
         head={"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2})
     features = {
-        "tensors": {"head_input": torch.rand(80, 1280, 4, 4).half(), "pooled": pooled.half()},
+        "tensors": {"head_input": torch.rand(80, 1280, 4, 4).half(), "pooled": pooled.half(),
+                    "patches": torch.rand(80, 4, 3).half()},  # a 2x2 grid of 3-channel patch vectors
         "metadata": {"backbone": "efficientnet_lite0", "head_input": "pooled", "paths": index["path"].tolist(),
                      "sha256": index["sha256"].tolist(), "errors": [""] * 80},
     }
@@ -51,6 +53,7 @@ def tiny_inputs(seed: int = 0) -> dict:
         "model_checkpoint": checkpoint.to_payload(),
         "scored_index": score_index(checkpoint.to_payload(), features, index, {"device": "cpu", "threads": None}),
         "operating_point": OperatingPoint.for_checkpoint({"threshold": 0.5}, checkpoint).to_payload(),
+        "backbone_features": features,
         "pca_projection": index[["path"]].assign(**{f"pc{i}": rng.normal(size=80) for i in (1, 2, 3)}),
         "params:zero_shot": ZeroShotConfig(gmm_components=2),
         "params:seed": 42,
@@ -100,6 +103,30 @@ def test_with_the_baseline_served_the_decisions_use_its_score():
     called = served[52:] >= inputs["operating_point"]["threshold"]
     assert (decisions.loc[rows, "predicted_label"] == np.where(called, "valid", "invalid")).all()
     assert catalog.load("zero_shot_metrics")["classifier"] == "baseline"
+
+
+def test_with_the_patch_classifier_served_the_decisions_use_its_score_of_the_cached_patches():
+    inputs = tiny_inputs()
+    patches = inputs["backbone_features"]["tensors"]["patches"]
+    classifier = PatchClassifier.fit(patches[:40], np.array([1, 0] * 20), epochs=2, hidden=4, top_k=2)
+    served = classifier.scores(patches)
+    inputs["operating_point"] |= {"candidate": "patch_classifier", "threshold": float(np.median(served[52:64])),
+                                  "served_weights": classifier.to_payload(grid=2)}
+    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
+    for name in ("zero_shot_decisions", "zero_shot_metrics"):
+        catalog[name] = KeptDataset(copy_mode="assign")
+    SequentialRunner().run(create_pipeline(), catalog)
+    decisions = catalog.load("zero_shot_decisions").set_index("path")
+    rows = inputs["image_index"]["path"].to_numpy()[52:]
+    np.testing.assert_allclose(decisions.loc[rows, "score"], served[52:], rtol=1e-6)
+    called = served[52:] >= inputs["operating_point"]["threshold"]
+    assert (decisions.loc[rows, "predicted_label"] == np.where(called, "valid", "invalid")).all()
+    assert catalog.load("zero_shot_metrics")["classifier"] == "patch_classifier"
+    # a feature cache without patch vectors cannot serve it, and the error says what to rerun
+    del inputs["backbone_features"]["tensors"]["patches"]
+    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
+    with pytest.raises(Exception, match="holds no patch vectors"):
+        SequentialRunner().run(create_pipeline(), catalog)
 
 
 def test_config_refuses_an_unknown_flag_detector():

@@ -50,20 +50,21 @@ def _analysed(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def embed_images(scored_index: dict, model_checkpoint: dict, image_index: pd.DataFrame,
-                 operating_point: dict) -> pd.DataFrame:
+                 operating_point: dict, backbone_features: dict | None = None) -> pd.DataFrame:
     """The score and 50-d embedding of every indexed image (unseen kinds too), from the score stage.
 
     Returns:
         One row per image: path, split, label, kind, target, score (the model's), ``predicted_label``
         (``valid`` when the served candidate's score reaches evaluate's operating threshold, as in
-        zero_shot and predict; NA if unreadable), error and e0..e49.
+        zero_shot and predict; NA if unreadable), error and e0..e49. ``backbone_features`` is read
+        only when the served candidate is the patch classifier (for the patch vectors).
     """
     checkpoint = Checkpoint.from_payload(model_checkpoint)
     scored = ScoredIndex.from_payload(scored_index).check(image_index, checkpoint)
     threshold = OperatingPoint.from_payload(operating_point)
     threshold.threshold_for(checkpoint)
     table = scored.table(image_index)
-    served = threshold.scores(table["score"].to_numpy(), scored.pooled)
+    served = threshold.scores_of_index(scored, image_index, backbone_features)
     table.insert(6, "predicted_label", threshold.predicted_labels(served))
     logger.info("Embedded %d images (%d unreadable) into %d dimensions", len(table),
                 int(table["score"].isna().sum()), len(embedding_columns(table)))

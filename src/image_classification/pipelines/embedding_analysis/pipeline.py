@@ -21,7 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=embed_images,
-                inputs=["scored_index", "model_checkpoint", "image_index", "operating_point"],
+                inputs=["scored_index", "model_checkpoint", "image_index", "operating_point", "backbone_features"],
                 outputs="image_embeddings",
                 name="embed_images",
             ),

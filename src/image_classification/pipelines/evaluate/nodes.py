@@ -27,7 +27,7 @@ from image_classification.metrics import report_at_threshold, select_threshold
 from image_classification.candidates import cross_validate, fit_patch_classifier, stack_inputs, stack_scores
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
-from image_classification.patches import PatchMemory
+from image_classification.patches import PatchClassifier, PatchMemory
 from image_classification.plots import evaluation as plots
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: E
 
 
 def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: EvaluateConfig,
-                  seed: int) -> tuple[pd.DataFrame, dict]:
+                  seed: int) -> tuple[pd.DataFrame, dict, dict]:
     """Patch evidence for every validation and test image, read from the feature cache: a memory of
     the valid train images' patches (:class:`~image_classification.patches.PatchMemory`) and, with
     ``evaluate.patch_classifier``, a patch network trained on the train images' labels
@@ -104,9 +104,10 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
 
     Returns:
         ``path``, ``patch_score`` (minus the patch distance, so that higher means more like valid,
-        as for the other scores; NaN when off or unreadable) and ``patch_classifier_score`` (minus
-        the image's defect logit; NaN when off) per validation and test image, and what was fitted
-        (or why nothing was).
+        as for the other scores; NaN when off or unreadable) and ``patch_classifier_score`` (its
+        probability of valid; NaN when off) per validation and test image, what was fitted
+        (or why nothing was), and the patch classifier's weights as plain numbers (``{}`` when it was
+        not fitted), which the operating point carries when it serves it.
     """
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     rows = _evaluated_rows(image_index)
@@ -120,7 +121,7 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
     if reason is not None:
         logger.info("Patch evidence not scored: %s", reason)
         return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores,
-                             "patch_classifier_score": scores.copy()}), {"enabled": False, "reason": reason}
+                             "patch_classifier_score": scores.copy()}), {"enabled": False, "reason": reason}, {}
     start = time.perf_counter()
     memory = PatchMemory.fit(cache.patches[train_valid], evaluate.patch_coreset_fraction, evaluate.patch_memory_max,
                              evaluate.patch_top_k, seed)
@@ -132,15 +133,16 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
     logger.info("Patch evidence: memory of %d of %d patches from %d valid train images; %d images scored in %.1f s",
                 fitted["memory_patches"], fitted["patches_seen"], len(train_valid), int(readable.sum()),
                 time.perf_counter() - start)
-    classifier_scores, fitted["classifier"] = _patch_classifier(cache, image_index, rows, evaluate, seed)
+    classifier_scores, fitted["classifier"], classifier = _patch_classifier(cache, image_index, rows, evaluate, seed)
     return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores,
-                         "patch_classifier_score": classifier_scores}), fitted
+                         "patch_classifier_score": classifier_scores}), fitted, \
+        classifier.to_payload(fitted["grid"]) if classifier is not None else {}
 
 
 def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.ndarray, evaluate: EvaluateConfig,
-                      seed: int) -> tuple[np.ndarray, dict]:
+                      seed: int) -> tuple[np.ndarray, dict, PatchClassifier | None]:
     """The patch classifier fitted on the readable labelled train images: its scores of ``rows`` (NaN
-    where unreadable or when it is not fitted), and what was fitted, or why nothing was."""
+    where unreadable or when it is not fitted), what was fitted or why nothing was, and itself."""
     scores = np.full(len(rows), np.nan, dtype=np.float32)
     train = np.flatnonzero(cache.readable & (image_index["split"] == "train").to_numpy()
                            & image_index["target"].notna().to_numpy())
@@ -149,7 +151,7 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
               "the train split lacks readable images of one label" if len(np.unique(targets)) < 2 else None)
     if reason is not None:
         logger.info("Patch classifier not fitted: %s", reason)
-        return scores, {"enabled": False, "reason": reason}
+        return scores, {"enabled": False, "reason": reason}, None
     start = time.perf_counter()
     classifier = fit_patch_classifier(cache.patches[train], targets, evaluate, seed)
     readable = cache.readable[rows]
@@ -159,7 +161,7 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
     # no timing in the record: evaluation_metrics.json stays the same figure for figure between equal runs
     return scores, {"enabled": True, "description": "a network scores every patch; an image is as defective as the mean of "
             "its top_k most defective patches; trained on the train images' labels", "train_images": int(len(train)),
-            **classifier.describe()}
+            **classifier.describe()}, classifier
 
 
 def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch_scores: pd.DataFrame,
@@ -263,19 +265,20 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
 
 def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: dict, evaluate: EvaluateConfig,
                            out_of_fold_scores: pd.DataFrame | None = None, seed: int = 42,
-                           baseline_model: dict | None = None) -> dict:
+                           baseline_model: dict | None = None, patch_classifier_model: dict | None = None) -> dict:
     """Choose the served score (``evaluate.operating_candidate``) and its decision threshold, by the
     configured rule, on validation or on the out-of-fold scores (``evaluate.threshold_on``).
 
-    Of the candidates predict can serve (the model, and the baseline when the backbone is frozen):
-    on small data, where cross-validation ran (``out_of_fold_scores`` has rows), the baseline, since
-    only its threshold carries over
-    from out-of-fold scores (the record says how the model compares, and the run warns when it ranks
-    clearly better); on large data the model, unless the baseline's validation average precision is
-    clearly higher (the lower end of a paired bootstrap interval of the difference above 0). With
-    ``threshold_on`` auto the baseline's threshold is chosen on its out-of-fold scores, five times
-    as many images as validation (benchmarks/oof_threshold.py measures what that buys), the model's
-    on validation.
+    Of the candidates predict can serve (the model; the baseline and the patch classifier when the
+    backbone is frozen): on small data, where cross-validation ran (``out_of_fold_scores`` has rows),
+    whichever of the baseline and the patch classifier has the higher mean held-out average
+    precision over the folds, since only their thresholds carry over from out-of-fold scores (the
+    record says how the model compares, and the run warns when it ranks clearly better); on large
+    data the model, unless the baseline's validation average precision is clearly higher (the lower
+    end of a paired bootstrap interval of the difference above 0). With ``threshold_on`` auto the
+    baseline's and the patch classifier's thresholds are chosen on their out-of-fold scores, five
+    times as many images as validation (benchmarks/oof_threshold.py measures what that buys), the
+    model's on validation.
 
     Returns:
         The candidate, the threshold, why and how they were chosen and what the threshold achieves
@@ -284,11 +287,13 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
     """
     checkpoint = Checkpoint.from_payload(model_checkpoint)
     out_of_fold_scores = out_of_fold_scores if out_of_fold_scores is not None else pd.DataFrame()
+    served_weights = {"model": None, "baseline": baseline_model or None,
+                      "patch_classifier": patch_classifier_model or None}
     candidate, why, compared = _operating_candidate(evaluation_scores, out_of_fold_scores, checkpoint, evaluate, seed,
-                                                    baseline_model)
+                                                    served_weights)
     column = _COLUMN[candidate]
     chosen_on = evaluate.threshold_on if evaluate.threshold_on != "auto" else \
-        "out_of_fold" if candidate == "baseline" else "validation"
+        "validation" if candidate == "model" else "out_of_fold"
     held_out = out_of_fold_scores[out_of_fold_scores[column].notna()] if len(out_of_fold_scores) else out_of_fold_scores
     note = None
     if chosen_on == "out_of_fold" and held_out.empty:
@@ -308,7 +313,7 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
               "candidates_compared": compared, "threshold_note": note}
     logger.info("Operating point: the %s's score (%s); threshold chosen on %s", candidate, why, where)
     _log_operating_point(candidate.capitalize(), point)
-    return jsonable(OperatingPoint.for_checkpoint(point, checkpoint, candidate, baseline_model).to_payload())
+    return jsonable(OperatingPoint.for_checkpoint(point, checkpoint, candidate, served_weights[candidate]).to_payload())
 
 
 _COLUMN = {key: column for key, column, _ in CANDIDATES}
@@ -345,45 +350,63 @@ def _held_out_average_precision(out_of_fold_scores: pd.DataFrame, column: str) -
                      for _, fold in out_of_fold_scores.groupby("fold", sort=True)], dtype=float)
 
 
+def _servable(evaluation_scores: pd.DataFrame, checkpoint: Checkpoint,
+              served_weights: dict[str, dict | None]) -> tuple[list[str], dict[str, str]]:
+    """The candidates predict can serve, and why each other servable kind cannot be served here."""
+    servable, why_not = ["model"], {}
+    for name in ("baseline", "patch_classifier"):
+        column = _COLUMN[name]
+        if checkpoint.fine_tuned_blocks:
+            why_not[name] = (f"the checkpoint's backbone has {checkpoint.fine_tuned_blocks} fine-tuned blocks, and the "
+                             f"{name} was fitted on the frozen backbone's features")
+        elif column not in evaluation_scores or evaluation_scores[column].isna().all():
+            why_not[name] = f"there are no {name} scores"
+        elif not served_weights.get(name):
+            why_not[name] = f"no fitted {name} weights were given"
+        else:
+            servable.append(name)
+    return servable, why_not
+
+
 def _operating_candidate(evaluation_scores: pd.DataFrame, out_of_fold_scores: pd.DataFrame, checkpoint: Checkpoint,
-                         evaluate: EvaluateConfig, seed: int, baseline_model: dict | None) -> tuple[str, str, dict]:
+                         evaluate: EvaluateConfig, seed: int,
+                         served_weights: dict[str, dict | None]) -> tuple[str, str, dict]:
     """The served candidate, why, and the figures compared."""
-    servable = {"model": None}
-    if checkpoint.fine_tuned_blocks:
-        unservable = (f"the checkpoint's backbone has {checkpoint.fine_tuned_blocks} fine-tuned blocks, and the "
-                      "baseline was fitted on the frozen backbone's features")
-    elif "baseline_score" not in evaluation_scores or evaluation_scores["baseline_score"].isna().all():
-        unservable = "there are no baseline scores"
-    elif not baseline_model:
-        unservable = "no fitted baseline weights were given"
-    else:
-        unservable, servable["baseline"] = None, None
+    servable, why_not = _servable(evaluation_scores, checkpoint, served_weights)
     if evaluate.operating_candidate != "auto":
         if evaluate.operating_candidate not in servable:
-            raise ParameterError(f"evaluate.operating_candidate is {evaluate.operating_candidate}, but {unservable}; "
-                                 "use auto or model")
+            raise ParameterError(f"evaluate.operating_candidate is {evaluate.operating_candidate}, but "
+                                 f"{why_not[evaluate.operating_candidate]}; use auto or model")
         return evaluate.operating_candidate, "pinned by evaluate.operating_candidate", {}
-    held_out = out_of_fold_scores.dropna(subset=["score", "baseline_score"]) if len(out_of_fold_scores) else None
-    if "baseline" in servable and held_out is not None and held_out["fold"].nunique() >= 2:
-        # small data: only the baseline's threshold can be chosen on out-of-fold scores (a logistic regression
-        # fitted per fold scores on one scale; early-stopped heads do not), and it is the one that held
-        difference = _held_out_average_precision(held_out, "score") - _held_out_average_precision(held_out,
-                                                                                                   "baseline_score")
+    # small data: only the baseline's and the patch classifier's thresholds can be chosen on out-of-fold scores
+    # (each refitted per fold scores on one scale; early-stopped heads do not), and they are the ones that held
+    on_folds = [name for name in ("baseline", "patch_classifier")
+                if name in servable and len(out_of_fold_scores) and _COLUMN[name] in out_of_fold_scores]
+    held_out = out_of_fold_scores.dropna(subset=["score", *(_COLUMN[n] for n in on_folds)]) if on_folds else None
+    if on_folds and held_out["fold"].nunique() >= 2:
+        per_fold = {name: _held_out_average_precision(held_out, _COLUMN[name]) for name in ["model", *on_folds]}
+        best = max(on_folds, key=lambda name: per_fold[name].mean())
+        difference = per_fold["model"] - per_fold[best]
         margin = 2 * difference.std(ddof=1) / np.sqrt(len(difference))
-        best = "baseline"
-        compared = {"model_minus_baseline_held_out_average_precision": {
-            "per_fold": difference.tolist(), "mean": float(difference.mean()), "two_standard_errors": float(margin)}}
-        measure = ("on small data the baseline, whose threshold is chosen on out-of-fold scores (the model's cannot "
-                   "be: its fold heads score on different scales; benchmarks/oof_threshold.py measures both)")
-        details = (f"here the model's held-out average precision minus the baseline's is {difference.mean():+.3f} over "
-                   f"{len(difference)} folds, two standard errors {margin:.3f}")
+        compared = {"held_out_average_precision": {name: {"per_fold": values.tolist(), "mean": float(values.mean())}
+                                                   for name, values in per_fold.items()},
+                    f"model_minus_{best}_held_out_average_precision": {
+                        "per_fold": difference.tolist(), "mean": float(difference.mean()),
+                        "two_standard_errors": float(margin)}}
+        measure = ("on small data the one of the baseline and the patch classifier with the higher mean held-out "
+                   "average precision over the folds; their thresholds are chosen on out-of-fold scores (the "
+                   "model's cannot be: its fold heads score on different scales; benchmarks/oof_threshold.py "
+                   "measures both)")
+        details = (", ".join(f"{name} {per_fold[name].mean():.3f}" for name in per_fold)
+                   + f" held-out average precision over {len(difference)} folds")
         if difference.mean() > margin:
-            details += ("; the model ranks clearly better on this data: evaluate.operating_candidate=model serves it, "
-                        "for more recall at a less certain precision")
+            details += (f"; the model ranks clearly better on this data (by {difference.mean():+.3f}, two standard "
+                        f"errors {margin:.3f}): evaluate.operating_candidate=model serves it, for more recall at a "
+                        "less certain precision")
             logger.warning("Operating point: %s", details)
     else:
         compared = {name: float(average_precision_score(*_scored(evaluation_scores, "val", _COLUMN[name])))
-                    for name in servable}
+                    for name in ("model", "baseline") if name in servable}
         best, measure = "model", "the model, unless the baseline's validation average precision is clearly higher"
         details = ", ".join(f"{name} {_format(value)}" for name, value in compared.items())
         if "baseline" in servable:
@@ -392,8 +415,8 @@ def _operating_candidate(evaluation_scores: pd.DataFrame, out_of_fold_scores: pd
             details += f"; baseline minus model {100 * evaluate.bootstrap_level:.0f}% interval [{low:+.4f}, {high:+.4f}]"
             best = "baseline" if low > 0 else "model"
     why = f"auto: {measure} ({details})"
-    if unservable and evaluate.operating_candidate == "auto":
-        why += f"; the baseline is not served because {unservable}"
+    for name, reason in why_not.items():
+        why += f"; the {name.replace('_', ' ')} is not served because {reason}"
     return best, why, {"measure": measure, **compared}
 
 

@@ -37,7 +37,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=score_patches,
                 inputs=["backbone_features", "image_index", "params:evaluate", "params:seed"],
-                outputs=["patch_scores", "patch_fit"],
+                outputs=["patch_scores", "patch_fit", "patch_classifier_model"],
                 name="score_patches",
             ),
             Node(
@@ -55,7 +55,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=choose_operating_point,
                 inputs=["evaluation_scores", "model_checkpoint", "params:evaluate", "out_of_fold_scores",
-                        "params:seed", "baseline_model"],
+                        "params:seed", "baseline_model", "patch_classifier_model"],
                 outputs="operating_point",
                 name="choose_operating_point",
             ),

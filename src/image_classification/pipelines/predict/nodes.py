@@ -32,11 +32,13 @@ from image_classification.distributed import (
 from image_classification.export import (
     CHECKPOINT_KEY,
     Backend,
+    OnnxRuntimeBackend,
     build_backend,
     export_onnx,
     onnx_properties,
     onnxruntime_available,
     parity,
+    scoring_outputs,
     select_backend,
 )
 from image_classification.inference import ImageFiles, image_loader, torch_device
@@ -72,24 +74,30 @@ def list_prediction_images(source: dict, demo_images: str | Callable[[], str]) -
     return table.astype({"path": "string", "error": "string"})
 
 
-def export_onnx_model(model_checkpoint: dict, predict: PredictConfig) -> bytes:
-    """The checkpoint's whole model (backbone and head) as ONNX, tagged with the checkpoint's hash."""
+def export_onnx_model(model_checkpoint: dict, operating_point: dict, predict: PredictConfig) -> bytes:
+    """The checkpoint's whole model (backbone and head) as ONNX, tagged with the checkpoint's hash;
+    with the patch vectors as a fourth output when the operating point serves the patch classifier."""
     checkpoint = Checkpoint.from_payload(model_checkpoint)
+    patch_grid = OperatingPoint.from_payload(operating_point).patch_grid
     started = time.perf_counter()
     onnx_model = export_onnx(
         checkpoint.model(), int(checkpoint.input_size),
         {CHECKPOINT_KEY: checkpoint.fingerprint(), "backbone": checkpoint.backbone,
-         "outputs": "score: probability of valid; embedding; features: pooled backbone features"},
-        opset=predict.opset,
+         "outputs": "score: probability of valid; embedding; features: pooled backbone features"
+                    + (f"; patches: {patch_grid}x{patch_grid} patch vectors" if patch_grid else "")},
+        opset=predict.opset, patch_grid=patch_grid,
     )
     logger.info("Exported the model to ONNX (%.1f MB) in %.1f s", len(onnx_model) / 1e6, time.perf_counter() - started)
     return onnx_model
 
 
 def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_images: pd.DataFrame,
-                      predict: PredictConfig) -> dict:
-    """Compare the export with PyTorch eager fp32 on the first readable images to be scored."""
+                      operating_point: dict, predict: PredictConfig) -> dict:
+    """Compare the export with PyTorch eager fp32 on the first readable images to be scored: the
+    served score (the model's, or the patch classifier's of the patch vectors) must agree within
+    ``predict.parity_tolerance``."""
     checkpoint = Checkpoint.from_payload(model_checkpoint)
+    point = OperatingPoint.from_payload(operating_point)
     report = {"images": 0, "max_abs_difference": None, "tolerance": predict.parity_tolerance,
               "checkpoint_sha256": checkpoint.fingerprint(),
               "onnx_checkpoint_sha256": onnx_properties(onnx_model).get(CHECKPOINT_KEY)}
@@ -102,8 +110,19 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
     images = _first_readable(candidates, spec, predict.parity_images, predict)
     if not len(images):
         return report | {"passed": False, "reason": "no readable image to compare on"}
-    differences = parity(checkpoint.model(), onnx_model, images)
-    passed = differences["score"] <= predict.parity_tolerance
+    try:
+        differences = parity(checkpoint.model(), onnx_model, images, point.patch_grid)
+    except Exception as error:  # onnxruntime raises its own types for a model without the outputs asked for
+        return report | {"passed": False, "reason": f"the ONNX model does not run as the operating point needs "
+                         f"({error}); run `kedro run --pipelines predict` to export it again"}
+    if point.patch_grid:
+        with torch.inference_mode():
+            eager = scoring_outputs(checkpoint.model().eval(), images, point.patch_grid)
+        exported = OnnxRuntimeBackend(onnx_model)(images)
+        served = [point.scores(outputs[0].numpy(), None, outputs[-1]) for outputs in (
+            eager, [torch.from_numpy(exported[name]) for name in ("score", "patches")])]
+        differences["served_score"] = float(np.max(np.abs(served[0] - served[1]), initial=0.0))
+    passed = max(differences["score"], differences.get("served_score", 0.0)) <= predict.parity_tolerance
     logger.info("ONNX vs PyTorch on %d images: max |score difference| %.2e, embedding %.2e, features %.2e (%s)",
                 len(images), differences["score"], differences["embedding"], differences["features"],
                 "passed" if passed else f"over the tolerance {predict.parity_tolerance:g}")
@@ -139,7 +158,7 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
                                                anomaly_detector, point, predict, dask)
     else:
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
-        backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device)
+        backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device, point.patch_grid)
         outputs = _stream_scores(backend, paths, backbone_spec(checkpoint.backbone), detector.restore(),
                                  detector.space, point, predict)
     seconds = time.perf_counter() - started
@@ -160,8 +179,8 @@ def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> di
     def build() -> tuple[Backend, Detector, str | None, BackboneSpec, OperatingPoint]:
         checkpoint, detector = Checkpoint.from_payload(model["checkpoint"]), DetectorState.from_payload(model["detector"])
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
-        backend = _backend(checkpoint, model["onnx"], model["parity"], predict, device)
         point = OperatingPoint.from_payload(model["operating_point"])
+        backend = _backend(checkpoint, model["onnx"], model["parity"], predict, device, point.patch_grid)
         return backend, detector.restore(), detector.space, backbone_spec(checkpoint.backbone), point
 
     backend, detector, space, spec, point = worker_cached(f"predict-{model['key']}", build)
@@ -221,18 +240,19 @@ def _first_readable(paths: list[str], spec: BackboneSpec, count: int, predict: P
 
 
 def _backend(checkpoint: Checkpoint, onnx_model: bytes, onnx_parity: dict, predict: PredictConfig,
-             device: torch.device) -> Backend:
-    """The configured backend; with ``auto``, PyTorch when ONNX Runtime fails to start."""
+             device: torch.device, patch_grid: int = 0) -> Backend:
+    """The configured backend (returning patch vectors when ``patch_grid`` is set); with ``auto``,
+    PyTorch when ONNX Runtime fails to start."""
     name, reason = select_backend(predict.backend, device, bool(onnx_parity.get("passed")), onnx_parity.get("reason", ""))
     classifier = checkpoint.model()
     try:
-        backend = build_backend(name, classifier, onnx_model, device, predict.threads_for(name))
+        backend = build_backend(name, classifier, onnx_model, device, predict.threads_for(name), patch_grid)
     except Exception as error:  # onnxruntime raises its own exception types for a bad model
         if predict.backend != "auto":
             raise
         logger.warning("ONNX Runtime could not load the model (%s); scoring with PyTorch instead", error)
         name, reason = "torch", f"auto: PyTorch channels_last, because ONNX Runtime failed to start ({error})"
-        backend = build_backend(name, classifier, None, device, predict.threads_for(name))
+        backend = build_backend(name, classifier, None, device, predict.threads_for(name), patch_grid)
     logger.info("Inference backend: %s (%s)", name, reason)
     return backend
 
@@ -240,8 +260,8 @@ def _backend(checkpoint: Checkpoint, onnx_model: bytes, onnx_parity: dict, predi
 def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detector: Detector, space: str | None,
                    point: OperatingPoint, predict: PredictConfig,
                    progress: bool = True) -> dict[str, np.ndarray | list[str] | str]:
-    """The model's score, the served score (``point``'s candidate: the model's, or the baseline's of
-    the pooled features), anomaly score and read error per image, batch by batch: features never
+    """The model's score, the served score (``point``'s candidate: the model's, the baseline's of
+    the pooled features or the patch classifier's of the patch vectors), anomaly score and read error per image, batch by batch: features never
     accumulate."""
     parts: dict[str, list] = {"score": [], "served_score": [], "anomaly_score": [], "error": []}
     with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False, disable=not progress) as bar:
@@ -250,7 +270,8 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
             outputs = backend(images)
             inputs = _space_features(outputs, space)
             parts["score"].append(outputs["score"].astype(np.float32))
-            parts["served_score"].append(point.scores(outputs["score"], outputs["features"]).astype(np.float32))
+            parts["served_score"].append(point.scores(outputs["score"], outputs["features"],
+                                                      outputs.get("patches")).astype(np.float32))
             parts["anomaly_score"].append(detector.score_samples(inputs.astype(np.float64)).astype(np.float32))
             parts["error"] += list(reasons)
             bar.update(len(images))

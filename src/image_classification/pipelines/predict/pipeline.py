@@ -22,13 +22,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=export_onnx_model,
-                inputs=["model_checkpoint", "params:predict"],
+                inputs=["model_checkpoint", "operating_point", "params:predict"],
                 outputs="onnx_model",
                 name="export_onnx_model",
             ),
             Node(
                 func=check_onnx_parity,
-                inputs=["model_checkpoint", "onnx_model", "prediction_images", "params:predict"],
+                inputs=["model_checkpoint", "onnx_model", "prediction_images", "operating_point", "params:predict"],
                 outputs="onnx_parity",
                 name="check_onnx_parity",
             ),

@@ -32,7 +32,8 @@ MIN_CALIBRATION_IMAGES = 20
 
 
 def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.DataFrame, config: ZeroShotConfig,
-                    seed: int, operating_point: dict) -> tuple[pd.DataFrame, dict, dict]:
+                    seed: int, operating_point: dict, backbone_features: dict | None = None,
+                    ) -> tuple[pd.DataFrame, dict, dict]:
     """Fit every detector on the training images, score the rest, calibrate on validation.
 
     Reads the score stage's one pass over the index (score, embedding and pooled features of
@@ -40,7 +41,8 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
 
     Returns:
         The validation, test and unseen images with ``score`` (the probability of valid of the
-        candidate evaluate serves: the model's, or the baseline's on the pooled features),
+        candidate evaluate serves: the model's, the baseline's on the pooled features or the patch
+        classifier's on the patch vectors of ``backbone_features``),
         ``model_score`` (the model's) and one anomaly-score column per detector;
         per detector the threshold that keeps ``target_tpr`` of the validation images
         ``calibrate_on`` names (by default the valid ones the classifier accepts); and the
@@ -53,7 +55,7 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     train, rest = np.flatnonzero(readable & (split == "train")), np.flatnonzero(readable & (split != "train"))
     table = image_index.iloc[rest][["path", "split", "label", "kind", "target"]].reset_index(drop=True)
     point = OperatingPoint.from_payload(operating_point)
-    served = point.scores(scored.score, scored.pooled)
+    served = point.scores_of_index(scored, image_index, backbone_features)
     table["score"], table["model_score"] = np.asarray(served, np.float64)[rest], scored.score[rest]
     validation = (table["split"] == "val").to_numpy()
     if not validation.any():

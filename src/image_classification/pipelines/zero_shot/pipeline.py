@@ -18,7 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=score_anomalies,
                 inputs=["scored_index", "model_checkpoint", "image_index", "params:zero_shot", "params:seed",
-                        "operating_point"],
+                        "operating_point", "backbone_features"],
                 outputs=["anomaly_scores", "anomaly_thresholds", "anomaly_detector"],
                 name="score_anomalies",
             ),
