@@ -12,7 +12,9 @@ many images. This benchmark measures, nested so that nothing is chosen on a test
 - inner: the labelled rest cut again into ``--inner`` grouped folds; every candidate is fitted per
   inner fold (``candidates.fold_scores``: early stopping / C / stacker on the inner validation rows)
   and scores its inner test fold (out-of-fold scores for the whole labelled rest) and the outer
-  test fold;
+  test fold; the patch classifier, which chooses nothing on validation, is fitted on the inner train
+  and validation rows, as evaluate's cross-validation fits it
+  (``candidates.held_out_patch_classifier_scores``);
 - ``oof -> ensemble``: the threshold chosen on the out-of-fold scores, applied to the mean of the
   inner models' scores of the test fold;
 - ``oof -> split model``: the same threshold applied to the ``split`` model's scores (what the
@@ -48,7 +50,13 @@ import defects_quality  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 
 from image_classification.baseline import BaselineWeights, LogisticBaseline  # noqa: E402
-from image_classification.candidates import NAMES, fit_patch_classifier, fold_scores, grouped_folds  # noqa: E402
+from image_classification.candidates import (  # noqa: E402
+    NAMES,
+    fit_patch_classifier,
+    fold_scores,
+    grouped_folds,
+    held_out_patch_classifier_scores,
+)
 from image_classification.metrics import metrics_at_threshold, select_threshold  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.parameters.train import TrainConfig  # noqa: E402
@@ -83,6 +91,9 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
             absolute["test"] = np.concatenate([absolute["test"], rows["test"]])
             _, scored = fold_scores(head_input, pooled, patches, absolute, y, groups, train, evaluate,
                                     1000 + 10 * number + inner_number)
+            if "patch_classifier" in scored:  # as evaluate's cross-validation scores it: fitted on train + validation
+                scored["patch_classifier"] = held_out_patch_classifier_scores(patches, absolute, y, evaluate,
+                                                                              1000 + 10 * number + inner_number)
             inner_fold[inner_rows["test"]] = inner_number
             for name, scores in scored.items():
                 oof[name][inner_rows["test"]] = scores[:held]

@@ -158,6 +158,17 @@ def fit_patch_classifier(patches: torch.Tensor, targets: np.ndarray, evaluate, s
                                seed=seed)
 
 
+def held_out_patch_classifier_scores(patches: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray,
+                                     evaluate, seed: int) -> np.ndarray:
+    """The patch classifier's scores of ``rows['test']`` from a fit on all of the fold's other rows,
+    train and validation: it trains a fixed number of epochs and chooses nothing on validation, so
+    holding validation out of its fit only costs it images. Out-of-fold scores from these fits rank
+    better than from fits on the train rows alone, and a threshold chosen on them kept more valid
+    images at the same held precision on defects-dev (``benchmarks/patch_classifier.py --thresholds``)."""
+    fitted_on = np.concatenate([rows["train"], rows["val"]])
+    return fit_patch_classifier(patches[fitted_on], targets[fitted_on], evaluate, seed).scores(patches[rows["test"]])
+
+
 def fold_figures(val_targets: np.ndarray, val_scores: np.ndarray, test_targets: np.ndarray, test_scores: np.ndarray,
                  evaluate) -> dict:
     """One candidate on one fold: its validation AP, and on the test rows its AUROC, AP, and recall and
@@ -188,7 +199,9 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         ``summary``: per candidate, mean and sd over folds of each figure, and in how many folds test
         precision reached the target; ``best_by_validation_average_precision``: the candidate of the
         best mean validation AP; ``out_of_fold``: per row, its ``fold`` and every candidate's score
-        from the models of the fold it was tested in (arrays, not JSON).
+        from the models of the fold it was tested in (arrays, not JSON); the patch classifier's from
+        its fit on the fold's train and validation rows (:func:`held_out_patch_classifier_scores`),
+        while its per-fold figures, like every candidate's, come from its fit on the train rows.
     """
     per_fold = []
     out_of_fold = {"fold": np.full(len(targets), -1)}
@@ -197,7 +210,11 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         val, test = fold_scores(head_input, pooled, patches, rows, targets, groups, train_config, evaluate,
                                 seed + number)
         out_of_fold["fold"][rows["test"]] = number
-        for name, scores in test.items():
+        held_out = dict(test)
+        if "patch_classifier" in test:
+            held_out["patch_classifier"] = held_out_patch_classifier_scores(patches, rows, targets, evaluate,
+                                                                            seed + number)
+        for name, scores in held_out.items():
             out_of_fold.setdefault(name, np.full(len(targets), np.nan))[rows["test"]] = scores
         fold = {"fold": number, "images": {split: int(len(index)) for split, index in rows.items()},
                 "test_groups": int(len(np.unique(groups[rows["test"]]))), "candidates": {}}

@@ -234,6 +234,34 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
     assert report["model"].startswith("the original head on the frozen backbone") and "fine-tuned" not in report["model"]
 
 
+def test_the_patch_classifier_s_held_out_scores_come_from_a_fit_on_its_fold_s_train_and_validation_rows():
+    """It chooses nothing on validation, so its out-of-fold scores (which choose the served candidate
+    and its threshold) come from a fit on all the fold's other rows; its per-fold figures, like every
+    candidate's, from the fit on the train rows, whose threshold validation chooses."""
+    from image_classification.candidates import (
+        cross_validate,
+        fit_patch_classifier,
+        grouped_folds,
+        held_out_patch_classifier_scores,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    targets, groups = np.array([1, 0] * 24), np.arange(48) // 2
+    patches = torch.randn(48, 4, 6, generator=generator)
+    patches[targets == 0, 0, 0] += 1.0
+    config = small_config(cv_folds=3, patch_classifier_epochs=3)
+    report = cross_validate(torch.randn(48, 1280, 4, 4, generator=generator), np.random.default_rng(0).normal(
+        size=(48, 8)), patches, targets, groups, 3, TrainConfig(epochs=1), config, seed=42)
+    rows = next(grouped_folds(targets, groups, 3, seed=42))
+    expected = held_out_patch_classifier_scores(patches, rows, targets, config, 42)
+    np.testing.assert_array_equal(report["out_of_fold"]["patch_classifier"][rows["test"]], expected)
+    train_only = fit_patch_classifier(patches[rows["train"]], targets[rows["train"]], config, 42).scores(
+        patches[rows["test"]])
+    assert not np.allclose(expected, train_only)
+    assert report["folds"][0]["candidates"]["patch_classifier"]["test_auroc"] == pytest.approx(
+        roc_auc_score(targets[rows["test"]], train_only))
+
+
 def test_cross_validation_says_its_model_row_is_not_the_fine_tuned_model(evaluation_inputs):
     """With fine-tuned backbone blocks the folds still train the head on the frozen features: the
     report must not pass those figures off as the fine-tuned model's."""
