@@ -140,7 +140,7 @@ def test_with_a_patch_grid_every_backend_returns_the_patch_vectors_the_feature_c
         for number, name in enumerate(OUTPUT_NAMES):  # the other outputs are what they are without patches
             torch.testing.assert_close(torch.from_numpy(outputs[name]), plain[number], atol=1e-4, rtol=1e-4)
     differences = parity(classifier, onnx_model, photos, patch_grid=5)
-    assert set(differences) == {*OUTPUT_NAMES, "patches"} and differences["patches"] < 1e-4
+    assert set(differences) == {*OUTPUT_NAMES, "patches"} and differences["patches"] < 1e-3
     # a model exported without patches cannot serve a score that needs them, and says what to do
     with pytest.raises(ValueError, match="lacks a patches output"):
         build_backend("onnxruntime", classifier, export_onnx(classifier, 224, {}), CPU, patch_grid=5)
