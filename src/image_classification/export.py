@@ -310,13 +310,17 @@ def build_backend(name: str, classifier: ImageClassifier, onnx_model: bytes | No
     raise ValueError(f"unknown inference backend '{name}'; choose one of {', '.join(BACKENDS)}")
 
 
-def parity(classifier: ImageClassifier, onnx_model: bytes, images: torch.Tensor, patch_grid: int = 0
-           ) -> dict[str, float]:
-    """Largest absolute difference, per output, between ONNX Runtime and PyTorch eager fp32."""
+def parity(classifier: ImageClassifier, onnx_model: bytes, images: torch.Tensor, patch_grid: int = 0,
+           served: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None) -> dict[str, float]:
+    """Largest absolute difference, per output, between ONNX Runtime and PyTorch eager fp32; with
+    ``served`` (a score computed from a backend's outputs), also of that score (``served_score``)."""
     reference = TorchBackend(classifier, torch.device("cpu"), channels_last=False, patch_grid=patch_grid)(images)
     exported = OnnxRuntimeBackend(onnx_model)(images)
-    return {name: float(np.max(np.abs(reference[name] - exported[name]), initial=0.0))
-            for name in output_names(patch_grid)}
+    differences = {name: float(np.max(np.abs(reference[name] - exported[name]), initial=0.0))
+                   for name in output_names(patch_grid)}
+    if served is not None:
+        differences["served_score"] = float(np.max(np.abs(served(reference) - served(exported)), initial=0.0))
+    return differences
 
 
 def select_backend(requested: str, device: torch.device, onnx_usable: bool, why_not_onnx: str = "") -> tuple[str, str]:

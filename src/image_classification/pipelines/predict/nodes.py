@@ -32,13 +32,11 @@ from image_classification.distributed import (
 from image_classification.export import (
     CHECKPOINT_KEY,
     Backend,
-    OnnxRuntimeBackend,
     build_backend,
     export_onnx,
     onnx_properties,
     onnxruntime_available,
     parity,
-    scoring_outputs,
     select_backend,
 )
 from image_classification.inference import ImageFiles, image_loader, torch_device
@@ -110,18 +108,15 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
     images = _first_readable(candidates, spec, predict.parity_images, predict)
     if not len(images):
         return report | {"passed": False, "reason": "no readable image to compare on"}
+    def served(outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return point.scores(outputs["score"], outputs["features"], torch.from_numpy(outputs["patches"]))
+
     try:
-        differences = parity(checkpoint.model(), onnx_model, images, point.patch_grid)
+        differences = parity(checkpoint.model(), onnx_model, images, point.patch_grid,
+                             served if point.patch_grid else None)
     except Exception as error:  # onnxruntime raises its own types for a model without the outputs asked for
         return report | {"passed": False, "reason": f"the ONNX model does not run as the operating point needs "
                          f"({error}); run `kedro run --pipelines predict` to export it again"}
-    if point.patch_grid:
-        with torch.inference_mode():
-            eager = scoring_outputs(checkpoint.model().eval(), images, point.patch_grid)
-        exported = OnnxRuntimeBackend(onnx_model)(images)
-        served = [point.scores(outputs[0].numpy(), None, outputs[-1]) for outputs in (
-            eager, [torch.from_numpy(exported[name]) for name in ("score", "patches")])]
-        differences["served_score"] = float(np.max(np.abs(served[0] - served[1]), initial=0.0))
     passed = max(differences["score"], differences.get("served_score", 0.0)) <= predict.parity_tolerance
     logger.info("ONNX vs PyTorch on %d images: max |score difference| %.2e, embedding %.2e, features %.2e (%s)",
                 len(images), differences["score"], differences["embedding"], differences["features"],
