@@ -180,11 +180,18 @@ ORACLE_NOTE = (
 
 @dataclass(frozen=True)
 class RuleSettings:
-    """What a threshold rule may read: the target, and the confidence bound's level and method."""
+    """What a threshold rule may read: the target, the confidence bound's level and method, and what
+    the threshold is chosen on (``validation`` or ``out-of-fold``), in the words its texts use."""
 
     target_precision: float
     bound_level: float = 0.95
     bound_method: str = "wilson"
+    chosen_on: str = "validation"
+
+    @property
+    def images(self) -> str:
+        """The images the threshold is chosen on, in words."""
+        return "the validation split" if self.chosen_on == "validation" else f"the {self.chosen_on} scores"
 
 
 @dataclass(frozen=True)
@@ -214,23 +221,24 @@ def register_rule(rule: ThresholdRule) -> ThresholdRule:
 register_rule(ThresholdRule(
     name="point",
     pick=lambda targets, scores, s: recall_at_precision(targets, scores, s.target_precision),
-    describe=lambda s: "the highest validation recall whose validation precision is at least the target",
+    describe=lambda s: f"the highest {s.chosen_on} recall whose {s.chosen_on} precision is at least the target",
     fallback=lambda s, point, bound, targets: (
-        f"No threshold reaches precision {s.target_precision:.2f} on the validation split. Fallback rule: the "
-        f"threshold of highest validation precision ({point.precision:.3f}, recall {point.recall:.3f}). Expect "
+        f"No threshold reaches precision {s.target_precision:.2f} on {s.images}. Fallback rule: the "
+        f"threshold of highest {s.chosen_on} precision ({point.precision:.3f}, recall {point.recall:.3f}). Expect "
         "test precision below the target."),
 ))
 
 
 def _lower_bound_fallback(s: RuleSettings, point: PrecisionRecallPoint, bound: float, targets: np.ndarray) -> str:
     valid = int(np.sum(targets))
-    explanation = (f"No threshold's {s.bound_level:.0%} {s.bound_method} lower bound on validation precision reaches "
-                   f"{s.target_precision:.2f}. Fallback rule: the threshold of highest lower bound ({bound:.3f}; "
-                   f"precision {point.precision:.3f}, recall {point.recall:.3f}).")
+    explanation = (f"No threshold's {s.bound_level:.0%} {s.bound_method} lower bound on {s.chosen_on} precision "
+                   f"reaches {s.target_precision:.2f}. Fallback rule: the threshold of highest lower bound "
+                   f"({bound:.3f}; precision {point.precision:.3f}, recall {point.recall:.3f}).")
     best_possible = precision_lower_bound(valid, valid, s.bound_level, s.bound_method)
     if best_possible < s.target_precision:
-        explanation += (f" Even a perfect ranking of these {valid} valid validation images bounds precision at "
-                        f"{best_possible:.3f} only: the validation split is too small to certify the target.")
+        explanation += (f" Even a perfect ranking of these {valid} valid {s.chosen_on} images bounds precision at "
+                        f"{best_possible:.3f} only: {s.images} {'is' if s.chosen_on == 'validation' else 'are'} too "
+                        "small to certify the target.")
     return explanation
 
 
@@ -238,8 +246,8 @@ register_rule(ThresholdRule(
     name="lower_bound",
     pick=lambda targets, scores, s: recall_at_precision_bound(targets, scores, s.target_precision, s.bound_level,
                                                               s.bound_method),
-    describe=lambda s: (f"the highest validation recall whose one-sided {s.bound_level:.0%} {s.bound_method} lower "
-                        "confidence bound on validation precision is at least the target"),
+    describe=lambda s: (f"the highest {s.chosen_on} recall whose one-sided {s.bound_level:.0%} {s.bound_method} "
+                        f"lower confidence bound on {s.chosen_on} precision is at least the target"),
     fallback=_lower_bound_fallback,
 ))
 

@@ -279,7 +279,8 @@ class PatchClassifier:
                        for key in ("mean", "std", "hidden_bias", "output_weight", "output_bias")}
             hidden, channels = hidden_weight.shape
             shapes_agree = (tensors["mean"].shape == tensors["std"].shape == (channels,)
-                            and tensors["hidden_bias"].shape == (hidden,) and tensors["output_weight"].shape == (1, hidden)
+                            and tensors["hidden_bias"].shape == (hidden,)
+                            and tensors["output_weight"].shape == (1, hidden)
                             and tensors["output_bias"].shape == (1,) and int(payload["top_k"]) >= 1)
         except (KeyError, TypeError, ValueError) as error:
             raise DataError(f"the served patch classifier's weights are incomplete or malformed ({error}); run the "

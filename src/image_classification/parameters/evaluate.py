@@ -54,8 +54,9 @@ class EvaluateConfig:
         threshold_on: where the threshold is chosen: ``validation``, ``out_of_fold`` (the
             cross-validation's held-out scores of train and validation images, five times as many;
             falls back to validation when cross-validation did not run), or ``auto``: out of fold for
-            the baseline and the patch classifier, validation for the model (early-stopped heads of different folds do not
-            score on one scale, so a threshold does not carry from theirs to the served one).
+            the baseline and the patch classifier, validation for the model (early-stopped heads of
+            different folds do not score on one scale, so a threshold does not carry from theirs to
+            the served one).
     """
 
     target_precision: float = 0.9

@@ -347,7 +347,8 @@ def test_on_small_data_auto_serves_the_baseline_with_an_out_of_fold_threshold_an
     point = choose_operating_point(evaluation_scores, CHECKPOINT, config, held_out, baseline_model=WEIGHTS)
     json.dumps(point, allow_nan=False)
     assert point["candidate"] == "baseline" and point["threshold_chosen_on"] == "out_of_fold"
-    assert "on small data the one of the baseline and the patch classifier with the higher mean held-out" in point["why"]
+    assert "on small data the one of the baseline and the patch classifier with the higher mean held-out" \
+        in point["why"]
     assert "the patch classifier is not served because there are no patch_classifier scores" in point["why"]
     compared = point["candidates_compared"]["model_minus_baseline_held_out_average_precision"]
     assert compared["per_fold"] == pytest.approx(per_fold_difference(held_out).tolist()) and compared["mean"] < 0
@@ -441,6 +442,13 @@ def test_on_small_data_auto_serves_the_patch_classifier_when_it_ranks_held_out_i
     json.dumps(point, allow_nan=False)
     assert point["candidate"] == "patch_classifier" and point["threshold_chosen_on"] == "out_of_fold"
     assert point["served_weights"] == payload
+    # the record says what the threshold was chosen on, in its own words too
+    assert "out-of-fold precision" in point["rule_description"] and "validation" not in point["rule_description"]
+    bounded = choose_operating_point(scores, CHECKPOINT, small_config(rule="lower_bound"), held_out,
+                                     baseline_model=WEIGHTS, patch_classifier_model=payload)
+    assert "lower bound on out-of-fold precision" in bounded["fallback"]
+    assert "20 valid out-of-fold images" in bounded["fallback"] and "the out-of-fold scores are too small" in \
+        bounded["fallback"]
     compared = point["candidates_compared"]["held_out_average_precision"]
     assert compared["patch_classifier"]["mean"] == pytest.approx(1.0)
     assert compared["baseline"]["mean"] < 1.0

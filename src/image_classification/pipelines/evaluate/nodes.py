@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -303,7 +304,7 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
         chosen_on = "validation"
     if chosen_on == "out_of_fold":
         point = select_threshold(held_out["target"].to_numpy(int), held_out[column].to_numpy(np.float64), evaluate.rule,
-                                 evaluate.rule_settings)
+                                 replace(evaluate.rule_settings, chosen_on="out-of-fold"))
         where = (f"out-of-fold scores of {len(held_out)} train and validation images over "
                  f"{held_out['fold'].nunique()} grouped folds")
     else:

@@ -256,8 +256,8 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
                    point: OperatingPoint, predict: PredictConfig,
                    progress: bool = True) -> dict[str, np.ndarray | list[str] | str]:
     """The model's score, the served score (``point``'s candidate: the model's, the baseline's of
-    the pooled features or the patch classifier's of the patch vectors), anomaly score and read error per image, batch by batch: features never
-    accumulate."""
+    the pooled features or the patch classifier's of the patch vectors), anomaly score and read
+    error per image, batch by batch: features never accumulate."""
     parts: dict[str, list] = {"score": [], "served_score": [], "anomaly_score": [], "error": []}
     with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False, disable=not progress) as bar:
         for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers,
