@@ -14,7 +14,7 @@ many images. This benchmark measures, nested so that nothing is chosen on a test
   and scores its inner test fold (out-of-fold scores for the whole labelled rest) and the outer
   test fold; the patch classifier, which chooses nothing on validation, is fitted on the inner train
   and validation rows, as evaluate's cross-validation fits it
-  (``candidates.held_out_patch_classifier_scores``);
+  (``candidates.held_out_patch_classifier``);
 - ``oof -> ensemble``: the threshold chosen on the out-of-fold scores, applied to the mean of the
   inner models' scores of the test fold;
 - ``oof -> split model``: the same threshold applied to the ``split`` model's scores (what the
@@ -55,7 +55,7 @@ from image_classification.candidates import (  # noqa: E402
     fit_patch_classifier,
     fold_scores,
     grouped_folds,
-    held_out_patch_classifier_scores,
+    held_out_patch_classifier,
 )
 from image_classification.metrics import metrics_at_threshold, select_threshold  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
@@ -92,14 +92,14 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
             _, scored = fold_scores(head_input, pooled, patches, absolute, y, groups, train, evaluate,
                                     1000 + 10 * number + inner_number)
             if "patch_classifier" in scored:  # as evaluate's cross-validation scores it: fitted on train + validation
-                scored["patch_classifier"] = held_out_patch_classifier_scores(patches, absolute, y, evaluate,
-                                                                              1000 + 10 * number + inner_number)
+                _, scored["patch_classifier"] = held_out_patch_classifier(patches, absolute, y, evaluate,
+                                                                          1000 + 10 * number + inner_number)
             inner_fold[inner_rows["test"]] = inner_number
             for name, scores in scored.items():
                 oof[name][inner_rows["test"]] = scores[:held]
                 inner_test[name].append(scores[held:])
-        # the split fits' weights as evaluate saves them (the baseline and patch classifier fold_scores fitted, fitted
-        # again with the same seed)
+        # the split baseline's weights as evaluate saves them (the baseline fold_scores fitted, fitted again); the patch
+        # classifier's weights only mark it servable (its test scores are the inner fits' mean, as evaluate serves it)
         baseline = LogisticBaseline(evaluate.baseline_c_grid, evaluate.target_precision, 42 + number).fit(
             pooled[rows["train"]], y[rows["train"]], pooled[rows["val"]], y[rows["val"]])
         classifier = fit_patch_classifier(patches[rows["train"]], y[rows["train"]], evaluate, 42 + number) \
@@ -153,9 +153,10 @@ def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig) -> dict
 def measure(fold: dict, name: str, arm: str, rule: str, y: np.ndarray, evaluate: EvaluateConfig) -> dict:
     """One candidate, arm and rule on one outer fold: test recall and precision at the chosen threshold
     (``best of a+b``: the candidate of :func:`chosen` among a and b)."""
-    if name == "pipeline auto":  # the candidate and threshold evaluate would serve, on the split model's scores
+    if name == "pipeline auto":  # the candidate and threshold evaluate would serve, on the served model's scores
         point = pipeline_choice(fold, y, replace(evaluate, rule=rule))
-        served = fold["split_test"][point["candidate"]]
+        # evaluate serves the patch classifier as the mean of its cross-validation fold fits; the others' split fits
+        served = fold["ensemble_test" if point["candidate"] == "patch_classifier" else "split_test"][point["candidate"]]
         measured = metrics_at_threshold(y[fold["test"]], served, point["threshold"])
         return {"recall": measured["recall"], "precision": measured["precision"], "auroc": measured["auroc"],
                 "candidate": f"{point['candidate']}@{point['threshold_chosen_on']}"}

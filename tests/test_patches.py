@@ -210,3 +210,20 @@ def test_a_patch_classifier_saved_as_plain_numbers_scores_as_it_did():
                                                                              if k != "mean"}):
         with pytest.raises(DataError, match="run the evaluate pipeline again"):
             PatchClassifier.from_payload(damaged)
+
+
+def test_a_patch_ensemble_scores_the_mean_of_its_members_and_reads_a_single_classifier_too():
+    from image_classification.errors import DataError
+    from image_classification.patches import PatchEnsemble
+
+    generator = torch.Generator().manual_seed(6)
+    train = torch.cat([_faint(20, generator, False), _faint(20, generator, True)])
+    targets = np.r_[np.ones(20), np.zeros(20)].astype(int)
+    members = [PatchClassifier.fit(train, targets, epochs=2, hidden=8, top_k=2, seed=seed) for seed in (0, 1)]
+    ensemble = PatchEnsemble.from_payload(PatchEnsemble(members).to_payload(grid=4))
+    expected = (members[0].scores(train) + members[1].scores(train)) / 2
+    np.testing.assert_allclose(ensemble.scores(train), expected, atol=1e-6)
+    single = PatchEnsemble.from_payload(members[0].to_payload(grid=4))  # what a split fit's operating point holds
+    np.testing.assert_allclose(single.scores(train), members[0].scores(train), atol=1e-6)
+    with pytest.raises(DataError, match="holds no members"):
+        PatchEnsemble.from_payload({"grid": 4, "members": []})

@@ -290,7 +290,8 @@ class OperatingPoint:
     An image is called valid when its ``candidate``'s score is at least ``threshold``: ``model`` (the
     trained model's probability of valid), ``baseline`` (the logistic regression on the frozen
     backbone's pooled features) or ``patch_classifier`` (the patch network on the frozen backbone's
-    patch vectors, :class:`~image_classification.patches.PatchClassifier`); for the last two
+    patch vectors, :class:`~image_classification.patches.PatchClassifier`, or the mean of several,
+    :class:`~image_classification.patches.PatchEnsemble`); for the last two
     ``served_weights`` holds the weights as plain numbers, so that the operating point alone serves
     them. ``choice`` holds how it was chosen and what
     it achieved (rule, description, target, reached, fallback, the images it was chosen on);
@@ -391,7 +392,7 @@ class OperatingPoint:
             pooled = features.float().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
             scores[readable] = BaselineWeights.from_payload(self.served_weights).score(pooled[readable])
             return scores
-        from image_classification.patches import PatchClassifier
+        from image_classification.patches import PatchEnsemble
 
         patches = torch.as_tensor(features)
         if patches.shape[1:2] != (self.patch_grid ** 2,):
@@ -399,7 +400,7 @@ class OperatingPoint:
                             f"the patch vectors given hold {patches.shape[1]} patches per image; run train and "
                             "evaluate again with one train.patch_grid")
         if readable.any():
-            scores[readable] = PatchClassifier.from_payload(self.served_weights).scores(
+            scores[readable] = PatchEnsemble.from_payload(self.served_weights).scores(
                 patches[torch.from_numpy(np.flatnonzero(readable))])
         return scores
 

@@ -158,15 +158,17 @@ def fit_patch_classifier(patches: torch.Tensor, targets: np.ndarray, evaluate, s
                                seed=seed)
 
 
-def held_out_patch_classifier_scores(patches: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray,
-                                     evaluate, seed: int) -> np.ndarray:
+def held_out_patch_classifier(patches: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray,
+                              evaluate, seed: int) -> tuple[PatchClassifier, np.ndarray]:
     """The patch classifier's scores of ``rows['test']`` from a fit on all of the fold's other rows,
     train and validation: it trains a fixed number of epochs and chooses nothing on validation, so
     holding validation out of its fit only costs it images. Out-of-fold scores from these fits rank
     better than from fits on the train rows alone, and a threshold chosen on them kept more valid
-    images at the same held precision on defects-dev (``benchmarks/patch_classifier.py --thresholds``)."""
+    images at the same held precision on defects-dev (``benchmarks/patch_classifier.py --thresholds``).
+    Returns the fit and those scores."""
     fitted_on = np.concatenate([rows["train"], rows["val"]])
-    return fit_patch_classifier(patches[fitted_on], targets[fitted_on], evaluate, seed).scores(patches[rows["test"]])
+    classifier = fit_patch_classifier(patches[fitted_on], targets[fitted_on], evaluate, seed)
+    return classifier, classifier.scores(patches[rows["test"]])
 
 
 def fold_figures(val_targets: np.ndarray, val_scores: np.ndarray, test_targets: np.ndarray, test_scores: np.ndarray,
@@ -200,10 +202,11 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         precision reached the target; ``best_by_validation_average_precision``: the candidate of the
         best mean validation AP; ``out_of_fold``: per row, its ``fold`` and every candidate's score
         from the models of the fold it was tested in (arrays, not JSON); the patch classifier's from
-        its fit on the fold's train and validation rows (:func:`held_out_patch_classifier_scores`),
-        while its per-fold figures, like every candidate's, come from its fit on the train rows.
+        its fit on the fold's train and validation rows (:func:`held_out_patch_classifier`), while
+        its per-fold figures, like every candidate's, come from its fit on the train rows;
+        ``patch_classifiers``: those fits, one per fold (empty without the patch classifier).
     """
-    per_fold = []
+    per_fold, patch_classifiers = [], []
     out_of_fold = {"fold": np.full(len(targets), -1)}
     for number, rows in enumerate(grouped_folds(targets, groups, folds, seed)):
         start = time.perf_counter()
@@ -212,8 +215,9 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         out_of_fold["fold"][rows["test"]] = number
         held_out = dict(test)
         if "patch_classifier" in test:
-            held_out["patch_classifier"] = held_out_patch_classifier_scores(patches, rows, targets, evaluate,
-                                                                            seed + number)
+            classifier, held_out["patch_classifier"] = held_out_patch_classifier(patches, rows, targets, evaluate,
+                                                                                 seed + number)
+            patch_classifiers.append(classifier)
         for name, scores in held_out.items():
             out_of_fold.setdefault(name, np.full(len(targets), np.nan))[rows["test"]] = scores
         fold = {"fold": number, "images": {split: int(len(index)) for split, index in rows.items()},
@@ -236,4 +240,5 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         summary[name]["folds"] = len(results)
     best = max(summary, key=lambda n: summary[n]["val_average_precision"]["mean"] or 0.0)
     return {"folds": per_fold, "summary": summary, "best_by_validation_average_precision": best,
-            "rule": evaluate.rule, "target_precision": evaluate.target_precision, "out_of_fold": out_of_fold}
+            "rule": evaluate.rule, "target_precision": evaluate.target_precision, "out_of_fold": out_of_fold,
+            "patch_classifiers": patch_classifiers}

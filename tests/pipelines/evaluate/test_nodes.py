@@ -22,12 +22,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from image_classification.artefacts import OperatingPoint
+from image_classification.artefacts import FeatureCache, OperatingPoint
 from image_classification.baseline import BaselineWeights
 from image_classification.errors import DataError, ParameterError
 from image_classification.metrics import bootstrap_precision_recall, metrics_at_threshold, select_threshold
 from image_classification.parameters.train import TrainConfig
-from image_classification.patches import PatchClassifier
+from image_classification.patches import PatchClassifier, PatchEnsemble
 from image_classification.pipelines.evaluate.nodes import (
     EvaluateConfig,
     choose_operating_point,
@@ -207,8 +207,8 @@ def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(e
 
 def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inputs):
     index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
-    report, held_out = cross_validate_candidates(features, index, TrainConfig(epochs=2), small_config(cv_folds=3),
-                                                 seed=42)
+    report, held_out, folds = cross_validate_candidates(features, index, TrainConfig(epochs=2),
+                                                        small_config(cv_folds=3), seed=42)
     json.dumps(report, allow_nan=False)
     # the train and validation images only: the test split measures the choices made on these
     labelled = sum(SPLIT_SIZES["train"]) + sum(SPLIT_SIZES["val"]) - 1  # one image unreadable
@@ -232,6 +232,21 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
     assert summary["baseline"]["test_auroc"]["sd"] is not None
     assert report["best_by_validation_average_precision"] in summary
     assert report["model"].startswith("the original head on the frozen backbone") and "fine-tuned" not in report["model"]
+    # the patch classifier evaluate measures and may serve is then the mean of the fold fits: test images
+    # scored by all of them, validation images by the fit that did not see them
+    assert len(folds["members"]) == 3 and folds["grid"] == 4  # 16 patches per image
+    patches, _, served = score_patches(features, index, small_config(cv_folds=3), 42, held_out, folds)
+    assert served == folds
+    val = patches.merge(index[["path", "split"]]).query("split == 'val'").merge(held_out[["path",
+                                                                                           "patch_classifier_score"]],
+                                                                                on="path", suffixes=("", "_held_out"))
+    assert len(val) and np.array_equal(val["patch_classifier_score"], val["patch_classifier_score_held_out"])
+    test = patches.merge(index[["path", "split"]]).query("split == 'test'")
+    cache = FeatureCache.from_payload(features)
+    rows = index.reset_index(drop=True).index[index["path"].isin(test["path"])].to_numpy()
+    readable = cache.readable[rows]
+    expected = PatchEnsemble.from_payload(folds).scores(cache.patches[rows[readable]])
+    np.testing.assert_allclose(test["patch_classifier_score"].to_numpy()[readable], expected, atol=1e-7)
 
 
 def test_the_patch_classifier_s_held_out_scores_come_from_a_fit_on_its_fold_s_train_and_validation_rows():
@@ -242,7 +257,7 @@ def test_the_patch_classifier_s_held_out_scores_come_from_a_fit_on_its_fold_s_tr
         cross_validate,
         fit_patch_classifier,
         grouped_folds,
-        held_out_patch_classifier_scores,
+        held_out_patch_classifier,
     )
 
     generator = torch.Generator().manual_seed(0)
@@ -253,8 +268,10 @@ def test_the_patch_classifier_s_held_out_scores_come_from_a_fit_on_its_fold_s_tr
     report = cross_validate(torch.randn(48, 1280, 4, 4, generator=generator), np.random.default_rng(0).normal(
         size=(48, 8)), patches, targets, groups, 3, TrainConfig(epochs=1), config, seed=42)
     rows = next(grouped_folds(targets, groups, 3, seed=42))
-    expected = held_out_patch_classifier_scores(patches, rows, targets, config, 42)
+    first, expected = held_out_patch_classifier(patches, rows, targets, config, 42)
     np.testing.assert_array_equal(report["out_of_fold"]["patch_classifier"][rows["test"]], expected)
+    assert len(report["patch_classifiers"]) == 3  # the fold fits, which evaluate serves as their mean
+    np.testing.assert_array_equal(report["patch_classifiers"][0].scores(patches), first.scores(patches))
     train_only = fit_patch_classifier(patches[rows["train"]], targets[rows["train"]], config, 42).scores(
         patches[rows["test"]])
     assert not np.allclose(expected, train_only)
@@ -265,7 +282,7 @@ def test_the_patch_classifier_s_held_out_scores_come_from_a_fit_on_its_fold_s_tr
 def test_cross_validation_says_its_model_row_is_not_the_fine_tuned_model(evaluation_inputs):
     """With fine-tuned backbone blocks the folds still train the head on the frozen features: the
     report must not pass those figures off as the fine-tuned model's."""
-    report, _ = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
+    report, _, _ = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
                                           TrainConfig(epochs=1, trainable_blocks=1), small_config(cv_folds=3), seed=42)
     assert report["enabled"] and "not the model with 1 fine-tuned backbone blocks" in report["model"]
 
@@ -276,9 +293,10 @@ def test_cross_validation_says_its_model_row_is_not_the_fine_tuned_model(evaluat
     ({"cv_folds": 20}, "fewer than 20 groups of each label"),
 ])
 def test_cross_validation_is_skipped_with_a_reason(evaluation_inputs, changes, why):
-    report, held_out = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
-                                                 TrainConfig(epochs=1), small_config(**changes), seed=42)
-    assert not report["enabled"] and why in report["reason"] and held_out.empty
+    report, held_out, folds = cross_validate_candidates(evaluation_inputs["backbone_features"],
+                                                        evaluation_inputs["image_index"], TrainConfig(epochs=1),
+                                                        small_config(**changes), seed=42)
+    assert not report["enabled"] and why in report["reason"] and held_out.empty and folds == {}
     assert list(held_out) == ["path", "split", "target", "fold", "score", "baseline_score", "patch_score",
                               "patch_classifier_score", "stack_score"]
 

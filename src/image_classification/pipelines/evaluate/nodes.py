@@ -28,7 +28,7 @@ from image_classification.metrics import report_at_threshold, select_threshold
 from image_classification.candidates import cross_validate, fit_patch_classifier, stack_inputs, stack_scores
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
-from image_classification.patches import PatchClassifier, PatchMemory
+from image_classification.patches import PatchEnsemble, PatchMemory
 from image_classification.plots import evaluation as plots
 
 logger = logging.getLogger(__name__)
@@ -96,12 +96,15 @@ def fit_baseline(backbone_features: dict, image_index: pd.DataFrame, evaluate: E
             baseline.summary(cache.backbone, len(train)), BaselineWeights.of(baseline, cache.backbone).to_payload())
 
 
-def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: EvaluateConfig,
-                  seed: int) -> tuple[pd.DataFrame, dict, dict]:
+def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: EvaluateConfig, seed: int,
+                  out_of_fold_scores: pd.DataFrame | None = None,
+                  patch_classifier_folds: dict | None = None) -> tuple[pd.DataFrame, dict, dict]:
     """Patch evidence for every validation and test image, read from the feature cache: a memory of
     the valid train images' patches (:class:`~image_classification.patches.PatchMemory`) and, with
-    ``evaluate.patch_classifier``, a patch network trained on the train images' labels
-    (:class:`~image_classification.patches.PatchClassifier`).
+    ``evaluate.patch_classifier``, a patch network trained on the images' labels
+    (:class:`~image_classification.patches.PatchClassifier`): on small data the mean of the
+    cross-validation's fold fits (``patch_classifier_folds``, with ``out_of_fold_scores`` for the
+    validation images), else one fit on the train split.
 
     Returns:
         ``path``, ``patch_score`` (minus the patch distance, so that higher means more like valid,
@@ -134,17 +137,38 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
     logger.info("Patch evidence: memory of %d of %d patches from %d valid train images; %d images scored in %.1f s",
                 fitted["memory_patches"], fitted["patches_seen"], len(train_valid), int(readable.sum()),
                 time.perf_counter() - start)
-    classifier_scores, fitted["classifier"], classifier = _patch_classifier(cache, image_index, rows, evaluate, seed)
+    classifier_scores, fitted["classifier"], classifier = _patch_classifier(
+        cache, image_index, rows, evaluate, seed, out_of_fold_scores, patch_classifier_folds)
     return pd.DataFrame({"path": image_index["path"].to_numpy()[rows], "patch_score": scores,
-                         "patch_classifier_score": classifier_scores}), fitted, \
-        classifier.to_payload(fitted["grid"]) if classifier is not None else {}
+                         "patch_classifier_score": classifier_scores}), fitted, classifier
 
 
 def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.ndarray, evaluate: EvaluateConfig,
-                      seed: int) -> tuple[np.ndarray, dict, PatchClassifier | None]:
-    """The patch classifier fitted on the readable labelled train images: its scores of ``rows`` (NaN
-    where unreadable or when it is not fitted), what was fitted or why nothing was, and itself."""
+                      seed: int, out_of_fold_scores: pd.DataFrame | None,
+                      patch_classifier_folds: dict | None) -> tuple[np.ndarray, dict, dict]:
+    """The patch classifier's scores of ``rows`` (NaN where unreadable or when there is none), what it
+    is or why there is none, and its weights as plain numbers (``{}`` when there is none).
+
+    Where cross-validation fitted it per fold (``patch_classifier_folds``), it is the mean of those
+    fits (:class:`~image_classification.patches.PatchEnsemble`): each test image is scored by all of
+    them, each validation image by the fold's fit that did not see it (its out-of-fold score), so
+    both stay held out. Otherwise it is one fit on the readable labelled train images."""
     scores = np.full(len(rows), np.nan, dtype=np.float32)
+    readable = cache.readable[rows]
+    if evaluate.patch_classifier and patch_classifier_folds and out_of_fold_scores is not None:
+        ensemble = PatchEnsemble.from_payload(patch_classifier_folds)
+        test = readable & (image_index["split"].to_numpy()[rows] == "test")
+        scores[test] = ensemble.scores(cache.patches[rows[test]])
+        held_out = out_of_fold_scores.set_index("path")["patch_classifier_score"]
+        val = readable & (image_index["split"].to_numpy()[rows] == "val")
+        scores[val] = held_out.reindex(image_index["path"].to_numpy()[rows[val]]).to_numpy(np.float32)
+        logger.info("Patch classifier: the mean of the %d cross-validation fold fits; %d test images scored, "
+                    "validation images by the fold fit that did not see them", len(ensemble.members), int(test.sum()))
+        return scores, {"enabled": True, "description": "a network scores every patch; an image is as defective as "
+                        "the mean of its top_k most defective patches; the mean of the cross-validation's fold fits, "
+                        "each trained on the labels of its fold's other train and validation images; validation "
+                        "images are scored by the fit that did not see them", "fold_fits": len(ensemble.members),
+                        **ensemble.members[0].describe()}, patch_classifier_folds
     train = np.flatnonzero(cache.readable & (image_index["split"] == "train").to_numpy()
                            & image_index["target"].notna().to_numpy())
     targets = image_index["target"].to_numpy(dtype=float, na_value=np.nan)[train].astype(int)
@@ -152,17 +176,17 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
               "the train split lacks readable images of one label" if len(np.unique(targets)) < 2 else None)
     if reason is not None:
         logger.info("Patch classifier not fitted: %s", reason)
-        return scores, {"enabled": False, "reason": reason}, None
+        return scores, {"enabled": False, "reason": reason}, {}
     start = time.perf_counter()
     classifier = fit_patch_classifier(cache.patches[train], targets, evaluate, seed)
-    readable = cache.readable[rows]
     scores[readable] = classifier.scores(cache.patches[rows[readable]])
     logger.info("Patch classifier: trained on %d train images' patches for %d epochs; %d images scored in %.1f s",
                 len(train), evaluate.patch_classifier_epochs, int(readable.sum()), time.perf_counter() - start)
     # no timing in the record: evaluation_metrics.json stays the same figure for figure between equal runs
-    return scores, {"enabled": True, "description": "a network scores every patch; an image is as defective as the mean of "
-            "its top_k most defective patches; trained on the train images' labels", "train_images": int(len(train)),
-            **classifier.describe()}, classifier
+    return scores, {"enabled": True, "description": "a network scores every patch; an image is as defective as the "
+                    "mean of its top_k most defective patches; trained on the train images' labels",
+                    "train_images": int(len(train)), **classifier.describe()}, \
+        classifier.to_payload(int(round(cache.patches.shape[1] ** 0.5)))
 
 
 def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch_scores: pd.DataFrame,
@@ -206,7 +230,7 @@ def stacked_scores(table: pd.DataFrame, groups: np.ndarray, seed: int) -> tuple[
 
 
 def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame, train: TrainConfig,
-                              evaluate: EvaluateConfig, seed: int) -> tuple[dict, pd.DataFrame]:
+                              evaluate: EvaluateConfig, seed: int) -> tuple[dict, pd.DataFrame, dict]:
     """On a small labelled set, every candidate over ``evaluate.cv_folds`` grouped, stratified folds
     of the train and validation images (:func:`~image_classification.candidates.cross_validate`):
     figures per fold and mean +- sd, so that one small split's luck does not pass for the model's
@@ -216,8 +240,10 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
 
     Returns:
         The report (``{"enabled": False, "reason": ...}`` when it is off or the set is large enough
-        for one split), and per train and validation image its fold and every candidate's held-out
-        score (no rows when it did not run).
+        for one split), per train and validation image its fold and every candidate's held-out
+        score (no rows when it did not run), and the patch classifier's fold fits as plain numbers
+        (:class:`~image_classification.patches.PatchEnsemble`; ``{}`` when there are none), which
+        :func:`score_patches` scores with and the operating point serves.
     """
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     labelled = np.flatnonzero(cache.readable & image_index["split"].isin(("train", "val")).to_numpy(bool)
@@ -233,7 +259,7 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
         logger.info("Cross-validation skipped: %s", reason)
         return {"enabled": False, "reason": reason}, pd.DataFrame({
             "path": pd.Series(dtype="string"), "split": pd.Series(dtype="string"), "target": pd.Series(dtype="int8"),
-            "fold": pd.Series(dtype="int16"), **{c: pd.Series(dtype="float32") for c in OUT_OF_FOLD_COLUMNS[4:]}})
+            "fold": pd.Series(dtype="int16"), **{c: pd.Series(dtype="float32") for c in OUT_OF_FOLD_COLUMNS[4:]}}), {}
     logger.info("Cross-validating every candidate on %d grouped folds of the %d labelled train and validation "
                 "images", evaluate.cv_folds, len(labelled))
     model = "the original head on the frozen backbone's cached features, trained per fold as train does"
@@ -246,7 +272,8 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
     patches = cache.patches[labelled] if cache.patches is not None and evaluate.patch_evidence else None
     report = cross_validate(cache.head_input[labelled], cache.pooled[labelled].float().numpy(), patches, targets,
                             groups, evaluate.cv_folds, train, evaluate, seed)
-    held_out = report.pop("out_of_fold")
+    held_out, fold_fits = report.pop("out_of_fold"), report.pop("patch_classifiers")
+    folds_payload = PatchEnsemble(fold_fits).to_payload(int(round(patches.shape[1] ** 0.5))) if fold_fits else {}
     out_of_fold = image_index.iloc[labelled][["path", "split", "target"]].reset_index(drop=True).astype(
         {"target": "int8"}).assign(fold=held_out["fold"].astype("int16"))
     for key, column, _ in CANDIDATES:
@@ -258,7 +285,7 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
                     _format(figures["test_recall"]["sd"]), evaluate.target_precision,
                     figures["folds_target_precision_held"], figures["folds"])
     return jsonable({"enabled": True, "labelled_images": int(len(labelled)), "splits": ["train", "val"],
-                     "groups": int(len(np.unique(groups))), "model": model, **report}), out_of_fold
+                     "groups": int(len(np.unique(groups))), "model": model, **report}), out_of_fold, folds_payload
 
 
 # ---------------------------------------------------------------- operating point and metrics

@@ -36,14 +36,15 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=score_patches,
-                inputs=["backbone_features", "image_index", "params:evaluate", "params:seed"],
+                inputs=["backbone_features", "image_index", "params:evaluate", "params:seed", "out_of_fold_scores",
+                        "patch_classifier_folds"],
                 outputs=["patch_scores", "patch_fit", "patch_classifier_model"],
                 name="score_patches",
             ),
             Node(
                 func=cross_validate_candidates,
                 inputs=["backbone_features", "image_index", "params:train", "params:evaluate", "params:seed"],
-                outputs=["cross_validation", "out_of_fold_scores"],
+                outputs=["cross_validation", "out_of_fold_scores", "patch_classifier_folds"],
                 name="cross_validate_candidates",
             ),
             Node(
