@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -387,22 +388,28 @@ class OperatingPoint:
         scores = np.full(len(model_scores), np.nan)
         readable = ~np.isnan(model_scores)
         if self.candidate == "baseline":
-            from image_classification.baseline import BaselineWeights
-
             pooled = features.float().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
-            scores[readable] = BaselineWeights.from_payload(self.served_weights).score(pooled[readable])
+            scores[readable] = self._served_scorer.score(pooled[readable])
             return scores
-        from image_classification.patches import PatchEnsemble
-
         patches = torch.as_tensor(features)
         if patches.shape[1:2] != (self.patch_grid ** 2,):
             raise DataError(f"the served patch classifier reads a {self.patch_grid}x{self.patch_grid} patch grid, but "
                             f"the patch vectors given hold {patches.shape[1]} patches per image; run train and "
                             "evaluate again with one train.patch_grid")
         if readable.any():
-            scores[readable] = PatchEnsemble.from_payload(self.served_weights).scores(
-                patches[torch.from_numpy(np.flatnonzero(readable))])
+            scores[readable] = self._served_scorer.scores(patches[torch.from_numpy(np.flatnonzero(readable))])
         return scores
+
+    @cached_property
+    def _served_scorer(self):
+        """The served weights, parsed once per operating point rather than once per scored batch."""
+        if self.candidate == "baseline":
+            from image_classification.baseline import BaselineWeights
+
+            return BaselineWeights.from_payload(self.served_weights)
+        from image_classification.patches import PatchEnsemble
+
+        return PatchEnsemble.from_payload(self.served_weights)
 
     def scores_of_index(self, scored: ScoredIndex, image_index: pd.DataFrame,
                         backbone_features: dict | None) -> np.ndarray:

@@ -166,3 +166,7 @@ def test_an_operating_point_on_the_patch_classifier_scores_the_patch_vectors_of_
     plain = export_onnx_model(tiny_checkpoint(), {"threshold": 0.5}, PredictConfig())
     refused = check_onnx_parity(tiny_checkpoint(), plain, images, point, PredictConfig())
     assert not refused["passed"] and "export it again" in refused["reason"]
+    table, summary = predict_images(tiny_checkpoint(), plain, refused, knn_detector_payload(threshold=10.0), point,
+                                    images, PredictConfig(backend="auto", workers=0, batch_size=4))
+    assert summary["backend"] == "torch"
+    np.testing.assert_allclose(table.loc[table["error"] == "", "score"], expected, atol=1e-4)
