@@ -24,9 +24,12 @@ def filepath_safetensors(tmp_path):
     return (tmp_path / "model.safetensors").as_posix()
 
 
-@pytest.fixture
-def safetensors_dataset(filepath_safetensors):
-    return SafetensorsDataset(filepath=filepath_safetensors)
+@pytest.fixture(params=[False, True], ids=["read", "mmap"])
+def safetensors_dataset(filepath_safetensors, request):
+    """The dataset as checkpoints use it (files read whole) and as the feature cache does (mapped)."""
+    return SafetensorsDataset(
+        filepath=filepath_safetensors, load_args={"mmap": True} if request.param else None
+    )
 
 
 @pytest.fixture(params=[None])
@@ -233,8 +236,33 @@ class TestSafetensorsDataset:
 
     @pytest.mark.parametrize("args", ["load_args", "save_args"])
     def test_rejects_load_and_save_args(self, filepath_safetensors, args):
-        with pytest.raises(DatasetError, match=f"takes no {args}"):
-            SafetensorsDataset(filepath=filepath_safetensors, **{args: {"x": 1}})
+        with pytest.raises(DatasetError, match=f"takes no {args}.*'x'"):
+            SafetensorsDataset(filepath=filepath_safetensors, **{args: {"x": 1, "mmap": True}})
+
+    def test_mapped_tensors_are_private_copies_on_write(self, filepath_safetensors, checkpoint):
+        dataset = SafetensorsDataset(filepath=filepath_safetensors, load_args={"mmap": True})
+        dataset.save(checkpoint)
+        on_disk = Path(filepath_safetensors).read_bytes()
+        loaded = dataset.load()["tensors"]
+        loaded["backbone.weight"].mul_(-3.0)
+        loaded["class_index"][0] = 7
+        assert Path(filepath_safetensors).read_bytes() == on_disk
+        assert_checkpoints_equal(dataset.load(), checkpoint)
+
+    def test_saving_over_a_mapped_file_keeps_what_was_loaded(self, filepath_safetensors, checkpoint):
+        # a notebook holds the last run's feature cache while train writes the next one
+        dataset = SafetensorsDataset(filepath=filepath_safetensors, load_args={"mmap": True})
+        dataset.save(checkpoint)
+        held = dataset.load()
+        replacement = {"tensors": {"w": torch.arange(6.0)}, "metadata": {"epoch": 4}}
+        dataset.save(replacement)
+        assert_checkpoints_equal(held, checkpoint)
+        assert_checkpoints_equal(dataset.load(), replacement)
+
+    def test_mmap_on_other_filesystems_reads_the_file(self, memory_filepath, checkpoint):
+        dataset = SafetensorsDataset(filepath=memory_filepath, load_args={"mmap": True})
+        dataset.save(checkpoint)
+        assert_checkpoints_equal(dataset.load(), checkpoint)
 
     def test_load_refuses_pickle_without_running_it(
         self, safetensors_dataset, filepath_safetensors, tmp_path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from copy import deepcopy
 from pathlib import PurePosixPath
@@ -23,7 +24,7 @@ from kedro.io.core import (
     get_filepath_str,
     get_protocol_and_path,
 )
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -34,6 +35,13 @@ _HEADER_LENGTH_BYTES = 8  # safetensors files start with a little-endian u64
 _PICKLE_PROTOCOL_PREFIX = b"\x80"
 _ZIP_PREFIX = b"PK\x03\x04"  # ``torch.save`` writes a zip of pickles
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows only
+_LOAD_OPTIONS = ("mmap",)
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+"""safetensors' dtype names (little-endian, as the format stores them) and the torch dtype each maps to."""
 
 
 class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
@@ -45,6 +53,15 @@ class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
     safetensors metadata key ``"image_classification"``. Tensors are loaded on CPU.
     JSON rules apply to metadata: tuples come back as lists, non-string keys
     as strings.
+
+    With ``load_args: {mmap: true}`` a local file is memory-mapped instead of read:
+    ``load`` returns at once and a tensor's bytes are paged in from the file (or the
+    operating system's page cache) only when a node reads them, so a node that needs
+    one tensor of a large feature cache never reads the others. The mapping is
+    private (copy on write): changing a loaded tensor never changes the file. Files
+    on other filesystems (``s3://``, ``memory://``...) and non-POSIX systems (where a
+    mapped file could not be replaced by the next save) are read whole, as without
+    the option.
 
     Local files are written atomically (temporary file in the same folder, then
     ``os.replace``), so a crash mid-save never leaves a half-written checkpoint.
@@ -94,8 +111,8 @@ class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
         Args:
             filepath: Filepath in POSIX format to a safetensors file, optionally
                 prefixed with an fsspec protocol like ``s3://`` or ``memory://``.
-            load_args: Accepted for catalog symmetry; ``safetensors.torch.load``
-                takes no options, so it must be empty.
+            load_args: ``{"mmap": true}`` to memory-map local files (see above); no
+                other option exists.
             save_args: Accepted for catalog symmetry; ``safetensors.torch.save``
                 takes no options besides the metadata this dataset writes, so it
                 must be empty.
@@ -111,14 +128,19 @@ class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
                 consumed by users or external plugins.
 
         Raises:
-            DatasetError: If ``load_args`` or ``save_args`` hold any option.
+            DatasetError: If ``load_args`` hold anything but ``mmap`` or ``save_args``
+                hold any option.
         """
-        for name, args in (("load_args", load_args), ("save_args", save_args)):
-            if args:
-                raise DatasetError(
-                    f"SafetensorsDataset takes no {name}, got {sorted(args)}: "
-                    "safetensors has no options for them."
-                )
+        if save_args:
+            raise DatasetError(
+                f"SafetensorsDataset takes no save_args, got {sorted(save_args)}: "
+                "safetensors has no options for them."
+            )
+        unknown = sorted(set(load_args or {}) - set(_LOAD_OPTIONS))
+        if unknown:
+            raise DatasetError(
+                f"SafetensorsDataset takes no load_args but {list(_LOAD_OPTIONS)}, got {unknown}."
+            )
 
         _fs_args = deepcopy(fs_args) or {}
         _fs_open_args_load = _fs_args.pop("open_args_load", {})
@@ -167,6 +189,13 @@ class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
 
     def load(self) -> dict:
         load_path = get_filepath_str(self._get_load_path(), self._protocol)
+        if (
+            self._load_args.get("mmap")
+            and isinstance(self._fs, LocalFileSystem)
+            and os.name == "posix"
+            and sys.byteorder == "little"
+        ):
+            return _load_mapped(load_path)
 
         with self._fs.open(load_path, **self._fs_open_args_load) as fs_file:
             raw = fs_file.read()
@@ -210,6 +239,41 @@ class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
         """Invalidate underlying filesystem caches."""
         filepath = get_filepath_str(self._filepath, self._protocol)
         self._fs.invalidate_cache(filepath)
+
+
+def _load_mapped(path: str) -> dict:
+    """The ``{"tensors", "metadata"}`` of a local safetensors file, its tensors views of a
+    private memory map of the file: nothing but the header is read until a tensor is used."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        head = file.read(_HEADER_LENGTH_BYTES)
+        header_length = int.from_bytes(head, "little")
+        if len(head) < _HEADER_LENGTH_BYTES or not 0 < header_length <= size - _HEADER_LENGTH_BYTES:
+            raise DatasetError(_not_safetensors_message(path, head))
+        raw_header = head + file.read(header_length)
+    try:
+        with safe_open(path, framework="pt"):
+            pass  # safetensors' own checks of the header against the file (offsets, dtypes, length)
+        header = json.loads(raw_header[_HEADER_LENGTH_BYTES:])
+    except (SafetensorError, ValueError) as exc:
+        raise DatasetError(_not_safetensors_message(path, raw_header)) from exc
+    mapped = torch.from_file(path, shared=False, size=size, dtype=torch.uint8)
+    start_of_data = _HEADER_LENGTH_BYTES + header_length
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        dtype = _DTYPES.get(entry["dtype"])
+        if dtype is None:  # a dtype this project never writes (e.g. float8): safetensors copies it
+            with safe_open(path, framework="pt") as stored:
+                tensors[name] = stored.get_tensor(name)
+            continue
+        data = mapped[start_of_data + begin:start_of_data + end]
+        if (start_of_data + begin) % dtype.itemsize:
+            data = data.clone()  # a view needs aligned bytes; safetensors aligns them, but never assume
+        tensors[name] = data.view(dtype).reshape(entry["shape"])
+    return {"tensors": tensors, "metadata": _read_metadata(path, raw_header)}
 
 
 def _split_checkpoint(data: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
