@@ -21,6 +21,7 @@ from image_classification.patches import (
     PatchMemory,
     bytes_per_image,
     greedy_coreset,
+    grid_of,
     patch_blocks,
     patch_grid_features,
 )
@@ -227,3 +228,15 @@ def test_a_patch_ensemble_scores_the_mean_of_its_members_and_reads_a_single_clas
     np.testing.assert_allclose(single.scores(train), members[0].scores(train), atol=1e-6)
     with pytest.raises(DataError, match="holds no members"):
         PatchEnsemble.from_payload({"grid": 4, "members": []})
+
+
+@pytest.mark.parametrize("grid", [1, 7, 14, 28])
+def test_the_grid_of_patch_vectors_is_the_side_of_their_square(grid):
+    assert grid_of(torch.zeros(3, grid * grid, 5)) == grid
+
+
+def test_patch_vectors_that_are_not_a_square_grid_are_refused_by_name():
+    from image_classification.errors import DataError
+
+    with pytest.raises(DataError, match="hold 195 patches per image, which is not a square grid.*run train again"):
+        grid_of(torch.zeros(2, 195, 152))

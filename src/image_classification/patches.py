@@ -15,6 +15,7 @@ Patches are computed in the same pass over the files as the pooled features (see
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,16 @@ def patch_grid_features(maps: list[torch.Tensor], grid: int, dtype: torch.dtype 
     each map averaged over 3x3 neighbourhoods, pooled to ``grid`` x ``grid``, then concatenated."""
     stacked = torch.cat([pool_patches(m.float(), grid) for m in maps], dim=1)  # N, C, grid, grid
     return stacked.flatten(2).transpose(1, 2).to(dtype).contiguous()
+
+
+def grid_of(patches: torch.Tensor) -> int:
+    """The side of the square grid that (N, grid*grid, C) patch vectors were pooled on."""
+    count = patches.shape[1]
+    grid = math.isqrt(count)
+    if grid * grid != count:
+        raise DataError(f"patch vectors hold {count} patches per image, which is not a square grid; the feature "
+                        "cache was not written by this project's train pipeline: run train again")
+    return grid
 
 
 def bytes_per_image(grid: int, channels: int) -> int:

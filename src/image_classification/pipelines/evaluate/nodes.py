@@ -28,7 +28,7 @@ from image_classification.metrics import report_at_threshold, select_threshold
 from image_classification.candidates import cross_validate, fit_patch_classifier, stack_inputs, stack_scores
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
-from image_classification.patches import PatchEnsemble, PatchMemory
+from image_classification.patches import PatchEnsemble, PatchMemory, grid_of
 from image_classification.plots import evaluation as plots
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
     scores[readable] = -memory.anomaly_scores(cache.patches[rows[readable]])
     fitted = {"enabled": True, "description": "PatchCore-style patch evidence: distance of an image's most unusual "
               "patches to a coreset of the valid train images' patches", "train_valid_images": int(len(train_valid)),
-              "grid": int(round(cache.patches.shape[1] ** 0.5)), **memory.describe()}
+              "grid": grid_of(cache.patches), **memory.describe()}
     logger.info("Patch evidence: memory of %d of %d patches from %d valid train images; %d images scored in %.1f s",
                 fitted["memory_patches"], fitted["patches_seen"], len(train_valid), int(readable.sum()),
                 time.perf_counter() - start)
@@ -186,7 +186,7 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
     return scores, {"enabled": True, "description": "a network scores every patch; an image is as defective as the "
                     "mean of its top_k most defective patches; trained on the train images' labels",
                     "train_images": int(len(train)), **classifier.describe()}, \
-        classifier.to_payload(int(round(cache.patches.shape[1] ** 0.5)))
+        classifier.to_payload(grid_of(cache.patches))
 
 
 def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch_scores: pd.DataFrame,
@@ -273,7 +273,7 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
     report = cross_validate(cache.head_input[labelled], cache.pooled[labelled].float().numpy(), patches, targets,
                             groups, evaluate.cv_folds, train, evaluate, seed)
     held_out, fold_fits = report.pop("out_of_fold"), report.pop("patch_classifiers")
-    folds_payload = PatchEnsemble(fold_fits).to_payload(int(round(patches.shape[1] ** 0.5))) if fold_fits else {}
+    folds_payload = PatchEnsemble(fold_fits).to_payload(grid_of(patches)) if fold_fits else {}
     out_of_fold = image_index.iloc[labelled][["path", "split", "target"]].reset_index(drop=True).astype(
         {"target": "int8"}).assign(fold=held_out["fold"].astype("int16"))
     for key, column, _ in CANDIDATES:
