@@ -242,6 +242,28 @@ def onnx_properties(onnx_model: bytes) -> dict[str, str]:
     return {prop.key: prop.value for prop in onnx.load_from_string(onnx_model).metadata_props}
 
 
+def onnx_outputs(onnx_model: bytes) -> dict[str, tuple[int | None, ...]]:
+    """An exported model's outputs and their shapes (None for a dimension the export left free, e.g. the batch)."""
+    import onnx
+
+    return {output.name: tuple(dim.dim_value if dim.HasField("dim_value") else None
+                               for dim in output.type.tensor_type.shape.dim)
+            for output in onnx.load_from_string(onnx_model).graph.output}
+
+
+def serving_mismatch(onnx_model: bytes, patch_grid: int) -> str:
+    """Why an export cannot give what an operating point serves from it ("" when it can): the outputs
+    of :func:`output_names`, with patch vectors on ``patch_grid`` when the point reads them."""
+    outputs = onnx_outputs(onnx_model)
+    missing = [name for name in output_names(patch_grid) if name not in outputs]
+    if missing:
+        return f"it has no output {', '.join(missing)} (it has {', '.join(outputs)})"
+    if patch_grid and outputs[PATCH_OUTPUT][1:2] not in ((None,), (patch_grid ** 2,)):
+        return (f"its patch vectors hold {outputs[PATCH_OUTPUT][1]} patches per image, the operating point reads "
+                f"a {patch_grid}x{patch_grid} grid")
+    return ""
+
+
 def onnxruntime_available() -> bool:
     """Whether ONNX Runtime is installed, without importing it."""
     return importlib.util.find_spec("onnxruntime") is not None

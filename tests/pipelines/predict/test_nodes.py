@@ -165,7 +165,13 @@ def test_an_operating_point_on_the_patch_classifier_scores_the_patch_vectors_of_
     # the model's export alone cannot serve it: the parity check says so and auto falls back to PyTorch
     plain = export_onnx_model(tiny_checkpoint(), {"threshold": 0.5}, PredictConfig())
     refused = check_onnx_parity(tiny_checkpoint(), plain, images, point, PredictConfig())
-    assert not refused["passed"] and "export it again" in refused["reason"]
+    assert not refused["passed"] and "no output patches" in refused["reason"] and "export it again" in refused["reason"]
+    # nor can an export whose patch vectors are on another grid than the served classifier reads
+    other_grid = OperatingPoint.for_checkpoint({"threshold": threshold}, checkpoint, "patch_classifier",
+                                               classifier.to_payload(grid=2)).to_payload()
+    coarse = export_onnx_model(tiny_checkpoint(), other_grid, PredictConfig())
+    refused_grid = check_onnx_parity(tiny_checkpoint(), coarse, images, point, PredictConfig())
+    assert not refused_grid["passed"] and "hold 4 patches per image" in refused_grid["reason"]
     table, summary = predict_images(tiny_checkpoint(), plain, refused, knn_detector_payload(threshold=10.0), point,
                                     images, PredictConfig(backend="auto", workers=0, batch_size=4))
     assert summary["backend"] == "torch"
