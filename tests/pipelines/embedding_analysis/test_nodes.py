@@ -8,10 +8,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+import torch
 import yaml
 from matplotlib.figure import Figure
 
 from image_classification.baseline import BaselineWeights
+from image_classification.errors import DataError
+from image_classification.patches import PatchClassifier
 from image_classification.pipelines.embedding_analysis.nodes import (
     EmbeddingAnalysisConfig,
     cluster_embeddings,
@@ -88,6 +91,30 @@ def test_predicted_labels_follow_the_baseline_when_evaluate_serves_it(tiny_score
     assert table.loc[readable, "predicted_label"].tolist() == expected.tolist()
     assert 0 < (expected == "valid").sum() < readable.sum() and pd.isna(table.loc[2, "predicted_label"])
     np.testing.assert_array_equal(table["score"], tiny_scores["tensors"]["score"].numpy())
+
+
+def test_predicted_labels_follow_the_patch_classifier_when_evaluate_serves_it(tiny_scores, tiny_checkpoint,
+                                                                              tiny_index, tiny_features,
+                                                                              tiny_operating_point):
+    """With the patch classifier served, predicted_label is its call on the cached patch vectors (as in
+    zero_shot and predict); a cache without patches cannot serve it, and the error says what to rerun."""
+    generator = torch.Generator().manual_seed(2)
+    patches = torch.rand(len(tiny_index), 4, 6, generator=generator)
+    patches[torch.as_tensor((tiny_index["label"] == "invalid").fillna(False).to_numpy(dtype=bool)), 0] += 2.0
+    classifier = PatchClassifier.fit(patches[:14], tiny_index["target"].to_numpy()[:14].astype(int), epochs=5,
+                                     hidden=4, top_k=1)
+    served = classifier.scores(patches)
+    point = {**tiny_operating_point, "candidate": "patch_classifier", "threshold": float(np.median(served)),
+             "served_weights": classifier.to_payload(grid=2)}
+    features = {**tiny_features, "tensors": {**tiny_features["tensors"], "patches": patches.half()}}
+    table = embed_images(tiny_scores, tiny_checkpoint, tiny_index, point, features)
+    readable = table["score"].notna().to_numpy()
+    expected = np.where(classifier.scores(patches.half())[readable] >= point["threshold"], "valid", "invalid")
+    assert table.loc[readable, "predicted_label"].tolist() == expected.tolist()
+    assert 0 < (expected == "valid").sum() < readable.sum() and pd.isna(table.loc[2, "predicted_label"])
+    np.testing.assert_array_equal(table["score"], tiny_scores["tensors"]["score"].numpy())  # still the model's
+    with pytest.raises(DataError, match="holds no patch vectors"):
+        embed_images(tiny_scores, tiny_checkpoint, tiny_index, point, tiny_features)
 
 
 def test_embed_images_refuses_an_operating_point_of_another_checkpoint(tiny_scores, tiny_checkpoint, tiny_index,
