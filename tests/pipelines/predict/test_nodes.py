@@ -176,3 +176,23 @@ def test_an_operating_point_on_the_patch_classifier_scores_the_patch_vectors_of_
                                     images, PredictConfig(backend="auto", workers=0, batch_size=4))
     assert summary["backend"] == "torch"
     np.testing.assert_allclose(table.loc[table["error"] == "", "score"], expected, atol=1e-4)
+
+
+def test_an_export_onnx_runtime_cannot_run_fails_the_parity_check_and_auto_scores_in_pytorch(mixed_folder):
+    """An export ONNX Runtime refuses (here an operator it does not know, as an older runtime would
+    meet a newer opset) is a failed check with the reason, not a crashed run: under backend auto
+    predict scores the images in PyTorch instead."""
+    import onnx
+
+    from image_classification.pipelines.predict.nodes import check_onnx_parity, export_onnx_model
+
+    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")
+    point = {"threshold": 0.5}
+    exported = onnx.load_from_string(export_onnx_model(tiny_checkpoint(), point, PredictConfig()))
+    exported.graph.node[0].op_type = "NoSuchOperator"
+    broken = exported.SerializeToString()
+    report = check_onnx_parity(tiny_checkpoint(), broken, images, point, PredictConfig())
+    assert not report["passed"] and report["reason"].startswith("ONNX Runtime could not run the exported model")
+    table, summary = predict_images(tiny_checkpoint(), broken, report, knn_detector_payload(threshold=10.0), point,
+                                    images, PredictConfig(backend="auto", workers=0, batch_size=4))
+    assert summary["backend"] == "torch" and (table["error"] == "").sum() >= 4

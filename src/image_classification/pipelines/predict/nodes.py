@@ -116,8 +116,12 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
     def served(outputs: dict[str, np.ndarray]) -> np.ndarray:
         return point.scores(outputs["score"], outputs["features"], torch.from_numpy(outputs["patches"]))
 
-    differences = parity(checkpoint.model(), onnx_model, images, point.patch_grid,
-                         served if point.patch_grid else None)
+    try:
+        differences = parity(checkpoint.model(), onnx_model, images, point.patch_grid,
+                             served if point.patch_grid else None)
+    except Exception as error:  # onnxruntime raises its own types (an operator its version lacks, a broken file...)
+        return report | {"passed": False, "reason": f"ONNX Runtime could not run the exported model ({error}); "
+                         "run `kedro run --pipelines predict` to export it again, or use predict.backend torch"}
     passed = max(differences["score"], differences.get("served_score", 0.0)) <= predict.parity_tolerance
     logger.info("ONNX vs PyTorch on %d images: max |score difference| %.2e, embedding %.2e, features %.2e (%s)",
                 len(images), differences["score"], differences["embedding"], differences["features"],
