@@ -111,6 +111,31 @@ def test_two_runs_with_different_parameters_give_two_mlflow_runs_whose_metrics_d
 
 
 @pytest.mark.slow
+def test_two_runs_in_one_process_give_two_mlflow_runs_and_leave_none_open(project_copy, monkeypatch):
+    """As in a notebook (`kedro jupyter`): each session.run is its own MLflow run, closed when it ends."""
+    import mlflow
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    before = len(mlflow_runs(project_copy))
+    monkeypatch.chdir(project_copy)
+    bootstrap_project(project_copy)
+    params = dict(pair.split("=") for pair in EVALUATE_PARAMS.split(","))
+    try:
+        for target in (0.6, 0.9):
+            with KedroSession.create(project_path=project_copy,
+                                     runtime_params={**params, "target_precision": target}) as session:
+                session.run(pipeline_names=["evaluate"])
+            assert mlflow.active_run() is None
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+    runs = mlflow_runs(project_copy).iloc[before:]
+    assert list(runs["params.evaluate.target_precision"]) == ["0.6", "0.9"]
+    assert list(runs["status"]) == ["FINISHED", "FINISHED"]
+
+
+@pytest.mark.slow
 def test_a_store_that_cannot_be_written_costs_a_warning_not_the_run(project_copy, tmp_path):
     # Tests run as root, for whom a read-only folder is writable: a path under a regular file is not,
     # for anyone.
