@@ -121,6 +121,13 @@ def test_two_runs_in_one_process_give_two_mlflow_runs_and_leave_none_open(projec
     monkeypatch.chdir(project_copy)
     bootstrap_project(project_copy)
     params = dict(pair.split("=") for pair in EVALUATE_PARAMS.split(","))
+    # MLflow keeps one store per tracking URI for the life of the process: the project's relative
+    # sqlite:///mlruns.db would reuse the database of whichever project an earlier test ran in, so
+    # this process names the same file by its absolute path
+    local = project_copy / "conf" / "local" / "mlflow.yml"
+    base = (project_copy / "conf" / "base" / "mlflow.yml").read_text()
+    assert "mlflow_tracking_uri: sqlite:///mlruns.db" in base
+    local.write_text(base.replace("sqlite:///mlruns.db", f"sqlite:///{project_copy / 'mlruns.db'}"))
     try:
         for target in (0.6, 0.9):
             with KedroSession.create(project_path=project_copy,
@@ -128,6 +135,7 @@ def test_two_runs_in_one_process_give_two_mlflow_runs_and_leave_none_open(projec
                 session.run(pipeline_names=["evaluate"])
             assert mlflow.active_run() is None
     finally:
+        local.unlink()
         while mlflow.active_run():
             mlflow.end_run()
     runs = mlflow_runs(project_copy).iloc[before:]
