@@ -127,7 +127,7 @@ class ProjectMlflowHook(MlflowHook):
         except Exception:  # the store is what failed; nothing more to tell
             pass
 
-    def _close_run(self, status: str) -> None:
+    def _close_run(self) -> None:
         """Leave no MLflow run of this pipeline run active. kedro-mlflow reopens the run before every
         node (``nested``, for threaded runners) and MLflow stacks each reopening, but it closes it once:
         the run stayed active, so a second ``session.run`` in the same process (a notebook) logged into
@@ -135,7 +135,7 @@ class ProjectMlflowHook(MlflowHook):
         if getattr(self, "_already_active_mlflow", False) or self.run_id is None:
             return
         while (active := mlflow.active_run()) is not None and active.info.run_id == self.run_id:
-            mlflow.end_run(status)
+            mlflow.end_run("FINISHED")
 
     def _store_uri(self, context: Any = None) -> str:
         config = getattr(self, "mlflow_config", None)
@@ -246,7 +246,7 @@ class ProjectMlflowHook(MlflowHook):
                                     for name, seconds in self._node_times.seconds.items()}, run_id=self.run_id)
             self._log_model()
             super().after_pipeline_run(run_params, pipeline, catalog)
-            self._close_run("FINISHED")
+            self._close_run()
         except Exception as error:
             self._give_up(self._store_uri(), error)
 
@@ -255,7 +255,6 @@ class ProjectMlflowHook(MlflowHook):
         if not (self._tracking and self._is_mlflow_enabled):
             return
         try:
-            super().on_pipeline_error(error, run_params, pipeline, catalog)
-            self._close_run("FAILED")
+            super().on_pipeline_error(error, run_params, pipeline, catalog)  # it closes every run of the thread
         except Exception as store_error:
             self._give_up(self._store_uri(), store_error)

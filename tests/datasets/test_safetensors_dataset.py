@@ -244,6 +244,10 @@ class TestSafetensorsDataset:
         dataset.save(checkpoint)
         on_disk = Path(filepath_safetensors).read_bytes()
         loaded = dataset.load()["tensors"]
+        # mapped, not read: every tensor is a view of one storage the size of the whole file
+        storages = {tensor.untyped_storage().data_ptr() for tensor in loaded.values()}
+        assert len(storages) == 1
+        assert loaded["scalar"].untyped_storage().nbytes() == len(on_disk)
         loaded["backbone.weight"].mul_(-3.0)
         loaded["class_index"][0] = 7
         assert Path(filepath_safetensors).read_bytes() == on_disk

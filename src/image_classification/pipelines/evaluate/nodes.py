@@ -143,6 +143,10 @@ def score_patches(backbone_features: dict, image_index: pd.DataFrame, evaluate: 
                          "patch_classifier_score": classifier_scores}), fitted, classifier
 
 
+_PATCH_CLASSIFIER = ("a network scores every patch; an image is as defective as the mean of its top_k most "
+                     "defective patches")
+
+
 def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.ndarray, evaluate: EvaluateConfig,
                       seed: int, out_of_fold_scores: pd.DataFrame | None,
                       patch_classifier_folds: dict | None) -> tuple[np.ndarray, dict, dict]:
@@ -164,10 +168,10 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
         scores[val] = held_out.reindex(image_index["path"].to_numpy()[rows[val]]).to_numpy(np.float32)
         logger.info("Patch classifier: the mean of the %d cross-validation fold fits; %d test images scored, "
                     "validation images by the fold fit that did not see them", len(ensemble.members), int(test.sum()))
-        return scores, {"enabled": True, "description": "a network scores every patch; an image is as defective as "
-                        "the mean of its top_k most defective patches; the mean of the cross-validation's fold fits, "
-                        "each trained on the labels of its fold's other train and validation images; validation "
-                        "images are scored by the fit that did not see them", "fold_fits": len(ensemble.members),
+        return scores, {"enabled": True, "description": f"{_PATCH_CLASSIFIER}; the mean of the cross-validation's "
+                        "fold fits, each trained on the labels of its fold's other train and validation images; "
+                        "validation images are scored by the fit that did not see them",
+                        "fold_fits": len(ensemble.members),
                         **ensemble.members[0].describe()}, patch_classifier_folds
     train = np.flatnonzero(cache.readable & (image_index["split"] == "train").to_numpy()
                            & image_index["target"].notna().to_numpy())
@@ -183,8 +187,7 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
     logger.info("Patch classifier: trained on %d train images' patches for %d epochs; %d images scored in %.1f s",
                 len(train), evaluate.patch_classifier_epochs, int(readable.sum()), time.perf_counter() - start)
     # no timing in the record: evaluation_metrics.json stays the same figure for figure between equal runs
-    return scores, {"enabled": True, "description": "a network scores every patch; an image is as defective as the "
-                    "mean of its top_k most defective patches; trained on the train images' labels",
+    return scores, {"enabled": True, "description": f"{_PATCH_CLASSIFIER}; trained on the train images' labels",
                     "train_images": int(len(train)), **classifier.describe()}, \
         classifier.to_payload(grid_of(cache.patches))
 
