@@ -112,22 +112,19 @@ def test_two_runs_with_different_parameters_give_two_mlflow_runs_whose_metrics_d
 
 @pytest.mark.slow
 def test_two_runs_in_one_process_give_two_mlflow_runs_and_leave_none_open(project_copy, monkeypatch):
-    """As in a notebook (`kedro jupyter`): each session.run is its own MLflow run, closed when it ends."""
+    """As in a notebook (`kedro jupyter` starts it in notebooks/): each session.run is its own MLflow run,
+    closed when it ends, in the project's own store (mlflow.yml names it relatively, sqlite:///mlruns.db)."""
     import mlflow
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    assert "mlflow_tracking_uri: sqlite:///mlruns.db" in (project_copy / "conf" / "base" / "mlflow.yml").read_text()
     before = len(mlflow_runs(project_copy))
-    monkeypatch.chdir(project_copy)
+    notebooks = project_copy / "notebooks"
+    notebooks.mkdir(exist_ok=True)
+    monkeypatch.chdir(notebooks)
     bootstrap_project(project_copy)
     params = dict(pair.split("=") for pair in EVALUATE_PARAMS.split(","))
-    # MLflow keeps one store per tracking URI for the life of the process: the project's relative
-    # sqlite:///mlruns.db would reuse the database of whichever project an earlier test ran in, so
-    # this process names the same file by its absolute path
-    local = project_copy / "conf" / "local" / "mlflow.yml"
-    base = (project_copy / "conf" / "base" / "mlflow.yml").read_text()
-    assert "mlflow_tracking_uri: sqlite:///mlruns.db" in base
-    local.write_text(base.replace("sqlite:///mlruns.db", f"sqlite:///{project_copy / 'mlruns.db'}"))
     try:
         for target in (0.6, 0.9):
             with KedroSession.create(project_path=project_copy,
@@ -135,12 +132,35 @@ def test_two_runs_in_one_process_give_two_mlflow_runs_and_leave_none_open(projec
                 session.run(pipeline_names=["evaluate"])
             assert mlflow.active_run() is None
     finally:
-        local.unlink()
         while mlflow.active_run():
             mlflow.end_run()
+    assert not (notebooks / "mlruns.db").exists(), "a second store beside the notebook"
     runs = mlflow_runs(project_copy).iloc[before:]
     assert list(runs["params.evaluate.target_precision"]) == ["0.6", "0.9"]
     assert list(runs["status"]) == ["FINISHED", "FINISHED"]
+
+
+def test_relative_store_paths_in_mlflow_yml_are_anchored_at_the_project(tmp_path):
+    from image_classification.tracking import _anchored_config
+
+    def experiment(artifact_location: str) -> dict:
+        return {"experiment": {"name": "x", "create_experiment_kwargs": {"artifact_location": artifact_location}}}
+
+    config = {"server": {"mlflow_tracking_uri": "sqlite:///mlruns.db", "mlflow_registry_uri": None},
+              "tracking": experiment("mlartifacts")}
+    anchored = _anchored_config(config, tmp_path)
+    assert anchored["server"] == {"mlflow_tracking_uri": f"sqlite:///{tmp_path.as_posix()}/mlruns.db",
+                                  "mlflow_registry_uri": None}
+    assert anchored["tracking"]["experiment"]["create_experiment_kwargs"]["artifact_location"] == \
+        f"{tmp_path.as_posix()}/mlartifacts"
+    assert config["server"]["mlflow_tracking_uri"] == "sqlite:///mlruns.db", "the loaded config was changed in place"
+    # what already names one place stays as it is
+    for uri in (f"sqlite:///{tmp_path}/store.db", "sqlite:///:memory:", "http://tracking:5000", "databricks"):
+        kept = _anchored_config({"server": {"mlflow_tracking_uri": uri}}, tmp_path)
+        assert kept["server"]["mlflow_tracking_uri"] == uri
+    for location in ("s3://bucket/artefacts", str(tmp_path / "artefacts")):
+        kept = _anchored_config({"tracking": experiment(location)}, tmp_path)
+        assert kept["tracking"]["experiment"]["create_experiment_kwargs"]["artifact_location"] == location
 
 
 @pytest.mark.slow

@@ -8,6 +8,9 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # an environment such as conf/cifar10_dev overrides single keys, not whole blocks
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
+    # conf/<env>/mlflow.yml, the patterns kedro-mlflow would add itself, declared here so that the
+    # project's tracking hook can read the file before kedro-mlflow does
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"]},
 }
 
 # Experiment tracking (conf/base/mlflow.yml): kedro-mlflow's hook, through the project's subclass

@@ -17,6 +17,7 @@ subclass adds what the project needs on top:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -97,6 +98,36 @@ def _saved_path(dataset: Any, saved: bool = True) -> Path | None:
     return path if path.is_file() else None
 
 
+def _under_project(uri: Any, project_path: Path) -> Any:
+    """A relative SQLite store path (``sqlite:///mlruns.db``) made absolute under the project.
+
+    SQLite and MLflow resolve a relative path against the working directory, so a notebook that
+    ``kedro jupyter`` starts in ``notebooks/`` opened a second, empty ``notebooks/mlruns.db`` and its
+    runs never reached the project's store. kedro-mlflow anchors plain paths (``mlruns``) at the
+    project already, but leaves URIs with a scheme as they are."""
+    prefix = "sqlite:///"
+    if not isinstance(uri, str) or not uri.startswith(prefix):
+        return uri
+    path = uri[len(prefix):]
+    if not path or path.startswith(":") or Path(path).is_absolute():  # in memory, or already absolute
+        return uri
+    return prefix + (project_path / path).as_posix()
+
+
+def _anchored_config(config: dict, project_path: Path) -> dict:
+    """mlflow.yml with the store and the experiment's artefact folder anchored at the project."""
+    config = copy.deepcopy(config)
+    server = config.get("server") or {}
+    for key in ("mlflow_tracking_uri", "mlflow_registry_uri"):
+        if key in server:
+            server[key] = _under_project(server[key], project_path)
+    kwargs = ((config.get("tracking") or {}).get("experiment") or {}).get("create_experiment_kwargs") or {}
+    location = kwargs.get("artifact_location")
+    if isinstance(location, str) and location and "://" not in location and not Path(location).is_absolute():
+        kwargs["artifact_location"] = (project_path / location).as_posix()  # MLflow would take the cwd's
+    return config
+
+
 def _store_description(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         return f"MLflow database {Path(uri[len('sqlite:///'):]).absolute()}"
@@ -146,6 +177,19 @@ class ProjectMlflowHook(MlflowHook):
         except Exception:
             return os.environ.get("MLFLOW_TRACKING_URI", "mlruns")
 
+    @staticmethod
+    def _anchor_at_project(context: Any) -> None:
+        """Give kedro-mlflow the project's mlflow.yml with relative store paths under the project, so
+        that a session started from another folder (a notebook) tracks into the same store."""
+        loader = context.config_loader
+        if "mlflow" not in loader.config_patterns:
+            return  # kedro-mlflow adds its patterns and its defaults then
+        try:
+            config = loader["mlflow"]
+        except Exception:  # no mlflow.yml: kedro-mlflow's defaults, anchored by kedro-mlflow
+            return
+        loader["mlflow"] = _anchored_config(config, Path(context.project_path))
+
     @hook_impl
     def after_context_created(self, context: Any) -> None:
         self._tracking = False
@@ -154,6 +198,7 @@ class ProjectMlflowHook(MlflowHook):
             logger.info("MLflow tracking is off (%s=%s)", SWITCH, os.environ[SWITCH])
             return
         try:
+            self._anchor_at_project(context)
             super().after_context_created(context)
         except Exception as error:
             self._give_up(self._store_uri(context), error)
