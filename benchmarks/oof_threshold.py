@@ -18,7 +18,10 @@ many images. This benchmark measures, nested so that nothing is chosen on a test
 - ``oof -> ensemble``: the threshold chosen on the out-of-fold scores, applied to the mean of the
   inner models' scores of the test fold;
 - ``oof -> split model``: the same threshold applied to the ``split`` model's scores (what the
-  pipeline could do without changing the model it serves).
+  pipeline could do without changing the model it serves);
+- ``pipeline auto``: what evaluate's ``choose_operating_point`` serves given all of that, and
+  ``pipeline auto, no CV`` what it serves on large data, where cross-validation does not run: the
+  split fits, chosen and thresholded on the validation rows alone.
 
 Per candidate, arm and rule it prints mean +- sd of test recall and precision, the lowest precision
 and in how many folds test precision reached the target, and the ensemble's test AUROC.
@@ -70,6 +73,7 @@ CHECKPOINT = {"tensors": {}, "metadata": {
     "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2},
     "class_names": ["invalid", "valid"], "best_epoch": 1, "fine_tuned_blocks": 0, "seed": 42, "epochs_run": 1}}
 ARMS = ("split", "oof -> split model", "oof -> ensemble")
+NO_CV = "pipeline auto, no CV"  # as evaluate serves on large data, where cross-validation does not run
 
 
 def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, inner: int, train: TrainConfig,
@@ -131,10 +135,10 @@ def chosen(fold: dict, names: tuple[str, ...], arm: str, y: np.ndarray) -> str:
     return max(names, key=average_precision)
 
 
-def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig) -> dict:
+def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig, cross_validated: bool = True) -> dict:
     """What evaluate's ``choose_operating_point`` serves on this outer fold (``operating_candidate``
-    and ``threshold_on`` auto), from the split models' validation scores, the out-of-fold scores and
-    the split baseline's and patch classifier's weights."""
+    and ``threshold_on`` auto), from the split models' validation scores, the out-of-fold scores
+    (none without ``cross_validated``: large data) and the split baseline's and patch classifier's weights."""
     columns = {"model": "score", "baseline": "baseline_score", "patch": "patch_score",
                "patch_classifier": "patch_classifier_score", "stack": "stack_score"}
     columns = {name: column for name, column in columns.items() if name in fold["split_val"]}
@@ -146,17 +150,20 @@ def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig) -> dict
     for name, column in columns.items():
         evaluation[column] = np.concatenate([fold["split_val"][name], fold["split_test"][name]])
         held_out[column] = fold["oof"][name]
-    return choose_operating_point(evaluation, CHECKPOINT, evaluate, held_out, baseline_model=fold["weights"],
+    return choose_operating_point(evaluation, CHECKPOINT, evaluate, held_out if cross_validated else pd.DataFrame(),
+                                  baseline_model=fold["weights"],
                                   patch_classifier_model=fold["patch_classifier"])
 
 
 def measure(fold: dict, name: str, arm: str, rule: str, y: np.ndarray, evaluate: EvaluateConfig) -> dict:
     """One candidate, arm and rule on one outer fold: test recall and precision at the chosen threshold
     (``best of a+b``: the candidate of :func:`chosen` among a and b)."""
-    if name == "pipeline auto":  # the candidate and threshold evaluate would serve, on the served model's scores
-        point = pipeline_choice(fold, y, replace(evaluate, rule=rule))
-        # evaluate serves the patch classifier as the mean of its cross-validation fold fits; the others' split fits
-        served = fold["ensemble_test" if point["candidate"] == "patch_classifier" else "split_test"][point["candidate"]]
+    if name.startswith("pipeline auto"):  # what evaluate would serve, threshold and all, on the served model's scores
+        cross_validated = name == "pipeline auto"
+        point = pipeline_choice(fold, y, replace(evaluate, rule=rule), cross_validated)
+        # evaluate serves the patch classifier as the mean of its cross-validation fold fits; otherwise the split fits
+        ensemble = cross_validated and point["candidate"] == "patch_classifier"
+        served = fold["ensemble_test" if ensemble else "split_test"][point["candidate"]]
         measured = metrics_at_threshold(y[fold["test"]], served, point["threshold"])
         return {"recall": measured["recall"], "precision": measured["precision"], "auroc": measured["auroc"],
                 "candidate": f"{point['candidate']}@{point['threshold_chosen_on']}"}
@@ -203,8 +210,8 @@ def main() -> None:
         return f"{np.nanmean(values):.3f} +- {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.3f}"
 
     names = [n for n in NAMES if n in folds[0]["oof"] and not np.isnan(folds[0]["oof"][n]).all()]
-    for name in (*names, "best of " + "+".join(names), "best of model+baseline", "pipeline auto"):
-        for arm in ARMS if name != "pipeline auto" else ("as evaluate serves it",):
+    for name in (*names, "best of " + "+".join(names), "best of model+baseline", "pipeline auto", NO_CV):
+        for arm in ARMS if not name.startswith("pipeline auto") else ("as evaluate serves it",):
             for rule in RULES:
                 rows = [measure(fold, name, arm, rule, y, evaluate) for fold in folds]
                 precisions = np.array([np.nan if r["precision"] is None else r["precision"] for r in rows], float)

@@ -49,8 +49,8 @@ class EvaluateConfig:
             servable only with a frozen backbone), or ``auto``: on small data (cross-validation ran)
             the one of the baseline and the patch classifier of the higher mean held-out average
             precision, its threshold chosen on out-of-fold scores; on large data the model, unless the
-            baseline's validation average precision is clearly higher (a paired bootstrap interval of
-            the difference above 0).
+            baseline's or the patch classifier's validation average precision is clearly higher (a
+            paired bootstrap interval of the difference above 0; of two, the higher).
         threshold_on: where the threshold is chosen: ``validation``, ``out_of_fold`` (the
             cross-validation's held-out scores of train and validation images, five times as many;
             falls back to validation when cross-validation did not run), or ``auto``: out of fold for

@@ -403,8 +403,8 @@ def test_without_cross_validation_auto_compares_validation_average_precision_and
                                               np.linspace(0, 0.01, len(t)))
     point = choose_operating_point(worse_baseline, CHECKPOINT, small_config(rule="point"), pd.DataFrame(),
                                    baseline_model=WEIGHTS)
-    assert point["candidate"] == "model" and "unless the baseline's validation average precision is clearly higher" \
-        in point["why"]
+    assert point["candidate"] == "model" and \
+        "unless the baseline's or the patch classifier's validation average precision is clearly higher" in point["why"]
     low, high = point["candidates_compared"]["baseline_minus_model_validation_average_precision_interval"]
     assert low < high < 0
     # a baseline that ranks validation clearly better (a paired bootstrap interval above 0) is served
@@ -499,6 +499,46 @@ def test_on_small_data_auto_serves_the_patch_classifier_when_it_ranks_held_out_i
     fine_tuned = {"tensors": {}, "metadata": {**CHECKPOINT_METADATA, "fine_tuned_blocks": 2}}
     with pytest.raises(ParameterError, match="fitted on the frozen backbone's features"):
         choose_operating_point(scores, fine_tuned, pinned, held_out, patch_classifier_model=payload)
+
+
+def test_without_cross_validation_auto_serves_the_patch_classifier_only_when_it_ranks_validation_clearly_better(
+        evaluation_scores):
+    """Large data (no out-of-fold scores): the patch classifier, like the baseline, replaces the model
+    only when the paired bootstrap interval of its validation AP minus the model's lies above 0; of
+    two that do, the one of higher validation AP is served, its threshold chosen on validation."""
+    payload = patch_classifier_payload()
+    weak_model = evaluation_scores.assign(score=lambda t: np.where(t["target"] == 1, 0.4, 0.6)
+                                          + np.linspace(0, 0.01, len(t)))
+    ranks_well = weak_model["target"] * 0.5 + np.linspace(0.2, 0.3, len(weak_model))
+    config = small_config(rule="point")
+    served = choose_operating_point(weak_model.assign(patch_classifier_score=ranks_well,
+                                                      baseline_score=weak_model["score"] - 0.05),
+                                    CHECKPOINT, config, pd.DataFrame(), baseline_model=WEIGHTS,
+                                    patch_classifier_model=payload)
+    compared = served["candidates_compared"]
+    assert served["candidate"] == "patch_classifier" and served["served_weights"] == payload
+    assert compared["patch_classifier_minus_model_validation_average_precision_interval"][0] > 0
+    assert compared["baseline_minus_model_validation_average_precision_interval"][1] <= 0
+    assert served["threshold_chosen_on"] == "validation" and "cross-validation did not run" in served["threshold_note"]
+    val = weak_model["split"] == "val"
+    expected = select_threshold(weak_model.loc[val, "target"].to_numpy(int), ranks_well[val].to_numpy(np.float64),
+                                "point", config.rule_settings)
+    assert served["threshold"] == pytest.approx(expected["threshold"])
+    # both clearly better than the model: the one of higher validation average precision
+    noisier = np.where(np.arange(len(weak_model)) % 7 == 0, 1 - ranks_well, ranks_well)
+    both = choose_operating_point(weak_model.assign(patch_classifier_score=noisier, baseline_score=ranks_well),
+                                  CHECKPOINT, config, pd.DataFrame(), baseline_model=WEIGHTS,
+                                  patch_classifier_model=payload)
+    assert all(both["candidates_compared"][f"{name}_minus_model_validation_average_precision_interval"][0] > 0
+               for name in ("baseline", "patch_classifier"))
+    assert both["candidates_compared"]["baseline"] > both["candidates_compared"]["patch_classifier"]
+    assert both["candidate"] == "baseline"
+    # a patch classifier no better than the model on validation leaves the model served
+    tied = choose_operating_point(evaluation_scores.assign(patch_classifier_score=evaluation_scores["score"]),
+                                  CHECKPOINT, config, pd.DataFrame(), baseline_model=WEIGHTS,
+                                  patch_classifier_model=payload)
+    assert tied["candidate"] == "model"
+    assert tied["candidates_compared"]["patch_classifier_minus_model_validation_average_precision_interval"][0] <= 0
 
 
 def test_unreachable_target_is_reported_not_hidden():

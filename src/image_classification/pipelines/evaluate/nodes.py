@@ -305,8 +305,9 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
     whichever of the baseline and the patch classifier has the higher mean held-out average
     precision over the folds, since only their thresholds carry over from out-of-fold scores (the
     record says how the model compares, and the run warns when it ranks clearly better); on large
-    data the model, unless the baseline's validation average precision is clearly higher (the lower
-    end of a paired bootstrap interval of the difference above 0). With ``threshold_on`` auto the
+    data the model, unless the baseline's or the patch classifier's validation average precision is
+    clearly higher (the lower end of a paired bootstrap interval of the difference above 0; of two
+    clearly better, the one of higher validation average precision). With ``threshold_on`` auto the
     baseline's and the patch classifier's thresholds are chosen on their out-of-fold scores, five
     times as many images as validation (benchmarks/oof_threshold.py measures what that buys), the
     model's on validation.
@@ -356,12 +357,12 @@ def _served(operating_point: dict) -> str:
 
 
 def _paired_average_precision_interval(evaluation_scores: pd.DataFrame, evaluate: EvaluateConfig,
-                                      seed: int) -> tuple[float, float]:
-    """Percentile bootstrap interval of the baseline's validation AP minus the model's, on the same
-    resampled validation images (``evaluate.bootstrap_samples``, ``evaluate.bootstrap_level``)."""
+                                      seed: int, column: str) -> tuple[float, float]:
+    """Percentile bootstrap interval of one candidate's (``column``) validation AP minus the model's,
+    on the same resampled validation images (``evaluate.bootstrap_samples``, ``evaluate.bootstrap_level``)."""
     rows = evaluation_scores[(evaluation_scores["split"] == "val") & evaluation_scores["score"].notna()
-                             & evaluation_scores["baseline_score"].notna()]
-    targets, model, baseline = (rows[c].to_numpy(float) for c in ("target", "score", "baseline_score"))
+                             & evaluation_scores[column].notna()]
+    targets, model, baseline = (rows[c].to_numpy(float) for c in ("target", "score", column))
     rng, differences = np.random.default_rng(seed), []
     for _ in range(evaluate.bootstrap_samples):
         pick = rng.integers(0, len(rows), len(rows))
@@ -436,15 +437,23 @@ def _operating_candidate(evaluation_scores: pd.DataFrame, out_of_fold_scores: pd
                         "less certain precision")
             logger.warning("Operating point: %s", details)
     else:
+        # large data: validation is big enough to certify the model's threshold, and any other
+        # servable candidate must rank it clearly better there to replace it
+        others = [name for name in ("baseline", "patch_classifier") if name in servable]
         compared = {name: float(average_precision_score(*_scored(evaluation_scores, "val", _COLUMN[name])))
-                    for name in ("model", "baseline") if name in servable}
-        best, measure = "model", "the model, unless the baseline's validation average precision is clearly higher"
+                    for name in ("model", *others)}
+        measure = ("the model, unless the baseline's or the patch classifier's validation average precision is "
+                   "clearly higher")
         details = ", ".join(f"{name} {_format(value)}" for name, value in compared.items())
-        if "baseline" in servable:
-            low, high = _paired_average_precision_interval(evaluation_scores, evaluate, seed)
-            compared["baseline_minus_model_validation_average_precision_interval"] = [low, high]
-            details += f"; baseline minus model {100 * evaluate.bootstrap_level:.0f}% interval [{low:+.4f}, {high:+.4f}]"
-            best = "baseline" if low > 0 else "model"
+        clearly = []
+        for name in others:
+            low, high = _paired_average_precision_interval(evaluation_scores, evaluate, seed, _COLUMN[name])
+            compared[f"{name}_minus_model_validation_average_precision_interval"] = [low, high]
+            details += (f"; {name.replace('_', ' ')} minus model {100 * evaluate.bootstrap_level:.0f}% interval "
+                        f"[{low:+.4f}, {high:+.4f}]")
+            if low > 0:
+                clearly.append(name)
+        best = max(clearly, key=lambda name: compared[name]) if clearly else "model"
     why = f"auto: {measure} ({details})"
     for name, reason in why_not.items():
         why += f"; the {name.replace('_', ' ')} is not served because {reason}"
