@@ -161,10 +161,11 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
     readable = cache.readable[rows]
     if evaluate.patch_classifier and patch_classifier_folds and out_of_fold_scores is not None:
         ensemble = PatchEnsemble.from_payload(patch_classifier_folds)
-        test = readable & (image_index["split"].to_numpy()[rows] == "test")
+        split = image_index["split"].to_numpy()[rows]
+        test = readable & (split == "test")
         scores[test] = ensemble.scores(cache.patches[rows[test]])
         held_out = out_of_fold_scores.set_index("path")["patch_classifier_score"]
-        val = readable & (image_index["split"].to_numpy()[rows] == "val")
+        val = readable & (split == "val")
         scores[val] = held_out.reindex(image_index["path"].to_numpy()[rows[val]]).to_numpy(np.float32)
         logger.info("Patch classifier: the mean of the %d cross-validation fold fits; %d test images scored, "
                     "validation images by the fold fit that did not see them", len(ensemble.members), int(test.sum()))
@@ -362,12 +363,12 @@ def _paired_average_precision_interval(evaluation_scores: pd.DataFrame, evaluate
     on the same resampled validation images (``evaluate.bootstrap_samples``, ``evaluate.bootstrap_level``)."""
     rows = evaluation_scores[(evaluation_scores["split"] == "val") & evaluation_scores["score"].notna()
                              & evaluation_scores[column].notna()]
-    targets, model, baseline = (rows[c].to_numpy(float) for c in ("target", "score", column))
+    targets, model, other = (rows[c].to_numpy(float) for c in ("target", "score", column))
     rng, differences = np.random.default_rng(seed), []
     for _ in range(evaluate.bootstrap_samples):
         pick = rng.integers(0, len(rows), len(rows))
         if 0 < targets[pick].sum() < len(pick):
-            differences.append(average_precision_score(targets[pick], baseline[pick])
+            differences.append(average_precision_score(targets[pick], other[pick])
                                - average_precision_score(targets[pick], model[pick]))
     if not differences:
         return float("nan"), float("nan")
