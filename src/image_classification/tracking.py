@@ -17,6 +17,7 @@ subclass adds what the project needs on top:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -25,7 +26,7 @@ import re
 import warnings
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # before MLflow is imported anywhere: its usage telemetry would try to reach the network
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -48,6 +49,33 @@ from mlflow.types import ColSpec, Schema  # noqa: E402
 from image_classification.hooks import NodeTimes, short_node_name  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+
+class _StoreErrorsReportedByHook(logging.Filter):
+    """Drops MLflow's own log of a database error, traceback and all, while the project's hook is
+    calling MLflow: MLflow raises the error after logging it, and the hook reports it once, in one
+    line that names the store (a full disk or a locked database must not print tracebacks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.depth and record.exc_info)
+
+
+_STORE_ERRORS = _StoreErrorsReportedByHook()
+logging.getLogger("mlflow.store.db.utils").addFilter(_STORE_ERRORS)
+
+
+@contextlib.contextmanager
+def _store_errors_reported_by_hook() -> Iterator[None]:
+    _STORE_ERRORS.depth += 1
+    try:
+        yield
+    finally:
+        _STORE_ERRORS.depth -= 1
+
 
 SWITCH = "IMAGE_CLASSIFICATION_MLFLOW"
 OFF_VALUES = ("0", "off", "false", "no")
@@ -153,8 +181,9 @@ class ProjectMlflowHook(MlflowHook):
         self._is_mlflow_enabled = False
         self.run_id = None
         try:
-            while mlflow.active_run():
-                mlflow.end_run("FAILED")
+            with _store_errors_reported_by_hook():
+                while mlflow.active_run():
+                    mlflow.end_run("FAILED")
         except Exception:  # the store is what failed; nothing more to tell
             pass
 
@@ -198,8 +227,9 @@ class ProjectMlflowHook(MlflowHook):
             logger.info("MLflow tracking is off (%s=%s)", SWITCH, os.environ[SWITCH])
             return
         try:
-            self._anchor_at_project(context)
-            super().after_context_created(context)
+            with _store_errors_reported_by_hook():
+                self._anchor_at_project(context)
+                super().after_context_created(context)
         except Exception as error:
             self._give_up(self._store_uri(context), error)
             return
@@ -214,11 +244,12 @@ class ProjectMlflowHook(MlflowHook):
             self.run_id = None
             return
         try:
-            super().before_pipeline_run(run_params, pipeline, catalog)
-            if self._is_mlflow_enabled:
-                names = run_params.get("pipeline_names") or ["__default__"]
-                mlflow.set_tags({"pipelines": ",".join(names),
-                                 "stage": "all stages" if names == ["__default__"] else "+".join(names)})
+            with _store_errors_reported_by_hook():
+                super().before_pipeline_run(run_params, pipeline, catalog)
+                if self._is_mlflow_enabled:
+                    names = run_params.get("pipeline_names") or ["__default__"]
+                    mlflow.set_tags({"pipelines": ",".join(names),
+                                     "stage": "all stages" if names == ["__default__"] else "+".join(names)})
         except Exception as error:
             self._give_up(self._store_uri(), error)
 
@@ -227,7 +258,9 @@ class ProjectMlflowHook(MlflowHook):
         if not (self._tracking and self._is_mlflow_enabled):
             return
         try:
-            super().before_node_run(node, catalog, {name: _plain(value) for name, value in inputs.items()}, is_async)
+            with _store_errors_reported_by_hook():
+                plain = {name: _plain(value) for name, value in inputs.items()}
+                super().before_node_run(node, catalog, plain, is_async)
         except Exception as error:
             self._give_up(self._store_uri(), error)
 
@@ -243,13 +276,14 @@ class ProjectMlflowHook(MlflowHook):
         if not spec:
             return
         try:
-            if spec.get("metrics"):
-                mlflow.log_metrics(flatten_metrics(data, dataset_name), run_id=self.run_id)
-            path = _saved_path(dataset) if "artifact" in spec or "model_part" in spec else None
-            if path is not None and "artifact" in spec:
-                mlflow.log_artifact(str(path), artifact_path=spec["artifact"], run_id=self.run_id)
-            if path is not None and "model_part" in spec:
-                self._model_parts[spec["model_part"]] = path
+            with _store_errors_reported_by_hook():
+                if spec.get("metrics"):
+                    mlflow.log_metrics(flatten_metrics(data, dataset_name), run_id=self.run_id)
+                path = _saved_path(dataset) if "artifact" in spec or "model_part" in spec else None
+                if path is not None and "artifact" in spec:
+                    mlflow.log_artifact(str(path), artifact_path=spec["artifact"], run_id=self.run_id)
+                if path is not None and "model_part" in spec:
+                    self._model_parts[spec["model_part"]] = path
         except Exception as error:
             self._give_up(self._store_uri(), error)
 
@@ -285,13 +319,14 @@ class ProjectMlflowHook(MlflowHook):
         if not (self._tracking and self._is_mlflow_enabled):
             return
         try:
-            if self._node_times is not None and self._node_times.seconds:
-                # each node's wall time, so that runs compare on speed as on quality
-                mlflow.log_metrics({f"node_seconds.{short_node_name(name)}": round(seconds, 3)
-                                    for name, seconds in self._node_times.seconds.items()}, run_id=self.run_id)
-            self._log_model()
-            super().after_pipeline_run(run_params, pipeline, catalog)
-            self._close_run()
+            with _store_errors_reported_by_hook():
+                if self._node_times is not None and self._node_times.seconds:
+                    # each node's wall time, so that runs compare on speed as on quality
+                    mlflow.log_metrics({f"node_seconds.{short_node_name(name)}": round(seconds, 3)
+                                        for name, seconds in self._node_times.seconds.items()}, run_id=self.run_id)
+                self._log_model()
+                super().after_pipeline_run(run_params, pipeline, catalog)
+                self._close_run()
         except Exception as error:
             self._give_up(self._store_uri(), error)
 
@@ -300,6 +335,7 @@ class ProjectMlflowHook(MlflowHook):
         if not (self._tracking and self._is_mlflow_enabled):
             return
         try:
-            super().on_pipeline_error(error, run_params, pipeline, catalog)  # it closes every run of the thread
+            with _store_errors_reported_by_hook():
+                super().on_pipeline_error(error, run_params, pipeline, catalog)  # it closes every run of the thread
         except Exception as store_error:
             self._give_up(self._store_uri(), store_error)
