@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import re
+import threading
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -53,12 +54,20 @@ logger = logging.getLogger(__name__)
 
 class _StoreErrorsReportedByHook(logging.Filter):
     """Drops MLflow's own log of a database error, traceback and all, while the project's hook is
-    calling MLflow: MLflow raises the error after logging it, and the hook reports it once, in one
-    line that names the store (a full disk or a locked database must not print tracebacks)."""
+    calling MLflow in this thread: MLflow raises the error after logging it, and the hook reports it
+    once, in one line that names the store (a full disk or a locked database must not print tracebacks)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.depth = 0
+        self.calls = threading.local()  # the threaded runner calls the node hooks from its workers
+
+    @property
+    def depth(self) -> int:
+        return getattr(self.calls, "depth", 0)
+
+    @depth.setter
+    def depth(self, value: int) -> None:
+        self.calls.depth = value
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (self.depth and record.exc_info)
