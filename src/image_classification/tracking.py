@@ -196,6 +196,16 @@ class ProjectMlflowHook(MlflowHook):
         except Exception:  # the store is what failed; nothing more to tell
             pass
 
+    @contextlib.contextmanager
+    def _calling_store(self, context: Any = None) -> Iterator[None]:
+        """Around the hook's MLflow calls: a store that fails costs one warning naming it (and MLflow's
+        own log of the error is dropped), never the run."""
+        try:
+            with _store_errors_reported_by_hook():
+                yield
+        except Exception as error:
+            self._give_up(self._store_uri(context), error)
+
     def _close_run(self) -> None:
         """Leave no MLflow run of this pipeline run active. kedro-mlflow reopens the run before every
         node (``nested``, for threaded runners) and MLflow stacks each reopening, but it closes it once:
@@ -220,11 +230,9 @@ class ProjectMlflowHook(MlflowHook):
         """Give kedro-mlflow the project's mlflow.yml with relative store paths under the project, so
         that a session started from another folder (a notebook) tracks into the same store."""
         loader = context.config_loader
-        if "mlflow" not in loader.config_patterns:
-            return  # kedro-mlflow adds its patterns and its defaults then
         try:
             config = loader["mlflow"]
-        except Exception:  # no mlflow.yml: kedro-mlflow's defaults, anchored by kedro-mlflow
+        except Exception:  # no mlflow.yml (or no pattern for it): kedro-mlflow's defaults, which it anchors
             return
         loader["mlflow"] = _anchored_config(config, Path(context.project_path))
 
@@ -235,14 +243,10 @@ class ProjectMlflowHook(MlflowHook):
         if tracking_switched_off():
             logger.info("MLflow tracking is off (%s=%s)", SWITCH, os.environ[SWITCH])
             return
-        try:
-            with _store_errors_reported_by_hook():
-                self._anchor_at_project(context)
-                super().after_context_created(context)
-        except Exception as error:
-            self._give_up(self._store_uri(context), error)
-            return
-        self._tracking = True
+        with self._calling_store(context):
+            self._anchor_at_project(context)
+            super().after_context_created(context)
+            self._tracking = True
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -252,26 +256,19 @@ class ProjectMlflowHook(MlflowHook):
             self._is_mlflow_enabled = False
             self.run_id = None
             return
-        try:
-            with _store_errors_reported_by_hook():
-                super().before_pipeline_run(run_params, pipeline, catalog)
-                if self._is_mlflow_enabled:
-                    names = run_params.get("pipeline_names") or ["__default__"]
-                    mlflow.set_tags({"pipelines": ",".join(names),
-                                     "stage": "all stages" if names == ["__default__"] else "+".join(names)})
-        except Exception as error:
-            self._give_up(self._store_uri(), error)
+        with self._calling_store():
+            super().before_pipeline_run(run_params, pipeline, catalog)
+            if self._is_mlflow_enabled:
+                names = run_params.get("pipeline_names") or ["__default__"]
+                mlflow.set_tags({"pipelines": ",".join(names),
+                                 "stage": "all stages" if names == ["__default__"] else "+".join(names)})
 
     @hook_impl
     def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:
         if not (self._tracking and self._is_mlflow_enabled):
             return
-        try:
-            with _store_errors_reported_by_hook():
-                plain = {name: _plain(value) for name, value in inputs.items()}
-                super().before_node_run(node, catalog, plain, is_async)
-        except Exception as error:
-            self._give_up(self._store_uri(), error)
+        with self._calling_store():
+            super().before_node_run(node, catalog, {name: _plain(value) for name, value in inputs.items()}, is_async)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
@@ -284,17 +281,14 @@ class ProjectMlflowHook(MlflowHook):
         spec = (getattr(dataset, "metadata", None) or {}).get("mlflow") or {}
         if not spec:
             return
-        try:
-            with _store_errors_reported_by_hook():
-                if spec.get("metrics"):
-                    mlflow.log_metrics(flatten_metrics(data, dataset_name), run_id=self.run_id)
-                path = _saved_path(dataset) if "artifact" in spec or "model_part" in spec else None
-                if path is not None and "artifact" in spec:
-                    mlflow.log_artifact(str(path), artifact_path=spec["artifact"], run_id=self.run_id)
-                if path is not None and "model_part" in spec:
-                    self._model_parts[spec["model_part"]] = path
-        except Exception as error:
-            self._give_up(self._store_uri(), error)
+        with self._calling_store():
+            if spec.get("metrics"):
+                mlflow.log_metrics(flatten_metrics(data, dataset_name), run_id=self.run_id)
+            path = _saved_path(dataset) if "artifact" in spec or "model_part" in spec else None
+            if path is not None and "artifact" in spec:
+                mlflow.log_artifact(str(path), artifact_path=spec["artifact"], run_id=self.run_id)
+            if path is not None and "model_part" in spec:
+                self._model_parts[spec["model_part"]] = path
 
     def _log_model(self) -> None:
         """When the run chose an operating point: the pyfunc model of it and its checkpoint, registered."""
@@ -327,24 +321,18 @@ class ProjectMlflowHook(MlflowHook):
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         if not (self._tracking and self._is_mlflow_enabled):
             return
-        try:
-            with _store_errors_reported_by_hook():
-                if self._node_times is not None and self._node_times.seconds:
-                    # each node's wall time, so that runs compare on speed as on quality
-                    mlflow.log_metrics({f"node_seconds.{short_node_name(name)}": round(seconds, 3)
-                                        for name, seconds in self._node_times.seconds.items()}, run_id=self.run_id)
-                self._log_model()
-                super().after_pipeline_run(run_params, pipeline, catalog)
-                self._close_run()
-        except Exception as error:
-            self._give_up(self._store_uri(), error)
+        with self._calling_store():
+            if self._node_times is not None and self._node_times.seconds:
+                # each node's wall time, so that runs compare on speed as on quality
+                mlflow.log_metrics({f"node_seconds.{short_node_name(name)}": round(seconds, 3)
+                                    for name, seconds in self._node_times.seconds.items()}, run_id=self.run_id)
+            self._log_model()
+            super().after_pipeline_run(run_params, pipeline, catalog)
+            self._close_run()
 
     @hook_impl
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         if not (self._tracking and self._is_mlflow_enabled):
             return
-        try:
-            with _store_errors_reported_by_hook():
-                super().on_pipeline_error(error, run_params, pipeline, catalog)  # it closes every run of the thread
-        except Exception as store_error:
-            self._give_up(self._store_uri(), store_error)
+        with self._calling_store():
+            super().on_pipeline_error(error, run_params, pipeline, catalog)  # it closes every run of the thread
