@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -81,16 +83,21 @@ def test_feature_cache_round_trip_and_readable():
     assert again.readable.tolist() == [True, True, True, False]
 
 
-@pytest.mark.parametrize("change", ["index", "backbone", "head_input", "weights"])
+@pytest.mark.parametrize("change", ["index", "backbone", "head_input", "weights", "input_size"])
 def test_a_stale_feature_cache_is_refused_and_says_to_rerun_train(change):
     index = index_of(4)
-    cache = feature_cache(index, "abc")
-    arguments = {"image_index": index, "backbone": BACKBONE, "head_input_mode": "pooled", "backbone_sha256": "abc"}
+    cache = dataclasses.replace(feature_cache(index, "abc"), input_size=128)
+    cache = FeatureCache.from_payload(cache.to_payload())
+    arguments = {"image_index": index, "backbone": BACKBONE, "head_input_mode": "pooled", "backbone_sha256": "abc",
+                 "input_size": 128}
     assert cache.check(**arguments) is cache
     arguments |= {"index": {"image_index": index_of(4, salt="f")}, "backbone": {"backbone": "mobilenet_v2"},
-                  "head_input": {"head_input_mode": "corner"}, "weights": {"backbone_sha256": "xyz"}}[change]
-    with pytest.raises(DataError, match="kedro run --pipelines train"):
+                  "head_input": {"head_input_mode": "corner"}, "weights": {"backbone_sha256": "xyz"},
+                  "input_size": {"input_size": 224}}[change]
+    with pytest.raises(DataError, match="kedro run --pipelines train") as refused:
         cache.check(**arguments)
+    if change == "input_size":
+        assert "input size 224 px, not 128" in str(refused.value)
 
 
 def scored_index(index: pd.DataFrame, checkpoint: Checkpoint) -> ScoredIndex:

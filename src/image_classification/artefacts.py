@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from image_classification.errors import DataError
-from image_classification.backbones import build_backbone
+from image_classification.backbones import BackboneSpec, backbone_spec, build_backbone
 from image_classification.model import ClassifierHead, ImageClassifier
 
 INDEX_COLUMNS = ["path", "split", "label", "kind", "target"]
@@ -108,6 +108,11 @@ class Checkpoint:
     def to_payload(self) -> dict:
         return {"tensors": self.tensors, "metadata": self.metadata}
 
+    @property
+    def spec(self) -> BackboneSpec:
+        """The backbone's spec at the input size this model was trained at."""
+        return backbone_spec(self.backbone).at_input_size(self.input_size)
+
     def model(self) -> ImageClassifier:
         """The trained model, in eval mode; no pretrained file is needed (every weight is here)."""
         model = ImageClassifier(build_backbone(self.backbone, weights="none"), ClassifierHead(**self.head),
@@ -164,6 +169,7 @@ class FeatureCache:
     errors: list[str]
     backbone_sha256: str | None = None  # caches written before it was recorded have none
     patches: torch.Tensor | None = None
+    input_size: int | None = None  # the side images were resized to; caches written before have none
 
     @classmethod
     def from_payload(cls, payload: dict) -> FeatureCache:
@@ -175,7 +181,7 @@ class FeatureCache:
             # caches written before head_input was recorded hold the corner input
             head_input_mode=metadata.get("head_input", "corner"),
             paths=list(metadata["paths"]), sha256=list(metadata["sha256"]), errors=list(metadata["errors"]),
-            backbone_sha256=metadata.get("backbone_sha256"),
+            backbone_sha256=metadata.get("backbone_sha256"), input_size=metadata.get("input_size"),
         )
 
     def to_payload(self) -> dict:
@@ -186,7 +192,7 @@ class FeatureCache:
             "tensors": tensors,
             "metadata": {"backbone": self.backbone, "weights": self.weights, "head_input": self.head_input_mode,
                          "paths": self.paths, "sha256": self.sha256, "errors": self.errors,
-                         "backbone_sha256": self.backbone_sha256},
+                         "backbone_sha256": self.backbone_sha256, "input_size": self.input_size},
         }
 
     @property
@@ -200,16 +206,19 @@ class FeatureCache:
         return self.check(image_index, self.backbone, self.head_input_mode)
 
     def check(self, image_index: pd.DataFrame, backbone: str, head_input_mode: str,
-              backbone_sha256: str | None = None) -> FeatureCache:
+              backbone_sha256: str | None = None, input_size: int | None = None) -> FeatureCache:
         """This cache, if it was computed for these images (in order), this backbone (these very
-        weights, when both sides record them) and this head input; else a :class:`DataError`."""
+        weights and input size, when both sides record them) and this head input; else a
+        :class:`DataError`."""
         same_weights = None in (backbone_sha256, self.backbone_sha256) or backbone_sha256 == self.backbone_sha256
+        same_size = None in (input_size, self.input_size) or int(input_size) == int(self.input_size)
         if not (_index_rows_match(self.sha256, image_index) and self.backbone == backbone
-                and self.head_input_mode == head_input_mode and same_weights):
+                and self.head_input_mode == head_input_mode and same_weights and same_size):
             raise DataError(
                 f"backbone_features were computed for another image index or backbone ({self.backbone}, "
                 f"head_input {self.head_input_mode}, {len(self.sha256)} images; now {backbone}, head_input "
-                f"{head_input_mode}, {len(image_index)} images{'' if same_weights else ', other weights'}); "
+                f"{head_input_mode}, {len(image_index)} images{'' if same_weights else ', other weights'}"
+                f"{'' if same_size else f', input size {input_size} px, not {self.input_size}'}); "
                 "run `kedro run --pipelines train` to recompute them")
         return self
 

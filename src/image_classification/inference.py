@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
-from image_classification.backbones import BackboneSpec, backbone_spec
+from image_classification.backbones import BackboneSpec
 from image_classification.distributed import (
     DaskMap,
     DaskSettings,
@@ -321,7 +321,7 @@ def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtim
                       float(runtime.get("parity_tolerance", 1e-4)), "scores")
     parts: list[list[torch.Tensor]] = [[], [], []]
     errors: list[str] = []
-    loader = image_loader(paths, backbone_spec(checkpoint.backbone), int(runtime["batch_size"]), int(runtime["workers"]),
+    loader = image_loader(paths, checkpoint.spec, int(runtime["batch_size"]), int(runtime["workers"]),
                           sha256=image_index["sha256"].tolist())
     for images, reasons in tqdm(loader, desc="Scoring", unit="batch", leave=False):
         for part, output in zip(parts, run(images, reasons)):

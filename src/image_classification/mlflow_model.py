@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 
 from image_classification.artefacts import Checkpoint, OperatingPoint
-from image_classification.backbones import backbone_spec
 from image_classification.datasets import SafetensorsDataset
 from image_classification.inference import model_outputs
 
@@ -33,7 +32,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         paths = [str(path) for path in model_input["path"]]
-        outputs = model_outputs(self.checkpoint.model(), paths, backbone_spec(self.checkpoint.backbone),
+        outputs = model_outputs(self.checkpoint.model(), paths, self.checkpoint.spec,
                                 torch.device("cpu"), patch_grid=self.operating_point.patch_grid)
         readable = np.array([not error for error in outputs["errors"]], dtype=bool)
         scores = self.operating_point.scores(np.where(readable, outputs["score"], np.nan), outputs["features"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_CHOICES = ("imagenet", "none")
+MIN_INPUT_SIZE = 32  # every registered backbone's overall stride
 
 
 def _unchanged(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -63,6 +64,16 @@ class BackboneSpec:
     weights_origin: str
     fix_it: str
     convert: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] = _unchanged
+
+    def at_input_size(self, input_size: int | None) -> BackboneSpec:
+        """This spec with images resized to ``input_size`` (None: the backbone's own) and the map
+        side that follows from the backbone's overall stride of 32 (padded convolutions round up)."""
+        if input_size is None or int(input_size) == self.input_size:
+            return self
+        if int(input_size) < MIN_INPUT_SIZE:
+            raise ParameterError(f"model.input_size must be at least {MIN_INPUT_SIZE} pixels (the backbone's "
+                                 f"stride), got {input_size}; use null for {self.name}'s own {self.input_size}")
+        return replace(self, input_size=int(input_size), feature_size=-(-int(input_size) // MIN_INPUT_SIZE))
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -21,9 +21,11 @@ class ModelConfig:
     weights: str = "imagenet"
     weights_path: str | None = None
     head_input: str = "pooled"
+    # the side images are resized to; None keeps the backbone's own (224 for efficientnet_lite0)
+    input_size: int | None = None
 
     def __post_init__(self) -> None:
-        spec = backbone_spec(self.backbone)
+        spec = self.spec
         if self.head_input not in HEAD_INPUTS:
             raise ParameterError(f"model.head_input must be one of {HEAD_INPUTS}, got '{self.head_input}'")
         if self.head_input == "corner":
@@ -39,4 +41,4 @@ class ModelConfig:
 
     @property
     def spec(self) -> BackboneSpec:
-        return backbone_spec(self.backbone)
+        return backbone_spec(self.backbone).at_input_size(self.input_size)

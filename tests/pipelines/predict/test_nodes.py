@@ -85,6 +85,25 @@ def test_labels_follow_the_saved_threshold_not_a_constant(mixed_folder):
     assert (invalid["anomaly_flag"] == (-confidence > -0.75)).all()
 
 
+def test_a_model_trained_at_another_input_size_is_scored_at_that_size(mixed_folder):
+    """A checkpoint records model.input_size; predict resizes images to it, not to the backbone's own."""
+    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")
+    config = PredictConfig(backend="torch", workers=0, batch_size=4)
+    payload = tiny_checkpoint()
+    small = {"tensors": payload["tensors"], "metadata": payload["metadata"] | {"input_size": 96}}
+    checkpoint = Checkpoint.from_payload(small)
+    readable = (images["error"] == "").to_numpy()
+    paths = images.loc[readable, "path"].tolist()
+    at_96 = model_outputs(checkpoint.model(), paths, checkpoint.spec, torch.device("cpu"))
+    at_224 = model_outputs(checkpoint.model(), paths, backbone_spec(checkpoint.backbone), torch.device("cpu"))
+    ok = np.array([not error for error in at_96["errors"]])
+    table, _ = predict_images(small, b"", NO_EXPORT, knn_detector_payload(threshold=10.0), {"threshold": 0.5},
+                              images, config)
+    scored = table["error"] == ""
+    assert scored.sum() == ok.sum() >= 4
+    np.testing.assert_allclose(table.loc[scored, "score"], at_96["score"][ok], atol=1e-5)
+    assert np.abs(at_96["score"][ok] - at_224["score"][ok]).max() > 1e-3
+
 def test_spreadsheet_table_has_blanks_for_missing_values():
     predictions = pd.DataFrame({"path": ["a.jpg", "b.txt"], "score": [0.1234567891, np.nan],
                                 "predicted_label": pd.array(["invalid", pd.NA], dtype="string"),

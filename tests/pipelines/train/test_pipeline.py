@@ -52,11 +52,12 @@ def make_image_index(folder) -> pd.DataFrame:
 
 
 def run_train_pipeline(index: pd.DataFrame, store: MemoryStore, trainable_blocks: int, epochs: int,
-                       backend: str = "auto", fine_class_weight: float = 0.0, augment: str = "none") -> DataCatalog:
+                       backend: str = "auto", fine_class_weight: float = 0.0, augment: str = "none",
+                       input_size: int | None = None) -> DataCatalog:
     inputs = {
         "image_index": index,
         # typed parameters: Kedro builds these dataclasses before a session runs; a bare runner does not
-        "params:model": ModelConfig(backbone="efficientnet_lite0", weights="none"),
+        "params:model": ModelConfig(backbone="efficientnet_lite0", weights="none", input_size=input_size),
         "params:train": TrainConfig(epochs=epochs, batch_size=4, patience=None, save_state_every_s=0,
                                     trainable_blocks=trainable_blocks, workers=0, fine_class_weight=fine_class_weight,
                                     augment=augment),
@@ -174,3 +175,23 @@ def test_fine_tuning_with_inspection_augmentation_trains_on_turned_and_jittered_
     with caplog.at_level("WARNING"):
         run_train_pipeline(index, MemoryStore(), trainable_blocks=0, epochs=1, augment="inspection")
     assert "train.augment=inspection has no effect with a frozen backbone" in caplog.text
+
+
+def test_a_chosen_input_size_reaches_the_feature_cache_the_fine_tuning_and_the_checkpoint(tmp_path):
+    """model.input_size: the cache records the size its features were computed at, fine-tuning reads
+    the images at it, and the checkpoint says so, so that the score stage and predict resize as
+    training did; a cache of another size is refused."""
+    from image_classification.artefacts import Checkpoint, FeatureCache
+    from image_classification.errors import DataError
+
+    index = make_image_index(tmp_path / "images")
+    catalog = run_train_pipeline(index, MemoryStore(), trainable_blocks=1, epochs=1, backend="torch", input_size=64)
+    features = catalog.load("backbone_features")
+    assert features["metadata"]["input_size"] == 64
+    assert features["tensors"]["head_input"].shape == (len(index), 1280, 4, 4)
+    checkpoint = Checkpoint.from_payload(catalog.load("model_checkpoint"))
+    assert checkpoint.input_size == 64 and checkpoint.spec.input_size == 64 and checkpoint.spec.feature_size == 2
+    default = run_train_pipeline(index, MemoryStore(), trainable_blocks=0, epochs=1).load("backbone_features")
+    assert default["metadata"]["input_size"] == 224
+    with pytest.raises(DataError, match="input size 64 px, not 224"):
+        FeatureCache.from_payload(default).check(index, "efficientnet_lite0", "pooled", input_size=64)

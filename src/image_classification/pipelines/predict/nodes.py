@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from image_classification.anomaly import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint, OperatingPoint
-from image_classification.backbones import BackboneSpec, backbone_spec
+from image_classification.backbones import BackboneSpec
 from image_classification.distributed import (
     DaskMap,
     DaskSettings,
@@ -108,7 +108,7 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
     if mismatch:
         return report | {"passed": False, "reason": f"the ONNX model cannot serve the operating point's "
                          f"{point.candidate} score: {mismatch}; run `kedro run --pipelines predict` to export it again"}
-    spec = backbone_spec(checkpoint.backbone)
+    spec = checkpoint.spec
     candidates = prediction_images.loc[prediction_images["error"].fillna("") == "", "path"].tolist()
     images = _first_readable(candidates, spec, predict.parity_images, predict)
     if not len(images):
@@ -159,7 +159,7 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     else:
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device, point.patch_grid)
-        outputs = _stream_scores(backend, paths, backbone_spec(checkpoint.backbone), detector.restore(),
+        outputs = _stream_scores(backend, paths, checkpoint.spec, detector.restore(),
                                  detector.space, point, predict)
     seconds = time.perf_counter() - started
     table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold)
@@ -181,7 +181,7 @@ def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> di
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         point = OperatingPoint.from_payload(model["operating_point"])
         backend = _backend(checkpoint, model["onnx"], model["parity"], predict, device, point.patch_grid)
-        return backend, detector.restore(), detector.space, backbone_spec(checkpoint.backbone), point
+        return backend, detector.restore(), detector.space, checkpoint.spec, point
 
     backend, detector, space, spec, point = worker_cached(f"predict-{model['key']}", build)
     return _stream_scores(backend, paths, spec, detector, space, point, predict, progress=False) | {

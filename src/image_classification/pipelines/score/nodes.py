@@ -30,7 +30,7 @@ def score_index(model_checkpoint: dict, backbone_features: dict, image_index: pd
     checkpoint = Checkpoint.from_payload(model_checkpoint)
     if checkpoint.fine_tuned_blocks == 0:
         cache = FeatureCache.from_payload(backbone_features).check(
-            image_index, checkpoint.backbone, checkpoint.head_input, checkpoint.backbone_sha256())
+            image_index, checkpoint.backbone, checkpoint.head_input, checkpoint.backbone_sha256(), checkpoint.input_size)
         scored = scores_from_cache(checkpoint, cache, torch_device(runtime))
     else:
         scored = scores_from_images(checkpoint, image_index, runtime)

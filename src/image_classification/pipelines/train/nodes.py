@@ -65,7 +65,7 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dic
         head_input=features["head_input"], pooled=features["pooled"], backbone=model.backbone, weights=model.weights,
         head_input_mode=model.head_input, paths=image_index["path"].tolist(), sha256=image_index["sha256"].tolist(),
         errors=features["errors"], backbone_sha256=tensors_sha256(backbone.cpu().state_dict()),
-        patches=features.get("patches"),
+        patches=features.get("patches"), input_size=model.spec.input_size,
     )
     return cache.to_payload()
 
@@ -92,7 +92,8 @@ def train_classifier(
     device = torch_device(runtime)
     backbone = _seeded_backbone(model, seed)
     cache = FeatureCache.from_payload(backbone_features).check(image_index, model.backbone, model.head_input,
-                                                               tensors_sha256(backbone.state_dict()))
+                                                               tensors_sha256(backbone.state_dict()),
+                                                               model.spec.input_size)
     rows = {split: np.flatnonzero(cache.readable & (image_index["split"] == split).to_numpy())
             for split in ("train", "val")}
     targets = {split: image_index["target"].to_numpy()[rows[split]].astype(int) for split in rows}
