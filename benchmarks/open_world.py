@@ -25,6 +25,9 @@ fused flag (fisher) keeping 98% of the accepted valid validation images.
     python benchmarks/open_world.py --quick         # 2 seeds, 3 epochs: a smoke run
     python benchmarks/open_world.py --seeds 42 --heads fine --fine-tune 1   # the last backbone block
         # fine-tuned (train.trainable_blocks, augment flip) with the fine-class output (~5 min per seed on 2 cores)
+    python benchmarks/open_world.py --seeds 42 --heads fine --fine-tune 9 --input-size 128 --augment photo \
+        --schedule one_cycle --backbone-lr 3e-4 --patience none --epochs 15 --cache /tmp/ow128.safetensors
+        # the whole backbone, at 128 px (model.input_size), one-cycle rates (~10 min per seed)
 
 The backbone features are cached in --cache (default /tmp/open_world_features.safetensors).
 """
@@ -120,7 +123,8 @@ def cached_features(index: pd.DataFrame, model: ModelConfig, runtime: dict, trai
     dataset = SafetensorsDataset(filepath=str(cache))
     if cache.is_file():
         payload = dataset.load()
-        if payload["metadata"]["sha256"] == index["sha256"].tolist():
+        if (payload["metadata"]["sha256"] == index["sha256"].tolist()
+                and payload["metadata"].get("input_size") == model.spec.input_size):
             print(f"features from {cache}")
             return payload
     start = time.perf_counter()
@@ -203,6 +207,12 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", choices=["binary", "fine"], default=["binary", "fine"])
     parser.add_argument("--fine-tune", type=int, default=0, metavar="BLOCKS",
                         help="fine-tune this many last backbone blocks (train.trainable_blocks) with augment flip")
+    parser.add_argument("--augment", default="flip", help="train.augment when fine-tuning (default flip)")
+    parser.add_argument("--schedule", default="constant", help="train.schedule (default constant)")
+    parser.add_argument("--input-size", type=int, help="model.input_size (default: the backbone's own)")
+    parser.add_argument("--backbone-lr", type=float, help="train.backbone_learning_rate (default: the project's)")
+    parser.add_argument("--patience", type=lambda v: None if v == "none" else int(v), default=5,
+                        help="train.patience, or none (default 5)")
     parser.add_argument("--report", type=Path, help="print the report of a CSV that --out wrote, and stop")
     args = parser.parse_args()
     if args.report:
@@ -214,11 +224,13 @@ def main() -> None:
     seeds, epochs = (args.seeds[:2], 3) if args.quick else (args.seeds, args.epochs)
     logging.basicConfig(level=logging.WARNING)
     params = parameters()
-    model = ModelConfig(**params["model"])
+    model = ModelConfig(**params["model"] | {"input_size": args.input_size})
     runtime = dict(params["runtime"]) | {"dask": None}
-    train = TrainConfig(**{**params["train"], "epochs": epochs})
+    train = TrainConfig(**{**params["train"], "epochs": epochs, "patience": args.patience, "schedule": args.schedule})
     if args.fine_tune:
-        train = dataclasses.replace(train, trainable_blocks=args.fine_tune, augment="flip")
+        train = dataclasses.replace(train, trainable_blocks=args.fine_tune, augment=args.augment)
+    if args.backbone_lr is not None:
+        train = dataclasses.replace(train, backbone_learning_rate=args.backbone_lr)
     rows = []
     start = time.perf_counter()
     for seed, index in split_indices(params, seeds):
@@ -227,6 +239,7 @@ def main() -> None:
             if head not in args.heads:
                 continue
             label = f"{head}, {args.fine_tune} block(s) fine-tuned" if args.fine_tune else head
+            label += f", {model.spec.input_size} px" if args.input_size else ""
             head_rows = one_head(index, features, params, model, runtime,
                                  dataclasses.replace(train, fine_class_weight=weight), seed)
             rows += [row | {"head": label, "seed": seed} for row in head_rows]

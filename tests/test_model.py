@@ -164,8 +164,30 @@ def test_inspection_augmentation_draws_every_symmetry_of_the_square_and_jitters_
     assert all(low <= b <= high for b in backgrounds), (low, high, sorted(backgrounds)[:3], sorted(backgrounds)[-3:])
 
 
+def test_photo_augmentation_flips_and_shifts_by_at_most_an_eighth_mirroring_the_edge() -> None:
+    """A photo's subject may sit anywhere and face either way: ``photo`` shows it flipped and moved
+    by up to an eighth of the side, the gap filled with the mirrored edge rather than black."""
+    from image_classification.model import RandomShift
+
+    pixels = np.zeros((32, 32), dtype=np.uint8)
+    pixels[:, 16:] = np.arange(16, dtype=np.uint8)[None, :] * 10 + 50  # a ramp on the right half
+    image = Image.fromarray(pixels, mode="L")
+    shift = RandomShift()
+    offsets = set()
+    for _ in range(300):
+        shifted = np.asarray(shift(image))
+        assert shifted.shape == (32, 32)
+        column = int(np.argmax(shifted[0] > 0))  # where the ramp starts now: shifted by up to 4 of 32
+        offsets.add(column - 16)
+        assert shifted.min() == 0 and shifted.max() > 0
+    assert offsets == set(range(-4, 5))
+    transform = preprocess_transform(backbone_spec("efficientnet_lite0"), "photo")
+    mirrored = {bool(transform(image)[0, :, :50].mean() > transform(image)[0, :, -50:].mean()) for _ in range(60)}
+    assert mirrored == {True, False}  # the ramp ends up on either side
+
+
 def test_an_unknown_augmentation_is_refused_with_the_choices() -> None:
-    with pytest.raises(ParameterError, match="train.augment must be one of none, flip, inspection"):
+    with pytest.raises(ParameterError, match="train.augment must be one of none, flip, inspection, photo"):
         preprocess_transform(backbone_spec("efficientnet_lite0"), "rotate")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -192,8 +193,9 @@ def test_no_early_stopping_when_patience_is_none():
 # ----------------------------------------------------------------------------- resume
 
 
-def test_a_crashed_run_resumes_after_its_last_saved_epoch_and_ends_like_an_uninterrupted_one(caplog):
-    config = TrainConfig(epochs=5, batch_size=8, patience=None, save_state_every_s=0)
+@pytest.mark.parametrize("schedule", ["constant", "one_cycle"])
+def test_a_crashed_run_resumes_after_its_last_saved_epoch_and_ends_like_an_uninterrupted_one(caplog, schedule):
+    config = TrainConfig(epochs=5, batch_size=8, patience=None, save_state_every_s=0, schedule=schedule)
     uninterrupted = Feeds().fit(config)
 
     store = MemoryStore(crash_after_epoch=3)
@@ -263,7 +265,8 @@ def test_class_weight_tensor():
         ({"patience": 0}, "patience"),
         ({"learning_rate": 0.0}, "learning_rate"),
         ({"backbone_learning_rate": -1e-4}, "backbone_learning_rate"),
-        ({"augment": "rotate"}, "train.augment must be one of none, flip, inspection"),
+        ({"augment": "rotate"}, "train.augment must be one of none, flip, inspection, photo"),
+        ({"schedule": "cosine"}, "train.schedule must be one of constant, one_cycle, got 'cosine'"),
     ],
 )
 def test_train_config_rejects_bad_values(settings, message):
@@ -314,3 +317,34 @@ def test_an_auxiliary_fine_class_output_learns_the_finer_classes_it_is_given():
         assert with_fine(inputs).shape == (96, 2)  # the valid/invalid output is still the model's output
     with pytest.raises(ValueError, match="fine_class_weight"):
         TrainConfig(fine_class_weight=-1)
+
+
+def test_one_cycle_warms_up_then_anneals_every_rate_and_constant_keeps_them():
+    from image_classification.parameters.train import schedule_factor
+
+    assert {schedule_factor("constant", p) for p in (0.0, 0.5, 1.0)} == {1.0}
+    curve = [schedule_factor("one_cycle", step / 100) for step in range(101)]
+    assert curve[0] == pytest.approx(1 / 25) and curve[15] == pytest.approx(1.0) and curve[100] == pytest.approx(0.0)
+    assert all(a < b for a, b in zip(curve[:15], curve[1:16]))  # warm-up
+    assert all(a > b for a, b in zip(curve[15:100], curve[16:101]))  # annealing
+
+
+def test_one_cycle_moves_the_rates_of_the_steps_and_trains_other_weights_than_constant():
+    """Each step runs at its scheduled rates, the backbone's and the head's alike."""
+    rates: list[float] = []
+    original = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    config = TrainConfig(epochs=4, batch_size=8, patience=None, save_state_every_s=0, schedule="one_cycle")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.Adam, "step", recording_step)
+        cycled = Feeds().fit(config)
+    assert len(rates) == 16  # 32 images in batches of 8, 4 epochs
+    peak = config.learning_rate
+    assert rates[0] == pytest.approx(peak / 25) and max(rates) <= peak and rates[-1] < peak / 10
+    assert rates.index(max(rates)) in (2, 3)  # the warm-up ends 15% of the way in
+    constant = Feeds().fit(dataclasses.replace(config, schedule="constant"))
+    assert not torch.equal(cycled[0]["layers.0.weight"], constant[0]["layers.0.weight"])

@@ -67,11 +67,31 @@ class ToModelInput(nn.Module):
         return torch.from_numpy(out)
 
 
-AUGMENTATIONS = ("none", "flip", "inspection")
+AUGMENTATIONS = ("none", "flip", "inspection", "photo")
 """What fine-tuning may do to a training image (``train.augment``): ``none``; ``flip``, a random
 horizontal flip (for photos, where up is up); ``inspection``, for photos of parts taken from above:
 a random one of the eight flips and quarter turns of the square, then mild brightness and contrast
-jitter (factors 0.8-1.2), because a part's defect is a defect in any orientation and light."""
+jitter (factors 0.8-1.2), because a part's defect is a defect in any orientation and light; ``photo``,
+a random horizontal flip and a random shift of up to an eighth of the side (the edge mirrored into the
+gap), for photos whose subject may sit anywhere in the frame."""
+
+
+class RandomShift(nn.Module):
+    """Shift a PIL image by up to ``fraction`` of its sides at random, mirroring the edge into the gap:
+    pad both sides by that much (reflected), then crop a window of the original size at random."""
+
+    def __init__(self, fraction: float = 0.125) -> None:
+        super().__init__()
+        self.fraction = fraction
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        pad_x, pad_y = round(width * self.fraction), round(height * self.fraction)
+        if not (pad_x or pad_y):
+            return image
+        left, top = (int(torch.randint(2 * pad + 1, ())) for pad in (pad_x, pad_y))
+        padded = v2.functional.pad(image, [pad_x, pad_y], padding_mode="reflect")
+        return padded.crop((left, top, left + width, top + height))
 
 
 class RandomQuarterTurn(nn.Module):
@@ -94,6 +114,8 @@ def augmentation(augment: str) -> list[nn.Module]:
         return [v2.RandomHorizontalFlip()]
     if augment == "inspection":
         return [v2.RandomHorizontalFlip(), RandomQuarterTurn(), v2.ColorJitter(brightness=0.2, contrast=0.2)]
+    if augment == "photo":
+        return [v2.RandomHorizontalFlip(), RandomShift()]
     return []
 
 

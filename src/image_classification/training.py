@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from image_classification.errors import DataError
 from image_classification.metrics import validation_score
-from image_classification.parameters.train import TrainConfig
+from image_classification.parameters.train import TrainConfig, schedule_factor
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ def fit(
     """
     model = model.to(device)
     optimizer = _optimizer(model, config)
+    # the schedule is a pure function of the step, so a resumed run continues on the same curve
+    base_rates = [group["lr"] for group in optimizer.param_groups]
+    steps_per_epoch = max(1, math.ceil(len(train_targets) / config.batch_size))
     weights = class_weight_tensor(train_targets, config.class_weights)
     loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -150,7 +154,10 @@ def fit(
         torch.manual_seed(seed * 1009 + epoch)  # dropout draws depend on the epoch only: resumable
         model.train()
         total, count = 0.0, 0
-        for inputs, targets in train_batches(epoch):
+        for step, (inputs, targets) in enumerate(train_batches(epoch)):
+            done = ((epoch - 1) * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
+            for group, rate in zip(optimizer.param_groups, base_rates):
+                group["lr"] = rate * schedule_factor(config.schedule, done)
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = _loss(model, inputs, targets, loss_fn, config.fine_class_weight)
