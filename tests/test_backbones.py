@@ -105,8 +105,10 @@ def test_model_input_size_is_checked_when_parameters_load() -> None:
 
     assert ModelConfig(weights="none", input_size=128).spec.input_size == 128
     assert ModelConfig(weights="none").spec.input_size == 224
-    with pytest.raises(ParameterError, match="model.input_size must be at least 32 pixels.*got 16.*null"):
-        ModelConfig(weights="none", input_size=16)
+    for wrong in (16, 128.5, "large", True):
+        with pytest.raises(ParameterError, match=f"model.input_size must be a whole number of pixels, at least 32.*"
+                                                 f"got {wrong!r}.*null"):
+            ModelConfig(weights="none", input_size=wrong)
     # the original head's corner needs a 4x4 to 7x7 map: 96 px gives 3x3
     with pytest.raises(ParameterError, match="3x3"):
         ModelConfig(weights="none", head_input="corner", input_size=96)

@@ -68,12 +68,13 @@ class BackboneSpec:
     def at_input_size(self, input_size: int | None) -> BackboneSpec:
         """This spec with images resized to ``input_size`` (None: the backbone's own) and the map
         side that follows from the backbone's overall stride of 32 (padded convolutions round up)."""
-        if input_size is None or int(input_size) == self.input_size:
+        if input_size is None or input_size == self.input_size:
             return self
-        if int(input_size) < MIN_INPUT_SIZE:
-            raise ParameterError(f"model.input_size must be at least {MIN_INPUT_SIZE} pixels (the backbone's "
-                                 f"stride), got {input_size}; use null for {self.name}'s own {self.input_size}")
-        return replace(self, input_size=int(input_size), feature_size=-(-int(input_size) // MIN_INPUT_SIZE))
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < MIN_INPUT_SIZE:
+            raise ParameterError(f"model.input_size must be a whole number of pixels, at least {MIN_INPUT_SIZE} (the "
+                                 f"backbone's stride), got {input_size!r}; use null for {self.name}'s own "
+                                 f"{self.input_size}")
+        return replace(self, input_size=input_size, feature_size=-(-input_size // MIN_INPUT_SIZE))
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
