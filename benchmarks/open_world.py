@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/open_world_features.safetensors"))
     parser.add_argument("--heads", nargs="+", choices=["binary", "fine"], default=["binary", "fine"])
     parser.add_argument("--fine-tune", type=int, default=0, metavar="BLOCKS",
-                        help="fine-tune this many last backbone blocks (train.trainable_blocks) with augment flip")
+                        help="fine-tune this many last backbone blocks (train.trainable_blocks) with --augment")
     parser.add_argument("--augment", default="flip", help="train.augment when fine-tuning (default flip)")
     parser.add_argument("--schedule", default="constant", help="train.schedule (default constant)")
     parser.add_argument("--input-size", type=int, help="model.input_size (default: the backbone's own)")

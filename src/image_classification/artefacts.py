@@ -211,7 +211,7 @@ class FeatureCache:
         weights and input size, when both sides record them) and this head input; else a
         :class:`DataError`."""
         same_weights = None in (backbone_sha256, self.backbone_sha256) or backbone_sha256 == self.backbone_sha256
-        same_size = None in (input_size, self.input_size) or int(input_size) == int(self.input_size)
+        same_size = None in (input_size, self.input_size) or input_size == self.input_size
         if not (_index_rows_match(self.sha256, image_index) and self.backbone == backbone
                 and self.head_input_mode == head_input_mode and same_weights and same_size):
             raise DataError(

@@ -177,10 +177,10 @@ def test_fine_tuning_with_inspection_augmentation_trains_on_turned_and_jittered_
     assert "train.augment=inspection has no effect with a frozen backbone" in caplog.text
 
 
-def test_a_chosen_input_size_reaches_the_feature_cache_the_fine_tuning_and_the_checkpoint(tmp_path):
-    """model.input_size: the cache records the size its features were computed at, fine-tuning reads
-    the images at it, and the checkpoint says so, so that the score stage and predict resize as
-    training did; a cache of another size is refused."""
+def test_a_chosen_input_size_is_recorded_by_the_feature_cache_and_the_fine_tuned_checkpoint(tmp_path):
+    """model.input_size: the cache records the size its features were computed at and the fine-tuned
+    checkpoint says so, so that the score stage and predict resize as training did (predict's own test
+    checks that it does); a cache of another size is refused."""
     from image_classification.artefacts import Checkpoint, FeatureCache
     from image_classification.errors import DataError
 
