@@ -29,6 +29,8 @@ how many folds test precision reached the target. Nothing is tuned on a test fol
     python benchmarks/defects_quality.py                  # 5 folds, 30 epochs, both rules (~6 min on 2 cores)
     python benchmarks/defects_quality.py --quick          # 2 folds, 3 epochs: a smoke run
     python benchmarks/defects_quality.py --fine-tune 2 --augment none inspection   # + fine-tuning (~35 min)
+    python benchmarks/defects_quality.py --fine-tune 9 --augment inspection --schedule one_cycle \
+        --backbone-lr 3e-4 --fine-tune-epochs 15        # the whole backbone, 15 epochs per fold (~110 min)
 
 The features are cached in --cache (default /tmp/defects_quality_features.safetensors) and reused
 when they match the backbone, grid and file list.
@@ -104,21 +106,25 @@ def features(manifest: pd.DataFrame, root: Path, backbone: str, grid: int, cache
 
 
 def fine_tuned_scores(manifest: pd.DataFrame, root: Path, backbone: str, blocks: int, augment: str, epochs: int,
-                      folds: int, threads: int) -> list[dict[str, np.ndarray]]:
+                      folds: int, threads: int, schedule: str = "constant", backbone_lr: float = 1.5e-4,
+                      input_size: int | None = None) -> list[dict[str, np.ndarray]]:
     """Per fold (the same grouped folds as cross_validate), the validation and test scores of the
     model the train node fine-tunes on that fold's train images, as the pipeline would with
-    ``train.trainable_blocks`` and ``train.augment``."""
+    ``train.trainable_blocks``, ``train.augment``, ``train.schedule``, ``train.backbone_learning_rate``
+    and ``model.input_size``. Under ``one_cycle`` every epoch of the schedule runs (no early stop: the
+    rate only anneals at the end) and the best validation epoch is kept, as the train node does."""
     y = (manifest["label"] == "valid").to_numpy().astype(int)
     index = pd.DataFrame({"path": [str(root / p) for p in manifest["path"]], "label": manifest["label"],
                           "kind": manifest["kind"], "split": "train", "split_group": manifest["group"],
                           "group": manifest["group"], "sha256": manifest["sha256"], "phash": "", "width": 0, "height": 0})
     index["target"] = pd.array(y, dtype="Int8")
-    model = ModelConfig(backbone=backbone, weights="imagenet", head_input="pooled")
+    model = ModelConfig(backbone=backbone, weights="imagenet", head_input="pooled", input_size=input_size)
     runtime = {"device": "cpu", "threads": threads, "batch_size": 64, "workers": 2, "backend": "auto",
                "parity_tolerance": 1e-4, "dask": None}
     features = extract_features(index, model, runtime, 42, TrainConfig(patch_grid=0))
-    train = TrainConfig(epochs=epochs, trainable_blocks=blocks, augment=augment, patience=max(2, epochs // 2),
-                        workers=2, patch_grid=0)
+    train = TrainConfig(epochs=epochs, trainable_blocks=blocks, augment=augment, schedule=schedule,
+                        patience=None if schedule == "one_cycle" else max(2, epochs // 2),
+                        backbone_learning_rate=backbone_lr, workers=2, patch_grid=0)
     out = []
     for number, rows in enumerate(grouped_folds(y, manifest["group"].to_numpy(), folds, seed=42)):
         start = time.perf_counter()
@@ -128,8 +134,8 @@ def fine_tuned_scores(manifest: pd.DataFrame, root: Path, backbone: str, blocks:
         checkpoint, history = train_classifier(features, fold_index, model, train, runtime, 42 + number, NoResume())
         score = score_index(checkpoint, features, fold_index, runtime)["tensors"]["score"].numpy()
         out.append({"val": score[rows["val"]], "test": score[rows["test"]]})
-        print(f"fine-tuned ({blocks} blocks, augment {augment}) fold {number}: {len(history)} epochs, best "
-              f"{checkpoint['metadata']['best_epoch']}, {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"fine-tuned ({blocks} blocks, augment {augment}, {schedule}) fold {number}: {len(history)} epochs, "
+              f"best {checkpoint['metadata']['best_epoch']}, {time.perf_counter() - start:.0f} s", flush=True)
     return out
 
 
@@ -162,6 +168,11 @@ def main() -> None:
                         help="also fine-tune the backbone's last BLOCKS blocks per fold (train.trainable_blocks)")
     parser.add_argument("--augment", nargs="+", default=["inspection"], help="train.augment settings to fine-tune with")
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
+    parser.add_argument("--schedule", default="constant",
+                        help="train.schedule for fine-tuning (one_cycle: no early stop)")
+    parser.add_argument("--backbone-lr", type=float, default=1.5e-4,
+                        help="train.backbone_learning_rate for fine-tuning")
+    parser.add_argument("--input-size", type=int, default=None, help="model.input_size for fine-tuning (px)")
     args = parser.parse_args()
     if args.quick:
         args.folds, args.epochs = 2, 3
@@ -180,8 +191,10 @@ def main() -> None:
     extra = []
     for augment in args.augment if args.fine_tune else []:
         name = f"fine_tuned {args.fine_tune}b {augment}"
+        name += "" if args.schedule == "constant" else f" {args.schedule}"
         scores = fine_tuned_scores(manifest, args.data, args.backbone, args.fine_tune, augment,
-                                   3 if args.quick else args.fine_tune_epochs, args.folds, args.threads)
+                                   3 if args.quick else args.fine_tune_epochs, args.folds, args.threads,
+                                   args.schedule, args.backbone_lr, args.input_size)
         for rule in RULES:
             add_candidate(reports[rule], name, scores, y, groups, EvaluateConfig(target_precision=args.target, rule=rule))
         print(f"{name}: per-fold test AUROC " + " ".join(
