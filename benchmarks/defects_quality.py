@@ -30,7 +30,7 @@ how many folds test precision reached the target. Nothing is tuned on a test fol
     python benchmarks/defects_quality.py --quick          # 2 folds, 3 epochs: a smoke run
     python benchmarks/defects_quality.py --fine-tune 2 --augment none inspection   # + fine-tuning (~35 min)
     python benchmarks/defects_quality.py --fine-tune 9 --augment inspection --schedule one_cycle \
-        --backbone-lr 3e-4 --fine-tune-epochs 15        # the whole backbone, 15 epochs per fold (~110 min)
+        --backbone-lr 3e-4 --fine-tune-epochs 15        # the whole backbone, 15 epochs per fold (~80 min)
 
 The features are cached in --cache (default /tmp/defects_quality_features.safetensors) and reused
 when they match the backbone, grid and file list.
