@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 from safetensors.torch import load_file, save_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,8 @@ def fine_tuned_scores(manifest: pd.DataFrame, root: Path, backbone: str, blocks:
         score = score_index(checkpoint, features, fold_index, runtime)["tensors"]["score"].numpy()
         out.append({"val": score[rows["val"]], "test": score[rows["test"]]})
         print(f"fine-tuned ({blocks} blocks, augment {augment}, {schedule}) fold {number}: {len(history)} epochs, "
-              f"best {checkpoint['metadata']['best_epoch']}, {time.perf_counter() - start:.0f} s", flush=True)
+              f"best {checkpoint['metadata']['best_epoch']}, {time.perf_counter() - start:.0f} s, test AUROC "
+              f"{roc_auc_score(y[rows['test']], out[-1]['test']):.3f}", flush=True)
     return out
 
 
@@ -201,7 +203,8 @@ def main() -> None:
             f"{f['candidates'][name]['test_auroc']:.3f}" for f in reports["point"]["folds"]), flush=True)
         extra.append(name)
     print(f"\n{args.data.name}, {args.backbone}, {args.folds} grouped folds, target precision {args.target}")
-    header = f"{'candidate':26s} {'val AP':>14s} {'test AUROC':>14s} {'test AP':>14s}"
+    width = max([26, *(len(name) + 1 for name in extra)])
+    header = f"{'candidate':{width}s} {'val AP':>14s} {'test AUROC':>14s} {'test AP':>14s}"
     for rule in RULES:
         header += f" | {rule + ' recall':>20s} {'prec>=t':>7s} {'prec min':>8s}"
     print(header)
@@ -214,7 +217,7 @@ def main() -> None:
         rows = {rule: chosen_row(reports[rule]) if name == "chosen" else
                 [f["candidates"][name] for f in reports[rule]["folds"]] for rule in RULES}
         first = rows["point"]
-        line = (f"{name:26s} {mean_sd([r['val_average_precision'] for r in first]):>14s} "
+        line = (f"{name:{width}s} {mean_sd([r['val_average_precision'] for r in first]):>14s} "
                 f"{mean_sd([r['test_auroc'] for r in first]):>14s} {mean_sd([r['test_average_precision'] for r in first]):>14s}")
         for rule in RULES:
             precisions = np.array([np.nan if r["test_precision"] is None else r["test_precision"] for r in rows[rule]])
