@@ -28,6 +28,8 @@ and in how many folds test precision reached the target, and the ensemble's test
 
     python benchmarks/oof_threshold.py            # 5 x (1 + 5) fits per candidate (~15 min on 2 cores)
     python benchmarks/oof_threshold.py --quick    # 2 outer folds, 2 inner, 3 epochs: a smoke run
+    python benchmarks/oof_threshold.py --backbone efficientnet_lite2 --cache /tmp/dq_lite2.safetensors
+        # EfficientNet-Lite2's features (the cache is defects_quality.py's for that backbone)
 
 Features come from defects_quality.py's cache (same file, same key).
 """
@@ -66,7 +68,6 @@ from image_classification.parameters.train import TrainConfig  # noqa: E402
 from image_classification.pipelines.evaluate.nodes import choose_operating_point  # noqa: E402
 
 RULES = ("point", "lower_bound")
-BACKBONE = "efficientnet_lite0"
 # what choose_operating_point needs of the checkpoint: a frozen backbone, so the baseline can be served
 CHECKPOINT = {"tensors": {}, "metadata": {
     "backbone": "efficientnet_lite0", "weights": "imagenet", "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3,
@@ -77,7 +78,7 @@ NO_CV = "pipeline auto, no CV"  # as evaluate serves on large data, where cross-
 
 
 def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, inner: int, train: TrainConfig,
-                  evaluate: EvaluateConfig) -> list[dict]:
+                  evaluate: EvaluateConfig, backbone: str) -> list[dict]:
     """Per outer fold: the test rows, and per candidate the split model's validation and test scores,
     the out-of-fold scores of the labelled rest (with its rows) and the inner models' mean test score."""
     head_input, pooled, patches = feats["head_input"], feats["pooled"].float().numpy(), feats["patches"]
@@ -109,7 +110,8 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
         classifier = fit_patch_classifier(patches[rows["train"]], y[rows["train"]], evaluate, 42 + number) \
             if evaluate.patch_classifier else None
         out.append({"test": rows["test"], "rest": rest, "val_rows": rows["val"], "split_val": val, "split_test": test,
-                    "oof": oof, "inner_fold": inner_fold, "weights": BaselineWeights.of(baseline, BACKBONE).to_payload(),
+                    "oof": oof, "inner_fold": inner_fold,
+                    "weights": BaselineWeights.of(baseline, backbone).to_payload(),
                     "patch_classifier": classifier.to_payload(int(round(patches.shape[1] ** 0.5))) if classifier
                     else None,
                     "ensemble_test": {name: np.mean(parts, axis=0) for name, parts in inner_test.items()}})
@@ -190,18 +192,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
     parser.add_argument("--quick", action="store_true", help="2 outer folds, 2 inner, 3 epochs")
     args = parser.parse_args()
     if args.quick:
         args.outer, args.inner, args.epochs = 2, 2, 3
     manifest, y, groups = defects_quality.labelled(args.data, args.threads)
-    feats = defects_quality.features(manifest, args.data, BACKBONE, 14, args.cache)
+    feats = defects_quality.features(manifest, args.data, args.backbone, 14, args.cache)
     evaluate = EvaluateConfig(target_precision=args.target)
     start = time.perf_counter()
-    folds = nested_scores(feats, y, groups, args.outer, args.inner, TrainConfig(epochs=args.epochs), evaluate)
-    print(f"\n{args.data.name}: {args.outer} outer grouped folds, {args.inner} inner, target precision "
-          f"{args.target}, {time.perf_counter() - start:.0f} s")
+    folds = nested_scores(feats, y, groups, args.outer, args.inner, TrainConfig(epochs=args.epochs), evaluate,
+                          args.backbone)
+    print(f"\n{args.data.name}, {args.backbone}: {args.outer} outer grouped folds, {args.inner} inner, "
+          f"target precision {args.target}, {time.perf_counter() - start:.0f} s")
     print(f"{'candidate':28s} {'arm':20s} {'rule':11s} {'test AUROC':>14s} {'test recall':>14s} {'test precision':>15s} "
           f"{'min prec':>8s} {'prec>=t':>7s}")
 
