@@ -68,7 +68,8 @@ from image_classification.parameters.train import TrainConfig  # noqa: E402
 from image_classification.pipelines.evaluate.nodes import choose_operating_point  # noqa: E402
 
 RULES = ("point", "lower_bound")
-# what choose_operating_point needs of the checkpoint: a frozen backbone, so the baseline can be served
+# what choose_operating_point needs of the checkpoint: a frozen backbone, so the baseline can be served (the
+# choice reads fine_tuned_blocks only, so the backbone named here stands for --backbone's too)
 CHECKPOINT = {"tensors": {}, "metadata": {
     "backbone": "efficientnet_lite0", "weights": "imagenet", "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3,
     "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2},
