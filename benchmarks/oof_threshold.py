@@ -54,6 +54,7 @@ os.environ["TQDM_DISABLE"] = "1"
 import defects_quality  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 
+from image_classification.backbones import backbone_spec  # noqa: E402
 from image_classification.baseline import BaselineWeights, LogisticBaseline  # noqa: E402
 from image_classification.candidates import (  # noqa: E402
     NAMES,
@@ -68,14 +69,19 @@ from image_classification.parameters.train import TrainConfig  # noqa: E402
 from image_classification.pipelines.evaluate.nodes import choose_operating_point  # noqa: E402
 
 RULES = ("point", "lower_bound")
-# what choose_operating_point needs of the checkpoint: a frozen backbone, so the baseline can be served (the
-# choice reads fine_tuned_blocks only, so the backbone named here stands for --backbone's too)
-CHECKPOINT = {"tensors": {}, "metadata": {
-    "backbone": "efficientnet_lite0", "weights": "imagenet", "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3,
-    "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2},
-    "class_names": ["invalid", "valid"], "best_epoch": 1, "fine_tuned_blocks": 0, "seed": 42, "epochs_run": 1}}
 ARMS = ("split", "oof -> split model", "oof -> ensemble")
 NO_CV = "pipeline auto, no CV"  # as evaluate serves on large data, where cross-validation does not run
+
+
+def stand_in_checkpoint(backbone: str) -> dict:
+    """What choose_operating_point needs of the checkpoint: ``backbone``, frozen, so the baseline and the
+    patch classifier can be served."""
+    spec = backbone_spec(backbone)
+    return {"tensors": {}, "metadata": {
+        "backbone": backbone, "weights": "imagenet", "input_size": spec.input_size, "mean": list(spec.mean),
+        "std": list(spec.std), "head": {"in_channels": spec.feature_channels, "hidden_channels": 320,
+                                        "embedding_dim": 50, "num_classes": 2},
+        "class_names": ["invalid", "valid"], "best_epoch": 1, "fine_tuned_blocks": 0, "seed": 42, "epochs_run": 1}}
 
 
 def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, inner: int, train: TrainConfig,
@@ -110,7 +116,8 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
             pooled[rows["train"]], y[rows["train"]], pooled[rows["val"]], y[rows["val"]])
         classifier = fit_patch_classifier(patches[rows["train"]], y[rows["train"]], evaluate, 42 + number) \
             if evaluate.patch_classifier else None
-        out.append({"test": rows["test"], "rest": rest, "val_rows": rows["val"], "split_val": val, "split_test": test,
+        out.append({"backbone": backbone, "test": rows["test"], "rest": rest, "val_rows": rows["val"],
+                    "split_val": val, "split_test": test,
                     "oof": oof, "inner_fold": inner_fold,
                     "weights": BaselineWeights.of(baseline, backbone).to_payload(),
                     "patch_classifier": classifier.to_payload(int(round(patches.shape[1] ** 0.5))) if classifier
@@ -153,7 +160,8 @@ def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig, cross_v
     for name, column in columns.items():
         evaluation[column] = np.concatenate([fold["split_val"][name], fold["split_test"][name]])
         held_out[column] = fold["oof"][name]
-    return choose_operating_point(evaluation, CHECKPOINT, evaluate, held_out if cross_validated else pd.DataFrame(),
+    return choose_operating_point(evaluation, stand_in_checkpoint(fold["backbone"]), evaluate,
+                                  held_out if cross_validated else pd.DataFrame(),
                                   baseline_model=fold["weights"],
                                   patch_classifier_model=fold["patch_classifier"])
 

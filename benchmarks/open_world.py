@@ -55,9 +55,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the printed re
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
 from image_classification.anomaly import FUSIONS, calibrate_threshold, separation_metrics  # noqa: E402
-from image_classification.artefacts import OperatingPoint  # noqa: E402
+from image_classification.artefacts import FeatureCache, OperatingPoint  # noqa: E402
 from image_classification.datasets import SafetensorsDataset  # noqa: E402
 from image_classification.demo import ensure_demo  # noqa: E402
+from image_classification.errors import DataError  # noqa: E402
 from image_classification.parameters.data_prep import SplitFractions  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.parameters.shared import ModelConfig  # noqa: E402
@@ -125,11 +126,13 @@ def cached_features(index: pd.DataFrame, model: ModelConfig, runtime: dict, trai
     dataset = SafetensorsDataset(filepath=str(cache))
     if cache.is_file():
         payload = dataset.load()
-        if (payload["metadata"]["sha256"] == index["sha256"].tolist()
-                and payload["metadata"].get("input_size") == model.spec.input_size
-                and payload["metadata"].get("backbone") == model.backbone):
+        try:  # the check the pipeline makes of a cache: these images, this backbone, head input and size
+            FeatureCache.from_payload(payload).check(index, model.backbone, model.head_input,
+                                                     input_size=model.spec.input_size)
             print(f"features from {cache}")
             return payload
+        except DataError as error:
+            print(f"{cache} not reused: {error}")
     start = time.perf_counter()
     payload = extract_features(index, model, runtime, 0, dataclasses.replace(train, patch_grid=0))
     print(f"extracted {len(index)} images in {time.perf_counter() - start:.0f} s")
