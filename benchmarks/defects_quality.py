@@ -13,7 +13,9 @@ of the frozen backbone over the files (the pipeline's ``extract_backbone_feature
                 valid training images;
 - ``patch_classifier``  supervised patch evidence (``PatchClassifier``): a small network over the
                 same patch vectors, trained on the train images' labels, each image scored by its
-                most defective patches;
+                most defective patches, each patch read against the mean patch at its place
+                (``evaluate.patch_classifier_positional``); ``patch_classifier, one mean`` is
+                the same without that (one mean for every place), printed beside it;
 - ``stack``     logistic regression over the other four scores, fitted on the validation split (its
                 own validation scores, for the threshold, are cross-fitted over validation groups);
 - ``chosen``    per fold, whichever of the five has the best validation average precision;
@@ -56,6 +58,7 @@ from image_classification.backbones import backbone_spec, build_backbone  # noqa
 from image_classification.candidates import (  # noqa: E402
     NAMES,
     cross_validate,
+    fit_patch_classifier,
     fold_figures,
     grouped_folds,
 )
@@ -166,6 +169,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
     parser.add_argument("--quick", action="store_true", help="2 folds, 3 epochs")
+    parser.add_argument("--no-one-mean", action="store_true",
+                        help="leave out the patch classifier with one mean for every place (the row beside the "
+                             "default)")
     parser.add_argument("--fine-tune", type=int, default=0, metavar="BLOCKS",
                         help="also fine-tune the backbone's last BLOCKS blocks per fold (train.trainable_blocks)")
     parser.add_argument("--augment", nargs="+", default=["inspection"], help="train.augment settings to fine-tune with")
@@ -191,6 +197,18 @@ def main() -> None:
             name + " " + " ".join(f"{f['candidates'][name]['test_auroc']:.3f}" for f in reports[rule]["folds"])
             for name in reports[rule]["summary"]), flush=True)
     extra = []
+    if not args.no_one_mean:  # the patch classifier without positional means, on the same folds and seeds
+        name, scores = "patch_classifier, one mean", []
+        one_mean = EvaluateConfig(target_precision=args.target, patch_classifier_positional=False)
+        for number, rows in enumerate(grouped_folds(y, groups, args.folds, seed=42)):
+            fit = fit_patch_classifier(feats["patches"][rows["train"]], y[rows["train"]], one_mean, 42 + number)
+            scores.append({split: fit.scores(feats["patches"][rows[split]]) for split in ("val", "test")})
+        for rule in RULES:
+            add_candidate(reports[rule], name, scores, y, groups,
+                          EvaluateConfig(target_precision=args.target, rule=rule))
+        print(f"{name}: per-fold test AUROC " + " ".join(
+            f"{f['candidates'][name]['test_auroc']:.3f}" for f in reports["point"]["folds"]), flush=True)
+        extra.append(name)
     for augment in args.augment if args.fine_tune else []:
         name = f"fine_tuned {args.fine_tune}b {augment}"
         name += "" if args.schedule == "constant" else f" {args.schedule}"

@@ -28,6 +28,7 @@ and in how many folds test precision reached the target, and the ensemble's test
 
     python benchmarks/oof_threshold.py            # 5 x (1 + 5) fits per candidate (~15 min on 2 cores)
     python benchmarks/oof_threshold.py --quick    # 2 outer folds, 2 inner, 3 epochs: a smoke run
+    python benchmarks/oof_threshold.py --one-mean # the patch classifier without positional means
     python benchmarks/oof_threshold.py --backbone efficientnet_lite2 --cache /tmp/dq_lite2.safetensors
         # EfficientNet-Lite2's features (the cache is defects_quality.py's for that backbone)
 
@@ -204,17 +205,21 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
     parser.add_argument("--quick", action="store_true", help="2 outer folds, 2 inner, 3 epochs")
+    parser.add_argument("--one-mean", action="store_true",
+                        help="the patch classifier with one mean for every place (evaluate.patch_classifier_positional "
+                             "false), to compare with the default")
     args = parser.parse_args()
     if args.quick:
         args.outer, args.inner, args.epochs = 2, 2, 3
     manifest, y, groups = defects_quality.labelled(args.data, args.threads)
     feats = defects_quality.features(manifest, args.data, args.backbone, 14, args.cache)
-    evaluate = EvaluateConfig(target_precision=args.target)
+    evaluate = EvaluateConfig(target_precision=args.target, patch_classifier_positional=not args.one_mean)
     start = time.perf_counter()
     folds = nested_scores(feats, y, groups, args.outer, args.inner, TrainConfig(epochs=args.epochs), evaluate,
                           args.backbone)
     print(f"\n{args.data.name}, {args.backbone}: {args.outer} outer grouped folds, {args.inner} inner, "
-          f"target precision {args.target}, {time.perf_counter() - start:.0f} s")
+          f"target precision {args.target}, patch classifier positional {evaluate.patch_classifier_positional}, "
+          f"{time.perf_counter() - start:.0f} s")
     print(f"{'candidate':28s} {'arm':20s} {'rule':11s} {'test AUROC':>14s} {'test recall':>14s} {'test precision':>15s} "
           f"{'min prec':>8s} {'prec>=t':>7s}")
 

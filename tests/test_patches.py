@@ -141,17 +141,59 @@ def _faint(count: int, generator: torch.Generator, defect: bool) -> torch.Tensor
     return patches.to(torch.float16)
 
 
+def _train_and_test(make, seed: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor, np.ndarray]:
+    """100 valid and 100 defective training images of ``make``'s patches, 50 and 50 test images."""
+    generator = torch.Generator().manual_seed(seed)
+    train = torch.cat([make(100, generator, False), make(100, generator, True)])
+    test = torch.cat([make(50, generator, False), make(50, generator, True)])
+    return train, np.r_[np.ones(100), np.zeros(100)].astype(int), test, np.r_[np.ones(50), np.zeros(50)]
+
+
 def test_the_patch_classifier_learns_a_faint_local_defect_that_the_valid_memory_misses():
-    generator = torch.Generator().manual_seed(3)
-    train = torch.cat([_faint(100, generator, False), _faint(100, generator, True)])
-    targets = np.r_[np.ones(100), np.zeros(100)].astype(int)
-    test = torch.cat([_faint(50, generator, False), _faint(50, generator, True)])
-    test_targets = np.r_[np.ones(50), np.zeros(50)]
+    train, targets, test, test_targets = _train_and_test(_faint, 3)
     classifier = PatchClassifier.fit(train, targets, top_k=1, seed=0)
     memory = PatchMemory.fit(train[:100], fraction=0.2, seed=0)
     assert roc_auc_score(test_targets, classifier.scores(test)) > 0.95  # higher means valid, as for every score
     assert roc_auc_score(test_targets, -memory.anomaly_scores(test)) < 0.7
-    assert classifier.describe() == {"channels": 8, "hidden": 64, "top_k": 1, "epochs": 30}
+    assert classifier.describe() == {"channels": 8, "hidden": 64, "top_k": 1, "epochs": 30, "positional": False}
+
+
+def _aligned(count: int, generator: torch.Generator, defect: bool) -> torch.Tensor:
+    """Patches of aligned photos on a 4x4 grid: the top row is a busbar in every image (channel 0
+    high), and a defect is the same dark line anywhere below it, so that patch by patch a defect looks
+    exactly like the busbar; only where it is tells them apart."""
+    patches = torch.randn(count, 16, 8, generator=generator)
+    patches[:, :4, 0] += 4.0
+    if defect:
+        patches[torch.arange(count), torch.randint(4, 16, (count,), generator=generator), 0] += 4.0
+    return patches.to(torch.float16)
+
+
+def test_a_positional_patch_classifier_reads_each_patch_against_its_own_place():
+    train, targets, test, test_targets = _train_and_test(_aligned, 8)
+    positional = PatchClassifier.fit(train, targets, top_k=1, seed=0, positional=True)
+    assert roc_auc_score(test_targets, positional.scores(test)) > 0.95
+    assert roc_auc_score(test_targets, PatchClassifier.fit(train, targets, top_k=1, seed=0).scores(test)) < 0.75
+    assert positional.mean.shape == (16, 8) and positional.describe()["positional"] is True
+
+
+def test_a_positional_patch_classifier_is_served_as_it_scored_and_only_on_its_own_grid():
+    import json
+
+    from image_classification.errors import DataError
+    from image_classification.patches import PatchEnsemble
+
+    generator = torch.Generator().manual_seed(9)
+    train = torch.cat([_aligned(20, generator, False), _aligned(20, generator, True)])
+    classifier = PatchClassifier.fit(train, np.r_[np.ones(20), np.zeros(20)].astype(int), epochs=3, hidden=8,
+                                     top_k=2, positional=True)
+    payload = json.loads(json.dumps(PatchEnsemble([classifier]).to_payload(grid=4)))
+    restored = PatchEnsemble.from_payload(payload)
+    np.testing.assert_allclose(restored.scores(train), classifier.scores(train), atol=1e-6)
+    with pytest.raises(DataError, match="grid of 16 patches per image and is given 25"):
+        restored.scores(torch.zeros(2, 25, 8))
+    with pytest.raises(DataError, match="inconsistent shapes"):  # a grid that does not fit the stored means
+        PatchClassifier.from_payload({**payload["members"][0], "grid": 5})
 
 
 def test_the_patch_classifier_is_repeatable_and_leaves_the_global_random_state_alone():

@@ -155,7 +155,7 @@ def fit_patch_classifier(patches: torch.Tensor, targets: np.ndarray, evaluate, s
     """The :class:`~image_classification.patches.PatchClassifier` of ``evaluate``'s settings."""
     return PatchClassifier.fit(patches, targets, epochs=evaluate.patch_classifier_epochs,
                                hidden=evaluate.patch_classifier_hidden, top_k=evaluate.patch_classifier_top_k,
-                               seed=seed)
+                               seed=seed, positional=evaluate.patch_classifier_positional)
 
 
 def held_out_patch_classifier(patches: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray,

@@ -42,6 +42,8 @@ class EvaluateConfig:
         patch_classifier_epochs: passes over the train images.
         patch_classifier_hidden: hidden units of the per-patch network.
         patch_classifier_top_k: patches averaged into an image's score.
+        patch_classifier_positional: read each patch against the training images' mean patch at its own
+            grid position (for aligned photos: a part under a fixed camera), not one mean for all.
         cv_folds: grouped folds of the cross-validation report (0: off).
         cv_max_images: cross-validate only when fewer labelled images than this are readable.
         operating_candidate: the score whose threshold is the operating point that predict, zero_shot
@@ -75,6 +77,7 @@ class EvaluateConfig:
     patch_classifier_epochs: int = 30
     patch_classifier_hidden: int = 64
     patch_classifier_top_k: int = 10
+    patch_classifier_positional: bool = True
     cv_folds: int = 5
     cv_max_images: int = 2000
     operating_candidate: str = "auto"
