@@ -13,9 +13,10 @@ of the frozen backbone over the files (the pipeline's ``extract_backbone_feature
                 valid training images;
 - ``patch_classifier``  supervised patch evidence (``PatchClassifier``): a small network over the
                 same patch vectors, trained on the train images' labels, each image scored by its
-                most defective patches, each patch read against the mean patch at its place
-                (``evaluate.patch_classifier_positional``); ``patch_classifier, one mean`` is
-                the same without that (one mean for every place), printed beside it;
+                most defective patches; ``patch_classifier, positional`` (or ``, one mean``)
+                is the same with the other setting of ``evaluate.patch_classifier_positional``
+                (each patch read against the train images' mean patch at its own place, or
+                one mean for every place), printed beside it;
 - ``stack``     logistic regression over the other four scores, fitted on the validation split (its
                 own validation scores, for the threshold, are cross-fitted over validation groups);
 - ``chosen``    per fold, whichever of the five has the best validation average precision;
@@ -169,9 +170,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
     parser.add_argument("--quick", action="store_true", help="2 folds, 3 epochs")
-    parser.add_argument("--no-one-mean", action="store_true",
-                        help="leave out the patch classifier with one mean for every place (the row beside the "
-                             "default)")
+    parser.add_argument("--no-means-row", action="store_true",
+                        help="leave out the patch classifier with the other setting of "
+                             "evaluate.patch_classifier_positional (the row beside the default)")
     parser.add_argument("--fine-tune", type=int, default=0, metavar="BLOCKS",
                         help="also fine-tune the backbone's last BLOCKS blocks per fold (train.trainable_blocks)")
     parser.add_argument("--augment", nargs="+", default=["inspection"], help="train.augment settings to fine-tune with")
@@ -197,11 +198,12 @@ def main() -> None:
             name + " " + " ".join(f"{f['candidates'][name]['test_auroc']:.3f}" for f in reports[rule]["folds"])
             for name in reports[rule]["summary"]), flush=True)
     extra = []
-    if not args.no_one_mean:  # the patch classifier without positional means, on the same folds and seeds
-        name, scores = "patch_classifier, one mean", []
-        one_mean = EvaluateConfig(target_precision=args.target, patch_classifier_positional=False)
+    if not args.no_means_row:  # the patch classifier with the other means setting, on the same folds and seeds
+        other = EvaluateConfig(target_precision=args.target,
+                               patch_classifier_positional=not EvaluateConfig().patch_classifier_positional)
+        name, scores = f"patch_classifier, {'positional' if other.patch_classifier_positional else 'one mean'}", []
         for number, rows in enumerate(grouped_folds(y, groups, args.folds, seed=42)):
-            fit = fit_patch_classifier(feats["patches"][rows["train"]], y[rows["train"]], one_mean, 42 + number)
+            fit = fit_patch_classifier(feats["patches"][rows["train"]], y[rows["train"]], other, 42 + number)
             scores.append({split: fit.scores(feats["patches"][rows[split]]) for split in ("val", "test")})
         for rule in RULES:
             add_candidate(reports[rule], name, scores, y, groups,

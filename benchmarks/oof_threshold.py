@@ -28,7 +28,7 @@ and in how many folds test precision reached the target, and the ensemble's test
 
     python benchmarks/oof_threshold.py            # 5 x (1 + 5) fits per candidate (~15 min on 2 cores)
     python benchmarks/oof_threshold.py --quick    # 2 outer folds, 2 inner, 3 epochs: a smoke run
-    python benchmarks/oof_threshold.py --one-mean # the patch classifier without positional means
+    python benchmarks/oof_threshold.py --positional true   # the patch classifier's evaluate.patch_classifier_positional
     python benchmarks/oof_threshold.py --backbone efficientnet_lite2 --cache /tmp/dq_lite2.safetensors
         # EfficientNet-Lite2's features (the cache is defects_quality.py's for that backbone)
 
@@ -205,15 +205,16 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
     parser.add_argument("--quick", action="store_true", help="2 outer folds, 2 inner, 3 epochs")
-    parser.add_argument("--one-mean", action="store_true",
-                        help="the patch classifier with one mean for every place (evaluate.patch_classifier_positional "
-                             "false), to compare with the default")
+    parser.add_argument("--positional", choices=["true", "false"],
+                        help="evaluate.patch_classifier_positional (default: the project's), to compare both")
     args = parser.parse_args()
     if args.quick:
         args.outer, args.inner, args.epochs = 2, 2, 3
     manifest, y, groups = defects_quality.labelled(args.data, args.threads)
     feats = defects_quality.features(manifest, args.data, args.backbone, 14, args.cache)
-    evaluate = EvaluateConfig(target_precision=args.target, patch_classifier_positional=not args.one_mean)
+    evaluate = EvaluateConfig(target_precision=args.target)
+    if args.positional:
+        evaluate = replace(evaluate, patch_classifier_positional=args.positional == "true")
     start = time.perf_counter()
     folds = nested_scores(feats, y, groups, args.outer, args.inner, TrainConfig(epochs=args.epochs), evaluate,
                           args.backbone)
@@ -234,11 +235,14 @@ def main() -> None:
                 rows = [measure(fold, name, arm, rule, y, evaluate) for fold in folds]
                 precisions = np.array([np.nan if r["precision"] is None else r["precision"] for r in rows], float)
                 held = int(np.sum(np.nan_to_num(precisions, nan=0.0) >= args.target))
+                note = ""
+                if name.startswith("best of "):
+                    note = f"  ({', '.join(r['candidate'] for r in rows)})"
+                elif name.startswith("pipeline"):  # per fold, what is served and the recall it keeps
+                    note = "  (" + ", ".join(f"{r['candidate']} recall {r['recall']:.3f}" for r in rows) + ")"
                 print(f"{name:28s} {arm:20s} {rule:11s} {mean_sd([r['auroc'] for r in rows]):>14s} "
                       f"{mean_sd([r['recall'] for r in rows]):>14s} {mean_sd(precisions):>15s} "
-                      f"{np.nanmin(precisions):8.3f} {held:>4d}/{len(rows)}"
-                      + (f"  ({', '.join(r['candidate'] for r in rows)})" if name.startswith(("best of ", "pipeline"))
-                         else ""))
+                      f"{np.nanmin(precisions):8.3f} {held:>4d}/{len(rows)}{note}")
 
 
 if __name__ == "__main__":

@@ -210,7 +210,8 @@ class PatchClassifier:
     photos (cells, parts under a fixed camera) a busbar or an edge is then background, and the same
     dark line elsewhere is not. On defects-dev it raised the Lite0 patch classifier's test AUROC from
     0.910 to 0.918 over five grouped folds (benchmarks/defects_quality.py; 0.899 to 0.915 over ten
-    folds of two other fold seeds).
+    folds of two other fold seeds), but the out-of-fold threshold served with it kept less recall
+    (benchmarks/oof_threshold.py), so evaluate leaves it off unless asked.
 
     Attributes:
         network: per-patch scorer, (…, C) standardised patch vectors to (…, 1) defect logits.

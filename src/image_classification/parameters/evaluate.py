@@ -77,7 +77,7 @@ class EvaluateConfig:
     patch_classifier_epochs: int = 30
     patch_classifier_hidden: int = 64
     patch_classifier_top_k: int = 10
-    patch_classifier_positional: bool = True
+    patch_classifier_positional: bool = False
     cv_folds: int = 5
     cv_max_images: int = 2000
     operating_candidate: str = "auto"
