@@ -177,6 +177,18 @@ def test_a_positional_patch_classifier_reads_each_patch_against_its_own_place():
     assert positional.mean.shape == (16, 8) and positional.describe()["positional"] is True
 
 
+@pytest.mark.parametrize("positional", [False, True])
+def test_evaluate_fits_the_patch_classifier_with_its_positional_setting(positional):
+    from image_classification.candidates import fit_patch_classifier
+    from image_classification.parameters.evaluate import EvaluateConfig
+
+    train, targets, _, _ = _train_and_test(_aligned, 10)
+    fitted = fit_patch_classifier(train, targets, EvaluateConfig(patch_classifier_positional=positional,
+                                                                 patch_classifier_epochs=1), seed=0)
+    assert fitted.describe()["positional"] is positional
+    assert fitted.mean.shape == ((16, 8) if positional else (8,))
+
+
 def test_a_positional_patch_classifier_is_served_as_it_scored_and_only_on_its_own_grid():
     import json
 
