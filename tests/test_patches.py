@@ -187,6 +187,10 @@ def test_evaluate_fits_the_patch_classifier_with_its_positional_setting(position
                                                                  patch_classifier_epochs=1), seed=0)
     assert fitted.describe()["positional"] is positional
     assert fitted.mean.shape == ((16, 8) if positional else (8,))
+    given = train.float()  # float32 patches, as a cache in memory may hold them, come back unchanged
+    fit_patch_classifier(given, targets, EvaluateConfig(patch_classifier_positional=positional,
+                                                        patch_classifier_epochs=1), seed=0)
+    assert torch.equal(given, train.float())
 
 
 def test_a_positional_patch_classifier_is_served_as_it_scored_and_only_on_its_own_grid():

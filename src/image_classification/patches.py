@@ -246,8 +246,9 @@ class PatchClassifier:
                                  f"{epochs}, {hidden} and {top_k}")
         top_k = min(top_k, patches.shape[1])
         if positional:
-            mean = patches.float().mean(0)
-            inputs = patches.float() - mean
+            inputs = patches.float()
+            mean = inputs.mean(0)
+            inputs = inputs - mean  # a new tensor: the caller's patches stay as they were
             std = inputs.reshape(-1, inputs.shape[-1]).std(0).clamp_min(1e-6)
             inputs /= std
         else:
