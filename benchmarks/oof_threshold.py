@@ -67,6 +67,7 @@ from image_classification.candidates import (  # noqa: E402
 from image_classification.metrics import metrics_at_threshold, select_threshold  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.parameters.train import TrainConfig  # noqa: E402
+from image_classification.patches import grid_of  # noqa: E402
 from image_classification.pipelines.evaluate.nodes import choose_operating_point  # noqa: E402
 
 RULES = ("point", "lower_bound")
@@ -121,7 +122,7 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
                     "split_val": val, "split_test": test,
                     "oof": oof, "inner_fold": inner_fold,
                     "weights": BaselineWeights.of(baseline, backbone).to_payload(),
-                    "patch_classifier": classifier.to_payload(int(round(patches.shape[1] ** 0.5))) if classifier
+                    "patch_classifier": classifier.to_payload(grid_of(patches)) if classifier
                     else None,
                     "ensemble_test": {name: np.mean(parts, axis=0) for name, parts in inner_test.items()}})
         print(f"outer fold {number}: {time.perf_counter() - start:.0f} s; test AUROC split / ensemble: " + ", ".join(
