@@ -109,3 +109,20 @@ def test_target_precision_outside_zero_one_is_refused(bad):
         check_target_precision(bad)
     with pytest.raises(ValueError, match="target_precision"):
         recall_at_precision([0, 1], [0.1, 0.9], bad)
+
+
+def test_the_oracle_and_the_recall_efficiency_say_what_a_threshold_chosen_elsewhere_gave_away():
+    from image_classification.metrics import RuleSettings, oracle_recall, recall_efficiency, select_threshold
+
+    targets = np.array([1] * 8 + [0] * 2)
+    scores = np.array([0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45])
+    assert oracle_recall(targets, scores, 0.9) == 1.0  # every valid image above both invalid ones
+    assert oracle_recall(np.array([0, 1]), np.array([0.9, 0.1]), 0.9) == 0.0  # no threshold reaches the target
+    assert recall_efficiency(0.25, 1.0) == 0.25
+    assert recall_efficiency(0.9, 0.6) == 1.0  # beyond the oracle only at a precision below the target
+    assert recall_efficiency(0.5, 0.0) is None
+    # the record of a threshold says what the images it was chosen on allowed
+    point = select_threshold(targets, scores, "lower_bound", RuleSettings(0.9))
+    validation = point["validation"]
+    assert validation["oracle_recall"] == 1.0
+    assert validation["recall_efficiency"] == pytest.approx(validation["recall"])

@@ -301,16 +301,17 @@ class OperatingPoint:
     trained model's probability of valid), ``baseline`` (the logistic regression on the frozen
     backbone's pooled features) or ``patch_classifier`` (the patch network on the frozen backbone's
     patch vectors, :class:`~image_classification.patches.PatchClassifier`, or the mean of several,
-    :class:`~image_classification.patches.PatchEnsemble`); for the last two
-    ``served_weights`` holds the weights as plain numbers, so that the operating point alone serves
-    them. ``choice`` holds how it was chosen and what
+    :class:`~image_classification.patches.PatchEnsemble`) or ``fold_stack`` (both, fitted per fold,
+    calibrated, stacked and gated: :class:`~image_classification.fold_stack.FoldStack`); for all but
+    the model ``served_weights`` holds the weights as plain numbers, so that the operating point alone
+    serves them. ``choice`` holds how it was chosen and what
     it achieved (rule, description, target, reached, fallback, the images it was chosen on);
     ``checkpoint`` what of the checkpoint it belongs to, so that predict refuses to apply it to
     another model.
     """
 
     CHECKPOINT_KEYS = ("weights", "input_size", "fine_tuned_blocks", "seed", "epochs_run")
-    CANDIDATES = ("model", "baseline", "patch_classifier")
+    CANDIDATES = ("model", "baseline", "patch_classifier", "fold_stack")
     DECISION = "an image is called valid when its candidate's score is >= threshold"
 
     threshold: float
@@ -380,20 +381,22 @@ class OperatingPoint:
     @property
     def patch_grid(self) -> int:
         """Patches per side the served score reads (0: it reads none; see :meth:`scores`)."""
-        return int(self.served_weights["grid"]) if self.candidate == "patch_classifier" else 0
+        return int(self.served_weights["grid"]) if self.candidate in ("patch_classifier", "fold_stack") else 0
 
     def scores(self, model_scores: np.ndarray, pooled: np.ndarray | torch.Tensor | None,
                patches: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
         """The scores this threshold applies to: the model's own, the baseline's of the pooled
-        features, or the patch classifier's of the (N, grid², C) patch vectors (NaN wherever the
-        model's score is NaN: an unreadable image)."""
+        features, the patch classifier's of the (N, grid², C) patch vectors, or the fold stack's of
+        both (NaN wherever the model's score is NaN: an unreadable image)."""
         model_scores = np.asarray(model_scores, dtype=np.float64)
         if self.candidate == "model":
             return model_scores
-        needed = {"baseline": ("pooled features", pooled), "patch_classifier": ("patch vectors", patches)}
-        what, features = needed[self.candidate]
-        if features is None:
-            raise DataError(f"the operating point is the {self.candidate}'s, which needs {what}; none were given")
+        needed = {"baseline": [("pooled features", pooled)], "patch_classifier": [("patch vectors", patches)],
+                  "fold_stack": [("pooled features", pooled), ("patch vectors", patches)]}
+        for what, features in needed[self.candidate]:
+            if features is None:
+                raise DataError(f"the operating point is the {self.candidate}'s, which needs {what}; none were given")
+        features = pooled if self.candidate == "baseline" else patches
         scores = np.full(len(model_scores), np.nan)
         readable = ~np.isnan(model_scores)
         if self.candidate == "baseline":
@@ -402,11 +405,16 @@ class OperatingPoint:
             return scores
         patches = torch.as_tensor(features)
         if patches.shape[1:2] != (self.patch_grid ** 2,):
-            raise DataError(f"the served patch classifier reads a {self.patch_grid}x{self.patch_grid} patch grid, but "
-                            f"the patch vectors given hold {patches.shape[1]} patches per image; run train and "
-                            "evaluate again with one train.patch_grid")
+            raise DataError(f"the served {self.candidate.replace('_', ' ')} reads a {self.patch_grid}x{self.patch_grid} "
+                            f"patch grid, but the patch vectors given hold {patches.shape[1]} patches per image; run "
+                            "train and evaluate again with one train.patch_grid")
         if readable.any():
-            scores[readable] = self._served_scorer.scores(patches[torch.from_numpy(np.flatnonzero(readable))])
+            rows = np.flatnonzero(readable)
+            if self.candidate == "fold_stack":
+                pooled = pooled.float().numpy() if isinstance(pooled, torch.Tensor) else np.asarray(pooled)
+                scores[readable] = self._served_scorer.scores(pooled[rows], patches[torch.from_numpy(rows)])
+            else:
+                scores[readable] = self._served_scorer.scores(patches[torch.from_numpy(rows)])
         return scores
 
     @cached_property
@@ -416,6 +424,10 @@ class OperatingPoint:
             from image_classification.baseline import BaselineWeights
 
             return BaselineWeights.from_payload(self.served_weights)
+        if self.candidate == "fold_stack":
+            from image_classification.fold_stack import FoldStack
+
+            return FoldStack.from_payload(self.served_weights)
         from image_classification.patches import PatchEnsemble
 
         return PatchEnsemble.from_payload(self.served_weights)
@@ -427,13 +439,14 @@ class OperatingPoint:
         patches = None
         if self.patch_grid:
             if backbone_features is None:
-                raise DataError("the operating point serves the patch classifier, which reads backbone_features; "
-                                "none were given")
+                raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, which reads "
+                                "backbone_features; none were given")
             cache = FeatureCache.from_payload(backbone_features)
             cache.check(image_index, self.backbone or cache.backbone, cache.head_input_mode)
             if cache.patches is None:
-                raise DataError("the operating point serves the patch classifier, but backbone_features holds no "
-                                "patch vectors (train.patch_grid is 0); run train and evaluate again")
+                raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, but "
+                                "backbone_features holds no patch vectors (train.patch_grid is 0); run train and "
+                                "evaluate again")
             patches = cache.patches
         return self.scores(scored.score, scored.pooled, patches)
 

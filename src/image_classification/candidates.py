@@ -34,7 +34,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from image_classification.baseline import LogisticBaseline
-from image_classification.metrics import metrics_at_threshold, select_threshold
+from image_classification.fold_stack import GlobalGate
+from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency, select_threshold
 from image_classification.patches import PatchClassifier, PatchMemory
 
 logger = logging.getLogger(__name__)
@@ -127,8 +128,9 @@ def head_scores(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: 
 
 def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None,
                 rows: dict[str, np.ndarray], targets: np.ndarray, groups: np.ndarray, train_config, evaluate,
-                seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Every candidate fitted on one fold's train rows: (validation scores, test scores) by name."""
+                seed: int, fits: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every candidate fitted on one fold's train rows: (validation scores, test scores) by name; the
+    fitted baseline goes into ``fits`` (when given) under ``baseline``."""
     val, test = {}, {}
     val["model"], test["model"] = head_scores(head_input, rows, targets, train_config, seed).values()
     with warnings.catch_warnings():
@@ -136,6 +138,8 @@ def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Ten
         baseline = LogisticBaseline(evaluate.baseline_c_grid, evaluate.target_precision, seed).fit(
             pooled[rows["train"]], targets[rows["train"]], pooled[rows["val"]], targets[rows["val"]])
     val["baseline"], test["baseline"] = (baseline.score_samples(pooled[rows[s]]) for s in ("val", "test"))
+    if fits is not None:
+        fits["baseline"] = baseline
     if patches is not None:
         memory = PatchMemory.fit(patches[rows["train"][targets[rows["train"]] == 1]], evaluate.patch_coreset_fraction,
                                  evaluate.patch_memory_max, evaluate.patch_top_k, seed)
@@ -177,11 +181,13 @@ def fold_figures(val_targets: np.ndarray, val_scores: np.ndarray, test_targets: 
     precision at the threshold ``evaluate.rule`` chooses on validation."""
     point = select_threshold(val_targets, val_scores, evaluate.rule, evaluate.rule_settings)
     measured = metrics_at_threshold(test_targets, test_scores, point["threshold"])
+    oracle = oracle_recall(test_targets, test_scores, evaluate.target_precision)
     return {
         "val_average_precision": float(average_precision_score(val_targets, val_scores)),
         "test_auroc": measured["auroc"], "test_average_precision": measured["average_precision"],
         "test_recall": measured["recall"], "test_precision": measured["precision"],
         "target_precision_held": bool(measured["precision"] >= evaluate.target_precision),
+        "test_oracle_recall": oracle, "test_recall_efficiency": recall_efficiency(measured["recall"], oracle),
     }
 
 
@@ -204,20 +210,30 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         from the models of the fold it was tested in (arrays, not JSON); the patch classifier's from
         its fit on the fold's train and validation rows (:func:`held_out_patch_classifier`), while
         its per-fold figures, like every candidate's, come from its fit on the train rows;
-        ``patch_classifiers``: those fits, one per fold (empty without the patch classifier).
+        ``patch_classifiers``: those fits, one per fold (empty without the patch classifier), with the
+        fold's baseline fits (``baselines``) and, in ``out_of_fold["global_gate_passes"]``, whether
+        each row passed the :class:`~image_classification.fold_stack.GlobalGate` fitted on the valid
+        images of its fold's other rows: what :func:`~image_classification.fold_stack.fit_fold_stack`
+        stacks.
     """
-    per_fold, patch_classifiers = [], []
+    per_fold, patch_classifiers, baselines = [], [], []
     out_of_fold = {"fold": np.full(len(targets), -1)}
     for number, rows in enumerate(grouped_folds(targets, groups, folds, seed)):
         start = time.perf_counter()
+        fits = {}
         val, test = fold_scores(head_input, pooled, patches, rows, targets, groups, train_config, evaluate,
-                                seed + number)
+                                seed + number, fits)
         out_of_fold["fold"][rows["test"]] = number
         held_out = dict(test)
         if "patch_classifier" in test:
             classifier, held_out["patch_classifier"] = held_out_patch_classifier(patches, rows, targets, evaluate,
                                                                                  seed + number)
             patch_classifiers.append(classifier)
+            baselines.append(fits["baseline"])
+            fitted_on = np.concatenate([rows["train"], rows["val"]])
+            gate = GlobalGate.fit(patches[fitted_on[targets[fitted_on] == 1]])
+            out_of_fold.setdefault("global_gate_passes", np.ones(len(targets), bool))[rows["test"]] = gate.passes(
+                patches[rows["test"]])
         for name, scores in held_out.items():
             out_of_fold.setdefault(name, np.full(len(targets), np.nan))[rows["test"]] = scores
         fold = {"fold": number, "images": {split: int(len(index)) for split, index in rows.items()},
@@ -235,10 +251,11 @@ def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.
         if not results:
             continue
         summary[name] = {key: _mean_sd([r[key] for r in results]) for key in (
-            "val_average_precision", "test_auroc", "test_average_precision", "test_recall", "test_precision")}
+            "val_average_precision", "test_auroc", "test_average_precision", "test_recall", "test_precision",
+            "test_oracle_recall", "test_recall_efficiency")}
         summary[name]["folds_target_precision_held"] = int(sum(r["target_precision_held"] for r in results))
         summary[name]["folds"] = len(results)
     best = max(summary, key=lambda n: summary[n]["val_average_precision"]["mean"] or 0.0)
     return {"folds": per_fold, "summary": summary, "best_by_validation_average_precision": best,
             "rule": evaluate.rule, "target_precision": evaluate.target_precision, "out_of_fold": out_of_fold,
-            "patch_classifiers": patch_classifiers}
+            "patch_classifiers": patch_classifiers, "baselines": baselines}

@@ -66,6 +66,22 @@ def recall_at_precision(targets: np.ndarray, scores: np.ndarray, target_precisio
     return PrecisionRecallPoint(float(thresholds[best]), float(precision[best]), float(recall[best]), False)
 
 
+def oracle_recall(targets: np.ndarray, scores: np.ndarray, target_precision: float) -> float:
+    """The best recall any threshold on ``scores`` reaches at ``target_precision`` on these very
+    images (0 when none reaches it): what a threshold chosen elsewhere is measured against."""
+    point = recall_at_precision(targets, scores, target_precision)
+    return float(point.recall) if point.reached else 0.0
+
+
+def recall_efficiency(recall: float, oracle: float) -> float | None:
+    """The share of the recall the scores allowed that a threshold kept: recall / oracle recall, at
+    most 1 (recall beyond the oracle's comes at a precision below the target); None when no threshold
+    reaches the target on these images, so that there was nothing to keep."""
+    if oracle is None or oracle <= 0 or recall is None or not np.isfinite(recall):
+        return None
+    return float(min(recall / oracle, 1.0))
+
+
 def validation_score(targets: np.ndarray, scores: np.ndarray, target_precision: float) -> tuple[float, float]:
     """What early stopping maximises: (recall at the target precision, average precision)."""
     point = recall_at_precision(targets, scores, target_precision)
@@ -269,13 +285,15 @@ def select_threshold(targets: np.ndarray, scores: np.ndarray, rule: str, setting
     called = scores >= point.threshold
     bound = precision_lower_bound(int(targets[called].sum()), int(called.sum()), settings.bound_level,
                                   settings.bound_method)
+    oracle = oracle_recall(targets, scores, settings.target_precision)
     return {
         "threshold": point.threshold, "rule": rule, "rule_description": chosen.describe(settings),
         "target_precision": settings.target_precision, "reached": point.reached,
         "fallback": None if point.reached else chosen.fallback(settings, point, bound, targets),
         "validation": {"images": len(targets), "valid_images": int(targets.sum()), "called_valid": int(called.sum()),
                        "precision": point.precision, "recall": point.recall, "precision_lower_bound": bound,
-                       "bound_method": settings.bound_method, "bound_level": settings.bound_level},
+                       "bound_method": settings.bound_method, "bound_level": settings.bound_level,
+                       "oracle_recall": oracle, "recall_efficiency": recall_efficiency(point.recall, oracle)},
     }
 
 
@@ -347,6 +365,8 @@ def report_at_threshold(targets: np.ndarray, scores: np.ndarray, threshold: floa
     test["target_precision_held"] = bool(test["precision"] >= target_precision)  # NaN: not held
     bootstrap = bootstrap_precision_recall(targets, scores >= threshold, bootstrap_samples, seed, bootstrap_level)
     oracle = recall_at_precision(targets, scores, target_precision)
+    test["oracle_recall"] = float(oracle.recall) if oracle.reached else 0.0
+    test["recall_efficiency"] = recall_efficiency(test["recall"], test["oracle_recall"])
     return {
         "test": test,
         "test_bootstrap": {**bootstrap, "seed": seed},

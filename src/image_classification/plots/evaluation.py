@@ -72,7 +72,7 @@ def precision_recall_figure(series: list[ScoredSplit], target_precision: float, 
             precision, recall, _ = precision_recall_curve(item.targets, item.scores)
             axis.plot(recall, precision, drawstyle="steps-post", color=colour, linestyle=line, label=item.name)
         _, recall_at, precision_at = item.operating_point()
-        axis.plot(recall_at, precision_at, SERIES_MARKERS[index], color=colour, markersize=11 - 2 * index,
+        axis.plot(recall_at, precision_at, SERIES_MARKERS[index], color=colour, markersize=max(11 - 2 * index, 4),
                   markeredgecolor="black",
                   label=f"{item.name} at threshold {item.threshold:.3f}: P {precision_at:.2f}, R {recall_at:.2f}")
     _finish_rates(axis, _split_title("Precision-recall", series, split), "recall", "precision")
@@ -113,7 +113,7 @@ def roc_figure(series: list[ScoredSplit], split: str = "test") -> Figure:
             axis.plot(false_positive_rate, true_positive_rate, color=colour, linestyle=line,
                       label=f"{item.name} (AUROC {area:.3f})")
         fpr_at, recall_at, _ = item.operating_point()
-        axis.plot(fpr_at, recall_at, SERIES_MARKERS[index], color=colour, markersize=11 - 2 * index,
+        axis.plot(fpr_at, recall_at, SERIES_MARKERS[index], color=colour, markersize=max(11 - 2 * index, 4),
                   markeredgecolor="black", label=f"{item.name} at threshold {item.threshold:.3f}")
     _finish_rates(axis, _split_title("ROC", series, split), "false positive rate (invalid called valid)",
            "recall (true positive rate)")
@@ -147,7 +147,7 @@ def roc_plotly(series: list[ScoredSplit], split: str = "test") -> go.Figure:
 def _add_operating_point(figure: go.Figure, index: int, item: ScoredSplit, x: float, y: float, hover: str) -> None:
     """A classifier's operating point as a marker that names its threshold on hover."""
     figure.add_scatter(x=[x], y=[y], mode="markers", name=f"{item.name} operating point",
-                       marker={"color": SERIES_COLOURS[index], "size": 14 - 3 * index, "symbol": PLOTLY_MARKERS[index],
+                       marker={"color": SERIES_COLOURS[index], "size": max(14 - 3 * index, 4), "symbol": PLOTLY_MARKERS[index],
                                "line": {"color": "black", "width": 1}},
                        hovertemplate=f"threshold {item.threshold:.4f}<br>{hover}")
 

@@ -27,11 +27,13 @@ from image_classification.baseline import BaselineWeights
 from image_classification.errors import DataError, ParameterError
 from image_classification.metrics import bootstrap_precision_recall, metrics_at_threshold, select_threshold
 from image_classification.parameters.train import TrainConfig
+from image_classification.fold_stack import FoldStack
 from image_classification.patches import PatchClassifier, PatchEnsemble
 from image_classification.pipelines.evaluate.nodes import (
     EvaluateConfig,
     choose_operating_point,
     cross_validate_candidates,
+    score_fold_stack,
     draw_error_gallery,
     fit_baseline,
     join_scores,
@@ -207,8 +209,8 @@ def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(e
 
 def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inputs):
     index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
-    report, held_out, folds = cross_validate_candidates(features, index, TrainConfig(epochs=2),
-                                                        small_config(cv_folds=3), seed=42)
+    report, held_out, folds, stack = cross_validate_candidates(features, index, TrainConfig(epochs=2),
+                                                               small_config(cv_folds=3), seed=42)
     json.dumps(report, allow_nan=False)
     # the train and validation images only: the test split measures the choices made on these
     labelled = sum(SPLIT_SIZES["train"]) + sum(SPLIT_SIZES["val"]) - 1  # one image unreadable
@@ -217,7 +219,7 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
     assert sum(fold["images"]["test"] for fold in report["folds"]) == labelled
     assert len(held_out) == labelled and set(held_out["split"]) == {"train", "val"}
     assert held_out["fold"].value_counts().sort_index().tolist() == [f["images"]["test"] for f in report["folds"]]
-    scores = ["score", "baseline_score", "patch_score", "patch_classifier_score", "stack_score"]
+    scores = ["score", "baseline_score", "patch_score", "patch_classifier_score", "stack_score", "fold_stack_score"]
     assert held_out[scores].notna().all(axis=None)
     # each fold's held-out scores are the ones its figures were measured on
     first = held_out[held_out["fold"] == 0]
@@ -247,6 +249,16 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
     readable = cache.readable[rows]
     expected = PatchEnsemble.from_payload(folds).scores(cache.patches[rows[readable]])
     np.testing.assert_allclose(test["patch_classifier_score"].to_numpy()[readable], expected, atol=1e-7)
+    # the fold stack of the same fits: validation images by their out-of-fold score, test images by the served stack
+    assert len(stack["members"]) == 3 and report["fold_stack"]["fold_fits"] == 3
+    stacked = score_fold_stack(features, index, stack, held_out).merge(index[["path", "split"]])
+    val = stacked.query("split == 'val'").merge(held_out[["path", "fold_stack_score"]], on="path",
+                                                suffixes=("", "_held_out"))
+    assert len(val) and np.array_equal(val["fold_stack_score"], val["fold_stack_score_held_out"])
+    test = stacked.query("split == 'test'")
+    served = FoldStack.from_payload(json.loads(json.dumps(stack)))
+    np.testing.assert_allclose(test["fold_stack_score"].to_numpy()[readable],
+                               served.scores(cache.pooled[rows[readable]], cache.patches[rows[readable]]), atol=1e-6)
 
 
 def test_the_patch_classifier_s_held_out_scores_come_from_a_fit_on_its_fold_s_train_and_validation_rows():
@@ -282,8 +294,8 @@ def test_the_patch_classifier_s_held_out_scores_come_from_a_fit_on_its_fold_s_tr
 def test_cross_validation_says_its_model_row_is_not_the_fine_tuned_model(evaluation_inputs):
     """With fine-tuned backbone blocks the folds still train the head on the frozen features: the
     report must not pass those figures off as the fine-tuned model's."""
-    report, _, _ = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
-                                          TrainConfig(epochs=1, trainable_blocks=1), small_config(cv_folds=3), seed=42)
+    report, *_ = cross_validate_candidates(evaluation_inputs["backbone_features"], evaluation_inputs["image_index"],
+                                           TrainConfig(epochs=1, trainable_blocks=1), small_config(cv_folds=3), seed=42)
     assert report["enabled"] and "not the model with 1 fine-tuned backbone blocks" in report["model"]
 
 
@@ -293,12 +305,12 @@ def test_cross_validation_says_its_model_row_is_not_the_fine_tuned_model(evaluat
     ({"cv_folds": 20}, "fewer than 20 groups of each label"),
 ])
 def test_cross_validation_is_skipped_with_a_reason(evaluation_inputs, changes, why):
-    report, held_out, folds = cross_validate_candidates(evaluation_inputs["backbone_features"],
-                                                        evaluation_inputs["image_index"], TrainConfig(epochs=1),
-                                                        small_config(**changes), seed=42)
-    assert not report["enabled"] and why in report["reason"] and held_out.empty and folds == {}
+    report, held_out, folds, stack = cross_validate_candidates(evaluation_inputs["backbone_features"],
+                                                               evaluation_inputs["image_index"], TrainConfig(epochs=1),
+                                                               small_config(**changes), seed=42)
+    assert not report["enabled"] and why in report["reason"] and held_out.empty and folds == {} and stack == {}
     assert list(held_out) == ["path", "split", "target", "fold", "score", "baseline_score", "patch_score",
-                              "patch_classifier_score", "stack_score"]
+                              "patch_classifier_score", "stack_score", "fold_stack_score"]
 
 
 def test_stale_features_or_scores_are_refused(evaluation_inputs):
@@ -670,3 +682,36 @@ def test_gallery_shows_thumbnails_and_survives_a_missing_file(tmp_path):
     assert min(png_size(figure)) > 100
     empty = draw_error_gallery(gaps.iloc[:0], {"threshold": 0.6}, small_config())
     assert min(png_size(empty)) > 100
+
+
+def test_on_small_data_auto_serves_the_fold_stack_thresholded_on_its_own_out_of_fold_scores(evaluation_scores):
+    """The fold stack's out-of-fold scores are on the served stack's scale, so where the
+    cross-validation made one it is served, its threshold chosen on them, and the record says what
+    recall those scores allowed beside what the threshold keeps."""
+    held_out = held_out_table(OOF_TARGETS, [0.5] * 30, OOF_BASELINE).assign(
+        patch_classifier_score=np.float32(np.nan), fold_stack_score=np.array(OOF_PERFECT, np.float32))
+    scores = evaluation_scores.assign(fold_stack_score=evaluation_scores["score"])
+    point = choose_operating_point(scores, CHECKPOINT, small_config(rule="point"), held_out, baseline_model=WEIGHTS,
+                                   fold_stack_model={"kind": "fold stack", "grid": 4})
+    json.dumps(point, allow_nan=False)
+    assert point["candidate"] == "fold_stack" and point["threshold_chosen_on"] == "out_of_fold"
+    assert point["threshold"] == pytest.approx(min(OOF_PERFECT[:20]))
+    assert point["validation"]["oracle_recall"] == 1.0 and point["validation"]["recall_efficiency"] == 1.0
+    assert "fold_stack" in point["candidates_compared"]["held_out_average_precision"]
+    # without the fold stack's weights it cannot be served, and the baseline is, as before
+    assert choose_operating_point(scores, CHECKPOINT, small_config(rule="point"), held_out,
+                                  baseline_model=WEIGHTS)["candidate"] == "baseline"
+
+
+def test_a_threshold_that_keeps_little_of_the_recall_its_images_allow_is_warned_about(evaluation_scores, caplog):
+    """200 held-out images in two like folds: the top 74 are valid, the next 90 hold 76 valid and 14
+    invalid, so a threshold of precision 150/164 keeps every valid one; the lower bound of precision
+    reaches 0.90 only well above it, so the rule keeps far less. The folds score on one scale, so the
+    run blames the rule's bound, says how much it cost and what to change."""
+    targets = np.repeat([1] * 37 + ([1] * 5 + [0]) * 7 + [1] * 3 + [0] * 18, 2).tolist()  # each fold alike
+    held_out = held_out_table(targets, [0.5] * 200, list(np.linspace(0.99, 0.01, 200)))
+    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config(rule="lower_bound"), held_out,
+                                   baseline_model=WEIGHTS)
+    assert point["validation"]["oracle_recall"] == 1.0 and point["validation"]["recall_efficiency"] < 0.8
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "recall efficiency" in r.getMessage()]
+    assert len(warned) == 1 and "Likely cause and fix" in warned[0] and "bound_level" in warned[0]

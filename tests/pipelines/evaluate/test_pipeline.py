@@ -73,10 +73,10 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     scores, point, metrics = (catalog.load(name) for name in ("evaluation_scores", "operating_point", "evaluation_metrics"))
     assert set(scores["split"]) == {"val", "test"}
     assert point["backbone"] == "efficientnet_lite0" and point["rule"] == "lower_bound"  # the default
-    # the served candidate (auto: model or baseline), measured at its operating threshold
-    served, column = point["candidate"], {"model": "score", "baseline": "baseline_score"}[point["candidate"]]
-    assert metrics["operating_candidate"] == served and point["threshold_chosen_on"] == (
-        "out_of_fold" if served == "baseline" else "validation")
+    # small data: auto serves the fold stack, its threshold chosen on its out-of-fold scores, measured at it
+    served, column = point["candidate"], "fold_stack_score"
+    assert served == "fold_stack" and metrics["operating_candidate"] == served
+    assert point["threshold_chosen_on"] == "out_of_fold"
     test = scores[(scores["split"] == "test") & scores[column].notna()]
     called = test[column] >= point["threshold"]
     assert metrics[served]["threshold"] == point["threshold"]
@@ -87,7 +87,7 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     held_out = catalog.load("out_of_fold_scores")
     assert set(held_out["split"]) == {"train", "val"} and held_out["fold"].nunique() == 5
     candidates = [row["candidate"] for row in metrics["candidates"]["table"]]
-    assert candidates == ["model", "baseline", "patch", "patch_classifier", "stack"]
+    assert candidates == ["model", "baseline", "patch", "patch_classifier", "stack", "fold_stack"]
     assert BaselineWeights.from_payload(catalog.load("baseline_model")).c == metrics["baseline"]["C"]
     scored = scores.dropna(subset=[column])
     assert len(catalog.load("gap_analysis")) == ((scored[column] >= point["threshold"]) != (scored["target"] == 1)).sum()

@@ -24,8 +24,9 @@ from image_classification.artefacts import (
 from image_classification.baseline import BaselineWeights, LogisticBaseline
 from image_classification.errors import DataError, ParameterError
 from image_classification.images import thumbnail
-from image_classification.metrics import report_at_threshold, select_threshold
+from image_classification.metrics import metrics_at_threshold, oracle_recall, report_at_threshold, select_threshold
 from image_classification.candidates import cross_validate, fit_patch_classifier, stack_inputs, stack_scores
+from image_classification.fold_stack import FoldStack, GlobalGate, fit_fold_stack, input_logits, platt
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import PatchEnsemble, PatchMemory, grid_of
@@ -35,9 +36,9 @@ logger = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("val", "test")
 OUT_OF_FOLD_COLUMNS = ["path", "split", "target", "fold", "score", "baseline_score", "patch_score",
-                       "patch_classifier_score", "stack_score"]
+                       "patch_classifier_score", "stack_score", "fold_stack_score"]
 SCORE_COLUMNS = ["path", "split", "label", "target", "score", "baseline_score", "patch_score", "patch_classifier_score",
-                 "stack_score", "error"]
+                 "stack_score", "fold_stack_score", "error"]
 # every score evaluate measures: (key in evaluation_metrics.json, column of evaluation_scores, what it is)
 CANDIDATES = (
     ("model", "score", "the trained model (the original head)"),
@@ -45,6 +46,9 @@ CANDIDATES = (
     ("patch", "patch_score", "patch evidence (negated distance to the valid patch memory)"),
     ("patch_classifier", "patch_classifier_score", "supervised patch evidence (a patch network trained on the labels)"),
     ("stack", "stack_score", "logistic regression over the other scores, fitted on validation"),
+    ("fold_stack", "fold_stack_score", "the cross-validation's baseline and patch classifier fits, each calibrated on "
+     "the images its fold did not see, stacked and averaged over the folds; 0 for an image unlike every valid "
+     "training image as a whole (global gate)"),
 )
 THUMBNAIL_SIZE = 160
 
@@ -194,21 +198,27 @@ def _patch_classifier(cache: FeatureCache, image_index: pd.DataFrame, rows: np.n
 
 
 def join_scores(model_scores: pd.DataFrame, baseline_scores: pd.DataFrame, patch_scores: pd.DataFrame,
-                image_index: pd.DataFrame, seed: int) -> pd.DataFrame:
+                image_index: pd.DataFrame, seed: int, fold_stack_scores: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every candidate's score side by side, one row per validation and test image, with the stacker's.
 
     The stacker is a logistic regression over the model's and the baseline's logits, the patch
     score and the patch classifier's (where there is one), fitted on the validation images. Its
     validation scores are cross-fitted over validation split groups (each scored by a stacker that
     never saw its group), so the threshold chosen on them is as honest as the others'; its test
-    scores come from the stacker fitted on all of validation.
+    scores come from the stacker fitted on all of validation. The fold stack's scores
+    (:func:`score_fold_stack`; NaN where there is none) are joined as they come.
     """
-    for name, other in (("baseline", baseline_scores), ("patch", patch_scores)):
+    others = [("baseline", baseline_scores), ("patch", patch_scores)]
+    if fold_stack_scores is not None:
+        others.append(("fold stack", fold_stack_scores))
+    for name, other in others:
         if model_scores["path"].tolist() != other["path"].tolist():
             raise ValueError(f"model and {name} scores are not for the same images in the same order")
     table = model_scores.assign(baseline_score=baseline_scores["baseline_score"].to_numpy(),
                                 patch_score=patch_scores["patch_score"].to_numpy(),
-                                patch_classifier_score=patch_scores["patch_classifier_score"].to_numpy())
+                                patch_classifier_score=patch_scores["patch_classifier_score"].to_numpy(),
+                                fold_stack_score=np.nan if fold_stack_scores is None else
+                                fold_stack_scores["fold_stack_score"].to_numpy(np.float32))
     groups = image_index.set_index("path").loc[table["path"], "split_group"].to_numpy() \
         if "split_group" in image_index else table["path"].to_numpy()
     stack, reason = stacked_scores(table, groups, seed)
@@ -234,7 +244,7 @@ def stacked_scores(table: pd.DataFrame, groups: np.ndarray, seed: int) -> tuple[
 
 
 def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame, train: TrainConfig,
-                              evaluate: EvaluateConfig, seed: int) -> tuple[dict, pd.DataFrame, dict]:
+                              evaluate: EvaluateConfig, seed: int) -> tuple[dict, pd.DataFrame, dict, dict]:
     """On a small labelled set, every candidate over ``evaluate.cv_folds`` grouped, stratified folds
     of the train and validation images (:func:`~image_classification.candidates.cross_validate`):
     figures per fold and mean +- sd, so that one small split's luck does not pass for the model's
@@ -247,7 +257,9 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
         for one split), per train and validation image its fold and every candidate's held-out
         score (no rows when it did not run), and the patch classifier's fold fits as plain numbers
         (:class:`~image_classification.patches.PatchEnsemble`; ``{}`` when there are none), which
-        :func:`score_patches` scores with and the operating point serves.
+        :func:`score_patches` scores with and the operating point serves; and the fold stack of the
+        fold fits as plain numbers (:class:`~image_classification.fold_stack.FoldStack`; ``{}`` when
+        there is none), whose out-of-fold scores are the ``fold_stack_score`` column.
     """
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     labelled = np.flatnonzero(cache.readable & image_index["split"].isin(("train", "val")).to_numpy(bool)
@@ -263,7 +275,7 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
         logger.info("Cross-validation skipped: %s", reason)
         return {"enabled": False, "reason": reason}, pd.DataFrame({
             "path": pd.Series(dtype="string"), "split": pd.Series(dtype="string"), "target": pd.Series(dtype="int8"),
-            "fold": pd.Series(dtype="int16"), **{c: pd.Series(dtype="float32") for c in OUT_OF_FOLD_COLUMNS[4:]}}), {}
+            "fold": pd.Series(dtype="int16"), **{c: pd.Series(dtype="float32") for c in OUT_OF_FOLD_COLUMNS[4:]}}), {}, {}
     logger.info("Cross-validating every candidate on %d grouped folds of the %d labelled train and validation "
                 "images", evaluate.cv_folds, len(labelled))
     model = "the original head on the frozen backbone's cached features, trained per fold as train does"
@@ -277,7 +289,21 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
     report = cross_validate(cache.head_input[labelled], cache.pooled[labelled].float().numpy(), patches, targets,
                             groups, evaluate.cv_folds, train, evaluate, seed)
     held_out, fold_fits = report.pop("out_of_fold"), report.pop("patch_classifiers")
+    baselines = [BaselineWeights.of(fit, cache.backbone) for fit in report.pop("baselines")]
     folds_payload = PatchEnsemble(fold_fits).to_payload(grid_of(patches)) if fold_fits else {}
+    stack_payload = {}
+    if fold_fits:
+        raw_logits = input_logits(held_out["baseline"], held_out["patch_classifier"])
+        gate = GlobalGate.fit(patches[targets == 1])
+        stack, held_out["fold_stack"] = fit_fold_stack(raw_logits, held_out["fold"], targets, baselines, fold_fits,
+                                                       held_out["global_gate_passes"], gate, grid_of(patches), seed)
+        stack_payload = stack.to_payload()
+        report["fold_stack"] = {**stack.describe(), **_held_out_figures(targets, held_out["fold_stack"], evaluate)}
+        logger.info("Fold stack: baseline and patch classifier fits of %d folds, calibrated per fold and stacked "
+                    "(coefficients %s); out-of-fold AUROC %s; the global gate refuses %d of %d out-of-fold images",
+                    len(fold_fits), ", ".join(f"{k} {v:.2f}" for k, v in stack.describe()["stacker_coefficients"].items()),
+                    _format(report["fold_stack"]["out_of_fold_auroc"]),
+                    int((~held_out["global_gate_passes"]).sum()), len(targets))
     out_of_fold = image_index.iloc[labelled][["path", "split", "target"]].reset_index(drop=True).astype(
         {"target": "int8"}).assign(fold=held_out["fold"].astype("int16"))
     for key, column, _ in CANDIDATES:
@@ -289,7 +315,39 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
                     _format(figures["test_recall"]["sd"]), evaluate.target_precision,
                     figures["folds_target_precision_held"], figures["folds"])
     return jsonable({"enabled": True, "labelled_images": int(len(labelled)), "splits": ["train", "val"],
-                     "groups": int(len(np.unique(groups))), "model": model, **report}), out_of_fold, folds_payload
+                     "groups": int(len(np.unique(groups))), "model": model, **report}), out_of_fold, folds_payload, \
+        stack_payload
+
+
+def _held_out_figures(targets: np.ndarray, scores: np.ndarray, evaluate: EvaluateConfig) -> dict:
+    """Threshold-free figures of out-of-fold scores, and the best recall any threshold reaches on them."""
+    measured = metrics_at_threshold(targets, scores, 0.5)
+    return {"out_of_fold_auroc": measured["auroc"], "out_of_fold_average_precision": measured["average_precision"],
+            "out_of_fold_oracle_recall": oracle_recall(targets, scores, evaluate.target_precision)}
+
+
+def score_fold_stack(backbone_features: dict, image_index: pd.DataFrame, fold_stack_model: dict,
+                     out_of_fold_scores: pd.DataFrame) -> pd.DataFrame:
+    """The fold stack's score of every validation and test image (NaN where there is no fold stack
+    or the image is unreadable): test images scored by the served stack
+    (:class:`~image_classification.fold_stack.FoldStack`), validation images by their out-of-fold
+    score (the fits of the fold that did not see them), so both stay held out."""
+    cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
+    rows = _evaluated_rows(image_index)
+    scores = np.full(len(rows), np.nan, dtype=np.float32)
+    paths = image_index["path"].to_numpy()[rows]
+    if fold_stack_model and cache.patches is not None and len(out_of_fold_scores):
+        stack = FoldStack.from_payload(fold_stack_model)
+        split, readable = image_index["split"].to_numpy()[rows], cache.readable[rows]
+        test = readable & (split == "test")
+        scores[test] = stack.scores(cache.pooled[rows[test]], cache.patches[rows[test]])
+        val = readable & (split == "val")
+        held_out = out_of_fold_scores.set_index("path")["fold_stack_score"]
+        scores[val] = held_out.reindex(paths[val]).to_numpy(np.float32)
+        logger.info("Fold stack: %d test images scored by the mean of %d calibrated fold fits (%d refused by the "
+                    "global gate), validation images by their out-of-fold scores", int(test.sum()),
+                    len(stack.members), int((scores[test] == 0).sum()))
+    return pd.DataFrame({"path": paths, "fold_stack_score": scores})
 
 
 # ---------------------------------------------------------------- operating point and metrics
@@ -297,15 +355,18 @@ def cross_validate_candidates(backbone_features: dict, image_index: pd.DataFrame
 
 def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: dict, evaluate: EvaluateConfig,
                            out_of_fold_scores: pd.DataFrame | None = None, seed: int = 42,
-                           baseline_model: dict | None = None, patch_classifier_model: dict | None = None) -> dict:
+                           baseline_model: dict | None = None, patch_classifier_model: dict | None = None,
+                           fold_stack_model: dict | None = None) -> dict:
     """Choose the served score (``evaluate.operating_candidate``) and its decision threshold, by the
     configured rule, on validation or on the out-of-fold scores (``evaluate.threshold_on``).
 
-    Of the candidates predict can serve (the model; the baseline and the patch classifier when the
-    backbone is frozen): on small data, where cross-validation ran (``out_of_fold_scores`` has rows),
-    whichever of the baseline and the patch classifier has the higher mean held-out average
-    precision over the folds, since only their thresholds carry over from out-of-fold scores (the
-    record says how the model compares, and the run warns when it ranks clearly better); on large
+    Of the candidates predict can serve (the model; the baseline, the patch classifier and the fold
+    stack when the backbone is frozen): on small data, where cross-validation ran
+    (``out_of_fold_scores`` has rows), the fold stack
+    (:mod:`~image_classification.fold_stack`: global and local evidence, on the scale of the
+    out-of-fold scores its threshold is chosen on, and a global gate), or without one whichever of the
+    baseline and the patch classifier has the higher mean held-out average precision over the folds
+    (the record says how the model compares, and the run warns when it ranks clearly better); on large
     data the model, unless the baseline's or the patch classifier's validation average precision is
     clearly higher (the lower end of a paired bootstrap interval of the difference above 0; of two
     clearly better, the one of higher validation average precision). With ``threshold_on`` auto the
@@ -321,7 +382,7 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
     checkpoint = Checkpoint.from_payload(model_checkpoint)
     out_of_fold_scores = out_of_fold_scores if out_of_fold_scores is not None else pd.DataFrame()
     served_weights = {"model": None, "baseline": baseline_model or None,
-                      "patch_classifier": patch_classifier_model or None}
+                      "patch_classifier": patch_classifier_model or None, "fold_stack": fold_stack_model or None}
     candidate, why, compared = _operating_candidate(evaluation_scores, out_of_fold_scores, checkpoint, evaluate, seed,
                                                     served_weights)
     column = _COLUMN[candidate]
@@ -346,6 +407,7 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
               "candidates_compared": compared, "threshold_note": note}
     logger.info("Operating point: the %s's score (%s); threshold chosen on %s", candidate, why, where)
     _log_operating_point(candidate.capitalize(), point)
+    _warn_low_efficiency(point, _pooling_loss(held_out, column) if chosen_on == "out_of_fold" else 0.0)
     return jsonable(OperatingPoint.for_checkpoint(point, checkpoint, candidate, served_weights[candidate]).to_payload())
 
 
@@ -387,7 +449,7 @@ def _servable(evaluation_scores: pd.DataFrame, checkpoint: Checkpoint,
               served_weights: dict[str, dict | None]) -> tuple[list[str], dict[str, str]]:
     """The candidates predict can serve, and why each other servable kind cannot be served here."""
     servable, why_not = ["model"], {}
-    for name in ("baseline", "patch_classifier"):
+    for name in ("baseline", "patch_classifier", "fold_stack"):
         column = _COLUMN[name]
         if checkpoint.fine_tuned_blocks:
             why_not[name] = (f"the checkpoint's backbone has {checkpoint.fine_tuned_blocks} fine-tuned blocks, and the "
@@ -411,14 +473,14 @@ def _operating_candidate(evaluation_scores: pd.DataFrame, out_of_fold_scores: pd
             raise ParameterError(f"evaluate.operating_candidate is {evaluate.operating_candidate}, but "
                                  f"{why_not[evaluate.operating_candidate]}; use auto or model")
         return evaluate.operating_candidate, "pinned by evaluate.operating_candidate", {}
-    # small data: only the baseline's and the patch classifier's thresholds can be chosen on out-of-fold scores
-    # (each refitted per fold scores on one scale; early-stopped heads do not), and they are the ones that held
-    on_folds = [name for name in ("baseline", "patch_classifier")
+    # small data: only the fold-fitted scores' thresholds can be chosen on out-of-fold scores (early-stopped heads of
+    # different folds do not score on one scale); the fold stack puts its folds on one scale by construction
+    on_folds = [name for name in ("baseline", "patch_classifier", "fold_stack")
                 if name in servable and len(out_of_fold_scores) and _COLUMN[name] in out_of_fold_scores]
     held_out = out_of_fold_scores.dropna(subset=["score", *(_COLUMN[n] for n in on_folds)]) if on_folds else None
     if on_folds and held_out["fold"].nunique() >= 2:
         per_fold = {name: _held_out_average_precision(held_out, _COLUMN[name]) for name in ["model", *on_folds]}
-        best = max(on_folds, key=lambda name: per_fold[name].mean())
+        best = "fold_stack" if "fold_stack" in on_folds else max(on_folds, key=lambda name: per_fold[name].mean())
         difference = per_fold["model"] - per_fold[best]
         margin = 2 * difference.std(ddof=1) / np.sqrt(len(difference))
         compared = {"held_out_average_precision": {name: {"per_fold": values.tolist(), "mean": float(values.mean())}
@@ -426,10 +488,16 @@ def _operating_candidate(evaluation_scores: pd.DataFrame, out_of_fold_scores: pd
                     f"model_minus_{best}_held_out_average_precision": {
                         "per_fold": difference.tolist(), "mean": float(difference.mean()),
                         "two_standard_errors": float(margin)}}
-        measure = ("on small data the one of the baseline and the patch classifier with the higher mean held-out "
-                   "average precision over the folds; their thresholds are chosen on out-of-fold scores (the "
-                   "model's cannot be: its fold heads score on different scales; benchmarks/oof_threshold.py "
-                   "measures both)")
+        if best == "fold_stack":
+            measure = ("on small data the fold stack: the baseline's (global) and the patch classifier's (local) fold "
+                       "fits, each calibrated on the images its fold did not see, stacked, averaged over the folds and "
+                       "gated, so that its out-of-fold scores, on which the threshold is chosen, are on the served "
+                       "score's scale (benchmarks/oof_threshold.py measures it beside the others)")
+        else:
+            measure = ("on small data the one of the baseline and the patch classifier with the higher mean held-out "
+                       "average precision over the folds; their thresholds are chosen on out-of-fold scores (the "
+                       "model's cannot be: its fold heads score on different scales; benchmarks/oof_threshold.py "
+                       "measures both)")
         details = (", ".join(f"{name} {per_fold[name].mean():.3f}" for name in per_fold)
                    + f" held-out average precision over {len(difference)} folds")
         if difference.mean() > margin:
@@ -492,6 +560,7 @@ def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, 
                           "val_average_precision": float(average_precision_score(targets, scores)),
                           "test_auroc": test["auroc"], "test_average_precision": test["average_precision"],
                           "test_recall": test["recall"], "test_precision": test["precision"],
+                          "test_oracle_recall": test["oracle_recall"], "test_recall_efficiency": test["recall_efficiency"],
                           "target_precision_held": test["target_precision_held"]})
     best = max(table, key=lambda row: row["val_average_precision"])["candidate"]
     metrics["candidates"] = {"table": table, "best_by_validation_average_precision": best,
@@ -500,6 +569,19 @@ def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, 
                                     "candidates are measured beside it, each at a threshold chosen on validation"}
     for row in table:
         _log_test_report(row["candidate"], metrics[row["candidate"]], evaluate.target_precision)
+    chosen_on, test = operating_point["validation"], metrics[served]["test"]
+    metrics["served"] = {
+        "candidate": served, "threshold": operating_point["threshold"],
+        "threshold_chosen_on": operating_point.get("threshold_chosen_on", "validation"),
+        "chosen_on_recall": chosen_on["recall"], "chosen_on_oracle_recall": chosen_on.get("oracle_recall"),
+        "chosen_on_recall_efficiency": chosen_on.get("recall_efficiency"),
+        "test_precision": test["precision"], "test_recall": test["recall"], "test_oracle_recall": test["oracle_recall"],
+        "test_recall_efficiency": test["recall_efficiency"]}
+    logger.info("Served: the %s at threshold %.4f keeps test recall %s of the %s any threshold reaches at precision "
+                "%.2f on the same images (recall efficiency %s; %s where it was chosen), test precision %s",
+                served.replace("_", " "), operating_point["threshold"], _format(test["recall"]),
+                _format(test["oracle_recall"]), evaluate.target_precision, _format(test["recall_efficiency"]),
+                _format(chosen_on.get("recall_efficiency")), _format(test["precision"]))
     logger.info("Best validation average precision: %s (%s)", best,
                 ", ".join(f"{row['candidate']} {row['val_average_precision']:.3f}" for row in table))
     return jsonable(metrics)
@@ -571,7 +653,7 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
             (thumbnail(row.path, THUMBNAIL_SIZE), f"{row.path.rsplit('/', 1)[-1][:22]}\n{row.split} split, score {row.score:.3f}")
             for row in errors.head(evaluate.gallery_size).itertuples()
         ]
-    title = (f"Errors of the {_served(operating_point)} at threshold {operating_point['threshold']:.3f} "
+    title = (f"Errors of the {_served(operating_point).replace('_', ' ')} at threshold {operating_point['threshold']:.3f} "
              "on validation and test, most wrong first")
     return plots.error_gallery_figure(rows, title)
 
@@ -608,7 +690,7 @@ def _test_report(evaluation_scores: pd.DataFrame, column: str, point: dict, conf
 
 def _test_series(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> list[plots.ScoredSplit]:
     names = {"model": "model", "baseline": "baseline (logistic regression)", "patch": "patch evidence",
-             "patch_classifier": "patch classifier", "stack": "stacked"}
+             "patch_classifier": "patch classifier", "stack": "stacked", "fold_stack": "fold stack (served on small data)"}
     return [plots.ScoredSplit(names[key], *_scored(evaluation_scores, "test", column),
                               evaluation_metrics[key]["threshold"])
             for key, column, _ in CANDIDATES if "threshold" in evaluation_metrics.get(key, {})]
@@ -617,23 +699,65 @@ def _test_series(evaluation_scores: pd.DataFrame, evaluation_metrics: dict) -> l
 def _log_operating_point(name: str, point: dict) -> None:
     validation = point["validation"]
     logger.info("%s operating point (rule %s): threshold %.4f; precision %.3f (%.0f%% %s lower bound %.3f), recall "
-                "%.3f on %d images of %s", name, point["rule"], point["threshold"], validation["precision"],
-                100 * validation["bound_level"], validation["bound_method"], validation["precision_lower_bound"],
-                validation["recall"], validation["images"], point.get("threshold_chosen_on_images", "the validation split"))
+                "%.3f of an oracle %.3f (recall efficiency %s) on %d images of %s", name, point["rule"],
+                point["threshold"], validation["precision"], 100 * validation["bound_level"],
+                validation["bound_method"], validation["precision_lower_bound"], validation["recall"],
+                validation["oracle_recall"], _format(validation["recall_efficiency"]), validation["images"],
+                point.get("threshold_chosen_on_images", "the validation split"))
     if not point["reached"]:
         logger.warning("%s: target precision %.2f NOT reached on %s. %s", name, point["target_precision"],
                        point.get("threshold_chosen_on_images", "the validation split"), point["fallback"])
+
+
+LOW_EFFICIENCY = 0.8
+POOLING_LOSS = 0.01  # AUROC lost by pooling fold scores on their own scales: enough to blame the scales
+
+
+def _pooling_loss(held_out: pd.DataFrame, column: str) -> float:
+    """How much better out-of-fold scores rank once each fold is put on one scale (Platt-calibrated on
+    its own rows, as the fold stack does) than pooled as they are: the AUROC that fold fits scoring on
+    scales of their own cost."""
+    targets, folds = held_out["target"].to_numpy(int), held_out["fold"].to_numpy()
+    raw = input_logits(held_out[column].to_numpy(float), held_out[column].to_numpy(float))[:, 0]
+    calibrated = raw.copy()
+    for number in np.unique(folds):
+        rows = folds == number
+        a, b = platt(raw[rows], targets[rows])
+        calibrated[rows] = a * raw[rows] + b
+    loss = (metrics_at_threshold(targets, calibrated, 0.5)["auroc"] - metrics_at_threshold(targets, raw, 0.5)["auroc"])
+    return float(loss) if np.isfinite(loss) else 0.0
+
+
+def _warn_low_efficiency(point: dict, pooling_loss: float) -> None:
+    """One warning when the threshold keeps under ``LOW_EFFICIENCY`` of the recall its own images allow,
+    naming the likelier cause: fold scores on different scales, or the rule's confidence bound."""
+    validation = point["validation"]
+    efficiency = validation.get("recall_efficiency")
+    if efficiency is None or efficiency >= LOW_EFFICIENCY:
+        return
+    if pooling_loss > POOLING_LOSS:
+        cause = (f"the fold fits score on scales of their own: pooled as they are, their out-of-fold scores rank worse than "
+                 f"each on one scale (AUROC {pooling_loss:.3f} lower); evaluate.operating_candidate=auto serves the fold stack, "
+                 "which calibrates every fold before pooling")
+    else:
+        cause = (f"the rule's confidence bound costs recall on {validation['images']} images "
+                 f"({validation['valid_images']} valid); more labelled images, a lower evaluate.bound_level, or "
+                 "evaluate.rule=point keep more, at a less certain precision")
+    logger.warning("Operating point keeps recall %.3f where a threshold on the same %d images reaches %.3f at "
+                   "precision %.2f (recall efficiency %.2f, under %.2f). Likely cause and fix: %s", validation["recall"],
+                   validation["images"], validation["oracle_recall"], point["target_precision"], efficiency,
+                   LOW_EFFICIENCY, cause)
 
 
 def _log_test_report(name: str, report: dict, target: float) -> None:
     test, bootstrap = report["test"], report["test_bootstrap"]
     oracle = report["oracle_picked_on_test"]["recall_at_target_precision"]
     logger.info("Test, %s at threshold %.4f: recall %s [%s-%s], precision %s [%s-%s] (%.0f%% bootstrap), target "
-                "precision %.2f %s; AUROC %s, AP %s; oracle recall (threshold picked on test) %s", name,
-                report["threshold"], _format(test["recall"]), *map(_format, bootstrap["recall"]),
+                "precision %.2f %s; AUROC %s, AP %s; oracle recall (threshold picked on test) %s, recall efficiency %s",
+                name, report["threshold"], _format(test["recall"]), *map(_format, bootstrap["recall"]),
                 _format(test["precision"]), *map(_format, bootstrap["precision"]), 100 * bootstrap["level"], target,
                 "held" if test["target_precision_held"] else "NOT held", _format(test["auroc"]),
-                _format(test["average_precision"]), _format(oracle))
+                _format(test["average_precision"]), _format(oracle), _format(test["recall_efficiency"]))
 
 
 def _format(value: float | None) -> str:

@@ -15,6 +15,7 @@ from .nodes import (
     plot_roc,
     plot_score_histograms,
     score_images,
+    score_fold_stack,
     score_patches,
 )
 
@@ -44,19 +45,26 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=cross_validate_candidates,
                 inputs=["backbone_features", "image_index", "params:train", "params:evaluate", "params:seed"],
-                outputs=["cross_validation", "out_of_fold_scores", "patch_classifier_folds"],
+                outputs=["cross_validation", "out_of_fold_scores", "patch_classifier_folds", "fold_stack_model"],
                 name="cross_validate_candidates",
             ),
             Node(
+                func=score_fold_stack,
+                inputs=["backbone_features", "image_index", "fold_stack_model", "out_of_fold_scores"],
+                outputs="fold_stack_scores",
+                name="score_fold_stack",
+            ),
+            Node(
                 func=join_scores,
-                inputs=["model_scores", "baseline_scores", "patch_scores", "image_index", "params:seed"],
+                inputs=["model_scores", "baseline_scores", "patch_scores", "image_index", "params:seed",
+                        "fold_stack_scores"],
                 outputs="evaluation_scores",
                 name="join_scores",
             ),
             Node(
                 func=choose_operating_point,
                 inputs=["evaluation_scores", "model_checkpoint", "params:evaluate", "out_of_fold_scores",
-                        "params:seed", "baseline_model", "patch_classifier_model"],
+                        "params:seed", "baseline_model", "patch_classifier_model", "fold_stack_model"],
                 outputs="operating_point",
                 name="choose_operating_point",
             ),

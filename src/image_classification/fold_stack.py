@@ -1,0 +1,295 @@
+"""The fold stack: global and local evidence served together, on the scale its threshold was chosen on.
+
+On small data the cross-validation fits the baseline (a logistic regression on pooled features: global
+evidence) and the patch classifier (local evidence) once per fold. Their out-of-fold scores are the
+only held-out scores a threshold can be chosen on, but each fold's fit scores on its own scale, so a
+threshold chosen on the pooled scores does not mean the same thing for the mean of the fits that is
+served (on defects-dev it kept 0.47 of the recall the served score allowed). The fold stack makes the
+two the same kind of score:
+
+1. **calibrated per fold**: each fold's baseline and patch classifier logits are mapped by a Platt
+   scaling (``a * logit + b``) fitted on that fold's own held-out images, so that every fold's
+   scores mean the same log-odds of valid before they are pooled;
+2. **stacked**: a logistic regression over the two calibrated logits, fitted on all out-of-fold
+   rows; its out-of-fold scores (on which the threshold is chosen) are cross-fitted, each fold's
+   rows scored by a stacker fitted on the other folds' rows;
+3. **averaged**: a new image is scored by every fold's calibrated fits, stacked, and the stacked
+   logits are averaged: a mean of values on one scale stays on that scale;
+4. **gated**: an image unlike every valid training image as a whole (:class:`GlobalGate`: black,
+   white, blank, blurred, a dead cell) scores 0, whatever its patches say. A patch model cannot see
+   a defect that covers the whole image, and a linear model on pooled features may extrapolate
+   anywhere from it.
+
+Everything is plain numbers (:meth:`FoldStack.to_payload`), so the operating point serves it without
+unpickling anything. ``benchmarks/oof_threshold.py`` measures it beside the other candidates.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.special import expit, logit
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from image_classification.baseline import BaselineWeights
+from image_classification.errors import DataError
+from image_classification.patches import PatchClassifier
+
+INPUTS = ("baseline", "patch_classifier")
+# Platt scaling is two numbers per fold and input; effectively unregularised, so that it only
+# rescales (a ranking within a fold never changes)
+_PLATT_C = 1e4
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return logit(np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6))
+
+
+def input_logits(baseline: np.ndarray, patch_classifier: np.ndarray) -> np.ndarray:
+    """(N, 2) raw stacker inputs from the baseline's and the patch classifier's probabilities of valid."""
+    return np.column_stack([_logit(baseline), _logit(patch_classifier)])
+
+
+# ---------------------------------------------------------------- the global gate
+
+
+@dataclass
+class GlobalGate:
+    """Is an image like the valid training images *as a whole*?
+
+    Each patch vector is standardised by the valid training images' mean and standard deviation at
+    its own grid position; an image's statistic is the median over its patches of the mean squared
+    standardised value. A local defect moves a few patches and leaves the median where valid images
+    have it; a black, white, grey or blurred image moves every patch. ``cut`` is the largest
+    statistic of any valid image it was fitted on: an image beyond it is unlike every one of them.
+    A new valid image exceeds the largest of n exchangeable valid images with probability 1/(n + 1).
+    """
+
+    mean: torch.Tensor  # (P, C)
+    std: torch.Tensor  # (P, C)
+    cut: float
+    images: int
+
+    @classmethod
+    def fit(cls, patches: torch.Tensor, rows: int = 256) -> GlobalGate:
+        """Fitted on (N, P, C) patch vectors of valid images (at least two)."""
+        if len(patches) < 2:
+            raise DataError("the global gate needs patch vectors of at least two valid training images")
+        total = torch.zeros(patches.shape[1:], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, len(patches), rows):
+            chunk = patches[start:start + rows].double()
+            total += chunk.sum(0)
+            squares += (chunk * chunk).sum(0)
+        mean = total / len(patches)
+        variance = (squares - len(patches) * mean * mean) / (len(patches) - 1)
+        gate = cls(mean=mean.float(), std=variance.clamp_min(0).sqrt().float().clamp_min(1e-3), cut=float("inf"),
+                   images=int(len(patches)))
+        gate.cut = float(gate.statistics(patches).max())
+        return gate
+
+    def statistics(self, patches: torch.Tensor, rows: int = 256) -> np.ndarray:
+        """Per image: the median over its patches of the mean squared standardised patch value."""
+        if tuple(patches.shape[1:]) != tuple(self.mean.shape):
+            raise DataError(f"the global gate was fitted on patch vectors of shape {tuple(self.mean.shape)} per image "
+                            f"and is given {tuple(patches.shape[1:])}: keep train.patch_grid as it was, or run the "
+                            "evaluate pipeline again")
+        out = np.empty(len(patches), dtype=np.float64)
+        for start in range(0, len(patches), rows):
+            z = (patches[start:start + rows].float() - self.mean) / self.std
+            out[start:start + rows] = (z * z).mean(2).median(1).values.double().numpy()
+        return out
+
+    def passes(self, patches: torch.Tensor) -> np.ndarray:
+        """True where an image is within what the valid training images span."""
+        return self.statistics(patches) <= self.cut
+
+    def to_payload(self) -> dict:
+        return {"cut": self.cut, "images": self.images, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> GlobalGate:
+        try:
+            gate = cls(mean=torch.tensor(payload["mean"], dtype=torch.float32),
+                       std=torch.tensor(payload["std"], dtype=torch.float32), cut=float(payload["cut"]),
+                       images=int(payload["images"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(f"the served global gate is incomplete or malformed ({error}); run the evaluate pipeline "
+                            "again") from error
+        if gate.mean.dim() != 2 or gate.mean.shape != gate.std.shape:
+            raise DataError("the served global gate's mean and standard deviation disagree in shape; run the evaluate "
+                            "pipeline again")
+        return gate
+
+
+# ---------------------------------------------------------------- calibration and stacking
+
+
+def platt(logits: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """(a, b) of the logistic regression of ``targets`` on ``logits``: ``a * logit + b`` is then a
+    calibrated log-odds of valid. A fold with one label only (or no spread) keeps its scale: (1, 0)."""
+    logits, targets = np.asarray(logits, float), np.asarray(targets, int)
+    if len(np.unique(targets)) < 2 or np.ptp(logits) == 0:
+        return 1.0, 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = LogisticRegression(C=_PLATT_C, max_iter=1000).fit(logits[:, None], targets)
+    return float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
+
+
+@dataclass
+class FoldMember:
+    """One fold's fits and their calibration: ``calibration[i]`` is (a, b) for input ``INPUTS[i]``."""
+
+    baseline: BaselineWeights
+    classifier: PatchClassifier
+    calibration: np.ndarray  # (2, 2)
+
+    def raw_logits(self, pooled: np.ndarray, patches: torch.Tensor) -> np.ndarray:
+        """(N, 2) uncalibrated logits of the baseline and the patch classifier."""
+        return input_logits(self.baseline.score(pooled), self.classifier.scores(patches))
+
+    def inputs(self, pooled: np.ndarray, patches: torch.Tensor) -> np.ndarray:
+        """(N, 2) calibrated logits, the stacker's inputs."""
+        return self.raw_logits(pooled, patches) * self.calibration[:, 0] + self.calibration[:, 1]
+
+
+@dataclass
+class Stacker:
+    """A standardised logistic regression over the calibrated logits, as plain numbers."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    @classmethod
+    def fit(cls, inputs: np.ndarray, targets: np.ndarray, seed: int) -> Stacker:
+        """Fitted on (N, 2) calibrated logits. Every input is a log-odds of valid, so a negative weight
+        only fits noise and would turn an input's extrapolation around (a higher probability of valid
+        making an image less valid): an input that gets one is left out (weight 0) and the rest refitted."""
+        scaler = StandardScaler().fit(inputs)
+        standardised = scaler.transform(inputs)
+        used = np.ones(inputs.shape[1], bool)
+        while True:
+            regression = LogisticRegression(C=1.0, class_weight="balanced", random_state=seed).fit(
+                standardised[:, used], targets)
+            coef = np.zeros(inputs.shape[1])
+            coef[used] = regression.coef_[0]
+            if (coef[used] >= 0).all() or used.sum() == 1:
+                break
+            used[np.flatnonzero(used)[np.argmin(coef[used])]] = False
+        return cls(mean=scaler.mean_.copy(), scale=scaler.scale_.copy(), coef=coef,
+                   intercept=float(regression.intercept_[0]))
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        return ((inputs - self.mean) / self.scale) @ self.coef + self.intercept
+
+
+@dataclass
+class FoldStack:
+    """The served fold stack (see the module): members, the stacker over their calibrated logits, the gate."""
+
+    members: list[FoldMember]
+    stacker: Stacker
+    gate: GlobalGate | None
+    grid: int
+
+    def scores(self, pooled: np.ndarray | torch.Tensor, patches: torch.Tensor) -> np.ndarray:
+        """Per image, the probability of valid: the sigmoid of the mean of the members' stacked
+        logits; 0 where the global gate says the image is unlike every valid training image."""
+        pooled = pooled.float().numpy() if isinstance(pooled, torch.Tensor) else np.asarray(pooled, dtype=np.float64)
+        patches = torch.as_tensor(patches)
+        if len(pooled) != len(patches):
+            raise DataError(f"the fold stack needs pooled features and patch vectors of the same images; got "
+                            f"{len(pooled)} and {len(patches)}")
+        if patches.shape[1] != self.grid ** 2:
+            raise DataError(f"the served fold stack reads a {self.grid}x{self.grid} patch grid, but the patch vectors "
+                            f"given hold {patches.shape[1]} patches per image; run train and evaluate again with one "
+                            "train.patch_grid")
+        if not len(pooled):
+            return np.zeros(0)
+        stacked = np.mean([self.stacker.logits(member.inputs(pooled, patches)) for member in self.members], axis=0)
+        scores = expit(stacked)
+        if self.gate is not None:
+            scores[~self.gate.passes(patches)] = 0.0
+        return scores
+
+    def describe(self) -> dict:
+        return {"fold_fits": len(self.members), "inputs": list(INPUTS),
+                "stacker_coefficients": dict(zip(INPUTS, (float(c) for c in self.stacker.coef))),
+                "calibration_per_fold": [{name: {"a": float(a), "b": float(b)}
+                                          for name, (a, b) in zip(INPUTS, member.calibration)}
+                                         for member in self.members],
+                "global_gate": ({"cut": self.gate.cut, "valid_images": self.gate.images} if self.gate else None)}
+
+    def to_payload(self) -> dict:
+        return {"kind": "fold stack", "grid": int(self.grid), "inputs": list(INPUTS),
+                "members": [{"baseline": m.baseline.to_payload(), "patch_classifier": m.classifier.to_payload(self.grid),
+                             "calibration": m.calibration.tolist()} for m in self.members],
+                "stacker": {"mean": self.stacker.mean.tolist(), "scale": self.stacker.scale.tolist(),
+                            "coef": self.stacker.coef.tolist(), "intercept": self.stacker.intercept},
+                "global_gate": self.gate.to_payload() if self.gate else None}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> FoldStack:
+        try:
+            members = [FoldMember(baseline=BaselineWeights.from_payload(m["baseline"]),
+                                  classifier=PatchClassifier.from_payload(m["patch_classifier"]),
+                                  calibration=np.asarray(m["calibration"], dtype=float))
+                       for m in payload["members"]]
+            stacker = Stacker(**{key: np.asarray(payload["stacker"][key], dtype=float)
+                                 for key in ("mean", "scale", "coef")},
+                              intercept=float(payload["stacker"]["intercept"]))
+            grid = int(payload["grid"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(f"the served fold stack is incomplete or malformed ({error}); run the evaluate pipeline "
+                            "again") from error
+        if not members or any(m.calibration.shape != (len(INPUTS), 2) for m in members) or \
+                stacker.coef.shape != (len(INPUTS),):
+            raise DataError("the served fold stack has no members or inconsistent shapes; run the evaluate pipeline "
+                            "again")
+        gate = GlobalGate.from_payload(payload["global_gate"]) if payload.get("global_gate") else None
+        return cls(members=members, stacker=stacker, gate=gate, grid=grid)
+
+
+def fit_fold_stack(raw_logits: np.ndarray, folds: np.ndarray, targets: np.ndarray, baselines: list[BaselineWeights],
+                   classifiers: list[PatchClassifier], gate_passes: np.ndarray | None, gate: GlobalGate | None,
+                   grid: int, seed: int) -> tuple[FoldStack, np.ndarray]:
+    """The fold stack from the cross-validation's out-of-fold raw logits ((N, 2): baseline, patch
+    classifier), each row's ``folds`` number (0..K-1, the index of its fold's fits in ``baselines``
+    and ``classifiers``), the rows' targets, and each row's pass of its own fold's gate.
+
+    Returns the stack and its out-of-fold probabilities of valid: each row's calibrated inputs (its
+    fold's Platt scaling) scored by a stacker fitted on the other folds' rows, 0 where its fold's
+    gate refused it. A threshold chosen on these applies to :meth:`FoldStack.scores`."""
+    targets = np.asarray(targets, int)
+    numbers = np.unique(folds)
+    if len(numbers) < 2 or len(numbers) != len(baselines) or len(baselines) != len(classifiers):
+        raise DataError(f"the fold stack needs the fits of at least two folds, one baseline and one patch classifier "
+                        f"each; got {len(numbers)} folds, {len(baselines)} baselines, {len(classifiers)} classifiers")
+    calibrated = np.empty_like(raw_logits, dtype=float)
+    calibrations = []
+    for number in numbers:
+        rows = folds == number
+        calibration = np.array([platt(raw_logits[rows, i], targets[rows]) for i in range(len(INPUTS))])
+        calibrated[rows] = raw_logits[rows] * calibration[:, 0] + calibration[:, 1]
+        calibrations.append(calibration)
+    out_of_fold = np.empty(len(targets))
+    for number in numbers:
+        rows = folds == number
+        others = ~rows
+        if len(np.unique(targets[others])) < 2:
+            raise DataError("a cross-validation fold's other rows hold one label only: too few images of one label to "
+                            "stack the fold fits")
+        out_of_fold[rows] = expit(Stacker.fit(calibrated[others], targets[others], seed).logits(calibrated[rows]))
+    if gate_passes is not None:
+        out_of_fold[~np.asarray(gate_passes, bool)] = 0.0
+    members = [FoldMember(baseline=b, classifier=c, calibration=k)
+               for b, c, k in zip(baselines, classifiers, calibrations)]
+    return FoldStack(members=members, stacker=Stacker.fit(calibrated, targets, seed), gate=gate,
+                     grid=int(grid)), out_of_fold
