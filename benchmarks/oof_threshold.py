@@ -19,15 +19,26 @@ many images. This benchmark measures, nested so that nothing is chosen on a test
   inner models' scores of the test fold;
 - ``oof -> split model``: the same threshold applied to the ``split`` model's scores (what the
   pipeline could do without changing the model it serves);
+- ``fold_stack``: the inner folds' baseline and patch classifier fits, calibrated per fold, stacked,
+  averaged and gated (``image_classification.fold_stack``, as evaluate's cross-validation builds it),
+  its threshold chosen on its cross-fitted out-of-fold scores and applied to it on the test fold;
 - ``pipeline auto``: what evaluate's ``choose_operating_point`` serves given all of that, and
   ``pipeline auto, no CV`` what it serves on large data, where cross-validation does not run: the
   split fits, chosen and thresholded on the validation rows alone.
 
 Per candidate, arm and rule it prints mean +- sd of test recall and precision, the lowest precision
-and in how many folds test precision reached the target, and the ensemble's test AUROC.
+and in how many folds test precision reached the target, the ensemble's test AUROC, the oracle
+recall (the best recall any threshold reaches at the target on the same test scores) and the recall
+efficiency (test recall / oracle recall, per fold, then mean +- sd): what the rule gave away. The
+rules are ``point`` and ``lower_bound`` at three confidence levels (``evaluate.bound_level``).
+``--results-file`` appends every row as CSV.
 
     python benchmarks/oof_threshold.py            # 5 x (1 + 5) fits per candidate (~15 min on 2 cores)
     python benchmarks/oof_threshold.py --quick    # 2 outer folds, 2 inner, 3 epochs: a smoke run
+
+Global defects: ``--global-defects N`` good cells of each test fold are made all black, all white, one
+constant grey and heavily blurred; the ``pipeline auto`` rows say how many of them, and how many of
+defects-dev's dead cells (mean grey level under 10%), what evaluate serves accepts.
     python benchmarks/oof_threshold.py --positional true   # the patch classifier's evaluate.patch_classifier_positional
     python benchmarks/oof_threshold.py --backbone efficientnet_lite2 --cache /tmp/dq_lite2.safetensors
         # EfficientNet-Lite2's features (the cache is defects_quality.py's for that backbone)
@@ -40,12 +51,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image, ImageFilter
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
@@ -55,7 +69,8 @@ os.environ["TQDM_DISABLE"] = "1"
 import defects_quality  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 
-from image_classification.backbones import backbone_spec  # noqa: E402
+from image_classification.backbones import backbone_spec, build_backbone  # noqa: E402
+from image_classification.inference import extract_backbone_features  # noqa: E402
 from image_classification.baseline import BaselineWeights, LogisticBaseline  # noqa: E402
 from image_classification.candidates import (  # noqa: E402
     NAMES,
@@ -64,14 +79,21 @@ from image_classification.candidates import (  # noqa: E402
     grouped_folds,
     held_out_patch_classifier,
 )
-from image_classification.metrics import metrics_at_threshold, select_threshold  # noqa: E402
+from image_classification.fold_stack import GlobalGate, fit_fold_stack, input_logits  # noqa: E402
+from image_classification.metrics import (  # noqa: E402
+    metrics_at_threshold,
+    oracle_recall,
+    recall_efficiency,
+    select_threshold,
+)
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.parameters.train import TrainConfig  # noqa: E402
 from image_classification.patches import grid_of  # noqa: E402
 from image_classification.pipelines.evaluate.nodes import choose_operating_point  # noqa: E402
 
-RULES = ("point", "lower_bound")
+RULES = (("point", 0.95), ("lower_bound", 0.8), ("lower_bound", 0.9), ("lower_bound", 0.95))
 ARMS = ("split", "oof -> split model", "oof -> ensemble")
+SERVED_ONLY = "oof -> served stack"  # the fold stack has no split fit: it is the inner folds' fits
 NO_CV = "pipeline auto, no CV"  # as evaluate serves on large data, where cross-validation does not run
 
 
@@ -86,10 +108,54 @@ def stand_in_checkpoint(backbone: str) -> dict:
         "class_names": ["invalid", "valid"], "best_epoch": 1, "fine_tuned_blocks": 0, "seed": 42, "epochs_run": 1}}
 
 
+GLOBAL_DEFECTS = ("black", "white", "grey", "blur")
+DEAD_GREY_LEVEL = 0.1  # a cell whose mean grey level is under 10% of full scale gave no light: dead
+
+
+def global_defect(image: Image.Image, kind: str) -> Image.Image:
+    """A defect that covers the whole cell, made from a good one: all black, all white, one constant grey
+    (its own mean) or heavily blurred (Gaussian, radius 12 px on 300 px)."""
+    grey = image.convert("L")
+    return {"black": lambda: Image.new("L", grey.size, 0), "white": lambda: Image.new("L", grey.size, 255),
+            "grey": lambda: Image.new("L", grey.size, int(np.asarray(grey).mean())),
+            "blur": lambda: grey.filter(ImageFilter.GaussianBlur(12))}[kind]()
+
+
+def global_defect_features(manifest: pd.DataFrame, root: Path, y: np.ndarray, groups: np.ndarray, outer: int,
+                           per_fold: int, backbone: str) -> dict:
+    """Pooled features and patches of :func:`global_defect` images made from ``per_fold`` good cells of
+    each outer test fold (so every fold's served score meets them as new images), and which fold each is of."""
+    paths, folds, kinds = [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for number, rows in enumerate(grouped_folds(y, groups, outer, seed=42)):
+            good = rows["test"][y[rows["test"]] == 1][:per_fold]
+            for row in good:
+                with Image.open(root / manifest["path"].iloc[row]) as image:
+                    for kind in GLOBAL_DEFECTS:
+                        path = Path(folder) / f"{kind}_{row}.png"
+                        global_defect(image, kind).save(path)
+                        paths.append(str(path)), folds.append(number), kinds.append(kind)
+        spec = backbone_spec(backbone)
+        out = extract_backbone_features(build_backbone(backbone), paths, spec, torch.device("cpu"), batch_size=32,
+                                        patch_grid=14)
+    return {"pooled": out["pooled"].float().numpy(), "patches": out["patches"], "fold": np.array(folds),
+            "kind": np.array(kinds)}
+
+
+def dead_cells(manifest: pd.DataFrame, root: Path) -> np.ndarray:
+    """Rows of cells whose mean grey level is under ``DEAD_GREY_LEVEL`` of full scale."""
+    means = []
+    for path in manifest["path"]:
+        with Image.open(root / path) as image:
+            means.append(np.asarray(image.convert("L"), dtype=np.float32).mean() / 255)
+    return np.flatnonzero(np.array(means) < DEAD_GREY_LEVEL)
+
+
 def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, inner: int, train: TrainConfig,
-                  evaluate: EvaluateConfig, backbone: str) -> list[dict]:
+                  evaluate: EvaluateConfig, backbone: str, synthetic: dict | None = None) -> list[dict]:
     """Per outer fold: the test rows, and per candidate the split model's validation and test scores,
-    the out-of-fold scores of the labelled rest (with its rows) and the inner models' mean test score."""
+    the out-of-fold scores of the labelled rest (with its rows) and the inner models' mean test score;
+    with ``synthetic`` (:func:`global_defect_features`), the fold stack's scores of the fold's global defects."""
     head_input, pooled, patches = feats["head_input"], feats["pooled"].float().numpy(), feats["patches"]
     out = []
     for number, rows in enumerate(grouped_folds(y, groups, outer, seed=42)):
@@ -99,19 +165,41 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
         oof = {name: np.full(len(rest), np.nan) for name in val}
         inner_fold = np.full(len(rest), -1)
         inner_test = {name: [] for name in val}
+        baselines, classifiers, gate_passes = [], [], np.ones(len(rest), bool)
         for inner_number, inner_rows in enumerate(grouped_folds(y[rest], groups[rest], inner, seed=100 + number)):
             absolute = {split: rest[index] for split, index in inner_rows.items()}
             held = len(absolute["test"])
             absolute["test"] = np.concatenate([absolute["test"], rows["test"]])
+            fits = {}
             _, scored = fold_scores(head_input, pooled, patches, absolute, y, groups, train, evaluate,
-                                    1000 + 10 * number + inner_number)
+                                    1000 + 10 * number + inner_number, fits)
             if "patch_classifier" in scored:  # as evaluate's cross-validation scores it: fitted on train + validation
-                _, scored["patch_classifier"] = held_out_patch_classifier(patches, absolute, y, evaluate,
-                                                                          1000 + 10 * number + inner_number)
+                classifier, scored["patch_classifier"] = held_out_patch_classifier(patches, absolute, y, evaluate,
+                                                                                   1000 + 10 * number + inner_number)
+                # what evaluate's cross-validation keeps for the fold stack
+                baselines.append(BaselineWeights.of(fits["baseline"], backbone))
+                classifiers.append(classifier)
+                fitted_on = rest[np.concatenate([inner_rows["train"], inner_rows["val"]])]
+                gate_passes[inner_rows["test"]] = GlobalGate.fit(patches[fitted_on[y[fitted_on] == 1]]).passes(
+                    patches[rest[inner_rows["test"]]])
             inner_fold[inner_rows["test"]] = inner_number
             for name, scores in scored.items():
                 oof[name][inner_rows["test"]] = scores[:held]
                 inner_test[name].append(scores[held:])
+        stack_payload, synthetic_scores = None, None
+        if classifiers:  # the fold stack, as evaluate's cross_validate_candidates builds it from the same fits
+            stack, oof["fold_stack"] = fit_fold_stack(
+                input_logits(oof["baseline"], oof["patch_classifier"]), inner_fold, y[rest], baselines, classifiers,
+                gate_passes, GlobalGate.fit(patches[rest[y[rest] == 1]]), grid_of(patches), 42 + number)
+            inner_test["fold_stack"] = [stack.scores(pooled[rows["test"]], patches[rows["test"]])]
+            if synthetic is not None:
+                mine = synthetic["fold"] == number
+                synthetic_scores = {"kind": synthetic["kind"][mine], "score": stack.scores(
+                    synthetic["pooled"][mine], synthetic["patches"][mine])}
+            stack_payload = stack.to_payload()
+            position = {row: i for i, row in enumerate(rest)}
+            val["fold_stack"] = oof["fold_stack"][[position[row] for row in rows["val"]]]
+            test["fold_stack"] = np.full(len(rows["test"]), np.nan)  # no split fit
         # the split baseline's weights as evaluate saves them (the baseline fold_scores fitted, fitted again); the patch
         # classifier's weights only mark it servable (its test scores are the inner fits' mean, as evaluate serves it)
         baseline = LogisticBaseline(evaluate.baseline_c_grid, evaluate.target_precision, 42 + number).fit(
@@ -119,7 +207,8 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
         classifier = fit_patch_classifier(patches[rows["train"]], y[rows["train"]], evaluate, 42 + number) \
             if evaluate.patch_classifier else None
         out.append({"backbone": backbone, "test": rows["test"], "rest": rest, "val_rows": rows["val"],
-                    "split_val": val, "split_test": test,
+                    "split_val": val, "split_test": test, "fold_stack": stack_payload,
+                    "synthetic": synthetic_scores,
                     "oof": oof, "inner_fold": inner_fold,
                     "weights": BaselineWeights.of(baseline, backbone).to_payload(),
                     "patch_classifier": classifier.to_payload(grid_of(patches)) if classifier
@@ -128,7 +217,9 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
         print(f"outer fold {number}: {time.perf_counter() - start:.0f} s; test AUROC split / ensemble: " + ", ".join(
             f"{name} {metrics_at_threshold(y[rows['test']], test[name], 0.5)['auroc']:.3f} / "
             f"{metrics_at_threshold(y[rows['test']], out[-1]['ensemble_test'][name], 0.5)['auroc']:.3f}"
-            for name in test if not np.isnan(test[name]).all()), flush=True)
+            for name in test if not np.isnan(test[name]).all())
+            + (f", fold_stack {metrics_at_threshold(y[rows['test']], out[-1]['ensemble_test']['fold_stack'], 0.5)['auroc']:.3f}"
+               if stack_payload else ""), flush=True)
     return out
 
 
@@ -152,7 +243,9 @@ def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig, cross_v
     and ``threshold_on`` auto), from the split models' validation scores, the out-of-fold scores
     (none without ``cross_validated``: large data) and the split baseline's and patch classifier's weights."""
     columns = {"model": "score", "baseline": "baseline_score", "patch": "patch_score",
-               "patch_classifier": "patch_classifier_score", "stack": "stack_score"}
+               "patch_classifier": "patch_classifier_score", "stack": "stack_score", "fold_stack": "fold_stack_score"}
+    if not cross_validated:
+        columns.pop("fold_stack", None)  # made by the cross-validation only
     columns = {name: column for name, column in columns.items() if name in fold["split_val"]}
     rows = np.concatenate([fold["val_rows"], fold["test"]])
     evaluation = pd.DataFrame({"path": [f"image_{row}" for row in rows], "target": y[rows],
@@ -160,39 +253,53 @@ def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig, cross_v
     held_out = pd.DataFrame({"path": [f"rest_{i}" for i in range(len(fold["rest"]))], "split": "train",
                              "target": y[fold["rest"]], "fold": fold["inner_fold"]})
     for name, column in columns.items():
-        evaluation[column] = np.concatenate([fold["split_val"][name], fold["split_test"][name]])
+        test = fold["ensemble_test"][name] if name == "fold_stack" else fold["split_test"][name]
+        evaluation[column] = np.concatenate([fold["split_val"][name], test])
         held_out[column] = fold["oof"][name]
     return choose_operating_point(evaluation, stand_in_checkpoint(fold["backbone"]), evaluate,
                                   held_out if cross_validated else pd.DataFrame(),
                                   baseline_model=fold["weights"],
-                                  patch_classifier_model=fold["patch_classifier"])
+                                  patch_classifier_model=fold["patch_classifier"],
+                                  fold_stack_model=fold["fold_stack"] if cross_validated else None)
 
 
-def measure(fold: dict, name: str, arm: str, rule: str, y: np.ndarray, evaluate: EvaluateConfig) -> dict:
+def _figures(targets: np.ndarray, scores: np.ndarray, threshold: float, target: float, candidate: str) -> dict:
+    """Test recall, precision and AUROC at ``threshold``, the oracle recall on the same scores and the efficiency."""
+    measured = metrics_at_threshold(targets, scores, threshold)
+    oracle = oracle_recall(targets, scores, target)
+    return {"recall": measured["recall"], "precision": measured["precision"], "auroc": measured["auroc"],
+            "oracle": oracle, "efficiency": recall_efficiency(measured["recall"], oracle), "candidate": candidate}
+
+
+def measure(fold: dict, name: str, arm: str, rule: tuple[str, float], y: np.ndarray, evaluate: EvaluateConfig) -> dict:
     """One candidate, arm and rule on one outer fold: test recall and precision at the chosen threshold
-    (``best of a+b``: the candidate of :func:`chosen` among a and b)."""
+    (``best of a+b``: the candidate of :func:`chosen` among a and b), the oracle recall and the efficiency."""
+    evaluate = replace(evaluate, rule=rule[0], bound_level=rule[1], out_of_fold_bound_level=rule[1])
     if name.startswith("pipeline auto"):  # what evaluate would serve, threshold and all, on the served model's scores
         cross_validated = name == "pipeline auto"
-        point = pipeline_choice(fold, y, replace(evaluate, rule=rule), cross_validated)
-        # evaluate serves the patch classifier as the mean of its cross-validation fold fits; otherwise the split fits
-        ensemble = cross_validated and point["candidate"] == "patch_classifier"
+        point = pipeline_choice(fold, y, evaluate, cross_validated)
+        # evaluate serves the patch classifier as the mean of its cross-validation fold fits, and the fold stack as
+        # the stack of them; otherwise the split fits
+        ensemble = cross_validated and point["candidate"] in ("patch_classifier", "fold_stack")
         served = fold["ensemble_test" if ensemble else "split_test"][point["candidate"]]
-        measured = metrics_at_threshold(y[fold["test"]], served, point["threshold"])
-        return {"recall": measured["recall"], "precision": measured["precision"], "auroc": measured["auroc"],
-                "candidate": f"{point['candidate']}@{point['threshold_chosen_on']}"}
+        figures = _figures(y[fold["test"]], served, point["threshold"], evaluate.target_precision,
+                           f"{point['candidate']}@{point['threshold_chosen_on']}")
+        dead = np.isin(fold["test"], fold.get("dead_rows", []))
+        figures["dead_accepted"], figures["dead"] = int((served[dead] >= point["threshold"]).sum()), int(dead.sum())
+        if point["candidate"] == "fold_stack" and fold.get("synthetic") is not None:
+            figures["global_accepted"] = int((fold["synthetic"]["score"] >= point["threshold"]).sum())
+            figures["global"] = len(fold["synthetic"]["score"])
+        return figures
     if name.startswith("best of "):
         name = chosen(fold, tuple(name.removeprefix("best of ").split("+")), arm, y)
-    settings = replace(evaluate, rule=rule).rule_settings
     if arm == "split":
         chosen_on, chosen_scores, tested = y[fold["val_rows"]], fold["split_val"][name], fold["split_test"][name]
     else:
         usable = ~np.isnan(fold["oof"][name])
         chosen_on, chosen_scores = y[fold["rest"]][usable], fold["oof"][name][usable]
         tested = fold["split_test"][name] if arm == "oof -> split model" else fold["ensemble_test"][name]
-    threshold = select_threshold(chosen_on, chosen_scores, rule, settings)["threshold"]
-    measured = metrics_at_threshold(y[fold["test"]], tested, threshold)
-    return {"recall": measured["recall"], "precision": measured["precision"], "auroc": measured["auroc"],
-            "candidate": name}
+    threshold = select_threshold(chosen_on, chosen_scores, evaluate.rule, evaluate.rule_settings)["threshold"]
+    return _figures(y[fold["test"]], tested, threshold, evaluate.target_precision, name)
 
 
 def main() -> None:
@@ -206,6 +313,9 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
     parser.add_argument("--quick", action="store_true", help="2 outer folds, 2 inner, 3 epochs")
+    parser.add_argument("--results-file", type=Path, help="append every fold's row to this CSV")
+    parser.add_argument("--global-defects", type=int, default=10,
+                        help="good test cells per outer fold made into each global defect (0: none)")
     parser.add_argument("--positional", choices=["true", "false"],
                         help="evaluate.patch_classifier_positional (default: the project's), to compare both")
     args = parser.parse_args()
@@ -217,33 +327,62 @@ def main() -> None:
     if args.positional:
         evaluate = replace(evaluate, patch_classifier_positional=args.positional == "true")
     start = time.perf_counter()
+    synthetic = global_defect_features(manifest, args.data, y, groups, args.outer, args.global_defects,
+                                       args.backbone) if args.global_defects else None
     folds = nested_scores(feats, y, groups, args.outer, args.inner, TrainConfig(epochs=args.epochs), evaluate,
-                          args.backbone)
+                          args.backbone, synthetic)
+    dead = dead_cells(manifest, args.data)
+    print(f"dead cells (mean grey level under {DEAD_GREY_LEVEL:.0%} of full scale): "
+          f"{', '.join(manifest['path'].iloc[dead])}")
+    for fold in folds:
+        fold["dead_rows"] = dead
     print(f"\n{args.data.name}, {args.backbone}: {args.outer} outer grouped folds, {args.inner} inner, "
           f"target precision {args.target}, patch classifier positional {evaluate.patch_classifier_positional}, "
           f"{time.perf_counter() - start:.0f} s")
-    print(f"{'candidate':28s} {'arm':20s} {'rule':11s} {'test AUROC':>14s} {'test recall':>14s} {'test precision':>15s} "
-          f"{'min prec':>8s} {'prec>=t':>7s}")
+    print(f"{'candidate':28s} {'arm':20s} {'rule':16s} {'test AUROC':>14s} {'test recall':>14s} {'test precision':>15s} "
+          f"{'min prec':>8s} {'prec>=t':>7s} {'oracle recall':>14s} {'efficiency':>14s}")
 
     def mean_sd(values) -> str:
         values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-        return f"{np.nanmean(values):.3f} +- {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.3f}"
+        if np.isnan(values).all():
+            return "n/a"
+        spread = np.nanstd(values, ddof=1) if np.sum(~np.isnan(values)) > 1 else 0.0
+        return f"{np.nanmean(values):.3f} +- {spread:.3f}"
 
     names = [n for n in NAMES if n in folds[0]["oof"] and not np.isnan(folds[0]["oof"][n]).all()]
-    for name in (*names, "best of " + "+".join(names), "best of model+baseline", "pipeline auto", NO_CV):
-        for arm in ARMS if not name.startswith("pipeline auto") else ("as evaluate serves it",):
+    served = ["fold_stack"] if "fold_stack" in folds[0]["oof"] else []
+    results = []
+    for name in (*names, *served, "best of " + "+".join(names), "best of model+baseline", "pipeline auto", NO_CV):
+        arms = ("as evaluate serves it",) if name.startswith("pipeline auto") else \
+            (SERVED_ONLY,) if name == "fold_stack" else ARMS
+        for arm in arms:
             for rule in RULES:
-                rows = [measure(fold, name, arm, rule, y, evaluate) for fold in folds]
+                rows = [measure(fold, name, "oof -> ensemble" if arm == SERVED_ONLY else arm, rule, y, evaluate)
+                        for fold in folds]
                 precisions = np.array([np.nan if r["precision"] is None else r["precision"] for r in rows], float)
                 held = int(np.sum(np.nan_to_num(precisions, nan=0.0) >= args.target))
                 note = ""
                 if name.startswith("best of "):
                     note = f"  ({', '.join(r['candidate'] for r in rows)})"
                 elif name.startswith("pipeline"):  # per fold, what is served and the recall it keeps
-                    note = "  (" + ", ".join(f"{r['candidate']} recall {r['recall']:.3f}" for r in rows) + ")"
-                print(f"{name:28s} {arm:20s} {rule:11s} {mean_sd([r['auroc'] for r in rows]):>14s} "
+                    note = "  (" + ", ".join(f"{r['candidate']} recall {r['recall']:.3f} of {r['oracle']:.3f}"
+                                             for r in rows) + ")"
+                    note += (f"; dead cells accepted {sum(r['dead_accepted'] for r in rows)} of "
+                             f"{sum(r['dead'] for r in rows)}")
+                    if all("global" in r for r in rows):
+                        note += (f"; global defects ({', '.join(GLOBAL_DEFECTS)}) accepted "
+                                 f"{sum(r['global_accepted'] for r in rows)} of {sum(r['global'] for r in rows)}")
+                rule_name = rule[0] if rule[0] == "point" else f"{rule[0]} {rule[1]:.2f}"
+                print(f"{name:28s} {arm:20s} {rule_name:16s} {mean_sd([r['auroc'] for r in rows]):>14s} "
                       f"{mean_sd([r['recall'] for r in rows]):>14s} {mean_sd(precisions):>15s} "
-                      f"{np.nanmin(precisions):8.3f} {held:>4d}/{len(rows)}{note}")
+                      f"{np.nanmin(precisions) if not np.isnan(precisions).all() else np.nan:8.3f} {held:>4d}/{len(rows)} {mean_sd([r['oracle'] for r in rows]):>14s} "
+                      f"{mean_sd([r['efficiency'] for r in rows]):>14s}{note}", flush=True)
+                results += [{"candidate": name, "arm": arm, "rule": rule_name, "fold": number, **row}
+                            for number, row in enumerate(rows)]
+    if args.results_file:
+        pd.DataFrame(results).to_csv(args.results_file, mode="a", index=False,
+                                     header=not args.results_file.exists())
+        print(f"rows appended to {args.results_file}")
 
 
 if __name__ == "__main__":

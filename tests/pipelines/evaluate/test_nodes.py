@@ -474,8 +474,8 @@ def test_on_small_data_auto_serves_the_patch_classifier_when_it_ranks_held_out_i
     assert point["served_weights"] == payload
     # the record says what the threshold was chosen on, in its own words too
     assert "out-of-fold precision" in point["rule_description"] and "validation" not in point["rule_description"]
-    bounded = choose_operating_point(scores, CHECKPOINT, small_config(rule="lower_bound"), held_out,
-                                     baseline_model=WEIGHTS, patch_classifier_model=payload)
+    bounded = choose_operating_point(scores, CHECKPOINT, small_config(rule="lower_bound", out_of_fold_bound_level=0.95),
+                                     held_out, baseline_model=WEIGHTS, patch_classifier_model=payload)
     assert "lower bound on out-of-fold precision" in bounded["fallback"]
     assert "20 valid out-of-fold images" in bounded["fallback"] and "the out-of-fold scores are too small" in \
         bounded["fallback"]
@@ -710,8 +710,28 @@ def test_a_threshold_that_keeps_little_of_the_recall_its_images_allow_is_warned_
     run blames the rule's bound, says how much it cost and what to change."""
     targets = np.repeat([1] * 37 + ([1] * 5 + [0]) * 7 + [1] * 3 + [0] * 18, 2).tolist()  # each fold alike
     held_out = held_out_table(targets, [0.5] * 200, list(np.linspace(0.99, 0.01, 200)))
-    point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config(rule="lower_bound"), held_out,
+    point = choose_operating_point(evaluation_scores, CHECKPOINT,
+                                   small_config(rule="lower_bound", out_of_fold_bound_level=0.95), held_out,
                                    baseline_model=WEIGHTS)
     assert point["validation"]["oracle_recall"] == 1.0 and point["validation"]["recall_efficiency"] < 0.8
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "recall efficiency" in r.getMessage()]
-    assert len(warned) == 1 and "Likely cause and fix" in warned[0] and "bound_level" in warned[0]
+    assert len(warned) == 1 and "Likely cause and fix" in warned[0] and "out_of_fold_bound_level" in warned[0]
+
+
+def test_a_threshold_chosen_on_fold_scores_of_different_scales_is_warned_about(evaluation_scores, caplog):
+    """Two folds rank their own images perfectly, but the second scores everything higher: pooled, its
+    invalid images outrank the first fold's valid ones. Served pinned to the patch classifier, the run
+    names the scales as the cause and the fold stack as the fix."""
+    targets = [1] * 20 + [0] * 20
+    first = list(np.linspace(0.70, 0.60, 20)) + list(np.linspace(0.50, 0.30, 20))
+    second = list(np.linspace(0.99, 0.95, 20)) + list(np.linspace(0.90, 0.80, 20))
+    held_out = pd.concat([held_out_table(targets, [0.5] * 40, first).assign(fold=0),
+                          held_out_table(targets, [0.5] * 40, second).assign(fold=1)], ignore_index=True)
+    held_out = held_out.assign(patch_classifier_score=held_out["baseline_score"], path=[f"/oof_{i}.png" for i in
+                                                                                        range(80)])
+    scores = evaluation_scores.assign(patch_classifier_score=evaluation_scores["score"])
+    choose_operating_point(scores, CHECKPOINT, small_config(rule="point", operating_candidate="patch_classifier"),
+                           held_out, patch_classifier_model={"grid": 4})
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "scales of their own" in
+              r.getMessage()]
+    assert len(warned) == 1 and "fold stack" in warned[0]

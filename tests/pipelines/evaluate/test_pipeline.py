@@ -122,8 +122,10 @@ def test_a_kedro_session_runs_evaluate_alone_after_score(project, evaluation_inp
     folder = project / "data" / "07_model_output" / "operating_point.json"
     point = json.loads(next(folder.glob("*/operating_point.json")).read_text())
     assert point["rule"] == "lower_bound" and point["validation"]["bound_method"] == "wilson"
-    # six valid validation images cannot certify 0.90 precision: the run says so
-    assert point["reached"] is False and "too small to certify" in point["fallback"]
+    # small data: the fold stack, its threshold on the out-of-fold scores of a few dozen images, which cannot
+    # certify 0.90 precision: the run says so
+    assert point["candidate"] == "fold_stack" and point["threshold_chosen_on"] == "out_of_fold"
+    assert point["reached"] is False and "Fallback rule" in point["fallback"]
     metrics_file = next((project / "data" / "08_reporting" / "evaluation_metrics.json").glob("*/*"))
     metrics = json.loads(metrics_file.read_text())
     assert metrics["model"]["test_bootstrap"]["samples"] == 200

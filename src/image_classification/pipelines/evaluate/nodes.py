@@ -397,7 +397,8 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
         chosen_on = "validation"
     if chosen_on == "out_of_fold":
         point = select_threshold(held_out["target"].to_numpy(int), held_out[column].to_numpy(np.float64), evaluate.rule,
-                                 replace(evaluate.rule_settings, chosen_on="out-of-fold"))
+                                 replace(evaluate.rule_settings, chosen_on="out-of-fold",
+                                         bound_level=evaluate.out_of_fold_bound_level))
         where = (f"out-of-fold scores of {len(held_out)} train and validation images over "
                  f"{held_out['fold'].nunique()} grouped folds")
     else:
@@ -407,7 +408,8 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
               "candidates_compared": compared, "threshold_note": note}
     logger.info("Operating point: the %s's score (%s); threshold chosen on %s", candidate, why, where)
     _log_operating_point(candidate.capitalize(), point)
-    _warn_low_efficiency(point, _pooling_loss(held_out, column) if chosen_on == "out_of_fold" else 0.0)
+    _warn_low_efficiency(point, _pooling_loss(held_out, column) if chosen_on == "out_of_fold" else 0.0,
+                         "out_of_fold_bound_level" if chosen_on == "out_of_fold" else "bound_level")
     return jsonable(OperatingPoint.for_checkpoint(point, checkpoint, candidate, served_weights[candidate]).to_payload())
 
 
@@ -728,12 +730,18 @@ def _pooling_loss(held_out: pd.DataFrame, column: str) -> float:
     return float(loss) if np.isfinite(loss) else 0.0
 
 
-def _warn_low_efficiency(point: dict, pooling_loss: float) -> None:
+def _warn_low_efficiency(point: dict, pooling_loss: float, level: str) -> None:
     """One warning when the threshold keeps under ``LOW_EFFICIENCY`` of the recall its own images allow,
     naming the likelier cause: fold scores on different scales, or the rule's confidence bound."""
     validation = point["validation"]
     efficiency = validation.get("recall_efficiency")
     if efficiency is None or efficiency >= LOW_EFFICIENCY:
+        if pooling_loss > POOLING_LOSS:  # the oracle of pooled scores suffers as much: say it apart
+            logger.warning("The out-of-fold scores the threshold was chosen on rank worse pooled than each fold on one "
+                           "scale (AUROC %.3f lower): their fold fits score on scales of their own, so the threshold "
+                           "may keep less of the served score's recall than it did there. "
+                           "evaluate.operating_candidate=auto serves the fold stack, which calibrates every fold "
+                           "before pooling", pooling_loss)
         return
     if pooling_loss > POOLING_LOSS:
         cause = (f"the fold fits score on scales of their own: pooled as they are, their out-of-fold scores rank worse than "
@@ -741,7 +749,7 @@ def _warn_low_efficiency(point: dict, pooling_loss: float) -> None:
                  "which calibrates every fold before pooling")
     else:
         cause = (f"the rule's confidence bound costs recall on {validation['images']} images "
-                 f"({validation['valid_images']} valid); more labelled images, a lower evaluate.bound_level, or "
+                 f"({validation['valid_images']} valid); more labelled images, a lower evaluate.{level}, or "
                  "evaluate.rule=point keep more, at a less certain precision")
     logger.warning("Operating point keeps recall %.3f where a threshold on the same %d images reaches %.3f at "
                    "precision %.2f (recall efficiency %.2f, under %.2f). Likely cause and fix: %s", validation["recall"],
