@@ -25,8 +25,10 @@ of the frozen backbone over the files (the pipeline's ``extract_backbone_feature
                 ``--augment`` setting is its own row), early stopping on its validation images, then
                 the score stage's pass over the files. It is slow on a CPU (~20 s per epoch here).
 
-Per candidate it prints mean +- sd over folds of test AUROC and AP (valid = positive class), and,
-for each threshold rule (``point`` and ``lower_bound``, chosen on validation), the test recall and in
+Per candidate it prints mean +- sd over folds of test AUROC and AP (valid = positive class), the
+oracle recall (the best any threshold reaches at the target on the fold's test scores) and,
+for each threshold rule (``point`` and ``lower_bound``, chosen on validation), the test recall, its recall
+efficiency (recall / oracle, per fold) and in
 how many folds test precision reached the target. Nothing is tuned on a test fold.
 
     python benchmarks/defects_quality.py                  # 5 folds, 30 epochs, both rules (~6 min on 2 cores)
@@ -225,8 +227,9 @@ def main() -> None:
     print(f"\n{args.data.name}, {args.backbone}, {args.folds} grouped folds, target precision {args.target}")
     width = max([26, *(len(name) + 1 for name in extra)])
     header = f"{'candidate':{width}s} {'val AP':>14s} {'test AUROC':>14s} {'test AP':>14s}"
+    header += f" {'oracle recall':>14s}"
     for rule in RULES:
-        header += f" | {rule + ' recall':>20s} {'prec>=t':>7s} {'prec min':>8s}"
+        header += f" | {rule + ' recall':>20s} {'efficiency':>14s} {'prec>=t':>7s} {'prec min':>8s}"
     print(header)
 
     def mean_sd(values) -> str:
@@ -238,11 +241,13 @@ def main() -> None:
                 [f["candidates"][name] for f in reports[rule]["folds"]] for rule in RULES}
         first = rows["point"]
         line = (f"{name:{width}s} {mean_sd([r['val_average_precision'] for r in first]):>14s} "
-                f"{mean_sd([r['test_auroc'] for r in first]):>14s} {mean_sd([r['test_average_precision'] for r in first]):>14s}")
+                f"{mean_sd([r['test_auroc'] for r in first]):>14s} {mean_sd([r['test_average_precision'] for r in first]):>14s}"
+                f" {mean_sd([r['test_oracle_recall'] for r in first]):>14s}")
         for rule in RULES:
             precisions = np.array([np.nan if r["test_precision"] is None else r["test_precision"] for r in rows[rule]])
             held = sum(r["target_precision_held"] for r in rows[rule])
-            line += (f" | {mean_sd([r['test_recall'] for r in rows[rule]]):>20s} {f'{held}/{len(precisions)}':>7s} "
+            line += (f" | {mean_sd([r['test_recall'] for r in rows[rule]]):>20s} "
+                     f"{mean_sd([r['test_recall_efficiency'] for r in rows[rule]]):>14s} {f'{held}/{len(precisions)}':>7s} "
                      f"{np.nanmin(precisions):8.3f}")
         print(line)
 

@@ -48,7 +48,12 @@ from defects_quality import DATA, features, labelled  # noqa: E402
 from image_classification import patches as patch_module  # noqa: E402
 from image_classification.baseline import LogisticBaseline  # noqa: E402
 from image_classification.candidates import grouped_folds  # noqa: E402
-from image_classification.metrics import metrics_at_threshold, select_threshold  # noqa: E402
+from image_classification.metrics import (  # noqa: E402
+    metrics_at_threshold,
+    oracle_recall,
+    recall_efficiency,
+    select_threshold,
+)
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.patches import PatchClassifier, PatchMemory  # noqa: E402
 
@@ -112,13 +117,16 @@ def thresholds(patches: torch.Tensor, y: np.ndarray, groups: np.ndarray, folds: 
                                                                        seed=42 + number).scores(patches[test])}
             for arm, scores in arms.items():
                 measured = metrics_at_threshold(y[test], scores, threshold)
-                found.setdefault(arm, []).append((measured["auroc"], measured["recall"], measured["precision"]))
+                oracle = oracle_recall(y[test], scores, settings.target_precision)
+                found.setdefault(arm, []).append((measured["auroc"], measured["recall"], measured["precision"], oracle,
+                                                  recall_efficiency(measured["recall"], oracle)))
         for arm, values in found.items():
-            auroc, recall, precision = (np.array(column, dtype=float) for column in zip(*values))
+            auroc, recall, precision, oracle, efficiency = (np.array(column, dtype=float) for column in zip(*values))
             print(f"{rule:11s} {arm:28s} test AUROC {auroc.mean():.3f} +- {auroc.std(ddof=1):.3f}, recall "
-                  f"{recall.mean():.3f} +- {recall.std(ddof=1):.3f}, precision {np.nanmean(precision):.3f} (lowest "
-                  f"{np.nanmin(precision):.3f}), >= 0.90 in {int((precision >= 0.9).sum())}/{len(precision)} folds",
-                  flush=True)
+                  f"{recall.mean():.3f} +- {recall.std(ddof=1):.3f} of an oracle {oracle.mean():.3f} (recall efficiency "
+                  f"{np.nanmean(efficiency):.3f} +- {np.nanstd(efficiency, ddof=1):.3f}), precision "
+                  f"{np.nanmean(precision):.3f} (lowest {np.nanmin(precision):.3f}), >= 0.90 in "
+                  f"{int((precision >= 0.9).sum())}/{len(precision)} folds", flush=True)
 
 
 def main() -> None:

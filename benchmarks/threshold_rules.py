@@ -12,7 +12,8 @@ measures what each rule buys and costs, through the project's own nodes and noth
   cross-validation (``candidates.cross_validate``, the head on cached features), under each rule.
 
 Per data set and rule it prints mean +- sd of test recall and precision, the lowest test precision,
-and in how many splits test precision reached the target (0.90).
+in how many splits test precision reached the target (0.90), the oracle recall (the best any threshold
+reaches at the target on the same test scores) and the recall efficiency (test recall / oracle).
 
     python benchmarks/threshold_rules.py            # ~15 min on 2 cores after feature extraction
     python benchmarks/threshold_rules.py --quick    # 2 seeds/folds, 3 epochs: a smoke run
@@ -41,7 +42,7 @@ import defects_quality  # noqa: E402
 import open_world  # noqa: E402
 
 from image_classification.candidates import cross_validate  # noqa: E402
-from image_classification.metrics import metrics_at_threshold  # noqa: E402
+from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency  # noqa: E402
 from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
 from image_classification.parameters.shared import ModelConfig  # noqa: E402
 from image_classification.parameters.train import TrainConfig  # noqa: E402
@@ -72,9 +73,12 @@ def cifar_rows(seeds: list[int], epochs: int, cache: Path) -> list[dict]:
             # the head's operating point, whichever score evaluate would serve
             evaluate = EvaluateConfig(**{**params["evaluate"], "rule": rule, "operating_candidate": "model"})
             point = choose_operating_point(evaluated, checkpoint, evaluate)
-            measured = metrics_at_threshold(tested["target"].to_numpy(int), tested["score"].to_numpy(), point["threshold"])
+            targets, scores = tested["target"].to_numpy(int), tested["score"].to_numpy()
+            measured = metrics_at_threshold(targets, scores, point["threshold"])
+            oracle = oracle_recall(targets, scores, evaluate.target_precision)
             rows.append({"data": "cifar10-dev (split seeds)", "split": seed, "rule": rule,
-                         "recall": measured["recall"], "precision": measured["precision"]})
+                         "recall": measured["recall"], "precision": measured["precision"], "oracle": oracle,
+                         "efficiency": recall_efficiency(measured["recall"], oracle)})
         print(f"cifar10-dev seed {seed} done", flush=True)
     return rows
 
@@ -91,7 +95,9 @@ def defects_rows(folds: int, epochs: int, cache: Path) -> list[dict]:
                                 EvaluateConfig(rule=rule), seed=42)
         rows += [{"data": "defects-dev (grouped folds)", "split": fold["fold"], "rule": rule,
                   "recall": fold["candidates"]["model"]["test_recall"],
-                  "precision": fold["candidates"]["model"]["test_precision"]} for fold in report["folds"]]
+                  "precision": fold["candidates"]["model"]["test_precision"],
+                  "oracle": fold["candidates"]["model"]["test_oracle_recall"],
+                  "efficiency": fold["candidates"]["model"]["test_recall_efficiency"]} for fold in report["folds"]]
         print(f"defects-dev rule {rule} done", flush=True)
     return rows
 
@@ -113,11 +119,13 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     frame["held"] = frame["precision"] >= args.target
     print(f"\nThe head's test figures at the threshold each rule chooses on validation (target precision {args.target}):\n")
-    print("| data | rule | test recall | test precision | lowest precision | precision >= target |\n|---|---|---|---|---|---|")
+    print("| data | rule | test recall | test precision | lowest precision | precision >= target | oracle recall | "
+          "recall efficiency |\n|---|---|---|---|---|---|---|---|")
+    frame["efficiency"] = frame["efficiency"].astype(float)
     for (data, rule), group in frame.groupby(["data", "rule"], sort=False):
         cell = lambda c: f"{group[c].mean():.3f} +- {group[c].std(ddof=1):.3f}"  # noqa: E731
         print(f"| {data} | {rule} | {cell('recall')} | {cell('precision')} | {np.nanmin(group['precision']):.3f} | "
-              f"{int(group['held'].sum())}/{len(group)} |")
+              f"{int(group['held'].sum())}/{len(group)} | {cell('oracle')} | {cell('efficiency')} |")
     print("\nPer split:\n" + frame.round(3).to_string(index=False))
 
 
