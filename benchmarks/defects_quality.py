@@ -234,7 +234,10 @@ def main() -> None:
 
     def mean_sd(values) -> str:
         values = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-        return f"{np.nanmean(values):.3f} +- {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.3f}"
+        finite = values[~np.isnan(values)]
+        if not len(finite):
+            return "n/a"
+        return f"{finite.mean():.3f} +- {finite.std(ddof=1) if len(finite) > 1 else 0:.3f}"
 
     for name in (*reports["point"]["summary"], "chosen", *extra):
         rows = {rule: chosen_row(reports[rule]) if name == "chosen" else
