@@ -735,3 +735,9 @@ def test_a_threshold_chosen_on_fold_scores_of_different_scales_is_warned_about(e
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "scales of their own" in
               r.getMessage()]
     assert len(warned) == 1 and "fold stack" in warned[0]
+
+
+def test_pinning_the_fold_stack_where_the_cross_validation_made_none_says_why(evaluation_scores):
+    with pytest.raises(ParameterError, match="builds the fold stack, on small data only"):
+        choose_operating_point(evaluation_scores, CHECKPOINT, small_config(operating_candidate="fold_stack"),
+                               pd.DataFrame(), baseline_model=WEIGHTS)

@@ -457,7 +457,9 @@ def _servable(evaluation_scores: pd.DataFrame, checkpoint: Checkpoint,
             why_not[name] = (f"the checkpoint's backbone has {checkpoint.fine_tuned_blocks} fine-tuned blocks, and the "
                              f"{name} was fitted on the frozen backbone's features")
         elif column not in evaluation_scores or evaluation_scores[column].isna().all():
-            why_not[name] = f"there are no {name} scores"
+            why_not[name] = f"there are no {name} scores" + (
+                " (the cross-validation builds the fold stack, on small data only: cross_validation.json says "
+                "whether it ran and why not)" if name == "fold_stack" else "")
         elif not served_weights.get(name):
             why_not[name] = f"no fitted {name} weights were given"
         else:
