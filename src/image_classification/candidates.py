@@ -25,7 +25,6 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import logit
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
@@ -34,7 +33,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from image_classification.baseline import LogisticBaseline
-from image_classification.fold_stack import GlobalGate
+from image_classification.fold_stack import GlobalGate, probability_logit
 from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency, select_threshold
 from image_classification.patches import PatchClassifier, PatchMemory
 
@@ -43,18 +42,13 @@ logger = logging.getLogger(__name__)
 NAMES = ("model", "baseline", "patch", "patch_classifier", "stack")
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    """log(p / (1 - p)), finite for probabilities rounded to 0 or 1."""
-    return logit(np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6))
-
-
 def stack_inputs(model: np.ndarray, baseline: np.ndarray, patch: np.ndarray,
                  patch_classifier: np.ndarray | None = None) -> np.ndarray:
     """The stacker's inputs: the model's and the baseline's logits, the patch score and, where there
     is one, the patch classifier's logit."""
-    columns = [_logit(model), _logit(baseline), np.asarray(patch, dtype=float)]
+    columns = [probability_logit(model), probability_logit(baseline), np.asarray(patch, dtype=float)]
     if patch_classifier is not None and not np.isnan(np.asarray(patch_classifier, dtype=float)).all():
-        columns.append(_logit(patch_classifier))
+        columns.append(probability_logit(patch_classifier))
     return np.column_stack(columns)
 
 

@@ -45,13 +45,14 @@ INPUTS = ("baseline", "patch_classifier")
 _PLATT_C = 1e4
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def probability_logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), finite for probabilities rounded to 0 or 1."""
     return logit(np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6))
 
 
 def input_logits(baseline: np.ndarray, patch_classifier: np.ndarray) -> np.ndarray:
     """(N, 2) raw stacker inputs from the baseline's and the patch classifier's probabilities of valid."""
-    return np.column_stack([_logit(baseline), _logit(patch_classifier)])
+    return np.column_stack([probability_logit(baseline), probability_logit(patch_classifier)])
 
 
 # ---------------------------------------------------------------- the global gate

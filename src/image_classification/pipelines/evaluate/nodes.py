@@ -26,7 +26,14 @@ from image_classification.errors import DataError, ParameterError
 from image_classification.images import thumbnail
 from image_classification.metrics import metrics_at_threshold, oracle_recall, report_at_threshold, select_threshold
 from image_classification.candidates import cross_validate, fit_patch_classifier, stack_inputs, stack_scores
-from image_classification.fold_stack import FoldStack, GlobalGate, fit_fold_stack, input_logits, platt
+from image_classification.fold_stack import (
+    FoldStack,
+    GlobalGate,
+    fit_fold_stack,
+    input_logits,
+    platt,
+    probability_logit,
+)
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import PatchEnsemble, PatchMemory, grid_of
@@ -722,7 +729,7 @@ def _pooling_loss(held_out: pd.DataFrame, column: str) -> float:
     its own rows, as the fold stack does) than pooled as they are: the AUROC that fold fits scoring on
     scales of their own cost."""
     targets, folds = held_out["target"].to_numpy(int), held_out["fold"].to_numpy()
-    raw = input_logits(held_out[column].to_numpy(float), held_out[column].to_numpy(float))[:, 0]
+    raw = probability_logit(held_out[column].to_numpy(float))
     calibrated = raw.copy()
     for number in np.unique(folds):
         rows = folds == number
