@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from image_classification.anomaly import build_detector, calibrate_threshold, open_world_precision, separation_metrics
+from image_classification.detectors import build_detector, calibrate_threshold, open_world_precision, separation_metrics
 
 DETECTORS = ["knn", "mahalanobis", "relative_mahalanobis", "gmm"]
 
@@ -102,7 +102,7 @@ def test_bad_names_and_rates_are_refused():
 
 @pytest.mark.parametrize("name", ["knn", "class_knn", "mahalanobis", "relative_mahalanobis", "gmm", "msp"])
 def test_exported_detector_scores_the_same_after_a_safetensors_round_trip(tmp_path, name):
-    from image_classification.anomaly import DetectorState
+    from image_classification.detectors import DetectorState
     from image_classification.datasets import SafetensorsDataset
 
     train, targets, test, _ = gaussian_data(20, shift=12.0)
@@ -120,7 +120,7 @@ def test_a_registered_detector_plugs_into_zero_shot_and_predict():
     """A new detector is one class: zero_shot's config accepts its name, and it saves and restores."""
     from dataclasses import dataclass
 
-    from image_classification.anomaly import DETECTORS, Detector, DetectorState, register
+    from image_classification.detectors import DETECTORS, Detector, DetectorState, register
     from image_classification.pipelines.zero_shot.nodes import ZeroShotConfig
 
     @register
@@ -157,7 +157,7 @@ def test_a_registered_detector_plugs_into_zero_shot_and_predict():
 def test_detector_files_written_before_each_detector_had_its_own_name_still_load():
     import torch
 
-    from image_classification.anomaly import DetectorState
+    from image_classification.detectors import DetectorState
 
     train, targets, test, _ = gaussian_data(6, shift=0.0)
     detector = build_detector("relative_mahalanobis").fit(train, targets)
@@ -199,7 +199,7 @@ def two_space_data(seed: int = 0):
 
 
 def fused(components=(("knn", "embedding"), ("knn", "pooled")), widths=(5, 30), fusion="fisher"):
-    from image_classification.anomaly import DetectorSettings
+    from image_classification.detectors import DetectorSettings
 
     return build_detector("fused", DetectorSettings(fused=components, fused_widths=widths, fusion=fusion))
 
@@ -251,9 +251,9 @@ def test_fisher_fusion_flags_an_image_one_component_finds_beyond_every_validatio
     (here 5% of validation images, e.g. a class it finds odd, score 40 sd out) widens its own sd, so
     an image far beyond every validation image in the other component is averaged back under the
     threshold; Fisher's method counts validation images instead of sd and flags it."""
-    from image_classification import anomaly
+    from image_classification import detectors
 
-    monkeypatch.setitem(anomaly.DETECTORS, "first_column", FirstColumn)
+    monkeypatch.setitem(detectors.DETECTORS, "first_column", FirstColumn)
     rng = np.random.default_rng(0)
     heavy_tailed = np.r_[rng.normal(size=190), np.full(10, 40.0)]
     validation = np.c_[heavy_tailed, rng.normal(size=200)]
@@ -269,7 +269,7 @@ def test_fisher_fusion_flags_an_image_one_component_finds_beyond_every_validatio
 
 @pytest.mark.parametrize("fusion", ["fisher", "mean"])
 def test_fused_detector_survives_a_safetensors_round_trip_and_refuses_misuse(tmp_path, fusion):
-    from image_classification.anomaly import DetectorState
+    from image_classification.detectors import DetectorState
     from image_classification.datasets import SafetensorsDataset
 
     train, targets, validation, test, first_only, _ = two_space_data()

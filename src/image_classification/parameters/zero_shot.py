@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from image_classification.anomaly import DETECTORS, FUSIONS, DetectorSettings
+from image_classification.detectors import DETECTORS, FUSIONS, DetectorSettings
 from image_classification.errors import ParameterError
 
 FEATURE_SPACES = ("embedding", "pooled")

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from image_classification.anomaly import DetectorState, MaxSoftmaxDetector
 from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.backbones import backbone_spec
+from image_classification.detectors import DetectorState, MaxSoftmaxDetector
 from image_classification.pipelines.predict.nodes import (
     PredictConfig,
     format_for_spreadsheet,

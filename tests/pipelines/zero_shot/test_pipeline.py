@@ -196,7 +196,7 @@ def test_flag_thresholds_keep_the_share_of_accepted_valid_validation_images_aske
     config = ZeroShotConfig(target_tpr=0.9)
     rows, population = calibration_images(table, point, config)
     assert population == "accepted_valid" and rows.sum() == 30 and rows[:30].all()
-    from image_classification.anomaly import calibrate_threshold
+    from image_classification.detectors import calibrate_threshold
 
     threshold = calibrate_threshold(table.loc[rows, "anomaly"].to_numpy(), config.target_tpr)
     assert (table["anomaly"][:30] > threshold).sum() == 2

@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from image_classification.anomaly import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.backbones import BackboneSpec
+from image_classification.detectors import Detector, DetectorState, decide
 from image_classification.distributed import (
     DaskMap,
     DaskSettings,

@@ -10,7 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from image_classification.anomaly import (
+from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
+from image_classification.detectors import (
     DetectorState,
     build_detector,
     calibrate_threshold,
@@ -18,7 +19,6 @@ from image_classification.anomaly import (
     open_world_precision,
     separation_metrics,
 )
-from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
 from image_classification.errors import DataError
 from image_classification.parameters.zero_shot import ZeroShotConfig
 from image_classification.sources import fine_classes

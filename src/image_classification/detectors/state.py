@@ -1,0 +1,71 @@
+"""A fitted detector's saved form: plain arrays and JSON settings, to and from a safetensors payload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from image_classification.detectors.registry import DETECTORS, Detector
+from image_classification.errors import DataError
+
+
+@dataclass(frozen=True)
+class DetectorState:
+    """A fitted detector saved as plain arrays and JSON settings (``anomaly_detector.safetensors``),
+    with the feature space it reads and the threshold above which an image is flagged.
+
+    Attributes:
+        detector: the registered detector name (``knn``, ``mahalanobis``, ...).
+        name: the run's column name, ``<detector>_<space>`` or ``msp``.
+        space: ``embedding``, ``pooled``, or None (the classifier's score).
+    """
+
+    detector: str
+    name: str
+    space: str | None
+    threshold: float
+    arrays: dict[str, np.ndarray]
+    settings: dict
+    target_tpr: float | None = None
+    calibrated_on: str | None = None
+    """Which validation images the threshold keeps ``target_tpr`` of (``zero_shot.calibrate_on``)."""
+
+    @classmethod
+    def of(cls, detector: Detector, name: str, space: str | None, threshold: float,
+           target_tpr: float | None = None, calibrated_on: str | None = None) -> DetectorState:
+        arrays, settings = detector.state()
+        return cls(detector.name, name, space, float(threshold), arrays, settings, target_tpr, calibrated_on)
+
+    def to_payload(self) -> dict:
+        tensors = {key: torch.as_tensor(np.ascontiguousarray(value, dtype=np.float64))
+                   for key, value in self.arrays.items()}
+        metadata = {**self.settings, "type": self.detector, "name": self.name, "space": self.space,
+                    "threshold": self.threshold}
+        calibration = {key: value for key, value in (("target_tpr", self.target_tpr),
+                                                      ("calibrated_on", self.calibrated_on)) if value is not None}
+        return {"tensors": tensors, "metadata": metadata | calibration}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> DetectorState:
+        metadata = dict(payload["metadata"])
+        detector = metadata.pop("type")
+        if detector == "mahalanobis" and metadata.get("relative"):  # written before each had its own name
+            detector = "relative_mahalanobis"
+        if detector not in DETECTORS:
+            raise DataError(f"unknown detector type '{detector}' in a saved anomaly detector; rerun the zero_shot "
+                            "pipeline")
+        name, space, threshold = metadata.pop("name"), metadata.pop("space"), float(metadata.pop("threshold"))
+        arrays = {key: value.numpy() for key, value in payload["tensors"].items()}
+        return cls(detector, name, space, threshold, arrays, metadata, metadata.pop("target_tpr", None),
+                   metadata.pop("calibrated_on", None))
+
+    def restore(self) -> Detector:
+        """The fitted detector, ready to score."""
+        return DETECTORS[self.detector].restore(self.arrays, self.settings)
+
+    def describe(self) -> dict:
+        """Its name, space, threshold and calibration target, for reports."""
+        return {"name": self.name, "space": self.space, "threshold": self.threshold, "target_tpr": self.target_tpr,
+                "calibrated_on": self.calibrated_on}
