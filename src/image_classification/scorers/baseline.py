@@ -68,7 +68,7 @@ class LogisticBaseline:
 
 @dataclass(frozen=True)
 class BaselineWeights:
-    """A fitted :class:`LogisticBaseline` as plain numbers (``baseline_model.json``, and inside
+    """A fitted :class:`LogisticBaseline` as plain numbers (``scorer_models.json``, and inside
     ``operating_point.json`` when it is served), so that predict, zero_shot, embedding_analysis and
     the MLflow model serve it without unpickling anything.
 
@@ -105,7 +105,7 @@ class BaselineWeights:
                       coef=np.asarray(payload["coef"], float), intercept=float(payload["intercept"]),
                       c=float(payload["C"]), backbone=str(payload["backbone"]))
         if not len(weights.mean) == len(weights.scale) == len(weights.coef):
-            raise DataError(f"baseline_model is inconsistent: {len(weights.mean)} means, {len(weights.scale)} scales "
+            raise DataError(f"the baseline weights are inconsistent: {len(weights.mean)} means, {len(weights.scale)} scales "
                             f"and {len(weights.coef)} weights; run `kedro run --pipelines evaluate` again")
         return weights
 

@@ -449,7 +449,7 @@ def test_the_baseline_is_not_served_for_a_fine_tuned_backbone(evaluation_scores)
 
 
 def patch_classifier_payload(grid: int = 2) -> dict:
-    """A small fitted patch classifier as evaluate saves it (patch_classifier_model.json)."""
+    """A small fitted patch classifier as evaluate saves it (scorer_models.json)."""
     generator = torch.Generator().manual_seed(0)
     patches = torch.randn(12, grid * grid, 3, generator=generator)
     return PatchClassifier.fit(patches, np.array([1, 0] * 6), epochs=2, hidden=4, top_k=2).to_payload(grid)
