@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
+from image_classification.scorers import ServedScore
 from image_classification.datasets import SafetensorsDataset
 from image_classification.errors import DataError
 from image_classification.model import build_model
@@ -147,12 +148,13 @@ def test_operating_point_belongs_to_its_checkpoint(checkpoint):
     baseline = OperatingPoint.from_payload(
         OperatingPoint.for_checkpoint(choice, checkpoint, "baseline", weights).to_payload())
     assert baseline.candidate == "baseline" and "candidate" not in baseline.choice and baseline.served_weights == weights
-    np.testing.assert_allclose(baseline.scores(np.array([0.3, np.nan]), np.array([[2.0], [1.0]])),
+    # the served score is the baseline's of the pooled features; NaN where the image was unreadable
+    np.testing.assert_allclose(ServedScore.of(baseline).scores(np.array([0.3, np.nan]), np.array([[2.0], [1.0]])),
                                [1 / (1 + np.exp(-2.0)), np.nan])
     with pytest.raises(DataError, match="serves the baseline but holds no served_weights"):
         OperatingPoint.from_payload({"threshold": 0.5, "candidate": "baseline"})
     with pytest.raises(DataError, match="candidate 'stack', which this version cannot serve"):
-        OperatingPoint.from_payload({"threshold": 0.5, "candidate": "stack"})
+        ServedScore.of({"threshold": 0.5, "candidate": "stack", "served_weights": {"x": 1}})
 
 
 def test_predicted_label_is_at_the_operating_threshold_and_na_when_unreadable(checkpoint):

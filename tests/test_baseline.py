@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from image_classification.baseline import BaselineWeights, LogisticBaseline
+from image_classification.scorers.baseline import BaselineWeights, LogisticBaseline
 
 
 def blobs(n: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,9 +12,10 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from image_classification.artefacts import Checkpoint, OperatingPoint
-from image_classification.baseline import BaselineWeights, LogisticBaseline
+from image_classification.scorers import ServedScore
+from image_classification.scorers.baseline import BaselineWeights, LogisticBaseline
 from image_classification.errors import DataError
-from image_classification.fold_stack import (
+from image_classification.scorers.fold_stack import (
     FoldStack,
     GlobalGate,
     Stacker,
@@ -161,7 +162,7 @@ def test_an_operating_point_serves_the_fold_stack_from_pooled_features_and_patch
         "class_names": ["invalid", "valid"], "best_epoch": 1, "fine_tuned_blocks": 0, "seed": 42, "epochs_run": 1}})
     point = OperatingPoint.for_checkpoint({"threshold": 0.5, "rule": "point"}, checkpoint, "fold_stack",
                                           stack.to_payload())
-    served = OperatingPoint.from_payload(json.loads(json.dumps(point.to_payload())))
+    served = ServedScore.of(json.loads(json.dumps(point.to_payload())))
     assert served.candidate == "fold_stack" and served.patch_grid == GRID
     model_scores = np.full(len(pooled), 0.5)
     model_scores[3] = np.nan  # unreadable

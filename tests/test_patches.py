@@ -179,7 +179,7 @@ def test_a_positional_patch_classifier_reads_each_patch_against_its_own_place():
 
 @pytest.mark.parametrize("positional", [False, True])
 def test_evaluate_fits_the_patch_classifier_with_its_positional_setting(positional):
-    from image_classification.candidates import fit_patch_classifier
+    from image_classification.scorers.patch_classifier import fit_patch_classifier
     from image_classification.parameters.evaluate import EvaluateConfig
 
     train, targets, _, _ = _train_and_test(_aligned, 10)

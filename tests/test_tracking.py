@@ -76,7 +76,7 @@ def test_the_demo_run_left_one_mlflow_run_with_metrics_figures_and_model(demo_ru
     # each node's wall time, to compare runs on speed
     assert run["metrics.node_seconds.train_classifier"] > 0.0
     assert {c.removeprefix("metrics.node_seconds.") for c in runs.columns if c.startswith("metrics.node_seconds.")} >= {
-        "extract_features", "check_images", "score_patches", "plot_roc"}
+        "extract_features", "check_images", "score_candidates", "plot_roc"}
     artifact_root = Path(run["artifact_uri"].removeprefix("file://"))
     assert artifact_root.is_relative_to(demo_run), "MLflow wrote outside the project"
     assert {"roc.png", "training_curves.png", "zero_shot_embedding.png"} <= {p.name for p in (artifact_root / "figures").iterdir()}

@@ -22,7 +22,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -295,23 +294,18 @@ class ScoredIndex:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """The decision threshold evaluate chose for one checkpoint (``operating_point.json``).
+    """The decision threshold evaluate chose for one checkpoint (``operating_point.json``): a record.
 
-    An image is called valid when its ``candidate``'s score is at least ``threshold``: ``model`` (the
-    trained model's probability of valid), ``baseline`` (the logistic regression on the frozen
-    backbone's pooled features) or ``patch_classifier`` (the patch network on the frozen backbone's
-    patch vectors, :class:`~image_classification.patches.PatchClassifier`, or the mean of several,
-    :class:`~image_classification.patches.PatchEnsemble`) or ``fold_stack`` (both, fitted per fold,
-    calibrated, stacked and gated: :class:`~image_classification.fold_stack.FoldStack`); for all but
-    the model ``served_weights`` holds the weights as plain numbers, so that the operating point alone
-    serves them. ``choice`` holds how it was chosen and what
-    it achieved (rule, description, target, reached, fallback, the images it was chosen on);
-    ``checkpoint`` what of the checkpoint it belongs to, so that predict refuses to apply it to
-    another model.
+    An image is called valid when its ``candidate``'s score is at least ``threshold``; the candidate is
+    a servable scorer's name (:mod:`image_classification.scorers`), which rebuilds itself from
+    ``served_weights`` (plain numbers; none for the model, whose weights are the checkpoint's) and
+    scores images through :class:`~image_classification.scorers.ServedScore`. ``choice`` holds how
+    it was chosen and what it achieved (rule, description, target, reached, fallback, the images it
+    was chosen on); ``checkpoint`` what of the checkpoint it belongs to, so that predict refuses to
+    apply it to another model.
     """
 
     CHECKPOINT_KEYS = ("weights", "input_size", "fine_tuned_blocks", "seed", "epochs_run")
-    CANDIDATES = ("model", "baseline", "patch_classifier", "fold_stack")
     DECISION = "an image is called valid when its candidate's score is >= threshold"
 
     threshold: float
@@ -344,9 +338,6 @@ class OperatingPoint:
             raise DataError(f"operating_point has no threshold between 0 and 1 (got {threshold}); run the evaluate "
                             "pipeline")
         candidate = payload.get("candidate", "model")
-        if candidate not in cls.CANDIDATES:
-            raise DataError(f"operating_point is for candidate '{candidate}', which this version cannot serve (only "
-                            f"{', '.join(cls.CANDIDATES)}); run the evaluate pipeline")
         if candidate != "model" and not payload.get("served_weights"):
             raise DataError(f"operating_point serves the {candidate} but holds no served_weights; run the evaluate "
                             "pipeline again")
@@ -377,78 +368,6 @@ class OperatingPoint:
                 "`kedro run --pipelines evaluate` for this checkpoint, or pass the operating point that belongs to "
                 "it with --load-versions operating_point:<version>")
         return self.threshold
-
-    @property
-    def patch_grid(self) -> int:
-        """Patches per side the served score reads (0: it reads none; see :meth:`scores`)."""
-        return int(self.served_weights["grid"]) if self.candidate in ("patch_classifier", "fold_stack") else 0
-
-    def scores(self, model_scores: np.ndarray, pooled: np.ndarray | torch.Tensor | None,
-               patches: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
-        """The scores this threshold applies to: the model's own, the baseline's of the pooled
-        features, the patch classifier's of the (N, grid², C) patch vectors, or the fold stack's of
-        both (NaN wherever the model's score is NaN: an unreadable image)."""
-        model_scores = np.asarray(model_scores, dtype=np.float64)
-        if self.candidate == "model":
-            return model_scores
-        needed = {"baseline": [("pooled features", pooled)], "patch_classifier": [("patch vectors", patches)],
-                  "fold_stack": [("pooled features", pooled), ("patch vectors", patches)]}
-        for what, features in needed[self.candidate]:
-            if features is None:
-                raise DataError(f"the operating point is the {self.candidate}'s, which needs {what}; none were given")
-        features = pooled if self.candidate == "baseline" else patches
-        scores = np.full(len(model_scores), np.nan)
-        readable = ~np.isnan(model_scores)
-        if self.candidate == "baseline":
-            pooled = features.float().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
-            scores[readable] = self._served_scorer.score(pooled[readable])
-            return scores
-        patches = torch.as_tensor(features)
-        if patches.shape[1:2] != (self.patch_grid ** 2,):
-            raise DataError(f"the served {self.candidate.replace('_', ' ')} reads a {self.patch_grid}x{self.patch_grid} "
-                            f"patch grid, but the patch vectors given hold {patches.shape[1]} patches per image; run "
-                            "train and evaluate again with one train.patch_grid")
-        if readable.any():
-            rows = np.flatnonzero(readable)
-            if self.candidate == "fold_stack":
-                pooled = pooled.float().numpy() if isinstance(pooled, torch.Tensor) else np.asarray(pooled)
-                scores[readable] = self._served_scorer.scores(pooled[rows], patches[torch.from_numpy(rows)])
-            else:
-                scores[readable] = self._served_scorer.scores(patches[torch.from_numpy(rows)])
-        return scores
-
-    @cached_property
-    def _served_scorer(self):
-        """The served weights, parsed once per operating point rather than once per scored batch."""
-        if self.candidate == "baseline":
-            from image_classification.baseline import BaselineWeights
-
-            return BaselineWeights.from_payload(self.served_weights)
-        if self.candidate == "fold_stack":
-            from image_classification.fold_stack import FoldStack
-
-            return FoldStack.from_payload(self.served_weights)
-        from image_classification.patches import PatchEnsemble
-
-        return PatchEnsemble.from_payload(self.served_weights)
-
-    def scores_of_index(self, scored: ScoredIndex, image_index: pd.DataFrame,
-                        backbone_features: dict | None) -> np.ndarray:
-        """The served score of every indexed image from the score stage's pass, reading the patch
-        vectors from the feature cache (``backbone_features``) when the served score needs them."""
-        patches = None
-        if self.patch_grid:
-            if backbone_features is None:
-                raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, which reads "
-                                "backbone_features; none were given")
-            cache = FeatureCache.from_payload(backbone_features)
-            cache.check(image_index, self.backbone or cache.backbone, cache.head_input_mode)
-            if cache.patches is None:
-                raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, but "
-                                "backbone_features holds no patch vectors (train.patch_grid is 0); run train and "
-                                "evaluate again")
-            patches = cache.patches
-        return self.scores(scored.score, scored.pooled, patches)
 
     def predicted_labels(self, scores: np.ndarray) -> pd.Series:
         """``valid``/``invalid`` at this threshold, the one meaning of ``predicted_label`` in every

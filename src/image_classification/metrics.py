@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -374,3 +375,8 @@ def report_at_threshold(targets: np.ndarray, scores: np.ndarray, threshold: floa
                                   "recall_at_target_precision": oracle.recall if oracle.reached else None,
                                   "precision": oracle.precision if oracle.reached else None},
     }
+
+
+def format_figure(value: float | None) -> str:
+    """A figure for a log line or a figure title: three decimals, or ``n/a`` where it is undefined."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"

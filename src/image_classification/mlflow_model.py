@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.scorers import ServedScore
+from image_classification.artefacts import Checkpoint
 from image_classification.datasets import SafetensorsDataset
 from image_classification.inference import model_outputs
 
@@ -27,7 +28,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.checkpoint = Checkpoint.from_payload(SafetensorsDataset(filepath=context.artifacts["checkpoint"]).load())
         with open(context.artifacts["operating_point"], encoding="utf-8") as file:
-            self.operating_point = OperatingPoint.from_payload(json.load(file))
+            self.operating_point = ServedScore.of(json.load(file))
         self.threshold = self.operating_point.threshold_for(self.checkpoint)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from image_classification.errors import ParameterError
-from image_classification.artefacts import OperatingPoint
 from image_classification.metrics import BOUND_METHODS, RuleSettings, check_target_precision, threshold_rule
+from image_classification.scorers import servable_names
 
 
-OPERATING_CANDIDATES = OperatingPoint.CANDIDATES
+OPERATING_CANDIDATES = servable_names()
 
 
 @dataclass(frozen=True)

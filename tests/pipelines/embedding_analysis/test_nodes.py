@@ -12,7 +12,7 @@ import torch
 import yaml
 from matplotlib.figure import Figure
 
-from image_classification.baseline import BaselineWeights
+from image_classification.scorers.baseline import BaselineWeights
 from image_classification.errors import DataError
 from image_classification.patches import PatchClassifier
 from image_classification.pipelines.embedding_analysis.nodes import (

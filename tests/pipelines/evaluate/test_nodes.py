@@ -22,29 +22,27 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from image_classification.artefacts import FeatureCache, OperatingPoint
-from image_classification.baseline import BaselineWeights
+from image_classification.artefacts import FeatureCache
 from image_classification.errors import DataError, ParameterError
 from image_classification.metrics import bootstrap_precision_recall, metrics_at_threshold, select_threshold
 from image_classification.parameters.train import TrainConfig
-from image_classification.fold_stack import FoldStack
+from image_classification.scorers import ServedScore
+from image_classification.scorers.baseline import BaselineWeights
+from image_classification.scorers.fold_stack import FoldStack
 from image_classification.patches import PatchClassifier, PatchEnsemble
 from image_classification.pipelines.evaluate.nodes import (
     EvaluateConfig,
     choose_operating_point,
     cross_validate_candidates,
-    score_fold_stack,
     draw_error_gallery,
-    fit_baseline,
-    join_scores,
     list_errors,
     measure_performance,
     plot_confusion_matrices,
     plot_precision_recall,
     plot_roc,
     plot_score_histograms,
+    score_candidates,
     score_images,
-    score_patches,
 )
 
 from ...conftest import noise_image, png_bytes, write_files
@@ -141,76 +139,77 @@ def test_bootstrap_of_nothing_is_undefined():
 # ---------------------------------------------------------------- scores
 
 
+def score_all(inputs: dict, config, held_out: pd.DataFrame | None = None, fold_models: dict | None = None,
+              features: dict | None = None) -> tuple[pd.DataFrame, dict, dict]:
+    """evaluate's scoring of every candidate, as the pipeline runs it."""
+    model = score_images(inputs["scored_index"], inputs["model_checkpoint"], inputs["image_index"])
+    return score_candidates(model, features or inputs["backbone_features"], inputs["image_index"], config, 42,
+                            held_out, fold_models)
+
+
 def test_scores_cover_validation_and_test_only(evaluation_inputs):
-    model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"],
-                         evaluation_inputs["image_index"])
     index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
-    baseline, fitted, weights = fit_baseline(features, index, small_config(), seed=42)
-    patches, patch_fit, _ = score_patches(features, index, small_config(), seed=42)
-    table = join_scores(model, baseline, patches, index, seed=42)
+    table, fits, models = score_all(evaluation_inputs, small_config())
     sizes = {split: sum(counts) for split, counts in SPLIT_SIZES.items()}
     assert table["split"].value_counts().to_dict() == {"val": sizes["val"], "test": sizes["test"]}
     unreadable = index["path"].iloc[UNREADABLE]
     for column in ("score", "baseline_score", "patch_score", "patch_classifier_score", "stack_score"):
         assert table.loc[table[column].isna(), "path"].tolist() == [unreadable], column
+    assert table["fold_stack_score"].isna().all() and not fits["fold_stack"]["enabled"]  # no cross-validation given
     assert table["score"].dropna().between(0, 1).all() and table["baseline_score"].dropna().between(0, 1).all()
+    fitted = fits["baseline"]
     assert fitted["C"] in (0.01, 1.0) and fitted["train_images"] == sum(SPLIT_SIZES["train"])
     # the saved weights, read back from JSON, score as the fitted baseline did (what predict serves)
-    served = BaselineWeights.from_payload(json.loads(json.dumps(weights)))
+    served = BaselineWeights.from_payload(json.loads(json.dumps(models["baseline"])))
     pooled = features["tensors"]["pooled"].float().numpy()[index["split"].isin(["val", "test"]).to_numpy()]
     readable = table["baseline_score"].notna().to_numpy()
     assert served.c == fitted["C"] and np.allclose(served.score(pooled[readable]),
                                                    table.loc[readable, "baseline_score"], atol=1e-6)
     # the memory holds valid train images' patches only, so each invalid image's odd patch stands out
-    assert patch_fit["enabled"] and patch_fit["train_valid_images"] == SPLIT_SIZES["train"][0]
+    assert fits["patch"]["enabled"] and fits["patch"]["train_valid_images"] == SPLIT_SIZES["train"][0]
     readable = table.dropna(subset=["patch_score"])
     assert readable.loc[readable["target"] == 1, "patch_score"].min() > readable.loc[readable["target"] == 0, "patch_score"].max()
     assert roc_auc_score(readable["target"], readable["stack_score"]) > 0.9
     # the patch classifier learns the invalid train images' odd patch from their labels
-    classifier = patch_fit["classifier"]
+    classifier = fits["patch_classifier"]
     assert classifier["enabled"] and classifier["train_images"] == sum(SPLIT_SIZES["train"])
     assert roc_auc_score(readable["target"], readable["patch_classifier_score"]) > 0.9
-    with pytest.raises(ValueError, match="same images"):
-        join_scores(model, baseline.iloc[::-1], patches, index, seed=42)
+    assert set(models) == {"baseline", "patch_classifier"}  # every fitted servable score, as plain numbers
+    reordered = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index).iloc[::-1]
+    with pytest.raises(ValueError, match="in order"):
+        score_candidates(reordered, features, index, small_config(), 42)
 
 
 def test_with_the_patch_classifier_off_the_memory_and_the_stack_still_score(evaluation_inputs):
-    index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
-    config = small_config(patch_classifier=False)
-    patches, patch_fit, _ = score_patches(features, index, config, seed=42)
-    assert patch_fit["enabled"] and patch_fit["classifier"] == {"enabled": False,
-                                                                "reason": "evaluate.patch_classifier is off"}
-    assert patches["patch_classifier_score"].isna().all() and patches["patch_score"].notna().sum() > 0
-    model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index)
-    baseline, _, _ = fit_baseline(features, index, config, seed=42)
-    table = join_scores(model, baseline, patches, index, seed=42)
+    table, fits, models = score_all(evaluation_inputs, small_config(patch_classifier=False))
+    assert fits["patch"]["enabled"] and fits["patch_classifier"] == {"enabled": False,
+                                                                     "reason": "evaluate.patch_classifier is off"}
+    assert table["patch_classifier_score"].isna().all() and table["patch_score"].notna().sum() > 0
+    assert "patch_classifier" not in models
     assert table["stack_score"].notna().sum() == table["patch_score"].notna().sum()
 
 
 @pytest.mark.parametrize("why", ["switched off", "no patches cached"])
 def test_without_patch_evidence_its_scores_are_missing_and_the_report_says_why(evaluation_inputs, why):
-    index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
+    features = evaluation_inputs["backbone_features"]
     config = small_config(patch_evidence=why != "switched off")
     if why == "no patches cached":
         features = {**features, "tensors": {k: v for k, v in features["tensors"].items() if k != "patches"}}
-    patches, patch_fit, _ = score_patches(features, index, config, seed=42)
-    assert patches[["patch_score", "patch_classifier_score"]].isna().all(axis=None) and not patch_fit["enabled"]
-    assert ("patch_evidence is off" if why == "switched off" else "train.patch_grid is 0") in patch_fit["reason"]
-    model = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index)
-    baseline, fitted, _ = fit_baseline(features, index, config, seed=42)
-    table = join_scores(model, baseline, patches, index, seed=42)
+    table, fits, _ = score_all(evaluation_inputs, config, features=features)
+    assert table[["patch_score", "patch_classifier_score"]].isna().all(axis=None) and not fits["patch"]["enabled"]
+    assert ("patch_evidence is off" if why == "switched off" else "train.patch_grid is 0") in fits["patch"]["reason"]
     assert table["stack_score"].isna().all()
     point = choose_operating_point(table, CHECKPOINT, config)
-    metrics = measure_performance(table, point, fitted, patch_fit, config, seed=42)
+    metrics = measure_performance(table, point, fits, config, seed=42)
     assert [row["candidate"] for row in metrics["candidates"]["table"]] == ["model", "baseline"]
-    assert metrics["patch"] == patch_fit and "stack" not in metrics
+    assert metrics["patch"] == fits["patch"] and "test" not in metrics["stack"]
     json.dumps(metrics, allow_nan=False)
 
 
 def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inputs):
     index, features = evaluation_inputs["image_index"], evaluation_inputs["backbone_features"]
-    report, held_out, folds, stack = cross_validate_candidates(features, index, TrainConfig(epochs=2),
-                                                               small_config(cv_folds=3), seed=42)
+    report, held_out, fold_models = cross_validate_candidates(features, index, TrainConfig(epochs=2),
+                                                              small_config(cv_folds=3), seed=42)
     json.dumps(report, allow_nan=False)
     # the train and validation images only: the test split measures the choices made on these
     labelled = sum(SPLIT_SIZES["train"]) + sum(SPLIT_SIZES["val"]) - 1  # one image unreadable
@@ -236,26 +235,22 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
     assert report["model"].startswith("the original head on the frozen backbone") and "fine-tuned" not in report["model"]
     # the patch classifier evaluate measures and may serve is then the mean of the fold fits: test images
     # scored by all of them, validation images by the fit that did not see them
+    folds, stack = fold_models["patch_classifier"], fold_models["fold_stack"]
     assert len(folds["members"]) == 3 and folds["grid"] == 4  # 16 patches per image
-    patches, _, served = score_patches(features, index, small_config(cv_folds=3), 42, held_out, folds)
-    assert served == folds
-    val = patches.merge(index[["path", "split"]]).query("split == 'val'").merge(held_out[["path",
-                                                                                           "patch_classifier_score"]],
-                                                                                on="path", suffixes=("", "_held_out"))
+    table, fits, models = score_all(evaluation_inputs, small_config(cv_folds=3), held_out, fold_models)
+    assert models["patch_classifier"] == folds and fits["patch_classifier"]["fold_fits"] == 3
+    val = table.query("split == 'val'").merge(held_out[["path", "patch_classifier_score", "fold_stack_score"]],
+                                              on="path", suffixes=("", "_held_out"))
     assert len(val) and np.array_equal(val["patch_classifier_score"], val["patch_classifier_score_held_out"])
-    test = patches.merge(index[["path", "split"]]).query("split == 'test'")
+    test = table.query("split == 'test'")
     cache = FeatureCache.from_payload(features)
     rows = index.reset_index(drop=True).index[index["path"].isin(test["path"])].to_numpy()
     readable = cache.readable[rows]
     expected = PatchEnsemble.from_payload(folds).scores(cache.patches[rows[readable]])
     np.testing.assert_allclose(test["patch_classifier_score"].to_numpy()[readable], expected, atol=1e-7)
     # the fold stack of the same fits: validation images by their out-of-fold score, test images by the served stack
-    assert len(stack["members"]) == 3 and report["fold_stack"]["fold_fits"] == 3
-    stacked = score_fold_stack(features, index, stack, held_out).merge(index[["path", "split"]])
-    val = stacked.query("split == 'val'").merge(held_out[["path", "fold_stack_score"]], on="path",
-                                                suffixes=("", "_held_out"))
-    assert len(val) and np.array_equal(val["fold_stack_score"], val["fold_stack_score_held_out"])
-    test = stacked.query("split == 'test'")
+    assert len(stack["members"]) == 3 and report["fold_stack"]["fold_fits"] == 3 and models["fold_stack"] == stack
+    assert np.array_equal(val["fold_stack_score"], val["fold_stack_score_held_out"])
     served = FoldStack.from_payload(json.loads(json.dumps(stack)))
     np.testing.assert_allclose(test["fold_stack_score"].to_numpy()[readable],
                                served.scores(cache.pooled[rows[readable]], cache.patches[rows[readable]]), atol=1e-6)
@@ -265,25 +260,26 @@ def test_the_patch_classifier_s_held_out_scores_come_from_a_fit_on_its_fold_s_tr
     """It chooses nothing on validation, so its out-of-fold scores (which choose the served candidate
     and its threshold) come from a fit on all the fold's other rows; its per-fold figures, like every
     candidate's, from the fit on the train rows, whose threshold validation chooses."""
-    from image_classification.candidates import (
-        cross_validate,
-        fit_patch_classifier,
-        grouped_folds,
-        held_out_patch_classifier,
-    )
+    from image_classification.scorers import Features
+    from image_classification.scorers.patch_classifier import fit_patch_classifier
+    from image_classification.selection.cross_validation import cross_validate, grouped_folds
 
     generator = torch.Generator().manual_seed(0)
     targets, groups = np.array([1, 0] * 24), np.arange(48) // 2
     patches = torch.randn(48, 4, 6, generator=generator)
     patches[targets == 0, 0, 0] += 1.0
     config = small_config(cv_folds=3, patch_classifier_epochs=3)
-    report = cross_validate(torch.randn(48, 1280, 4, 4, generator=generator), np.random.default_rng(0).normal(
-        size=(48, 8)), patches, targets, groups, 3, TrainConfig(epochs=1), config, seed=42)
+    features = Features(head_input=torch.randn(48, 1280, 4, 4, generator=generator),
+                        pooled=np.random.default_rng(0).normal(size=(48, 8)), patches=patches)
+    report = cross_validate(features, targets, groups, 3, TrainConfig(epochs=1), config, seed=42, grid=2)
     rows = next(grouped_folds(targets, groups, 3, seed=42))
-    first, expected = held_out_patch_classifier(patches, rows, targets, config, 42)
+    fitted_on = np.concatenate([rows["train"], rows["val"]])
+    first = fit_patch_classifier(patches[fitted_on], targets[fitted_on], config, 42)
+    expected = first.scores(patches[rows["test"]])
     np.testing.assert_array_equal(report["out_of_fold"]["patch_classifier"][rows["test"]], expected)
-    assert len(report["patch_classifiers"]) == 3  # the fold fits, which evaluate serves as their mean
-    np.testing.assert_array_equal(report["patch_classifiers"][0].scores(patches), first.scores(patches))
+    refits = report["fold_fits"]["patch_classifier"]
+    assert len(refits) == 3  # the fold fits, which evaluate serves as their mean
+    np.testing.assert_array_equal(refits[0].score_samples(Features(patches=patches)), first.scores(patches))
     train_only = fit_patch_classifier(patches[rows["train"]], targets[rows["train"]], config, 42).scores(
         patches[rows["test"]])
     assert not np.allclose(expected, train_only)
@@ -305,10 +301,10 @@ def test_cross_validation_says_its_model_row_is_not_the_fine_tuned_model(evaluat
     ({"cv_folds": 20}, "fewer than 20 groups of each label"),
 ])
 def test_cross_validation_is_skipped_with_a_reason(evaluation_inputs, changes, why):
-    report, held_out, folds, stack = cross_validate_candidates(evaluation_inputs["backbone_features"],
-                                                               evaluation_inputs["image_index"], TrainConfig(epochs=1),
-                                                               small_config(**changes), seed=42)
-    assert not report["enabled"] and why in report["reason"] and held_out.empty and folds == {} and stack == {}
+    report, held_out, fold_models = cross_validate_candidates(evaluation_inputs["backbone_features"],
+                                                              evaluation_inputs["image_index"], TrainConfig(epochs=1),
+                                                              small_config(**changes), seed=42)
+    assert not report["enabled"] and why in report["reason"] and held_out.empty and fold_models == {}
     assert list(held_out) == ["path", "split", "target", "fold", "score", "baseline_score", "patch_score",
                               "patch_classifier_score", "stack_score", "fold_stack_score"]
 
@@ -316,7 +312,8 @@ def test_cross_validation_is_skipped_with_a_reason(evaluation_inputs, changes, w
 def test_stale_features_or_scores_are_refused(evaluation_inputs):
     stale = evaluation_inputs["image_index"].assign(sha256=lambda t: t["sha256"].str.replace("0", "f"))
     with pytest.raises(ValueError, match="kedro run --pipelines train"):
-        fit_baseline(evaluation_inputs["backbone_features"], stale, small_config(), seed=42)
+        cross_validate_candidates(evaluation_inputs["backbone_features"], stale, TrainConfig(epochs=1), small_config(),
+                                  seed=42)
     with pytest.raises(ValueError, match="kedro run --pipelines train,score"):
         score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], stale)
 
@@ -374,7 +371,7 @@ def test_on_small_data_auto_serves_the_baseline_with_an_out_of_fold_threshold_an
     ranks clearly better (by more than two standard errors over the folds)."""
     held_out = held_out_table(OOF_TARGETS, [0.5] * 30, OOF_BASELINE)  # a model that ranks nothing
     config = small_config(rule="point")
-    point = choose_operating_point(evaluation_scores, CHECKPOINT, config, held_out, baseline_model=WEIGHTS)
+    point = choose_operating_point(evaluation_scores, CHECKPOINT, config, held_out, scorer_models={"baseline": WEIGHTS})
     json.dumps(point, allow_nan=False)
     assert point["candidate"] == "baseline" and point["threshold_chosen_on"] == "out_of_fold"
     assert "on small data the one of the baseline and the patch classifier with the higher mean held-out" \
@@ -389,16 +386,16 @@ def test_on_small_data_auto_serves_the_baseline_with_an_out_of_fold_threshold_an
     clearly = held_out_table(OOF_TARGETS, OOF_PERFECT, OOF_WORSE_BASELINE)
     difference = per_fold_difference(clearly)
     assert difference.mean() > 2 * difference.std(ddof=1) / np.sqrt(2)  # better in both folds, by about as much
-    warned = choose_operating_point(evaluation_scores, CHECKPOINT, config, clearly, baseline_model=WEIGHTS)
+    warned = choose_operating_point(evaluation_scores, CHECKPOINT, config, clearly, scorer_models={"baseline": WEIGHTS})
     assert warned["candidate"] == "baseline" and "evaluate.operating_candidate=model serves it" in warned["why"]
     assert "ranks clearly better" in caplog.text
     # pinned, the model keeps its validation threshold (its fold heads score on other scales)
     model_point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config(rule="point",
-                                         operating_candidate="model"), clearly, baseline_model=WEIGHTS)
+                                         operating_candidate="model"), clearly, scorer_models={"baseline": WEIGHTS})
     assert model_point["candidate"] == "model" and model_point["threshold_chosen_on"] == "validation"
     assert model_point["threshold"] == pytest.approx(0.6)
     # everything measured and drawn follows the served candidate
-    metrics = measure_performance(evaluation_scores, point, BASELINE_FIT, PATCH_OFF, config, seed=42)
+    metrics = measure_performance(evaluation_scores, point, {"baseline": BASELINE_FIT, "patch": PATCH_OFF}, config, seed=42)
     assert metrics["operating_candidate"] == "baseline" and metrics["candidates"]["operating_point_from"] == "baseline"
     assert metrics["baseline"]["threshold"] == point["threshold"] and metrics["baseline"]["C"] == 1.0
     assert metrics["model"]["threshold"] == pytest.approx(0.6)  # chosen on validation beside it
@@ -414,7 +411,7 @@ def test_without_cross_validation_auto_compares_validation_average_precision_and
     worse_baseline = evaluation_scores.assign(baseline_score=lambda t: np.where(t["target"] == 1, 0.4, 0.6) +
                                               np.linspace(0, 0.01, len(t)))
     point = choose_operating_point(worse_baseline, CHECKPOINT, small_config(rule="point"), pd.DataFrame(),
-                                   baseline_model=WEIGHTS)
+                                   scorer_models={"baseline": WEIGHTS})
     assert point["candidate"] == "model" and \
         "unless the baseline's or the patch classifier's validation average precision is clearly higher" in point["why"]
     low, high = point["candidates_compared"]["baseline_minus_model_validation_average_precision_interval"]
@@ -424,7 +421,7 @@ def test_without_cross_validation_auto_compares_validation_average_precision_and
         baseline_score=lambda t: t["target"] * 0.5 + np.linspace(0.2, 0.3, len(t)),
         score=lambda t: np.where(t["target"] == 1, 0.4, 0.6) + np.linspace(0, 0.01, len(t)))
     served = choose_operating_point(better_baseline, CHECKPOINT, small_config(rule="point"), pd.DataFrame(),
-                                    baseline_model=WEIGHTS)
+                                    scorer_models={"baseline": WEIGHTS})
     assert served["candidate"] == "baseline" and served["candidates_compared"][
         "baseline_minus_model_validation_average_precision_interval"][0] > 0
     # the operating point carries the weights it serves: predict and zero_shot need nothing else
@@ -434,7 +431,7 @@ def test_without_cross_validation_auto_compares_validation_average_precision_and
     # out_of_fold asked for without cross-validation: validation, and the record says why
     pinned = choose_operating_point(evaluation_scores, CHECKPOINT,
                                     small_config(rule="point", operating_candidate="baseline", threshold_on="out_of_fold"),
-                                    pd.DataFrame(), baseline_model=WEIGHTS)
+                                    pd.DataFrame(), scorer_models={"baseline": WEIGHTS})
     assert pinned["candidate"] == "baseline" and pinned["why"] == "pinned by evaluate.operating_candidate"
     assert pinned["threshold_chosen_on"] == "validation" and "cross-validation did not run" in pinned["threshold_note"]
 
@@ -442,17 +439,17 @@ def test_without_cross_validation_auto_compares_validation_average_precision_and
 def test_the_baseline_is_not_served_for_a_fine_tuned_backbone(evaluation_scores):
     fine_tuned = {"tensors": {}, "metadata": {**CHECKPOINT_METADATA, "fine_tuned_blocks": 2}}
     held_out = held_out_table(OOF_TARGETS, [0.5] * 30, OOF_BASELINE)
-    point = choose_operating_point(evaluation_scores, fine_tuned, small_config(), held_out, baseline_model=WEIGHTS)
+    point = choose_operating_point(evaluation_scores, fine_tuned, small_config(), held_out, scorer_models={"baseline": WEIGHTS})
     assert point["candidate"] == "model" and "2 fine-tuned blocks" in point["why"]
     with pytest.raises(ParameterError, match="fitted on the frozen backbone's features"):
         choose_operating_point(evaluation_scores, fine_tuned, small_config(operating_candidate="baseline"),
-                               baseline_model=WEIGHTS)
+                               scorer_models={"baseline": WEIGHTS})
     with pytest.raises(ParameterError, match="patch and stack are measured, not served"):
         small_config(operating_candidate="stack")
 
 
 def patch_classifier_payload(grid: int = 2) -> dict:
-    """A small fitted patch classifier as evaluate saves it (patch_classifier_model.json)."""
+    """A small fitted patch classifier as evaluate saves it (scorer_models.json)."""
     generator = torch.Generator().manual_seed(0)
     patches = torch.randn(12, grid * grid, 3, generator=generator)
     return PatchClassifier.fit(patches, np.array([1, 0] * 6), epochs=2, hidden=4, top_k=2).to_payload(grid)
@@ -467,15 +464,14 @@ def test_on_small_data_auto_serves_the_patch_classifier_when_it_ranks_held_out_i
     held_out = held_out_table(OOF_TARGETS, [0.5] * 30, OOF_WORSE_BASELINE).assign(
         patch_classifier_score=np.array(OOF_PERFECT, np.float32) - 0.5)
     config = small_config(rule="point")
-    point = choose_operating_point(scores, CHECKPOINT, config, held_out, baseline_model=WEIGHTS,
-                                   patch_classifier_model=payload)
+    point = choose_operating_point(scores, CHECKPOINT, config, held_out, scorer_models={"baseline": WEIGHTS, "patch_classifier": payload})
     json.dumps(point, allow_nan=False)
     assert point["candidate"] == "patch_classifier" and point["threshold_chosen_on"] == "out_of_fold"
     assert point["served_weights"] == payload
     # the record says what the threshold was chosen on, in its own words too
     assert "out-of-fold precision" in point["rule_description"] and "validation" not in point["rule_description"]
     bounded = choose_operating_point(scores, CHECKPOINT, small_config(rule="lower_bound", out_of_fold_bound_level=0.95),
-                                     held_out, baseline_model=WEIGHTS, patch_classifier_model=payload)
+                                     held_out, scorer_models={"baseline": WEIGHTS, "patch_classifier": payload})
     assert "lower bound on out-of-fold precision" in bounded["fallback"]
     assert "20 valid out-of-fold images" in bounded["fallback"] and "the out-of-fold scores are too small" in \
         bounded["fallback"]
@@ -485,7 +481,7 @@ def test_on_small_data_auto_serves_the_patch_classifier_when_it_ranks_held_out_i
     expected = select_threshold(np.array(OOF_TARGETS), held_out["patch_classifier_score"].to_numpy(float), "point",
                                 config.rule_settings)
     assert point["threshold"] == pytest.approx(expected["threshold"])
-    served = OperatingPoint.from_payload(point)
+    served = ServedScore.of(point)
     patches = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(1))
     model_scores = np.array([0.5, np.nan, 0.5, 0.5, 0.5])  # the second image could not be read
     want = PatchClassifier.from_payload(payload).scores(patches)
@@ -496,21 +492,21 @@ def test_on_small_data_auto_serves_the_patch_classifier_when_it_ranks_held_out_i
     with pytest.raises(DataError, match="reads a 2x2 patch grid"):
         served.scores(model_scores, None, torch.zeros(5, 9, 3))
     # measured on test at the served threshold, as every stage applies it
-    metrics = measure_performance(scores, point, BASELINE_FIT, {"enabled": True, "classifier": {"enabled": True}},
+    metrics = measure_performance(scores, point, {"baseline": BASELINE_FIT, "patch": {"enabled": True},
+                                                          "patch_classifier": {"enabled": True}},
                                   config, seed=42)
     assert metrics["operating_candidate"] == "patch_classifier"
     assert metrics["patch_classifier"]["threshold"] == point["threshold"]
     # a patch classifier that ranks held-out images worse than the baseline leaves the baseline served
     worse = held_out.assign(patch_classifier_score=np.float32(0.5))
-    assert choose_operating_point(scores, CHECKPOINT, config, worse, baseline_model=WEIGHTS,
-                                  patch_classifier_model=payload)["candidate"] == "baseline"
+    assert choose_operating_point(scores, CHECKPOINT, config, worse, scorer_models={"baseline": WEIGHTS, "patch_classifier": payload})["candidate"] == "baseline"
     # pinned, it needs its weights and a frozen backbone
     pinned = small_config(rule="point", operating_candidate="patch_classifier")
     with pytest.raises(ParameterError, match="no fitted patch_classifier weights were given"):
-        choose_operating_point(scores, CHECKPOINT, pinned, held_out, baseline_model=WEIGHTS)
+        choose_operating_point(scores, CHECKPOINT, pinned, held_out, scorer_models={"baseline": WEIGHTS})
     fine_tuned = {"tensors": {}, "metadata": {**CHECKPOINT_METADATA, "fine_tuned_blocks": 2}}
     with pytest.raises(ParameterError, match="fitted on the frozen backbone's features"):
-        choose_operating_point(scores, fine_tuned, pinned, held_out, patch_classifier_model=payload)
+        choose_operating_point(scores, fine_tuned, pinned, held_out, scorer_models={"patch_classifier": payload})
 
 
 def test_without_cross_validation_auto_serves_the_patch_classifier_only_when_it_ranks_validation_clearly_better(
@@ -525,8 +521,7 @@ def test_without_cross_validation_auto_serves_the_patch_classifier_only_when_it_
     config = small_config(rule="point")
     served = choose_operating_point(weak_model.assign(patch_classifier_score=ranks_well,
                                                       baseline_score=weak_model["score"] - 0.05),
-                                    CHECKPOINT, config, pd.DataFrame(), baseline_model=WEIGHTS,
-                                    patch_classifier_model=payload)
+                                    CHECKPOINT, config, pd.DataFrame(), scorer_models={"baseline": WEIGHTS, "patch_classifier": payload})
     compared = served["candidates_compared"]
     assert served["candidate"] == "patch_classifier" and served["served_weights"] == payload
     assert compared["patch_classifier_minus_model_validation_average_precision_interval"][0] > 0
@@ -539,16 +534,14 @@ def test_without_cross_validation_auto_serves_the_patch_classifier_only_when_it_
     # both clearly better than the model: the one of higher validation average precision
     noisier = np.where(np.arange(len(weak_model)) % 7 == 0, 1 - ranks_well, ranks_well)
     both = choose_operating_point(weak_model.assign(patch_classifier_score=noisier, baseline_score=ranks_well),
-                                  CHECKPOINT, config, pd.DataFrame(), baseline_model=WEIGHTS,
-                                  patch_classifier_model=payload)
+                                  CHECKPOINT, config, pd.DataFrame(), scorer_models={"baseline": WEIGHTS, "patch_classifier": payload})
     assert all(both["candidates_compared"][f"{name}_minus_model_validation_average_precision_interval"][0] > 0
                for name in ("baseline", "patch_classifier"))
     assert both["candidates_compared"]["baseline"] > both["candidates_compared"]["patch_classifier"]
     assert both["candidate"] == "baseline"
     # a patch classifier no better than the model on validation leaves the model served
     tied = choose_operating_point(evaluation_scores.assign(patch_classifier_score=evaluation_scores["score"]),
-                                  CHECKPOINT, config, pd.DataFrame(), baseline_model=WEIGHTS,
-                                  patch_classifier_model=payload)
+                                  CHECKPOINT, config, pd.DataFrame(), scorer_models={"baseline": WEIGHTS, "patch_classifier": payload})
     assert tied["candidate"] == "model"
     assert tied["candidates_compared"]["patch_classifier_minus_model_validation_average_precision_interval"][0] <= 0
 
@@ -559,7 +552,7 @@ def test_unreachable_target_is_reported_not_hidden():
                        ("lower_bound", "No threshold's 95% wilson lower bound on validation precision reaches 0.90")):
         point = choose_operating_point(scores, CHECKPOINT, small_config(rule=rule))
         assert not point["reached"] and says in point["fallback"]
-    metrics = measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
+    metrics = measure_performance(scores, point, {"baseline": BASELINE_FIT, "patch": PATCH_OFF}, small_config(), seed=42)
     assert metrics["model"]["chosen_on_validation"]["reached"] is False
     assert metrics["model"]["chosen_on_validation"]["fallback"] == point["fallback"]
 
@@ -574,7 +567,7 @@ def test_an_empty_test_split_stops_the_run():
     scores = scores_table(VAL, ([], []))
     point = choose_operating_point(scores, CHECKPOINT, small_config())
     with pytest.raises(ValueError, match="test split has no readable image"):
-        measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
+        measure_performance(scores, point, {"baseline": BASELINE_FIT, "patch": PATCH_OFF}, small_config(), seed=42)
 
 
 # ---------------------------------------------------------------- test metrics
@@ -582,7 +575,7 @@ def test_an_empty_test_split_stops_the_run():
 
 def test_test_metrics_use_the_validation_threshold_and_match_scikit_learn(evaluation_scores):
     point = choose_operating_point(evaluation_scores, CHECKPOINT, small_config(rule="point"))
-    metrics = measure_performance(evaluation_scores, point, BASELINE_FIT, PATCH_OFF, small_config(rule="point"), seed=42)
+    metrics = measure_performance(evaluation_scores, point, {"baseline": BASELINE_FIT, "patch": PATCH_OFF}, small_config(rule="point"), seed=42)
     json.dumps(metrics, allow_nan=False)
     targets, scores = np.array(TEST[0]), np.array(TEST[1], dtype=np.float32)
     predicted = scores >= np.float32(0.6)
@@ -610,7 +603,7 @@ def test_every_candidate_is_measured_at_its_own_validation_threshold_and_the_bes
         stack_score=evaluation_scores["score"] * 0.5)
     point = choose_operating_point(scores, CHECKPOINT, small_config())
     patch_fit = {"enabled": True, "memory_patches": 10}
-    metrics = measure_performance(scores, point, BASELINE_FIT, patch_fit, small_config(), seed=42)
+    metrics = measure_performance(scores, point, {"baseline": BASELINE_FIT, "patch": patch_fit}, small_config(), seed=42)
     json.dumps(metrics, allow_nan=False)
     table = {row["candidate"]: row for row in metrics["candidates"]["table"]}
     assert list(table) == ["model", "baseline", "patch", "stack"]
@@ -629,7 +622,7 @@ def test_every_candidate_is_measured_at_its_own_validation_threshold_and_the_bes
 def test_a_test_split_of_one_class_gives_nulls_not_nan():
     scores = scores_table(VAL, ([0, 0, 0], [0.9, 0.2, 0.1]))
     point = choose_operating_point(scores, CHECKPOINT, small_config())
-    metrics = measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
+    metrics = measure_performance(scores, point, {"baseline": BASELINE_FIT, "patch": PATCH_OFF}, small_config(), seed=42)
     json.dumps(metrics, allow_nan=False)
     assert metrics["model"]["test"]["auroc"] is None and metrics["model"]["test"]["recall"] is None
     assert metrics["model"]["test_bootstrap"]["recall"] == [None, None]
@@ -660,7 +653,7 @@ def png_size(figure: Figure) -> tuple[int, int]:
 def test_figures_are_drawn(test_split):
     scores = scores_table(VAL, test_split)
     point = choose_operating_point(scores, CHECKPOINT, small_config())
-    metrics = measure_performance(scores, point, BASELINE_FIT, PATCH_OFF, small_config(), seed=42)
+    metrics = measure_performance(scores, point, {"baseline": BASELINE_FIT, "patch": PATCH_OFF}, small_config(), seed=42)
     for interactive, static in (plot_precision_recall(scores, metrics), plot_roc(scores, metrics),
                                 plot_score_histograms(scores, point)):
         assert isinstance(interactive, go.Figure) and interactive.data
@@ -691,8 +684,7 @@ def test_on_small_data_auto_serves_the_fold_stack_thresholded_on_its_own_out_of_
     held_out = held_out_table(OOF_TARGETS, [0.5] * 30, OOF_BASELINE).assign(
         patch_classifier_score=np.float32(np.nan), fold_stack_score=np.array(OOF_PERFECT, np.float32))
     scores = evaluation_scores.assign(fold_stack_score=evaluation_scores["score"])
-    point = choose_operating_point(scores, CHECKPOINT, small_config(rule="point"), held_out, baseline_model=WEIGHTS,
-                                   fold_stack_model={"kind": "fold stack", "grid": 4})
+    point = choose_operating_point(scores, CHECKPOINT, small_config(rule="point"), held_out, scorer_models={"baseline": WEIGHTS, "fold_stack": {"kind": "fold stack", "grid": 4}})
     json.dumps(point, allow_nan=False)
     assert point["candidate"] == "fold_stack" and point["threshold_chosen_on"] == "out_of_fold"
     assert point["threshold"] == pytest.approx(min(OOF_PERFECT[:20]))
@@ -700,7 +692,7 @@ def test_on_small_data_auto_serves_the_fold_stack_thresholded_on_its_own_out_of_
     assert "fold_stack" in point["candidates_compared"]["held_out_average_precision"]
     # without the fold stack's weights it cannot be served, and the baseline is, as before
     assert choose_operating_point(scores, CHECKPOINT, small_config(rule="point"), held_out,
-                                  baseline_model=WEIGHTS)["candidate"] == "baseline"
+                                  scorer_models={"baseline": WEIGHTS})["candidate"] == "baseline"
 
 
 def test_a_threshold_that_keeps_little_of_the_recall_its_images_allow_is_warned_about(evaluation_scores, caplog):
@@ -712,7 +704,7 @@ def test_a_threshold_that_keeps_little_of_the_recall_its_images_allow_is_warned_
     held_out = held_out_table(targets, [0.5] * 200, list(np.linspace(0.99, 0.01, 200)))
     point = choose_operating_point(evaluation_scores, CHECKPOINT,
                                    small_config(rule="lower_bound", out_of_fold_bound_level=0.95), held_out,
-                                   baseline_model=WEIGHTS)
+                                   scorer_models={"baseline": WEIGHTS})
     assert point["validation"]["oracle_recall"] == 1.0 and point["validation"]["recall_efficiency"] < 0.8
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "recall efficiency" in r.getMessage()]
     assert len(warned) == 1 and "Likely cause and fix" in warned[0] and "out_of_fold_bound_level" in warned[0]
@@ -731,7 +723,7 @@ def test_a_threshold_chosen_on_fold_scores_of_different_scales_is_warned_about(e
                                                                                         range(80)])
     scores = evaluation_scores.assign(patch_classifier_score=evaluation_scores["score"])
     choose_operating_point(scores, CHECKPOINT, small_config(rule="point", operating_candidate="patch_classifier"),
-                           held_out, patch_classifier_model={"grid": 4})
+                           held_out, scorer_models={"patch_classifier": {"grid": 4}})
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "scales of their own" in
               r.getMessage()]
     assert len(warned) == 1 and "fold stack" in warned[0]
@@ -740,4 +732,4 @@ def test_a_threshold_chosen_on_fold_scores_of_different_scales_is_warned_about(e
 def test_pinning_the_fold_stack_where_the_cross_validation_made_none_says_why(evaluation_scores):
     with pytest.raises(ParameterError, match="builds the fold stack, on small data only"):
         choose_operating_point(evaluation_scores, CHECKPOINT, small_config(operating_candidate="fold_stack"),
-                               pd.DataFrame(), baseline_model=WEIGHTS)
+                               pd.DataFrame(), scorer_models={"baseline": WEIGHTS})

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import precision_score, recall_score
 
-from image_classification.baseline import BaselineWeights
+from image_classification.scorers.baseline import BaselineWeights
 from image_classification.parameters.train import TrainConfig
 from image_classification.pipelines.data_prep import create_pipeline as data_prep_pipeline
 from image_classification.pipelines.evaluate import create_pipeline
@@ -88,7 +88,7 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     assert set(held_out["split"]) == {"train", "val"} and held_out["fold"].nunique() == 5
     candidates = [row["candidate"] for row in metrics["candidates"]["table"]]
     assert candidates == ["model", "baseline", "patch", "patch_classifier", "stack", "fold_stack"]
-    assert BaselineWeights.from_payload(catalog.load("baseline_model")).c == metrics["baseline"]["C"]
+    assert BaselineWeights.from_payload(catalog.load("scorer_models")["baseline"]).c == metrics["baseline"]["C"]
     scored = scores.dropna(subset=[column])
     assert len(catalog.load("gap_analysis")) == ((scored[column] >= point["threshold"]) != (scored["target"] == 1)).sum()
     assert all(isinstance(catalog.load(name), Figure) for name in FIGURES)

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from image_classification.artefacts import Checkpoint
-from image_classification.baseline import BaselineWeights
 from image_classification.detectors import DetectorState, KNNDetector
+from image_classification.scorers.baseline import BaselineWeights
 from image_classification.model import build_model
 
 from ...conftest import BAD_FILES, jpeg_bytes, noise_image, png_bytes, write_files

@@ -12,7 +12,7 @@ from kedro.runner import SequentialRunner
 from ...conftest import KeptDataset
 
 from image_classification.artefacts import Checkpoint, OperatingPoint
-from image_classification.baseline import BaselineWeights
+from image_classification.scorers.baseline import BaselineWeights
 from image_classification.model import build_model
 from image_classification.patches import PatchClassifier
 from image_classification.pipelines.score.nodes import score_index

@@ -15,7 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
+from image_classification.scorers import ServedScore
+from image_classification.artefacts import Checkpoint, ScoredIndex
 from image_classification.clustering import (
     agglomerative_clusters,
     agreement_scores,
@@ -61,7 +62,7 @@ def embed_images(scored_index: dict, model_checkpoint: dict, image_index: pd.Dat
     """
     checkpoint = Checkpoint.from_payload(model_checkpoint)
     scored = ScoredIndex.from_payload(scored_index).check(image_index, checkpoint)
-    threshold = OperatingPoint.from_payload(operating_point)
+    threshold = ServedScore.of(operating_point)
     threshold.threshold_for(checkpoint)
     table = scored.table(image_index)
     served = threshold.scores_of_index(scored, image_index, backbone_features)

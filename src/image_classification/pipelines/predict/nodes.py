@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.artefacts import Checkpoint
 from image_classification.backbones import BackboneSpec
 from image_classification.detectors import Detector, DetectorState, decide
 from image_classification.distributed import (
@@ -42,6 +42,7 @@ from image_classification.export import (
 )
 from image_classification.inference import ImageFiles, image_loader, torch_device
 from image_classification.parameters.predict import PredictConfig
+from image_classification.scorers import ServedScore
 from image_classification.sources import read_unlabelled
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def export_onnx_model(model_checkpoint: dict, operating_point: dict, predict: Pr
     """The checkpoint's whole model (backbone and head) as ONNX, tagged with the checkpoint's hash;
     with the patch vectors as a fourth output when the operating point serves the patch classifier."""
     checkpoint = Checkpoint.from_payload(model_checkpoint)
-    patch_grid = OperatingPoint.from_payload(operating_point).patch_grid
+    patch_grid = ServedScore.of(operating_point).patch_grid
     started = time.perf_counter()
     onnx_model = export_onnx(
         checkpoint.model(), int(checkpoint.input_size),
@@ -96,7 +97,7 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
     served score (the model's, or the patch classifier's of the patch vectors) must agree within
     ``predict.parity_tolerance``."""
     checkpoint = Checkpoint.from_payload(model_checkpoint)
-    point = OperatingPoint.from_payload(operating_point)
+    point = ServedScore.of(operating_point)
     report = {"images": 0, "max_abs_difference": None, "tolerance": predict.parity_tolerance,
               "checkpoint_sha256": checkpoint.fingerprint(),
               "onnx_checkpoint_sha256": onnx_properties(onnx_model).get(CHECKPOINT_KEY)}
@@ -147,7 +148,7 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
         no score) and a summary of the run: counts, backend, threshold, detector and speed.
     """
     checkpoint, detector = Checkpoint.from_payload(model_checkpoint), DetectorState.from_payload(anomaly_detector)
-    point = OperatingPoint.from_payload(operating_point)
+    point = ServedScore.of(operating_point)
     threshold = point.threshold_for(checkpoint)
     readable = prediction_images["error"].fillna("") == ""
     paths, dask = prediction_images.loc[readable, "path"].tolist(), DaskSettings.from_params(dask)
@@ -176,10 +177,10 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
 def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> dict:
     """On a Dask worker: score, anomaly score and read error of some images, with the backend this
     worker built for the model (once per worker process)."""
-    def build() -> tuple[Backend, Detector, str | None, BackboneSpec, OperatingPoint]:
+    def build() -> tuple[Backend, Detector, str | None, BackboneSpec, ServedScore]:
         checkpoint, detector = Checkpoint.from_payload(model["checkpoint"]), DetectorState.from_payload(model["detector"])
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
-        point = OperatingPoint.from_payload(model["operating_point"])
+        point = ServedScore.of(model["operating_point"])
         backend = _backend(checkpoint, model["onnx"], model["parity"], predict, device, point.patch_grid)
         return backend, detector.restore(), detector.space, checkpoint.spec, point
 
@@ -189,7 +190,7 @@ def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> di
 
 
 def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, model_checkpoint: dict,
-                    onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict, point: OperatingPoint,
+                    onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict, point: ServedScore,
                     predict: PredictConfig, dask: DaskSettings) -> tuple[dict, PredictConfig]:
     """The outputs of :func:`_stream_scores`, computed partition by partition on the cluster and
     written into place as each comes back; with the settings the workers ran."""
@@ -258,7 +259,7 @@ def _backend(checkpoint: Checkpoint, onnx_model: bytes, onnx_parity: dict, predi
 
 
 def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detector: Detector, space: str | None,
-                   point: OperatingPoint, predict: PredictConfig,
+                   point: ServedScore, predict: PredictConfig,
                    progress: bool = True) -> dict[str, np.ndarray | list[str] | str]:
     """The model's score, the served score (``point``'s candidate: the model's, the baseline's of
     the pooled features or the patch classifier's of the patch vectors), anomaly score and read

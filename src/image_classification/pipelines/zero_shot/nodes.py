@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from image_classification.artefacts import Checkpoint, OperatingPoint, ScoredIndex
+from image_classification.artefacts import Checkpoint, ScoredIndex
 from image_classification.detectors import (
     DetectorState,
     build_detector,
@@ -21,6 +21,7 @@ from image_classification.detectors import (
 )
 from image_classification.errors import DataError
 from image_classification.parameters.zero_shot import ZeroShotConfig
+from image_classification.scorers import ServedScore
 from image_classification.sources import fine_classes
 from image_classification.plots import zero_shot as zero_shot_plots
 
@@ -54,7 +55,7 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     split = image_index["split"].to_numpy(dtype=str)
     train, rest = np.flatnonzero(readable & (split == "train")), np.flatnonzero(readable & (split != "train"))
     table = image_index.iloc[rest][["path", "split", "label", "kind", "target"]].reset_index(drop=True)
-    point = OperatingPoint.from_payload(operating_point)
+    point = ServedScore.of(operating_point)
     served = point.scores_of_index(scored, image_index, backbone_features)
     table["score"], table["model_score"] = np.asarray(served, np.float64)[rest], scored.score[rest]
     validation = (table["split"] == "val").to_numpy()
@@ -89,7 +90,7 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
     return table, thresholds, flag_state
 
 
-def calibration_images(table: pd.DataFrame, point: OperatingPoint, config: ZeroShotConfig) -> tuple[np.ndarray, str]:
+def calibration_images(table: pd.DataFrame, point: ServedScore, config: ZeroShotConfig) -> tuple[np.ndarray, str]:
     """The rows of ``table`` the flag thresholds are set on, and which population they are.
 
     ``accepted_valid``: validation images labelled valid whose served score reaches the operating
@@ -103,7 +104,7 @@ def calibration_images(table: pd.DataFrame, point: OperatingPoint, config: ZeroS
     return (table["split"] == "val").to_numpy(), "validation"
 
 
-def _accepted_valid(table: pd.DataFrame, point: OperatingPoint) -> np.ndarray:
+def _accepted_valid(table: pd.DataFrame, point: ServedScore) -> np.ndarray:
     """Validation images labelled valid whose served score reaches the operating threshold."""
     valid = table["target"].to_numpy(dtype=float, na_value=np.nan) == 1
     return (table["split"] == "val").to_numpy() & valid & (table["score"].to_numpy(dtype=float) >= point.threshold)
@@ -124,7 +125,7 @@ def decide_images(anomaly_scores: pd.DataFrame, thresholds: dict, operating_poin
     operating threshold chosen by evaluate) and the flag detector does not call it anomalous.
     """
     table = anomaly_scores[anomaly_scores["split"].isin(["test", "unseen"])].reset_index(drop=True).copy()
-    point = OperatingPoint.from_payload(operating_point)
+    point = ServedScore.of(operating_point)
     _, flagged, accepted = decide(table["score"].to_numpy(), table[config.flag_detector].to_numpy(),
                                   point.threshold, thresholds[config.flag_detector])
     table["predicted_label"] = point.predicted_labels(table["score"].to_numpy())
@@ -162,7 +163,7 @@ def measure_detectors(anomaly_scores: pd.DataFrame, decisions: pd.DataFrame, thr
     kept_by_classifier = valid_test["predicted_label"] == "valid"
     lost = float((kept_by_classifier & valid_test["anomaly_flag"]).sum() / max(kept_by_classifier.sum(), 1))
     precision = _precisions(decisions, config.unseen_share)
-    point = OperatingPoint.from_payload(operating_point)
+    point = ServedScore.of(operating_point)
     calibration, population = calibration_images(anomaly_scores, point, config)
     metrics = {
         "flag_detector": config.flag_detector, "target_tpr": config.target_tpr,

@@ -1,4 +1,4 @@
-"""The fold stack: global and local evidence served together, on the scale its threshold was chosen on.
+"""``fold_stack``: global and local evidence served together, on the scale its threshold was chosen on.
 
 On small data the cross-validation fits the baseline (a logistic regression on pooled features: global
 evidence) and the patch classifier (local evidence) once per fold. Their out-of-fold scores are the
@@ -22,6 +22,9 @@ two the same kind of score:
 
 Everything is plain numbers (:meth:`FoldStack.to_payload`), so the operating point serves it without
 unpickling anything. ``benchmarks/oof_threshold.py`` measures it beside the other candidates.
+
+The cross-validation builds it (:func:`fit_fold_stack`); evaluate scores with it through
+:class:`FoldStackScorer`.
 """
 
 from __future__ import annotations
@@ -31,23 +34,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import expit, logit
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from image_classification.baseline import BaselineWeights
 from image_classification.errors import DataError
 from image_classification.patches import PatchClassifier
+from image_classification.scorers.base import Features, Scored, Scorer, Split, probability_logit, register
+from image_classification.scorers.baseline import BaselineWeights
 
 INPUTS = ("baseline", "patch_classifier")
 # Platt scaling is two numbers per fold and input; effectively unregularised, so that it only
 # rescales (a ranking within a fold never changes)
 _PLATT_C = 1e4
-
-
-def probability_logit(p: np.ndarray) -> np.ndarray:
-    """log(p / (1 - p)), finite for probabilities rounded to 0 or 1."""
-    return logit(np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6))
 
 
 def input_logits(baseline: np.ndarray, patch_classifier: np.ndarray) -> np.ndarray:
@@ -294,3 +293,60 @@ def fit_fold_stack(raw_logits: np.ndarray, folds: np.ndarray, targets: np.ndarra
                for b, c, k in zip(baselines, classifiers, calibrations)]
     return FoldStack(members=members, stacker=Stacker.fit(calibrated, targets, seed), gate=gate,
                      grid=int(grid)), out_of_fold
+
+
+@register
+class FoldStackScorer(Scorer):
+    """The served fold stack; built by the cross-validation from its fold fits (so never fitted on one split)."""
+
+    name = "fold_stack"
+    column = "fold_stack_score"
+    label = "fold stack (served on small data)"
+    description = ("the cross-validation's baseline and patch classifier fits, each calibrated on the images its fold "
+                   "did not see, stacked and averaged over the folds; 0 for an image unlike every valid training image "
+                   "as a whole (global gate)")
+    reads = ("pooled", "patches")
+    servable = True
+    cross_validated = False
+
+    def __init__(self, stack: FoldStack) -> None:
+        self.stack = stack
+
+    @classmethod
+    def unavailable(cls, split: Split, config) -> str | None:
+        if not split.fold_fits.get(cls.name) or split.test.patches is None:
+            return ("the cross-validation builds the fold stack, on small data only: cross_validation.json says "
+                    "whether it ran and why not")
+        return None
+
+    @classmethod
+    def fit(cls, split: Split, config, seed: int) -> FoldStackScorer:
+        return cls(FoldStack.from_payload(split.fold_fits[cls.name]))
+
+    @classmethod
+    def on_split(cls, split: Split, config, seed: int) -> Scored:
+        """Test images scored by the served stack, validation images by their out-of-fold scores (the fits of
+        the fold that did not see them), so both stay held out."""
+        reason = cls.unavailable(split, config)
+        if reason is not None:
+            return Scored.missing(split, reason)
+        scorer = cls.fit(split, config, seed)
+        return Scored(np.asarray(split.out_of_fold[cls.name], dtype=np.float32), scorer.score_samples(split.test),
+                      {"description": cls.description, **scorer.describe()}, scorer)
+
+    def score_samples(self, features: Features) -> np.ndarray:
+        return self.stack.scores(features.require("pooled", self.name), features.require("patches", self.name))
+
+    def describe(self) -> dict:
+        return self.stack.describe()
+
+    @property
+    def patch_grid(self) -> int:
+        return self.stack.grid
+
+    def to_payload(self) -> dict:
+        return self.stack.to_payload()
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> FoldStackScorer:
+        return cls(FoldStack.from_payload(payload))

@@ -1,5 +1,6 @@
-"""The baseline printed beside the model: a logistic regression on the frozen backbone's pooled
-features. If the deep head cannot beat it, the head does not earn its keep."""
+"""``baseline``: a logistic regression on the frozen backbone's pooled features, measured beside the
+model (if the deep head cannot beat it, the head does not earn its keep) and servable with a frozen
+backbone: global evidence."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 from image_classification.errors import DataError
 from image_classification.metrics import validation_score
+from image_classification.scorers.base import Features, Scorer, Split, register
 
 
 class LogisticBaseline:
@@ -66,7 +68,7 @@ class LogisticBaseline:
 
 @dataclass(frozen=True)
 class BaselineWeights:
-    """A fitted :class:`LogisticBaseline` as plain numbers (``baseline_model.json``, and inside
+    """A fitted :class:`LogisticBaseline` as plain numbers (``scorer_models.json``, and inside
     ``operating_point.json`` when it is served), so that predict, zero_shot, embedding_analysis and
     the MLflow model serve it without unpickling anything.
 
@@ -103,7 +105,7 @@ class BaselineWeights:
                       coef=np.asarray(payload["coef"], float), intercept=float(payload["intercept"]),
                       c=float(payload["C"]), backbone=str(payload["backbone"]))
         if not len(weights.mean) == len(weights.scale) == len(weights.coef):
-            raise DataError(f"baseline_model is inconsistent: {len(weights.mean)} means, {len(weights.scale)} scales "
+            raise DataError(f"the baseline weights are inconsistent: {len(weights.mean)} means, {len(weights.scale)} scales "
                             f"and {len(weights.coef)} weights; run `kedro run --pipelines evaluate` again")
         return weights
 
@@ -114,3 +116,45 @@ class BaselineWeights:
             raise DataError(f"the baseline was fitted on {len(self.coef)} pooled {self.backbone} features, got "
                             f"features of shape {pooled.shape}; run `kedro run --pipelines evaluate` for this model")
         return expit(((pooled - self.mean) / self.scale) @ self.coef + self.intercept)
+
+
+@register
+class BaselineScorer(Scorer):
+    """The logistic regression on pooled features: fitted (C chosen on validation) or served from its weights."""
+
+    name = "baseline"
+    column = "baseline_score"
+    label = "baseline (logistic regression)"
+    description = "logistic regression on pooled features"
+    reads = ("pooled",)
+    servable = True
+
+    def __init__(self, weights: BaselineWeights, fitted: LogisticBaseline | None = None, train_images: int = 0) -> None:
+        self.weights, self.fitted, self.train_images = weights, fitted, train_images
+
+    @classmethod
+    def fit(cls, split: Split, config, seed: int) -> BaselineScorer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fitted = LogisticBaseline(config.baseline_c_grid, config.target_precision, seed).fit(
+                split.train.features.require("pooled", cls.name), split.train.targets, split.val.features.pooled,
+                split.val.targets)
+        return cls(BaselineWeights.of(fitted, split.backbone), fitted, len(split.train.targets))
+
+    def score_samples(self, features: Features) -> np.ndarray:
+        pooled = features.require("pooled", self.name)
+        if self.fitted is not None:  # as fitted (scikit-learn), to the last digit
+            return self.fitted.score_samples(pooled)
+        return self.weights.score(pooled)
+
+    def describe(self) -> dict:
+        if self.fitted is None:
+            return {"description": self.description, "C": self.weights.c}
+        return self.fitted.summary(self.weights.backbone, self.train_images)
+
+    def to_payload(self) -> dict:
+        return self.weights.to_payload()
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> BaselineScorer:
+        return cls(BaselineWeights.from_payload(payload))

@@ -1,0 +1,101 @@
+"""The served score: the operating point's candidate, rebuilt from the plain numbers it carries, scoring
+new images; what predict, zero_shot, embedding_analysis and the MLflow model apply the threshold to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from image_classification.artefacts import FeatureCache, OperatingPoint, ScoredIndex
+from image_classification.errors import DataError
+from image_classification.scorers.base import SCORERS, Features, Scorer
+
+
+@dataclass(frozen=True)
+class ServedScore:
+    """An operating point with its scorer, parsed once (not once per scored batch)."""
+
+    point: OperatingPoint
+    scorer: Scorer
+
+    @classmethod
+    def of(cls, point: OperatingPoint | dict) -> ServedScore:
+        """The scorer ``point`` serves; a :class:`DataError` when this version cannot serve it."""
+        point = point if isinstance(point, OperatingPoint) else OperatingPoint.from_payload(point)
+        kind = SCORERS.get(point.candidate)
+        if kind is None or not kind.servable:
+            servable = ", ".join(name for name, scorer in SCORERS.items() if scorer.servable)
+            raise DataError(f"operating_point is for candidate '{point.candidate}', which this version cannot serve "
+                            f"(only {servable}); run the evaluate pipeline")
+        return cls(point, kind.from_payload(point.served_weights or {}))
+
+    @property
+    def candidate(self) -> str:
+        return self.point.candidate
+
+    @property
+    def threshold(self) -> float:
+        return self.point.threshold
+
+    def threshold_for(self, checkpoint) -> float:
+        """The threshold, if it was chosen for this checkpoint (:meth:`OperatingPoint.threshold_for`)."""
+        return self.point.threshold_for(checkpoint)
+
+    def predicted_labels(self, scores: np.ndarray) -> pd.Series:
+        return self.point.predicted_labels(scores)
+
+    def to_payload(self) -> dict:
+        return self.point.to_payload()
+
+    @property
+    def patch_grid(self) -> int:
+        """Patches per side the served score reads (0: it reads none)."""
+        return self.scorer.patch_grid
+
+    def scores(self, model_scores: np.ndarray, pooled: np.ndarray | torch.Tensor | None,
+               patches: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """The scores the threshold applies to, from the model's own scores, the pooled features and the
+        (N, grid², C) patch vectors of the same images, as the served candidate reads them; NaN wherever
+        the model's score is NaN (an unreadable image)."""
+        model_scores = np.asarray(model_scores, dtype=np.float64)
+        readable = ~np.isnan(model_scores)
+        for what, given in (("pooled", pooled), ("patches", patches)):
+            if what in self.scorer.reads and given is None:
+                raise DataError(f"the operating point is the {self.candidate}'s, which needs "
+                                f"{'pooled features' if what == 'pooled' else 'patch vectors'}; none were given")
+        if isinstance(pooled, torch.Tensor):
+            pooled = pooled.float().numpy()
+        if patches is not None:
+            patches = torch.as_tensor(patches)
+            if self.patch_grid and patches.shape[1:2] != (self.patch_grid ** 2,):
+                raise DataError(f"the served {self.candidate.replace('_', ' ')} reads a {self.patch_grid}x"
+                                f"{self.patch_grid} patch grid, but the patch vectors given hold {patches.shape[1]} "
+                                "patches per image; run train and evaluate again with one train.patch_grid")
+        rows = np.flatnonzero(readable)
+        features = Features(scores={"model": model_scores}, pooled=None if pooled is None else np.asarray(pooled),
+                            patches=patches)
+        scores = np.full(len(model_scores), np.nan)
+        if len(rows):
+            scores[rows] = self.scorer.score_samples(features.take(rows))
+        return scores
+
+    def scores_of_index(self, scored: ScoredIndex, image_index: pd.DataFrame,
+                        backbone_features: dict | None) -> np.ndarray:
+        """The served score of every indexed image from the score stage's pass, reading the patch
+        vectors from the feature cache (``backbone_features``) when the served score needs them."""
+        patches = None
+        if self.patch_grid:
+            if backbone_features is None:
+                raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, which reads "
+                                "backbone_features; none were given")
+            cache = FeatureCache.from_payload(backbone_features)
+            cache.check(image_index, self.point.backbone or cache.backbone, cache.head_input_mode)
+            if cache.patches is None:
+                raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, but "
+                                "backbone_features holds no patch vectors (train.patch_grid is 0); run train and "
+                                "evaluate again")
+            patches = cache.patches
+        return self.scores(scored.score, scored.pooled, patches)
