@@ -54,7 +54,7 @@ class EvaluateConfig:
         operating_candidate: the score whose threshold is the operating point that predict, zero_shot
             and embedding_analysis apply: ``model``, ``baseline``, ``patch_classifier`` or
             ``fold_stack`` (these three servable only with a frozen backbone, the last only where the
-            cross-validation ran: :mod:`~image_classification.fold_stack`), or ``auto``: on small data
+            cross-validation ran: :mod:`~image_classification.scorers.fold_stack`), or ``auto``: on small data
             the fold stack, its threshold chosen on its own out-of-fold scores; on large data the
             model, unless the baseline's or the patch classifier's validation average precision is
             clearly higher (a paired bootstrap interval of the difference above 0; of two, the higher).
