@@ -1,5 +1,6 @@
-"""Every `kedro run` command in the README names pipelines, environments, parameters and datasets
-that exist, and runs, so a stranger who copies one gets a run, not a typo's error."""
+"""Every `kedro run` command in the README and in the manual (docs/) names pipelines, environments,
+parameters and datasets that exist, and runs, so a stranger who copies one gets a run, not a typo's
+error."""
 
 from __future__ import annotations
 
@@ -19,16 +20,33 @@ from omegaconf import OmegaConf
 
 from .conftest import REPO_ROOT, noise_image, png_bytes, write_files
 
-README = (REPO_ROOT / "README.md").read_text()
+README = REPO_ROOT / "README.md"
+# the manual's pages, decision pages included (mkdocs.yml's nav lists them all; tests/test_docs.py checks that)
+DOC_PAGES = sorted((REPO_ROOT / "docs").rglob("*.md"))
 
 
-def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
-    inline = re.findall(r"`(kedro run[^`]*)`", README)
+def run_commands(text: str) -> list[str]:
+    """The `kedro run` commands of a Markdown text: every line of its bash blocks (each part of an `&&`
+    chain, comments cut off) and every inline `kedro run ...` code span, whitespace normalised (an
+    inline span may wrap across lines)."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    inline = re.findall(r"`(kedro run[^`]*)`", text)
     lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
     commands = [part.strip() for line in lines for part in line.split("&&")] + inline
     # commands with <placeholders> are templates in prose; the concrete examples are checked
-    return sorted({c for c in commands if c.startswith("kedro run") and "<" not in c})
+    return sorted({" ".join(c.split()) for c in commands if c.startswith("kedro run") and "<" not in c})
+
+
+def readme_commands() -> list[str]:
+    return run_commands(README.read_text())
+
+
+def documented_commands() -> list[str]:
+    """The README's commands and the manual's, each once."""
+    found = set(readme_commands())
+    for page in DOC_PAGES:
+        found.update(run_commands(page.read_text()))
+    return sorted(found)
 
 
 def options(command: str) -> dict[str, str]:
@@ -59,12 +77,29 @@ def catalog_names() -> set[str]:
     return set(catalog())
 
 
-COMMANDS = readme_commands()
+COMMANDS = documented_commands()
 
 
-def test_the_readme_has_run_commands():
-    assert "kedro run" in COMMANDS
-    assert len(COMMANDS) >= 8
+def test_the_readme_shows_the_first_run_and_how_to_bring_images():
+    commands = readme_commands()
+    assert "kedro run" in commands
+    assert any("data_prep.source.kind=folder_tree" in c for c in commands)
+    assert any("data_prep.source.kind=csv" in c for c in commands)
+    assert any(c.startswith("kedro run --pipelines predict") for c in commands)
+    assert len(commands) >= 5
+
+
+def test_the_manual_has_run_commands():
+    # the commands moved from the README into docs/ (sources, backbones, stages, versions, Dask, ...)
+    manual = {c for page in DOC_PAGES for c in run_commands(page.read_text())}
+    assert len(manual) >= 15
+    for expected in ('kedro run --params "model.backbone=mobilenet_v2"', "kedro run --pipelines evaluate,zero_shot",
+                     'kedro run --pipelines data_prep --params "runtime.dask.address=local"'):
+        assert expected in manual
+
+
+def test_an_inline_command_that_wraps_is_read_whole():
+    assert run_commands("run `kedro run --env\ndefects_dev` here") == ["kedro run --env defects_dev"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -89,20 +124,20 @@ def test_readme_command_names_things_that_exist(command):
 
 # ----------------------------------------------------------------------------- the commands, run
 
-# Every README command runs as written, on small stand-ins for the paths it names, with settings that
-# only make it quicker (they change no behaviour a reader relies on).
+# Every README and manual command runs as written, on small stand-ins for the paths it names, with
+# settings that only make it quicker (they change no behaviour a reader relies on).
 FAST = "train.epochs=2,evaluate.bootstrap_samples=100,runtime.threads=1,runtime.workers=0,predict.workers=0"
 CIFAR_CLASSES = ("airplane", "automobile", "ship", "truck", "bird", "cat", "deer", "dog", "frog", "horse")
 SHARED_WEIGHTS = REPO_ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet_coral_tflite.pth"
 # Environments whose images are set in their conf, not on the command line: the run reads the stand-in
 # instead (cifar10-dev's 5,000 photos and defects-dev's 1,665 take minutes; their figures are in the
-# README). Each names the data_prep.source key it sets and the stand-in for it.
+# README and docs/results.md). Each names the data_prep.source key it sets and the stand-in for it.
 ENV_SOURCES = {"cifar10_dev": ("root", "/data/cifar"), "defects_dev": ("csv", "/data/defects.csv")}
 
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory) -> dict[str, str]:
-    """Small generated data for every path the README's commands name."""
+    """Small generated data for every path the README's and the manual's commands name."""
     root = tmp_path_factory.mktemp("readme_data")
     seed = iter(range(3000, 9000))
 
@@ -144,7 +179,7 @@ def fresh_clone(project: Path, env: str) -> Path:
 
 
 def as_run_here(command: str, stand_ins: dict[str, str], project: Path) -> list[str]:
-    """The README command with its paths and version timestamps replaced, an environment's image
+    """The documented command with its paths and version timestamps replaced, an environment's image
     folder replaced by its stand-in, and FAST added to --params."""
     for path, stand_in in stand_ins.items():  # longest first: /data/parts_unseen before /data/parts
         command = command.replace(path, stand_in)
