@@ -97,7 +97,7 @@ def fit_head(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.
     train pipeline does with a frozen backbone), its best epoch's weights loaded; with its training
     history and best epoch."""
     from image_classification.model import ClassifierHead
-    from image_classification.pipelines.train.nodes import cached_feeds
+    from image_classification.training import cached_feeds
     from image_classification.training import fit
 
     device = torch.device("cpu")

@@ -10,14 +10,12 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from torch.utils.data import DataLoader, TensorDataset
 
 from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
 from image_classification.backbones import build_backbone
 from image_classification.fast_path import CheckedRun, checked_run, onnx_blocks_run
 from image_classification.inference import (
     extract_backbone_features,
-    head_outputs,
     image_loader,
     torch_device,
 )
@@ -26,7 +24,7 @@ from image_classification.parameters.shared import ModelConfig
 from image_classification.patches import bytes_per_image
 from image_classification.sources import fine_classes
 from image_classification.plots.training import training_curves_figure
-from image_classification.training import ResumeStore, TrainConfig, fit
+from image_classification.training import ResumeStore, TrainConfig, cached_feeds, fit
 
 logger = logging.getLogger(__name__)
 
@@ -131,24 +129,6 @@ def train_classifier(
         best_val_recall_at_precision=float(history["val_recall_at_precision"].max()) if len(history) else 0.0,
     )
     return checkpoint.to_payload(), history
-
-
-def cached_feeds(head_input: torch.Tensor, rows: dict, targets: dict, train: TrainConfig, seed: int,
-                 device: torch.device):
-    """Training batches (per epoch, reshuffled with ``seed``) and validation scores for a head trained
-    on cached head inputs (a feature cache's ``head_input``): what train_classifier uses with a frozen
-    backbone, and what cross-validation trains each fold's head with."""
-    train_set = TensorDataset(head_input[rows["train"]].float(), torch.as_tensor(targets["train"]))
-    val_inputs = head_input[rows["val"]]
-
-    def batches(epoch: int):
-        generator = torch.Generator().manual_seed(seed * 7919 + epoch)
-        return DataLoader(train_set, batch_size=train.batch_size, shuffle=True, generator=generator)
-
-    def val_scores(head: ClassifierHead) -> np.ndarray:
-        return head_outputs(head, val_inputs, device)[1]
-
-    return batches, val_scores
 
 
 def frozen_part_run(classifier: ImageClassifier, spec, runtime: dict, device: torch.device) -> CheckedRun:
