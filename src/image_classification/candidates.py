@@ -114,7 +114,7 @@ def fit_head(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.
 def head_scores(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray, train_config,
                 seed: int) -> dict[str, np.ndarray]:
     """The head of :func:`fit_head` scoring validation and test."""
-    from image_classification.inference import head_outputs
+    from image_classification.runtime.scoring import head_outputs
 
     head, _, _ = fit_head(head_input, rows, targets, train_config, seed)
     return {split: head_outputs(head, head_input[rows[split]], torch.device("cpu"))[1] for split in ("val", "test")}

@@ -16,7 +16,7 @@ import torch
 
 from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.datasets import SafetensorsDataset
-from image_classification.inference import model_outputs
+from image_classification.runtime.scoring import model_outputs
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):

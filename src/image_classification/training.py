@@ -19,7 +19,7 @@ from image_classification.errors import DataError
 from image_classification.metrics import validation_score
 from image_classification.model import ClassifierHead
 from image_classification.parameters.train import TrainConfig, schedule_factor
-from image_classification.inference import head_outputs
+from image_classification.runtime.scoring import head_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ def test_predict_scores_a_folder_with_bad_files_one_row_each(mixed_folder):
         "params:predict": PredictConfig(source={"kind": "folder_tree", "root": str(mixed_folder)}, workers=1, batch_size=4,
                                         parity_images=4),
         "params:predict.source": {"kind": "folder_tree", "root": str(mixed_folder)},
+        "params:runtime": {},  # parity_tolerance at its default
         "params:runtime.dask": None,  # in this process
     }
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})

@@ -11,11 +11,8 @@ import logging
 import pandas as pd
 
 from image_classification.artefacts import Checkpoint, FeatureCache
-from image_classification.inference import (
-    scores_from_cache,
-    scores_from_images,
-    torch_device,
-)
+from image_classification.runtime.choice import torch_device
+from image_classification.runtime.scoring import scores_from_cache, scores_from_images
 
 logger = logging.getLogger(__name__)
 

@@ -13,15 +13,13 @@ from matplotlib.figure import Figure
 
 from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
 from image_classification.backbones import build_backbone
-from image_classification.fast_path import CheckedRun, checked_run, onnx_blocks_run
-from image_classification.inference import (
-    extract_backbone_features,
-    image_loader,
-    torch_device,
-)
 from image_classification.model import ClassifierHead, ImageClassifier
 from image_classification.parameters.shared import ModelConfig
 from image_classification.patches import bytes_per_image
+from image_classification.runtime.choice import torch_device
+from image_classification.runtime.extraction import extract_backbone_features
+from image_classification.runtime.fast_path import CheckedRun, checked_run, onnx_blocks_run
+from image_classification.runtime.loader import image_loader
 from image_classification.sources import fine_classes
 from image_classification.plots.training import training_curves_figure
 from image_classification.training import ResumeStore, TrainConfig, cached_feeds, fit
