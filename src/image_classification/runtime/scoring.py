@@ -12,12 +12,12 @@ from tqdm.auto import tqdm
 from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
 from image_classification.backbones import BackboneSpec
 from image_classification.model import ClassifierHead, ImageClassifier
+from image_classification.parameters.runtime import RuntimeConfig
 from image_classification.patches import patch_blocks
 from image_classification.runtime.choice import torch_device
 from image_classification.runtime.fast_path import checked_run, onnx_scoring_run
 from image_classification.runtime.graphs import scoring_outputs
 from image_classification.runtime.loader import image_loader, log_unreadable
-from image_classification.runtime.parity import PARITY_TOLERANCE
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,14 @@ def scores_from_cache(checkpoint: Checkpoint, cache: FeatureCache, device: torch
 
 
 @torch.inference_mode()
-def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtime: dict) -> ScoredIndex:
+def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame,
+                       runtime: RuntimeConfig | dict) -> ScoredIndex:
     """Score and embed every indexed image by running the whole model over the files: what a
     checkpoint with fine-tuned backbone blocks needs, since no cache describes its backbone.
 
     Runs on ``runtime.backend`` as train's extraction does: ONNX Runtime under ``auto`` on a CPU,
     checked against PyTorch on the first images (see :class:`~.fast_path.CheckedRun`)."""
+    runtime = RuntimeConfig.from_params(runtime)
     logger.info("Scoring %d images through the whole model (its backbone was fine-tuned)", len(image_index))
     paths, device = image_index["path"].tolist(), torch_device(runtime)
     classifier = checkpoint.model().to(device).eval()
@@ -88,12 +90,11 @@ def scores_from_images(checkpoint: Checkpoint, image_index: pd.DataFrame, runtim
         outputs = scoring_outputs(classifier, images.to(device, memory_format=torch.channels_last))
         return tuple(output.float().cpu() for output in outputs)
 
-    run = checked_run(str(runtime.get("backend", "auto")), device, eager,
-                      lambda: onnx_scoring_run(checkpoint, classifier, runtime.get("threads")),
-                      float(runtime.get("parity_tolerance", PARITY_TOLERANCE)), "scores")
+    run = checked_run(runtime.backend, device, eager, lambda: onnx_scoring_run(checkpoint, classifier, runtime.threads),
+                      runtime.parity_tolerance, "scores")
     parts: list[list[torch.Tensor]] = [[], [], []]
     errors: list[str] = []
-    loader = image_loader(paths, checkpoint.spec, int(runtime["batch_size"]), int(runtime["workers"]),
+    loader = image_loader(paths, checkpoint.spec, runtime.batch_size, runtime.workers,
                           sha256=image_index["sha256"].tolist())
     for images, reasons in tqdm(loader, desc="Scoring", unit="batch", leave=False):
         for part, output in zip(parts, run(images, reasons)):

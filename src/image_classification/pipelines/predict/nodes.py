@@ -30,11 +30,12 @@ from image_classification.distributed import (
     worker_cached,
 )
 from image_classification.parameters.predict import PredictConfig
+from image_classification.parameters.runtime import RuntimeConfig
 from image_classification.runtime.backends import Backend, serving_backend
 from image_classification.runtime.choice import onnxruntime_available, torch_device
 from image_classification.runtime.export import CHECKPOINT_KEY, export_onnx, onnx_properties, serving_mismatch
 from image_classification.runtime.loader import ImageFiles, image_loader
-from image_classification.runtime.parity import PARITY_TOLERANCE, export_parity
+from image_classification.runtime.parity import export_parity
 from image_classification.sources import read_unlabelled
 
 logger = logging.getLogger(__name__)
@@ -84,12 +85,12 @@ def export_onnx_model(model_checkpoint: dict, operating_point: dict, predict: Pr
 
 
 def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_images: pd.DataFrame,
-                      operating_point: dict, predict: PredictConfig, runtime: dict | None = None) -> dict:
+                      operating_point: dict, predict: PredictConfig, runtime: RuntimeConfig = RuntimeConfig()) -> dict:
     """Compare the export with PyTorch eager fp32 on the first readable images to be scored: the
     served score (the model's, or the patch classifier's of the patch vectors) must agree within
     ``runtime.parity_tolerance`` (:mod:`~image_classification.runtime.parity`)."""
     checkpoint, point = Checkpoint.from_payload(model_checkpoint), OperatingPoint.from_payload(operating_point)
-    tolerance = float((runtime or {}).get("parity_tolerance", PARITY_TOLERANCE))
+    tolerance = RuntimeConfig.from_params(runtime).parity_tolerance
     report = {"images": 0, "max_abs_difference": None, "tolerance": tolerance,
               "checkpoint_sha256": checkpoint.fingerprint(),
               "onnx_checkpoint_sha256": onnx_properties(onnx_model).get(CHECKPOINT_KEY)}
@@ -125,7 +126,7 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
 
 def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict,
                    operating_point: dict, prediction_images: pd.DataFrame, predict: PredictConfig,
-                   dask: DaskSettings | None = None) -> tuple[pd.DataFrame, dict]:
+                   dask: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Score every listed image: classifier call at the operating threshold, anomaly flag, decision.
 
     The call is made on the score evaluate chose to serve (``operating_point.json``'s candidate): the
@@ -133,7 +134,10 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     pass computes.
 
     In this process, or in partitions on the Dask cluster ``runtime.dask`` names (each worker
-    builds the backend once, with ``runtime.dask.threads_per_worker`` threads).
+    builds the backend once, with ``runtime.dask.threads_per_worker`` threads). ``dask`` is that
+    block as ``params:runtime.dask`` gives it (or a ``DaskSettings``), not typed here: Kedro checks it
+    as part of the typed ``runtime`` block (:class:`~image_classification.parameters.runtime.RuntimeConfig`)
+    and cannot type a block and one of its keys at once.
 
     Returns:
         One row per listed file (see :data:`PREDICTION_COLUMNS`; ``error`` says why a file has
