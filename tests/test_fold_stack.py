@@ -182,7 +182,7 @@ def test_the_gate_refuses_dead_and_synthetic_global_defects_of_real_solar_cells_
     from PIL import Image, ImageFilter
 
     from image_classification.backbones import backbone_spec, build_backbone
-    from image_classification.inference import extract_backbone_features
+    from image_classification.runtime.extraction import extract_backbone_features
 
     from .conftest import SHARED
 

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from image_classification.artefacts import FeatureCache
 from image_classification.backbones import backbone_spec, build_backbone
 from image_classification.errors import ParameterError
-from image_classification.inference import extract_backbone_features
+from image_classification.runtime.extraction import extract_backbone_features
 from image_classification.parameters.shared import ModelConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import (

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from image_classification.inference import head_outputs
+from image_classification.runtime.scoring import head_outputs
 from image_classification.model import ClassifierHead
 from image_classification.training import NoResume, ResumeStore, TrainConfig, class_weight_tensor, fit
 

@@ -17,7 +17,7 @@ import torch
 from image_classification.scorers import ServedScore
 from image_classification.artefacts import Checkpoint
 from image_classification.datasets import SafetensorsDataset
-from image_classification.inference import model_outputs
+from image_classification.runtime.scoring import model_outputs
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):

@@ -9,7 +9,7 @@ patch (or the mean of its ``top_k`` most unusual) to the nearest patch in the me
 (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", 2022).
 
 Patches are computed in the same pass over the files as the pooled features (see
-:func:`image_classification.inference.extract_backbone_features`) and stored float16:
+:func:`image_classification.runtime.extraction.extract_backbone_features`) and stored float16:
 ``grid * grid * channels * 2`` bytes per image (:func:`bytes_per_image`).
 """
 

@@ -1,4 +1,5 @@
-"""The training loop: Adam, class weights, early stopping on the target metric, and resume."""
+"""The training loop: Adam, class weights, early stopping on the target metric, and resume; and what
+feeds a head trained on cached backbone features (:func:`cached_feeds`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from image_classification.errors import DataError
 from image_classification.metrics import validation_score
+from image_classification.model import ClassifierHead
 from image_classification.parameters.train import TrainConfig, schedule_factor
+from image_classification.runtime.scoring import head_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -195,3 +199,21 @@ def fit(
     store.clear()
     logger.info("Best epoch %d: val recall %.3f, val AP %.3f", progress["best_epoch"], *progress["best_score"])
     return best, pd.DataFrame(progress["history"]), int(progress["best_epoch"])
+
+
+def cached_feeds(head_input: torch.Tensor, rows: dict, targets: dict, train: TrainConfig, seed: int,
+                 device: torch.device):
+    """Training batches (per epoch, reshuffled with ``seed``) and validation scores for a head trained
+    on cached head inputs (a feature cache's ``head_input``): what train_classifier uses with a frozen
+    backbone, and what cross-validation trains each fold's head with."""
+    train_set = TensorDataset(head_input[rows["train"]].float(), torch.as_tensor(targets["train"]))
+    val_inputs = head_input[rows["val"]]
+
+    def batches(epoch: int):
+        generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+        return DataLoader(train_set, batch_size=train.batch_size, shuffle=True, generator=generator)
+
+    def val_scores(head: ClassifierHead) -> np.ndarray:
+        return head_outputs(head, val_inputs, device)[1]
+
+    return batches, val_scores

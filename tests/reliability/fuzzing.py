@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from image_classification.images import ImageLimits, decode_rgb, inspect_image
-from image_classification.inference import ImageFiles
+from image_classification.runtime.loader import ImageFiles
 from image_classification.backbones import backbone_spec
 
 from ..conftest import bomb_png, exif_rotated_jpeg, good_files, noise_image

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from image_classification.errors import ParameterError
-from image_classification.export import BACKENDS
+from image_classification.runtime.choice import BACKENDS
 from image_classification.images import ImageLimits
 from image_classification.sources import UNLABELLED_KINDS, current_kind
 
@@ -24,8 +24,9 @@ class PredictConfig:
         batch_size: images scored together.
         workers: processes decoding images while the model scores (0: in the main process).
         threads: CPU threads per backend (``onnxruntime``, ``torch``); null: the library default.
-        parity_images: readable images on which the export is compared with PyTorch.
-        parity_tolerance: the largest score difference at which the export is trusted.
+        parity_images: readable images on which the export is compared with PyTorch (within
+            ``runtime.parity_tolerance``, the one tolerance of every such check).
+        parity_tolerance: no longer a setting of its own: set, it stops the run with the fix.
         opset: the ONNX operator set the model is exported with.
         max_file_bytes: larger files get an error row unread; a read never goes past this.
         read_timeout_s: per remote file: a stalled read becomes that file's error row.
@@ -38,7 +39,7 @@ class PredictConfig:
     workers: int = 2
     threads: dict = field(default_factory=dict)
     parity_images: int = 16
-    parity_tolerance: float = 1e-4
+    parity_tolerance: float | None = None
     opset: int = 17
     max_file_bytes: int = ImageLimits.max_file_bytes
     read_timeout_s: float = ImageLimits.read_timeout_s
@@ -54,9 +55,12 @@ class PredictConfig:
             raise ParameterError(f"predict.source.{needed} must be set when predict.source.kind is '{self.source['kind']}'")
         if self.backend not in ("auto", *BACKENDS):
             raise ParameterError(f"predict.backend must be auto or one of {', '.join(BACKENDS)}, got '{self.backend}'")
-        if self.batch_size < 1 or self.workers < 0 or self.parity_images < 1 or self.parity_tolerance <= 0:
-            raise ParameterError("predict.batch_size and parity_images must be at least 1, workers at least 0, "
-                                 "parity_tolerance positive")
+        if self.parity_tolerance is not None:
+            raise ParameterError(f"predict.parity_tolerance ({self.parity_tolerance}) is now runtime.parity_tolerance, "
+                                 "the one tolerance of every ONNX Runtime vs PyTorch check (conf/base/parameters.yml); "
+                                 "set that and remove predict.parity_tolerance")
+        if self.batch_size < 1 or self.workers < 0 or self.parity_images < 1:
+            raise ParameterError("predict.batch_size and parity_images must be at least 1, workers at least 0")
         unknown = sorted(set(self.threads) - {"onnxruntime", "torch"})
         if unknown:
             raise ParameterError(f"predict.threads has unknown backends {unknown}; use onnxruntime and torch")

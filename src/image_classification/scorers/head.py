@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from image_classification.inference import head_outputs
 from image_classification.model import ClassifierHead
-from image_classification.pipelines.train.nodes import cached_feeds
+from image_classification.runtime.scoring import head_outputs
 from image_classification.scorers.base import Features, Scored, Scorer, Split, register
-from image_classification.training import fit
+from image_classification.training import cached_feeds, fit
 
 
 def fit_head(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray, train_config,

@@ -18,8 +18,8 @@ from image_classification.pipelines.predict.nodes import (
 )
 from image_classification.sources import SourceError
 
+from image_classification.runtime.scoring import model_outputs
 from image_classification.scorers.baseline import BaselineWeights
-from image_classification.inference import model_outputs
 
 from .helpers import MIXED_FILES, baseline_payload, knn_detector_payload, tiny_checkpoint
 

@@ -8,6 +8,7 @@ from kedro.runner import SequentialRunner
 from ...conftest import KeptDataset
 
 from image_classification.pipelines.predict import create_pipeline
+from image_classification.parameters.runtime import RuntimeConfig
 from image_classification.pipelines.predict.nodes import PREDICTION_COLUMNS, PredictConfig
 
 from .helpers import MIXED_ERRORS, MIXED_FILES, knn_detector_payload, tiny_checkpoint
@@ -23,6 +24,7 @@ def test_predict_scores_a_folder_with_bad_files_one_row_each(mixed_folder):
         "params:predict": PredictConfig(source={"kind": "folder_tree", "root": str(mixed_folder)}, workers=1, batch_size=4,
                                         parity_images=4),
         "params:predict.source": {"kind": "folder_tree", "root": str(mixed_folder)},
+        "params:runtime": RuntimeConfig(),  # typed: Kedro builds it before a session runs; a bare runner does not
         "params:runtime.dask": None,  # in this process
     }
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})

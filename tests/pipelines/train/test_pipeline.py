@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from image_classification.backbones import build_backbone
 from image_classification.model import ClassifierHead
+from image_classification.parameters.runtime import RuntimeConfig
 from image_classification.parameters.shared import ModelConfig
 from image_classification.pipelines.train import create_pipeline
 from image_classification.training import TrainConfig
@@ -61,7 +62,7 @@ def run_train_pipeline(index: pd.DataFrame, store: MemoryStore, trainable_blocks
         "params:train": TrainConfig(epochs=epochs, batch_size=4, patience=None, save_state_every_s=0,
                                     trainable_blocks=trainable_blocks, workers=0, fine_class_weight=fine_class_weight,
                                     augment=augment),
-        "params:runtime": {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0, "backend": backend},
+        "params:runtime": RuntimeConfig(device="cpu", threads=None, batch_size=8, workers=0, backend=backend),
         "params:seed": SEED,
     }
     catalog = DataCatalog({name: MemoryDataset(value) for name, value in inputs.items()})

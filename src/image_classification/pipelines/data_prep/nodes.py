@@ -41,10 +41,14 @@ def list_image_candidates(source: dict, demo_images: str | Callable[[], str]) ->
 
 
 def check_images(
-    candidates: pd.DataFrame, skipped: pd.DataFrame, checks: dict, dask: DaskSettings | None = None
+    candidates: pd.DataFrame, skipped: pd.DataFrame, checks: dict, dask: dict | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decode every candidate once (on the Dask cluster ``runtime.dask`` names, if any); keep the
-    readable ones and list the rest with a reason."""
+    readable ones and list the rest with a reason.
+
+    ``dask`` is that block as ``params:runtime.dask`` gives it (or a ``DaskSettings``), not typed here:
+    Kedro cannot type a block and one of its keys at once, and the ``runtime`` block is typed as a
+    whole (a run with train, score or predict checks it before any node; otherwise it is checked here)."""
     limits = ImageLimits(min_side=int(checks["min_side"]), max_pixels=int(checks["max_pixels"]),
                          max_file_bytes=int(checks.get("max_file_bytes", ImageLimits.max_file_bytes)),
                          read_timeout_s=float(checks.get("read_timeout_s", ImageLimits.read_timeout_s)))

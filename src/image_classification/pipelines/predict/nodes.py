@@ -20,28 +20,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from image_classification.detectors import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint
 from image_classification.backbones import BackboneSpec
-from image_classification.detectors import Detector, DetectorState, decide
 from image_classification.distributed import (
     DaskMap,
     DaskSettings,
     dask_map,
     worker_cached,
 )
-from image_classification.export import (
-    CHECKPOINT_KEY,
-    Backend,
-    build_backend,
-    export_onnx,
-    onnx_properties,
-    onnxruntime_available,
-    parity,
-    select_backend,
-    serving_mismatch,
-)
-from image_classification.inference import ImageFiles, image_loader, torch_device
 from image_classification.parameters.predict import PredictConfig
+from image_classification.parameters.runtime import RuntimeConfig
+from image_classification.runtime.backends import Backend, serving_backend
+from image_classification.runtime.choice import onnxruntime_available, torch_device
+from image_classification.runtime.export import CHECKPOINT_KEY, export_onnx, onnx_properties, serving_mismatch
+from image_classification.runtime.loader import ImageFiles, image_loader
+from image_classification.runtime.parity import export_parity
 from image_classification.scorers import ServedScore
 from image_classification.sources import read_unlabelled
 
@@ -92,13 +86,13 @@ def export_onnx_model(model_checkpoint: dict, operating_point: dict, predict: Pr
 
 
 def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_images: pd.DataFrame,
-                      operating_point: dict, predict: PredictConfig) -> dict:
+                      operating_point: dict, predict: PredictConfig, runtime: RuntimeConfig = RuntimeConfig()) -> dict:
     """Compare the export with PyTorch eager fp32 on the first readable images to be scored: the
     served score (the model's, or the patch classifier's of the patch vectors) must agree within
-    ``predict.parity_tolerance``."""
-    checkpoint = Checkpoint.from_payload(model_checkpoint)
-    point = ServedScore.of(operating_point)
-    report = {"images": 0, "max_abs_difference": None, "tolerance": predict.parity_tolerance,
+    ``runtime.parity_tolerance`` (:mod:`~image_classification.runtime.parity`)."""
+    checkpoint, point = Checkpoint.from_payload(model_checkpoint), ServedScore.of(operating_point)
+    tolerance = RuntimeConfig.from_params(runtime).parity_tolerance
+    report = {"images": 0, "max_abs_difference": None, "tolerance": tolerance,
               "checkpoint_sha256": checkpoint.fingerprint(),
               "onnx_checkpoint_sha256": onnx_properties(onnx_model).get(CHECKPOINT_KEY)}
     if report["onnx_checkpoint_sha256"] != report["checkpoint_sha256"]:
@@ -118,22 +112,22 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
         return point.scores(outputs["score"], outputs["features"], torch.from_numpy(outputs["patches"]))
 
     try:
-        differences = parity(checkpoint.model(), onnx_model, images, point.patch_grid,
-                             served if point.patch_grid else None)
+        measured = export_parity(checkpoint.model(), onnx_model, images, point.patch_grid,
+                                 served if point.patch_grid else None)
     except Exception as error:  # onnxruntime raises its own types (an operator its version lacks, a broken file...)
         return report | {"passed": False, "reason": f"ONNX Runtime could not run the exported model ({error}); "
                          "run `kedro run --pipelines predict` to export it again, or use predict.backend torch"}
-    passed = max(differences["score"], differences.get("served_score", 0.0)) <= predict.parity_tolerance
+    differences, passed = measured.max_abs_difference, measured.difference <= tolerance
     logger.info("ONNX vs PyTorch on %d images: max |score difference| %.2e, embedding %.2e, features %.2e (%s)",
                 len(images), differences["score"], differences["embedding"], differences["features"],
-                "passed" if passed else f"over the tolerance {predict.parity_tolerance:g}")
+                "passed" if passed else f"over the tolerance {tolerance:g}")
     return report | {"images": len(images), "max_abs_difference": differences, "passed": bool(passed),
                      "reason": "" if passed else "scores differ from PyTorch by more than the tolerance"}
 
 
 def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict, anomaly_detector: dict,
                    operating_point: dict, prediction_images: pd.DataFrame, predict: PredictConfig,
-                   dask: DaskSettings | None = None) -> tuple[pd.DataFrame, dict]:
+                   dask: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Score every listed image: classifier call at the operating threshold, anomaly flag, decision.
 
     The call is made on the score evaluate chose to serve (``operating_point.json``'s candidate): the
@@ -141,7 +135,10 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     pass computes.
 
     In this process, or in partitions on the Dask cluster ``runtime.dask`` names (each worker
-    builds the backend once, with ``runtime.dask.threads_per_worker`` threads).
+    builds the backend once, with ``runtime.dask.threads_per_worker`` threads). ``dask`` is that
+    block as ``params:runtime.dask`` gives it (or a ``DaskSettings``), not typed here: Kedro checks it
+    as part of the typed ``runtime`` block (:class:`~image_classification.parameters.runtime.RuntimeConfig`)
+    and cannot type a block and one of its keys at once.
 
     Returns:
         One row per listed file (see :data:`PREDICTION_COLUMNS`; ``error`` says why a file has
@@ -159,7 +156,8 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
                                                anomaly_detector, point, predict, dask)
     else:
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
-        backend = _backend(checkpoint, onnx_model, onnx_parity, predict, device, point.patch_grid)
+        backend = serving_backend(predict.backend, checkpoint.model(), onnx_model, onnx_parity, device,
+                                  predict.threads_for, point.patch_grid)
         outputs = _stream_scores(backend, paths, checkpoint.spec, detector.restore(),
                                  detector.space, point, predict)
     seconds = time.perf_counter() - started
@@ -181,7 +179,8 @@ def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> di
         checkpoint, detector = Checkpoint.from_payload(model["checkpoint"]), DetectorState.from_payload(model["detector"])
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         point = ServedScore.of(model["operating_point"])
-        backend = _backend(checkpoint, model["onnx"], model["parity"], predict, device, point.patch_grid)
+        backend = serving_backend(predict.backend, checkpoint.model(), model["onnx"], model["parity"], device,
+                                  predict.threads_for, point.patch_grid)
         return backend, detector.restore(), detector.space, checkpoint.spec, point
 
     backend, detector, space, spec, point = worker_cached(f"predict-{model['key']}", build)
@@ -238,24 +237,6 @@ def _first_readable(paths: list[str], spec: BackboneSpec, count: int, predict: P
         if len(images) == count:
             break
     return torch.stack(images) if images else torch.empty(0, 3, spec.input_size, spec.input_size)
-
-
-def _backend(checkpoint: Checkpoint, onnx_model: bytes, onnx_parity: dict, predict: PredictConfig,
-             device: torch.device, patch_grid: int = 0) -> Backend:
-    """The configured backend (returning patch vectors when ``patch_grid`` is set); with ``auto``,
-    PyTorch when ONNX Runtime fails to start."""
-    name, reason = select_backend(predict.backend, device, bool(onnx_parity.get("passed")), onnx_parity.get("reason", ""))
-    classifier = checkpoint.model()
-    try:
-        backend = build_backend(name, classifier, onnx_model, device, predict.threads_for(name), patch_grid)
-    except Exception as error:  # onnxruntime raises its own exception types for a bad model
-        if predict.backend != "auto":
-            raise
-        logger.warning("ONNX Runtime could not load the model (%s); scoring with PyTorch instead", error)
-        name, reason = "torch", f"auto: PyTorch channels_last, because ONNX Runtime failed to start ({error})"
-        backend = build_backend(name, classifier, None, device, predict.threads_for(name), patch_grid)
-    logger.info("Inference backend: %s (%s)", name, reason)
-    return backend
 
 
 def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detector: Detector, space: str | None,

@@ -28,7 +28,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=check_onnx_parity,
-                inputs=["model_checkpoint", "onnx_model", "prediction_images", "operating_point", "params:predict"],
+                inputs=["model_checkpoint", "onnx_model", "prediction_images", "operating_point", "params:predict",
+                        "params:runtime"],
                 outputs="onnx_parity",
                 name="check_onnx_parity",
             ),

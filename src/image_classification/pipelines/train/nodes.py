@@ -10,23 +10,20 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from torch.utils.data import DataLoader, TensorDataset
 
 from image_classification.artefacts import Checkpoint, FeatureCache, tensors_sha256
 from image_classification.backbones import build_backbone
-from image_classification.fast_path import CheckedRun, checked_run, onnx_blocks_run
-from image_classification.inference import (
-    extract_backbone_features,
-    head_outputs,
-    image_loader,
-    torch_device,
-)
 from image_classification.model import ClassifierHead, ImageClassifier
+from image_classification.parameters.runtime import RuntimeConfig
 from image_classification.parameters.shared import ModelConfig
 from image_classification.patches import bytes_per_image
+from image_classification.runtime.choice import torch_device
+from image_classification.runtime.extraction import extract_backbone_features
+from image_classification.runtime.fast_path import CheckedRun, checked_run, onnx_blocks_run
+from image_classification.runtime.loader import image_loader
 from image_classification.sources import fine_classes
 from image_classification.plots.training import training_curves_figure
-from image_classification.training import ResumeStore, TrainConfig, fit
+from image_classification.training import ResumeStore, TrainConfig, cached_feeds, fit
 
 logger = logging.getLogger(__name__)
 
@@ -40,20 +37,21 @@ def _seeded_backbone(model: ModelConfig, seed: int) -> torch.nn.Module:
     return build_backbone(model.backbone, model.weights, model.weights_path)
 
 
-def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: dict, seed: int,
+def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: RuntimeConfig, seed: int,
                      train: TrainConfig | None = None) -> dict:
     """Run the frozen backbone over every indexed image once (unseen kinds too, for zero_shot),
     keeping patch vectors on a ``train.patch_grid`` square grid for evaluate's patch evidence
     (none without ``train``)."""
+    runtime = RuntimeConfig.from_params(runtime)
     patch_grid = int(train.patch_grid) if train is not None else 0
     device = torch_device(runtime)
     backbone = _seeded_backbone(model, seed)
     features = extract_backbone_features(
         backbone, image_index["path"].tolist(), model.spec, device,
-        batch_size=int(runtime["batch_size"]), workers=int(runtime["workers"]), head_input=model.head_input,
+        batch_size=runtime.batch_size, workers=runtime.workers, head_input=model.head_input,
         sha256=image_index["sha256"].tolist(),  # a file changed since data_prep is skipped, not trained on
-        patch_grid=patch_grid, backend=str(runtime.get("backend", "auto")), threads=runtime.get("threads"),
-        parity_tolerance=float(runtime.get("parity_tolerance", 1e-4)), dask=runtime.get("dask"),
+        patch_grid=patch_grid, backend=runtime.backend, threads=runtime.threads,
+        parity_tolerance=runtime.parity_tolerance, dask=runtime.dask,
     )
     logger.info("Backbone features for %d images: %s, by %s", len(image_index), tuple(features["head_input"].shape),
                 features["backend"])
@@ -79,7 +77,7 @@ def train_classifier(
     image_index: pd.DataFrame,
     model: ModelConfig,
     train: TrainConfig,
-    runtime: dict,
+    runtime: RuntimeConfig,
     seed: int,
     training_state: ResumeStore,
 ) -> tuple[dict, pd.DataFrame]:
@@ -89,6 +87,7 @@ def train_classifier(
         The checkpoint of the best epoch (every weight plus what is needed to rebuild and use
         the model) and the per-epoch history.
     """
+    runtime = RuntimeConfig.from_params(runtime)
     device = torch_device(runtime)
     backbone = _seeded_backbone(model, seed)
     cache = FeatureCache.from_payload(backbone_features).check(image_index, model.backbone, model.head_input,
@@ -133,25 +132,7 @@ def train_classifier(
     return checkpoint.to_payload(), history
 
 
-def cached_feeds(head_input: torch.Tensor, rows: dict, targets: dict, train: TrainConfig, seed: int,
-                 device: torch.device):
-    """Training batches (per epoch, reshuffled with ``seed``) and validation scores for a head trained
-    on cached head inputs (a feature cache's ``head_input``): what train_classifier uses with a frozen
-    backbone, and what cross-validation trains each fold's head with."""
-    train_set = TensorDataset(head_input[rows["train"]].float(), torch.as_tensor(targets["train"]))
-    val_inputs = head_input[rows["val"]]
-
-    def batches(epoch: int):
-        generator = torch.Generator().manual_seed(seed * 7919 + epoch)
-        return DataLoader(train_set, batch_size=train.batch_size, shuffle=True, generator=generator)
-
-    def val_scores(head: ClassifierHead) -> np.ndarray:
-        return head_outputs(head, val_inputs, device)[1]
-
-    return batches, val_scores
-
-
-def frozen_part_run(classifier: ImageClassifier, spec, runtime: dict, device: torch.device) -> CheckedRun:
+def frozen_part_run(classifier: ImageClassifier, spec, runtime: RuntimeConfig, device: torch.device) -> CheckedRun:
     """The classifier's frozen blocks as one checked run over image batches: in ONNX Runtime under
     ``runtime.backend`` auto on a CPU (checked against PyTorch on the first batch), else PyTorch."""
     frozen = classifier.frozen_part().to(device).eval()
@@ -161,19 +142,18 @@ def frozen_part_run(classifier: ImageClassifier, spec, runtime: dict, device: to
             return (frozen(images.to(device, memory_format=torch.channels_last)),)
 
     # with every block trainable there is nothing frozen to export
-    build = (lambda: onnx_blocks_run(frozen, spec.input_size, runtime.get("threads"))) if len(frozen) else None
-    return checked_run(str(runtime.get("backend", "auto")), device, eager, build,
-                       float(runtime.get("parity_tolerance", 1e-4)), "the frozen blocks' output")
+    build = (lambda: onnx_blocks_run(frozen, spec.input_size, runtime.threads)) if len(frozen) else None
+    return checked_run(runtime.backend, device, eager, build, runtime.parity_tolerance, "the frozen blocks' output")
 
 
 def image_feeds(classifier: ImageClassifier, index: pd.DataFrame, rows: dict, targets: dict, model: ModelConfig,
-                train: TrainConfig, runtime: dict, seed: int, device: torch.device):
+                train: TrainConfig, runtime: RuntimeConfig, seed: int, device: torch.device):
     """What train_classifier fine-tunes backbone blocks with: the classifier's trainable part (see
     :meth:`~image_classification.model.ImageClassifier.trainable_part`), training batches of its input
     (the frozen blocks' output on the image files, through :func:`frozen_part_run`) and validation scores."""
     paths = {split: index["path"].to_numpy()[rows[split]].tolist() for split in rows}
     sha256 = {split: index["sha256"].to_numpy()[rows[split]].tolist() for split in rows}
-    batch_size = int(runtime["batch_size"])
+    batch_size = runtime.batch_size
     frozen = frozen_part_run(classifier, model.spec, runtime, device)
 
     def batches(epoch: int):

@@ -1,28 +1,21 @@
-"""The ONNX export and the inference backends: same outputs as PyTorch, fallbacks that say why."""
+"""The ONNX export, predict's backends and the backend choice: same outputs as PyTorch, fallbacks that say why."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from image_classification.export import (
-    CHECKPOINT_KEY,
-    OUTPUT_NAMES,
-    OnnxRuntimeBackend,
-    ScoringModel,
-    build_backend,
-    export_onnx,
-    onnx_properties,
-    parity,
-    scoring_outputs,
-    select_backend,
-)
 from image_classification.images import decode_rgb
 from image_classification.artefacts import Checkpoint
 from image_classification.backbones import backbone_spec
 from image_classification.model import preprocess_transform
+from image_classification.runtime.backends import OnnxRuntimeBackend, build_backend
+from image_classification.runtime.choice import select_backend
+from image_classification.runtime.export import CHECKPOINT_KEY, export_onnx, onnx_properties
+from image_classification.runtime.graphs import OUTPUT_NAMES, ScoringModel, scoring_outputs
+from image_classification.runtime.parity import parity
 
-from .pipelines.predict.helpers import photo_files, tiny_checkpoint
+from ..pipelines.predict.helpers import photo_files, tiny_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -122,7 +115,7 @@ def test_with_a_patch_grid_every_backend_returns_the_patch_vectors_the_feature_c
     """A served patch classifier scores new images on the patch vectors it was trained on: the
     backends' fourth output is what train's feature pass keeps (up to the cache's float16), from
     the same pass that scores the image."""
-    from image_classification.inference import torch_features
+    from image_classification.runtime.graphs import torch_features
     from image_classification.patches import patch_blocks
 
     checkpoint = Checkpoint.from_payload(tiny_checkpoint())

@@ -1,4 +1,4 @@
-"""Tests for inference.py and what the feature cache relies on: the head reads only a corner of the
+"""Tests for runtime/scoring.py and what the feature cache relies on: the head reads only a corner of the
 map, its patch-GEMM first layer is the convolution, and scoring leaves the model as it was.
 (Checkpoints are tested in test_artefacts.py, scoring the index in pipelines/score.)"""
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from image_classification.inference import model_outputs
 from image_classification.backbones import backbone_spec
 from image_classification.model import ClassifierHead, build_model
+from image_classification.runtime.scoring import model_outputs
 
-from .conftest import noise_image, png_bytes, write_files
+from ..conftest import noise_image, png_bytes, write_files
 
 BACKBONE = "efficientnet_lite0"
 HEAD = {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}
@@ -117,7 +117,7 @@ def test_a_grayscale_image_is_preprocessed_once_and_gives_the_same_tensor_as_its
     from PIL import Image
 
     from image_classification.images import ImageLimits, load_rgb
-    from image_classification.inference import ImageFiles
+    from image_classification.runtime.loader import ImageFiles
 
     pixels = np.asarray(noise_image(3, (300, 300), mode="L"))
     gray = Image.fromarray(pixels).convert(mode) if mode != "I;16" else Image.fromarray(pixels.astype(np.uint16) * 257)

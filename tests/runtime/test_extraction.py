@@ -10,12 +10,12 @@ import torch
 
 from image_classification.backbones import backbone_spec, build_backbone
 from image_classification.errors import ParameterError
-from image_classification.export import FeatureModel, position_map
-from image_classification.inference import extract_backbone_features
 from image_classification.model import adapt_feature_map
 from image_classification.patches import pool_patches
+from image_classification.runtime.extraction import extract_backbone_features
+from image_classification.runtime.graphs import FeatureModel, position_map
 
-from .conftest import noise_image, png_bytes, write_files
+from ..conftest import noise_image, png_bytes, write_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

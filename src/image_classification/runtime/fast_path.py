@@ -4,8 +4,8 @@ Train's frozen-backbone extraction, the score stage's pass over the files and fi
 blocks all run the same way (``runtime.backend``): ``auto`` exports the part that does not train to
 ONNX and runs it in ONNX Runtime on a CPU (about 3x eager PyTorch on 2 cores), ``torch`` runs eager
 PyTorch, ``onnxruntime`` insists. A :class:`CheckedRun` compares the two on the first readable images
-of the pass and falls back to PyTorch (under ``auto``) when they differ by more than
-``runtime.parity_tolerance``. predict has its own backends (:mod:`image_classification.export`).
+of the pass (:func:`~.parity.parity_difference`) and falls back to PyTorch (under ``auto``) when they
+differ by more than ``runtime.parity_tolerance``. predict serves through :mod:`.backends` instead.
 """
 
 from __future__ import annotations
@@ -20,44 +20,16 @@ import torch
 from image_classification.artefacts import Checkpoint
 from image_classification.backbones import BackboneSpec
 from image_classification.errors import ParameterError
-from image_classification.export import (
-    CHECKPOINT_KEY,
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    OnnxRuntimeBackend,
-    export_feature_model,
-    export_module,
-    export_onnx,
-    onnx_session,
-    onnxruntime_available,
-)
 from image_classification.model import ImageClassifier
+from image_classification.runtime.backends import OnnxRuntimeBackend, onnx_session
+from image_classification.runtime.choice import choose_extraction_backend
+from image_classification.runtime.export import CHECKPOINT_KEY, export_feature_model, export_module, export_onnx
+from image_classification.runtime.graphs import INPUT_NAME, OUTPUT_NAMES
+from image_classification.runtime.parity import parity_difference
 
 logger = logging.getLogger(__name__)
 
-EXTRACTION_BACKENDS = ("auto", "onnxruntime", "torch")
 FeatureRun = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
-
-
-def feature_parity(fast: tuple[torch.Tensor, ...], reference: tuple[torch.Tensor, ...]) -> float:
-    """The largest difference between two passes' outputs, relative to each output's largest magnitude
-    (patch vectors reach about 30, pooled features about 6, so an absolute bound would mean different
-    things for each)."""
-    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1.0))
-               for a, b in zip(fast, reference))
-
-
-def choose_extraction_backend(requested: str, device: torch.device) -> str:
-    """``auto``: ONNX Runtime on a CPU where it is installed, else PyTorch; an explicit choice is honoured."""
-    if requested not in EXTRACTION_BACKENDS:
-        raise ParameterError(f"runtime.backend must be one of {', '.join(EXTRACTION_BACKENDS)}, got '{requested}'")
-    if requested == "onnxruntime" and (device.type != "cpu" or not onnxruntime_available()):
-        why = "ONNX Runtime is not installed" if device.type == "cpu" else f"runtime.device is {device}"
-        raise ParameterError(f"runtime.backend is onnxruntime but {why}; this project runs ONNX Runtime on the CPU "
-                             "only: use runtime.backend auto or torch")
-    if requested == "auto":
-        return "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
-    return requested
 
 
 def onnx_or_fallback(requested: str, what: str, build: Callable[[], FeatureRun]) -> FeatureRun | None:
@@ -75,9 +47,10 @@ class CheckedRun:
     """One pass's batches through ONNX Runtime (``fast``), checked once against eager PyTorch.
 
     On the first batch with readable images, ``fast``'s outputs for up to ``parity_images`` of them
-    are compared with ``eager``'s (:func:`feature_parity`). Over ``tolerance``, a ``requested`` auto
-    falls back to ``eager`` for the rest of the pass (that batch included) with a warning, and an
-    explicit onnxruntime stops with a :class:`ParameterError`. Without ``fast`` it is ``eager``.
+    are compared with ``eager``'s (:func:`~.parity.parity_difference`). Over ``tolerance``, a
+    ``requested`` auto falls back to ``eager`` for the rest of the pass (that batch included) with a
+    warning, and an explicit onnxruntime stops with a :class:`ParameterError`. Without ``fast`` it is
+    ``eager``.
     """
 
     def __init__(self, fast: FeatureRun | None, eager: FeatureRun, requested: str, tolerance: float,
@@ -93,7 +66,7 @@ class CheckedRun:
         if self.name != "onnxruntime" or self.parity is not None or not readable.any():
             return outputs
         probe = images[readable][: self.parity_images]
-        self.parity = feature_parity(tuple(o[readable][: self.parity_images] for o in outputs), self.eager(probe))
+        self.parity = parity_difference(tuple(o[readable][: self.parity_images] for o in outputs), self.eager(probe))
         logger.info("%s: ONNX Runtime vs PyTorch on %d images, largest relative difference %.1e (tolerance %g)",
                     self.what.capitalize(), len(probe), self.parity, self.tolerance)
         if self.parity <= self.tolerance:
@@ -110,8 +83,8 @@ class CheckedRun:
 def checked_run(requested: str, device: torch.device, eager: FeatureRun, build_fast: Callable[[], FeatureRun] | None,
                 tolerance: float, what: str, parity_images: int = 16) -> CheckedRun:
     """The :class:`CheckedRun` of one pass on ``runtime.backend`` ``requested``: ``build_fast()`` (the
-    ONNX Runtime run) where :func:`choose_extraction_backend` picks ONNX Runtime, falling back to
-    ``eager`` as :func:`onnx_or_fallback` says when it cannot be built; ``eager`` alone otherwise or
+    ONNX Runtime run) where :func:`~.choice.choose_extraction_backend` picks ONNX Runtime, falling back
+    to ``eager`` as :func:`onnx_or_fallback` says when it cannot be built; ``eager`` alone otherwise or
     without ``build_fast``."""
     fast = None
     if build_fast is not None and choose_extraction_backend(requested, device) == "onnxruntime":
@@ -120,9 +93,8 @@ def checked_run(requested: str, device: torch.device, eager: FeatureRun, build_f
 
 
 def onnx_feature_run(backbone: torch.nn.Sequential, spec: BackboneSpec, head_input: str, patch_grid: int,
-                   threads: int | None) -> FeatureRun:
-    """The frozen backbone exported (:func:`~image_classification.export.export_feature_model`) and
-    run in ONNX Runtime."""
+                     threads: int | None) -> FeatureRun:
+    """The frozen backbone exported (:func:`~.export.export_feature_model`) and run in ONNX Runtime."""
     started = time.perf_counter()
     onnx_model = export_feature_model(backbone, spec.input_size, head_input, patch_grid)
     session = onnx_session(onnx_model, threads)
