@@ -168,7 +168,8 @@ def write_results(path: Path | None, benchmark: str, rows: Iterable[Mapping], ar
     settings (its arguments). A ``.json`` or ``.jsonl`` path gets one JSON object per line; any other a
     CSV, whose header grows (the file rewritten) when a row brings a column it lacks. Nothing without a path.
     """
-    if path is None:
+    rows = list(rows)
+    if path is None or not rows:
         return
     settings = " ".join(f"{key}={value}" for key, value in sorted(vars(args or argparse.Namespace()).items())
                         if key != "results_file")

@@ -86,14 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for arm, revision, python in (("old", args.old, args.old_python), ("new", args.new, args.new_python)):
             tree, project = scratch_project(work, arm, revision, demo)
-            rows.append({"arm": f"{arm} cifar10_dev", "revision_run": revision, **timed(
+            rows.append({"arm": f"{arm} cifar10_dev", **timed(
                 work, f"{arm} cifar10_dev ({revision})", python, tree, project, "--env", "cifar10_dev")})
             tree, project = scratch_project(work, f"{arm}_ft", revision, demo)
             kedro(python, tree, project, "--pipelines", "data_prep,train", "--params", FINE_TUNED)
             stages = "evaluate,embedding_analysis,zero_shot"
             if (tree / "src" / "image_classification" / "pipelines" / "score").is_dir():
                 stages = "score," + stages
-            rows.append({"arm": f"{arm} fine-tuned, after train", "revision_run": revision, **timed(
+            rows.append({"arm": f"{arm} fine-tuned, after train", **timed(
                 work, f"{arm} fine-tuned, after train", python, tree, project, "--pipelines", stages,
                 "--params", FINE_TUNED)})
     finally:
