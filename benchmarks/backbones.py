@@ -17,8 +17,8 @@ on test at the threshold chosen on validation for precision >= 0.9, then the spe
 Images: cifar10-dev vehicles valid, four animals invalid (as conf/cifar10_dev), the same number
 per class, split 70/20/10 with seed 42 by data_prep's split_images. Run from the repository root:
 
-    python benchmarks/backbones.py                   # 1,500 images, lite0 and lite2 (~6-10 min on 2 cores)
-    python benchmarks/backbones.py --images 300      # a smoke run
+    python -m benchmarks.backbones                   # 1,500 images, lite0 and lite2 (~6-10 min on 2 cores)
+    python -m benchmarks.backbones --images 300      # a smoke run
 
 Timings depend on what else runs on the machine: the backbones run one after the other, so a
 noisy neighbour can favour either; rerun when the ratio matters.
@@ -27,13 +27,13 @@ noisy neighbour can favour either; rerun when the ratio matters.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_feature_cache import DATA, SEED, TARGET_PRECISION, select_images  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import CIFAR10_DEV as DATA
+from benchmarks.harness import SEED, TARGET_PRECISION, select_images
 
 
 def scores_on_test(name: str, val_scores, test_scores, targets: dict) -> dict:
@@ -52,7 +52,7 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from image_classification.inference import extract_backbone_features, head_outputs, torch_device
+    from benchmarks.harness import extract_backbone_features, head_outputs, torch_device
     from image_classification.backbones import build_backbone
     from image_classification.model import ClassifierHead
     from image_classification.parameters.shared import ModelConfig
@@ -79,7 +79,7 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
                          sha256=index["sha256"].tolist(), errors=features["errors"])
 
     started = time.perf_counter()
-    torch.manual_seed(SEED)
+    harness.seed_everything(SEED)
     head = ClassifierHead(in_channels=model.spec.feature_channels)
     train = TrainConfig(target_precision=TARGET_PRECISION, save_state_every_s=float("inf"))
     batches, val_scores = cached_feeds(cache.head_input, rows, targets, train, SEED, device)
@@ -127,19 +127,19 @@ def print_table(runs: list[dict]) -> None:
           "the best recall any threshold reaches there on test; efficiency: recall / oracle.")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1500, help="images in all (default 1500)")
     parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "efficientnet_lite2"],
                         help="registered backbones, the first is the speed reference")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads (default 2)")
     parser.add_argument("--workers", type=int, default=1, help="image-decoding processes (default 1)")
     parser.add_argument("--data", type=Path, default=DATA, help=f"the cifar10-dev folder (default {DATA})")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"{args.data} is not there: this benchmark needs the cifar10-dev images, or give their folder "
                  "with --data")
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    harness.quiet_progress()
     import pandas as pd
 
     index = pd.DataFrame(select_images(args.data, args.images))
@@ -150,6 +150,12 @@ def main() -> None:
         print(f"running {name} ...", flush=True)
         runs.append(run_backbone(name, index, args))
     print_table(runs)
+    harness.write_results(args.results_file, "backbones", [
+        {"arm": f"{run['backbone']} {result['scorer'].split(' ')[0]}", "input_px": run["input"], "img_s": run["img_s"],
+         "extract_s": run["extract_s"], "train_s": run["train_s"], "epochs": run["epochs"],
+         "best_epoch": run["best_epoch"], "baseline_c": run["baseline_c"],
+         **{key: value for key, value in result.items() if key != "scorer"}}
+        for run in runs for result in run["results"]], args)
 
 
 if __name__ == "__main__":

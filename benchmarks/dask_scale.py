@@ -15,9 +15,9 @@ process so peaks are its own:
 
 Run it from the repository root:
 
-    python benchmarks/dask_scale.py                                   # speed, 2,000 JPEGs (~3 min)
-    python benchmarks/dask_scale.py --images 0 --memory 5000 20000    # memory (~6 min on 2 cores)
-    python benchmarks/dask_scale.py --images 0 --rehearsal 100000     # rehearsal (~20 min on 2 cores)
+    python -m benchmarks.dask_scale                                   # speed, 2,000 JPEGs (~3 min)
+    python -m benchmarks.dask_scale --images 0 --memory 5000 20000    # memory (~6 min on 2 cores)
+    python -m benchmarks.dask_scale --images 0 --rehearsal 100000     # rehearsal (~20 min on 2 cores)
 
 The model is efficientnet_lite0 with ImageNet weights and an untrained head, scored by ONNX
 Runtime; the anomaly detector a kNN on 1,000 vectors (as ``predict_end_to_end.py``).
@@ -35,9 +35,10 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from predict_end_to_end import image_folder, load_inputs, prepare_inputs  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import image_folder
+from benchmarks.harness import load_predict_inputs as load_inputs
+from benchmarks.harness import prepare_predict_inputs as prepare_inputs
 
 
 def small_images(folder: Path, count: int) -> Path:
@@ -61,7 +62,9 @@ def listed(folder: Path, count: int) -> list[str]:
     return sorted(str(path) for path in folder.rglob("*.jpg"))[:count]
 
 
-def _vm_hwm_mb() -> float:
+def _worker_peak_mib() -> float:
+    """harness.peak_rss_mib for a Dask worker: defined in __main__, so it travels by value and the worker
+    imports nothing to run it (importing the harness would raise the peak it measures)."""
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     return int(status["VmHWM"].split()[0]) / 1024
 
@@ -108,7 +111,7 @@ def child(args: argparse.Namespace) -> None:
 
     from image_classification.distributed import DaskSettings
 
-    os.environ["TQDM_DISABLE"] = "1"
+    harness.quiet_progress()
     paths = json.loads(Path(args.child).read_text())
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
@@ -119,14 +122,15 @@ def child(args: argparse.Namespace) -> None:
             outcome = _check(paths, dask) if args.stage == "check" else _predict(paths, dask, Path(args.workdir))
             result[run] = outcome.get("seconds", time.perf_counter() - started)
             result |= {key: value for key, value in outcome.items() if key != "seconds"}
-        worker_mb = max(client.run(_vm_hwm_mb).values())
-    print("RESULT " + json.dumps(result | {"images": len(paths), "driver_mb": _vm_hwm_mb(), "worker_mb": worker_mb}))
+        worker_mb = max(client.run(_worker_peak_mib).values())
+    print("RESULT " + json.dumps(result | {"images": len(paths), "driver_mb": harness.peak_rss_mib(),
+                                           "worker_mb": worker_mb}))
 
 
 def measure(stage: str, paths: list[str], workers: int, args: argparse.Namespace, workdir: Path) -> dict:
     listing = workdir / f"paths_{stage}_{len(paths)}.json"
     listing.write_text(json.dumps(paths))
-    command = [sys.executable, __file__, "--child", str(listing), "--stage", stage, "--workers", str(workers),
+    command = [sys.executable, "-m", "benchmarks.dask_scale", "--child", str(listing), "--stage", stage, "--workers", str(workers),
                "--partition", str(args.partition), "--workdir", str(workdir)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
@@ -134,21 +138,25 @@ def measure(stage: str, paths: list[str], workers: int, args: argparse.Namespace
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def speed(workdir: Path, args: argparse.Namespace) -> None:
+def speed(workdir: Path, args: argparse.Namespace) -> list[dict]:
     paths = listed(image_folder(workdir, args.images, args.distinct), args.images)
     print(f"\nSpeed over {len(paths)} JPEGs of 1280x960 on a LocalCluster, workers of 1 thread, partitions of "
           f"{args.partition} (cpu count {os.cpu_count()}). Cold: the first run on fresh workers (imports, model "
           "build); warm: the same run again, as on a long-lived cluster.")
     print(f"{'stage':24s} {'run':5s} {'1 worker img/s':>15s} {'2 workers img/s':>16s} {'ratio':>7s}")
+    rows = []
     for stage, label in (("check", "data_prep check_images"), ("predict", "predict predict_images")):
         one, two = (measure(stage, paths, workers, args, workdir) for workers in (1, 2))
         for run in ("cold", "warm"):
             rate_one, rate_two = len(paths) / one[run], len(paths) / two[run]
             print(f"{label:24s} {run:5s} {rate_one:15.1f} {rate_two:16.1f} {rate_two / rate_one:6.2f}x"
                   + (f"   (backend {two['backend']}, {two['workers_used']} workers used)" if stage == "predict" else ""))
+            rows += [{"arm": f"speed, {label}, {run}, {workers} worker(s)", "img_s": rate}
+                     for workers, rate in ((1, rate_one), (2, rate_two))]
+    return rows
 
 
-def memory(workdir: Path, args: argparse.Namespace) -> None:
+def memory(workdir: Path, args: argparse.Namespace) -> list[dict]:
     folder = small_images(workdir / "small", max(args.memory))
     rows = [measure("predict", listed(folder, count), args.workers, args, workdir) for count in args.memory]
     print(f"\nPeak resident memory of predict_images on a LocalCluster of {args.workers} workers (partitions of "
@@ -161,6 +169,8 @@ def memory(workdir: Path, args: argparse.Namespace) -> None:
     first, last = rows[0], rows[-1]
     print(f"{last['images'] / first['images']:.0f}x the images: driver peak x{last['driver_mb'] / first['driver_mb']:.2f}, "
           f"worker peak x{last['worker_mb'] / first['worker_mb']:.2f} (target: at most 1.2x)")
+    return [{"arm": f"memory, {row['images']} images", "warm_s": row["warm"], "img_s": row["images"] / row["warm"],
+             "driver_mb": row["driver_mb"], "worker_mb": row["worker_mb"]} for row in rows]
 
 
 class MemorySampler:
@@ -215,7 +225,7 @@ def _kept_dataset():
     return Kept
 
 
-def rehearsal(workdir: Path, args: argparse.Namespace) -> None:
+def rehearsal(workdir: Path, args: argparse.Namespace) -> list[dict]:
     """N small images through data_prep (every node) and predict's nodes on one LocalCluster setting."""
     import pandas as pd
     from kedro.io import DataCatalog, MemoryDataset
@@ -230,7 +240,7 @@ def rehearsal(workdir: Path, args: argparse.Namespace) -> None:
         predict_images,
     )
 
-    os.environ["TQDM_DISABLE"] = "1"
+    harness.quiet_progress()
     _Kept = _kept_dataset()
     started = time.perf_counter()
     folder = small_images(workdir / f"rehearsal_{args.rehearsal}", args.rehearsal)
@@ -277,10 +287,15 @@ def rehearsal(workdir: Path, args: argparse.Namespace) -> None:
               f"about {count / max(cpu, 1e-9):,.0f} images/s, {count / max(cpu, 1e-9) / (count / (end - begin)):.0f}x "
               "this run's rate")
     print(f"predict backend {summary['backend']}, {summary['dask']['workers']} workers used")
+    return [{"arm": f"rehearsal, {name}", "images": count, "seconds": end - begin, "img_s": count / (end - begin),
+             "driver_cpu_ms_per_img": 1000 * cpu / count,
+             "driver_peak_mb": max(driver for driver, _ in sampler.quarters(begin, end)),
+             "worker_peak_mb": max(worker for _, worker in sampler.quarters(begin, end))}
+            for name, (begin, end, count, cpu) in stages.items()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="JPEGs for the 1-vs-2-worker speed (0: skip)")
     parser.add_argument("--memory", type=int, nargs="*", default=[], help="listed images for the memory comparison")
     parser.add_argument("--rehearsal", type=int, default=0, help="images for the scale rehearsal (0: skip)")
@@ -290,20 +305,23 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where images and models are kept (default: a temp folder)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stage", default="predict", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     workdir = Path(args.workdir or Path(tempfile.gettempdir()) / "dask_scale")
     workdir.mkdir(parents=True, exist_ok=True)
     if args.child:
         child(args)
         return
-    print(f"One-off export of the model to ONNX: {prepare_inputs(workdir):.1f} s")
+    export_s = prepare_inputs(workdir)
+    print(f"One-off export of the model to ONNX: {export_s:.1f} s")
+    rows = [{"arm": "export", "seconds": export_s}]
     if args.images:
-        speed(workdir, args)
+        rows += speed(workdir, args)
     if args.memory:
-        memory(workdir, args)
+        rows += memory(workdir, args)
     if args.rehearsal:
-        rehearsal(workdir, args)
+        rows += rehearsal(workdir, args)
+    harness.write_results(args.results_file, "dask_scale", rows, args)
 
 
 if __name__ == "__main__":

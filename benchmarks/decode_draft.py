@@ -7,8 +7,8 @@ much smaller picture. This benchmark times both ways from the file's bytes to th
 (3, 224, 224) tensor, with the project's own ``images.decode_rgb`` and ``preprocess_transform``,
 and says how far apart the two tensors are. Run it from the repository root:
 
-    python benchmarks/decode_draft.py            # 4000x3000 (a 12 MP camera photo) and 1600x1200
-    python benchmarks/decode_draft.py --repeats 5
+    python -m benchmarks.decode_draft            # 4000x3000 (a 12 MP camera photo) and 1600x1200
+    python -m benchmarks.decode_draft --repeats 5
 
 The photo is scikit-image's astronaut, enlarged, with sensor-like grain added so that it
 compresses like a camera picture (2.6 MB at 4000x3000, quality 90). Most of a draft decode is
@@ -18,15 +18,14 @@ shows the other end.
 
 from __future__ import annotations
 
-import argparse
 import io
 import statistics
-import time
 
 import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks import harness
 from image_classification.images import decode_rgb
 from image_classification.backbones import backbone_spec
 from image_classification.model import preprocess_transform
@@ -49,12 +48,12 @@ def to_model_input(data: bytes, draft_size: int | None, transform) -> torch.Tens
     return transform(decode_rgb(data, draft_size=draft_size)[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["4000x3000", "4000x3000/smooth", "1600x1200"],
                         help="WIDTHxHEIGHT of each JPEG; /smooth: without grain")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved timings of each way, median kept")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)  # decoding runs in single-threaded DataLoader workers
     spec = backbone_spec("efficientnet_lite0")
     transform = preprocess_transform(spec)
@@ -64,12 +63,8 @@ def main() -> None:
         width, height = (int(side) for side in size.lower().split("/")[0].split("x"))
         data = camera_like_jpeg(width, height, grain=0.0 if size.endswith("/smooth") else 6.0)
         ways = {"full": None, "draft": spec.input_size}
-        seconds = {way: [] for way in ways}
-        for _ in range(args.repeats):
-            for way, draft_size in ways.items():
-                started = time.perf_counter()
-                to_model_input(data, draft_size, transform)
-                seconds[way].append(time.perf_counter() - started)
+        seconds, _ = harness.interleaved({way: lambda size=draft_size: to_model_input(data, size, transform)
+                                          for way, draft_size in ways.items()}, args.repeats)
         full, draft = (to_model_input(data, draft_size, transform) for draft_size in ways.values())
         drafted = decode_rgb(data, draft_size=spec.input_size)[0].size
         rows.append((size, len(data) / 1e6, drafted, statistics.median(seconds["full"]),
@@ -83,6 +78,11 @@ def main() -> None:
         print(f"{size:>17s} {megabytes:8.2f} {f'{drafted[0]}x{drafted[1]}':>17s} {full_s * 1e3:9.1f} "
               f"{draft_s * 1e3:9.1f} {f'x{full_s / draft_s:.1f}':>9s} {difference:18.4f}")
     print("(inputs are normalised to about [-1, 1]; the difference is that of two antialiasing filters)")
+    harness.write_results(args.results_file, "decode_draft", [
+        {"arm": f"{way}, {size}", "file_mb": megabytes, "ms": way_s * 1e3,
+         **({"speed_up": full_s / draft_s, "mean_input_difference": difference} if way == "draft" else {})}
+        for size, megabytes, drafted, full_s, draft_s, difference in rows
+        for way, way_s in (("full", full_s), ("draft", draft_s))], args)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ Variants (``--variants``; each is BACKBONE@SIZE[/CONTRAST]):
 The default variant also gets a row with the cell type as a finer label (``kind``: good/defect x
 mono/poly): a four-class logistic regression whose score is the probability of the two good kinds.
 
-    python benchmarks/defects_features.py                # 7 variants (~30 min on 2 cores; eager PyTorch)
-    python benchmarks/defects_features.py --variants efficientnet_lite0@224 efficientnet_lite0@300
+    python -m benchmarks.defects_features                # 7 variants (~30 min on 2 cores; eager PyTorch)
+    python -m benchmarks.defects_features --variants efficientnet_lite0@224 efficientnet_lite0@300
 
 Feature maps' poolings are cached per variant in --cache-dir and reused. The pass is the benchmark's
 own eager loop, not the pipeline's ``extract_backbone_features``: it needs a contrast step before the
@@ -31,35 +31,28 @@ transform and the whole last map for max and GeM pooling, which the pipeline doe
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import ImageOps
-from safetensors.torch import load_file, save_file
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "src"))
+from benchmarks import harness
+from benchmarks.harness import grouped_folds
+from image_classification.backbones import backbone_spec, build_backbone
+from image_classification.baseline import LogisticBaseline
+from image_classification.images import load_rgb
+from image_classification.model import preprocess_transform
+from image_classification.parameters.evaluate import EvaluateConfig
 
-from image_classification.backbones import backbone_spec, build_backbone  # noqa: E402
-from image_classification.baseline import LogisticBaseline  # noqa: E402
-from image_classification.candidates import grouped_folds  # noqa: E402
-from image_classification.images import load_rgb  # noqa: E402
-from image_classification.model import preprocess_transform  # noqa: E402
-from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
-
-DATA = REPO_ROOT.parent / "shared" / "datasets" / "defects-dev"
 VARIANTS = ("efficientnet_lite0@224", "efficientnet_lite0@300", "efficientnet_lite0@448", "efficientnet_lite2@260",
             "efficientnet_lite2@384", "efficientnet_lite0@224/autocontrast", "efficientnet_lite0@224/equalize")
 CONTRAST = {"none": lambda image: image, "autocontrast": lambda image: ImageOps.autocontrast(image, cutoff=1),
@@ -76,27 +69,27 @@ def parse(variant: str) -> tuple[str, int, str]:
 
 def poolings(variant: str, paths: list[str], cache_dir: Path, batch_size: int = 32) -> dict[str, np.ndarray]:
     """Mean, max and GeM pooling of the frozen backbone's last map for every photo, cached."""
+    def extract() -> dict:
+        name, size, contrast = parse(variant)
+        spec = backbone_spec(name)
+        spec = dataclasses.replace(spec, input_size=size, feature_size=-(-size // 32))
+        transform, backbone = preprocess_transform(spec), build_backbone(name).eval()
+        start, maps = time.perf_counter(), {"mean": [], "max": [], "gem": []}
+        with torch.inference_mode():
+            for first in range(0, len(paths), batch_size):
+                batch = torch.stack([transform(CONTRAST[contrast](load_rgb(p, keep_gray=True).convert("L")))
+                                     for p in paths[first:first + batch_size]])
+                fmap = backbone(batch).float()
+                maps["mean"].append(fmap.mean((2, 3)))
+                maps["max"].append(fmap.amax((2, 3)))
+                maps["gem"].append(fmap.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3))
+        print(f"{variant}: {len(paths)} photos through the frozen backbone in {time.perf_counter() - start:.0f} s",
+              flush=True)
+        return {"tensors": {k: torch.cat(v) for k, v in maps.items()}, "metadata": {}}
+
     cache = cache_dir / f"defects_features_{variant.replace('@', '_').replace('/', '_')}.safetensors"
-    if cache.is_file():
-        return {k: v.numpy() for k, v in load_file(cache).items()}
-    name, size, contrast = parse(variant)
-    spec = backbone_spec(name)
-    spec = dataclasses.replace(spec, input_size=size, feature_size=-(-size // 32))
-    transform, backbone = preprocess_transform(spec), build_backbone(name).eval()
-    start, maps = time.perf_counter(), {"mean": [], "max": [], "gem": []}
-    with torch.inference_mode():
-        for first in range(0, len(paths), batch_size):
-            batch = torch.stack([transform(CONTRAST[contrast](load_rgb(p, keep_gray=True).convert("L")))
-                                 for p in paths[first:first + batch_size]])
-            fmap = backbone(batch).float()
-            maps["mean"].append(fmap.mean((2, 3)))
-            maps["max"].append(fmap.amax((2, 3)))
-            maps["gem"].append(fmap.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3))
-    out = {k: torch.cat(v).contiguous() for k, v in maps.items()}
-    save_file(out, cache)
-    print(f"{variant}: {len(paths)} photos through the frozen backbone in {time.perf_counter() - start:.0f} s",
-          flush=True)
-    return {k: v.numpy() for k, v in out.items()}
+    key = f"{variant}|{len(paths)} photos|{paths[0]}|{paths[-1]}"
+    return {k: v.numpy() for k, v in harness.feature_cache(cache, key, extract)["tensors"].items()}
 
 
 def kinds_probability(model, features: np.ndarray, kinds: list[str]) -> np.ndarray:
@@ -128,21 +121,18 @@ def logistic_aurocs(features: np.ndarray, y: np.ndarray, groups: np.ndarray, c_g
     return aurocs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=harness.DEFECTS_DEV)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp"))
-    args = parser.parse_args()
-    if not (args.data / "manifest.csv").is_file():
-        raise SystemExit(f"{args.data}/manifest.csv not found: this benchmark needs ../shared/datasets/defects-dev")
+    args = parser.parse_args(argv)
+    manifest, y, groups = harness.defects_dev(args.data)
     for variant in args.variants:
         parse(variant)
     torch.set_num_threads(args.threads)
-    manifest = pd.read_csv(args.data / "manifest.csv")
-    y = (manifest["label"] == "valid").to_numpy().astype(int)
-    groups, paths = manifest["group"].to_numpy(), [str(args.data / p) for p in manifest["path"]]
+    paths = [str(args.data / p) for p in manifest["path"]]
     c_grid = EvaluateConfig().baseline_c_grid
     rows = []
     for variant in args.variants:
@@ -161,6 +151,9 @@ def main() -> None:
     for variant, pooling, labels, aurocs in rows:
         print(f"{variant:40s} {pooling:9s} {labels:17s} {np.mean(aurocs):.3f} +- {np.std(aurocs, ddof=1):.3f}   "
               + " ".join(f"{a:.3f}" for a in aurocs))
+    harness.write_results(args.results_file, "defects_features", [
+        {"arm": f"{variant} | {pooling} | {labels}", "fold": fold, "test_auroc": auroc}
+        for variant, pooling, labels, aurocs in rows for fold, auroc in enumerate(aurocs)], args)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ for each threshold rule (``point`` and ``lower_bound``, chosen on validation), t
 efficiency (recall / oracle, per fold) and in
 how many folds test precision reached the target. Nothing is tuned on a test fold.
 
-    python benchmarks/defects_quality.py                  # 5 folds, 30 epochs, both rules (~6 min on 2 cores)
-    python benchmarks/defects_quality.py --quick          # 2 folds, 3 epochs: a smoke run
-    python benchmarks/defects_quality.py --fine-tune 2 --augment none inspection   # + fine-tuning (~35 min)
-    python benchmarks/defects_quality.py --fine-tune 9 --augment inspection --schedule one_cycle \
+    python -m benchmarks.defects_quality                  # 5 folds, 30 epochs, both rules (~6 min on 2 cores)
+    python -m benchmarks.defects_quality --quick          # 2 folds, 3 epochs: a smoke run
+    python -m benchmarks.defects_quality --fine-tune 2 --augment none inspection   # + fine-tuning (~35 min)
+    python -m benchmarks.defects_quality --fine-tune 9 --augment inspection --schedule one_cycle \
         --backbone-lr 3e-4 --fine-tune-epochs 15        # the whole backbone, 15 epochs per fold (~80 min)
 
 The features are cached in --cache (default /tmp/defects_quality_features.safetensors) and reused
@@ -43,73 +43,24 @@ when they match the backbone, grid and file list.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "src"))
+from benchmarks import harness
+from benchmarks.harness import NAMES, cross_validate, fit_patch_classifier, fold_figures, grouped_folds
+from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.parameters.shared import ModelConfig
+from image_classification.parameters.train import TrainConfig
+from image_classification.pipelines.score.nodes import score_index
+from image_classification.pipelines.train.nodes import extract_features, train_classifier
+from image_classification.training import NoResume
 
-from image_classification.backbones import backbone_spec, build_backbone  # noqa: E402
-from image_classification.candidates import (  # noqa: E402
-    NAMES,
-    cross_validate,
-    fit_patch_classifier,
-    fold_figures,
-    grouped_folds,
-)
-from image_classification.inference import extract_backbone_features  # noqa: E402
-from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
-from image_classification.parameters.shared import ModelConfig  # noqa: E402
-from image_classification.parameters.train import TrainConfig  # noqa: E402
-from image_classification.patches import bytes_per_image  # noqa: E402
-from image_classification.pipelines.score.nodes import score_index  # noqa: E402
-from image_classification.pipelines.train.nodes import (  # noqa: E402
-    extract_features,
-    train_classifier,
-)
-from image_classification.training import NoResume  # noqa: E402
-
-DATA = REPO_ROOT.parent / "shared" / "datasets" / "defects-dev"
 RULES = ("point", "lower_bound")
-
-
-def labelled(data: Path, threads: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """defects-dev's manifest, its targets (valid = 1) and groups (modules); torch on ``threads`` threads."""
-    if not (data / "manifest.csv").is_file():
-        raise SystemExit(f"{data}/manifest.csv not found: this benchmark needs ../shared/datasets/defects-dev")
-    torch.set_num_threads(threads)
-    manifest = pd.read_csv(data / "manifest.csv")
-    return manifest, (manifest["label"] == "valid").to_numpy().astype(int), manifest["group"].to_numpy()
-
-
-def features(manifest: pd.DataFrame, root: Path, backbone: str, grid: int, cache: Path) -> dict[str, torch.Tensor]:
-    """Head inputs, pooled features and patches of every image, from ``cache`` when it matches."""
-    key = f"{backbone}|{grid}|{len(manifest)}|{manifest['sha256'].iloc[0]}|{manifest['sha256'].iloc[-1]}"
-    if cache.is_file():
-        stored = load_file(cache)
-        if bytes(stored.pop("key").tolist()).decode() == key:
-            print(f"features from {cache}")
-            return stored
-    torch.manual_seed(0)
-    spec = backbone_spec(backbone)
-    start = time.perf_counter()
-    out = extract_backbone_features(build_backbone(backbone), [str(root / p) for p in manifest["path"]], spec,
-                                    torch.device("cpu"), batch_size=32, patch_grid=grid)
-    print(f"extracted {len(manifest)} images in {time.perf_counter() - start:.0f} s; patches "
-          f"{tuple(out['patches'].shape)}, {bytes_per_image(grid, out['patches'].shape[-1]):,} bytes per image")
-    if any(out["errors"]):
-        raise SystemExit(f"unreadable images: {[e for e in out['errors'] if e][:3]}")
-    tensors = {name: out[name].contiguous() for name in ("head_input", "pooled", "patches")}
-    save_file({**tensors, "key": torch.tensor(list(key.encode()), dtype=torch.uint8)}, cache)
-    return tensors
 
 
 def fine_tuned_scores(manifest: pd.DataFrame, root: Path, backbone: str, blocks: int, augment: str, epochs: int,
@@ -161,16 +112,16 @@ def chosen_row(report: dict) -> list[dict]:
             for fold in report["folds"]]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=harness.DEFECTS_DEV)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--grid", type=int, default=14)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
+    parser.add_argument("--cache", type=Path, default=harness.DEFECTS_DEV_CACHE)
     parser.add_argument("--quick", action="store_true", help="2 folds, 3 epochs")
     parser.add_argument("--no-means-row", action="store_true",
                         help="leave out the patch classifier with the other setting of "
@@ -184,11 +135,12 @@ def main() -> None:
     parser.add_argument("--backbone-lr", type=float, default=1.5e-4,
                         help="train.backbone_learning_rate for fine-tuning")
     parser.add_argument("--input-size", type=int, default=None, help="model.input_size for fine-tuning (px)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.folds, args.epochs = 2, 3
-    manifest, y, groups = labelled(args.data, args.threads)
-    feats = features(manifest, args.data, args.backbone, args.grid, args.cache)
+    manifest, y, groups = harness.defects_dev(args.data)
+    torch.set_num_threads(args.threads)
+    feats = harness.defects_dev_features(manifest, args.data, args.backbone, args.grid, args.cache)
     train = TrainConfig(epochs=args.epochs)
     reports = {}
     for rule in RULES:  # the head is retrained per rule: same seed, same scores, a clean separation of the two
@@ -239,6 +191,7 @@ def main() -> None:
             return "n/a"
         return f"{finite.mean():.3f} +- {finite.std(ddof=1) if len(finite) > 1 else 0:.3f}"
 
+    results = []
     for name in (*reports["point"]["summary"], "chosen", *extra):
         rows = {rule: chosen_row(reports[rule]) if name == "chosen" else
                 [f["candidates"][name] for f in reports[rule]["folds"]] for rule in RULES}
@@ -253,6 +206,9 @@ def main() -> None:
                      f"{mean_sd([r['test_recall_efficiency'] for r in rows[rule]]):>14s} {f'{held}/{len(precisions)}':>7s} "
                      f"{np.nanmin(precisions):8.3f}")
         print(line)
+        results += [{"arm": f"{name}, {rule}", "fold": fold, **figures}
+                    for rule in RULES for fold, figures in enumerate(rows[rule])]
+    harness.write_results(args.results_file, "defects_quality", results, args)
 
 
 if __name__ == "__main__":

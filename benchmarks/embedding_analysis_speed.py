@@ -7,8 +7,8 @@ ratio large/small. A ratio near the size ratio means the node is linear in the r
 1 means it works on a capped sample (agglomerative clustering, the figures). Run it from the
 repository root:
 
-    python benchmarks/embedding_analysis_speed.py                      # 10,000 vs 100,000 rows
-    python benchmarks/embedding_analysis_speed.py --rows 2000 20000    # a quick run
+    python -m benchmarks.embedding_analysis_speed                      # 10,000 vs 100,000 rows
+    python -m benchmarks.embedding_analysis_speed --rows 2000 20000    # a quick run
 
 CPU seconds are shown beside wall seconds because on a shared machine the wall clock mostly
 measures the neighbours; on such a machine ``OPENBLAS_NUM_THREADS=1`` also avoids BLAS threads
@@ -17,19 +17,16 @@ spinning against each other. Everything should take seconds at 100,000 rows.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 
+from benchmarks import harness
 from image_classification.pipelines.embedding_analysis import create_pipeline
 from image_classification.pipelines.embedding_analysis.nodes import EmbeddingAnalysisConfig
 
 # the generator the embedding_analysis tests use, so the benchmark times the data they check
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.pipelines.embedding_analysis.generated import embeddings_table  # noqa: E402
+from tests.pipelines.embedding_analysis.generated import embeddings_table
 
 EMBEDDINGS = "image_embeddings"
 
@@ -46,18 +43,23 @@ def time_nodes(rows: int, seed: int = 42) -> pd.DataFrame:
     return pd.DataFrame(timings, columns=["node", "wall_s", "cpu_s"]).set_index("node")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--rows", type=int, nargs=2, default=[10_000, 100_000], metavar=("SMALL", "LARGE"))
-    small, large = parser.parse_args().rows
+    args = parser.parse_args(argv)
+    small, large = args.rows
     time_nodes(min(small, 1_000))  # warm-up: first imports and first figures are not the nodes' cost
-    report = time_nodes(small).join(time_nodes(large), suffixes=(f"@{small:,}", f"@{large:,}"))
+    timings = {rows: time_nodes(rows) for rows in (small, large)}
+    report = timings[small].join(timings[large], suffixes=(f"@{small:,}", f"@{large:,}"))
     report.loc["total"] = report.sum()
     report["wall ratio"] = report[f"wall_s@{large:,}"] / report[f"wall_s@{small:,}"]
     report["cpu ratio"] = report[f"cpu_s@{large:,}"] / report[f"cpu_s@{small:,}"]
     print(f"embedding_analysis nodes on {small:,} and {large:,} generated 50-d embeddings "
           f"(rows ratio {large / small:.1f}x)")
     print(report.to_string(float_format="%.2f"))
+    harness.write_results(args.results_file, "embedding_analysis_speed", [
+        {"arm": f"{node} @ {rows:,} rows", "wall_s": row["wall_s"], "cpu_s": row["cpu_s"]}
+        for rows, table in timings.items() for node, row in table.iterrows()], args)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@
 
 Run it from the repository root:
 
-    python benchmarks/extraction_speed.py              # ~4 min on 2 cores
-    python benchmarks/extraction_speed.py --quick      # a smoke run
-    python benchmarks/extraction_speed.py --decoders-only   # part 3 alone (~1 min)
+    python -m benchmarks.extraction_speed              # ~4 min on 2 cores
+    python -m benchmarks.extraction_speed --quick      # a smoke run
+    python -m benchmarks.extraction_speed --decoders-only   # part 3 alone (~1 min)
 """
 
 from __future__ import annotations
@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from predict_end_to_end import make_images  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import make_images
 
 GRID = 14
 
@@ -71,11 +69,10 @@ def png_folder(folder: Path, count: int) -> list[str]:
 
 
 def in_memory(backbone, spec, images, rounds: int) -> dict[str, float]:
-    """Median images/s of each arm at its best thread count, on the same preprocessed images."""
+    """Median images/s of each arm at each thread count (``(name, threads)``), on the same preprocessed images."""
     import torch
 
-    from image_classification.export import export_feature_model, onnx_session
-    from image_classification.inference import torch_features
+    from benchmarks.harness import export_feature_model, onnx_session, torch_features
     from image_classification.patches import patch_blocks
 
     taps = patch_blocks(backbone, spec.input_size)
@@ -114,15 +111,15 @@ def in_memory(backbone, spec, images, rounds: int) -> dict[str, float]:
         print(f"  {name:22s} {medians[(name, 1)]:7.1f} img/s at 1 thread, {medians[(name, 2)]:7.1f} at 2")
     for name, rate in best.items():
         print(f"  best {name:17s} {rate:7.1f} img/s   {rate / best['torch_nchw']:5.2f}x eager NCHW")
-    return best
+    return medians
 
 
-def from_files(backbone, spec, paths: list[str], workers_list: list[int]) -> None:
+def from_files(backbone, spec, paths: list[str], workers_list: list[int]) -> list[dict]:
     import torch
 
-    from image_classification.inference import extract_backbone_features
+    from benchmarks.harness import extract_backbone_features
 
-    reference = None
+    reference, rows = None, []
     for backend in ("torch", "onnxruntime"):
         for workers in workers_list:
             started = time.perf_counter()
@@ -134,9 +131,12 @@ def from_files(backbone, spec, paths: list[str], workers_list: list[int]) -> Non
             difference = max(float((out[k].float() - reference[k].float()).abs().max()) for k in ("pooled", "head_input"))
             extra = "" if backend == "torch" else f", parity {out['parity']:.1e}, max float16 difference {difference:.1e}"
             print(f"  backend {backend:12s} workers {workers}: {rate:7.1f} img/s (export and parity check included){extra}")
+            rows.append({"arm": f"from files, {backend}, {workers} workers", "img_s": rate,
+                         **({} if backend == "torch" else {"parity": out["parity"], "float16_difference": difference})})
+    return rows
 
 
-def decoders(jpegs: list[str], pngs: list[str], grays: list[str], count: int, rounds: int) -> None:
+def decoders(jpegs: list[str], pngs: list[str], grays: list[str], count: int, rounds: int) -> list[dict]:
     """ms per image, one thread, from file to the model's input tensor: the way before this change,
     the project's way now, and other decoders with the project's preprocessing; the median of
     ``rounds`` rounds that interleave them."""
@@ -149,6 +149,7 @@ def decoders(jpegs: list[str], pngs: list[str], grays: list[str], count: int, ro
     from image_classification.images import ImageLimits, load_rgb, read_bytes
     from image_classification.model import ToModelInput, preprocess_transform
 
+    rows = []
     torch.set_num_threads(1)
     spec = backbone_spec("efficientnet_lite0")
     transform, limits, size = preprocess_transform(spec), ImageLimits(min_side=1), spec.input_size
@@ -216,13 +217,14 @@ def decoders(jpegs: list[str], pngs: list[str], grays: list[str], count: int, ro
             difference = float((decode(paths[0]) - reference).abs().max())
             ms = statistics.median(timings[name])
             print(f"    {name:64s} {ms:6.2f} ms/img  {base / ms:5.2f}x   max difference {difference:.1e}")
+            rows.append({"arm": f"decoding, {label}, {name}", "ms_per_img": ms, "max_difference": difference})
     torch.set_num_threads(os.cpu_count() or 1)
+    return rows
 
 
 def gray_pngs(workdir: Path, count: int) -> list[str]:
     """defects-dev's 300x300 grayscale photos where present, else grayscale copies of the RGB PNGs."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "defects-dev"
-    found = sorted(str(path) for path in shared.glob("*/*.png"))[:count]
+    found = sorted(str(path) for path in harness.DEFECTS_DEV.glob("*/*.png"))[:count]
     if found:
         return found
     from PIL import Image
@@ -236,8 +238,8 @@ def gray_pngs(workdir: Path, count: int) -> list[str]:
     return sorted(str(path) for path in folder.glob("*.png"))[:count]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=512, help="images per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="64 images, 1 round, workers 0 and 2")
@@ -245,38 +247,39 @@ def main() -> None:
                         "the generated JPEGs, e.g. ../shared/datasets/cifar10-dev")
     parser.add_argument("--decoders-only", action="store_true", help="part 3 alone")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "image_classification_extraction"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.images, args.rounds = 64, 1
-    os.environ.setdefault("TQDM_DISABLE", "1")
+    harness.quiet_progress()
     workdir = Path(args.workdir)
     make_images(workdir / "jpeg", args.images, min(args.images, 60))
     jpegs = sorted(str(path) for path in (workdir / "jpeg").glob("*.jpg"))[: args.images]
     pngs = png_folder(workdir / "png", args.images)
-    if not args.decoders_only:
-        extraction(args, jpegs)
+    rows = [] if args.decoders_only else extraction(args, jpegs)
     print("\n3. Decoding alone, one thread, per image, file to model input:")
-    decoders(jpegs, pngs, gray_pngs(workdir, args.images), min(200, args.images), max(args.rounds, 3))
+    rows += decoders(jpegs, pngs, gray_pngs(workdir, args.images), min(200, args.images), max(args.rounds, 3))
+    harness.write_results(args.results_file, "extraction_speed", rows, args)
 
 
-def extraction(args: argparse.Namespace, jpegs: list[str]) -> None:
+def extraction(args: argparse.Namespace, jpegs: list[str]) -> list[dict]:
     """Parts 1 and 2: the backends on images in memory, then the whole pass from the files."""
     import torch
 
-    from image_classification.inference import ImageFiles
+    from benchmarks.harness import ImageFiles
 
     backbone, spec = backbone_and_spec()
     dataset = ImageFiles(jpegs, spec)
     images = torch.stack([dataset[index][0] for index in range(len(jpegs))])
     print(f"\n1. Extraction on {len(images)} images in memory (efficientnet_lite0, batch 64, patches on grid {GRID}):")
-    in_memory(backbone, spec, images, args.rounds)
+    rates = in_memory(backbone, spec, images, args.rounds)
     files, what = jpegs, "1280x960 JPEGs"
     if args.files:
         found = sorted(str(p) for p in Path(args.files).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         step = max(1, len(found) // args.images)
         files, what = found[::step][: args.images], f"from {args.files}"
     print(f"\n2. Extraction from {len(files)} files ({what}), the whole pass:")
-    from_files(backbone, spec, files, [0, 2] if args.quick else [0, 1, 2, 3])
+    return ([{"arm": f"in memory, {name}, {threads} thread(s)", "img_s": rate} for (name, threads), rate in rates.items()]
+            + from_files(backbone, spec, files, [0, 2] if args.quick else [0, 1, 2, 3]))
 
 
 if __name__ == "__main__":

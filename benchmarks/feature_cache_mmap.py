@@ -13,8 +13,8 @@ loading; rounds interleaved, medians. The file is in the page cache for both way
 written, and each process reads it once before timing), so the times compare the loading itself,
 not the disk.
 
-    python benchmarks/feature_cache_mmap.py                 # 5,000 images (0.5 GB), 3 rounds (~1 min)
-    python benchmarks/feature_cache_mmap.py --images 20000  # 2 GB
+    python -m benchmarks.feature_cache_mmap                 # 5,000 images (0.5 GB), 3 rounds (~1 min)
+    python -m benchmarks.feature_cache_mmap --images 20000  # 2 GB
 """
 
 from __future__ import annotations
@@ -29,38 +29,31 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "src"))
-
-from image_classification.datasets import SafetensorsDataset  # noqa: E402
+from benchmarks import harness
+from image_classification.datasets import SafetensorsDataset
 
 USES = ("pooled", "head_input", "patches", "all")
-
-
-def peak_mib() -> float:
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return int(status["VmHWM"].split()[0]) / 1024
 
 
 def measure(path: str, way: str, use: str) -> None:
     """One child process: load the cache ``way`` and read ``use``; print load s, use s, extra peak MiB."""
     dataset = SafetensorsDataset(filepath=path, load_args={"mmap": True} if way == "mmap" else None)
-    before = peak_mib()
+    before = harness.peak_rss_mib()
     start = time.perf_counter()
     tensors = dataset.load()["tensors"]
     loaded = time.perf_counter()
     names = ("pooled", "head_input", "patches") if use == "all" else (use,)
     total = sum(float(tensors[name].sum(dtype=torch.float32)) for name in names)
     used = time.perf_counter()
-    print(f"{loaded - start:.4f} {used - loaded:.4f} {peak_mib() - before:.1f} {total:.3e}")
+    print(f"{loaded - start:.4f} {used - loaded:.4f} {harness.peak_rss_mib() - before:.1f} {total:.3e}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("PATH", "WAY", "USE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         measure(*args.child)
         return
@@ -79,20 +72,24 @@ def main() -> None:
         for _ in range(args.rounds):
             for use in USES:
                 for way in ("read", "mmap"):
-                    line = subprocess.run([sys.executable, __file__, "--child", path, way, use], check=True,
-                                          capture_output=True, text=True).stdout.split()
+                    line = subprocess.run([sys.executable, "-m", "benchmarks.feature_cache_mmap", "--child", path, way,
+                                           use], check=True, capture_output=True, text=True).stdout.split()
                     found.setdefault((use, way), []).append(tuple(float(value) for value in line[:3]))
     print(f"feature cache of {n:,} images ({size / 2**20:.0f} MiB: pooled, head_input, patches in float16), "
           f"{args.rounds} rounds, medians")
     print(f"{'reads':11s} {'way':5s} {'load s':>8s} {'use s':>8s} {'load+use':>9s} {'peak MiB':>9s}")
+    results = []
     for use in USES:
         rows = {}
         for way in ("read", "mmap"):
             load, use_s, peak = (statistics.median(column) for column in zip(*found[(use, way)]))
             rows[way] = (load + use_s, peak)
             print(f"{use:11s} {way:5s} {load:8.3f} {use_s:8.3f} {load + use_s:9.3f} {peak:9.0f}")
+            results.append({"arm": f"{use}, {way}", "load_s": load, "use_s": use_s, "load_use_s": load + use_s,
+                            "peak_mib": peak})
         print(f"{'':11s} read/mmap: time {rows['read'][0] / rows['mmap'][0]:.1f}x, "
               f"peak memory {rows['read'][1] / max(rows['mmap'][1], 1):.1f}x")
+    harness.write_results(args.results_file, "feature_cache_mmap", results, args)
 
 
 if __name__ == "__main__":

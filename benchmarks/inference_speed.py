@@ -13,8 +13,8 @@ size. Rounds interleave the backends, so a burst of load from elsewhere slows th
 each figure is the median over the calls of all rounds. It also prints how far the export's
 outputs are from PyTorch's on real photos (scikit-image's). Run it from the repository root:
 
-    python benchmarks/inference_speed.py                 # ~2-4 min on 2 cores
-    python benchmarks/inference_speed.py --rounds 2      # a quicker, noisier run
+    python -m benchmarks.inference_speed                 # ~2-4 min on 2 cores
+    python -m benchmarks.inference_speed --rounds 2      # a quicker, noisier run
 
 bf16 is left out: on a CPU without AVX-512 BF16 or AMX (this one has AVX2 only) it is emulated
 and slower than fp32.
@@ -22,14 +22,14 @@ and slower than fp32.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import warnings
 
 import torch
 
-from image_classification.export import BACKENDS, build_backend, export_onnx, parity
+from benchmarks import harness
+from benchmarks.harness import BACKENDS, build_backend, export_onnx, parity
 from image_classification.model import ImageClassifier, build_model
 
 BASELINE = "torch_nchw"
@@ -75,15 +75,18 @@ def time_calls(backend, images: torch.Tensor, threads: int, calls: int) -> list[
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="efficientnet_lite0", choices=["efficientnet_lite0", "mobilenet_v2"])
     parser.add_argument("--weights-path", default=None, help="state dict for mobilenet_v2 (see README)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds over every configuration")
     parser.add_argument("--seconds", type=float, default=1.5, help="rough time per configuration per round")
-    args = parser.parse_args()
+    parser.add_argument("--arms", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                        help=f"backends to time (default all; {BASELINE}, the baseline, always runs)")
+    args = parser.parse_args(argv)
+    arms = [name for name in BACKENDS if name in args.arms or name == BASELINE]
 
     model = classifier(args.backbone, args.weights_path)
     started = time.perf_counter()
@@ -94,7 +97,7 @@ def main() -> None:
           + ", ".join(f"{name} {value:.1e}" for name, value in differences.items()))
 
     backends = {(name, threads): build_backend(name, model, onnx_model, torch.device("cpu"), threads)
-                for name in BACKENDS for threads in args.threads}
+                for name in arms for threads in args.threads}
     inputs = {batch: torch.randn(batch, 3, 224, 224) for batch in args.batches}
     calls = {}
     for (name, threads), backend in backends.items():  # warm up, and size each measurement
@@ -114,7 +117,7 @@ def main() -> None:
           f"ratio to {LABELS[BASELINE]}:")
     header = f"{'backend':40s}" + "".join(f"{f'batch {batch}':>24s}" for batch in args.batches)
     print(header + "\n" + "-" * len(header))
-    for name in BACKENDS:
+    for name in arms:
         cells = []
         for batch in args.batches:
             best = max(args.threads, key=lambda threads: speed[name, threads, batch])
@@ -125,6 +128,11 @@ def main() -> None:
     print("\nAll thread counts (images/s):")
     for (name, threads, batch), value in sorted(speed.items()):
         print(f"  {name:12s} threads {threads}  batch {batch:3d}: {value:8.1f}")
+    harness.write_results(args.results_file, "inference_speed", [
+        {"arm": "onnx parity, 6 photos", **{f"max_difference_{name}": value for name, value in differences.items()}}] + [
+        {"arm": f"{name}, batch {batch}, {threads} thread(s)", "img_s": value,
+         "ratio_to_baseline": value / max(speed[BASELINE, t, batch] for t in args.threads)}
+        for (name, threads, batch), value in sorted(speed.items())], args)
 
 
 if __name__ == "__main__":

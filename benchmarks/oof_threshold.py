@@ -33,24 +33,21 @@ efficiency (test recall / oracle recall, per fold, then mean +- sd): what the ru
 rules are ``point`` and ``lower_bound`` at three confidence levels (``evaluate.bound_level``).
 ``--results-file`` appends every row as CSV.
 
-    python benchmarks/oof_threshold.py            # 5 x (1 + 5) fits per candidate (~15 min on 2 cores)
-    python benchmarks/oof_threshold.py --quick    # 2 outer folds, 2 inner, 3 epochs: a smoke run
+    python -m benchmarks.oof_threshold            # 5 x (1 + 5) fits per candidate (~15 min on 2 cores)
+    python -m benchmarks.oof_threshold --quick    # 2 outer folds, 2 inner, 3 epochs: a smoke run
 
 Global defects: ``--global-defects N`` good cells of each test fold are made all black, all white, one
 constant grey and heavily blurred; the ``pipeline auto`` rows say how many of them, and how many of
 defects-dev's dead cells (mean grey level under 10%), what evaluate serves accepts.
-    python benchmarks/oof_threshold.py --positional true   # the patch classifier's evaluate.patch_classifier_positional
-    python benchmarks/oof_threshold.py --backbone efficientnet_lite2 --cache /tmp/dq_lite2.safetensors
-        # EfficientNet-Lite2's features (the cache is defects_quality.py's for that backbone)
+    python -m benchmarks.oof_threshold --positional true   # the patch classifier's evaluate.patch_classifier_positional
+    python -m benchmarks.oof_threshold --backbone efficientnet_lite2 --cache /tmp/dq_lite2.safetensors
+        # EfficientNet-Lite2's features (the cache is defects_quality's for that backbone)
 
-Features come from defects_quality.py's cache (same file, same key).
+Features come from defects_quality's cache (same file, same key).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -60,36 +57,25 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageFilter
+from sklearn.metrics import average_precision_score
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
-os.environ["TQDM_DISABLE"] = "1"
-
-import defects_quality  # noqa: E402
-from sklearn.metrics import average_precision_score  # noqa: E402
-
-from image_classification.backbones import backbone_spec, build_backbone  # noqa: E402
-from image_classification.inference import extract_backbone_features  # noqa: E402
-from image_classification.baseline import BaselineWeights, LogisticBaseline  # noqa: E402
-from image_classification.candidates import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import (
     NAMES,
+    extract_backbone_features,
     fit_patch_classifier,
     fold_scores,
     grouped_folds,
     held_out_patch_classifier,
 )
-from image_classification.fold_stack import GlobalGate, fit_fold_stack, input_logits  # noqa: E402
-from image_classification.metrics import (  # noqa: E402
-    metrics_at_threshold,
-    oracle_recall,
-    recall_efficiency,
-    select_threshold,
-)
-from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
-from image_classification.parameters.train import TrainConfig  # noqa: E402
-from image_classification.patches import grid_of  # noqa: E402
-from image_classification.pipelines.evaluate.nodes import choose_operating_point  # noqa: E402
+from image_classification.backbones import backbone_spec, build_backbone
+from image_classification.baseline import BaselineWeights, LogisticBaseline
+from image_classification.fold_stack import GlobalGate, fit_fold_stack, input_logits
+from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency, select_threshold
+from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.parameters.train import TrainConfig
+from image_classification.patches import grid_of
+from image_classification.pipelines.evaluate.nodes import choose_operating_point
 
 RULES = (("point", 0.95), ("lower_bound", 0.8), ("lower_bound", 0.9), ("lower_bound", 0.95))
 ARMS = ("split", "oof -> split model", "oof -> ensemble")
@@ -302,27 +288,28 @@ def measure(fold: dict, name: str, arm: str, rule: tuple[str, float], y: np.ndar
     return _figures(y[fold["test"]], tested, threshold, evaluate.target_precision, name)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=defects_quality.DATA)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=harness.DEFECTS_DEV)
     parser.add_argument("--outer", type=int, default=5)
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
+    parser.add_argument("--cache", type=Path, default=harness.DEFECTS_DEV_CACHE)
     parser.add_argument("--quick", action="store_true", help="2 outer folds, 2 inner, 3 epochs")
-    parser.add_argument("--results-file", type=Path, help="append every fold's row to this CSV")
     parser.add_argument("--global-defects", type=int, default=10,
                         help="good test cells per outer fold made into each global defect (0: none)")
     parser.add_argument("--positional", choices=["true", "false"],
                         help="evaluate.patch_classifier_positional (default: the project's), to compare both")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    harness.quiet_progress()
     if args.quick:
         args.outer, args.inner, args.epochs = 2, 2, 3
-    manifest, y, groups = defects_quality.labelled(args.data, args.threads)
-    feats = defects_quality.features(manifest, args.data, args.backbone, 14, args.cache)
+    manifest, y, groups = harness.defects_dev(args.data)
+    torch.set_num_threads(args.threads)
+    feats = harness.defects_dev_features(manifest, args.data, args.backbone, 14, args.cache)
     evaluate = EvaluateConfig(target_precision=args.target)
     if args.positional:
         evaluate = replace(evaluate, patch_classifier_positional=args.positional == "true")
@@ -377,12 +364,10 @@ def main() -> None:
                       f"{mean_sd([r['recall'] for r in rows]):>14s} {mean_sd(precisions):>15s} "
                       f"{np.nanmin(precisions) if not np.isnan(precisions).all() else np.nan:8.3f} {held:>4d}/{len(rows)} {mean_sd([r['oracle'] for r in rows]):>14s} "
                       f"{mean_sd([r['efficiency'] for r in rows]):>14s}{note}", flush=True)
-                results += [{"candidate": name, "arm": arm, "rule": rule_name, "fold": number, **row}
+                results += [{"arm": f"{name} | {arm} | {rule_name}", "fold": number, "served": row["candidate"],
+                             **{key: value for key, value in row.items() if key != "candidate"}}
                             for number, row in enumerate(rows)]
-    if args.results_file:
-        pd.DataFrame(results).to_csv(args.results_file, mode="a", index=False,
-                                     header=not args.results_file.exists())
-        print(f"rows appended to {args.results_file}")
+    harness.write_results(args.results_file, "oof_threshold", results, args)
 
 
 if __name__ == "__main__":

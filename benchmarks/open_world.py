@@ -21,14 +21,14 @@ everything accepted, closed set and with unseen kinds at 10% of the images
 knn_pooled on the binary head, 95% of validation images; the default now is the binary head with the
 fused flag (fisher) keeping 98% of the accepted valid validation images.
 
-    python benchmarks/open_world.py                 # 5 seeds, 30 epochs (~8 min on 2 cores)
-    python benchmarks/open_world.py --quick         # 2 seeds, 3 epochs: a smoke run
-    python benchmarks/open_world.py --seeds 42 --heads fine --fine-tune 1   # the last backbone block
+    python -m benchmarks.open_world                 # 5 seeds, 30 epochs (~8 min on 2 cores)
+    python -m benchmarks.open_world --quick         # 2 seeds, 3 epochs: a smoke run
+    python -m benchmarks.open_world --seeds 42 --heads fine --fine-tune 1   # the last backbone block
         # fine-tuned (train.trainable_blocks, augment flip) with the fine-class output (~5 min per seed on 2 cores)
-    python benchmarks/open_world.py --seeds 42 --heads fine --fine-tune 9 --input-size 128 --augment photo \
+    python -m benchmarks.open_world --seeds 42 --heads fine --fine-tune 9 --input-size 128 --augment photo \
         --schedule one_cycle --backbone-lr 3e-4 --patience none --epochs 15 --cache /tmp/ow128.safetensors
         # the whole backbone, at 128 px (model.input_size), one-cycle rates (~10 min per seed)
-    python benchmarks/open_world.py --backbone efficientnet_lite2 --cache /tmp/ow_lite2.safetensors
+    python -m benchmarks.open_world --backbone efficientnet_lite2 --cache /tmp/ow_lite2.safetensors
         # EfficientNet-Lite2's features (model.backbone) in place of Lite0's (~9 min)
 
 The backbone features are cached in --cache (default /tmp/open_world_features.safetensors).
@@ -36,108 +36,35 @@ The backbone features are cached in --cache (default /tmp/open_world_features.sa
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import os
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "src"))
-os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the printed report
-
-from kedro.config import OmegaConfigLoader  # noqa: E402
-
-from image_classification.anomaly import FUSIONS, calibrate_threshold, separation_metrics  # noqa: E402
-from image_classification.artefacts import FeatureCache, OperatingPoint  # noqa: E402
-from image_classification.datasets import SafetensorsDataset  # noqa: E402
-from image_classification.demo import ensure_demo  # noqa: E402
-from image_classification.errors import DataError  # noqa: E402
-from image_classification.parameters.data_prep import SplitFractions  # noqa: E402
-from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
-from image_classification.parameters.shared import ModelConfig  # noqa: E402
-from image_classification.parameters.train import TrainConfig  # noqa: E402
-from image_classification.parameters.zero_shot import ZeroShotConfig  # noqa: E402
-from image_classification.pipelines.data_prep.nodes import (  # noqa: E402
-    build_image_index,
-    check_images,
-    group_duplicates,
-    list_image_candidates,
-    split_images,
-)
-from image_classification.pipelines.evaluate.nodes import (  # noqa: E402
-    choose_operating_point,
-    score_images,
-)
-from image_classification.pipelines.score.nodes import score_index  # noqa: E402
-from image_classification.pipelines.train.nodes import (  # noqa: E402
-    extract_features,
-    train_classifier,
-)
-from image_classification.pipelines.zero_shot.nodes import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import FUSIONS, calibrate_threshold, separation_metrics
+from image_classification.artefacts import OperatingPoint
+from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.parameters.shared import ModelConfig
+from image_classification.parameters.train import TrainConfig
+from image_classification.parameters.zero_shot import ZeroShotConfig
+from image_classification.pipelines.evaluate.nodes import choose_operating_point, score_images
+from image_classification.pipelines.score.nodes import score_index
+from image_classification.pipelines.train.nodes import train_classifier
+from image_classification.pipelines.zero_shot.nodes import (
     calibration_images,
     decide_images,
     measure_detectors,
     score_anomalies,
 )
-from image_classification.settings import CONFIG_LOADER_ARGS  # noqa: E402
-from image_classification.training import NoResume  # noqa: E402
+from image_classification.training import NoResume
 
-DATA = REPO_ROOT.parent / "shared" / "datasets" / "cifar10-dev"
 NEAR, FAR = ("frog", "horse"), ("digit", "photo", "texture")
 BASELINE = ("binary", "knn_pooled", "validation 0.95")
 CLASSIFIER = ["test_auroc", "test_recall", "test_precision"]
-
-
-def parameters() -> dict:
-    """The parameters of ``kedro run --env cifar10_dev`` (its keys over base's, as the project merges them)."""
-    loader = OmegaConfigLoader(conf_source=str(REPO_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "cifar10_dev"})
-    return loader["parameters"]
-
-
-def grouped_images(params: dict) -> pd.DataFrame:
-    """data_prep up to the split: the cifar10_dev source, checked and grouped (seed-independent)."""
-    source = dict(params["data_prep"]["source"]) | {"root": str(DATA),
-                                                    "zero_shot_root": str(ensure_demo(Path("/tmp/open_world_demo")) / "unseen")}
-    candidates, skipped = list_image_candidates(source, "unused")
-    checked, rejected = check_images(candidates, skipped, params["data_prep"]["image_checks"])
-    grouped, _, _ = group_duplicates(checked, rejected, int(params["data_prep"]["near_duplicate_max_distance"]))
-    return grouped
-
-
-def split_indices(params: dict, seeds: list[int]) -> Iterator[tuple[int, pd.DataFrame]]:
-    """Per split seed, data_prep's image index of that split, rows in the first seed's order (the
-    feature cache's order, which the split does not change)."""
-    grouped, order = grouped_images(params), None
-    for seed in seeds:
-        index = build_image_index(split_images(grouped, SplitFractions(**params["data_prep"]["split"]), seed))
-        order = index["path"].tolist() if order is None else order
-        yield seed, index.set_index("path").loc[order].reset_index()
-
-
-def cached_features(index: pd.DataFrame, model: ModelConfig, runtime: dict, train: TrainConfig, cache: Path) -> dict:
-    """The train stage's feature cache of every image (the split does not change it)."""
-    dataset = SafetensorsDataset(filepath=str(cache))
-    if cache.is_file():
-        payload = dataset.load()
-        try:  # the check the pipeline makes of a cache: these images, this backbone, head input and size
-            FeatureCache.from_payload(payload).check(index, model.backbone, model.head_input,
-                                                     input_size=model.spec.input_size)
-            print(f"features from {cache}")
-            return payload
-        except DataError as error:
-            print(f"{cache} not reused: {error}")
-    start = time.perf_counter()
-    payload = extract_features(index, model, runtime, 0, dataclasses.replace(train, patch_grid=0))
-    print(f"extracted {len(index)} images in {time.perf_counter() - start:.0f} s")
-    dataset.save(payload)
-    return payload
 
 
 CALIBRATIONS = (("validation", 0.95), ("validation", 0.97), ("accepted_valid", 0.95), ("accepted_valid", 0.97),
@@ -203,13 +130,13 @@ def detector_rows(config: ZeroShotConfig, names: list[str], scored: dict, checkp
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="2 seeds, 3 epochs")
     parser.add_argument("--out", type=Path, help="also write every seed's figures to this CSV")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/open_world_features.safetensors"))
+    parser.add_argument("--cache", type=Path, default=harness.CIFAR10_DEV_CACHE)
     parser.add_argument("--heads", nargs="+", choices=["binary", "fine"], default=["binary", "fine"])
     parser.add_argument("--fine-tune", type=int, default=0, metavar="BLOCKS",
                         help="fine-tune this many last backbone blocks (train.trainable_blocks) with --augment")
@@ -221,16 +148,17 @@ def main() -> None:
     parser.add_argument("--patience", type=lambda v: None if v == "none" else int(v), default=5,
                         help="train.patience, or none (default 5)")
     parser.add_argument("--report", type=Path, help="print the report of a CSV that --out wrote, and stop")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    harness.quiet_progress()
     if args.report:
         frame = pd.read_csv(args.report)
         report(frame, sorted(frame["seed"].unique().tolist()), args.epochs)
         return
-    if not DATA.is_dir():
-        raise SystemExit(f"{DATA} is missing: this benchmark needs the cifar10-dev images")
+    if not harness.CIFAR10_DEV.is_dir():
+        raise SystemExit(f"{harness.CIFAR10_DEV} is missing: this benchmark needs the cifar10-dev images")
     seeds, epochs = (args.seeds[:2], 3) if args.quick else (args.seeds, args.epochs)
     logging.basicConfig(level=logging.WARNING)
-    params = parameters()
+    params = harness.cifar10_dev_parameters()
     model = ModelConfig(**params["model"] | {"input_size": args.input_size}
                         | ({"backbone": args.backbone} if args.backbone else {}))
     runtime = dict(params["runtime"]) | {"dask": None}
@@ -241,8 +169,8 @@ def main() -> None:
         train = dataclasses.replace(train, backbone_learning_rate=args.backbone_lr)
     rows = []
     start = time.perf_counter()
-    for seed, index in split_indices(params, seeds):
-        features = cached_features(index, model, runtime, train, args.cache)
+    for seed, index in harness.cifar10_dev_splits(params, seeds):
+        features = harness.cifar10_dev_features(index, model, runtime, train, args.cache)
         for head, weight in (("binary", 0.0), ("fine", 1.0)):
             if head not in args.heads:
                 continue
@@ -257,6 +185,10 @@ def main() -> None:
     if args.out:
         frame.to_csv(args.out, index=False)
     report(frame, seeds, epochs)
+    harness.write_results(args.results_file, "open_world", [
+        {"arm": f"{row['head']} | {row['detector']} | {row['calibration']}", "fold": row["seed"],
+         **{key: value for key, value in row.items() if key not in ("head", "detector", "calibration", "seed")}}
+        for row in rows], args)
 
 
 def report(frame: pd.DataFrame, seeds: list[int], epochs: int) -> None:

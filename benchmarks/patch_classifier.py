@@ -24,16 +24,14 @@ those by ``point`` and ``lower_bound``, and applied to the split fit (train rows
 the five inner fits, and one refit on the whole labelled rest. Per rule and arm: test AUROC, recall,
 precision and in how many folds it reached 0.90.
 
-    python benchmarks/patch_classifier.py                # ~6 min on 2 cores after a 15 s extraction
-    python benchmarks/patch_classifier.py --quick        # 2 folds, 1 seed, fewer variants
-    python benchmarks/patch_classifier.py --thresholds   # ~4 min
+    python -m benchmarks.patch_classifier                # ~6 min on 2 cores after a 15 s extraction
+    python -m benchmarks.patch_classifier --quick        # 2 folds, 1 seed, fewer variants
+    python -m benchmarks.patch_classifier --thresholds   # ~4 min
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -41,21 +39,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from defects_quality import DATA, features, labelled  # noqa: E402
-
-from image_classification import patches as patch_module  # noqa: E402
-from image_classification.baseline import LogisticBaseline  # noqa: E402
-from image_classification.candidates import grouped_folds  # noqa: E402
-from image_classification.metrics import (  # noqa: E402
-    metrics_at_threshold,
-    oracle_recall,
-    recall_efficiency,
-    select_threshold,
-)
-from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
-from image_classification.patches import PatchClassifier, PatchMemory  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import grouped_folds
+from image_classification import patches as patch_module
+from image_classification.baseline import LogisticBaseline
+from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency, select_threshold
+from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.patches import PatchClassifier, PatchMemory
 
 VARIANTS = {
     "project: 30 epochs, 64 hidden, top 10, dropout per image": {},
@@ -96,8 +86,9 @@ def fit(patches: torch.Tensor, targets: np.ndarray, seed: int, settings: dict) -
         patch_module.ImageDropout = shared
 
 
-def thresholds(patches: torch.Tensor, y: np.ndarray, groups: np.ndarray, folds: int) -> None:
-    """The out-of-fold threshold of the patch classifier, applied three ways (see the module's text)."""
+def thresholds(patches: torch.Tensor, y: np.ndarray, groups: np.ndarray, folds: int) -> list[dict]:
+    """The out-of-fold threshold of the patch classifier, applied three ways (see the module's text); its rows."""
+    results = []
     for rule in ("point", "lower_bound"):
         settings = EvaluateConfig(rule=rule).rule_settings
         found: dict[str, list[tuple[float, float, float]]] = {}
@@ -127,27 +118,35 @@ def thresholds(patches: torch.Tensor, y: np.ndarray, groups: np.ndarray, folds: 
                   f"{np.nanmean(efficiency):.3f} +- {np.nanstd(efficiency, ddof=1):.3f}), precision "
                   f"{np.nanmean(precision):.3f} (lowest {np.nanmin(precision):.3f}), >= 0.90 in "
                   f"{int((precision >= 0.9).sum())}/{len(precision)} folds", flush=True)
+            results += [{"arm": f"threshold {rule} | {arm}", "fold": fold, "auroc": values[fold][0],
+                         "recall": values[fold][1], "precision": values[fold][2], "oracle": values[fold][3],
+                         "efficiency": values[fold][4]} for fold in range(len(values))]
+    return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cache", type=Path, default=harness.DEFECTS_DEV_CACHE)
+    parser.add_argument("--quick", action="store_true", help="2 folds, 1 seed, 3 variants")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
+                        help="the arms, by their printed names (default all, or 3 with --quick)")
     parser.add_argument("--thresholds", action="store_true", help="the out-of-fold threshold, applied three ways")
-    args = parser.parse_args()
-    variants = {k: v for k, v in VARIANTS.items() if k in QUICK} if args.quick else VARIANTS
+    args = parser.parse_args(argv)
+    chosen = args.variants or (QUICK if args.quick else list(VARIANTS))
+    variants = {k: v for k, v in VARIANTS.items() if k in chosen}
     if args.quick:
         args.folds, args.seeds = 2, 1
-    manifest, y, groups = labelled(DATA, 2)
-    feats = features(manifest, DATA, "efficientnet_lite0", 14, args.cache)
+    manifest, y, groups = harness.defects_dev()
+    torch.set_num_threads(2)
+    feats = harness.defects_dev_features(manifest, harness.DEFECTS_DEV, "efficientnet_lite0", 14, args.cache)
     patches, pooled = feats["patches"], feats["pooled"].float().numpy()
     if args.thresholds:
-        thresholds(patches, y, groups, args.folds)
+        harness.write_results(args.results_file, "patch_classifier", thresholds(patches, y, groups, args.folds), args)
         return
     evaluate = EvaluateConfig()
-    test_auc, val_auc, seconds = {}, {}, {}
+    test_auc, val_auc, seconds, results = {}, {}, {}, []
     for number, rows in enumerate(grouped_folds(y, groups, args.folds, seed=42)):
         train, val, test = rows["train"], rows["val"], rows["test"]
         baseline = LogisticBaseline(evaluate.baseline_c_grid, evaluate.target_precision, 42).fit(
@@ -158,6 +157,8 @@ def main() -> None:
                             ("reference: PatchCore-style memory", lambda r: -memory.anomaly_scores(patches[r]))):
             test_auc.setdefault(name, []).append(roc_auc_score(y[test], score(test)))
             val_auc.setdefault(name, []).append(roc_auc_score(y[val], score(val)))
+            results.append({"arm": name, "fold": number, "test_auroc": test_auc[name][-1],
+                            "val_auroc": val_auc[name][-1]})
         for name, settings in variants.items():
             for seed in range(args.seeds):
                 start = time.perf_counter()
@@ -166,6 +167,8 @@ def main() -> None:
                 for split, found in ((test, test_auc), (val, val_auc)):
                     found.setdefault(name, []).append(roc_auc_score(y[split], classifier.scores(
                         view(patches[split], settings))))
+                results.append({"arm": name, "fold": f"{number} seed {seed}", "test_auroc": test_auc[name][-1],
+                                "val_auroc": val_auc[name][-1], "seconds": seconds[name][-1]})
         print(f"fold {number + 1} of {args.folds} done", flush=True)
     print(f"\ndefects-dev, efficientnet_lite0 patches (grid 14), {args.folds} grouped folds x {args.seeds} seeds")
     print(f"{'variant':58s} {'test AUROC':>15s} {'val AUROC':>15s} {'s per fit':>9s}")
@@ -173,6 +176,7 @@ def main() -> None:
         line = (f"{name:58s} {np.mean(test_auc[name]):.3f} +- {np.std(test_auc[name], ddof=1):.3f} "
                 f"{np.mean(val_auc[name]):.3f} +- {np.std(val_auc[name], ddof=1):.3f}")
         print(line + (f" {statistics.median(seconds[name]):9.1f}" if name in seconds else ""))
+    harness.write_results(args.results_file, "patch_classifier", results, args)
 
 
 if __name__ == "__main__":

@@ -13,22 +13,18 @@ images and 1,200 scored images of 14x14 patches of 152 channels); ``--cache`` re
 feature cache instead (a run's data/04_feature/backbone_features.safetensors: its first ``--train``
 images fill the memory and the next ``--scored`` are scored, whatever their split).
 
-    python benchmarks/patch_scoring.py              # ~2 min on 2 cores
+    python -m benchmarks.patch_scoring              # ~2 min on 2 cores
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from image_classification.patches import PatchMemory  # noqa: E402
+from benchmarks import harness
+from image_classification.patches import PatchMemory
 
 
 def distances_before(memory: PatchMemory, patches: torch.Tensor, batch: int = 64) -> torch.Tensor:
@@ -44,14 +40,14 @@ def distances_before(memory: PatchMemory, patches: torch.Tensor, batch: int = 64
     return torch.cat(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--cache", type=Path, help="a train feature cache (safetensors) to take the patches from")
     parser.add_argument("--train", type=int, default=1400, help="valid train images in the memory")
     parser.add_argument("--scored", type=int, default=1200, help="images scored")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.cache:
         from safetensors.torch import load_file
@@ -75,23 +71,21 @@ def main() -> None:
         for start in range(0, len(flat) - 511, 512):
             torch.mm(flat[start:start + 512], bank_t, out=block)
 
-    times: dict[str, list[float]] = {"before": [], "now": [], "matmul floor": []}
-    results = {}
-    for _ in range(args.rounds):
-        for name, run in (("before", lambda: distances_before(memory, scored)),
-                          ("now", lambda: memory.distances(scored)),
-                          ("matmul floor", matmul_alone)):
-            start = time.perf_counter()
-            results[name] = run()
-            times[name].append(time.perf_counter() - start)
+    times, results = harness.interleaved({"before": lambda: distances_before(memory, scored),
+                                          "now": lambda: memory.distances(scored),
+                                          "matmul floor": matmul_alone}, args.rounds)
     before, now = results["before"], results["now"]
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = harness.medians(times)
     for name, seconds in median.items():
         print(f"  {name:13s} {seconds:6.2f} s (median of {args.rounds}; {len(scored) / seconds:7.1f} img/s)")
     print(f"now is {median['before'] / median['now']:.2f}x faster than before, "
           f"{median['now'] / median['matmul floor']:.2f}x the matrix product alone; "
           f"largest difference of a distance {float((before - now).abs().max()):.2e} "
           f"(largest distance {float(before.max()):.2f})")
+    harness.write_results(args.results_file, "patch_scoring", [
+        {"arm": name, "seconds": seconds, "img_s": len(scored) / seconds,
+         **({"largest_difference": float((before - now).abs().max())} if name == "now" else {})}
+        for name, seconds in median.items()], args)
 
 
 if __name__ == "__main__":

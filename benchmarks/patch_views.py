@@ -15,13 +15,12 @@ Per variant: mean +- sd of test and validation AUROC over the folds, and the per
 Choose on the validation column. Extraction takes 8 passes plus 4 (about 3 min on 2 cores with ONNX
 Runtime), the fits about 5 min.
 
-    python benchmarks/patch_views.py
+    python -m benchmarks.patch_views
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,16 +30,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from defects_quality import DATA, labelled  # noqa: E402
-
-from image_classification.backbones import backbone_spec, build_backbone  # noqa: E402
-from image_classification.baseline import LogisticBaseline  # noqa: E402
-from image_classification.candidates import grouped_folds  # noqa: E402
-from image_classification.inference import extract_backbone_features  # noqa: E402
-from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
-from image_classification.patches import PatchClassifier  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import extract_backbone_features, grouped_folds
+from image_classification.backbones import backbone_spec, build_backbone
+from image_classification.baseline import LogisticBaseline
+from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.patches import PatchClassifier
 
 ORIENTATIONS = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_90,
                 Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE,
@@ -63,8 +58,11 @@ def logit(scores: np.ndarray) -> np.ndarray:
     return np.log(scores) - np.log1p(-scores)
 
 
-def main() -> None:
-    manifest, y, groups = labelled(DATA, 2)
+def main(argv: list[str] | None = None) -> None:
+    args = harness.parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    manifest, y, groups = harness.defects_dev()
+    torch.set_num_threads(2)
+    data = harness.DEFECTS_DEV
     start = time.perf_counter()
     views = []
     with tempfile.TemporaryDirectory() as folder:
@@ -72,11 +70,11 @@ def main() -> None:
             paths = []
             for path in manifest["path"]:
                 target = Path(folder) / f"{number}_{path.replace('/', '_')}"
-                with Image.open(DATA / path) as image:
+                with Image.open(data / path) as image:
                     (image if orientation is None else image.transpose(orientation)).save(target)
                 paths.append(str(target))
             views.append(extract(paths, 224, 14))
-    sizes = {f"{size} px, grid {grid}": extract([str(DATA / p) for p in manifest["path"]], size, grid)
+    sizes = {f"{size} px, grid {grid}": extract([str(data / p) for p in manifest["path"]], size, grid)
              for size, grid in SIZES}
     print(f"extracted 8 orientations and {len(SIZES)} sizes in {time.perf_counter() - start:.0f} s", flush=True)
     sizes = {"224 px, grid 14 (the pipeline)": views[0], **sizes}
@@ -122,6 +120,9 @@ def main() -> None:
         t, v = np.array(splits["test"]), np.array(splits["val"])
         print(f"{name:52s} {t.mean():.3f} +- {t.std(ddof=1):.3f} {v.mean():.3f} +- {v.std(ddof=1):.3f}  "
               + " ".join(f"{value:.3f}" for value in t))
+    harness.write_results(args.results_file, "patch_views", [
+        {"arm": name, "fold": fold, "test_auroc": splits["test"][fold], "val_auroc": splits["val"][fold]}
+        for name, splits in found.items() for fold in range(len(splits["test"]))], args)
 
 
 if __name__ == "__main__":

@@ -17,58 +17,44 @@ Per data set and patience it prints mean +- sd of the training time, the epochs 
 test AUROC, recall and precision, and in how many splits test precision reached the target; then
 per split, whether each patience kept the same best epoch as the longest one.
 
-    python benchmarks/patience.py                      # patience 10, 5, 3 (~25 min on 2 cores after extraction)
-    python benchmarks/patience.py --patience 10 5 --quick   # 2 seeds and folds: a smoke run
+    python -m benchmarks.patience                      # patience 10, 5, 3 (~25 min on 2 cores after extraction)
+    python -m benchmarks.patience --patience 10 5 --quick   # 2 seeds and folds: a smoke run
 
-Features are cached as open_world.py and defects_quality.py cache them (same files, same keys).
+Features are cached as open_world and defects_quality cache them (same files, same keys).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
-os.environ.setdefault("TQDM_DISABLE", "1")
-
-import defects_quality  # noqa: E402
-import open_world  # noqa: E402
-
-from image_classification.candidates import fit_head, fold_figures, grouped_folds  # noqa: E402
-from image_classification.inference import head_outputs  # noqa: E402
-from image_classification.metrics import metrics_at_threshold  # noqa: E402
-from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
-from image_classification.parameters.shared import ModelConfig  # noqa: E402
-from image_classification.parameters.train import TrainConfig  # noqa: E402
-from image_classification.pipelines.evaluate.nodes import (  # noqa: E402
-    choose_operating_point,
-    score_images,
-)
-from image_classification.pipelines.score.nodes import score_index  # noqa: E402
-from image_classification.pipelines.train.nodes import train_classifier  # noqa: E402
-from image_classification.training import NoResume  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import fit_head, fold_figures, grouped_folds, head_outputs
+from image_classification.metrics import metrics_at_threshold
+from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.parameters.shared import ModelConfig
+from image_classification.parameters.train import TrainConfig
+from image_classification.pipelines.evaluate.nodes import choose_operating_point, score_images
+from image_classification.pipelines.score.nodes import score_index
+from image_classification.pipelines.train.nodes import train_classifier
+from image_classification.training import NoResume
 
 
 def cifar_rows(seeds: list[int], patiences: list[int | None], cache: Path) -> list[dict]:
     """Per split seed and patience: the train node's time and epochs, and the head's test figures."""
-    params = open_world.parameters()
+    params = harness.cifar10_dev_parameters()
     model = ModelConfig(**params["model"])
     runtime = dict(params["runtime"]) | {"dask": None}
     evaluate = EvaluateConfig(**{**params["evaluate"], "operating_candidate": "model"})  # the head's threshold
     rows = []
-    for seed, index in open_world.split_indices(params, seeds):
+    for seed, index in harness.cifar10_dev_splits(params, seeds):
         for patience in patiences:
             train = TrainConfig(**{**params["train"], "patience": patience})
-            features = open_world.cached_features(index, model, runtime, train, cache)
+            features = harness.cifar10_dev_features(index, model, runtime, train, cache)
             start = time.perf_counter()
             checkpoint, history = train_classifier(features, index, model, train, runtime, seed, NoResume())
             seconds = time.perf_counter() - start
@@ -87,9 +73,8 @@ def cifar_rows(seeds: list[int], patiences: list[int | None], cache: Path) -> li
 
 def defects_rows(folds: int, patiences: list[int | None], cache: Path) -> list[dict]:
     """Per grouped fold and patience: the head's training time and epochs, and its test figures."""
-    manifest = pd.read_csv(defects_quality.DATA / "manifest.csv")
-    targets = (manifest["label"] == "valid").to_numpy().astype(int)
-    head_input = defects_quality.features(manifest, defects_quality.DATA, "efficientnet_lite0", 14, cache)["head_input"]
+    manifest, targets, _ = harness.defects_dev()
+    head_input = harness.defects_dev_features(manifest, harness.DEFECTS_DEV, "efficientnet_lite0", 14, cache)["head_input"]
     evaluate, rows = EvaluateConfig(), []
     for number, split_rows in enumerate(grouped_folds(targets, manifest["group"].to_numpy(), folds, seed=42)):
         seed = 42 + number  # as candidates.cross_validate seeds each fold
@@ -107,16 +92,17 @@ def defects_rows(folds: int, patiences: list[int | None], cache: Path) -> list[d
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--patience", type=lambda v: None if v == "none" else int(v), nargs="+", default=[10, 5, 3],
                         help="patience values to compare, the first one the reference ('none': no early stopping)")
     parser.add_argument("--quick", action="store_true", help="2 seeds and folds")
     parser.add_argument("--target", type=float, default=0.9)
-    parser.add_argument("--cifar-cache", type=Path, default=Path("/tmp/open_world_features.safetensors"))
-    parser.add_argument("--defects-cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
-    args = parser.parse_args()
-    for data in (open_world.DATA, defects_quality.DATA):
+    parser.add_argument("--cifar-cache", type=Path, default=harness.CIFAR10_DEV_CACHE)
+    parser.add_argument("--defects-cache", type=Path, default=harness.DEFECTS_DEV_CACHE)
+    args = parser.parse_args(argv)
+    harness.quiet_progress()
+    for data in (harness.CIFAR10_DEV, harness.DEFECTS_DEV):
         if not data.is_dir():
             raise SystemExit(f"{data} is missing: this benchmark needs both dev sets in ../shared/datasets")
     logging.basicConfig(level=logging.WARNING)
@@ -142,6 +128,10 @@ def main() -> None:
     for data, row in totals.iterrows():
         print(f"  {data}: " + ", ".join(f"patience {p} {s:.0f} s ({row.iloc[0] / s:.2f}x)" for p, s in row.items()))
     print("\nPer split:\n" + frame.round(4).to_string(index=False))
+    harness.write_results(args.results_file, "patience", [
+        {"arm": f"{row['data']}, patience {row['patience']}", "fold": row["split"],
+         **{key: value for key, value in row.items() if key not in ("data", "patience", "split")}}
+        for row in frame.to_dict("records")], args)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ peaks should barely move while N grows fourfold.
 
 Run it from the repository root:
 
-    python benchmarks/predict_end_to_end.py                                 # speed over 2,000 images
-    python benchmarks/predict_end_to_end.py --images 0 --memory 5000 20000  # memory only (~30+ min on 2 cores)
-    python benchmarks/predict_end_to_end.py --images 500 --memory 500 2000  # a quick run of both
+    python -m benchmarks.predict_end_to_end                                 # speed over 2,000 images
+    python -m benchmarks.predict_end_to_end --images 0 --memory 5000 20000  # memory only (~30+ min on 2 cores)
+    python -m benchmarks.predict_end_to_end --images 500 --memory 500 2000  # a quick run of both
 
 The model is efficientnet_lite0 with its ImageNet weights and an untrained head (speed and memory
 do not depend on the head's values); the anomaly detector is a kNN on 1,000 pooled-feature
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -40,85 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_images(folder: Path, count: int, distinct: int, size: tuple[int, int] = (1280, 960)) -> None:
-    """``count`` JPEGs in ``folder`` (kept between calls): ``distinct`` generated ones, then hard links."""
-    import numpy as np
-    import skimage.data
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket(),
-              skimage.data.immunohistochemistry(), skimage.data.hubble_deep_field()]
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        path = folder / f"image_{index:06d}.jpg"
-        if path.exists():
-            continue
-        if index >= distinct:
-            os.link(folder / f"image_{index % distinct:06d}.jpg", path)
-            continue
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
-        top, left = rng.integers(0, height // 4), rng.integers(0, width // 4)
-        crop = Image.fromarray(photo[top : top + height * 3 // 4, left : left + width * 3 // 4])
-        pixels = np.asarray(crop.resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
-        pixels = np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
-
-
-def image_folder(workdir: Path, count: int, distinct: int) -> Path:
-    """A folder holding exactly ``count`` images (hard links into the shared pool of images)."""
-    pool = workdir / "images"
-    make_images(pool, count, distinct)
-    folder = workdir / f"images_{count}"
-    folder.mkdir(exist_ok=True)
-    for index in range(count):
-        link = folder / f"image_{index:06d}.jpg"
-        if not link.exists():
-            os.link(pool / link.name, link)
-    return folder
-
-
-def prepare_inputs(workdir: Path) -> float:
-    """Write a checkpoint, its ONNX export and a detector to ``workdir``; return the export's seconds.
-
-    Remade on every run, so an export never outlives a change to the model code.
-    """
-    import numpy as np
-    import torch
-
-    from image_classification.anomaly import DetectorState, KNNDetector
-    from image_classification.artefacts import Checkpoint
-    from image_classification.datasets import SafetensorsDataset
-    from image_classification.backbones import backbone_spec
-    from image_classification.model import build_model
-    from image_classification.pipelines.predict.nodes import PredictConfig, export_onnx_model
-
-    torch.manual_seed(0)
-    spec = backbone_spec("efficientnet_lite0")
-    metadata = {"backbone": spec.name, "weights": "imagenet", "input_size": spec.input_size, "fine_tuned_blocks": 0,
-                "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}}
-    checkpoint = Checkpoint.from_model(build_model(), **metadata).to_payload()
-    SafetensorsDataset(filepath=str(workdir / "checkpoint.safetensors")).save(checkpoint)
-    reference = np.random.default_rng(0).random((1000, 1280))
-    state = DetectorState.of(KNNDetector(k=5).fit(reference, np.zeros(1000)), "knn_pooled", "pooled", 0.8).to_payload()
-    SafetensorsDataset(filepath=str(workdir / "detector.safetensors")).save(state)
-    started = time.perf_counter()
-    (workdir / "model.onnx").write_bytes(export_onnx_model(checkpoint, {"threshold": 0.5}, PredictConfig()))
-    return time.perf_counter() - started
-
-
-def load_inputs(workdir: Path) -> dict:
-    """What :func:`prepare_inputs` wrote, as predict's nodes take it."""
-    from image_classification.datasets import SafetensorsDataset
-
-    return {"model_checkpoint": SafetensorsDataset(filepath=str(workdir / "checkpoint.safetensors")).load(),
-            "anomaly_detector": SafetensorsDataset(filepath=str(workdir / "detector.safetensors")).load(),
-            "onnx_model": (workdir / "model.onnx").read_bytes(),
-            "operating_point": {"threshold": 0.5, "backbone": "efficientnet_lite0"}}
+from benchmarks import harness
+from benchmarks.harness import image_folder
+from benchmarks.harness import load_predict_inputs as load_inputs
+from benchmarks.harness import prepare_predict_inputs as prepare_inputs
 
 
 def config(folder: Path, args: argparse.Namespace, workers: int):
@@ -153,8 +77,7 @@ def floor_and_decoding(folder: Path, inputs: dict, predict, backend_name: str, c
     """Images/s of the backend on images already in memory, and of decoding alone."""
     import torch
 
-    from image_classification.export import build_backend
-    from image_classification.inference import image_loader
+    from benchmarks.harness import build_backend, image_loader
     from image_classification.artefacts import Checkpoint
     from image_classification.backbones import backbone_spec
 
@@ -174,18 +97,17 @@ def floor_and_decoding(folder: Path, inputs: dict, predict, backend_name: str, c
 
 def peak_memory_child(folder: Path, workdir: Path, args: argparse.Namespace) -> None:
     """In a fresh process: predict over ``folder``; print peak memory as JSON."""
-    os.environ["TQDM_DISABLE"] = "1"
+    harness.quiet_progress()
     inputs = load_inputs(workdir)
     predict = config(folder, args, args.workers[0])
     result = run_predict(folder, inputs, predict)
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    result["peak_mb"] = int(status["VmHWM"].split()[0]) / 1024
+    result["peak_mb"] = harness.peak_rss_mib()
     result["workers_peak_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
-def speed(folder: Path, workdir: Path, args: argparse.Namespace) -> None:
-    inputs = load_inputs(workdir)
+def speed(folder: Path, workdir: Path, args: argparse.Namespace) -> list[dict]:
+    inputs, rows = load_inputs(workdir), []
     for workers in args.workers:
         predict = config(folder, args, workers)
         result = run_predict(folder, inputs, predict)
@@ -207,14 +129,19 @@ def speed(folder: Path, workdir: Path, args: argparse.Namespace) -> None:
         bound = 1 / (1 / reference["floor"] + 1 / reference["decoding"])
         print(f"  {'shared-core bound 1/(1/floor + 1/decoding)':52s} {bound:8.1f} images/s; predict_images is "
               f"{bound / rate:.2f}x from it (target: within 1.10x)")
+        rows.append({"arm": f"speed, {workers} workers", "list_s": result["list"], "parity_s": result["parity"],
+                     "predict_s": result["predict"], "predict_img_s": rate, "run_img_s": total,
+                     "floor_img_s": reference["floor"], "decoding_img_s": reference["decoding"], "bound_img_s": bound,
+                     "from_bound": bound / rate, "parity_score_difference": result["parity_difference"]["score"]})
+    return rows
 
 
-def memory(workdir: Path, args: argparse.Namespace) -> None:
+def memory(workdir: Path, args: argparse.Namespace) -> list[dict]:
     rows = []
     for count in args.memory:
         subset = image_folder(workdir, count, args.distinct)
         print(f"  predict over {count} images in a fresh process ...", flush=True)
-        command = [sys.executable, __file__, "--child-memory", str(subset), "--workdir", str(workdir),
+        command = [sys.executable, "-m", "benchmarks.predict_end_to_end", "--child-memory", str(subset), "--workdir", str(workdir),
                    "--backend", args.backend, "--batch-size", str(args.batch_size), "--workers", str(args.workers[0])]
         if args.threads:
             command += ["--threads", str(args.threads)]
@@ -230,10 +157,13 @@ def memory(workdir: Path, args: argparse.Namespace) -> None:
     first, last = rows[0], rows[-1]
     print(f"{last['images'] / first['images']:.0f}x the images: main process peak x{last['peak_mb'] / first['peak_mb']:.2f}, "
           f"worker peak x{last['workers_peak_mb'] / max(first['workers_peak_mb'], 1):.2f}")
+    return [{"arm": f"memory, {row['images']} images", "seconds": row["predict"],
+             "img_s": row["images"] / row["predict"], "peak_mb": row["peak_mb"],
+             "worker_peak_mb": row["workers_peak_mb"]} for row in rows]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="images for the speed comparison (0: skip it)")
     parser.add_argument("--memory", type=int, nargs="*", default=[], help="image counts for the memory comparison")
     parser.add_argument("--floor-images", type=int, default=512, help="images held in memory for the floor")
@@ -244,19 +174,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="backend threads (default: the library's)")
     parser.add_argument("--workdir", default=None, help="where images and models are kept (default: a temp folder)")
     parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     workdir = Path(args.workdir or Path(tempfile.gettempdir()) / "predict_end_to_end")
     workdir.mkdir(parents=True, exist_ok=True)
     if args.child_memory:
         peak_memory_child(Path(args.child_memory), workdir, args)
         return
-    os.environ["TQDM_DISABLE"] = "1"
-    print(f"One-off export of the model to ONNX: {prepare_inputs(workdir):.1f} s")
+    harness.quiet_progress()
+    export_s = prepare_inputs(workdir)
+    print(f"One-off export of the model to ONNX: {export_s:.1f} s")
+    rows = [{"arm": "export", "seconds": export_s}]
     if args.images:
-        speed(image_folder(workdir, args.images, args.distinct), workdir, args)
+        rows += speed(image_folder(workdir, args.images, args.distinct), workdir, args)
     if args.memory:
-        memory(workdir, args)
+        rows += memory(workdir, args)
+    harness.write_results(args.results_file, "predict_end_to_end", rows, args)
 
 
 if __name__ == "__main__":

@@ -15,61 +15,48 @@ Per data set and rule it prints mean +- sd of test recall and precision, the low
 in how many splits test precision reached the target (0.90), the oracle recall (the best any threshold
 reaches at the target on the same test scores) and the recall efficiency (test recall / oracle).
 
-    python benchmarks/threshold_rules.py            # ~15 min on 2 cores after feature extraction
-    python benchmarks/threshold_rules.py --quick    # 2 seeds/folds, 3 epochs: a smoke run
+    python -m benchmarks.threshold_rules            # ~15 min on 2 cores after feature extraction
+    python -m benchmarks.threshold_rules --quick    # 2 seeds/folds, 3 epochs: a smoke run
 
-Features are cached as open_world.py and defects_quality.py cache them (same files, same keys).
+Features are cached as open_world and defects_quality cache them (same files, same keys).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
-os.environ.setdefault("TQDM_DISABLE", "1")
-
-import defects_quality  # noqa: E402
-import open_world  # noqa: E402
-
-from image_classification.candidates import cross_validate  # noqa: E402
-from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency  # noqa: E402
-from image_classification.parameters.evaluate import EvaluateConfig  # noqa: E402
-from image_classification.parameters.shared import ModelConfig  # noqa: E402
-from image_classification.parameters.train import TrainConfig  # noqa: E402
-from image_classification.pipelines.evaluate.nodes import (  # noqa: E402
-    choose_operating_point,
-    score_images,
-)
-from image_classification.pipelines.score.nodes import score_index  # noqa: E402
-from image_classification.pipelines.train.nodes import train_classifier  # noqa: E402
-from image_classification.training import NoResume  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import cross_validate
+from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency
+from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.parameters.shared import ModelConfig
+from image_classification.parameters.train import TrainConfig
+from image_classification.pipelines.evaluate.nodes import choose_operating_point, score_images
+from image_classification.pipelines.score.nodes import score_index
+from image_classification.pipelines.train.nodes import train_classifier
+from image_classification.training import NoResume
 
 RULES = ("point", "lower_bound")
 
 
-def cifar_rows(seeds: list[int], epochs: int, cache: Path) -> list[dict]:
+def cifar_rows(seeds: list[int], epochs: int, cache: Path, rules: tuple[str, ...] = RULES) -> list[dict]:
     """Per split seed and rule, the head's test recall and precision at the threshold chosen on validation."""
-    params = open_world.parameters()
+    params = harness.cifar10_dev_parameters()
     model = ModelConfig(**params["model"])
     runtime = dict(params["runtime"]) | {"dask": None}
     train = TrainConfig(**{**params["train"], "epochs": epochs})
     rows = []
-    for seed, index in open_world.split_indices(params, seeds):
-        features = open_world.cached_features(index, model, runtime, train, cache)
+    for seed, index in harness.cifar10_dev_splits(params, seeds):
+        features = harness.cifar10_dev_features(index, model, runtime, train, cache)
         checkpoint, _ = train_classifier(features, index, model, train, runtime, seed, NoResume())
         evaluated = score_images(score_index(checkpoint, features, index, runtime), checkpoint, index)
         tested = evaluated[evaluated["split"] == "test"]
-        for rule in RULES:
+        for rule in rules:
             # the head's operating point, whichever score evaluate would serve
             evaluate = EvaluateConfig(**{**params["evaluate"], "rule": rule, "operating_candidate": "model"})
             point = choose_operating_point(evaluated, checkpoint, evaluate)
@@ -83,13 +70,12 @@ def cifar_rows(seeds: list[int], epochs: int, cache: Path) -> list[dict]:
     return rows
 
 
-def defects_rows(folds: int, epochs: int, cache: Path) -> list[dict]:
+def defects_rows(folds: int, epochs: int, cache: Path, rules: tuple[str, ...] = RULES) -> list[dict]:
     """Per grouped fold and rule, the head's test recall and precision at the threshold chosen on validation."""
-    manifest = pd.read_csv(defects_quality.DATA / "manifest.csv")
-    y = (manifest["label"] == "valid").to_numpy().astype(int)
-    feats = defects_quality.features(manifest, defects_quality.DATA, "efficientnet_lite0", 14, cache)
+    manifest, y, _ = harness.defects_dev()
+    feats = harness.defects_dev_features(manifest, harness.DEFECTS_DEV, "efficientnet_lite0", 14, cache)
     rows = []
-    for rule in RULES:
+    for rule in rules:
         report = cross_validate(feats["head_input"], feats["pooled"].float().numpy(), None, y,
                                 manifest["group"].to_numpy(), folds, TrainConfig(epochs=epochs),
                                 EvaluateConfig(rule=rule), seed=42)
@@ -102,20 +88,23 @@ def defects_rows(folds: int, epochs: int, cache: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__, raw=True)
     parser.add_argument("--quick", action="store_true", help="2 seeds and folds, 3 epochs")
     parser.add_argument("--target", type=float, default=0.9)
-    parser.add_argument("--cifar-cache", type=Path, default=Path("/tmp/open_world_features.safetensors"))
-    parser.add_argument("--defects-cache", type=Path, default=Path("/tmp/defects_quality_features.safetensors"))
-    args = parser.parse_args()
-    for data in (open_world.DATA, defects_quality.DATA):
+    parser.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES), help="evaluate.rule arms (default both)")
+    parser.add_argument("--cifar-cache", type=Path, default=harness.CIFAR10_DEV_CACHE)
+    parser.add_argument("--defects-cache", type=Path, default=harness.DEFECTS_DEV_CACHE)
+    args = parser.parse_args(argv)
+    harness.quiet_progress()
+    for data in (harness.CIFAR10_DEV, harness.DEFECTS_DEV):
         if not data.is_dir():
             raise SystemExit(f"{data} is missing: this benchmark needs both dev sets in ../shared/datasets")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     splits, epochs = (2, 3) if args.quick else (5, 30)
-    rows = cifar_rows([42, 1, 2, 3, 4][:splits], epochs, args.cifar_cache) + defects_rows(splits, epochs, args.defects_cache)
+    rows = (cifar_rows([42, 1, 2, 3, 4][:splits], epochs, args.cifar_cache, args.rules)
+            + defects_rows(splits, epochs, args.defects_cache, args.rules))
     frame = pd.DataFrame(rows)
     frame["held"] = frame["precision"] >= args.target
     print(f"\nThe head's test figures at the threshold each rule chooses on validation (target precision {args.target}):\n")
@@ -127,6 +116,10 @@ def main() -> None:
         print(f"| {data} | {rule} | {cell('recall')} | {cell('precision')} | {np.nanmin(group['precision']):.3f} | "
               f"{int(group['held'].sum())}/{len(group)} | {cell('oracle')} | {cell('efficiency')} |")
     print("\nPer split:\n" + frame.round(3).to_string(index=False))
+    harness.write_results(args.results_file, "threshold_rules", [
+        {"arm": f"{row['data']}, {row['rule']}", "fold": row["split"],
+         **{key: value for key, value in row.items() if key not in ("data", "rule", "split")}}
+        for row in frame.to_dict("records")], args)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ pipeline's settings (batch 32, learning rate 1.5e-3, balanced class weights) and
 off, so both run every epoch. Each arm runs in its own spawned process, one after the other, so
 peak memory is each arm's own. Run it from the repository root:
 
-    python benchmarks/train_feature_cache.py            # 1000 images, 30 epochs (~20+ min on 2 cores)
-    python benchmarks/train_feature_cache.py --quick    # 200 images, 3 epochs: a smoke run
+    python -m benchmarks.train_feature_cache            # 1000 images, 30 epochs (~20+ min on 2 cores)
+    python -m benchmarks.train_feature_cache --quick    # 200 images, 3 epochs: a smoke run
 
 The images come from ../shared/datasets/cifar10-dev: vehicles (airplane automobile ship truck)
 are valid, animals (bird cat deer dog) invalid, the same number from each class, split 70/20/10
@@ -28,57 +28,29 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing
-import os
 import queue
 import resource
 import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA = REPO_ROOT.parent / "shared" / "datasets" / "cifar10-dev"
-VALID = ("airplane", "automobile", "ship", "truck")
-INVALID = ("bird", "cat", "deer", "dog")
-SEED = 42
-TARGET_PRECISION = 0.9
+from benchmarks import harness
+from benchmarks.harness import CIFAR10_DEV as DATA
+from benchmarks.harness import SEED, TARGET_PRECISION, select_images
+
 ARMS = {"A": "feature cache", "B": "backbone every epoch"}
-
-
-def select_images(root: Path, count: int, seed: int = SEED) -> list[dict]:
-    """``count`` images, as even across the eight classes as ``count`` allows, split 70/20/10."""
-    import numpy as np
-    import pandas as pd
-
-    from image_classification.pipelines.data_prep.nodes import split_images
-
-    rng = np.random.default_rng(seed)
-    classes = [(name, "valid") for name in VALID] + [(name, "invalid") for name in INVALID]
-    rows = []
-    for position, (name, label) in enumerate(classes):
-        files = sorted((root / name).glob("*.jpg"))
-        wanted = count // len(classes) + (position < count % len(classes))
-        if len(files) < wanted:
-            sys.exit(f"{root / name} holds {len(files)} images, {wanted} are needed; ask for fewer --images")
-        for index in sorted(rng.choice(len(files), size=wanted, replace=False)):
-            rows.append({"path": str(files[index]), "label": label, "kind": label})
-    images = pd.DataFrame(rows)
-    images["split"] = None  # no manual splits
-    images["split_group"] = images["path"]  # every image on its own
-    split = split_images(images, {"train": 0.7, "val": 0.2, "test": 0.1}, seed)
-    split["target"] = (split["label"] == "valid").astype(int)
-    return split[["path", "label", "kind", "split", "target"]].to_dict("records")
 
 
 def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, workers: int, show_progress: bool,
             backend: str, results) -> None:
     """Train one arm in this (spawned) process and put its measurements on ``results``."""
     if not show_progress:
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it on import, which comes next
+        harness.quiet_progress()
     import numpy as np
     import pandas as pd
     import torch
 
-    from image_classification.inference import torch_device
+    from benchmarks.harness import torch_device
     from image_classification.backbones import build_backbone
     from image_classification.model import ClassifierHead, ImageClassifier
     from image_classification.parameters.shared import ModelConfig
@@ -97,7 +69,7 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
     targets = {split: index["target"].to_numpy()[rows_of[split]] for split in rows_of}
 
     start = time.perf_counter()
-    torch.manual_seed(SEED)
+    harness.seed_everything(SEED)
     head = ClassifierHead(in_channels=model.spec.feature_channels)  # first, as train_classifier: same in A and B
     if arm == "A":
         features = nodes.extract_features(index, model, runtime, SEED)
@@ -164,8 +136,8 @@ def print_table(results: dict[str, dict]) -> None:
           f"B {b['best_recall']:.3f} (epoch {b['best_epoch']}).\nPeak RSS: the training process's own.")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1000, help="images in all (default 1000)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs per arm (default 30)")
     parser.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: all cores)")
@@ -176,7 +148,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"],
                         help="runtime.backend of arm A's extraction (default auto: ONNX Runtime on a CPU)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to run (default both)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.images, args.epochs = 200, 3
     if not args.data.is_dir():
@@ -192,6 +164,9 @@ def main() -> None:
         print(f"running arm {arm} ({ARMS[arm]}) ...", flush=True)
         results[arm] = measure(arm, rows, args)
     print_table(results)
+    harness.write_results(args.results_file, "train_feature_cache", [
+        {"arm": f"{arm} {ARMS[arm]}", **{key: value for key, value in result.items() if key not in ("arm", "device")}}
+        for arm, result in results.items()], args)
 
 if __name__ == "__main__":
     main()

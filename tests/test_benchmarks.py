@@ -1,0 +1,109 @@
+"""benchmarks/ is one package: every module imports quietly and parses --help, none patches sys.path or imports
+another benchmark, and the rows the harness appends read back through the compare command."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import benchmarks
+from benchmarks import compare, harness
+
+PACKAGE = Path(benchmarks.__file__).parent
+MODULES = sorted(module.name for module in pkgutil.iter_modules([str(PACKAGE)]))
+SHARED = {"harness", "compare"}
+
+
+def test_every_python_file_is_a_module_of_the_package():
+    assert {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"} == set(MODULES)
+    assert len(MODULES) > 15
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_imports_without_side_effects_and_its_help_parses(name, capsys):
+    # (torch and scikit-learn set a few variables of their own on import: TQDM_DISABLE is the benchmarks' one)
+    path, progress, cwd = list(sys.path), os.environ.get("TQDM_DISABLE"), sorted(Path.cwd().iterdir())
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert capsys.readouterr().out == ""
+    assert (sys.path, os.environ.get("TQDM_DISABLE"), sorted(Path.cwd().iterdir())) == (path, progress, cwd)
+    if name == "harness":
+        return
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    assert exited.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage:")
+    if name not in SHARED:
+        assert "--results-file" in usage
+
+
+def test_a_benchmark_runs_as_a_module_of_the_package():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.patch_scoring", "--help"], cwd=PACKAGE.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--results-file" in done.stdout
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.iterdir()), ids=lambda path: path.name)
+def test_no_file_patches_sys_path(path):
+    if path.is_file():
+        assert "sys.path" not in path.read_text(errors="replace")
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - {"harness"}))
+def test_benchmarks_share_code_through_the_harness_alone(name):
+    """No benchmark imports another, and the project modules being moved are named in the harness alone."""
+    imported = imported_modules(PACKAGE / f"{name}.py")
+    siblings = {f"benchmarks.{other}" for other in MODULES if other != "harness"} | set(MODULES)
+    assert not imported & siblings
+    assert not imported & set(harness.MOVED)
+
+
+def test_results_rows_read_back_through_compare(tmp_path, capsys):
+    old, new = tmp_path / "old.csv", tmp_path / "new.jsonl"
+    made = harness.parser("toy")
+    made.add_argument("--folds", type=int, default=2)
+    settings = made.parse_args(["--results-file", str(old)])
+    harness.write_results(old, "toy", [{"arm": "a", "fold": 0, "seconds": 2.0},
+                                       {"arm": "a", "fold": 1, "seconds": 4.0}], settings)
+    # a later row with a new column widens the CSV's header; the rows before keep their values
+    harness.write_results(old, "other", [{"arm": "b", "auroc": 0.5, "held": True, "note": "text"}], settings)
+    harness.write_results(new, "toy", [{"arm": "a", "fold": 0, "seconds": 1.5}])
+    harness.write_results(new, "other", [{"arm": "b", "auroc": 0.75, "held": False}])
+    capsys.readouterr()
+
+    rows = compare.read_results(old)
+    assert [row["benchmark"] for row in rows] == ["toy", "toy", "other"]
+    assert rows[0]["seconds"] == "2.0" and rows[0]["auroc"] == "" and rows[2]["held"] == "1"
+    assert {"revision", "date", "cpu", "settings"} <= set(rows[0])
+    assert rows[0]["cpu"] == harness.cpu_model() and rows[0]["settings"] == "folds=2"
+
+    found = {(row["benchmark"], row["arm"], row["metric"]): row for row in compare.compare(old, new)}
+    assert set(found) == {("toy", "a", "seconds"), ("other", "b", "auroc"), ("other", "b", "held")}
+    assert (found["toy", "a", "seconds"]["old"], found["toy", "a", "seconds"]["new"]) == (3.0, 1.5)
+    assert found["toy", "a", "seconds"]["ratio"] == 0.5
+    assert found["other", "b", "auroc"]["difference"] == 0.25
+    printed = capsys.readouterr().out
+    assert "0.500x" in printed and "note: toy ran with other settings" in printed
+
+    compare.main([str(old), str(new), "--metric", "auroc"])
+    printed = capsys.readouterr().out
+    assert "auroc" in printed and "seconds" not in printed
