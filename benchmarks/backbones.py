@@ -6,10 +6,10 @@ For each backbone, on the same images, one after the other in one process with t
    ``inference.extract_backbone_features`` (decode, resize to the backbone's input size,
    forward); its images per second, timed after the backbone is built;
 2. the classifier head trained on the cached head inputs with ``training.fit`` and the train
-   node's ``cached_feeds`` (the train pipeline with ``trainable_blocks: 0``, its defaults:
+   ``training.cached_feeds`` (the train pipeline with ``trainable_blocks: 0``, its defaults:
    30 epochs, batch 32, early stopping with train's default patience: 10 when the README's
    figures were measured, 5 now);
-3. the evaluate stage's logistic baseline (``fit_baseline``: pooled features, C chosen on
+3. the evaluate stage's logistic baseline (``scorers/baseline.py``: pooled features, C chosen on
    validation).
 
 It prints, per backbone and scorer, test AUROC, average precision, and the recall and precision
@@ -57,9 +57,9 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
     from image_classification.model import ClassifierHead
     from image_classification.parameters.shared import ModelConfig
     from image_classification.artefacts import FeatureCache
-    from image_classification.pipelines.evaluate.nodes import EvaluateConfig, fit_baseline
-    from image_classification.pipelines.train.nodes import cached_feeds
-    from image_classification.training import TrainConfig, fit
+    from image_classification.parameters.evaluate import EvaluateConfig
+    from image_classification.scorers.baseline import LogisticBaseline
+    from image_classification.training import TrainConfig, cached_feeds, fit
 
     model = ModelConfig(backbone=name)
     device = torch_device({"device": "cpu", "threads": args.threads})
@@ -76,7 +76,7 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
     targets = {part: index["target"].to_numpy()[rows[part]] for part in rows}
     cache = FeatureCache(head_input=features["head_input"], pooled=features["pooled"], backbone=name,
                          weights=model.weights, head_input_mode=model.head_input, paths=paths,
-                         sha256=index["sha256"].tolist(), errors=features["errors"])
+                         sha256=paths, errors=features["errors"])
 
     started = time.perf_counter()
     harness.seed_everything(SEED)
@@ -89,10 +89,11 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
     train_s = time.perf_counter() - started
     head_scores = {part: head_outputs(head, features["head_input"][rows[part]], device)[1] for part in ("val", "test")}
 
-    baseline, summary, _ = fit_baseline(cache.to_payload(), index, EvaluateConfig(target_precision=TARGET_PRECISION),
-                                        SEED)
-    by_path = dict(zip(baseline["path"], baseline["baseline_score"]))
-    baseline_scores = {part: np.array([by_path[p] for p in index["path"].to_numpy()[rows[part]]]) for part in ("val", "test")}
+    pooled = cache.pooled.float().numpy()  # as evaluate's baseline scorer reads them
+    baseline = LogisticBaseline(EvaluateConfig(target_precision=TARGET_PRECISION).baseline_c_grid, TARGET_PRECISION,
+                                SEED).fit(pooled[rows["train"]], targets["train"], pooled[rows["val"]], targets["val"])
+    summary = {"C": baseline.c_}
+    baseline_scores = {part: baseline.score_samples(pooled[rows[part]]) for part in ("val", "test")}
     return {
         "backbone": name, "input": model.spec.input_size, "map": model.spec.feature_size, "images": len(paths),
         "extract_s": extract_s, "img_s": len(paths) / extract_s, "train_s": train_s, "epochs": len(history),
@@ -143,7 +144,6 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     index = pd.DataFrame(select_images(args.data, args.images))
-    index["sha256"] = index["path"]  # fit_baseline compares it with the cache's; nothing else reads it
     print(f"{args.images} cifar10-dev images {index['split'].value_counts().to_dict()}", flush=True)
     runs = []
     for name in args.backbones:

@@ -48,7 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from benchmarks import harness
 from benchmarks.harness import grouped_folds
 from image_classification.backbones import backbone_spec, build_backbone
-from image_classification.baseline import LogisticBaseline
+from image_classification.scorers.baseline import LogisticBaseline
 from image_classification.images import load_rgb
 from image_classification.model import preprocess_transform
 from image_classification.parameters.evaluate import EvaluateConfig

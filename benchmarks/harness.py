@@ -31,24 +31,31 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-# The names benchmarks take from the modules issue 42 is moving (anomaly -> detectors/, export and inference ->
-# runtime/, candidates -> scorers/ + selection/): `from benchmarks.harness import NAME` imports NAME's module on
-# first use (so a benchmark loads only what it reads, and its memory figures stay its own), and this table is
-# the one place in benchmarks/ that names those modules.
+# The names benchmarks take from the package's scorers, selection, detectors and runtime: `from benchmarks.harness
+# import NAME` imports NAME's module on first use (so a benchmark loads only what it reads, and its memory figures
+# stay its own), and this table is the one place in benchmarks/ that says where they live.
 MOVED = {
-    "image_classification.anomaly": ("FUSIONS", "DetectorState", "KNNDetector", "calibrate_threshold",
-                                     "separation_metrics"),
-    "image_classification.candidates": ("NAMES", "cross_validate", "fit_head", "fit_patch_classifier", "fold_figures",
-                                        "fold_scores", "grouped_folds", "held_out_patch_classifier"),
-    "image_classification.export": ("BACKENDS", "build_backend", "export_feature_model", "export_onnx",
-                                    "onnx_session", "parity"),
-    "image_classification.inference": ("ImageFiles", "extract_backbone_features", "head_outputs", "image_loader",
-                                       "torch_device", "torch_features"),
+    "image_classification.detectors": ("FUSIONS", "DetectorState", "KNNDetector", "calibrate_threshold",
+                                       "separation_metrics"),
+    "image_classification.scorers.head": ("fit_head",),
+    "image_classification.scorers.patch_classifier": ("fit_patch_classifier",),
+    "image_classification.selection.cross_validation": ("fold_figures", "grouped_folds"),
+    "image_classification.runtime.choice": ("BACKENDS", "torch_device"),
+    "image_classification.runtime.backends": ("build_backend", "onnx_session"),
+    "image_classification.runtime.export": ("export_feature_model", "export_onnx"),
+    "image_classification.runtime.parity": ("parity",),
+    "image_classification.runtime.loader": ("ImageFiles", "image_loader"),
+    "image_classification.runtime.extraction": ("extract_backbone_features",),
+    "image_classification.runtime.scoring": ("head_outputs",),
+    "image_classification.runtime.graphs": ("torch_features",),
 }
 _HOME = {name: module for module, names in MOVED.items() for name in names}
 
 
 def __getattr__(name: str):
+    if name == "NAMES":  # the cross-validated scores, in the registry's order
+        scorers = importlib.import_module("image_classification.scorers")
+        return tuple(name for name, kind in scorers.SCORERS.items() if kind.cross_validated)
     if name not in _HOME:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(_HOME[name]), name)
@@ -422,3 +429,53 @@ def load_predict_inputs(workdir: Path) -> dict:
             "anomaly_detector": SafetensorsDataset(filepath=str(workdir / "detector.safetensors")).load(),
             "onnx_model": (workdir / "model.onnx").read_bytes(),
             "operating_point": {"threshold": 0.5, "backbone": "efficientnet_lite0"}}
+
+
+# --- the cross-validation's fold fits on plain arrays, by the path evaluate uses ------------------------------
+
+def _features(head_input, pooled, patches):
+    scorers = importlib.import_module("image_classification.scorers")
+    return scorers.Features(head_input=head_input, pooled=np.asarray(pooled), patches=patches)
+
+
+def _grid(patches) -> int:
+    return importlib.import_module("image_classification.patches").grid_of(patches) if patches is not None else 0
+
+
+def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None, targets: np.ndarray,
+                   groups: np.ndarray, folds: int, train_config, evaluate, seed: int) -> dict:
+    """evaluate's cross-validation (``selection.cross_validation.cross_validate``) of these arrays."""
+    cross_validation = importlib.import_module("image_classification.selection.cross_validation")
+    return cross_validation.cross_validate(_features(head_input, pooled, patches), targets, groups, folds, train_config,
+                                           evaluate, seed, grid=_grid(patches))
+
+
+def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None, rows: dict[str, np.ndarray],
+                targets: np.ndarray, groups: np.ndarray, train_config, evaluate, seed: int,
+                fits: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every cross-validated scorer fitted on ``rows['train']`` (choosing on ``rows['val']``) by
+    ``Scorer.on_split``: the (validation, test) scores of those that could be fitted, by name; the fitted
+    baseline's weights go into ``fits`` (when given) under ``baseline``."""
+    scorers = importlib.import_module("image_classification.scorers")
+    cross_validation = importlib.import_module("image_classification.selection.cross_validation")
+    split = cross_validation.fold_split(_features(head_input, pooled, patches), targets, groups, rows,
+                                        grid=_grid(patches), train_config=train_config)
+    val, test = {}, {}
+    for name in __getattr__("NAMES"):
+        result = scorers.SCORERS[name].on_split(split, evaluate, seed)
+        split = split.with_scores(name, result.val, result.test)
+        if result.available or (name == "stack" and "patch" in val):
+            val[name], test[name] = result.val, result.test
+        if name == "baseline" and fits is not None:
+            fits["baseline"] = result.fitted.weights
+    return val, test
+
+
+def held_out_patch_classifier(patches: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray, evaluate,
+                              seed: int):
+    """The patch classifier fitted on the fold's train and validation rows (it chooses nothing on
+    validation) and its scores of ``rows['test']``: what the cross-validation's out-of-fold scores are."""
+    fit = importlib.import_module("image_classification.scorers.patch_classifier").fit_patch_classifier
+    fitted_on = np.concatenate([rows["train"], rows["val"]])
+    classifier = fit(patches[fitted_on], targets[fitted_on], evaluate, seed)
+    return classifier, classifier.scores(patches[rows["test"]])

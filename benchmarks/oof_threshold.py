@@ -69,13 +69,13 @@ from benchmarks.harness import (
     held_out_patch_classifier,
 )
 from image_classification.backbones import backbone_spec, build_backbone
-from image_classification.baseline import BaselineWeights, LogisticBaseline
-from image_classification.fold_stack import GlobalGate, fit_fold_stack, input_logits
 from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency, select_threshold
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import grid_of
 from image_classification.pipelines.evaluate.nodes import choose_operating_point
+from image_classification.scorers.baseline import BaselineWeights, LogisticBaseline
+from image_classification.scorers.fold_stack import GlobalGate, fit_fold_stack, input_logits
 
 RULES = (("point", 0.95), ("lower_bound", 0.8), ("lower_bound", 0.9), ("lower_bound", 0.95))
 ARMS = ("split", "oof -> split model", "oof -> ensemble")
@@ -163,7 +163,7 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
                 classifier, scored["patch_classifier"] = held_out_patch_classifier(patches, absolute, y, evaluate,
                                                                                    1000 + 10 * number + inner_number)
                 # what evaluate's cross-validation keeps for the fold stack
-                baselines.append(BaselineWeights.of(fits["baseline"], backbone))
+                baselines.append(replace(fits["baseline"], backbone=backbone))
                 classifiers.append(classifier)
                 fitted_on = rest[np.concatenate([inner_rows["train"], inner_rows["val"]])]
                 gate_passes[inner_rows["test"]] = GlobalGate.fit(patches[fitted_on[y[fitted_on] == 1]]).passes(
@@ -244,9 +244,8 @@ def pipeline_choice(fold: dict, y: np.ndarray, evaluate: EvaluateConfig, cross_v
         held_out[column] = fold["oof"][name]
     return choose_operating_point(evaluation, stand_in_checkpoint(fold["backbone"]), evaluate,
                                   held_out if cross_validated else pd.DataFrame(),
-                                  baseline_model=fold["weights"],
-                                  patch_classifier_model=fold["patch_classifier"],
-                                  fold_stack_model=fold["fold_stack"] if cross_validated else None)
+                                  scorer_models={"baseline": fold["weights"], "patch_classifier": fold["patch_classifier"],
+                                                 "fold_stack": fold["fold_stack"] if cross_validated else None})
 
 
 def _figures(targets: np.ndarray, scores: np.ndarray, threshold: float, target: float, candidate: str) -> dict:

@@ -42,7 +42,7 @@ from sklearn.metrics import roc_auc_score
 from benchmarks import harness
 from benchmarks.harness import grouped_folds
 from image_classification import patches as patch_module
-from image_classification.baseline import LogisticBaseline
+from image_classification.scorers.baseline import LogisticBaseline
 from image_classification.metrics import metrics_at_threshold, oracle_recall, recall_efficiency, select_threshold
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.patches import PatchClassifier, PatchMemory

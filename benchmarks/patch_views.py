@@ -33,7 +33,7 @@ from sklearn.metrics import roc_auc_score
 from benchmarks import harness
 from benchmarks.harness import extract_backbone_features, grouped_folds
 from image_classification.backbones import backbone_spec, build_backbone
-from image_classification.baseline import LogisticBaseline
+from image_classification.scorers.baseline import LogisticBaseline
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.patches import PatchClassifier
 

@@ -55,7 +55,7 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
     from image_classification.model import ClassifierHead, ImageClassifier
     from image_classification.parameters.shared import ModelConfig
     from image_classification.pipelines.train import nodes
-    from image_classification.training import TrainConfig, fit
+    from image_classification.training import TrainConfig, cached_feeds, fit
 
     index = pd.DataFrame(rows)
     # the passes check every file against its indexed sha256, as after data_prep
@@ -75,7 +75,7 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
         features = nodes.extract_features(index, model, runtime, SEED)
         extracted = time.perf_counter()
         trained = head
-        batches, val_scores = nodes.cached_feeds(features["tensors"]["head_input"], rows_of, targets, train, SEED, device)
+        batches, val_scores = cached_feeds(features["tensors"]["head_input"], rows_of, targets, train, SEED, device)
     else:
         extracted = start
         classifier = ImageClassifier(build_backbone(model.backbone, model.weights, model.weights_path), head)
