@@ -152,8 +152,8 @@ class PatchMemory:
         The squared distance |x - m|^2 is |x|^2 + (|m|^2 - 2 x.m); the bracket is one fused matrix
         product (``addmm``) over ``rows`` patches at a time, and |x|^2 is added after the minimum over
         the memory, so the (rows, memory) block is written once and read once. That keeps scoring at
-        the rate of the matrix product (2.2-2.6x faster than forming the three terms separately over 64
-        images at a time, with the same distances: benchmarks/patch_scoring.py) and its scratch memory
+        the rate of the matrix product (faster than forming the three terms separately, with the same
+        distances: docs/decisions/0014) and its scratch memory
         at rows x memory floats (20 MB for a memory of 10,000) rather than hundreds of megabytes.
         """
         memory = self.memory.float()
@@ -180,10 +180,8 @@ class PatchMemory:
 class ImageDropout(nn.Module):
     """Dropout of hidden units with one mask per image, shared by all its patches (inputs (N, P, C)).
 
-    Regularises at least as well as elementwise dropout here (defects-dev, 5 grouped folds x 2 seeds:
-    test AUROC 0.911 against 0.903, validation 0.877 against 0.873) at a fraction of the random
-    numbers, which took most of the training time: 2.9 s against 6.0 s per fit on about 1,000 images
-    (benchmarks/patch_classifier.py).
+    Regularises at least as well as elementwise dropout here at a fraction of the random numbers,
+    which took most of the training time (docs/decisions/0020).
     """
 
     def __init__(self, p: float) -> None:
@@ -203,15 +201,14 @@ class PatchClassifier:
     when some of its patches are, valid when none is). It is trained on image labels alone, so it
     learns what the *invalid* training images' local defects look like, which the valid-only memory of
     :class:`PatchMemory` cannot; on defects-dev it ranks images better than either the memory or the
-    pooled features (benchmarks/defects_quality.py).
+    pooled features (docs/decisions/0019).
 
     With ``positional`` fits, each grid position has its own mean (the training images' average patch
     there), so a patch is read against what is usual at its place in the image: on aligned inspection
     photos (cells, parts under a fixed camera) a busbar or an edge is then background, and the same
-    dark line elsewhere is not. On defects-dev it raised the Lite0 patch classifier's test AUROC from
-    0.910 to 0.918 over five grouped folds (benchmarks/defects_quality.py; 0.899 to 0.915 over ten
-    folds of two other fold seeds), but the out-of-fold threshold served with it kept less recall
-    (benchmarks/oof_threshold.py), so evaluate leaves it off unless asked.
+    dark line elsewhere is not. On defects-dev it ranks a little better, but the out-of-fold
+    threshold served with it kept less recall, so evaluate leaves it off unless asked
+    (docs/decisions/0031).
 
     Attributes:
         network: per-patch scorer, (…, C) standardised patch vectors to (…, 1) defect logits.
@@ -334,10 +331,9 @@ class PatchClassifier:
 @dataclass
 class PatchEnsemble:
     """Patch classifiers whose probabilities of valid are averaged: the cross-validation's fold fits,
-    each trained on all of its fold's other images. Over five grouped folds of defects-dev, a
-    threshold chosen on their out-of-fold scores held test precision 0.90 in all five when applied to
-    the fold ensemble, in four when applied to one fit on the train split, at the same recall
-    (``benchmarks/oof_threshold.py``). One member is a single classifier."""
+    each trained on all of its fold's other images: a threshold chosen on their out-of-fold scores held
+    its precision more often on the ensemble than on one fit on the train split (docs/decisions/0021).
+    One member is a single classifier."""
 
     members: list[PatchClassifier]
 

@@ -22,14 +22,12 @@ class EvaluateConfig:
             highest validation recall whose validation precision reaches the target;
             ``lower_bound``: the highest validation recall whose one-sided lower confidence bound
             on validation precision reaches it (honest on small validation sets; the default, see
-            benchmarks/threshold_rules.py).
+            docs/decisions/0015).
         bound_method: ``wilson`` or ``clopper_pearson`` (exact, more conservative).
         bound_level: confidence of the one-sided bound on validation, in (0, 1).
         out_of_fold_bound_level: confidence of the bound where the threshold is chosen on out-of-fold
-            scores (five times as many images as validation), in (0, 1). Over five nested grouped
-            folds of defects-dev the fold stack kept test precision 0.90 in 4 of 5 folds at 0.80,
-            0.90 and 0.95, and the most of the recall its scores allowed at 0.80
-            (benchmarks/oof_threshold.py; benchmarks/README.md, "The fold stack").
+            scores (five times as many images as validation), in (0, 1); 0.8 kept the most of the
+            recall the fold stack's scores allowed at the same held precision (docs/decisions/0032).
         bootstrap_samples: resamples of the test split behind the confidence intervals.
         bootstrap_level: coverage of the bootstrap intervals, in (0, 1).
         baseline_c_grid: inverse regularisation strengths tried for the baseline.

@@ -49,7 +49,7 @@ def extract_backbone_features(
     vectors of the last stride-8 and stride-16 maps (see :mod:`image_classification.patches`).
 
     ``backend`` (see :func:`~.fast_path.checked_run`): ``onnxruntime`` runs the backbone exported to
-    ONNX (about 3x eager PyTorch on a CPU). Its outputs on the first ``parity_images`` readable
+    ONNX (faster than eager PyTorch on a CPU: docs/decisions/0007). Its outputs on the first ``parity_images`` readable
     images are compared with eager PyTorch's (:func:`~.parity.parity_difference`); over
     ``parity_tolerance``, or when the export fails, ``auto`` falls back to PyTorch with a warning
     and an explicit ``onnxruntime`` stops with an error.
@@ -79,7 +79,7 @@ def extract_backbone_features(
 
 def _feature_run(backbone: torch.nn.Module, spec: BackboneSpec, device: torch.device, options: dict) -> CheckedRun:
     """The backend that turns a batch into (head input, pooled[, patches]), checked against eager PyTorch."""
-    # channels_last lets oneDNN pick faster convolution kernels: 1.7x on a 2-core CPU
+    # channels_last lets oneDNN pick faster convolution kernels (docs/decisions/0007)
     head_input, patch_grid = options["head_input"], int(options["patch_grid"])
     taps = patch_blocks(backbone.cpu(), spec.input_size) if patch_grid else ()
     backbone = backbone.eval()

@@ -2,7 +2,7 @@
 
 Train's frozen-backbone extraction, the score stage's pass over the files and fine-tuning's frozen
 blocks all run the same way (``runtime.backend``): ``auto`` exports the part that does not train to
-ONNX and runs it in ONNX Runtime on a CPU (about 3x eager PyTorch on 2 cores), ``torch`` runs eager
+ONNX and runs it in ONNX Runtime on a CPU (docs/decisions/0007), ``torch`` runs eager
 PyTorch, ``onnxruntime`` insists. A :class:`CheckedRun` compares the two on the first readable images
 of the pass (:func:`~.parity.parity_difference`) and falls back to PyTorch (under ``auto``) when they
 differ by more than ``runtime.parity_tolerance``. predict serves through :mod:`.backends` instead.

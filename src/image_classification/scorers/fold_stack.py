@@ -4,8 +4,8 @@ On small data the cross-validation fits the baseline (a logistic regression on p
 evidence) and the patch classifier (local evidence) once per fold. Their out-of-fold scores are the
 only held-out scores a threshold can be chosen on, but each fold's fit scores on its own scale, so a
 threshold chosen on the pooled scores does not mean the same thing for the mean of the fits that is
-served (on defects-dev it kept 0.47 of the recall the served score allowed). The fold stack makes the
-two the same kind of score:
+served (on defects-dev it kept a small share of the recall the served score allowed: docs/decisions/0032).
+The fold stack makes the two the same kind of score:
 
 1. **calibrated per fold**: each fold's baseline and patch classifier logits are mapped by a Platt
    scaling (``a * logit + b``) fitted on that fold's own held-out images, so that every fold's
@@ -21,7 +21,7 @@ two the same kind of score:
    anywhere from it.
 
 Everything is plain numbers (:meth:`FoldStack.to_payload`), so the operating point serves it without
-unpickling anything. ``benchmarks/oof_threshold.py`` measures it beside the other candidates.
+unpickling anything. docs/decisions/0032 measures it beside the other candidates.
 
 The cross-validation builds it (:func:`fit_fold_stack`); evaluate scores with it through
 :class:`FoldStackScorer`.

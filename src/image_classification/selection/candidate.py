@@ -122,11 +122,11 @@ def _on_folds(held_out: pd.DataFrame, on_folds: list[str]) -> tuple[str, str, st
         measure = ("on small data the fold stack: the baseline's (global) and the patch classifier's (local) fold "
                    "fits, each calibrated on the images its fold did not see, stacked, averaged over the folds and "
                    "gated, so that its out-of-fold scores, on which the threshold is chosen, are on the served "
-                   "score's scale (benchmarks/oof_threshold.py measures it beside the others)")
+                   "score's scale (docs/decisions/0032 measures it beside the others)")
     else:
         measure = ("on small data the one of the baseline and the patch classifier with the higher mean held-out "
                    "average precision over the folds; their thresholds are chosen on out-of-fold scores (the "
-                   "model's cannot be: its fold heads score on different scales; benchmarks/oof_threshold.py "
+                   "model's cannot be: its fold heads score on different scales; docs/decisions/0018 "
                    "measures both)")
     details = (", ".join(f"{name} {per_fold[name].mean():.3f}" for name in per_fold)
                + f" held-out average precision over {len(difference)} folds")

@@ -202,7 +202,7 @@ def run(cache: FeatureCache, image_index: pd.DataFrame, train_config, evaluate, 
     if train_config.trainable_blocks:
         # fine-tuning every fold would cost cv_folds more fine-tuning runs; say what the row measures
         model += (f"; not the model with {train_config.trainable_blocks} fine-tuned backbone blocks that train made "
-                  "and predict serves (benchmarks/defects_quality.py --fine-tune measures that over folds)")
+                  "and predict serves (docs/decisions/0016 measures that over folds)")
         logger.warning("Cross-validation's model row is the head on the frozen backbone, not the fine-tuned model "
                        "(train.trainable_blocks=%d)", train_config.trainable_blocks)
     patches = cache.patches[labelled] if cache.patches is not None and evaluate.patch_evidence else None

@@ -27,7 +27,7 @@ def choose(evaluation_scores: pd.DataFrame, checkpoint: Checkpoint, evaluate, ou
     """The served candidate (:func:`~image_classification.selection.candidate.operating_candidate`) and
     its threshold, chosen on validation or on out-of-fold scores: with ``threshold_on`` auto the
     fold-fitted candidates' on their out-of-fold scores, five times as many images as validation
-    (benchmarks/oof_threshold.py measures what that buys), the model's on validation. Returns the
+    (docs/decisions/0018 and 0032 measure what that buys), the model's on validation. Returns the
     operating point's payload."""
     candidate, why, compared = operating_candidate(evaluation_scores, out_of_fold_scores, checkpoint, evaluate, seed,
                                                    served_weights)
