@@ -38,6 +38,8 @@ MOVED = {
     "image_classification.detectors": ("FUSIONS", "DetectorState", "KNNDetector", "calibrate_threshold",
                                        "separation_metrics"),
     "image_classification.scorers.head": ("fit_head",),
+    "benchmarks.folds": ("NAMES", "cross_validate", "fold_scores", "held_out_patch_classifier"),
+    "benchmarks.generated": ("make_images", "image_folder", "prepare_predict_inputs", "load_predict_inputs"),
     "image_classification.scorers.patch_classifier": ("fit_patch_classifier",),
     "image_classification.selection.cross_validation": ("fold_figures", "grouped_folds"),
     "image_classification.runtime.choice": ("BACKENDS", "torch_device"),
@@ -53,9 +55,6 @@ _HOME = {name: module for module, names in MOVED.items() for name in names}
 
 
 def __getattr__(name: str):
-    if name == "NAMES":  # the cross-validated scores, in the registry's order
-        scorers = importlib.import_module("image_classification.scorers")
-        return tuple(name for name, kind in scorers.SCORERS.items() if kind.cross_validated)
     if name not in _HOME:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(_HOME[name]), name)
@@ -351,131 +350,3 @@ def cifar10_dev_features(index: pd.DataFrame, model, runtime: dict, train, cache
     key = (f"{model.backbone}|{model.weights}|{model.head_input}|{model.spec.input_size} px|"
            f"{len(index)} images {images}")
     return feature_cache(cache, key, extract)
-
-
-# --- generated images and a predict model ---------------------------------------------------------------------
-
-def make_images(folder: Path, count: int, distinct: int, size: tuple[int, int] = (1280, 960)) -> None:
-    """``count`` camera-like JPEGs in ``folder`` (kept between calls): ``distinct`` crops of scikit-image's
-    photos with grain, quality 90, then hard links to them."""
-    import skimage.data
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket(),
-              skimage.data.immunohistochemistry(), skimage.data.hubble_deep_field()]
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        path = folder / f"image_{index:06d}.jpg"
-        if path.exists():
-            continue
-        if index >= distinct:
-            os.link(folder / f"image_{index % distinct:06d}.jpg", path)
-            continue
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
-        top, left = rng.integers(0, height // 4), rng.integers(0, width // 4)
-        crop = Image.fromarray(photo[top : top + height * 3 // 4, left : left + width * 3 // 4])
-        pixels = np.asarray(crop.resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
-        pixels = np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
-
-
-def image_folder(workdir: Path, count: int, distinct: int) -> Path:
-    """A folder holding exactly ``count`` images (hard links into the shared pool of images)."""
-    pool = workdir / "images"
-    make_images(pool, count, distinct)
-    folder = workdir / f"images_{count}"
-    folder.mkdir(exist_ok=True)
-    for index in range(count):
-        link = folder / f"image_{index:06d}.jpg"
-        if not link.exists():
-            os.link(pool / link.name, link)
-    return folder
-
-
-def prepare_predict_inputs(workdir: Path) -> float:
-    """Write a checkpoint (efficientnet_lite0, ImageNet weights, an untrained head), its ONNX export and a
-    kNN detector on 1,000 vectors to ``workdir``; return the export's seconds.
-
-    Remade on every run, so an export never outlives a change to the model code.
-    """
-    from benchmarks.harness import DetectorState, KNNDetector
-    from image_classification.artefacts import Checkpoint
-    from image_classification.backbones import backbone_spec
-    from image_classification.datasets import SafetensorsDataset
-    from image_classification.model import build_model
-    from image_classification.pipelines.predict.nodes import PredictConfig, export_onnx_model
-
-    torch.manual_seed(0)
-    spec = backbone_spec("efficientnet_lite0")
-    metadata = {"backbone": spec.name, "weights": "imagenet", "input_size": spec.input_size, "fine_tuned_blocks": 0,
-                "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}}
-    checkpoint = Checkpoint.from_model(build_model(), **metadata).to_payload()
-    SafetensorsDataset(filepath=str(workdir / "checkpoint.safetensors")).save(checkpoint)
-    reference = np.random.default_rng(0).random((1000, 1280))
-    state = DetectorState.of(KNNDetector(k=5).fit(reference, np.zeros(1000)), "knn_pooled", "pooled", 0.8).to_payload()
-    SafetensorsDataset(filepath=str(workdir / "detector.safetensors")).save(state)
-    started = time.perf_counter()
-    (workdir / "model.onnx").write_bytes(export_onnx_model(checkpoint, {"threshold": 0.5}, PredictConfig()))
-    return time.perf_counter() - started
-
-
-def load_predict_inputs(workdir: Path) -> dict:
-    """What :func:`prepare_predict_inputs` wrote, as predict's nodes take it."""
-    from image_classification.datasets import SafetensorsDataset
-
-    return {"model_checkpoint": SafetensorsDataset(filepath=str(workdir / "checkpoint.safetensors")).load(),
-            "anomaly_detector": SafetensorsDataset(filepath=str(workdir / "detector.safetensors")).load(),
-            "onnx_model": (workdir / "model.onnx").read_bytes(),
-            "operating_point": {"threshold": 0.5, "backbone": "efficientnet_lite0"}}
-
-
-# --- the cross-validation's fold fits on plain arrays, by the path evaluate uses ------------------------------
-
-def _features(head_input, pooled, patches):
-    scorers = importlib.import_module("image_classification.scorers")
-    return scorers.Features(head_input=head_input, pooled=np.asarray(pooled), patches=patches)
-
-
-def _grid(patches) -> int:
-    return importlib.import_module("image_classification.patches").grid_of(patches) if patches is not None else 0
-
-
-def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None, targets: np.ndarray,
-                   groups: np.ndarray, folds: int, train_config, evaluate, seed: int) -> dict:
-    """evaluate's cross-validation (``selection.cross_validation.cross_validate``) of these arrays."""
-    cross_validation = importlib.import_module("image_classification.selection.cross_validation")
-    return cross_validation.cross_validate(_features(head_input, pooled, patches), targets, groups, folds, train_config,
-                                           evaluate, seed, grid=_grid(patches))
-
-
-def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None, rows: dict[str, np.ndarray],
-                targets: np.ndarray, groups: np.ndarray, train_config, evaluate, seed: int,
-                fits: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Every cross-validated scorer fitted on ``rows['train']`` (choosing on ``rows['val']``) by
-    ``Scorer.on_split``: the (validation, test) scores of those that could be fitted, by name; the fitted
-    baseline's weights go into ``fits`` (when given) under ``baseline``."""
-    scorers = importlib.import_module("image_classification.scorers")
-    cross_validation = importlib.import_module("image_classification.selection.cross_validation")
-    split = cross_validation.fold_split(_features(head_input, pooled, patches), targets, groups, rows,
-                                        grid=_grid(patches), train_config=train_config)
-    val, test = {}, {}
-    for name in __getattr__("NAMES"):
-        result = scorers.SCORERS[name].on_split(split, evaluate, seed)
-        split = split.with_scores(name, result.val, result.test)
-        if result.available or (name == "stack" and "patch" in val):
-            val[name], test[name] = result.val, result.test
-        if name == "baseline" and fits is not None:
-            fits["baseline"] = result.fitted.weights
-    return val, test
-
-
-def held_out_patch_classifier(patches: torch.Tensor, rows: dict[str, np.ndarray], targets: np.ndarray, evaluate,
-                              seed: int):
-    """The patch classifier fitted on the fold's train and validation rows (it chooses nothing on
-    validation) and its scores of ``rows['test']``: what the cross-validation's out-of-fold scores are."""
-    fit = importlib.import_module("image_classification.scorers.patch_classifier").fit_patch_classifier
-    fitted_on = np.concatenate([rows["train"], rows["val"]])
-    classifier = fit(patches[fitted_on], targets[fitted_on], evaluate, seed)
-    return classifier, classifier.scores(patches[rows["test"]])
