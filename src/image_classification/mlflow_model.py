@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from image_classification.scorers import ServedScore
 from image_classification.artefacts import Checkpoint
 from image_classification.datasets import SafetensorsDataset
 from image_classification.runtime.scoring import model_outputs
+from image_classification.scorers import ServedScore
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):

@@ -15,7 +15,6 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from image_classification.scorers import ServedScore
 from image_classification.artefacts import Checkpoint, ScoredIndex
 from image_classification.clustering import (
     agglomerative_clusters,
@@ -33,6 +32,7 @@ from image_classification.clustering import (
 from image_classification.errors import DataError
 from image_classification.parameters.embedding_analysis import EmbeddingAnalysisConfig
 from image_classification.plots import embedding as embedding_plots
+from image_classification.scorers import ServedScore
 
 logger = logging.getLogger(__name__)
 
