@@ -198,7 +198,7 @@ def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, 
     on_worker = replace(predict, workers=0, threads={"onnxruntime": threads, "torch": threads})
     # what a worker builds once and keeps: this checkpoint, and the served score's weights
     operating_point = point.to_payload()
-    served = hashlib.sha256(json.dumps([point.candidate, point.served_weights], sort_keys=True).encode()).hexdigest()
+    served = hashlib.sha256(json.dumps([point.candidate, point.point.served_weights], sort_keys=True).encode()).hexdigest()
     model = cluster.shared({"key": f"{checkpoint.fingerprint()}-{served}", "checkpoint": model_checkpoint,
                             "onnx": onnx_model, "parity": onnx_parity, "detector": anomaly_detector,
                             "operating_point": operating_point})
