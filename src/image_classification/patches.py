@@ -270,21 +270,29 @@ class PatchClassifier:
         network.eval()
         return cls(network=network, mean=mean, std=std, top_k=top_k, epochs=epochs)
 
-    def scores(self, patches: torch.Tensor, rows: int = 256) -> np.ndarray:
-        """Per image, the probability of valid: the sigmoid of minus the mean of its ``top_k`` highest
-        patch logits (a probability like the model's and the baseline's, so that one threshold range
-        and one meaning of ``score`` hold whichever candidate is served)."""
+    def patch_logits(self, patches: torch.Tensor, rows: int = 256) -> torch.Tensor:
+        """(N, P) float32 defect logit of every patch (higher: more defective); an image's defect
+        logit is the mean of its ``top_k`` highest."""
         if self.mean.dim() == 2 and patches.shape[1] != self.mean.shape[0]:
             raise DataError(f"the patch classifier was fitted on a grid of {self.mean.shape[0]} patches per image and "
                             f"is given {patches.shape[1]}: keep train.patch_grid as it was, or run the evaluate "
                             "pipeline again")
-        out = np.empty(len(patches), dtype=np.float32)
+        out = torch.empty(patches.shape[:2], dtype=torch.float32)
         with torch.inference_mode():
             for start in range(0, len(patches), rows):
                 chunk = (patches[start:start + rows].float() - self.mean) / self.std
-                logits = self.network(chunk).squeeze(-1).topk(self.top_k, dim=1).values.mean(1)
-                out[start:start + rows] = torch.sigmoid(-logits.double()).numpy()
+                out[start:start + rows] = self.network(chunk).squeeze(-1)
         return out
+
+    def image_logits(self, patch_logits: torch.Tensor) -> torch.Tensor:
+        """(N,) defect logit per image from its (N, P) patch logits: the mean of the ``top_k`` highest."""
+        return patch_logits.topk(self.top_k, dim=1).values.mean(1)
+
+    def scores(self, patches: torch.Tensor, rows: int = 256) -> np.ndarray:
+        """Per image, the probability of valid: the sigmoid of minus the mean of its ``top_k`` highest
+        patch logits (a probability like the model's and the baseline's, so that one threshold range
+        and one meaning of ``score`` hold whichever candidate is served)."""
+        return torch.sigmoid(-self.image_logits(self.patch_logits(patches, rows)).double()).numpy().astype(np.float32)
 
     def describe(self) -> dict:
         return {"channels": int(self.std.shape[0]), "hidden": int(self.network[0].out_features),
@@ -340,6 +348,11 @@ class PatchEnsemble:
     def scores(self, patches: torch.Tensor) -> np.ndarray:
         """Per image, the mean of the members' probabilities of valid."""
         return np.mean([member.scores(patches) for member in self.members], axis=0).astype(np.float32)
+
+    def patch_logits(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, P) the members' mean defect logit of every patch (for one member, the mean of an image's
+        ``top_k`` highest is its defect logit, minus the logit of its score)."""
+        return torch.stack([member.patch_logits(patches) for member in self.members]).mean(0)
 
     def to_payload(self, grid: int) -> dict:
         """The members as plain numbers (:meth:`PatchClassifier.to_payload`), with the patch grid."""

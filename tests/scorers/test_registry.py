@@ -12,9 +12,19 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.defect_maps import top_k_mean
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
-from image_classification.scorers import SCORERS, Features, Labelled, Scorer, ServedScore, Split, register
+from image_classification.scorers import (
+    SCORERS,
+    Features,
+    Labelled,
+    Scorer,
+    ServedScore,
+    Split,
+    probability_logit,
+    register,
+)
 from image_classification.selection.cross_validation import build_fold_stack, cross_validate
 
 CONFIG = EvaluateConfig(patch_classifier_epochs=5, patch_classifier_hidden=8, patch_classifier_top_k=1,
@@ -85,6 +95,47 @@ def test_every_registered_scorer_fits_ranks_and_round_trips(scored, name):
     scores = served.scores(model, split.test.pooled, split.test.patches)
     assert np.isnan(scores[0])
     np.testing.assert_allclose(scores[1:], result.test[1:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [name for name, kind in SCORERS.items() if "patches" in kind.reads])
+def test_every_patch_scorer_draws_a_map_that_points_at_the_defect_and_agrees_with_its_score(scored, name):
+    """An invalid image's one odd patch (patch 0) is where its map peaks; the map is in the scorer's
+    documented units, so that its top-k mean says what the image's score says."""
+    kind, result, split = SCORERS[name], scored["results"][name], scored["split"]
+    fitted = result.fitted or kind.fit(split, CONFIG, seed=42)
+    maps = fitted.defect_map(split.test)
+    assert maps.shape == (len(split.test.patches), 4) and maps.dtype == np.float32 and fitted.map_units
+    invalid = scored["test_targets"] == 0
+    assert (maps[invalid].argmax(1) == 0).mean() > 0.9
+    if name == "patch":  # distances: the top-k mean is the anomaly score, the negated patch score
+        np.testing.assert_allclose(top_k_mean(maps, fitted.memory.top_k), -fitted.score_samples(split.test), rtol=1e-5)
+    elif name == "patch_classifier" and len(fitted.ensemble.members) == 1:
+        np.testing.assert_allclose(top_k_mean(maps, fitted.ensemble.members[0].top_k),
+                                   -probability_logit(fitted.score_samples(split.test)), rtol=1e-4, atol=1e-4)
+    elif name == "fold_stack":  # one fold's map: its top-k mean is the stacker's local input, negated
+        member = fitted.stack.members[0]
+        single = type(fitted.stack)(members=[member], stacker=fitted.stack.stacker, gate=None, grid=2)
+        local = member.inputs(split.test.pooled, split.test.patches)[:, 1]
+        np.testing.assert_allclose(top_k_mean(single.patch_map(split.test.patches), member.classifier.top_k), -local,
+                                   rtol=1e-4, atol=1e-4)
+    else:  # the served ensemble: the members' mean map ranks images as the score does
+        assert roc_auc_score(scored["test_targets"], -top_k_mean(maps, 1)) > 0.8
+
+
+@pytest.mark.parametrize("name", [name for name, kind in SCORERS.items() if kind.servable])
+def test_the_served_score_draws_its_map_or_says_it_draws_none(scored, name):
+    result, split = scored["results"][name], scored["split"]
+    point = OperatingPoint.for_checkpoint({"threshold": 0.5}, CHECKPOINT, name, result.fitted.to_payload() or None)
+    served = ServedScore.of(json.loads(json.dumps(point.to_payload())))
+    model = np.array(split.test.scores["model"], dtype=float)
+    model[0] = np.nan
+    maps = served.defect_maps(model, split.test.patches)
+    if "patches" not in SCORERS[name].reads:
+        assert maps is None and served.map_units == ""
+        return
+    assert np.isnan(maps[0]).all() and np.isfinite(maps[1:]).all() and served.map_units
+    np.testing.assert_allclose(maps[1:], result.fitted.defect_map(split.test.take(np.arange(1, len(model)))),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_new_score_is_one_module_that_registers_itself():

@@ -162,6 +162,17 @@ class Scorer(ABC):
         """What was fitted, for evaluation_metrics.json."""
         return {"description": self.description}
 
+    def defect_map(self, features: Features) -> np.ndarray | None:
+        """(N, grid²) float32 defect evidence of every patch, row-major from the image's top-left (the
+        grid covers the whole upright image), higher = more defective, in :attr:`map_units`; None for a
+        score that reads no patches (see :mod:`image_classification.defect_maps`)."""
+        return None
+
+    @property
+    def map_units(self) -> str:
+        """What one value of :meth:`defect_map` means ("" when it draws none)."""
+        return ""
+
     @property
     def patch_grid(self) -> int:
         """Patches per side it reads (0: it reads no patch vectors)."""

@@ -219,6 +219,16 @@ class FoldStack:
             scores[~self.gate.passes(patches)] = 0.0
         return scores
 
+    def patch_map(self, patches: torch.Tensor) -> np.ndarray:
+        """(N, P) the stack's local evidence per patch: each fold's patch classifier logits in that fold's
+        calibrated defect log-odds (``a * logit - b``, the negated calibration of its valid log-odds),
+        averaged over the folds. For one fold the mean of an image's top_k highest is exactly the
+        calibrated local input the stacker reads (negated); the global gate and the baseline are not in it."""
+        patches = torch.as_tensor(patches)
+        maps = [member.classifier.patch_logits(patches) * float(member.calibration[1, 0]) - float(member.calibration[1, 1])
+                for member in self.members]
+        return torch.stack(maps).mean(0).numpy()
+
     def describe(self) -> dict:
         return {"fold_fits": len(self.members), "inputs": list(INPUTS),
                 "stacker_coefficients": dict(zip(INPUTS, (float(c) for c in self.stacker.coef))),
@@ -336,6 +346,15 @@ class FoldStackScorer(Scorer):
 
     def score_samples(self, features: Features) -> np.ndarray:
         return self.stack.scores(features.require("pooled", self.name), features.require("patches", self.name))
+
+    def defect_map(self, features: Features) -> np.ndarray:
+        return self.stack.patch_map(features.require("patches", self.name))
+
+    @property
+    def map_units(self) -> str:
+        return ("calibrated defect log-odds of each patch: the fold fits' patch classifier logits on the scale the "
+                "stacker reads them, averaged over the folds (the local evidence; the baseline's global evidence and "
+                "the global gate are not drawn)")
 
     def describe(self) -> dict:
         return self.stack.describe()

@@ -72,6 +72,16 @@ class PatchClassifierScorer(Scorer):
     def score_samples(self, features: Features) -> np.ndarray:
         return self.ensemble.scores(features.require("patches", self.name))
 
+    def defect_map(self, features: Features) -> np.ndarray:
+        return self.ensemble.patch_logits(features.require("patches", self.name)).numpy()
+
+    @property
+    def map_units(self) -> str:
+        return (f"defect log-odds of each patch (the patch network's logit, the mean over {len(self.ensemble.members)} "
+                f"fit{'s' if len(self.ensemble.members) > 1 else ''}); an image's top-{self.ensemble.members[0].top_k} "
+                "mean is its defect log-odds, minus the logit of its score"
+                + (" for each fit" if len(self.ensemble.members) > 1 else ""))
+
     def describe(self) -> dict:
         return self.record or {"description": self.description, "fold_fits": len(self.ensemble.members)}
 

@@ -42,6 +42,14 @@ class PatchMemoryScorer(Scorer):
     def score_samples(self, features: Features) -> np.ndarray:
         return -self.memory.anomaly_scores(features.require("patches", self.name))
 
+    def defect_map(self, features: Features) -> np.ndarray:
+        return self.memory.distances(features.require("patches", self.name)).numpy()
+
+    @property
+    def map_units(self) -> str:
+        return (f"distance of each patch to its nearest valid training patch; an image's top-{self.memory.top_k} mean "
+                "is its patch anomaly score, minus its patch score")
+
     def describe(self) -> dict:
         return {"enabled": True, "description": "PatchCore-style patch evidence: distance of an image's most unusual "
                 "patches to a coreset of the valid train images' patches", "train_valid_images": self.train_valid_images,

@@ -82,6 +82,26 @@ class ServedScore:
             scores[rows] = self.scorer.score_samples(features.take(rows))
         return scores
 
+    @property
+    def map_units(self) -> str:
+        """What one value of :meth:`defect_maps` means; "" when the served score draws no map."""
+        return self.scorer.map_units if self.patch_grid else ""
+
+    def defect_maps(self, model_scores: np.ndarray, patches: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
+        """(N, grid²) float32 defect map of every image (:mod:`image_classification.defect_maps`), NaN rows
+        where the model's score is NaN (an unreadable image); None when the served score reads no patches."""
+        if not self.map_units:
+            return None
+        if patches is None:
+            raise DataError(f"the served {self.candidate.replace('_', ' ')} draws its defect map from patch vectors; "
+                            "none were given")
+        patches = torch.as_tensor(patches)
+        rows = np.flatnonzero(~np.isnan(np.asarray(model_scores, dtype=np.float64)))
+        maps = np.full((len(model_scores), self.patch_grid ** 2), np.nan, dtype=np.float32)
+        if len(rows):
+            maps[rows] = self.scorer.defect_map(Features(patches=patches).take(rows))
+        return maps
+
     def scores_of_index(self, scored: ScoredIndex, image_index: pd.DataFrame,
                         backbone_features: dict | None) -> np.ndarray:
         """The served score of every indexed image from the score stage's pass, reading the patch
