@@ -23,7 +23,7 @@ from image_classification.scorers import ServedScore
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     """Scores a table with a ``path`` column: probability of valid (of the candidate the operating point
     serves: the model, the baseline on the pooled features or the patch classifier on the patch
-    vectors) and the label at the threshold."""
+    vectors), the label at the threshold and, when the served score reads patches, the defect map."""
 
     def load_context(self, context) -> None:
         self.checkpoint = Checkpoint.from_payload(SafetensorsDataset(filepath=context.artifacts["checkpoint"]).load())
@@ -38,10 +38,15 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         readable = np.array([not error for error in outputs["errors"]], dtype=bool)
         scores = self.operating_point.scores(np.where(readable, outputs["score"], np.nan), outputs["features"],
                                              outputs.get("patches"))
+        maps = self.operating_point.defect_maps(scores, outputs.get("patches"))
+        rows = [None] * len(paths) if maps is None else [None if np.isnan(row).all() else row.tolist() for row in maps]
         return pd.DataFrame({
             "path": paths,
             "score": scores,
             "predicted_label": self.operating_point.predicted_labels(scores).to_numpy(),
+            # where the defect is, as predict writes it (docs/defect-maps.md); empty when the score reads no patches
+            "defect_map": rows,
+            "defect_map_grid": [None if row is None else self.operating_point.patch_grid for row in rows],
             "error": [error or None for error in outputs["errors"]],
         })
 

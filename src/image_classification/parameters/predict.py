@@ -30,6 +30,11 @@ class PredictConfig:
         opset: the ONNX operator set the model is exported with.
         max_file_bytes: larger files get an error row unread; a read never goes past this.
         read_timeout_s: per remote file: a stalled read becomes that file's error row.
+        defect_maps: write each image's defect map (``defect_map``, ``defect_map_grid``) when the
+            served score reads patches (:mod:`image_classification.defect_maps`); false leaves them empty.
+        save_overlays: also draw every scored image with its map over it, as a PNG in
+            ``prediction_overlays`` (one per image, this run's only).
+        overlay_max_side: an overlay's longer side, in pixels (larger images are drawn scaled down).
     """
 
     source: dict = field(default_factory=lambda: {"kind": "demo"})
@@ -43,6 +48,9 @@ class PredictConfig:
     opset: int = 17
     max_file_bytes: int = ImageLimits.max_file_bytes
     read_timeout_s: float = ImageLimits.read_timeout_s
+    defect_maps: bool = True
+    save_overlays: bool = False
+    overlay_max_side: int = 1024
 
     def __post_init__(self) -> None:
         kind = current_kind(self.source.get("kind"), "predict.source.kind")
@@ -66,6 +74,11 @@ class PredictConfig:
             raise ParameterError(f"predict.threads has unknown backends {unknown}; use onnxruntime and torch")
         if any(value is not None and int(value) < 1 for value in self.threads.values()):
             raise ParameterError(f"predict.threads must be at least 1 or null (the default), got {self.threads}")
+        if self.save_overlays and not self.defect_maps:
+            raise ParameterError("predict.save_overlays draws the defect maps, which predict.defect_maps turns off; "
+                                 "set predict.defect_maps true or predict.save_overlays false")
+        if self.overlay_max_side < 16:
+            raise ParameterError(f"predict.overlay_max_side must be at least 16 pixels, got {self.overlay_max_side}")
         if self.max_file_bytes < 1 or not self.read_timeout_s > 0:
             raise ParameterError(f"predict.max_file_bytes must be at least 1 and read_timeout_s positive, got "
                                  f"{self.max_file_bytes} and {self.read_timeout_s}")

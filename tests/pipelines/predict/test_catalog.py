@@ -29,3 +29,24 @@ def test_every_predict_output_is_versioned():
     config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_predict.yml").read_text())
     assert all(entry.get("versioned") for entry in config.values())
     assert {"onnx_model", "onnx_parity", "predictions", "predictions_csv", "prediction_summary"} <= set(config)
+
+
+def test_overlays_are_one_folder_of_pngs_per_run_written_one_image_at_a_time(tmp_path):
+    from PIL import Image
+
+    catalog = entries(tmp_path, "prediction_overlays")
+    drawn = []
+
+    def draw(shade: int):
+        def image():
+            drawn.append(shade)
+            return Image.new("RGB", (8, 6), (shade, 0, 0))
+        return image
+
+    catalog.save("prediction_overlays", {"cell-1a2b": draw(10), "cell-3c4d": draw(200)})
+    assert drawn == [10, 200]
+    loaded = catalog.load("prediction_overlays")
+    assert sorted(loaded) == ["cell-1a2b", "cell-3c4d"] and loaded["cell-3c4d"]().getpixel((0, 0)) == (200, 0, 0)
+    versions = list((tmp_path / "data/08_reporting/prediction_overlays").iterdir())
+    assert len(versions) == 1 and len(list((versions[0] / "prediction_overlays").glob("*.png"))) == 2
+

@@ -145,6 +145,8 @@ def test_an_operating_point_on_the_baseline_calls_images_on_the_baseline_score(m
     assert (table.loc[scored, "predicted_label"] == np.where(expected >= threshold, "valid", "invalid")).all()
     assert 0 < (table.loc[scored, "predicted_label"] == "valid").sum() < scored.sum()
     assert table.loc[~scored, ["score", "model_score"]].isna().all(axis=None) and summary["candidate"] == "baseline"
+    assert table["defect_map"].isna().all() and not summary["defect_maps"]["written"]
+    assert "reads no patches" in summary["defect_maps"]["reason"]
     without = {key: value for key, value in point.items() if key != "served_weights"}
     with pytest.raises(ValueError, match="serves the baseline but holds no served_weights; run the evaluate"):
         predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn_detector_payload(), without, images, config)
@@ -195,6 +197,54 @@ def test_an_operating_point_on_the_patch_classifier_scores_the_patch_vectors_of_
                                     images, PredictConfig(backend="auto", workers=0, batch_size=4))
     assert summary["backend"] == "torch"
     np.testing.assert_allclose(table.loc[table["error"] == "", "score"], expected, atol=1e-4)
+
+
+def test_a_served_patch_score_writes_each_images_defect_map_and_overlays_on_request(mixed_folder, tmp_path):
+    """Where the served score reads patches, every scored image gets the grid x grid map its score is the
+    top-k mean of (row-major, higher = more defective); an unreadable one gets none; the setting turns
+    them off; overlays are drawn on the upright image, at most overlay_max_side, one PNG per image."""
+    from PIL import Image
+
+    from image_classification.pipelines.predict.nodes import draw_overlays
+
+    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")
+    checkpoint = Checkpoint.from_payload(tiny_checkpoint())
+    readable = (images["error"] == "").to_numpy()
+    reference = model_outputs(checkpoint.model(), images.loc[readable, "path"].tolist(),
+                              backbone_spec(checkpoint.backbone), torch.device("cpu"), patch_grid=3)
+    ok = np.array([not error for error in reference["errors"]])
+    patches = torch.from_numpy(reference["patches"][ok])
+    from image_classification.patches import PatchClassifier
+
+    classifier = PatchClassifier.fit(patches, np.arange(len(patches)) % 2, epochs=5, hidden=8, top_k=2)
+    point = OperatingPoint.for_checkpoint({"threshold": 0.5}, checkpoint, "patch_classifier",
+                                          classifier.to_payload(grid=3)).to_payload()
+    config = PredictConfig(backend="torch", workers=0, batch_size=4, save_overlays=True, overlay_max_side=40)
+    table, summary = predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn_detector_payload(threshold=10.0), point,
+                                    images, config)
+    scored = table["error"] == ""
+    maps = np.stack(table.loc[scored, "defect_map"].to_list())
+    np.testing.assert_allclose(maps, classifier.patch_logits(patches).numpy(), atol=1e-4)
+    assert (table.loc[scored, "defect_map_grid"] == 3).all()
+    assert table.loc[~scored, "defect_map"].isna().all() and table.loc[~scored, "defect_map_grid"].isna().all()
+    assert summary["defect_maps"]["written"] and summary["defect_maps"]["bytes_per_image"] == 36
+    saved = tmp_path / "predictions.parquet"
+    table.to_parquet(saved)
+    np.testing.assert_allclose(np.stack(pd.read_parquet(saved).loc[scored, "defect_map"].to_list()), maps)
+    assert "defect_map" not in format_for_spreadsheet(table)
+
+    overlays = draw_overlays(table, config)
+    assert len(overlays) == scored.sum() and len(set(overlays)) == len(overlays)
+    first = next(iter(overlays.values()))()
+    assert isinstance(first, Image.Image) and max(first.size) <= 40
+    assert draw_overlays(table, PredictConfig(backend="torch")) == {}
+
+    off, summary_off = predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn_detector_payload(threshold=10.0), point,
+                                      images, PredictConfig(backend="torch", workers=0, defect_maps=False))
+    assert off["defect_map"].isna().all() and "turns" not in summary_off["defect_maps"]["reason"]
+    assert summary_off["defect_maps"] == {"written": False, "reason": "predict.defect_maps is off"}
+    with pytest.raises(ValueError, match="predict.save_overlays draws the defect maps"):
+        PredictConfig(defect_maps=False, save_overlays=True)
 
 
 def test_an_export_onnx_runtime_cannot_run_fails_the_parity_check_and_auto_scores_in_pytorch(mixed_folder):

@@ -14,12 +14,15 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
+from image_classification.defect_maps import overlay
 from image_classification.detectors import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint
 from image_classification.backbones import BackboneSpec
@@ -29,6 +32,7 @@ from image_classification.distributed import (
     dask_map,
     worker_cached,
 )
+from image_classification.images import ImageReadError, load_rgb
 from image_classification.parameters.predict import PredictConfig
 from image_classification.parameters.runtime import RuntimeConfig
 from image_classification.runtime.backends import Backend, serving_backend
@@ -52,9 +56,11 @@ def _space_features(outputs: dict[str, np.ndarray], space: str | None) -> np.nda
 
 
 # score: the served candidate's probability of valid (operating_point.json's candidate: the model, or the
-# baseline on the pooled features); model_score: the trained model's, the same when the model is served
+# baseline on the pooled features); model_score: the trained model's, the same when the model is served;
+# defect_map: grid x grid values (row-major from the top-left of the upright image, higher = more defective)
+# when the served score reads patches, else empty (docs/defect-maps.md)
 PREDICTION_COLUMNS = ["path", "score", "predicted_label", "anomaly_score", "anomaly_flag", "accepted_as_valid",
-                      "model_score", "error"]
+                      "model_score", "defect_map", "defect_map_grid", "error"]
 
 
 def list_prediction_images(source: dict, demo_images: str | Callable[[], str]) -> pd.DataFrame:
@@ -161,9 +167,9 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
         outputs = _stream_scores(backend, paths, checkpoint.spec, detector.restore(),
                                  detector.space, point, predict)
     seconds = time.perf_counter() - started
-    table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold)
+    table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold, point.patch_grid)
     summary = _summary(table, outputs["backend"], threshold, detector.describe(), predict, seconds) | {
-        "candidate": point.candidate}
+        "candidate": point.candidate, "defect_maps": _maps_summary(point, predict)}
     if "workers" in outputs:  # scored on Dask
         summary["dask"] = {"address": dask.address, "partition_size": dask.partition_size, "workers": outputs["workers"]}
     logger.info("Scored %d of %d files in %.1f s (%.1f images/s, %s): %d accepted as valid, %d flagged, %d unreadable",
@@ -204,20 +210,41 @@ def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, 
                             "operating_point": operating_point})
     score, anomaly = np.full(len(paths), np.nan, np.float32), np.full(len(paths), np.nan, np.float32)
     served_score = np.full(len(paths), np.nan, np.float32)
+    maps = np.full((len(paths), point.patch_grid ** 2), np.nan, np.float32) if _draws_maps(point, predict) else None
     errors: list[str] = [""] * len(paths)
     backends, workers = set(), set()
     for start, part in cluster.run(score_partition, paths, model, on_worker):
         stop = start + len(part["error"])
         score[start:stop], anomaly[start:stop], errors[start:stop] = part["score"], part["anomaly_score"], part["error"]
         served_score[start:stop] = part["served_score"]
+        if maps is not None:
+            maps[start:stop] = part["defect_map"]
         backends.add(part["backend"])
         workers.add(part["worker"])
     return {"score": score, "served_score": served_score, "anomaly_score": anomaly, "error": errors,
-            "backend": "+".join(sorted(backends)), "workers": len(workers)}, on_worker
+            "backend": "+".join(sorted(backends)), "workers": len(workers)} | (
+        {"defect_map": maps} if maps is not None else {}), on_worker
+
+
+def draw_overlays(predictions: pd.DataFrame, predict: PredictConfig) -> dict[str, Callable[[], Image.Image]]:
+    """With ``predict.save_overlays``: every image that has a defect map, drawn upright with its map over it
+    (:func:`~image_classification.defect_maps.overlay`), longer side at most ``predict.overlay_max_side``.
+    One PNG per image, named after its file plus a short hash of its whole path (two ``0001.png`` in
+    different folders never collide), each drawn only when the catalog writes it
+    (:class:`~image_classification.datasets.ImageFolderDataset`)."""
+    if not predict.save_overlays:
+        return {}
+    drawn = predictions[predictions["defect_map"].notna()]
+    overlays = {_overlay_name(path): partial(_draw_overlay, path, np.asarray(values), predict)
+                for path, values in zip(drawn["path"], drawn["defect_map"])}
+    logger.info("Writing %d defect map overlays to prediction_overlays", len(overlays))
+    return overlays
 
 
 def format_for_spreadsheet(predictions: pd.DataFrame) -> pd.DataFrame:
-    """The predictions with blanks instead of missing values and scores rounded to 6 decimals."""
+    """The predictions with blanks instead of missing values and scores rounded to 6 decimals; without
+    the defect maps (a list of values per image: they stay in predictions.parquet)."""
+    predictions = predictions.drop(columns=["defect_map"], errors="ignore")
     scores = {column: 6 for column in ("score", "anomaly_score", "model_score") if column in predictions}
     table = predictions.astype({column: "float64" for column in scores}).round(scores)
     table = table.astype("object")
@@ -246,6 +273,8 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
     the pooled features or the patch classifier's of the patch vectors), anomaly score and read
     error per image, batch by batch: features never accumulate."""
     parts: dict[str, list] = {"score": [], "served_score": [], "anomaly_score": [], "error": []}
+    if _draws_maps(point, predict):
+        parts["defect_map"] = []
     with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False, disable=not progress) as bar:
         for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers,
                                             limits=predict.read_limits):
@@ -255,15 +284,17 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
             parts["served_score"].append(point.scores(outputs["score"], outputs["features"],
                                                       outputs.get("patches")).astype(np.float32))
             parts["anomaly_score"].append(detector.score_samples(inputs.astype(np.float64)).astype(np.float32))
+            if "defect_map" in parts:
+                parts["defect_map"].append(point.defect_maps(outputs["score"], outputs.get("patches")))
             parts["error"] += list(reasons)
             bar.update(len(images))
-    empty = np.empty(0, np.float32)
-    return {name: np.concatenate(parts[name]) if paths else empty for name in parts if name != "error"} | {
-        "error": parts["error"], "backend": backend.name}
+    empty = {"defect_map": np.empty((0, point.patch_grid ** 2), np.float32)}
+    return {name: np.concatenate(parts[name]) if paths else empty.get(name, np.empty(0, np.float32))
+            for name in parts if name != "error"} | {"error": parts["error"], "backend": backend.name}
 
 
 def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold: float,
-            anomaly_threshold: float) -> pd.DataFrame:
+            anomaly_threshold: float, grid: int = 0) -> pd.DataFrame:
     """Per image: valid at the threshold (on the served score), anomalous above the detector's,
     accepted if both say so."""
     table = listed[["path"]].copy()
@@ -284,8 +315,46 @@ def _decide(listed: pd.DataFrame, readable: np.ndarray, outputs: dict, threshold
     table.loc[~ok, "anomaly_flag"] = pd.NA
     table["accepted_as_valid"] = accepted  # False where unreadable: a NaN score is never valid
     table["model_score"] = model_score
+    maps = np.full(len(table), None, dtype=object)
+    if "defect_map" in outputs:
+        for row, values in zip(np.flatnonzero(readable), outputs["defect_map"]):
+            maps[row] = values if ok[row] else None
+    table["defect_map"] = maps
+    table["defect_map_grid"] = pd.array([grid if values is not None else None for values in maps], dtype="Int16")
     table["error"] = pd.array(errors, dtype="string")
     return table[PREDICTION_COLUMNS]
+
+
+def _overlay_name(path: str) -> str:
+    stem = os.path.splitext(path.replace("\\", "/").rsplit("/", 1)[-1])[0]
+    return f"{stem}-{hashlib.sha256(path.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def _draw_overlay(path: str, values: np.ndarray, predict: PredictConfig) -> Image.Image:
+    """One overlay; an image that can no longer be read gets its map over a grey square, with a warning."""
+    try:
+        image = load_rgb(path, predict.read_limits, draft_size=predict.overlay_max_side)
+        image.thumbnail((predict.overlay_max_side, predict.overlay_max_side))
+        pixels = np.asarray(image)
+    except ImageReadError as error:
+        logger.warning("%s: its defect map is drawn on grey, the image cannot be read again: %s", path, error)
+        pixels = np.full((256, 256, 3), 128, np.uint8)
+    return Image.fromarray(overlay(pixels, values))
+
+
+def _draws_maps(point: ServedScore, predict: PredictConfig) -> bool:
+    return bool(predict.defect_maps and point.map_units)
+
+
+def _maps_summary(point: ServedScore, predict: PredictConfig) -> dict:
+    """What the defect map columns hold, or why they are empty."""
+    if not point.map_units:
+        return {"written": False, "reason": f"the served {point.candidate.replace('_', ' ')} reads no patches"}
+    if not predict.defect_maps:
+        return {"written": False, "reason": "predict.defect_maps is off"}
+    return {"written": True, "source": point.candidate, "grid": point.patch_grid, "units": point.map_units,
+            "layout": "row-major from the top-left of the upright image, higher = more defective",
+            "bytes_per_image": 4 * point.patch_grid ** 2, "overlays": predict.save_overlays}
 
 
 def _summary(table: pd.DataFrame, backend: str, threshold: float, detector: dict, predict: PredictConfig,

@@ -4,6 +4,7 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     check_onnx_parity,
+    draw_overlays,
     export_onnx_model,
     format_for_spreadsheet,
     list_prediction_images,
@@ -39,6 +40,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                         "prediction_images", "params:predict", "params:runtime.dask"],
                 outputs=["predictions", "prediction_summary"],
                 name="predict_images",
+            ),
+            Node(
+                func=draw_overlays,
+                inputs=["predictions", "params:predict"],
+                outputs="prediction_overlays",
+                name="draw_defect_map_overlays",
             ),
             Node(
                 func=format_for_spreadsheet,
