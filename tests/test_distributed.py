@@ -16,12 +16,14 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from distributed import Client, LocalCluster, get_task_stream
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from image_classification.distributed import DaskSettings, dask_client
 from image_classification.errors import ParameterError
+from image_classification.patches import PatchClassifier
 from image_classification.pipelines.data_prep import (
     create_pipeline as data_prep_pipeline,
 )
@@ -79,17 +81,27 @@ def test_checking_images_on_two_workers_gives_the_in_process_rows(tmp_path, clus
     assert len(ran) == 9 and len({task["worker"] for task in ran}) == 2
 
 
-@pytest.mark.parametrize("served", ["model", "baseline"])
+@pytest.mark.parametrize("served", ["model", "baseline", "patch_classifier"])
 def test_predicting_on_two_workers_gives_the_in_process_scores(tmp_path, cluster, served):
     address, _ = cluster
     paths = sorted(str(path) for path in write_files(tmp_path, image_files(14)))
     inputs = predict_inputs(paths)
     if served == "baseline":  # the workers score the pooled features with the saved baseline weights
         inputs["operating_point"] = OPERATING_POINT | {"candidate": "baseline", "served_weights": baseline_payload()}
+    if served == "patch_classifier":  # and the patch vectors, whose defect maps come back with the scores
+        classifier = PatchClassifier.fit(torch.randn(8, 4, 152, generator=torch.Generator().manual_seed(0)),
+                                         np.arange(8) % 2, epochs=2, hidden=8, top_k=2)
+        inputs["operating_point"] = OPERATING_POINT | {"candidate": "patch_classifier",
+                                                       "served_weights": classifier.to_payload(grid=2)}
     here, _ = predict_images(**inputs)
     there, summary = predict_images(**inputs, dask=DaskSettings(address=address, partition_size=3))
-    floats = ["score", "anomaly_score", "model_score"]
+    floats = ["score", "anomaly_score", "model_score", "defect_map"]
     pd.testing.assert_frame_equal(here.drop(columns=floats), there.drop(columns=floats))
+    drawn = here["defect_map"].notna()
+    assert drawn.any() == (served == "patch_classifier") and (there["defect_map"].notna() == drawn).all()
+    if drawn.any():
+        np.testing.assert_allclose(np.stack(there.loc[drawn, "defect_map"].to_list()),
+                                   np.stack(here.loc[drawn, "defect_map"].to_list()), atol=1e-4)
     np.testing.assert_allclose(there["score"], here["score"], atol=1e-5)
     np.testing.assert_allclose(there["model_score"], here["model_score"], atol=1e-5)
     readable = here["error"] == ""
