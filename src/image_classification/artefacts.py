@@ -316,17 +316,20 @@ class OperatingPoint:
     checkpoint: dict = field(default_factory=dict)
     candidate: str = "model"
     served_weights: dict | None = None
+    defect_map: dict | None = None
 
     @classmethod
     def for_checkpoint(cls, choice: dict, checkpoint: Checkpoint, candidate: str = "model",
-                       served_weights: dict | None = None) -> OperatingPoint:
+                       served_weights: dict | None = None, defect_map: dict | None = None) -> OperatingPoint:
         """The threshold in ``choice`` (see :func:`~image_classification.metrics.select_threshold`) on
         ``candidate``'s scores (with its ``served_weights`` when it is not the model), recorded with the
-        checkpoint it was chosen for."""
+        checkpoint it was chosen for. ``defect_map``: ``{"candidate": name, "weights": ...}``, a patch
+        score whose map explains a served score that reads no patches (it decides nothing)."""
         if candidate != "model" and not served_weights:
             raise DataError(f"the operating point serves the {candidate}, but no weights of it were given")
         return cls(threshold=float(choice["threshold"]), choice={k: v for k, v in choice.items() if k != "threshold"},
                    candidate=candidate, served_weights=served_weights if candidate != "model" else None,
+                   defect_map=defect_map,
                    backbone=checkpoint.backbone, best_epoch=checkpoint.best_epoch,
                    class_names=list(checkpoint.class_names),
                    checkpoint={key: getattr(checkpoint, key) for key in cls.CHECKPOINT_KEYS})
@@ -342,9 +345,10 @@ class OperatingPoint:
             raise DataError(f"operating_point serves the {candidate} but holds no served_weights; run the evaluate "
                             "pipeline again")
         known = ("threshold", "candidate", "backbone", "best_epoch", "class_names", "checkpoint", "positive_class",
-                 "decision", "served_weights")
+                 "decision", "served_weights", "defect_map")
         return cls(threshold=float(threshold), choice={k: v for k, v in payload.items() if k not in known},
                    candidate=candidate, served_weights=payload.get("served_weights"),
+                   defect_map=payload.get("defect_map") or None,
                    backbone=payload.get("backbone"), best_epoch=payload.get("best_epoch"),
                    class_names=list(payload.get("class_names") or ["invalid", "valid"]),
                    checkpoint=dict(payload.get("checkpoint") or {}))
@@ -353,7 +357,8 @@ class OperatingPoint:
         return {"threshold": self.threshold, "candidate": self.candidate, **self.choice, "positive_class": "valid",
                 "decision": self.DECISION,
                 "backbone": self.backbone, "class_names": self.class_names, "best_epoch": self.best_epoch,
-                "checkpoint": self.checkpoint} | ({"served_weights": self.served_weights} if self.served_weights else {})
+                "checkpoint": self.checkpoint} | ({"served_weights": self.served_weights} if self.served_weights else {}) | (
+            {"defect_map": self.defect_map} if self.defect_map else {})
 
     def threshold_for(self, checkpoint: Checkpoint) -> float:
         """The threshold, if it was chosen for this checkpoint; a :class:`DataError` if its record of

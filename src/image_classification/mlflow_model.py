@@ -34,7 +34,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         paths = [str(path) for path in model_input["path"]]
         outputs = model_outputs(self.checkpoint.model(), paths, self.checkpoint.spec,
-                                torch.device("cpu"), patch_grid=self.operating_point.patch_grid)
+                                torch.device("cpu"), patch_grid=self.operating_point.pass_grid)
         readable = np.array([not error for error in outputs["errors"]], dtype=bool)
         scores = self.operating_point.scores(np.where(readable, outputs["score"], np.nan), outputs["features"],
                                              outputs.get("patches"))
@@ -46,7 +46,7 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
             "predicted_label": self.operating_point.predicted_labels(scores).to_numpy(),
             # where the defect is, as predict writes it (docs/defect-maps.md); empty when the score reads no patches
             "defect_map": rows,
-            "defect_map_grid": [None if row is None else self.operating_point.patch_grid for row in rows],
+            "defect_map_grid": [None if row is None else self.operating_point.map_grid for row in rows],
             "error": [error or None for error in outputs["errors"]],
         })
 

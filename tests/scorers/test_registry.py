@@ -138,6 +138,29 @@ def test_the_served_score_draws_its_map_or_says_it_draws_none(scored, name):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_a_served_score_that_reads_no_patches_is_explained_by_a_patch_scores_map(scored):
+    """The model or the baseline served: the operating point carries the fitted patch classifier, whose
+    map (labelled as its own) shows where a defect may be; the served score and threshold are unchanged."""
+    from image_classification.selection.operating_point import explaining_map
+
+    results, split = scored["results"], scored["split"]
+    weights = {name: results[name].fitted.to_payload() or None for name, kind in SCORERS.items() if kind.servable}
+    assert explaining_map("patch_classifier", weights) is None
+    assert explaining_map("model", {"model": None}) is None  # nothing fitted that reads patches
+    explainer = explaining_map("baseline", weights)
+    assert explainer["candidate"] == "patch_classifier"
+    point = OperatingPoint.for_checkpoint({"threshold": 0.5}, CHECKPOINT, "baseline", weights["baseline"], explainer)
+    served = ServedScore.of(json.loads(json.dumps(point.to_payload())))
+    assert served.patch_grid == 0 and served.pass_grid == served.map_grid == 2
+    assert served.map_source == "patch_classifier (explains the baseline, which reads no patches)"
+    model = np.array(split.test.scores["model"], dtype=float)
+    np.testing.assert_allclose(served.scores(model, split.test.pooled, None), results["baseline"].test, rtol=1e-5)
+    np.testing.assert_allclose(served.defect_maps(model, split.test.patches),
+                               results["patch_classifier"].fitted.defect_map(split.test), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="draws its map on a 2x2 patch grid"):
+        served.defect_maps(model, split.test.patches[:, :1])
+
+
 def test_a_new_score_is_one_module_that_registers_itself():
     """Registered, a scorer is cross-validated, measured and its column written with no other change."""
     @register

@@ -20,17 +20,29 @@ class ServedScore:
 
     point: OperatingPoint
     scorer: Scorer
+    explainer: Scorer | None = None  # draws the map when the served score reads no patches
 
     @classmethod
     def of(cls, point: OperatingPoint | dict) -> ServedScore:
         """The scorer ``point`` serves; a :class:`DataError` when this version cannot serve it."""
         point = point if isinstance(point, OperatingPoint) else OperatingPoint.from_payload(point)
+        explainer = None
+        if point.defect_map:
+            name = point.defect_map.get("candidate")
+            if name not in SCORERS or "patches" not in SCORERS[name].reads:
+                raise DataError(f"operating_point's defect map is drawn by '{name}', which this version cannot draw a "
+                                "map with; run the evaluate pipeline")
+            explainer = SCORERS[name].from_payload(point.defect_map.get("weights") or {})
+        return cls(point, cls._served(point), explainer)
+
+    @staticmethod
+    def _served(point: OperatingPoint) -> Scorer:
         kind = SCORERS.get(point.candidate)
         if kind is None or not kind.servable:
             servable = ", ".join(name for name, scorer in SCORERS.items() if scorer.servable)
             raise DataError(f"operating_point is for candidate '{point.candidate}', which this version cannot serve "
                             f"(only {servable}); run the evaluate pipeline")
-        return cls(point, kind.from_payload(point.served_weights or {}))
+        return kind.from_payload(point.served_weights or {})
 
     @property
     def candidate(self) -> str:
@@ -83,23 +95,54 @@ class ServedScore:
         return scores
 
     @property
+    def map_scorer(self) -> Scorer | None:
+        """The scorer that draws the defect maps: the served one when it reads patches, else the
+        operating point's explaining patch score (None: no map)."""
+        return self.scorer if self.patch_grid else self.explainer
+
+    @property
+    def map_source(self) -> str:
+        """Whose map :meth:`defect_maps` draws: the served candidate's name, or the explaining score's
+        "<name> (explains the <candidate>, which reads no patches)"; "" when none."""
+        if self.map_scorer is None:
+            return ""
+        if self.map_scorer is self.scorer:
+            return self.candidate
+        return f"{self.explainer.name} (explains the {self.candidate}, which reads no patches)"
+
+    @property
+    def map_grid(self) -> int:
+        """Patches per side of the defect maps (0: none)."""
+        return self.map_scorer.patch_grid if self.map_scorer is not None else 0
+
+    @property
+    def pass_grid(self) -> int:
+        """Patches per side the backbone's pass must output: for the served score, or else for its map."""
+        return self.patch_grid or self.map_grid
+
+    @property
     def map_units(self) -> str:
-        """What one value of :meth:`defect_maps` means; "" when the served score draws no map."""
-        return self.scorer.map_units if self.patch_grid else ""
+        """What one value of :meth:`defect_maps` means; "" when no map is drawn."""
+        return self.map_scorer.map_units if self.map_scorer is not None else ""
 
     def defect_maps(self, model_scores: np.ndarray, patches: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
         """(N, grid²) float32 defect map of every image (:mod:`image_classification.defect_maps`), NaN rows
         where the model's score is NaN (an unreadable image); None when the served score reads no patches."""
-        if not self.map_units:
+        scorer = self.map_scorer
+        if scorer is None:
             return None
         if patches is None:
-            raise DataError(f"the served {self.candidate.replace('_', ' ')} draws its defect map from patch vectors; "
-                            "none were given")
+            raise DataError(f"the {self.map_source.replace('_', ' ')} draws its defect map from patch vectors; none "
+                            "were given")
         patches = torch.as_tensor(patches)
+        if patches.shape[1:2] != (self.map_grid ** 2,):
+            raise DataError(f"the {self.map_source.replace('_', ' ')} draws its map on a {self.map_grid}x{self.map_grid} "
+                            f"patch grid, but the patch vectors given hold {patches.shape[1]} patches per image; run "
+                            "train and evaluate again with one train.patch_grid")
         rows = np.flatnonzero(~np.isnan(np.asarray(model_scores, dtype=np.float64)))
-        maps = np.full((len(model_scores), self.patch_grid ** 2), np.nan, dtype=np.float32)
+        maps = np.full((len(model_scores), self.map_grid ** 2), np.nan, dtype=np.float32)
         if len(rows):
-            maps[rows] = self.scorer.defect_map(Features(patches=patches).take(rows))
+            maps[rows] = scorer.defect_map(Features(patches=patches).take(rows))
         return maps
 
     def scores_of_index(self, scored: ScoredIndex, image_index: pd.DataFrame,

@@ -12,7 +12,7 @@ import pandas as pd
 
 from image_classification.artefacts import Checkpoint, OperatingPoint, jsonable
 from image_classification.metrics import format_figure, metrics_at_threshold, select_threshold
-from image_classification.scorers import columns, probability_logit
+from image_classification.scorers import SCORERS, columns, probability_logit
 from image_classification.scorers.fold_stack import platt
 from image_classification.selection.candidate import operating_candidate, scored
 
@@ -56,7 +56,21 @@ def choose(evaluation_scores: pd.DataFrame, checkpoint: Checkpoint, evaluate, ou
     log_operating_point(candidate.capitalize(), point)
     warn_low_efficiency(point, pooling_loss(held_out, column) if chosen_on == "out_of_fold" else 0.0,
                         "out_of_fold_bound_level" if chosen_on == "out_of_fold" else "bound_level")
-    return jsonable(OperatingPoint.for_checkpoint(point, checkpoint, candidate, served_weights[candidate]).to_payload())
+    return jsonable(OperatingPoint.for_checkpoint(point, checkpoint, candidate, served_weights[candidate],
+                                                  explaining_map(candidate, served_weights)).to_payload())
+
+
+def explaining_map(candidate: str, served_weights: dict[str, dict | None]) -> dict | None:
+    """Where the served score reads no patches (the model, the baseline), the first fitted servable patch
+    score in registry order (the patch classifier before the fold stack), whose defect map then shows
+    where a defect may be, beside the served score; None when the served score draws its own map or no
+    patch score was fitted."""
+    if "patches" in SCORERS[candidate].reads:
+        return None
+    for name, kind in SCORERS.items():
+        if kind.servable and "patches" in kind.reads and served_weights.get(name):
+            return {"candidate": name, "weights": served_weights[name]}
+    return None
 
 
 def log_operating_point(name: str, point: dict) -> None:

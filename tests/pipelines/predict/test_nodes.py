@@ -246,6 +246,15 @@ def test_a_served_patch_score_writes_each_images_defect_map_and_overlays_on_requ
     with pytest.raises(ValueError, match="predict.save_overlays draws the defect maps"):
         PredictConfig(defect_maps=False, save_overlays=True)
 
+    # the baseline served, the patch classifier beside it: its map, labelled as its own; the call is the baseline's
+    explained = OperatingPoint.for_checkpoint({"threshold": 0.5}, checkpoint, "baseline", baseline_payload(),
+                                              {"candidate": "patch_classifier",
+                                               "weights": classifier.to_payload(grid=3)}).to_payload()
+    table, summary = predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn_detector_payload(threshold=10.0),
+                                    explained, images, PredictConfig(backend="torch", workers=0))
+    np.testing.assert_allclose(np.stack(table.loc[scored, "defect_map"].to_list()), maps, atol=1e-4)
+    assert summary["candidate"] == "baseline" and "explains the baseline" in summary["defect_maps"]["source"]
+
 
 def test_an_export_onnx_runtime_cannot_run_fails_the_parity_check_and_auto_scores_in_pytorch(mixed_folder):
     """An export ONNX Runtime refuses (here an operator it does not know, as an older runtime would

@@ -78,7 +78,7 @@ def export_onnx_model(model_checkpoint: dict, operating_point: dict, predict: Pr
     """The checkpoint's whole model (backbone and head) as ONNX, tagged with the checkpoint's hash;
     with the patch vectors as a fourth output when the operating point serves the patch classifier."""
     checkpoint = Checkpoint.from_payload(model_checkpoint)
-    patch_grid = ServedScore.of(operating_point).patch_grid
+    patch_grid = ServedScore.of(operating_point).pass_grid
     started = time.perf_counter()
     onnx_model = export_onnx(
         checkpoint.model(), int(checkpoint.input_size),
@@ -105,10 +105,10 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
         return report | {"passed": False, "reason": "the ONNX model was exported from another checkpoint"}
     if not onnxruntime_available():
         return report | {"passed": False, "reason": "onnxruntime is not installed"}
-    mismatch = serving_mismatch(onnx_model, point.patch_grid)
+    mismatch = serving_mismatch(onnx_model, point.pass_grid)
     if mismatch:
         return report | {"passed": False, "reason": f"the ONNX model cannot serve the operating point's "
-                         f"{point.candidate} score: {mismatch}; run `kedro run --pipelines predict` to export it again"}
+                         f"{point.candidate} score and map: {mismatch}; run `kedro run --pipelines predict` to export it again"}
     spec = checkpoint.spec
     candidates = prediction_images.loc[prediction_images["error"].fillna("") == "", "path"].tolist()
     images = _first_readable(candidates, spec, predict.parity_images, predict)
@@ -118,7 +118,7 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
         return point.scores(outputs["score"], outputs["features"], torch.from_numpy(outputs["patches"]))
 
     try:
-        measured = export_parity(checkpoint.model(), onnx_model, images, point.patch_grid,
+        measured = export_parity(checkpoint.model(), onnx_model, images, point.pass_grid,
                                  served if point.patch_grid else None)
     except Exception as error:  # onnxruntime raises its own types (an operator its version lacks, a broken file...)
         return report | {"passed": False, "reason": f"ONNX Runtime could not run the exported model ({error}); "
@@ -163,11 +163,11 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     else:
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         backend = serving_backend(predict.backend, checkpoint.model(), onnx_model, onnx_parity, device,
-                                  predict.threads_for, point.patch_grid)
+                                  predict.threads_for, point.pass_grid)
         outputs = _stream_scores(backend, paths, checkpoint.spec, detector.restore(),
                                  detector.space, point, predict)
     seconds = time.perf_counter() - started
-    table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold, point.patch_grid)
+    table = _decide(prediction_images, readable.to_numpy(), outputs, threshold, detector.threshold, point.map_grid)
     summary = _summary(table, outputs["backend"], threshold, detector.describe(), predict, seconds) | {
         "candidate": point.candidate, "defect_maps": _maps_summary(point, predict)}
     if "workers" in outputs:  # scored on Dask
@@ -186,7 +186,7 @@ def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> di
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         point = ServedScore.of(model["operating_point"])
         backend = serving_backend(predict.backend, checkpoint.model(), model["onnx"], model["parity"], device,
-                                  predict.threads_for, point.patch_grid)
+                                  predict.threads_for, point.pass_grid)
         return backend, detector.restore(), detector.space, checkpoint.spec, point
 
     backend, detector, space, spec, point = worker_cached(f"predict-{model['key']}", build)
@@ -210,7 +210,7 @@ def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, 
                             "operating_point": operating_point})
     score, anomaly = np.full(len(paths), np.nan, np.float32), np.full(len(paths), np.nan, np.float32)
     served_score = np.full(len(paths), np.nan, np.float32)
-    maps = np.full((len(paths), point.patch_grid ** 2), np.nan, np.float32) if _draws_maps(point, predict) else None
+    maps = np.full((len(paths), point.map_grid ** 2), np.nan, np.float32) if _draws_maps(point, predict) else None
     errors: list[str] = [""] * len(paths)
     backends, workers = set(), set()
     for start, part in cluster.run(score_partition, paths, model, on_worker):
@@ -288,7 +288,7 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
                 parts["defect_map"].append(point.defect_maps(outputs["score"], outputs.get("patches")))
             parts["error"] += list(reasons)
             bar.update(len(images))
-    empty = {"defect_map": np.empty((0, point.patch_grid ** 2), np.float32)}
+    empty = {"defect_map": np.empty((0, point.map_grid ** 2), np.float32)}
     return {name: np.concatenate(parts[name]) if paths else empty.get(name, np.empty(0, np.float32))
             for name in parts if name != "error"} | {"error": parts["error"], "backend": backend.name}
 
@@ -349,12 +349,13 @@ def _draws_maps(point: ServedScore, predict: PredictConfig) -> bool:
 def _maps_summary(point: ServedScore, predict: PredictConfig) -> dict:
     """What the defect map columns hold, or why they are empty."""
     if not point.map_units:
-        return {"written": False, "reason": f"the served {point.candidate.replace('_', ' ')} reads no patches"}
+        return {"written": False, "reason": f"the served {point.candidate.replace('_', ' ')} reads no patches and no "
+                "patch score was fitted beside it (evaluate.patch_classifier, train.patch_grid)"}
     if not predict.defect_maps:
         return {"written": False, "reason": "predict.defect_maps is off"}
-    return {"written": True, "source": point.candidate, "grid": point.patch_grid, "units": point.map_units,
+    return {"written": True, "source": point.map_source, "grid": point.map_grid, "units": point.map_units,
             "layout": "row-major from the top-left of the upright image, higher = more defective",
-            "bytes_per_image": 4 * point.patch_grid ** 2, "overlays": predict.save_overlays}
+            "bytes_per_image": 4 * point.map_grid ** 2, "overlays": predict.save_overlays}
 
 
 def _summary(table: pd.DataFrame, backend: str, threshold: float, detector: dict, predict: PredictConfig,
