@@ -134,7 +134,8 @@ def defect_map_plotly(panels: list[MapPanel], title: str, note: str, size: int =
         height, width = image.shape[:2]
         start = len(figure.data)
         name = file_caption(panel.name, width=200, lines=1)
-        figure.add_trace(go.Image(source=_png_uri(image), hoverinfo="skip", name=name, visible=False))
+        # pixel centres at half-pixels, so that the image spans 0..width like the map's cells
+        figure.add_trace(go.Image(source=_png_uri(image), x0=0.5, y0=0.5, hoverinfo="skip", name=name, visible=False))
         if panel.has_map:
             figure.add_trace(_heatmap(panel.values, name, height, width))
         shown.append(range(start, len(figure.data)))
@@ -142,7 +143,8 @@ def defect_map_plotly(panels: list[MapPanel], title: str, note: str, size: int =
                                       f"{map_caption(panel.values).replace(chr(10), ' ')}</sub>",
                         "xaxis.range": [0, width], "yaxis.range": [height, 0]})
     visible = [[index in traces for index in range(len(figure.data))] for traces in shown]
-    figure.update_layout(template="plotly_white", margin={"t": 110}, title={"text": f"{title}<br><sub>{note}</sub>"},
+    top = 70 + 22 * (note.count("<br>") + 2)  # room for the title, the note and the image's line
+    figure.update_layout(template="plotly_white", margin={"t": top}, title={"text": f"{title}<br><sub>{note}</sub>", "yref": "container", "y": 0.98, "yanchor": "top"},
                          xaxis={"visible": False, "constrain": "domain"},
                          yaxis={"visible": False, "scaleanchor": "x", "autorange": "reversed"})
     if not panels:
