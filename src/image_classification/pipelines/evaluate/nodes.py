@@ -272,6 +272,8 @@ def draw_defect_map_gallery(evaluation_scores: pd.DataFrame, operating_point: di
     title = (f"The {len(panels)} invalid test images the {_served(operating_point).replace('_', ' ')} is surest of "
              f"(lowest score){', with their defect maps' if maps else ''}")
     return map_plots.defect_map_gallery_figure(panels, title, note), map_plots.defect_map_plotly(panels, title, note)
+
+
 # ---------------------------------------------------------------- helpers
 
 
