@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from image_classification.defect_maps import as_grid, overlay, upsample
+from image_classification.defect_maps import as_grid, overlay, overlay_key, peak, upsample
 from image_classification.errors import DataError
 
 
@@ -36,3 +36,18 @@ def test_a_grey_image_gets_a_colour_overlay():
 def test_a_map_that_is_not_a_square_grid_is_refused():
     with pytest.raises(DataError, match="not a square grid"):
         upsample(np.zeros(15), 10, 10)
+
+
+def test_the_overlay_key_shows_the_overlay_s_colours_clear_up_to_one_half():
+    probability, strip = overlay_key(length=101, background=128)
+    assert strip.shape == (1, 101, 3) and probability[0] == 0.0 and probability[-1] == 1.0
+    assert (strip[0, :51] == 128).all() and (strip[0, 60:] != 128).any()
+    # the key's colour at a probability is the overlay's colour of a map that probability everywhere
+    image = np.full((8, 8, 3), 128, np.uint8)
+    assert (overlay(image, np.full(4, np.log(0.9 / 0.1)))[0, 0] == strip[0, 90]).all()
+
+
+def test_a_map_peaks_at_its_highest_patch():
+    values = np.zeros(9, np.float32)
+    values[2 * 3 + 1] = 4.0
+    assert peak(values) == (4.0, 2, 1)

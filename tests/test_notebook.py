@@ -53,7 +53,7 @@ def test_results_notebook_runs_on_the_last_run(demo_run, kedro_kernel, tmp_path,
     shown = [set(output.get("data", {})) for output in outputs]
     # the served score and its threshold, and the other servable score beside it
     for sentence in ("served:", "threshold chosen on", "Served (", "test precision", "oracle", "Beside it, the",
-                     "Flag detector:", "Cost:"):
+                     "Flag detector:", "Cost:", "images to step through"):
         assert sentence in printed, sentence
-    assert sum("application/vnd.plotly.v1+json" in kinds for kinds in shown) >= 4  # PR, histograms, two 3D
-    assert sum("image/png" in kinds for kinds in shown) >= 3  # confusion matrix, error gallery, detectors
+    assert sum("application/vnd.plotly.v1+json" in kinds for kinds in shown) >= 5  # PR, histograms, defect maps, two 3D
+    assert sum("image/png" in kinds for kinds in shown) >= 4  # confusion matrix, error and defect map galleries, detectors

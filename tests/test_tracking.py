@@ -79,7 +79,8 @@ def test_the_demo_run_left_one_mlflow_run_with_metrics_figures_and_model(demo_ru
         "extract_features", "check_images", "score_candidates", "plot_roc"}
     artifact_root = Path(run["artifact_uri"].removeprefix("file://"))
     assert artifact_root.is_relative_to(demo_run), "MLflow wrote outside the project"
-    assert {"roc.png", "training_curves.png", "zero_shot_embedding.png"} <= {p.name for p in (artifact_root / "figures").iterdir()}
+    assert {"roc.png", "training_curves.png", "zero_shot_embedding.png", "error_gallery.png", "defect_map_gallery.png"} <= {
+        p.name for p in (artifact_root / "figures").iterdir()}
     assert {"model.safetensors", "operating_point.json", "anomaly_detector.safetensors"} <= {
         p.name for p in (artifact_root / "model").iterdir()}
 

@@ -13,8 +13,10 @@ computes (:mod:`image_classification.patches`). One orientation and meaning for 
   of its score), so the map and the score say the same thing in the same units.
 
 :func:`upsample` spreads a map smoothly (bilinear, values at the patch centres) over an image's
-pixels; :func:`overlay` draws it on the image; :func:`pointing_hit` and :func:`pixel_auroc` measure a
-map against a known defect mask (benchmarks/defect_maps.py, docs/decisions/0033).
+pixels; :func:`overlay` draws it on the image (:func:`overlay_colours` and :func:`overlay_key` give its
+colours to colour bars and interactive views); :func:`peak` finds its highest patch; :func:`pointing_hit`
+and :func:`pixel_auroc` measure a map against a known defect mask (benchmarks/defect_maps.py,
+docs/decisions/0033).
 """
 
 from __future__ import annotations
@@ -77,14 +79,38 @@ def overlay(image: np.ndarray, values: np.ndarray, floor: float = OVERLAY_FLOOR,
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     height, width = image.shape[:2]
-    # 256 levels of probability, looked up: the same colours as the colormap's, at a fraction of the cost
+    # 256 levels of probability, looked up: the colours of overlay_colours at a fraction of the cost
     level = torch.sigmoid(_upsampled(values, height, width)).mul_(255).round_().to(torch.uint8).numpy()
-    steps = np.linspace(0.0, 1.0, 256)
-    colours = (colormaps[colormap](steps)[:, :3] * 255).astype(np.float32)
-    weights = (alpha * np.clip((steps - floor) / (1.0 - floor), 0.0, 1.0)).astype(np.float32)
-    weight = weights[level][..., None]
+    colours, weights = overlay_colours(np.linspace(0.0, 1.0, 256), floor, alpha, colormap)
+    colours, weight = (colours * 255).astype(np.float32), weights.astype(np.float32)[level][..., None]
     blended = image[..., :3].astype(np.float32) * (1.0 - weight) + colours[level] * weight
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def overlay_colours(probability: np.ndarray, floor: float = OVERLAY_FLOOR, alpha: float = OVERLAY_ALPHA,
+                    colormap: str = OVERLAY_COLORMAP) -> tuple[np.ndarray, np.ndarray]:
+    """The colour (RGB in 0..1, shape ``probability.shape + (3,)``) and its opacity (0..``alpha``) that
+    :func:`overlay` draws at each defect probability: what a colour bar or an interactive heat map
+    shows, so that every view of a map reads on the same scale."""
+    probability = np.asarray(probability, dtype=np.float64)
+    colours = colormaps[colormap](probability)[..., :3]
+    return colours, alpha * np.clip((probability - floor) / (1.0 - floor), 0.0, 1.0)
+
+
+def overlay_key(length: int = 256, background: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A colour bar of :func:`overlay`: defect probabilities 0..1 (``length`` of them) and the (1,
+    ``length``, 3) uint8 strip the overlay draws for each on a plain ``background`` grey."""
+    probability = np.linspace(0.0, 1.0, int(length))
+    colours, weight = overlay_colours(probability)
+    blended = background / 255.0 * (1.0 - weight[:, None]) + colours * weight[:, None]
+    return probability, np.clip(np.rint(blended * 255.0), 0, 255).astype(np.uint8)[None]
+
+
+def peak(values: np.ndarray) -> tuple[float, int, int]:
+    """A map's highest value and the (row, column) of the patch that holds it."""
+    grid = as_grid(values)
+    row, column = np.unravel_index(int(np.nanargmax(grid)), grid.shape)
+    return float(grid[row, column]), int(row), int(column)
 
 
 def top_k_mean(values: np.ndarray, k: int) -> np.ndarray:

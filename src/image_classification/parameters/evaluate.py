@@ -31,7 +31,8 @@ class EvaluateConfig:
         bootstrap_samples: resamples of the test split behind the confidence intervals.
         bootstrap_level: coverage of the bootstrap intervals, in (0, 1).
         baseline_c_grid: inverse regularisation strengths tried for the baseline.
-        gallery_size: false positives, and false negatives, shown in the error gallery.
+        gallery_size: false positives, and false negatives, shown in the error gallery; invalid test
+            images shown in the defect map gallery.
         patch_evidence: score validation and test images by patch evidence (and stack it with the
             model and the baseline) when the feature cache holds patches (``train.patch_grid`` > 0).
         patch_coreset_fraction: share of the valid training images' patches the memory keeps.

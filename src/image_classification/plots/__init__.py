@@ -2,6 +2,7 @@
 
 - :mod:`.style`: the shared look (colours, markers, grid, the "nothing to show" panel).
 - :mod:`.evaluation`: precision-recall, ROC, score histograms, confusion matrices, error gallery.
+- :mod:`.defect_maps`: images with their defect maps drawn over them (gallery, colour key, kedro viz view).
 - :mod:`.training`: loss and validation curves per epoch.
 - :mod:`.embedding`: explained variance, PCA scatter (2D and interactive 3D), clusters vs labels.
 - :mod:`.zero_shot`: unseen kinds in the embedding, anomaly scores per kind, detectors compared.

@@ -1,6 +1,6 @@
 """Evaluation figures, built from scores and thresholds: precision-recall, ROC, score histograms,
-confusion matrices and the error gallery. Interactive plotly for kedro-viz, static matplotlib for
-reports. Pure functions of arrays; images arrive already decoded.
+confusion matrices and the error gallery (with defect maps, :mod:`.defect_maps`). Interactive plotly for
+kedro-viz, static matplotlib for reports. Pure functions of arrays; images arrive already decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
+from image_classification.plots.defect_maps import MapPanel, add_overlay_key, wrap_note
 from image_classification.plots.style import (
     CLASS_COLOURS,
     PLOTLY_MARKERS,
@@ -209,16 +210,22 @@ def confusion_matrix_figure(panels: dict[str, dict]) -> Figure:
     return figure
 
 
-def error_gallery_figure(rows: dict[str, list[tuple[np.ndarray | None, str]]], title: str) -> Figure:
+def error_gallery_figure(rows: dict[str, list[tuple]], title: str, note: str = "") -> Figure:
     """A grid of thumbnails, one row per kind of error under its own heading, each with a caption.
 
-    A thumbnail of ``None`` (an image that can no longer be read) is drawn as an empty frame
-    saying so; an empty row says "none".
+    An item is ``(thumbnail, caption)`` or ``(thumbnail, caption, defect map)``: a map is drawn over its
+    thumbnail (:func:`~image_classification.defect_maps.overlay`) and the colour key goes below. A
+    thumbnail of ``None`` (an image that can no longer be read) is drawn as an empty frame saying so;
+    an empty row says "none". ``note``, under the title, says whose maps are drawn, or why none are.
     """
     columns = max([len(items) for items in rows.values()] + [4])
-    figure = Figure(figsize=(1.8 * columns, 2.5 * len(rows) + 0.5), layout="constrained")
-    figure.suptitle(title, fontsize=12)
-    for subfigure, (heading, items) in zip(np.atleast_1d(figure.subfigures(len(rows), 1)), rows.items(), strict=True):
+    panels = {heading: [MapPanel("", item[1], item[0], item[2] if len(item) > 2 else None) for item in items]
+              for heading, items in rows.items()}
+    keyed = any(panel.has_map for items in panels.values() for panel in items)
+    figure = Figure(figsize=(1.8 * columns, 2.8 * len(rows) + 0.6 + 1.1 * keyed), layout="constrained")
+    figure.suptitle(f"{title}\n{wrap_note(note, 16 * columns)}" if note else title, fontsize=12 if not note else 11)
+    parts = np.atleast_1d(figure.subfigures(len(rows) + keyed, 1, height_ratios=[2.8] * len(rows) + [1.1] * keyed))
+    for subfigure, (heading, items) in zip(parts[:len(rows)], panels.items(), strict=True):
         subfigure.suptitle(heading, fontsize=10, x=0.01, ha="left", fontweight="bold")
         for axis, index in zip(subfigure.subplots(1, columns), range(columns), strict=True):
             axis.set(xticks=[], yticks=[])
@@ -228,10 +235,12 @@ def error_gallery_figure(rows: dict[str, list[tuple[np.ndarray | None, str]]], t
                 if index == 0:
                     axis.text(0.5, 0.5, "none", ha="center", va="center", color="grey", transform=axis.transAxes)
                 continue
-            thumbnail, caption = items[index]
+            thumbnail = items[index].overlaid()
             if thumbnail is None:
                 axis.text(0.5, 0.5, "unreadable", ha="center", va="center", color="grey", transform=axis.transAxes)
             else:
                 axis.imshow(thumbnail)
-            axis.set_xlabel(caption, fontsize=7.5)
+            axis.set_xlabel(items[index].caption, fontsize=7.5)
+    if keyed:
+        add_overlay_key(parts[-1])
     return figure

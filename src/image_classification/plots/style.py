@@ -48,3 +48,14 @@ def say_nothing_to_show(axis: Axes, message: str) -> None:
     """Replace a panel's contents by a sentence saying why there is nothing to draw."""
     axis.text(0.5, 0.5, message, ha="center", va="center")
     axis.set_axis_off()
+
+
+def file_caption(path: str, width: int = 24, lines: int = 3) -> str:
+    """An image's file name as a caption: whole, cut into lines of ``width`` characters (every character
+    kept, spaces included), so a reader can find the file; a name longer than ``lines`` lines keeps its
+    start and its end around an ellipsis."""
+    name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    room = width * lines
+    if len(name) > room:
+        name = f"{name[:room // 2 - 1]}…{name[-(room - room // 2):]}"
+    return "\n".join(name[start:start + width] for start in range(0, len(name), width))

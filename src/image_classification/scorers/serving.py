@@ -149,16 +149,31 @@ class ServedScore:
                         backbone_features: dict | None) -> np.ndarray:
         """The served score of every indexed image from the score stage's pass, reading the patch
         vectors from the feature cache (``backbone_features``) when the served score needs them."""
-        patches = None
-        if self.patch_grid:
-            if backbone_features is None:
-                raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, which reads "
-                                "backbone_features; none were given")
-            cache = FeatureCache.from_payload(backbone_features)
-            cache.check(image_index, self.point.backbone or cache.backbone, cache.head_input_mode)
-            if cache.patches is None:
-                raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, but "
-                                "backbone_features holds no patch vectors (train.patch_grid is 0); run train and "
-                                "evaluate again")
-            patches = cache.patches
+        patches = self._index_patches(image_index, backbone_features)[1] if self.patch_grid else None
         return self.scores(scored.score, scored.pooled, patches)
+
+    def defect_maps_of_index(self, image_index: pd.DataFrame, backbone_features: dict | None,
+                             rows: np.ndarray) -> np.ndarray | None:
+        """(len(rows), grid²) defect maps of the indexed images at positions ``rows``, from the patch
+        vectors of the feature cache (``backbone_features``); NaN rows for an image the backbone could
+        not read; None when no map is drawn (:attr:`map_source`)."""
+        if not self.map_units:
+            return None
+        cache, patches = self._index_patches(image_index, backbone_features)
+        rows = np.asarray(rows, dtype=np.int64)
+        model_scores = np.where(cache.readable[rows], 0.0, np.nan)  # only whether each image was read counts here
+        return self.defect_maps(model_scores, patches[torch.as_tensor(rows)])
+
+    def _index_patches(self, image_index: pd.DataFrame, backbone_features: dict | None) -> tuple[FeatureCache,
+                                                                                                   torch.Tensor]:
+        """The feature cache, checked against the index and the served backbone, and its patch vectors."""
+        if backbone_features is None:
+            raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, which reads "
+                            "backbone_features; none were given")
+        cache = FeatureCache.from_payload(backbone_features)
+        cache.check(image_index, self.point.backbone or cache.backbone, cache.head_input_mode)
+        if cache.patches is None:
+            raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, but "
+                            "backbone_features holds no patch vectors (train.patch_grid is 0); run train and "
+                            "evaluate again")
+        return cache, cache.patches

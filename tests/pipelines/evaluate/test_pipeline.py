@@ -32,8 +32,9 @@ from .conftest import small_config
 
 CATALOG = REPO_ROOT / "conf" / "base" / "catalog_evaluate.yml"
 RUNTIME = {"device": "cpu", "threads": None, "batch_size": 8, "workers": 0}
-FIGURES = ("precision_recall_figure", "roc_figure", "confusion_matrix_figure", "score_histogram_figure", "error_gallery")
-PLOTS = ("precision_recall_plot", "roc_plot", "score_histogram_plot")
+FIGURES = ("precision_recall_figure", "roc_figure", "confusion_matrix_figure", "score_histogram_figure", "error_gallery",
+           "defect_map_gallery")
+PLOTS = ("precision_recall_plot", "roc_plot", "score_histogram_plot", "defect_map_preview")
 
 
 def test_evaluate_needs_only_what_data_prep_train_and_score_write():
@@ -49,6 +50,14 @@ def test_every_output_is_a_versioned_catalog_entry_seen_by_kedro_viz():
         assert entry is not None, name
         assert entry["versioned"] is True, name
         assert entry["metadata"]["kedro-viz"]["layer"] in ("models", "model_output", "reporting"), name
+
+
+def test_every_png_figure_is_logged_to_mlflow_and_every_plotly_one_previewed_in_kedro_viz():
+    for name in FIGURES:
+        entry = catalog_entry(name)
+        assert entry["type"] == "matplotlib.MatplotlibDataset" and entry["metadata"]["mlflow"]["artifact"] == "figures", name
+    for name in PLOTS:
+        assert catalog_entry(name)["type"] == "plotly.JSONDataset", name
 
 
 def test_parameters_file_builds_a_valid_config():
@@ -93,6 +102,11 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     assert len(catalog.load("gap_analysis")) == ((scored[column] >= point["threshold"]) != (scored["target"] == 1)).sum()
     assert all(isinstance(catalog.load(name), Figure) for name in FIGURES)
     assert all(isinstance(catalog.load(name), go.Figure) for name in PLOTS)
+    # the served fold stack reads patches: its maps are drawn, one step of the preview per image shown
+    gallery = catalog.load("defect_map_gallery")
+    assert "Defect maps of the served fold stack" in gallery._suptitle.get_text()
+    shown = scores[(scores["split"] == "test") & (scores["target"] == 0) & scores[column].notna()]
+    assert len(catalog.load("defect_map_preview").layout.sliders[0].steps) == min(len(shown), 3)
 
 
 @pytest.fixture
@@ -130,7 +144,8 @@ def test_a_kedro_session_runs_evaluate_alone_after_score(project, evaluation_inp
     metrics = json.loads(metrics_file.read_text())
     assert metrics["model"]["test_bootstrap"]["samples"] == 200
     assert pd.read_parquet(next((project / "data" / "08_reporting" / "gap_analysis.parquet").glob("*/*"))).shape[1] == 8
-    for name in ("precision_recall.png", "roc.png", "confusion_matrix.png", "score_histogram.png", "error_gallery.png"):
+    for name in ("precision_recall.png", "roc.png", "confusion_matrix.png", "score_histogram.png", "error_gallery.png",
+                 "defect_map_gallery.png"):
         assert min(Image.open(next((project / "data" / "08_reporting" / name).glob("*/*"))).size) > 100, name
-    for name in ("precision_recall_plot.json", "roc_plot.json", "score_histogram_plot.json"):
+    for name in ("precision_recall_plot.json", "roc_plot.json", "score_histogram_plot.json", "defect_map_preview.json"):
         assert json.loads(next((project / "data" / "08_reporting" / name).glob("*/*")).read_text())["data"], name

@@ -19,8 +19,10 @@ from image_classification.metrics import format_figure
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import grid_of
+from image_classification.plots import defect_maps as map_plots
 from image_classification.plots import evaluation as plots
-from image_classification.scorers import SCORERS, Features, Labelled, Split, columns
+from image_classification.plots.style import file_caption
+from image_classification.scorers import SCORERS, Features, Labelled, ServedScore, Split, columns
 from image_classification.selection import cross_validation, operating_point, report
 from image_classification.selection.candidate import scored
 
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("val", "test")
 THUMBNAIL_SIZE = 160
+GALLERY_SIZE = 224  # the defect map gallery's images, each drawn twice
 
 
 # ---------------------------------------------------------------- scores
@@ -229,20 +232,45 @@ def plot_confusion_matrices(evaluation_metrics: dict) -> Figure:
     return plots.confusion_matrix_figure(panels)
 
 
-def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evaluate: EvaluateConfig) -> Figure:
-    """Thumbnails of the most wrong false positives and false negatives, with their scores."""
+def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evaluate: EvaluateConfig,
+                       backbone_features: dict | None = None, image_index: pd.DataFrame | None = None) -> Figure:
+    """Thumbnails of the most wrong false positives and false negatives, with their scores and, when the
+    served score reads patches, its defect map over each (read from ``backbone_features``)."""
+    shown = {error: gap_analysis[gap_analysis["error"] == error] for error in ("false_positive", "false_negative")}
+    paths = pd.concat([errors.head(evaluate.gallery_size) for errors in shown.values()])["path"]
+    maps, note = _defect_maps(paths, operating_point, backbone_features, image_index)
     rows = {}
     for error, title in (("false_positive", "False positives: invalid images called valid"),
                          ("false_negative", "False negatives: valid images missed")):
-        errors = gap_analysis[gap_analysis["error"] == error]
-        shown = "" if len(errors) <= evaluate.gallery_size else f", the {evaluate.gallery_size} most wrong shown"
-        rows[f"{title}: {len(errors)}{shown}"] = [
-            (thumbnail(row.path, THUMBNAIL_SIZE), f"{row.path.rsplit('/', 1)[-1][:22]}\n{row.split} split, score {row.score:.3f}")
-            for row in errors.head(evaluate.gallery_size).itertuples()
+        errors = shown[error]
+        more = "" if len(errors) <= evaluate.gallery_size else f", the {evaluate.gallery_size} most wrong shown"
+        rows[f"{title}: {len(errors)}{more}"] = [
+            (thumbnail(row.path, THUMBNAIL_SIZE), f"{file_caption(row.path)}\n{row.split} split, score {row.score:.3f}",
+             maps.get(row.path)) for row in errors.head(evaluate.gallery_size).itertuples()
         ]
     title = (f"Errors of the {_served(operating_point).replace('_', ' ')} at threshold {operating_point['threshold']:.3f} "
              "on validation and test, most wrong first")
-    return plots.error_gallery_figure(rows, title)
+    return plots.error_gallery_figure(rows, title, note)
+
+
+def draw_defect_map_gallery(evaluation_scores: pd.DataFrame, operating_point: dict, backbone_features: dict,
+                            image_index: pd.DataFrame, evaluate: EvaluateConfig) -> tuple[Figure, go.Figure]:
+    """The ``evaluate.gallery_size`` invalid test images the served score is surest of (lowest score), each
+    beside its defect map: where the score sees the defect. Where the served score reads no patches, the
+    map of the patch score the operating point carries to explain it, labelled as such, else a note saying so.
+
+    Returns:
+        The gallery (PNG) and the same images with their maps as an interactive heat map for kedro viz.
+    """
+    column = columns()[_served(operating_point)]
+    invalid = evaluation_scores[(evaluation_scores["split"] == "test") & (evaluation_scores["target"] == 0)]
+    chosen = invalid.dropna(subset=[column]).sort_values([column, "path"]).head(evaluate.gallery_size)
+    maps, note = _defect_maps(chosen["path"], operating_point, backbone_features, image_index)
+    panels = [map_plots.MapPanel(row.path, f"score {getattr(row, column):.3f}", thumbnail(row.path, GALLERY_SIZE),
+                                 maps.get(row.path)) for row in chosen.itertuples()]
+    title = (f"The {len(panels)} invalid test images the {_served(operating_point).replace('_', ' ')} is surest of "
+             f"(lowest score){', with their defect maps' if maps else ''}")
+    return map_plots.defect_map_gallery_figure(panels, title, note), map_plots.defect_map_plotly(panels, title, note)
 
 
 # ---------------------------------------------------------------- helpers
@@ -251,6 +279,29 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
 def _evaluated_rows(image_index: pd.DataFrame) -> np.ndarray:
     """Positions of the validation and test images in the index."""
     return np.flatnonzero(image_index["split"].isin(EVALUATED_SPLITS).to_numpy(dtype=bool))
+
+
+def _defect_maps(paths: pd.Series, operating_point: dict, backbone_features: dict | None,
+                 image_index: pd.DataFrame | None) -> tuple[dict, str]:
+    """The defect map of each of ``paths`` (indexed images) by path, and a line saying whose maps they are
+    or why there are none: the served score's, else that of the patch score the operating point carries
+    to explain it (:attr:`ServedScore.map_source`), said to be not the served score's."""
+    served = ServedScore.of(operating_point)
+    name = served.candidate.replace("_", " ")
+    if not served.map_units:
+        return {}, (f"The served score (the {name}) reads no patches and no patch score was fitted beside it: no "
+                    "defect map")
+    if served.map_scorer is served.scorer:
+        note = f"Defect maps of the served {name} ({served.map_units})"
+    else:
+        note = (f"The {served.map_scorer.label}'s map (not the served score's: the {name} reads no patches), in "
+                f"{served.map_units}")
+    if backbone_features is None or image_index is None:
+        return {}, "No feature cache was given: no defect map"
+    rows = pd.Index(image_index["path"]).get_indexer(paths)
+    known = paths[rows >= 0].tolist()
+    maps = served.defect_maps_of_index(image_index, backbone_features, rows[rows >= 0])
+    return dict(zip(known, maps)), note
 
 
 def _served(operating_point: dict) -> str:

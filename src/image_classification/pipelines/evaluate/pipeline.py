@@ -5,6 +5,7 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import (
     choose_operating_point,
     cross_validate_candidates,
+    draw_defect_map_gallery,
     draw_error_gallery,
     list_errors,
     measure_performance,
@@ -84,9 +85,16 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=draw_error_gallery,
-                inputs=["gap_analysis", "operating_point", "params:evaluate"],
+                inputs=["gap_analysis", "operating_point", "params:evaluate", "backbone_features", "image_index"],
                 outputs="error_gallery",
                 name="draw_error_gallery",
+            ),
+            Node(
+                func=draw_defect_map_gallery,
+                inputs=["evaluation_scores", "operating_point", "backbone_features", "image_index",
+                        "params:evaluate"],
+                outputs=["defect_map_gallery", "defect_map_preview"],
+                name="draw_defect_map_gallery",
             ),
         ],
         tags="evaluate",
