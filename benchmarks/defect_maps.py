@@ -22,8 +22,8 @@ separating the pasted images from the same cells clean. Each map is also read tw
 side: smoothed by a 3x3 mean over the grid before its maximum and upsampling, and upsampled without
 interpolation (each patch's value over its own block). Nothing is chosen on these cells.
 
-    python -m benchmarks.defect_maps                  # ~10 min on 2 cores
-    python -m benchmarks.defect_maps --fold-stack     # ~30 min
+    python -m benchmarks.defect_maps                  # ~10-15 min on 2 cores
+    python -m benchmarks.defect_maps --fold-stack     # ~30-40 min (2428 s on a busy 2-core VM)
 """
 
 from __future__ import annotations
