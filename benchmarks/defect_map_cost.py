@@ -36,8 +36,8 @@ def patch_point(folder: Path, inputs: dict) -> dict:
     import torch
 
     from image_classification.artefacts import Checkpoint, OperatingPoint
+    from benchmarks.harness import model_outputs
     from image_classification.patches import PatchClassifier
-    from image_classification.runtime.scoring import model_outputs
 
     checkpoint = Checkpoint.from_payload(inputs["model_checkpoint"])
     paths = sorted(str(path) for path in folder.glob("*.jpg"))[:64]
