@@ -152,23 +152,30 @@ def test_an_operating_point_on_the_baseline_calls_images_on_the_baseline_score(m
         predict_images(tiny_checkpoint(), b"", NO_EXPORT, knn_detector_payload(), without, images, config)
 
 
-def test_an_operating_point_on_the_patch_classifier_scores_the_patch_vectors_of_the_same_pass(mixed_folder):
-    """evaluate may serve the patch classifier: the export then has the patch vectors as a fourth
-    output, its parity check compares the served score, and predict calls images on the patch
-    classifier's score on either backend, as the MLflow model and the feature cache would score them."""
+def patch_classifier_on(folder) -> tuple:
+    """The folder's listed images, the tiny checkpoint, which readable images it could read, their 3x3 patch
+    vectors from its own pass, and a patch classifier fitted on them (arbitrary labels)."""
     from image_classification.patches import PatchClassifier
-    from image_classification.pipelines.predict.nodes import check_onnx_parity, export_onnx_model
 
-    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")
+    images = list_prediction_images({"kind": "folder_tree", "root": str(folder)}, demo_images="unused")
     checkpoint = Checkpoint.from_payload(tiny_checkpoint())
     readable = (images["error"] == "").to_numpy()
     reference = model_outputs(checkpoint.model(), images.loc[readable, "path"].tolist(),
                               backbone_spec(checkpoint.backbone), torch.device("cpu"), patch_grid=3)
     ok = np.array([not error for error in reference["errors"]])
     patches = torch.from_numpy(reference["patches"][ok])
+    return images, checkpoint, ok, patches, PatchClassifier.fit(patches, np.arange(len(patches)) % 2, epochs=5,
+                                                                hidden=8, top_k=2)
+
+
+def test_an_operating_point_on_the_patch_classifier_scores_the_patch_vectors_of_the_same_pass(mixed_folder):
+    """evaluate may serve the patch classifier: the export then has the patch vectors as a fourth
+    output, its parity check compares the served score, and predict calls images on the patch
+    classifier's score on either backend, as the MLflow model and the feature cache would score them."""
+    from image_classification.pipelines.predict.nodes import check_onnx_parity, export_onnx_model
+
+    images, checkpoint, ok, patches, classifier = patch_classifier_on(mixed_folder)
     assert patches.shape[1:] == (9, 152)
-    targets = np.arange(len(patches)) % 2
-    classifier = PatchClassifier.fit(patches, targets, epochs=5, hidden=8, top_k=2)
     expected = classifier.scores(patches)
     threshold = float(np.median(expected))
     point = OperatingPoint.for_checkpoint({"threshold": threshold}, checkpoint, "patch_classifier",
@@ -207,16 +214,7 @@ def test_a_served_patch_score_writes_each_images_defect_map_and_overlays_on_requ
 
     from image_classification.pipelines.predict.nodes import draw_overlays
 
-    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")
-    checkpoint = Checkpoint.from_payload(tiny_checkpoint())
-    readable = (images["error"] == "").to_numpy()
-    reference = model_outputs(checkpoint.model(), images.loc[readable, "path"].tolist(),
-                              backbone_spec(checkpoint.backbone), torch.device("cpu"), patch_grid=3)
-    ok = np.array([not error for error in reference["errors"]])
-    patches = torch.from_numpy(reference["patches"][ok])
-    from image_classification.patches import PatchClassifier
-
-    classifier = PatchClassifier.fit(patches, np.arange(len(patches)) % 2, epochs=5, hidden=8, top_k=2)
+    images, checkpoint, _, patches, classifier = patch_classifier_on(mixed_folder)
     point = OperatingPoint.for_checkpoint({"threshold": 0.5}, checkpoint, "patch_classifier",
                                           classifier.to_payload(grid=3)).to_payload()
     config = PredictConfig(backend="torch", workers=0, batch_size=4, save_overlays=True, overlay_max_side=40)
