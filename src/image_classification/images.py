@@ -172,24 +172,57 @@ def read_bytes(path: str, limits: ImageLimits = ImageLimits(), sha256: str | Non
     Only regular files are opened: pipes, sockets and devices (also behind links) are refused before
     any read, since reading them can block forever or never end. At most ``limits.max_file_bytes`` are
     read; a remote file gets ``limits.read_timeout_s``. With ``sha256``, bytes that no longer hash to
-    it (the file changed since it was indexed) are refused too.
+    it (the file changed since it was indexed) are refused too. A path no file system can open (a NUL
+    byte, an unknown URL scheme, a scheme whose package or credentials are missing) is one more reason,
+    never an exception that stops the run.
     """
+    if "\0" in path:
+        raise ImageReadError("the path contains a NUL byte, which no file name can hold; fix the path "
+                             "(e.g. the CSV row) that lists it")
     try:
         if _is_local(path):
             data = _read_local(path.removeprefix("file://"), limits.max_file_bytes)
         else:
             data = _within(limits.read_timeout_s, lambda: _read_remote(path, limits.max_file_bytes))
-    except FileNotFoundError:
-        raise ImageReadError("missing file: it no longer exists at this path") from None
+    except ImageReadError:
+        raise
+    except FileNotFoundError as error:
+        raise ImageReadError(_not_found(error)) from None
     except IsADirectoryError:
         raise ImageReadError("is a directory, not an image file") from None
     except PermissionError:
         raise ImageReadError("permission denied: the file cannot be read") from None
     except OSError as error:  # symlink loops, I/O errors, remote failures
         raise ImageReadError(f"cannot be read: {error.strerror or error}") from None
+    except Exception as error:  # noqa: BLE001 - each remote file system raises its own types
+        raise ImageReadError(_unopenable(path, error)) from None
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         raise ImageReadError(CHANGED_SINCE_INDEXED)
     return data
+
+
+def _not_found(error: FileNotFoundError) -> str:
+    """A file that is gone, or (fsspec's HTTP file system says "not found" for both) a server that
+    could not be reached or answered with an error other than 404."""
+    cause = error.__cause__ or error.__context__
+    if cause is None or getattr(cause, "status", None) in (404, 410):
+        return "missing file: it no longer exists at this path"
+    status = getattr(cause, "status", None)
+    if status is not None:
+        return f"the server answered HTTP {status} ({getattr(cause, 'message', '')}); check the URL and access rights"
+    return f"cannot be reached: {cause}; check the address and that the server is up"
+
+
+def _unopenable(path: str, error: Exception) -> str:
+    """Why no file system could open ``path``: an unknown scheme, a missing package or credentials."""
+    scheme = path.split("://", 1)[0] if "://" in path else "file"
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    if isinstance(error, ValueError) and "protocol not known" in first_line.lower():
+        return (f"unknown URL scheme '{scheme}://': no installed file system reads it; check the path "
+                "(local paths need no scheme)")
+    if isinstance(error, ImportError):
+        return f"cannot read '{scheme}://' URLs: {first_line} (pip install it, or copy the file locally)"
+    return f"cannot be read from '{scheme}://': {type(error).__name__}: {first_line}"
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
@@ -219,6 +252,13 @@ def _to_rgb(image: Image.Image, keep_gray: bool = False) -> Image.Image:
     return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
 
 
+def _let_pillow_open(max_pixels: int) -> None:
+    """Raise Pillow's own bomb limit (it refuses images over twice ``Image.MAX_IMAGE_PIXELS`` when it
+    opens them) to ours where ours is higher, so that ``max_pixels`` alone decides; it is never lowered."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def decode_rgb(
     data: bytes,
     limits: ImageLimits = ImageLimits(),
@@ -246,24 +286,27 @@ def decode_rgb(
     with warnings.catch_warnings():
         # our own pixel limit applies; Pillow's warning would only repeat it
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        _let_pillow_open(limits.max_pixels)
         try:
             image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise ImageReadError("not an image: Pillow cannot identify the file format") from None
         except Image.DecompressionBombError as error:
-            raise ImageReadError(f"over the pixel limit (possible decompression bomb): {error}") from None
+            raise ImageReadError(f"over the pixel limit of {limits.max_pixels:,} (possible decompression bomb; "
+                                 f"Pillow: {error}); raise data_prep.image_checks.max_pixels if the image is "
+                                 "genuine") from None
         except Exception as error:  # malformed headers raise many exception types
             raise ImageReadError(f"corrupt image header: {error}") from None
         width, height = image.size
         if width * height > limits.max_pixels:
             raise ImageReadError(
                 f"declared size {width}x{height} is over the pixel limit of {limits.max_pixels:,} "
-                "(possible decompression bomb); raise data_prep.max_pixels if the image is genuine"
+                "(possible decompression bomb); raise data_prep.image_checks.max_pixels if the image is genuine"
             )
         if min(width, height) < limits.min_side:
             raise ImageReadError(
                 f"too small: {width}x{height}, the shortest side must be at least "
-                f"{limits.min_side} px (data_prep.min_side)"
+                f"{limits.min_side} px (data_prep.image_checks.min_side)"
             )
         try:
             if draft_size and image.format == "JPEG":

@@ -46,8 +46,26 @@ def _full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
 
 
-def _list_files(root: str, what: str) -> tuple[list[str], list[str]]:
-    """All image files below ``root``, and the other (non-hidden) files found there."""
+def printable_path(path: str) -> str | None:
+    """``path`` as it can be written to a table or a log, or None when its name is not valid UTF-8
+    (the file system hands such bytes over as surrogates, which no parquet, JSON or log line holds)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return path
+
+
+def unnameable(path: str) -> dict:
+    """The skipped-file row of a path whose name is not valid UTF-8: shown with its bytes escaped."""
+    shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return {"path": shown, "reason": "skipped: its name is not valid UTF-8 text (shown with \\x escapes); "
+                                     "rename it to index it"}
+
+
+def _list_files(root: str, what: str) -> tuple[list[str], list[dict]]:
+    """All image files below ``root``, and the other (non-hidden) files found there, each with the
+    reason it is skipped."""
     fs, base = _filesystem(root)
     if not fs.isdir(base):
         raise SourceError(f"{what} '{root}' is not a folder; check the path in parameters_data_prep.yml")
@@ -56,8 +74,12 @@ def _list_files(root: str, what: str) -> tuple[list[str], list[str]]:
         name = posixpath.basename(path)
         if name.startswith("."):
             continue  # .DS_Store, editor swap files
-        target = images if posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS else others
-        target.append(_full_url(fs, path))
+        if printable_path(path) is None:
+            others.append(unnameable(_full_url(fs, path)))
+        elif posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            images.append(_full_url(fs, path))
+        else:
+            others += _skipped([_full_url(fs, path)])
     return images, others
 
 
@@ -79,7 +101,7 @@ def read_folder_tree(root: str, zero_shot_root: str | None) -> tuple[pd.DataFram
     for label in ("valid", "invalid"):
         images, others = _list_files(posixpath.join(root.rstrip("/"), label), f"Folder for '{label}' images")
         rows += [{"path": p, "label": label, "kind": label} for p in images]
-        skipped += _skipped(others)
+        skipped += others
     if zero_shot_root:
         unseen, others = _read_kind_folders(zero_shot_root, None)
         rows += unseen
@@ -99,7 +121,7 @@ def _read_kind_folders(root: str, kinds: list[str] | None) -> tuple[list[dict], 
     for kind in kinds if kinds is not None else _subfolders(root):
         images, others = _list_files(posixpath.join(root.rstrip("/"), kind), f"Unseen-kind folder '{kind}'")
         rows += [{"path": p, "label": None, "kind": kind} for p in images]
-        skipped += _skipped(others)
+        skipped += others
     return rows, skipped
 
 
@@ -141,7 +163,7 @@ def read_class_folders(root: str, class_map: dict) -> tuple[pd.DataFrame, list[d
         for name in names:
             images, others = _list_files(posixpath.join(root.rstrip("/"), name), f"Class folder '{name}'")
             rows += [{"path": p, "label": label, "kind": name} for p in images]
-            skipped += _skipped(others)
+            skipped += others
     unseen_rows, unseen_skipped = _read_kind_folders(root, unseen)
     return _candidates(rows + unseen_rows), skipped + unseen_skipped
 
@@ -199,10 +221,16 @@ def _csv_rows(url: str, required: list[str], optional: list[str]) -> pd.DataFram
         first = repeated["path"].iloc[0]
         lines = repeated.loc[repeated["path"] == first, "line"].tolist()
         raise SourceError(
-            f"CSV file '{url}' lists '{first}' more than once (lines {lines}); "
+            f"CSV file '{url}' lists '{first}' more than once (lines {_some(lines)}); "
             f"{repeated['path'].nunique()} path(s) are repeated. Keep one row per image"
         )
     return frame
+
+
+def _some(lines: list[int], shown: int = 5) -> str:
+    """Line numbers for a message: the first few, then how many more (10,000 would fill a screen)."""
+    text = ", ".join(str(line) for line in lines[:shown])
+    return text + (f" and {len(lines) - shown:,} more" if len(lines) > shown else "")
 
 
 def read_labels_csv(url: str, zero_shot_csv: str | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -324,8 +352,7 @@ def read_unlabelled(source: dict, demo_root: str | Callable[[], str]) -> tuple[l
         return _csv_rows(str(location), ["path"], [])["path"].tolist(), []
     if not fs.isdir(path):
         raise SourceError(f"predict.source.root '{location}' is not a folder; check the path in parameters_predict.yml")
-    images, others = _list_files(str(location), "predict.source.root")
-    return images, _skipped(others)
+    return _list_files(str(location), "predict.source.root")
 
 
 def _required(source: dict, key: str) -> str:

@@ -28,6 +28,17 @@ from ..conftest import BAD_FILES, good_files, noise_image, png_bytes, write_file
 from .conftest import FAST_SETTINGS, latest, make_project, run_session
 from .special_files import MAX_FILE_BYTES, SPECIAL_REASONS, write_special_files
 
+# names that are not valid UTF-8 (byte 0xE9, Latin-1's e-acute): listed with their bytes escaped, never fatal
+UNNAMEABLE = {os.fsdecode(b"caf\xe9.png"): "not valid UTF-8", os.fsdecode(b"notes_\xe9.txt"): "not valid UTF-8"}
+# CSV rows no file system can open (see test_bad_tables_and_parameters): listed by predict with their reason
+UNOPENABLE_ROWS = {"foo://server/a.png": "unknown URL scheme 'foo://'", "/images/with\0nul.png": "NUL byte",
+                   "gs://no-such-bucket-for-tests/a.png": "cannot read 'gs://' URLs"}
+
+
+def shown(path: Path | str) -> str:
+    """A path as tables and logs hold it: a name that is not valid UTF-8 with its bytes escaped."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
 # the reason every bad file must be listed with (a fragment of it)
 EXPECTED_REASON = {
     "zero_bytes.jpg": "empty file",
@@ -42,6 +53,7 @@ EXPECTED_REASON = {
     "dangling.jpg": "missing file",
     "notes.txt": "not an image file type",
     **SPECIAL_REASONS,  # pipes, sockets, devices, oversized and lying files: refused before any read
+    **UNNAMEABLE,
 }
 SECONDS_OVER_A_NORMAL_RUN = 60  # the most a run with bad files may take beyond the same run without them
 
@@ -58,9 +70,13 @@ def extreme_aspect_ratios() -> dict[str, bytes]:
 
 def write_bad_files(folder: Path, names: list[str] | None = None) -> dict[str, Path]:
     """Bad files of every kind in ``folder`` (or those named): corrupt ones, a symlink loop,
-    a link whose file is gone, a text file, and (all kinds only) pipes, sockets, devices and huge files."""
+    a link whose file is gone, a text file, and (all kinds only) pipes, sockets, devices, huge files
+    and files whose names are not valid UTF-8."""
     special = write_special_files(folder) if names is None else {}
-    names = names or [name for name in EXPECTED_REASON if name not in SPECIAL_REASONS]
+    if names is None:
+        special |= dict(zip(UNNAMEABLE, write_files(folder, {name: png_bytes(noise_image(7, (24, 24)))
+                                                             for name in UNNAMEABLE})))
+    names = names or [name for name in EXPECTED_REASON if name not in SPECIAL_REASONS and name not in UNNAMEABLE]
     folder.mkdir(parents=True, exist_ok=True)
     write_files(folder, {name: make() for name, make in BAD_FILES.items() if name in names})
     if "loop.jpg" in names:
@@ -155,7 +171,8 @@ def whole_run(tmp_path_factory) -> WholeRun:
     good_source = {"kind": "folder_tree", "root": str(run.predict_good_only[0].parent)}
     run.timed("predict, good images only", run.project, ["predict"], {"predict": {"source": good_source}})
     listing = run.project / "listing.csv"
-    pd.DataFrame({"path": [str(p) for p in [*run.predict_good, *run.predict_bad.values()]]}).to_csv(listing, index=False)
+    listed = [str(p) for p in [*run.predict_good, *run.predict_bad.values()] if shown(p) == str(p)]
+    pd.DataFrame({"path": listed + list(UNOPENABLE_ROWS)}).to_csv(listing, index=False)
     run.timed("predict, CSV listing bad files", run.project, ["predict"],
               {"predict": {"source": {"kind": "csv", "csv": str(listing)}}})
     run.csv_predictions = pd.read_parquet(run.output("07_model_output/predictions.parquet"))
@@ -168,8 +185,8 @@ def test_data_prep_lists_every_bad_file_with_its_reason_and_indexes_every_good_o
     index = pd.read_parquet(whole_run.output("03_primary/image_index.parquet"))
     reasons = dict(zip(rejected["path"], rejected["reason"]))
     for name, path in whole_run.bad.items():
-        assert str(path) in reasons, f"{name} is not in rejected_images"
-        assert EXPECTED_REASON[name.removeprefix("unseen/")] in reasons[str(path)], (name, reasons[str(path)])
+        assert shown(path) in reasons, f"{name} is not in rejected_images"
+        assert EXPECTED_REASON[name.removeprefix("unseen/")] in reasons[shown(path)], (name, reasons[shown(path)])
     assert len(rejected) == len(whole_run.bad)
     lost = sorted({str(p) for p in whole_run.good} - set(index["path"]))
     tally.lost.extend(lost)
@@ -231,8 +248,8 @@ def test_predict_gives_every_file_one_row_scores_every_good_image_and_says_why_n
         if name in SCORED_BY_PREDICT:
             assert rows.loc[str(path), "error"] == "" and np.isfinite(rows.loc[str(path), "score"]), name
             continue
-        assert EXPECTED_REASON[name] in rows.loc[str(path), "error"], (name, rows.loc[str(path), "error"])
-        assert np.isnan(rows.loc[str(path), "score"])
+        assert EXPECTED_REASON[name] in rows.loc[shown(path), "error"], (name, rows.loc[shown(path), "error"])
+        assert np.isnan(rows.loc[shown(path), "score"])
     assert len(predictions) == len(whole_run.predict_good) + len(whole_run.predict_bad)
     summary = json.loads(whole_run.output("08_reporting/prediction_summary.json").read_text())
     assert summary["scored"] == len(whole_run.predict_good) + len(SCORED_BY_PREDICT)
@@ -240,9 +257,12 @@ def test_predict_gives_every_file_one_row_scores_every_good_image_and_says_why_n
     assert len(csv) == len(predictions)
     # the same files listed in a CSV: the same reasons, each file once
     listed = whole_run.csv_predictions.set_index("path")
-    assert listed.index.is_unique and len(listed) == len(predictions)
+    # a CSV cannot hold a name that is not UTF-8: those are left out of it, and rows it can hold added
+    assert listed.index.is_unique and len(listed) == len(predictions) - len(UNNAMEABLE) + len(UNOPENABLE_ROWS)
+    for path, reason in UNOPENABLE_ROWS.items():
+        assert reason in listed.loc[path, "error"] and np.isnan(listed.loc[path, "score"]), (path, listed.loc[path])
     for name, path in whole_run.predict_bad.items():
-        if name not in SCORED_BY_PREDICT:  # a text file named in a CSV is opened like any listed file
+        if name not in SCORED_BY_PREDICT | set(UNNAMEABLE):  # a text file named in a CSV is opened like any listed file
             expected = "not an image" if name == "notes.txt" else EXPECTED_REASON[name]
             assert expected in listed.loc[str(path), "error"], (name, listed.loc[str(path), "error"])
     assert (listed.loc[[str(p) for p in whole_run.predict_good], "error"] == "").all()

@@ -99,7 +99,10 @@ BAD_TABLES = {
     "unknown_label": (("path,label\n" + VALID_ROWS.replace("invalid_2.png,invalid", "invalid_2.png,maybe")).encode(),
                       ["line 8", "label 'maybe'", "valid/invalid, 1/0, true/false"]),
     "duplicated_path": (("path,label\n" + VALID_ROWS + "../images/valid/valid_1.png,valid\n").encode(),
-                        ["more than once (lines [3, 10])", "Keep one row per image"]),
+                        ["more than once (lines 3, 10)", "Keep one row per image"]),
+    # 10,001 rows of one image: the message names the first lines and counts the rest, it does not list them all
+    "ten_thousand_duplicates": (("path,label\n" + "../images/valid/valid_1.png,valid\n" * 10_001).encode(),
+                                ["more than once (lines 2, 3, 4, 5, 6 and 9,996 more)", "1 path(s) are repeated"]),
     "not_utf8": ("path,label\nimages/caf\u00e9.png,valid\n".encode("latin-1"),
                  ["not UTF-8", "byte 21", "save it as UTF-8"]),
     "empty_file": (b"", ["is empty", "header row"]),
@@ -119,6 +122,7 @@ def test_a_broken_csv_stops_data_prep_before_any_image_is_decoded(project, tmp_p
     assert type(result.error).__name__ == "SourceError"
     for fragment in fragments:
         assert fragment in str(result.error), (fragment, str(result.error))
+    assert len(str(result.error)) < 400  # one readable line, whatever the table's size
     assert result.nodes == ["list_image_candidates"] and decoded == []
     tally.add("bad tables tried", 1)
 
@@ -146,3 +150,42 @@ def test_csv_paths_resolve_against_the_csv_folder_and_may_point_outside_it(proje
     assert not any(".." in path for path in index["path"])
     assert len(index) == 8
     tally.add("paths outside the data root tried", 2)
+
+
+# ----------------------------------------------------------------------------- rows no file system can open
+
+UNOPENABLE_ROWS = {
+    # a CSV path: a fragment of the reason it is listed with
+    "s3://no-such-bucket-for-tests/a.png": "cannot be read from 's3://'",  # no credentials here
+    "gs://no-such-bucket-for-tests/a.png": "cannot read 'gs://' URLs",  # gcsfs is not installed
+    "foo://server/a.png": "unknown URL scheme 'foo://'",
+    "images/with\0nul.png": "NUL byte",
+    "http://127.0.0.1:9/refused.png": "cannot be reached",  # nothing listens on the discard port
+}
+
+
+def test_csv_rows_that_no_file_system_can_open_are_listed_with_their_reason_and_the_rest_indexed(
+        project, tmp_path, monkeypatch, tally):
+    """An unknown URL scheme, a scheme whose package or credentials are missing, a NUL byte or a
+    refused connection in one row: data_prep indexes every other row and lists that one."""
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no metadata service to wait for
+    good = sorted(str(p) for p in (project.parent / "images").rglob("*.png"))
+    rows = [f"{path},{'valid' if '/valid/' in path else 'invalid'}" for path in good]
+    rows += [f"{path},valid" for path in UNOPENABLE_ROWS]
+    table = tmp_path / "labels.csv"
+    table.write_text("path,label\n" + "\n".join(rows) + "\n")
+    params = {"data_prep": {"source": {"kind": "csv", "csv": str(table)},
+                            "image_checks": {"read_timeout_s": 10}}}
+    run_session(project, ["data_prep"], params, monkeypatch)
+    index = pd.read_parquet(latest(project / "data/03_primary/image_index.parquet"))
+    rejected = pd.read_parquet(latest(project / "data/08_reporting/rejected_images.parquet"))
+    assert sorted(index["path"]) == good
+    reasons = dict(zip(rejected["path"], rejected["reason"]))
+    for path, fragment in UNOPENABLE_ROWS.items():
+        listed = reasons.get(path) or reasons.get(str(tmp_path / path))  # relative rows resolve to the CSV's folder
+        assert listed is not None and fragment in listed, (path, listed)
+    tally.add("unopenable CSV rows tried", len(UNOPENABLE_ROWS))
