@@ -348,3 +348,29 @@ def test_one_cycle_moves_the_rates_of_the_steps_and_trains_other_weights_than_co
     assert rates.index(max(rates)) in (2, 3)  # the warm-up ends 15% of the way in
     constant = Feeds().fit(dataclasses.replace(config, schedule="constant"))
     assert not torch.equal(cycled[0]["layers.0.weight"], constant[0]["layers.0.weight"])
+
+
+class FullDiskStore(MemoryStore):
+    """A store on a full disk: every write fails as the catalog reports it (its error wrapping ENOSPC)."""
+
+    def write(self, state: dict) -> None:
+        self.writes.append(state["metadata"]["epoch"])
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as error:
+            raise RuntimeError("Failed while saving data to dataset training_state") from error
+
+
+def test_a_training_state_the_disk_cannot_hold_costs_a_warning_not_the_model(caplog):
+    """The resume state is several times the model's size: on a full disk training goes on without
+    one (tried once, then not again), ends like a run that kept one, and leaves none to resume from."""
+    config = TrainConfig(epochs=4, batch_size=8, patience=None, save_state_every_s=0)
+    kept = Feeds().fit(config, MemoryStore())
+    store = FullDiskStore()
+    with caplog.at_level(logging.WARNING, logger="image_classification.training"):
+        best, history, best_epoch = Feeds().fit(config, store)
+    assert store.writes == [1] and store.cleared
+    assert "The training state cannot be saved (No space left on device)" in caplog.text
+    assert "start again from epoch 1" in caplog.text
+    assert history["epoch"].tolist() == [1, 2, 3, 4] and best_epoch == kept[2]
+    assert all(torch.equal(best[name], kept[0][name]) for name in best)

@@ -115,6 +115,7 @@ def fit(
     seed: int,
     fingerprint: str,
     store: ResumeStore = NoResume(),
+    name: str = "Training",
 ) -> tuple[dict[str, torch.Tensor], pd.DataFrame, int]:
     """Train ``model`` and return the best epoch's weights, the history and the best epoch.
 
@@ -129,7 +130,10 @@ def fit(
         validation_scores: ``model -> probability of valid`` for each validation image.
         fingerprint: identifies the data and settings; a saved state with another fingerprint
             is ignored instead of resumed.
-        store: keeps the last finished epoch so an interrupted run resumes there.
+        store: keeps the last finished epoch so an interrupted run resumes there. A state that cannot
+            be written (a full disk) costs a warning, not the run: training goes on without one.
+        name: what is trained, as the progress bar and each epoch's log line call it (cross-validation's
+            heads keep no resume state, and must not read as the training that does).
     """
     model = model.to(device)
     optimizer = _optimizer(model, config)
@@ -144,12 +148,12 @@ def fit(
     saved = store.read()
     if saved is not None and saved["metadata"].get("fingerprint") == fingerprint:
         best, progress = _unpack_state(saved, model, optimizer)
-        logger.info("Resuming training after epoch %d of %d", progress["epoch"], config.epochs)
+        logger.info("Resuming %s after epoch %d of %d", name.lower(), progress["epoch"], config.epochs)
     elif saved is not None:
         logger.info("Ignoring a saved training state from other data or settings")
 
     last_saved = time.monotonic()
-    epochs = tqdm(range(progress["epoch"] + 1, config.epochs + 1), desc="Training", unit="epoch",
+    epochs = tqdm(range(progress["epoch"] + 1, config.epochs + 1), desc=name, unit="epoch",
                   initial=progress["epoch"], total=config.epochs, leave=False)
     for epoch in epochs:
         if config.patience is not None and progress["bad_epochs"] >= config.patience:
@@ -188,17 +192,37 @@ def fit(
         progress["epoch"] = epoch
         epochs.set_postfix(loss=f"{row['train_loss']:.4f}", val_recall=f"{recall:.3f}", val_ap=f"{average_precision:.3f}")
         logger.info(
-            "Epoch %d/%d: train loss %.4f, val loss %.4f, val recall@P>=%.2f %.3f, val AP %.3f",
-            epoch, config.epochs, row["train_loss"], val_loss, config.target_precision, recall, average_precision,
+            "%s, epoch %d/%d: train loss %.4f, val loss %.4f, val recall@P>=%.2f %.3f, val AP %.3f",
+            name, epoch, config.epochs, row["train_loss"], val_loss, config.target_precision, recall, average_precision,
         )
         # the state of a 6.9M-parameter head with Adam is ~110 MB: written at most once a minute
         # (and after the first epoch), an interrupted run loses at most that much work
         if epoch == 1 or time.monotonic() - last_saved >= config.save_state_every_s:
-            store.write(_pack_state(model, optimizer, best, progress))
+            store = _saved(store, _pack_state(model, optimizer, best, progress))
             last_saved = time.monotonic()
     store.clear()
-    logger.info("Best epoch %d: val recall %.3f, val AP %.3f", progress["best_epoch"], *progress["best_score"])
+    logger.info("%s, best epoch %d: val recall %.3f, val AP %.3f", name, progress["best_epoch"], *progress["best_score"])
     return best, pd.DataFrame(progress["history"]), int(progress["best_epoch"])
+
+
+def _saved(store: ResumeStore, state: dict) -> ResumeStore:
+    """Write the resume state; when it cannot be written (a full disk: it is several times the model's
+    size), warn once and go on without one (:class:`NoResume`), so that the model itself can still be saved."""
+    try:
+        store.write(state)
+    except Exception as error:  # noqa: BLE001 - the dataset wraps OSError (ENOSPC, EFBIG) in its own error
+        cause = next((e for e in (error, error.__cause__, error.__context__) if isinstance(e, OSError)), None)
+        if cause is None:
+            raise
+        logger.warning("The training state cannot be saved (%s); training goes on without a resume point, so an "
+                       "interrupted run would start again from epoch 1. Free disk space to keep one.",
+                       cause.strerror or str(cause))
+        try:
+            store.clear()  # no older state left behind to be resumed from by mistake
+        except Exception:  # noqa: BLE001 - nothing to clear, or the disk refuses that too
+            pass
+        return NoResume()
+    return store
 
 
 def cached_feeds(head_input: torch.Tensor, rows: dict, targets: dict, train: TrainConfig, seed: int,

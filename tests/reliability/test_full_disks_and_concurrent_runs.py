@@ -156,6 +156,23 @@ def test_a_checkpoint_save_over_the_file_size_limit_keeps_the_previous_version_l
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left behind
 
 
+def test_training_on_a_disk_too_full_for_its_resume_state_warns_and_still_saves_the_model(prepared, tally):
+    """The resume state (the head, its best weights and Adam's two slots) is several times the model's
+    size: with room for the model but not for the state, training ends (rc 0), says it kept no resume
+    point, and the model loads."""
+    limit = 80_000_000  # over the model (~41 MB with the efficientnet_lite0 backbone), under the state (~111 MB)
+    child = kedro_run(prepared, "train", file_size_limit=limit)
+    output = child.stdout + child.stderr
+    assert child.returncode == 0, output[-3000:]
+    assert "The training state cannot be saved (File too large)" in " ".join(output.split()), output[-3000:]
+    assert not error_lines(child)
+    model = sorted((prepared / "data/06_models/model.safetensors").glob("*/model.safetensors"))[-1]
+    assert model.stat().st_size < limit
+    assert SafetensorsDataset(filepath=str(model)).load()["tensors"]
+    assert not (prepared / "data/06_models/training_state.safetensors").exists()
+    tally.add("full disks tried (training state)", 1)
+
+
 def test_a_second_training_run_on_one_project_stops_at_once_with_a_message_naming_the_first(prepared, tally):
     """The second run stops (it does not wait: a training run can take hours) and says which run holds
     the lock; a run that writes only versioned outputs (data_prep) goes ahead meanwhile, under its own

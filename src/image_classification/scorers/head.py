@@ -27,7 +27,8 @@ def fit_head(head_input: torch.Tensor, rows: dict[str, np.ndarray], targets: np.
     head = ClassifierHead(in_channels=head_input.shape[1])
     batches, val_scores = cached_feeds(head_input, rows, split_targets, train_config, seed, device)
     best, history, best_epoch = fit(head, batches, val_scores, split_targets["val"], split_targets["train"],
-                                    train_config, device, seed, fingerprint=f"cross-validation {seed}")
+                                    train_config, device, seed, fingerprint=f"cross-validation {seed}",
+                                    name="Cross-validation head")
     head.load_state_dict(best)
     return head, history, best_epoch
 

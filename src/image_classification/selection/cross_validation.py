@@ -99,6 +99,8 @@ def cross_validate(features: Features, targets: np.ndarray, groups: np.ndarray, 
     out_of_fold = {"fold": np.full(len(targets), -1)}
     for number, rows in enumerate(grouped_folds(targets, groups, folds, seed)):
         start = time.perf_counter()
+        logger.info("Cross-validation fold %d of %d: fitting every cross-validated score (held in memory: an "
+                    "interrupted run starts cross-validation again)", number + 1, folds)
         split = fold_split(features, targets, groups, rows, backbone=backbone, grid=grid, train_config=train_config)
         scored = {}
         for name, kind in SCORERS.items():
