@@ -12,6 +12,8 @@ subclass adds what the project needs on top:
   :class:`~image_classification.hooks.NodeTimes` it logs each node's wall time as
   ``node_seconds.<node>``;
 - a store that cannot be written costs one warning naming it, never the run's Kedro outputs;
+- a SQLite store is created and opened under a lock file beside it (``mlruns.db.lock``): two runs
+  started together would otherwise both create its schema, and the loser ran without tracking;
 - ``IMAGE_CLASSIFICATION_MLFLOW=off`` turns tracking off.
 """
 
@@ -34,6 +36,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import mlflow  # noqa: E402
+from filelock import FileLock  # noqa: E402
 from kedro.framework.hooks import hook_impl  # noqa: E402
 from kedro.framework.startup import bootstrap_project  # noqa: E402, F401  (sets up Kedro's logging of warnings first)
 
@@ -87,6 +90,7 @@ def _store_errors_reported_by_hook() -> Iterator[None]:
 
 
 SWITCH = "IMAGE_CLASSIFICATION_MLFLOW"
+STORE_LOCK_TIMEOUT_S = 300  # another run creating or migrating the store; then tracking is off with a warning
 OFF_VALUES = ("0", "off", "false", "no")
 REGISTERED_MODEL = "image_classification"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -171,6 +175,15 @@ def _store_description(uri: str) -> str:
     return f"MLflow store {uri}"
 
 
+def _store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """Held while a SQLite store is created, migrated and a run opened in it (its schema set-up is not
+    safe for two processes at once); another run holding it is waited for. Other stores need none."""
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+    if not path or path.startswith(":"):  # not SQLite, or in memory
+        return contextlib.nullcontext()
+    return FileLock(path + ".lock", timeout=STORE_LOCK_TIMEOUT_S)
+
+
 class ProjectMlflowHook(MlflowHook):
     """kedro-mlflow's hook, with the project's metrics, artefacts, model, tags and failure handling."""
 
@@ -245,7 +258,8 @@ class ProjectMlflowHook(MlflowHook):
             return
         with self._calling_store(context):
             self._anchor_at_project(context)
-            super().after_context_created(context)
+            with _store_lock(self._store_uri(context)):
+                super().after_context_created(context)
             self._tracking = True
 
     @hook_impl
@@ -256,7 +270,7 @@ class ProjectMlflowHook(MlflowHook):
             self._is_mlflow_enabled = False
             self.run_id = None
             return
-        with self._calling_store():
+        with self._calling_store(), _store_lock(self._store_uri()):
             super().before_pipeline_run(run_params, pipeline, catalog)
             if self._is_mlflow_enabled:
                 names = run_params.get("pipeline_names") or ["__default__"]

@@ -202,3 +202,39 @@ def test_a_second_training_run_on_one_project_stops_at_once_with_a_message_namin
     assert first.returncode == 0, output[-3000:]
     run_session(prepared, ["train"])  # the lock went with the first run
     tally.add("concurrent training runs stopped with a message", 1)
+
+
+_OPEN_THE_STORE = """
+import sys, time
+from pathlib import Path
+from kedro.framework.project import settings
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+project, start = Path(sys.argv[1]), Path(sys.argv[2])
+bootstrap_project(project)
+while not start.exists():  # both children past their imports, then into the store at once
+    time.sleep(0.001)
+with KedroSession.create(project_path=project) as session:
+    session.load_context()
+print("tracking:", settings.HOOKS[0]._tracking)
+"""
+
+
+def test_two_runs_started_together_on_a_new_project_both_track_into_its_store(tmp_path, tally):
+    """Both open (and one creates) the project's SQLite store at the same moment: before the store was
+    created under a lock, one of them lost the race on the schema ("table experiments already exists",
+    "duplicate column name") and ran with tracking off."""
+    environment = {key: value for key, value in CHILD_ENVIRONMENT.items() if key != "IMAGE_CLASSIFICATION_MLFLOW"}
+    for attempt in range(3):  # a fresh project each time: the race is on creating the store
+        project = make_project(tmp_path / f"project_{attempt}")
+        start = tmp_path / f"start_{attempt}"
+        children = [subprocess.Popen([sys.executable, "-c", _OPEN_THE_STORE, str(project), str(start)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+                    for _ in range(2)]
+        time.sleep(5)  # both past their imports (they wait for the start file)
+        start.touch()
+        outputs = [child.communicate(timeout=CHILD_TIMEOUT)[0] for child in children]
+        for output in outputs:
+            assert "tracking: True" in output and "MLflow tracking is off" not in output, output[-3000:]
+        assert (project / "mlruns.db").exists()
+    tally.add("runs started together on a new MLflow store", 6)
