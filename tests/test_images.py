@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import io
+import socket
+import threading
+
 import pytest
 from PIL import Image
 
@@ -12,6 +17,7 @@ from image_classification.images import (
     inspect_image,
     inspect_images,
     load_rgb,
+    read_bytes,
 )
 
 from .conftest import BAD_FILES, good_files, jpeg_bytes, noise_image, write_files
@@ -94,3 +100,54 @@ def test_load_rgb_raises_a_readable_error(tmp_path):
 def test_limits_are_validated():
     with pytest.raises(ValueError, match="min_side"):
         ImageLimits(min_side=0)
+
+
+def test_max_pixels_above_pillows_own_limit_takes_effect(monkeypatch):
+    """Pillow refuses images over twice its MAX_IMAGE_PIXELS (~179 M) when it opens them: a user who
+    raises max_pixels past that gets the image; below it, the refusal names the parameter."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    buffer = io.BytesIO()
+    Image.new("1", (13_500, 13_500)).save(buffer, format="PNG")  # 182 M pixels in ~25 KB
+    image, size = decode_rgb(buffer.getvalue(), ImageLimits(max_pixels=200_000_000), keep_gray=True)
+    assert size == (13_500, 13_500) and image.size == size
+    with pytest.raises(ImageReadError, match=r"pixel limit of 50,000,000 .*data_prep.image_checks.max_pixels"):
+        decode_rgb(buffer.getvalue(), ImageLimits(max_pixels=50_000_000))
+
+
+@pytest.fixture(scope="module")
+def web_server():
+    """A local HTTP server: 200 for /good.png, 404 for what it lacks, 500 for /broken.png."""
+    picture = BAD_FILES["tiny.png"]()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the standard library's name
+            status = {"/good.png": 200, "/broken.png": 500}.get(self.path, 404)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(picture) if status == 200 else 0))
+            self.end_headers()
+            if status == 200:
+                self.wfile.write(picture)
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_a_remote_file_that_is_gone_unreachable_or_failing_says_which(web_server):
+    """fsspec reports all three as 'not found': only a 404 is a missing file."""
+    assert read_bytes(f"{web_server}/good.png") == BAD_FILES["tiny.png"]()
+    with pytest.raises(ImageReadError, match="missing file"):
+        read_bytes(f"{web_server}/gone.png")
+    with pytest.raises(ImageReadError, match="the server answered HTTP 500"):
+        read_bytes(f"{web_server}/broken.png")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with pytest.raises(ImageReadError, match="cannot be reached: Cannot connect to host"):
+        read_bytes(f"http://127.0.0.1:{closed}/a.png")

@@ -101,6 +101,13 @@ def bad_file(index: int, folder: Path, rng: random.Random, seeds: dict[str, byte
     elif kind == 9:
         path, data, reason = stem.with_suffix(rng.choice([".txt", ".csv", ".json", ""])), b"notes", \
             "not an image file type"
+    elif kind == 11:  # a good image whose name is not UTF-8 (random bytes 0x80-0xff in it): listed, escaped
+        raw = os.fsencode(stem) + bytes(rng.randint(0x80, 0xFF) for _ in range(rng.randint(1, 4))) + b".png"
+        with open(raw, "wb") as stream:
+            stream.write(png_bytes(picture))
+        shown = raw.decode("utf-8", "backslashreplace")
+        assert shown != os.fsdecode(raw), "bytes 0x80-0xff alone are never valid UTF-8"
+        return Path(shown), "not valid UTF-8"
     else:  # a fuzz-damaged file the image reader itself skips: data_prep must give the same reason
         name = rng.choice(sorted(seeds))
         while True:
