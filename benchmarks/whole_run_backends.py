@@ -51,8 +51,9 @@ def numbers(value, prefix: str = ""):
 
 
 def metrics_of(project: Path) -> dict[str, float]:
-    """The run's evaluation_metrics.json (versioned: the file sits in a folder named after the dataset)."""
-    found = next(p for p in (project / "data" / "08_reporting").rglob("evaluation_metrics.json") if p.is_file())
+    """The run's evaluation_metrics.json (versioned: the file sits in a folder named after the dataset;
+    under the environment's own data root, data/envs/cifar10_dev)."""
+    found = next(p for p in (project / "data").rglob("evaluation_metrics.json") if p.is_file())
     return dict(numbers(json.loads(found.read_text())))
 
 

@@ -160,13 +160,18 @@ def demo_run(tmp_path_factory) -> Path:
     return project
 
 
-def base_catalog_config() -> dict[str, dict]:
-    """Every entry and dataset factory of conf/base/catalog*.yml, as Kedro reads them."""
+def base_catalog_config(pattern: str = "catalog*.yml") -> dict[str, dict]:
+    """Every entry and dataset factory of conf/base/catalog*.yml (or the files ``pattern`` names), as
+    Kedro reads them: ``${globals:...}`` filled in from conf/base/globals.yml."""
     import yaml
 
+    settings = yaml.safe_load((REPO_ROOT / "conf" / "base" / "globals.yml").read_text())
     config: dict[str, dict] = {}
-    for path in sorted((REPO_ROOT / "conf" / "base").glob("catalog*.yml")):
-        config.update(yaml.safe_load(path.read_text()) or {})
+    for path in sorted((REPO_ROOT / "conf" / "base").glob(pattern)):
+        text = path.read_text()
+        for key, value in settings.items():
+            text = text.replace("${globals:%s}" % key, str(value))
+        config.update(yaml.safe_load(text) or {})
     return {name: entry for name, entry in config.items() if not name.startswith("_")}
 
 

@@ -52,6 +52,9 @@ USER_ERRORS = {
     "stage_before_its_inputs": (
         ["--pipelines", "evaluate"],
         ["'backbone_features' does not exist yet", "`kedro run --pipelines train`"]),
+    "predict_before_training": (
+        ["--pipelines", "predict"],
+        ["no trained model yet: 'model_checkpoint' does not exist yet", "run `kedro run` (every stage)"]),
 }
 
 
@@ -64,6 +67,7 @@ def test_a_user_error_ends_the_run_with_its_message_and_no_traceback(project, na
     assert result.returncode == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert "Error: " in result.stderr
+    assert "PurePosixPath" not in result.stderr  # Kedro's description of a dataset is not the user's business
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr[-3000:])
     assert "IMAGE_CLASSIFICATION_TRACEBACK=1" in result.stderr

@@ -131,7 +131,8 @@ CIFAR_CLASSES = ("airplane", "automobile", "ship", "truck", "bird", "cat", "deer
 SHARED_WEIGHTS = REPO_ROOT.parent / "shared" / "weights" / "mobilenet_v2_imagenet_coral_tflite.pth"
 # Environments whose images are set in their conf, not on the command line: the run reads the stand-in
 # instead (cifar10-dev's 5,000 photos and defects-dev's 1,665 take minutes; their figures are in the
-# README and docs/results.md). Each names the data_prep.source key it sets and the stand-in for it.
+# README and docs/results.md). Each names the data_prep.source key it sets and the stand-in for it; the
+# CSV its predict reads (a manifest of the same images) is replaced by a small one.
 ENV_SOURCES = {"cifar10_dev": ("root", "/data/cifar"), "defects_dev": ("csv", "/data/defects.csv")}
 
 
@@ -191,6 +192,8 @@ def as_run_here(command: str, stand_ins: dict[str, str], project: Path) -> list[
     if options(command).get("--env") in ENV_SOURCES:
         key, path = ENV_SOURCES[options(command)["--env"]]
         fast += f",data_prep.source.{key}={stand_ins[path]}"
+        if "predict.source" not in command:  # the environment's predict scores its own manifest: a stand-in too
+            fast += f",predict.source.csv={stand_ins['/data/new.csv']}"
     if "--params" in words:
         words[words.index("--params") + 1] += "," + fast
     else:

@@ -93,6 +93,8 @@ def test_two_runs_with_different_parameters_give_two_mlflow_runs_whose_metrics_d
     runs = mlflow_runs(project_copy).iloc[before:]
     assert len(runs) == 2
     assert list(runs["tags.stage"]) == ["evaluate", "evaluate"]
+    assert list(runs["tags.env"]) == ["local", "local"]  # Kedro's default environment
+    assert list(runs["tags.mlflow.runName"]) == ["local: evaluate", "local: evaluate"]
     assert list(runs["params.evaluate.target_precision"]) == ["0.5", "0.95"]
     assert list(runs["metrics.evaluation_metrics.target_precision"]) == [0.5, 0.95]
     assert list(runs["metrics.evaluation_metrics.model.test_bootstrap.samples"]) == [50.0, 50.0]
@@ -111,6 +113,17 @@ def test_two_runs_with_different_parameters_give_two_mlflow_runs_whose_metrics_d
     assert list(predictions["predicted_label"]) == expected
     # and says where: the demo's patch scores draw a map of every image, as predict writes it
     assert all(len(values) == grid ** 2 for values, grid in zip(predictions["defect_map"], predictions["defect_map_grid"]))
+
+
+@pytest.mark.slow
+def test_a_run_in_another_environment_is_named_and_tagged_after_it(project_copy):
+    """Runs of two environments share the store: each says which it was, and its command can be rerun."""
+    (project_copy / "conf" / "staging").mkdir(exist_ok=True)
+    before = len(mlflow_runs(project_copy))
+    kedro(project_copy, "run", "--env", "staging", "--pipelines", "data_prep")
+    run = mlflow_runs(project_copy).iloc[before:].iloc[0]
+    assert run["tags.env"] == "staging" and run["tags.mlflow.runName"] == "staging: data_prep"
+    assert run["tags.kedro_command"].endswith("--env staging"), run["tags.kedro_command"]
 
 
 @pytest.mark.slow

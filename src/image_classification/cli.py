@@ -60,10 +60,16 @@ def _check_pipeline_names(names: list[str]) -> None:
         )
 
 
-def _missing_input_hint(error: Exception) -> str:
-    """For an input that does not exist yet: which pipeline writes it, so the user can run that first."""
+# what a newcomer is told is missing, for inputs whose name says little
+_MISSING = {"model_checkpoint": "no trained model yet", "operating_point": "no operating point yet",
+            "anomaly_detector": "no fitted anomaly detector yet"}
+
+
+def _missing_input(error: Exception, env: str | None) -> str:
+    """For an input that does not exist yet (in this environment): what is missing and which pipeline
+    writes it, instead of Kedro's message about the dataset's class and path; else ""."""
     message = str(error)
-    match = re.match(r"([\w.]+): Failed while loading data", message)
+    match = re.match(r"([\w.]+): (Failed while loading data|Did not find any versions)", message)
     if not match or not ("No such file" in message or "Did not find any versions" in message):
         return ""
     dataset = match.group(1)
@@ -71,8 +77,10 @@ def _missing_input_hint(error: Exception) -> str:
                      if dataset in pipeline.all_outputs())
     if not writers:
         return ""
-    return (f"\n'{dataset}' does not exist yet: it is written by the {writers[0]} pipeline; run "
-            f"`kedro run --pipelines {writers[0]}` (or the whole `kedro run`) first")
+    run = f"kedro run --env {env}" if env else "kedro run"
+    where = f" in the {env} environment" if env else ""
+    return (f"{_MISSING.get(dataset, f'no {dataset} yet')}: '{dataset}' does not exist yet{where}. It is written "
+            f"by the {writers[0]} pipeline: run `{run}` (every stage) or `{run} --pipelines {writers[0]}` first")
 
 
 # a save that fails for want of room or write access: the user's to fix, whatever exception carries it
@@ -105,7 +113,7 @@ def _run(**options: Any) -> dict[str, Any]:
             raise
         if output_error:
             raise click.ClickException(output_error) from None
-        message = (str(error).strip() or type(error).__name__) + _missing_input_hint(error)
+        message = _missing_input(error, options.get("env")) or str(error).strip() or type(error).__name__
         raise click.ClickException(
             f"{message}\n(a problem with the input or the parameters, so no traceback; "
             f"set {TRACEBACK_VARIABLE}=1 to see one)"

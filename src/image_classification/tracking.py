@@ -90,6 +90,7 @@ def _store_errors_reported_by_hook() -> Iterator[None]:
 
 
 SWITCH = "IMAGE_CLASSIFICATION_MLFLOW"
+DEFAULT_ENV = "local"  # what Kedro runs without --env (settings.py: default_run_env)
 STORE_LOCK_TIMEOUT_S = 300  # another run creating or migrating the store; then tracking is off with a warning
 OFF_VALUES = ("0", "off", "false", "no")
 REGISTERED_MODEL = "image_classification"
@@ -273,9 +274,19 @@ class ProjectMlflowHook(MlflowHook):
         with self._calling_store(), _store_lock(self._store_uri()):
             super().before_pipeline_run(run_params, pipeline, catalog)
             if self._is_mlflow_enabled:
-                names = run_params.get("pipeline_names") or ["__default__"]
-                mlflow.set_tags({"pipelines": ",".join(names),
-                                 "stage": "all stages" if names == ["__default__"] else "+".join(names)})
+                self._name_run(run_params)
+
+    def _name_run(self, run_params: dict[str, Any]) -> None:
+        """Tag the run with its pipelines and environment, and name it after both (``cifar10_dev: all
+        stages``): kedro-mlflow names every run after its pipeline alone (``__default__``), and its
+        ``kedro_command`` tag leaves ``--env`` out, so runs of two environments looked alike."""
+        names = run_params.get("pipeline_names") or ["__default__"]
+        stage = "all stages" if names == ["__default__"] else "+".join(names)
+        env = run_params.get("env") or DEFAULT_ENV
+        mlflow.set_tags({"pipelines": ",".join(names), "stage": stage, "env": env, "mlflow.runName": f"{env}: {stage}"})
+        command = mlflow.get_run(self.run_id).data.tags.get("kedro_command", "") if self.run_id else ""
+        if run_params.get("env") and command and "--env" not in command:
+            mlflow.set_tag("kedro_command", f"{command} --env {env}")
 
     @hook_impl
     def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:

@@ -12,7 +12,7 @@ from kedro.runner import SequentialRunner
 from image_classification.pipelines.embedding_analysis import create_pipeline
 from image_classification.pipelines.embedding_analysis.nodes import EmbeddingAnalysisConfig
 
-from ...conftest import REPO_ROOT, catalog_entry
+from ...conftest import REPO_ROOT, base_catalog_config, catalog_entry
 
 CONF = REPO_ROOT / "conf" / "base"
 # backbone_features: the patch vectors, read when the operating point serves the patch classifier
@@ -21,7 +21,7 @@ PARAMETERS = {"params:embedding_analysis", "params:seed"}
 
 
 def stage_catalog() -> dict:
-    return yaml.safe_load((CONF / "catalog_embedding_analysis.yml").read_text())
+    return base_catalog_config("catalog_embedding_analysis.yml")
 
 
 def test_pipeline_needs_only_earlier_stages_outputs_and_writes_only_its_own_entries():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import yaml
 from kedro.io import DataCatalog
 
-from ...conftest import REPO_ROOT
+from ...conftest import base_catalog_config
 
 
 def entries(tmp_path, *names: str) -> DataCatalog:
-    config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_predict.yml").read_text())
+    config = base_catalog_config("catalog_predict.yml")
     for name in names:
         config[name]["filepath"] = str(tmp_path / config[name]["filepath"])
     return DataCatalog.from_config({name: config[name] for name in names})
@@ -26,7 +25,7 @@ def test_onnx_model_round_trips_as_bytes_in_versions(tmp_path):
 
 
 def test_every_predict_output_is_versioned():
-    config = yaml.safe_load((REPO_ROOT / "conf/base/catalog_predict.yml").read_text())
+    config = base_catalog_config("catalog_predict.yml")
     assert all(entry.get("versioned") for entry in config.values())
     assert {"onnx_model", "onnx_parity", "predictions", "predictions_csv", "prediction_summary"} <= set(config)
 
