@@ -128,3 +128,35 @@ run = click.Command(
     short_help=kedro_run.short_help,
 )
 cli.add_command(run)
+
+
+@cli.command()
+@click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Versions to keep of each dataset (the newest).")
+@click.option("--env", "-e", default=None, help="The environment whose outputs to prune (its data_root).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def prune(keep: int, env: str | None, dry_run: bool) -> None:
+    """Remove all but the newest versions of every versioned dataset (models, figures, tables).
+
+    MLflow keeps its own copies of logged figures and models: remove old runs in the MLflow UI,
+    then `mlflow gc --backend-store-uri sqlite:///mlruns.db` frees their files.
+    """
+    from pathlib import Path
+
+    from kedro.framework.project import settings
+    from kedro.framework.startup import bootstrap_project
+
+    from image_classification.prune import prune as prune_versions
+
+    project = Path.cwd()
+    bootstrap_project(project)
+    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(project / settings.CONF_SOURCE), env=env,
+                                          **settings.CONFIG_LOADER_ARGS)
+    results = prune_versions(loader["catalog"], project, keep, dry_run)
+    removed = [result for result in results if result.removed]
+    for result in removed:
+        click.echo(f"{result.dataset.relative_to(project)}: {'would remove' if dry_run else 'removed'} "
+                   f"{len(result.removed)}, kept {len(result.kept)} (newest {result.kept[-1]})")
+    freed = sum(result.bytes_removed for result in removed) / 1e6
+    click.echo(f"{'Would free' if dry_run else 'Freed'} {freed:.1f} MB in {len(removed)} of {len(results)} "
+               f"versioned datasets, keeping the newest {keep} version(s) of each.")
