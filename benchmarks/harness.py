@@ -139,6 +139,24 @@ def peak_rss_mib() -> float:
     return int(status["VmHWM"].split()[0]) / 1024
 
 
+def child_option(parser: argparse.ArgumentParser, *names: str) -> None:
+    """A hidden ``--child NAMES...``: the benchmark runs one measurement in this process (see :func:`in_child`)."""
+    parser.add_argument("--child", nargs=len(names), metavar=names, help=argparse.SUPPRESS)
+
+
+def in_child(benchmark: str, *arguments: object, timeout: float | None = None) -> dict | None:
+    """Run ``python -m benchmarks.BENCHMARK --child ARGUMENTS`` in a fresh process, so its time and peak memory
+    are its own; the JSON object it printed last, or None when it ran past ``timeout`` seconds."""
+    command = [sys.executable, "-m", f"benchmarks.{benchmark}", "--child", *map(str, arguments)]
+    try:
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # --- the results file ----------------------------------------------------------------------------------------
 
 def cpu_model() -> str:

@@ -232,6 +232,47 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+STRETCH_PIXELS_PER_BAND = 1 << 20
+"""Pixels of a 16-bit, 32-bit or float image converted at once: bounds the float copy to 8 MB."""
+
+
+def _row_bands(image: Image.Image) -> Iterable[tuple[int, np.ndarray]]:
+    """The image's pixels as arrays of a few rows each, with the first row of each."""
+    rows = max(1, STRETCH_PIXELS_PER_BAND // max(1, image.width))
+    for top in range(0, image.height, rows):
+        yield top, np.asarray(image.crop((0, top, image.width, min(image.height, top + rows))))
+
+
+def _finite_range(image: Image.Image) -> tuple[float, float]:
+    """The smallest and largest finite pixel value (inf, -inf when there is none)."""
+    low, high = np.inf, -np.inf
+    for _, band in _row_bands(image):
+        finite = band[np.isfinite(band)] if band.dtype.kind == "f" else band
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return low, high
+
+
+def _stretch_to_gray(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float pixels scaled from their finite range to 0..255 (not clipped at 255).
+
+    A band of rows at a time, so no float copy of the whole image is ever made (a 7000 x 7000 16-bit
+    PNG took over 1 GB the whole-image way: docs/decisions/0034-near-duplicates-and-16-bit.md). A constant
+    image is black; NaN and -inf pixels are black and +inf white.
+    """
+    low, high = _finite_range(image)
+    gray = np.zeros((image.height, image.width), dtype=np.uint8)
+    if high > low:
+        for top, band in _row_bands(image):
+            scaled = band.astype(np.float64)
+            scaled -= low  # the same operations, in place, as (pixels - low) / (high - low) * 255
+            scaled /= high - low
+            scaled *= 255.0
+            np.clip(np.nan_to_num(scaled, copy=False, nan=0.0), 0.0, 255.0, out=scaled)
+            gray[top : top + len(band)] = scaled
+    return Image.fromarray(gray)
+
+
 def _to_rgb(image: Image.Image, keep_gray: bool = False) -> Image.Image:
     """Convert any Pillow mode we accept to 8-bit RGB (or, with ``keep_gray``, grayscale ones to 8-bit L)."""
     if image.mode == "RGB" or (keep_gray and image.mode == "L"):
@@ -243,11 +284,7 @@ def _to_rgb(image: Image.Image, keep_gray: bool = False) -> Image.Image:
     ):
         return _flatten_alpha(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float images: scale the real range to 0..255 instead of clipping
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
-        gray = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        gray = _stretch_to_gray(image)
         return gray if keep_gray else gray.convert("RGB")
     return image.convert("RGB")  # L, P, CMYK, YCbCr, 1, ...
 

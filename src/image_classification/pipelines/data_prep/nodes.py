@@ -91,7 +91,10 @@ def group_duplicates(
 
     Returns:
         The images with a ``split_group`` column, the rejected images with any conflicting
-        duplicates added, and a report of every duplicate pair.
+        duplicates added, and a report of duplicate pairs: every exact pair chained (each file to
+        the next copy), and near pairs that link every near-duplicate to its group (see
+        :func:`~image_classification.duplicates.near_duplicate_pairs`): a group whose labels differ
+        always has a reported pair whose labels differ.
     """
     conflict = _conflicting_exact_duplicates(checked)
     conflicts = checked.loc[conflict, REJECTED_COLUMNS[:-1]].assign(
@@ -107,7 +110,7 @@ def group_duplicates(
     report = _duplicate_report(images, exact, near)
     rejected = pd.concat([rejected, conflicts.astype("string")], ignore_index=True)
     logger.info(
-        "Found %d exact and %d near-duplicate pairs; %d images form %d split groups",
+        "Found %d exact and %d near-duplicate links; %d images form %d split groups",
         len(exact), len(near), len(images), images["split_group"].nunique(),
     )
     return images, rejected, report
