@@ -157,6 +157,7 @@ def demo_run(tmp_path_factory) -> Path:
     result = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=1800,
                             env={**os.environ, "COLUMNS": "160"})
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-5000:]}\n{result.stderr[-5000:]}"
+    (project / "run_output.txt").write_text(result.stdout + result.stderr)  # what the user saw (the run summary)
     return project
 
 

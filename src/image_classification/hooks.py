@@ -202,3 +202,16 @@ def _ranked(seconds: dict[str, float], most: int | None = None) -> str:
 def short_node_name(name: str) -> str:
     """A node's function name without the ``(inputs) -> [outputs]`` Kedro appends to unnamed nodes."""
     return name.split("(", 1)[0].strip()
+
+
+def saved_path(dataset: Any, saved: bool = True) -> Path | None:
+    """The local file a dataset has just written (``saved``), or would load now."""
+    try:
+        if getattr(dataset, "_version", None) is not None:
+            path = dataset._get_versioned_path(dataset.resolve_save_version()) if saved else dataset._get_load_path()
+        else:
+            path = dataset._filepath
+    except Exception:  # a dataset with no local file, or no version yet
+        return None
+    path = Path(str(path))
+    return path if path.is_file() else None

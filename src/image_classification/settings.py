@@ -1,6 +1,15 @@
 """Project settings: Kedro defaults, with the configuration loader set up for this project."""
 
+import os
+import sys
+
 from kedro.config import OmegaConfigLoader
+
+# Kedro's log handler lays lines out for an 80-column terminal when it cannot ask one (output to a file, a
+# pipe or CI), so a log there was a column of fragments; without a terminal, lines are laid out 240 wide.
+# A COLUMNS of your own wins.
+if not sys.stdout.isatty():
+    os.environ.setdefault("COLUMNS", "240")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -18,10 +27,13 @@ CONFIG_LOADER_ARGS = {
 # the hook is disabled so that it does not run twice. A failed save leaves no partial version
 # behind, and runs that share unversioned state (the feature cache, the training state) never
 # overlap; each node's wall time is logged (and tracked in MLflow), and the run ends with the slowest
-# nodes first.
+# nodes first, and then with its summary (what is served, how well, where the figures are).
 from image_classification.hooks import NodeTimes, PartialSaveCleanup, SharedStateLock  # noqa: E402
+from image_classification.run_summary import RunSummary  # noqa: E402
 from image_classification.tracking import ProjectMlflowHook  # noqa: E402
 
 NODE_TIMES = NodeTimes()
-HOOKS = (ProjectMlflowHook(NODE_TIMES), PartialSaveCleanup(), SharedStateLock(), NODE_TIMES)
+# pluggy calls the last registered first: the node timings, ..., the tracking hook (which closes the
+# MLflow run), and the run's summary last of all
+HOOKS = (RunSummary(), ProjectMlflowHook(NODE_TIMES), PartialSaveCleanup(), SharedStateLock(), NODE_TIMES)
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its distribution's name, either spelling

@@ -34,6 +34,8 @@ from typing import Any, Iterator
 # before MLflow is imported anywhere: its usage telemetry would try to reach the network
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# its progress bars for artefacts it copies back (logging the model) would end every run's output
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
 from filelock import FileLock  # noqa: E402
@@ -50,7 +52,7 @@ finally:
 from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types import ColSpec, Schema  # noqa: E402
 
-from image_classification.hooks import NodeTimes, short_node_name  # noqa: E402
+from image_classification.hooks import NodeTimes, saved_path, short_node_name  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -125,19 +127,6 @@ def flatten_metrics(data: Any, prefix: str) -> dict[str, float]:
 def _plain(value: Any) -> Any:
     """A typed parameter block (dataclass) as the dict kedro-mlflow flattens into parameters."""
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
-
-
-def _saved_path(dataset: Any, saved: bool = True) -> Path | None:
-    """The local file a dataset has just written (``saved``), or would load now."""
-    try:
-        if getattr(dataset, "_version", None) is not None:
-            path = dataset._get_versioned_path(dataset.resolve_save_version()) if saved else dataset._get_load_path()
-        else:
-            path = dataset._filepath
-    except Exception:  # a dataset with no local file, or no version yet
-        return None
-    path = Path(str(path))
-    return path if path.is_file() else None
 
 
 def _under_project(uri: Any, project_path: Path) -> Any:
@@ -309,7 +298,7 @@ class ProjectMlflowHook(MlflowHook):
         with self._calling_store():
             if spec.get("metrics"):
                 mlflow.log_metrics(flatten_metrics(data, dataset_name), run_id=self.run_id)
-            path = _saved_path(dataset) if "artifact" in spec or "model_part" in spec else None
+            path = saved_path(dataset) if "artifact" in spec or "model_part" in spec else None
             if path is not None and "artifact" in spec:
                 mlflow.log_artifact(str(path), artifact_path=spec["artifact"], run_id=self.run_id)
             if path is not None and "model_part" in spec:
@@ -324,7 +313,7 @@ class ProjectMlflowHook(MlflowHook):
             for name in list(self._catalog.keys()):
                 dataset = self._catalog[name]
                 if ((getattr(dataset, "metadata", None) or {}).get("mlflow") or {}).get("model_part") == "checkpoint":
-                    parts["checkpoint"] = _saved_path(dataset, saved=False)
+                    parts["checkpoint"] = saved_path(dataset, saved=False)
             if parts.get("checkpoint") is None:
                 return
         if mlflow.active_run() is None or mlflow.active_run().info.run_id != self.run_id:
