@@ -733,3 +733,15 @@ def test_pinning_the_fold_stack_where_the_cross_validation_made_none_says_why(ev
     with pytest.raises(ParameterError, match="builds the fold stack, on small data only"):
         choose_operating_point(evaluation_scores, CHECKPOINT, small_config(operating_candidate="fold_stack"),
                                pd.DataFrame(), scorer_models={"baseline": WEIGHTS})
+
+
+def test_the_error_gallery_captions_the_whole_file_name_and_the_threshold_with_its_digits(tmp_path):
+    # names were once cut at 22 characters, and a threshold of 0.99999702 titled "1.000"
+    name = "wafer_2024-03-01_line7_camera2_lot0042_pos13_rework.png"
+    path = write_files(tmp_path, {name: png_bytes(noise_image(1, (30, 20)))})[0]
+    gaps = pd.DataFrame({"split": ["test"], "path": [str(path)], "error": ["false_positive"], "score": [0.99999991]})
+    figure = draw_error_gallery(gaps, {"threshold": 0.99999702}, small_config(gallery_size=3))
+    captions = [axis.get_xlabel() for axis in figure.get_axes() if axis.get_images()]
+    assert len(captions) == 1 and captions[0].rsplit("\n", 1)[0].replace("\n", "") == name
+    assert "score 0.99999991" in captions[0]
+    assert "at threshold 0.99999702 " in figure._suptitle.get_text()

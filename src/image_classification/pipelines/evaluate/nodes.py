@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
 from image_classification.images import thumbnail
-from image_classification.metrics import format_figure
+from image_classification.metrics import format_figure, format_threshold
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import grid_of
@@ -225,7 +225,7 @@ def plot_score_histograms(evaluation_scores: pd.DataFrame, operating_point: dict
 def plot_confusion_matrices(evaluation_metrics: dict) -> Figure:
     """Test confusion matrices of the model and the baseline at their thresholds."""
     panels = {
-        f"{name} at threshold {block['threshold']:.3f}\nprecision {format_figure(block['test']['precision'])}, "
+        f"{name} at threshold {format_threshold(block['threshold'])}\nprecision {format_figure(block['test']['precision'])}, "
         f"recall {format_figure(block['test']['recall'])}": block["test"]
         for name, block in (("model", evaluation_metrics["model"]), ("baseline", evaluation_metrics["baseline"]))
     }
@@ -245,10 +245,12 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
         errors = shown[error]
         more = "" if len(errors) <= evaluate.gallery_size else f", the {evaluate.gallery_size} most wrong shown"
         rows[f"{title}: {len(errors)}{more}"] = [
-            (thumbnail(row.path, THUMBNAIL_SIZE), f"{file_caption(row.path)}\n{row.split} split, score {row.score:.3f}",
+            (thumbnail(row.path, THUMBNAIL_SIZE),
+             f"{file_caption(row.path)}\n{row.split} split, score {format_threshold(row.score)}",
              maps.get(row.path)) for row in errors.head(evaluate.gallery_size).itertuples()
         ]
-    title = (f"Errors of the {_served(operating_point).replace('_', ' ')} at threshold {operating_point['threshold']:.3f} "
+    title = (f"Errors of the {_served(operating_point).replace('_', ' ')} at threshold "
+             f"{format_threshold(operating_point['threshold'])} "
              "on validation and test, most wrong first")
     return plots.error_gallery_figure(rows, title, note)
 
