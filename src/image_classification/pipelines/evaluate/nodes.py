@@ -223,12 +223,19 @@ def plot_score_histograms(evaluation_scores: pd.DataFrame, operating_point: dict
 
 
 def plot_confusion_matrices(evaluation_metrics: dict) -> Figure:
-    """Test confusion matrices of the model and the baseline at their thresholds."""
-    panels = {
-        f"{name} at threshold {format_threshold(block['threshold'])}\nprecision {format_figure(block['test']['precision'])}, "
-        f"recall {format_figure(block['test']['recall'])}": block["test"]
-        for name, block in (("model", evaluation_metrics["model"]), ("baseline", evaluation_metrics["baseline"]))
-    }
+    """Test confusion matrices: first the served score's at the served threshold (what a deployment
+    decides; the patch classifier or the fold stack as often as the model), then beside it the model
+    and the baseline, each at its own threshold chosen on validation."""
+    served = evaluation_metrics.get("operating_candidate", "model")
+    shown = [served] + [name for name in ("model", "baseline")
+                        if name != served and "test" in evaluation_metrics.get(name, {})]
+    panels = {}
+    for name in shown:
+        block = evaluation_metrics[name]
+        title = f"served: {name.replace('_', ' ')}" if name == served else name.replace("_", " ")
+        panels[f"{title} at threshold {format_threshold(block['threshold'])}\n"
+               f"precision {format_figure(block['test']['precision'])}, "
+               f"recall {format_figure(block['test']['recall'])}"] = block["test"]
     return plots.confusion_matrix_figure(panels)
 
 
