@@ -8,6 +8,7 @@ import pytest
 from image_classification.metrics import (
     PrecisionRecallPoint,
     check_target_precision,
+    format_threshold,
     recall_at_precision,
     validation_score,
 )
@@ -126,3 +127,13 @@ def test_the_oracle_and_the_recall_efficiency_say_what_a_threshold_chosen_elsewh
     validation = point["validation"]
     assert validation["oracle_recall"] == 1.0
     assert validation["recall_efficiency"] == pytest.approx(validation["recall"])
+
+
+@pytest.mark.parametrize(("threshold", "shown"), [
+    (0.99999702, "0.99999702"), (0.9999970197677612, "0.99999702"), (0.5, "0.5"), (0.25, "0.25"),
+    (0.7162933945655823, "0.716"), (0.999, "0.999"), (0.0001234, "0.000123"), (1.0, "1.0"), (0.0, "0.0"),
+    (-37.98381423950195, "-37.9838"), (None, "n/a"), (float("nan"), "n/a"),
+])
+def test_a_threshold_is_shown_with_the_digits_that_tell_it_from_one(threshold, shown):
+    # a threshold of 0.99999702 printed as "1.0000" reads as "nothing is ever called valid"
+    assert format_threshold(threshold) == shown

@@ -57,3 +57,59 @@ def test_results_notebook_runs_on_the_last_run(demo_run, kedro_kernel, tmp_path,
         assert sentence in printed, sentence
     assert sum("application/vnd.plotly.v1+json" in kinds for kinds in shown) >= 5  # PR, histograms, defect maps, two 3D
     assert sum("image/png" in kinds for kinds in shown) >= 4  # confusion matrix, error and defect map galleries, detectors
+
+
+def notebook_cell(containing: str) -> str:
+    """The source of the one code cell of the notebook that contains ``containing``."""
+    cells = [cell.source for cell in nbformat.read(NOTEBOOK, as_version=4).cells
+             if cell.cell_type == "code" and containing in cell.source]
+    assert len(cells) == 1, containing
+    return cells[0]
+
+
+class _Catalog:
+    def __init__(self, **datasets):
+        self.datasets = datasets
+
+    def load(self, name):
+        return self.datasets[name]
+
+
+def _zero_shot_metrics(auroc: dict) -> dict:
+    return {"detectors": {name: {"all_unseen": None if value is None else {"auroc": value, "fpr_at_95_tpr": value},
+                                 "per_kind": {}} for name, value in auroc.items()},
+            "flag_detector": "fused", "target_tpr": 0.98, "calibration_images": 20, "calibrated_on": "accepted_valid",
+            "valid_test_images_lost_by_combined_decision": 0.05, "decision_per_kind": {}}
+
+
+@pytest.mark.parametrize("auroc", [
+    {"knn_pooled": None, "msp": None, "fused": None},  # no unseen images: nothing measured
+    {"knn_pooled": 0.9, "msp": 0.7, "fused": float("nan")},  # the flag alone could not be measured
+], ids=["nothing_measured", "flag_not_measured"])
+def test_the_notebook_says_not_measured_and_ranks_an_unmeasured_flag_nowhere(auroc, capsys):
+    """The detector section's cells, run on their own: an AUROC that is None or NaN reads "not measured",
+    never "n/a, rank 12 of 12"."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    shown = []
+    namespace = {"display": shown.append, "math": math, "np": np, "pd": pd,
+                 "catalog": _Catalog(zero_shot_metrics=_zero_shot_metrics(auroc))}
+    exec(notebook_cell("def fmt("), namespace)
+    exec(notebook_cell('catalog.load("zero_shot_metrics")'), namespace)
+    printed = capsys.readouterr().out
+    flag_line = next(line for line in printed.splitlines() if line.startswith("Flag detector:"))
+    assert "fused (AUROC not measured, so not ranked)" in flag_line and "rank" not in flag_line.replace("ranked", "")
+    assert "n/a" not in printed and "NaN" not in shown[0].to_string()
+    assert (shown[0].loc["fused", "AUROC"]) == "not measured"
+    assert namespace["fmt"](None) == namespace["fmt"](float("nan")) == "not measured"
+
+
+def test_the_notebook_prints_thresholds_with_the_digits_that_tell_them_from_one():
+    namespace = {"math": __import__("math"), "pd": __import__("pandas")}
+    exec(notebook_cell("def fmt("), namespace)
+    assert "format_threshold(operating_point['threshold'])" in notebook_cell('catalog.load("operating_point")')
+    assert 'format_threshold(block["threshold"])' in notebook_cell('catalog.load("evaluation_metrics")')
+    assert namespace["format_threshold"](0.99999702) == "0.99999702"

@@ -380,3 +380,20 @@ def report_at_threshold(targets: np.ndarray, scores: np.ndarray, threshold: floa
 def format_figure(value: float | None) -> str:
     """A figure for a log line or a figure title: three decimals, or ``n/a`` where it is undefined."""
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def format_threshold(value: float | None) -> str:
+    """A threshold as a reader must see it: as many decimals as it takes to tell it from 0 and 1 (two
+    significant digits of its distance to the nearer one, at least three decimals, at most ten), with
+    trailing zeros dropped, so 0.99999702 stays 0.99999702 (never "1.0000") and 0.5 stays 0.5. A
+    threshold outside [0, 1] (a distance, a log-likelihood) keeps six significant digits; ``n/a`` where
+    there is none."""
+    if value is None or math.isnan(float(value)):
+        return "n/a"
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        return f"{value:.6g}"
+    gap = min(value, 1.0 - value)
+    decimals = 3 if gap == 0.0 else min(max(3, 2 - math.floor(math.log10(gap))), 10)
+    text = f"{value:.{decimals}f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text

@@ -83,3 +83,13 @@ def test_gallery_draws_thumbnails_unreadable_frames_and_empty_rows():
     assert "unreadable" in texts(figure) and "none" in texts(figure)
     assert [subfigure._suptitle.get_text() for subfigure in figure.subfigs] == list(rows)
     assert min(png_size(figure)) > 100
+
+
+def test_every_threshold_a_figure_shows_tells_a_threshold_near_one_from_one():
+    # a threshold of 0.99999702 drawn as "1.000" (or hovered as "1.0000") says nothing is called valid
+    items = [ScoredSplit("model", *BOTH, threshold=0.99999702)]
+    for figure in (precision_recall_figure(items, target_precision=0.9), roc_figure(items)):
+        assert "model at threshold 0.99999702" in texts(figure) and "1.000" not in texts(figure)
+    panels = {"model, test split": items[0]}
+    assert "threshold 0.99999702" in texts(score_histogram_figure(panels))
+    assert "threshold 0.99999702" in score_histogram_plotly(panels).to_json()

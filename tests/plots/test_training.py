@@ -17,7 +17,7 @@ def test_loss_and_validation_panels_with_the_best_epoch_marked():
     loss, validation = figure.axes
     assert (loss.get_title(), validation.get_title()) == ("Loss", "Validation")
     assert len(loss.get_lines()) == 2 and len(validation.get_lines()) == 3
-    assert "best epoch 2" in [text.get_text() for text in validation.get_legend().get_texts()]
+    assert "best epoch 2 (restored)" in [text.get_text() for text in validation.get_legend().get_texts()]
     assert min(png_size(figure)) > 100
 
 

@@ -74,3 +74,15 @@ def test_detector_comparison_without_unseen_images_says_why_instead_of_failing()
     figure = detector_comparison_figure({"knn_pooled": None, "msp": None}, {})
     assert "No unseen-kind images" in texts(figure) and not figure.axes[0].patches
     assert min(png_size(figure)) > 100
+
+
+def test_a_detector_that_could_not_be_measured_says_so_beside_the_measured_ones():
+    # a NaN (or None) AUROC draws no bar of height 0 and hides nothing else: its slot says "not measured"
+    auroc = {"knn_pooled": 0.99, "fused": float("nan"), "msp": None}
+    per_kind = {"digit": {"knn_pooled": 0.98, "fused": float("nan"), "msp": None}}
+    figure = detector_comparison_figure(auroc, per_kind)
+    axis = figure.axes[0]
+    assert texts(figure).count("not measured") == 2
+    heights = [patch.get_height() for patch in axis.patches]
+    assert heights[0] == 0.99 and all(np.isnan(height) for height in heights[1:3])
+    assert min(png_size(figure)) > 100

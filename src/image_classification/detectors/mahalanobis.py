@@ -27,22 +27,31 @@ class MahalanobisDetector(Detector):
     background_factor_: np.ndarray | None = field(default=None, repr=False)
 
     @staticmethod
-    def _cholesky(samples: np.ndarray, assume_centered: bool) -> np.ndarray:
-        # a Cholesky factor of the shrunk covariance instead of its inverse: several times
-        # faster than sklearn's eigendecomposition-based precision in 1280 dimensions
-        covariance = LedoitWolf(store_precision=False, assume_centered=assume_centered).fit(samples).covariance_
+    def _covariance(residuals: np.ndarray) -> np.ndarray:
+        # factored by Cholesky instead of inverted: several times faster than sklearn's
+        # eigendecomposition-based precision in 1280 dimensions
+        covariance = LedoitWolf(store_precision=False, assume_centered=True).fit(residuals).covariance_
         # shrinkage alone leaves it singular when features do not vary at all (a constant channel,
         # or every image alike, as with random backbone weights): a tiny ridge keeps it invertible
         ridge = max(1e-6 * float(np.trace(covariance)) / len(covariance), 1e-10)
         covariance[np.diag_indices_from(covariance)] += ridge
-        return linalg.cholesky(covariance, lower=True)
+        return covariance
 
     def fit(self, features: np.ndarray, targets: np.ndarray) -> MahalanobisDetector:
-        classes = np.unique(targets)
+        classes, counts = np.unique(targets, return_counts=True)
         self.means_ = np.stack([features[targets == c].mean(axis=0) for c in classes])
-        self.factor_ = self._cholesky(features - self.means_[np.searchsorted(classes, targets)], True)
+        covariance = self._covariance(features - self.means_[np.searchsorted(classes, targets)])
+        self.factor_ = linalg.cholesky(covariance, lower=True)
         if self.relative:
-            self.background_mean_, self.background_factor_ = features.mean(axis=0), self._cholesky(features, False)
+            # the background Gaussian's covariance is the shared within-class one plus the class means'
+            # scatter (the law of total covariance), so it is at least as wide as the class one in every
+            # direction. Shrinking all training images' covariance on its own instead shrinks it 10-20
+            # times less (its between-class directions dominate), leaving it tighter than the class one
+            # off the training images' span: far images then scored below ordinary ones (AUROC 0.01).
+            self.background_mean_ = counts @ self.means_ / counts.sum()
+            offsets = self.means_ - self.background_mean_
+            between = (offsets.T * (counts / counts.sum())) @ offsets
+            self.background_factor_ = linalg.cholesky(covariance + between, lower=True)
         return self
 
     @staticmethod

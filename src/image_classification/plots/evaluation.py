@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
+from image_classification.metrics import format_threshold
 from image_classification.plots.defect_maps import MapPanel, add_overlay_key, wrap_note
 from image_classification.plots.style import (
     CLASS_COLOURS,
@@ -74,8 +75,8 @@ def precision_recall_figure(series: list[ScoredSplit], target_precision: float, 
             axis.plot(recall, precision, drawstyle="steps-post", color=colour, linestyle=line, label=item.name)
         _, recall_at, precision_at = item.operating_point()
         axis.plot(recall_at, precision_at, SERIES_MARKERS[index], color=colour, markersize=max(11 - 2 * index, 4),
-                  markeredgecolor="black",
-                  label=f"{item.name} at threshold {item.threshold:.3f}: P {precision_at:.2f}, R {recall_at:.2f}")
+                  markeredgecolor="black", label=f"{item.name} at threshold {format_threshold(item.threshold)}: "
+                                                 f"P {precision_at:.2f}, R {recall_at:.2f}")
     _finish_rates(axis, _split_title("Precision-recall", series, split), "recall", "precision")
     figure.tight_layout()
     return figure
@@ -90,7 +91,7 @@ def precision_recall_plotly(series: list[ScoredSplit], target_precision: float, 
             precision, recall, thresholds = precision_recall_curve(item.targets, item.scores)
             figure.add_scatter(x=recall, y=precision, customdata=np.r_[thresholds, np.nan], name=item.name,
                                line={"color": colour, "shape": "hv", "dash": "solid" if index == 0 else "dash"},
-                               hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<br>threshold %{customdata:.4f}")
+                               hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<br>threshold %{customdata:.8~g}")
         _, recall_at, precision_at = item.operating_point()
         _add_operating_point(figure, index, item, recall_at, precision_at, "recall %{x:.3f}<br>precision %{y:.3f}")
     figure.add_hline(y=target_precision, line={"color": "grey", "dash": "dot"},
@@ -115,7 +116,7 @@ def roc_figure(series: list[ScoredSplit], split: str = "test") -> Figure:
                       label=f"{item.name} (AUROC {area:.3f})")
         fpr_at, recall_at, _ = item.operating_point()
         axis.plot(fpr_at, recall_at, SERIES_MARKERS[index], color=colour, markersize=max(11 - 2 * index, 4),
-                  markeredgecolor="black", label=f"{item.name} at threshold {item.threshold:.3f}")
+                  markeredgecolor="black", label=f"{item.name} at threshold {format_threshold(item.threshold)}")
     _finish_rates(axis, _split_title("ROC", series, split), "false positive rate (invalid called valid)",
            "recall (true positive rate)")
     axis.legend(loc="lower right", fontsize="small", framealpha=0.9)
@@ -135,7 +136,7 @@ def roc_plotly(series: list[ScoredSplit], split: str = "test") -> go.Figure:
             figure.add_scatter(x=false_positive_rate, y=true_positive_rate, customdata=finite, name=item.name,
                                line={"color": colour, "dash": "solid" if index == 0 else "dash"},
                                hovertemplate="false positive rate %{x:.3f}<br>recall %{y:.3f}<br>"
-                                             "threshold %{customdata:.4f}")
+                                             "threshold %{customdata:.8~g}")
         fpr_at, recall_at, _ = item.operating_point()
         _add_operating_point(figure, index, item, fpr_at, recall_at, "false positive rate %{x:.3f}<br>recall %{y:.3f}")
     figure.update_layout(title=_split_title("ROC", series, split), xaxis_title="false positive rate",
@@ -150,7 +151,7 @@ def _add_operating_point(figure: go.Figure, index: int, item: ScoredSplit, x: fl
     figure.add_scatter(x=[x], y=[y], mode="markers", name=f"{item.name} operating point",
                        marker={"color": SERIES_COLOURS[index], "size": max(14 - 3 * index, 4), "symbol": PLOTLY_MARKERS[index],
                                "line": {"color": "black", "width": 1}},
-                       hovertemplate=f"threshold {item.threshold:.4f}<br>{hover}")
+                       hovertemplate=f"threshold {format_threshold(item.threshold)}<br>{hover}")
 
 
 HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
@@ -165,7 +166,8 @@ def score_histogram_figure(panels: dict[str, ScoredSplit]) -> Figure:
         for label, mask in (("invalid", ~targets), ("valid", targets)):
             axis.hist(item.scores[mask], bins=HISTOGRAM_BINS, color=CLASS_COLOURS[label], alpha=0.6,
                       edgecolor="white", label=f"truly {label} ({int(mask.sum())})")
-        axis.axvline(item.threshold, color="black", linestyle="--", label=f"threshold {item.threshold:.3f}")
+        axis.axvline(item.threshold, color="black", linestyle="--",
+                     label=f"threshold {format_threshold(item.threshold)}")
         axis.set(title=f"{title} ({len(targets)} images)", xlabel="score (probability of valid)", xlim=(0, 1))
         grid(axis)
         axis.legend(loc="upper center", fontsize="small")
@@ -185,7 +187,7 @@ def score_histogram_plotly(panels: dict[str, ScoredSplit]) -> go.Figure:
                                  marker_color=CLASS_COLOURS[label], opacity=0.6, xbins={"start": 0, "end": 1, "size": 0.05},
                                  row=1, col=column)
         figure.add_vline(x=item.threshold, line={"color": "black", "dash": "dash"}, row=1, col=column,
-                         annotation_text=f"threshold {item.threshold:.3f}")
+                         annotation_text=f"threshold {format_threshold(item.threshold)}")
     figure.update_layout(barmode="overlay", template="plotly_white", title="Scores per true class")
     figure.update_xaxes(title_text="score (probability of valid)", range=[0, 1])
     figure.update_yaxes(title_text="images", col=1)

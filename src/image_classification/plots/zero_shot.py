@@ -78,22 +78,29 @@ def detector_comparison_figure(auroc: dict[str, float | None], auroc_per_kind: d
     """AUROC (test images vs unseen) of every detector against all unseen images, and per kind.
 
     Args:
-        auroc: detector name -> AUROC against all unseen images; None where nothing unseen was
-            there to measure, which draws a panel saying so.
-        auroc_per_kind: unseen kind -> detector name -> AUROC against that kind alone.
+        auroc: detector name -> AUROC against all unseen images; None or NaN where it could not be
+            measured: that detector's bar says "not measured", and with none measured a panel says why.
+        auroc_per_kind: unseen kind -> detector name -> AUROC against that kind alone (None or NaN: no bar).
     """
     names = list(auroc)
     kinds = sorted(auroc_per_kind)
     figure = Figure(figsize=(max(8, 1.1 * len(names)), 5))
     axis = figure.subplots()
-    if not names or any(value is None for value in auroc.values()):
+    measured = {name: value for name, value in auroc.items() if _measured(value)}
+    if not measured:
         say_nothing_to_show(axis, NO_UNSEEN)
         return figure
     width = 0.8 / (len(kinds) + 1)
     positions = np.arange(len(names))
-    axis.bar(positions, [auroc[name] for name in names], width, label="all unseen", color="black")
+    axis.bar(positions, [measured.get(name, np.nan) for name in names], width, label="all unseen", color="black")
     for index, kind in enumerate(kinds, start=1):
-        axis.bar(positions + index * width, [auroc_per_kind[kind][name] for name in names], width, label=kind)
+        values = [auroc_per_kind[kind].get(name) for name in names]
+        axis.bar(positions + index * width, [value if _measured(value) else np.nan for value in values], width,
+                 label=kind)
+    for position, name in zip(positions, names):
+        if name not in measured:  # an empty slot would read as an AUROC of 0
+            axis.text(position + width * len(kinds) / 2, 0.02, "not measured", rotation=90, ha="center", va="bottom",
+                      fontsize="small", color="grey")
     axis.axhline(0.5, color="grey", linewidth=0.8)
     axis.set_xticks(positions + width * len(kinds) / 2, names, rotation=30, ha="right")
     axis.set(ylim=(0, 1.02), ylabel="AUROC (test images vs unseen)", title="Anomaly detectors compared")
@@ -101,3 +108,7 @@ def detector_comparison_figure(auroc: dict[str, float | None], auroc_per_kind: d
     grid(axis, "y")
     figure.tight_layout()
     return figure
+
+
+def _measured(value: float | None) -> bool:
+    return value is not None and not np.isnan(value)

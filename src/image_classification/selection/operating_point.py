@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from image_classification.artefacts import Checkpoint, OperatingPoint, jsonable
-from image_classification.metrics import format_figure, metrics_at_threshold, select_threshold
+from image_classification.metrics import format_figure, format_threshold, metrics_at_threshold, select_threshold
 from image_classification.scorers import SCORERS, columns, probability_logit
 from image_classification.scorers.fold_stack import platt
 from image_classification.selection.candidate import operating_candidate, scored
@@ -75,9 +75,9 @@ def explaining_map(candidate: str, served_weights: dict[str, dict | None]) -> di
 
 def log_operating_point(name: str, point: dict) -> None:
     validation = point["validation"]
-    logger.info("%s operating point (rule %s): threshold %.4f; precision %.3f (%.0f%% %s lower bound %.3f), recall "
+    logger.info("%s operating point (rule %s): threshold %s; precision %.3f (%.0f%% %s lower bound %.3f), recall "
                 "%.3f of an oracle %.3f (recall efficiency %s) on %d images of %s", name, point["rule"],
-                point["threshold"], validation["precision"], 100 * validation["bound_level"],
+                format_threshold(point["threshold"]), validation["precision"], 100 * validation["bound_level"],
                 validation["bound_method"], validation["precision_lower_bound"], validation["recall"],
                 validation["oracle_recall"], format_figure(validation["recall_efficiency"]), validation["images"],
                 point.get("threshold_chosen_on_images", "the validation split"))

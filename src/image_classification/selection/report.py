@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score
 
 from image_classification.artefacts import OperatingPoint, jsonable
 from image_classification.errors import DataError
-from image_classification.metrics import format_figure, report_at_threshold, select_threshold
+from image_classification.metrics import format_figure, format_threshold, report_at_threshold, select_threshold
 from image_classification.scorers import SCORERS
 from image_classification.selection.candidate import scored
 from image_classification.selection.operating_point import log_operating_point
@@ -66,9 +66,9 @@ def measure(evaluation_scores: pd.DataFrame, operating_point: dict, scorer_fits:
         "chosen_on_recall_efficiency": chosen_on.get("recall_efficiency"),
         "test_precision": test["precision"], "test_recall": test["recall"], "test_oracle_recall": test["oracle_recall"],
         "test_recall_efficiency": test["recall_efficiency"]}
-    logger.info("Served: the %s at threshold %.4f keeps test recall %s of the %s any threshold reaches at precision "
+    logger.info("Served: the %s at threshold %s keeps test recall %s of the %s any threshold reaches at precision "
                 "%.2f on the same images (recall efficiency %s; %s where it was chosen), test precision %s",
-                served.replace("_", " "), operating_point["threshold"], format_figure(test["recall"]),
+                served.replace("_", " "), format_threshold(operating_point["threshold"]), format_figure(test["recall"]),
                 format_figure(test["oracle_recall"]), evaluate.target_precision,
                 format_figure(test["recall_efficiency"]), format_figure(chosen_on.get("recall_efficiency")),
                 format_figure(test["precision"]))
@@ -96,9 +96,10 @@ def test_report(evaluation_scores: pd.DataFrame, column: str, point: dict, confi
 def log_test_report(name: str, report: dict, target: float) -> None:
     test, bootstrap = report["test"], report["test_bootstrap"]
     oracle = report["oracle_picked_on_test"]["recall_at_target_precision"]
-    logger.info("Test, %s at threshold %.4f: recall %s [%s-%s], precision %s [%s-%s] (%.0f%% bootstrap), target "
+    logger.info("Test, %s at threshold %s: recall %s [%s-%s], precision %s [%s-%s] (%.0f%% bootstrap), target "
                 "precision %.2f %s; AUROC %s, AP %s; oracle recall (threshold picked on test) %s, recall efficiency %s",
-                name, report["threshold"], format_figure(test["recall"]), *map(format_figure, bootstrap["recall"]),
+                name, format_threshold(report["threshold"]), format_figure(test["recall"]),
+                *map(format_figure, bootstrap["recall"]),
                 format_figure(test["precision"]), *map(format_figure, bootstrap["precision"]), 100 * bootstrap["level"],
                 target, "held" if test["target_precision_held"] else "NOT held", format_figure(test["auroc"]),
                 format_figure(test["average_precision"]), format_figure(oracle), format_figure(test["recall_efficiency"]))

@@ -733,3 +733,43 @@ def test_pinning_the_fold_stack_where_the_cross_validation_made_none_says_why(ev
     with pytest.raises(ParameterError, match="builds the fold stack, on small data only"):
         choose_operating_point(evaluation_scores, CHECKPOINT, small_config(operating_candidate="fold_stack"),
                                pd.DataFrame(), scorer_models={"baseline": WEIGHTS})
+
+
+def _counts(tn: int, fp: int, fn: int, tp: int) -> dict:
+    return {"true_negatives": tn, "false_positives": fp, "false_negatives": fn, "true_positives": tp,
+            "precision": tp / (tp + fp), "recall": tp / (tp + fn)}
+
+
+@pytest.mark.parametrize("served", ["fold_stack", "patch_classifier", "model"])
+def test_the_confusion_figure_shows_the_served_score_first_beside_the_model_and_the_baseline(served):
+    # the demo and defects-dev serve the patch classifier or the fold stack: a figure of the model and the
+    # baseline alone never showed what a deployment decides
+    metrics = {"operating_candidate": served,
+               "model": {"threshold": 0.99999702, "test": _counts(9, 1, 2, 8)},
+               "baseline": {"threshold": 0.7162933945655823, "test": _counts(8, 2, 1, 9)},
+               "fold_stack": {"threshold": 0.805206298828125, "test": _counts(10, 0, 0, 10)},
+               "patch_classifier": {"threshold": 0.5, "test": _counts(7, 3, 0, 10)}}
+    figure = plot_confusion_matrices(metrics)
+    titles = [axis.get_title() for axis in figure.axes]
+    served_name = served.replace("_", " ")
+    assert titles[0].startswith(f"served: {served_name} at threshold ")
+    assert len(titles) == (2 if served == "model" else 3)
+    assert any(title.startswith("model at threshold 0.99999702\n") or
+               title.startswith("served: model at threshold 0.99999702\n") for title in titles)
+    assert any(title.startswith("baseline at threshold 0.716\n") for title in titles)
+    counts = sorted(int(text.get_text()) for text in figure.axes[0].texts)
+    test = metrics[served]["test"]
+    assert counts == sorted(test[key] for key in ("true_negatives", "false_positives", "false_negatives",
+                                                  "true_positives"))
+
+
+def test_the_error_gallery_captions_the_whole_file_name_and_the_threshold_with_its_digits(tmp_path):
+    # names were once cut at 22 characters, and a threshold of 0.99999702 titled "1.000"
+    name = "wafer_2024-03-01_line7_camera2_lot0042_pos13_rework.png"
+    path = write_files(tmp_path, {name: png_bytes(noise_image(1, (30, 20)))})[0]
+    gaps = pd.DataFrame({"split": ["test"], "path": [str(path)], "error": ["false_positive"], "score": [0.99999991]})
+    figure = draw_error_gallery(gaps, {"threshold": 0.99999702}, small_config(gallery_size=3))
+    captions = [axis.get_xlabel() for axis in figure.get_axes() if axis.get_images()]
+    assert len(captions) == 1 and captions[0].rsplit("\n", 1)[0].replace("\n", "") == name
+    assert "score 0.99999991" in captions[0]
+    assert "at threshold 0.99999702 " in figure._suptitle.get_text()

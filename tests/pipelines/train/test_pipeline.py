@@ -121,6 +121,8 @@ def test_train_pipeline_on_an_in_memory_catalog(tmp_path, trainable_blocks, epoc
 
     figure = catalog.load("training_curves")
     assert isinstance(figure, Figure) and len(figure.axes) == 2
+    marked = [text.get_text() for text in figure.axes[1].get_legend().get_texts()]
+    assert f"best epoch {metadata['best_epoch']} (restored)" in marked
     plt.close(figure)
 
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
 from image_classification.images import thumbnail
-from image_classification.metrics import format_figure
+from image_classification.metrics import format_figure, format_threshold
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig
 from image_classification.patches import grid_of
@@ -223,12 +223,19 @@ def plot_score_histograms(evaluation_scores: pd.DataFrame, operating_point: dict
 
 
 def plot_confusion_matrices(evaluation_metrics: dict) -> Figure:
-    """Test confusion matrices of the model and the baseline at their thresholds."""
-    panels = {
-        f"{name} at threshold {block['threshold']:.3f}\nprecision {format_figure(block['test']['precision'])}, "
-        f"recall {format_figure(block['test']['recall'])}": block["test"]
-        for name, block in (("model", evaluation_metrics["model"]), ("baseline", evaluation_metrics["baseline"]))
-    }
+    """Test confusion matrices: first the served score's at the served threshold (what a deployment
+    decides; the patch classifier or the fold stack as often as the model), then beside it the model
+    and the baseline, each at its own threshold chosen on validation."""
+    served = evaluation_metrics.get("operating_candidate", "model")
+    shown = [served] + [name for name in ("model", "baseline")
+                        if name != served and "test" in evaluation_metrics.get(name, {})]
+    panels = {}
+    for name in shown:
+        block = evaluation_metrics[name]
+        title = f"served: {name.replace('_', ' ')}" if name == served else name.replace("_", " ")
+        panels[f"{title} at threshold {format_threshold(block['threshold'])}\n"
+               f"precision {format_figure(block['test']['precision'])}, "
+               f"recall {format_figure(block['test']['recall'])}"] = block["test"]
     return plots.confusion_matrix_figure(panels)
 
 
@@ -245,10 +252,12 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
         errors = shown[error]
         more = "" if len(errors) <= evaluate.gallery_size else f", the {evaluate.gallery_size} most wrong shown"
         rows[f"{title}: {len(errors)}{more}"] = [
-            (thumbnail(row.path, THUMBNAIL_SIZE), f"{file_caption(row.path)}\n{row.split} split, score {row.score:.3f}",
+            (thumbnail(row.path, THUMBNAIL_SIZE),
+             f"{file_caption(row.path)}\n{row.split} split, score {format_threshold(row.score)}",
              maps.get(row.path)) for row in errors.head(evaluate.gallery_size).itertuples()
         ]
-    title = (f"Errors of the {_served(operating_point).replace('_', ' ')} at threshold {operating_point['threshold']:.3f} "
+    title = (f"Errors of the {_served(operating_point).replace('_', ' ')} at threshold "
+             f"{format_threshold(operating_point['threshold'])} "
              "on validation and test, most wrong first")
     return plots.error_gallery_figure(rows, title, note)
 

@@ -186,9 +186,8 @@ def _with_targets(loader, targets: np.ndarray, frozen: CheckedRun):
             yield frozen(images, reasons)[0][readable], batch_targets[readable]
 
 
-def plot_training_curves(history: pd.DataFrame) -> Figure:
-    """Loss and validation metrics per epoch, with the best epoch marked."""
-    best_epoch = None
-    if len(history):
-        best_epoch = int(history.sort_values(["val_recall_at_precision", "val_average_precision"]).iloc[-1]["epoch"])
+def plot_training_curves(history: pd.DataFrame, model_checkpoint: dict) -> Figure:
+    """Loss and validation metrics per epoch, with the epoch whose weights training restored marked
+    (the checkpoint's ``best_epoch``: read, never recomputed, since tied epochs keep the first)."""
+    best_epoch = Checkpoint.from_payload(model_checkpoint).best_epoch if len(history) else None
     return training_curves_figure(history, best_epoch)

@@ -23,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=plot_training_curves,
-                inputs="training_history",
+                inputs=["training_history", "model_checkpoint"],
                 outputs="training_curves",
                 name="plot_training_curves",
             ),

@@ -20,6 +20,7 @@ from image_classification.detectors import (
     separation_metrics,
 )
 from image_classification.errors import DataError
+from image_classification.metrics import format_threshold
 from image_classification.parameters.zero_shot import ZeroShotConfig
 from image_classification.scorers import ServedScore
 from image_classification.sources import fine_classes
@@ -63,10 +64,10 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
         raise DataError("zero_shot needs validation images to calibrate its thresholds; none were found")
     calibration, population = calibration_images(table, point, config)
     if population != config.calibrate_on:
-        logger.warning("Only %d valid validation images are accepted by the classifier (threshold %.4f), fewer than "
+        logger.warning("Only %d valid validation images are accepted by the classifier (threshold %s), fewer than "
                        "%d: the flag thresholds keep %.0f%% of all %d validation images instead. More validation "
                        "images (data_prep.split) give the calibration zero_shot.calibrate_on asks for.",
-                       _accepted_valid(table, point).sum(), point.threshold, MIN_CALIBRATION_IMAGES,
+                       _accepted_valid(table, point).sum(), format_threshold(point.threshold), MIN_CALIBRATION_IMAGES,
                        100 * config.target_tpr, calibration.sum())
     logger.info("Flag thresholds keep %.0f%% of %d validation images (%s)", 100 * config.target_tpr,
                 calibration.sum(), population)
