@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from image_classification.run_summary import summary_text, threshold_text
+from image_classification.run_summary import summary_text
 
 REPORTS = {
     "split_summary": {"images": 12, "per_split": {"train": {"valid": 3, "invalid": 3}, "val": {"valid": 1, "invalid": 1},
@@ -39,11 +39,6 @@ def test_a_figure_that_was_not_measured_says_so():
                           "test_oracle_recall": None}}
     text = summary_text("x", {"evaluation_metrics": metrics}, {}, 0, Path("/p"))
     assert "recall not measured at precision not measured" in text and "warnings: 0" in text
-
-
-@pytest.mark.parametrize(("value", "shown"), [(0.99999702, "0.99999702"), (0.5, "0.5"), (0.805206298828125, "0.8052063")])
-def test_a_threshold_keeps_the_digits_that_tell_it_from_one(value, shown):
-    assert threshold_text(value) == shown
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from kedro.framework.hooks import hook_impl
 from kedro_datasets.matplotlib import MatplotlibDataset
 
 from image_classification.hooks import saved_path
+from image_classification.metrics import format_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,6 @@ class _CountWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.count += 1
-
-
-def threshold_text(value: Any) -> str:
-    """A threshold with the digits that tell it from its neighbours: 0.99999702 is not 1."""
-    return "n/a" if value is None else f"{float(value):.8g}"
 
 
 def _percent(value: Any) -> str:
@@ -62,7 +58,7 @@ def evaluation_lines(metrics: dict) -> list[str]:
     served = metrics.get("served") or {}
     if not served:
         return []
-    return [f"served: {served.get('candidate')} at threshold {threshold_text(served.get('threshold'))} "
+    return [f"served: {served.get('candidate')} at threshold {format_threshold(served.get('threshold'))} "
             f"(chosen on {served.get('threshold_chosen_on', 'validation')}; target precision "
             f"{metrics.get('target_precision')})",
             f"test: recall {_figure(served.get('test_recall'))} at precision {_figure(served.get('test_precision'))}; "
