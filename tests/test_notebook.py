@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -14,6 +15,14 @@ from .conftest import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "results.ipynb"
 KERNEL = "kedro_image_classification"  # the kernel `kedro jupyter setup` (and `kedro jupyter lab`) installs
+
+
+def test_results_notebook_opens_on_the_projects_kernel():
+    """Opened in `kedro jupyter lab` (or any Jupyter), it starts the kernel that loads the project's catalog,
+    not a bare Python one on which its first cell fails."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert notebook.metadata["kernelspec"]["name"] == KERNEL
+    assert notebook.metadata["kernelspec"]["display_name"] == "Kedro (image_classification)"
 
 
 def test_results_notebook_is_committed_without_outputs():
@@ -113,3 +122,48 @@ def test_the_notebook_prints_thresholds_with_the_digits_that_tell_them_from_one(
     assert "format_threshold(operating_point['threshold'])" in notebook_cell('catalog.load("operating_point")')
     assert 'format_threshold(block["threshold"])' in notebook_cell('catalog.load("evaluation_metrics")')
     assert namespace["format_threshold"](0.99999702) == "0.99999702"
+
+
+@pytest.mark.slow
+def test_kedro_jupyter_lab_as_the_readme_says_serves_as_root_and_stops_with_its_command(demo_run, tmp_path):
+    """The README's root command starts JupyterLab on the project's kernel; a SIGTERM to `kedro` alone stops
+    the server it started."""
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    import psutil
+
+    from .test_viz import free_port, stop
+
+    port = free_port()
+    environment = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "jupyter"),
+                   "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log_path = tmp_path / "jupyter.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kedro", "jupyter", "lab", "--allow-root", "--no-browser", f"--port={port}",
+             "--IdentityProvider.token=", "--ServerApp.port_retries=0"],
+            cwd=demo_run, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=environment)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs", timeout=10) as response:
+                    specs = json.load(response)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"kedro jupyter lab did not answer:\n{log_path.read_text()[-5000:]}")
+                time.sleep(1)
+        assert specs["default"] == KERNEL and KERNEL in specs["kernelspecs"]
+        children = psutil.Process(process.pid).children(recursive=True)
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [child.cmdline() for child in alive]
+    finally:
+        stop(process)

@@ -17,7 +17,7 @@ import pytest
 
 from image_classification.tracking import SWITCH, flatten_metrics
 
-from .conftest import DEMO_PIPELINES
+from .conftest import DEMO_PIPELINES, REPO_ROOT
 from .test_viz import chromium_page, free_port, needs_chromium, stop
 
 EVALUATE_PARAMS = "evaluate.bootstrap_samples=50,runtime.threads=1,runtime.workers=0"
@@ -265,5 +265,46 @@ def test_mlflow_ui_shows_a_runs_metric_in_chromium(demo_run, tmp_path):
             page.get_by_text("evaluation_metrics.model.test.recall", exact=True).first.wait_for(timeout=120_000)
             row = page.get_by_role("row").filter(has_text="evaluation_metrics.model.test.recall").first
             assert f"{recall:g}" in row.inner_text(timeout=30_000)
+    finally:
+        stop(process)
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_kedro_mlflow_ui_stops_its_server_too(tmp_path):
+    """`kedro mlflow ui` serves from a child process: a SIGTERM to kedro alone (a service manager, `kill PID`)
+    used to leave that child holding the port."""
+    import signal
+
+    import psutil
+
+    project = tmp_path / "project"
+    shutil.copytree(REPO_ROOT / "conf" / "base", project / "conf" / "base")
+    (project / "conf" / "local").mkdir()
+    for item in ("pyproject.toml", ".telemetry"):
+        shutil.copy(REPO_ROOT / item, project / item)
+    (project / "src").mkdir()
+    port = free_port()
+    log_path = tmp_path / "mlflow_ui.log"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "kedro", "mlflow", "ui", "--port", str(port)],
+                                   cwd=project, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"kedro mlflow ui did not answer:\n{log_path.read_text()[-5000:]}")
+                time.sleep(1)
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert children, "the server runs in a child process"
+        os.kill(process.pid, signal.SIGTERM)  # the parent only, not its process group
+        process.wait(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [child.cmdline() for child in alive]
     finally:
         stop(process)

@@ -11,14 +11,20 @@ error too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
 import pkgutil
 import re
+import signal
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import click
+import psutil
 from kedro.config import MissingConfigException
 from kedro.framework.cli.project import run as kedro_run
 from kedro.io import DatasetError
@@ -29,6 +35,38 @@ from image_classification.errors import UserError
 
 USER_ERRORS = (UserError, ParameterValidationError, DatasetError, MissingConfigException)
 TRACEBACK_VARIABLE = "IMAGE_CLASSIFICATION_TRACEBACK"
+
+
+# commands whose server runs in a child process: kedro-viz's uvicorn, `mlflow ui`, Jupyter
+SERVING_COMMANDS = ("viz", "mlflow", "jupyter")
+
+
+def _stop_children_on_sigterm(argv: list[str]) -> None:
+    """A SIGTERM to ``kedro viz`` (or ``kedro mlflow ui``, ``kedro jupyter``) alone, as a service manager or
+    ``kill PID`` sends it, stopped kedro but left its server child holding the port. When this process is
+    such a command, SIGTERM is passed on to every process it started, then ends it as before."""
+    command = Path(argv[0].split()[-1]) if argv and argv[0].strip() else Path()
+    if command.name != "kedro" and command.parent.name != "kedro":  # `kedro`, `python -m kedro` (so named)
+        return  # imported by a test or a notebook, not the kedro command
+    if len(argv) < 2 or argv[1] not in SERVING_COMMANDS or threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+_stop_children_on_sigterm(sys.argv)
 
 
 @click.group(name="image-classification")
@@ -141,8 +179,6 @@ def prune(keep: int, env: str | None, dry_run: bool) -> None:
     MLflow keeps its own copies of logged figures and models: remove old runs in the MLflow UI,
     then `mlflow gc --backend-store-uri sqlite:///mlruns.db` frees their files.
     """
-    from pathlib import Path
-
     from kedro.framework.project import settings
     from kedro.framework.startup import bootstrap_project
 
