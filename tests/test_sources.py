@@ -71,7 +71,7 @@ def test_csv_class_column_gives_each_image_its_fine_class(tmp_path):
         ("path,label\n", "utf-8", "no rows"),
         ("path,class\na.jpg,1\n", "utf-8", r"no column \['label'\]"),
         ("path,label\na.jpg,1\nb.jpg,maybe\n", "utf-8", "line 3: label 'maybe'"),
-        ("path,label\na.jpg,1\nb.jpg,0\na.jpg,0\n", "utf-8", r"more than once \(lines \[2, 4\]\)"),
+        ("path,label\na.jpg,1\nb.jpg,0\na.jpg,0\n", "utf-8", r"more than once \(lines 2, 4\)"),
         ("path,label,split\na.jpg,1,training\n", "utf-8", "line 2: split 'training'"),
         ("path,label\ncaf\u00e9.jpg,1\n", "latin-1", "not UTF-8"),
         ("path,label\n,1\n", "utf-8", "line 2: the path is empty"),

@@ -235,31 +235,37 @@ def test_tracking_turns_off_with_one_setting(project_copy):
     assert len(mlflow_runs(project_copy)) == before
 
 
+def start_mlflow_ui(project: Path, log_path: Path) -> subprocess.Popen:
+    """``kedro mlflow ui`` on ``project`` in its own session, once it answers on a free port (``.port``)."""
+    port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "kedro", "mlflow", "ui", "--port", str(port)],
+                                   cwd=project, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=env)
+    process.port = port
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                pytest.fail(f"kedro mlflow ui did not answer on port {port}:\n{log_path.read_text()[-5000:]}")
+            time.sleep(1)
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @needs_chromium
 def test_mlflow_ui_shows_a_runs_metric_in_chromium(demo_run, tmp_path):
     run = mlflow_runs(demo_run).iloc[0]
     recall = run["metrics.evaluation_metrics.model.test.recall"]
-    port = free_port()
-    log_path = tmp_path / "mlflow_ui.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "kedro", "mlflow", "ui", "--port", str(port)],
-                                   cwd=demo_run, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=env)
-    url = f"http://127.0.0.1:{port}"
+    process = start_mlflow_ui(demo_run, tmp_path / "mlflow_ui.log")
+    url = f"http://127.0.0.1:{process.port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"kedro mlflow ui did not answer at {url}:\n{log_path.read_text()[-5000:]}")
-                time.sleep(1)
         with chromium_page(tmp_path / "profile") as page:
             page.goto(f"{url}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}", timeout=120_000)
             page.get_by_text("evaluation_metrics.model.test.recall", exact=True).first.wait_for(timeout=120_000)
@@ -283,23 +289,8 @@ def test_a_sigterm_to_kedro_mlflow_ui_stops_its_server_too(tmp_path):
     for item in ("pyproject.toml", ".telemetry"):
         shutil.copy(REPO_ROOT / item, project / item)
     (project / "src").mkdir()
-    port = free_port()
-    log_path = tmp_path / "mlflow_ui.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "kedro", "mlflow", "ui", "--port", str(port)],
-                                   cwd=project, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=env)
+    process = start_mlflow_ui(project, tmp_path / "mlflow_ui.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"kedro mlflow ui did not answer:\n{log_path.read_text()[-5000:]}")
-                time.sleep(1)
         children = psutil.Process(process.pid).children(recursive=True)
         assert children, "the server runs in a child process"
         os.kill(process.pid, signal.SIGTERM)  # the parent only, not its process group
