@@ -35,6 +35,10 @@ _LABEL_WORDS = {
     "valid": "valid", "1": "valid", "true": "valid",
     "invalid": "invalid", "0": "invalid", "false": "invalid",
 }
+# The settings each kind reads besides ``kind``: any other one set would be ignored (a root with the demo kind)
+SOURCE_SETTINGS = {"demo": (), "folder_tree": ("root", "zero_shot_root"), "csv": ("csv", "zero_shot_csv", "labels"),
+                   "class_folders": ("root", "zero_shot_root", "class_map")}
+UNLABELLED_SETTINGS = {"demo": (), "folder_tree": ("root",), "csv": ("csv",)}
 
 
 def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
