@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kedro.io import MemoryDataset
+from omegaconf import OmegaConf
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,11 @@ def good_files() -> dict[str, bytes]:
         "animated.gif": animated.getvalue(),
         "exif_rotated.jpg": exif_rotated_jpeg(),
     }
+
+
+def cli_params(text: str) -> dict:
+    """``--params`` as ``kedro run`` parses it: dotted keys, values typed by YAML rules."""
+    return OmegaConf.to_container(OmegaConf.from_dotlist(list(filter(None, text.split(",")))))
 
 
 def write_files(folder: Path, files: dict[str, bytes]) -> list[Path]:

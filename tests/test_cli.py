@@ -45,6 +45,9 @@ USER_ERRORS = {
     "impossible_parameter": (
         ["--pipelines", "train", "--params", "model.backbone=resnet9000"],
         ["'resnet9000'", "efficientnet_lite0, efficientnet_lite2, mobilenet_v2"]),
+    "misspelt_parameter_key": (
+        ["--params", "data_prep.sorce.kind=folder_tree,data_prep.sorce.root=/x"],
+        ["unknown parameter 'data_prep.sorce' (did you mean 'data_prep.source'?)"]),
     "missing_pretrained_weights": (
         ["--pipelines", "data_prep,train", "--params",
          "model.backbone=mobilenet_v2,model.weights_path=/nonexistent/mobilenet_v2.pth"],

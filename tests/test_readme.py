@@ -18,7 +18,9 @@ from kedro.config import OmegaConfigLoader
 from kedro.framework.project import configure_project, find_pipelines
 from omegaconf import OmegaConf
 
-from .conftest import REPO_ROOT, noise_image, png_bytes, write_files
+from image_classification.parameters.known_keys import check_parameters
+
+from .conftest import REPO_ROOT, cli_params, noise_image, png_bytes, write_files
 
 README = REPO_ROOT / "README.md"
 # the manual's pages, decision pages included (mkdocs.yml's nav lists them all; tests/test_docs.py checks that)
@@ -118,6 +120,9 @@ def test_readme_command_names_things_that_exist(command):
     for pair in filter(None, given.get("--params", "").split(",")):
         key = pair.split("=", 1)[0]
         assert OmegaConf.select(params, key, default="<missing>") != "<missing>", f"{command}: no parameter '{key}'"
+    # and nothing in it is refused before the run: no unknown key, no setting its source kind ignores
+    check_parameters(OmegaConf.to_container(OmegaConf.merge(params, cli_params(given.get("--params", "")))),
+                     parameters(None))
     for pair in filter(None, given.get("--load-versions", "").split(",")):
         assert pair.split(":", 1)[0] in catalog_names(), f"{command}: no dataset '{pair}'"
 

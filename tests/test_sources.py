@@ -83,6 +83,31 @@ def test_bad_csv_stops_with_the_row_and_the_fix(tmp_path, text, encoding, messag
         read_labels_csv(csv)
 
 
+def test_csv_in_its_own_label_words_is_read_through_the_labels_setting(tmp_path):
+    csv = write_csv(tmp_path / "labels.csv", "path,label\na.jpg,good\nb.jpg,BAD\nc.jpg, Good \nd.jpg,0\n")
+    source = {"kind": "csv", "csv": csv, "labels": {"Good": "valid", "bad": "INVALID"}}
+    candidates, _ = read_source(source, "unused")
+    assert list(candidates["label"]) == ["valid", "invalid", "valid", "invalid"]
+    assert list(candidates["kind"]) == ["valid", "invalid", "valid", "invalid"]
+
+
+def test_an_unknown_label_names_the_labels_setting(tmp_path):
+    csv = write_csv(tmp_path / "labels.csv", "path,label\na.jpg,good\nb.jpg,ugly\n")
+    with pytest.raises(SourceError, match="line 3: label 'ugly' is not one of .* data_prep.source.labels"):
+        read_labels_csv(csv, labels={"good": "valid"})
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    ({"good": "fine"}, "data_prep.source.labels.good is 'fine'; each word must map to valid or invalid"),
+    ({True: "valid"}, "quote it"),
+    (["good"], "it maps words to valid or invalid"),
+])
+def test_a_bad_labels_setting_is_refused(tmp_path, labels, message):
+    csv = write_csv(tmp_path / "labels.csv", "path,label\na.jpg,good\n")
+    with pytest.raises(SourceError, match=message):
+        read_labels_csv(csv, labels=labels)
+
+
 def test_missing_csv_names_the_parameter(tmp_path):
     with pytest.raises(SourceError, match="data_prep.source.csv"):
         read_labels_csv(str(tmp_path / "absent.csv"))

@@ -17,7 +17,7 @@ import pytest
 
 from image_classification.tracking import SWITCH, flatten_metrics
 
-from .conftest import DEMO_PIPELINES, REPO_ROOT
+from .conftest import DEMO_PIPELINES, REPO_ROOT, cli_params
 from .test_viz import chromium_page, free_port, needs_chromium, stop
 
 EVALUATE_PARAMS = "evaluate.bootstrap_samples=50,runtime.threads=1,runtime.workers=0"
@@ -140,7 +140,7 @@ def test_two_runs_in_one_process_give_two_mlflow_runs_and_leave_none_open(projec
     notebooks.mkdir(exist_ok=True)
     monkeypatch.chdir(notebooks)
     bootstrap_project(project_copy)
-    params = dict(pair.split("=") for pair in EVALUATE_PARAMS.split(","))
+    params = cli_params(EVALUATE_PARAMS)  # nested, as --params gives them: a flat "evaluate.x" key is refused
     try:
         for target in (0.6, 0.9):
             with KedroSession.create(project_path=project_copy,

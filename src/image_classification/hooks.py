@@ -12,6 +12,10 @@ naming the first (its process id, pipelines and start time) instead of waiting f
 only versioned outputs (data_prep, evaluate, predict, ...) never wait: each run saves under its own
 timestamped version, and a run reads back what it saved itself.
 
+:class:`ParameterCheck`: a misspelt parameter key (``data_prep.sorce``) or a source setting its kind does not
+read (a root with the demo kind) would be ignored, and the run would go on with the defaults; the hook refuses
+them when the run's configuration loads, before any node runs, naming the closest known key or the kind to set.
+
 :class:`NodeTimes`: where a run's time went. Each node's wall time is logged when it ends, and the run
 ends with one line that lists the nodes from the slowest down, and one for the datasets whose loading and
 saving took longest, so that a user (or a benchmark) sees at once which stage to make faster or to skip.
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from kedro.config import OmegaConfigLoader
 from kedro.framework.hooks import hook_impl
 from kedro.io.core import AbstractVersionedDataset, get_filepath_str
 
@@ -41,6 +46,27 @@ LOCK_FILE = "data/.shared_state.lock"
 
 class ConcurrentRunError(UserError, RuntimeError):
     """Another run on this project is writing the state this run would write."""
+
+
+class ParameterCheck:
+    """Refuses unknown parameter keys and source settings their kind ignores, before any node runs and
+    before tracking opens its store (:func:`~image_classification.parameters.known_keys.check_parameters`)."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        from image_classification.parameters.known_keys import check_parameters  # imports torch: only for a run
+
+        loader = context.config_loader
+        check_parameters(loader["parameters"], base_parameters(loader))
+
+
+def base_parameters(loader: OmegaConfigLoader) -> dict:
+    """The parameters of ``conf/base`` alone: without the run's environment and ``--params``."""
+    base = OmegaConfigLoader(conf_source=str(loader.conf_source), base_env=loader.base_env,
+                             default_run_env=loader.base_env, env=loader.base_env,
+                             config_patterns={"parameters": loader.config_patterns["parameters"]},
+                             merge_strategy=loader.merge_strategy)
+    return base["parameters"]
 
 
 class PartialSaveCleanup:

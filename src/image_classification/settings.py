@@ -27,13 +27,15 @@ CONFIG_LOADER_ARGS = {
 # the hook is disabled so that it does not run twice. A failed save leaves no partial version
 # behind, and runs that share unversioned state (the feature cache, the training state) never
 # overlap; each node's wall time is logged (and tracked in MLflow), and the run ends with the slowest
-# nodes first, and then with its summary (what is served, how well, where the figures are).
-from image_classification.hooks import NodeTimes, PartialSaveCleanup, SharedStateLock  # noqa: E402
+# nodes first, and then with its summary (what is served, how well, where the figures are). Before all
+# that, unknown parameter keys and source settings their kind ignores stop the run.
+from image_classification.hooks import NodeTimes, ParameterCheck, PartialSaveCleanup, SharedStateLock  # noqa: E402
 from image_classification.run_summary import RunSummary  # noqa: E402
 from image_classification.tracking import ProjectMlflowHook  # noqa: E402
 
 NODE_TIMES = NodeTimes()
 # pluggy calls the last registered first: the node timings, ..., the tracking hook (which closes the
-# MLflow run), and the run's summary last of all
-HOOKS = (RunSummary(), ProjectMlflowHook(NODE_TIMES), PartialSaveCleanup(), SharedStateLock(), NODE_TIMES)
+# MLflow run), and the run's summary last of all; ParameterCheck goes first of all (tryfirst)
+HOOKS = (RunSummary(), ParameterCheck(), ProjectMlflowHook(NODE_TIMES), PartialSaveCleanup(), SharedStateLock(),
+         NODE_TIMES)
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # its distribution's name, either spelling

@@ -30,10 +30,15 @@ UNLABELLED_KINDS = ("demo", "folder_tree", "csv")
 # old names that still work, each with a deprecation warning naming its new name
 RENAMED_KINDS = {"folder": "folder_tree"}
 SPLITS = ("train", "val", "test")
+LABELS = ("valid", "invalid")
 _LABEL_WORDS = {
     "valid": "valid", "1": "valid", "true": "valid",
     "invalid": "invalid", "0": "invalid", "false": "invalid",
 }
+# The settings each kind reads besides ``kind``: any other one set would be ignored (a root with the demo kind)
+SOURCE_SETTINGS = {"demo": (), "folder_tree": ("root", "zero_shot_root"), "csv": ("csv", "zero_shot_csv", "labels"),
+                   "class_folders": ("root", "zero_shot_root", "class_map")}
+UNLABELLED_SETTINGS = {"demo": (), "folder_tree": ("root",), "csv": ("csv",)}
 
 
 def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -233,25 +238,44 @@ def _some(lines: list[int], shown: int = 5) -> str:
     return text + (f" and {len(lines) - shown:,} more" if len(lines) > shown else "")
 
 
-def read_labels_csv(url: str, zero_shot_csv: str | None = None) -> tuple[pd.DataFrame, list[dict]]:
-    """A CSV with ``path`` and ``label``, optional ``split``, ``group`` and ``class`` (a finer
-    label, e.g. the kind of defect or of vehicle, which zero_shot's class-conditional detectors
-    use; an empty cell falls back to the label); unseen kinds from a second CSV with ``path`` and
-    ``kind``."""
+def label_words(labels: dict | None = None) -> dict[str, str]:
+    """Each word a CSV's label column may hold (lower case), mapped to valid or invalid: the built-in
+    valid/invalid, 1/0, true/false, and ``data_prep.source.labels`` (any words, e.g. ``good: valid``),
+    so that a CSV labelled in its own words is read as it is, not rewritten by hand."""
+    if labels is not None and not isinstance(labels, dict):
+        raise SourceError(f"data_prep.source.labels is {labels!r}; it maps words to valid or invalid, "
+                          "e.g. {good: valid, bad: invalid}")
+    words = dict(_LABEL_WORDS)
+    for word, label in (labels or {}).items():
+        if isinstance(word, bool):  # YAML reads unquoted yes/no/on/off/true/false as booleans
+            raise SourceError(f"data_prep.source.labels has the key {word}, not a word: quote it ('yes': valid)")
+        if str(label).strip().lower() not in LABELS:
+            raise SourceError(f"data_prep.source.labels.{word} is {label!r}; each word must map to valid or invalid")
+        words[str(word).strip().lower()] = str(label).strip().lower()
+    return words
+
+
+def read_labels_csv(url: str, zero_shot_csv: str | None = None,
+                    labels: dict | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """A CSV with ``path`` and ``label`` (a word of :func:`label_words`, given ``labels``), optional
+    ``split``, ``group`` and ``class`` (a finer label, e.g. the kind of defect or of vehicle, which
+    zero_shot's class-conditional detectors use; an empty cell falls back to the label); unseen
+    kinds from a second CSV with ``path`` and ``kind``."""
     frame = _csv_rows(url, ["path", "label"], ["split", "group", "class"])
-    labels = frame["label"].str.strip().str.lower().map(_LABEL_WORDS)
-    unknown = frame[labels.isna()]
+    mapped = frame["label"].str.strip().str.lower().map(label_words(labels))
+    unknown = frame[mapped.isna()]
     if not unknown.empty:
         raise SourceError(
             f"CSV file '{url}' line {int(unknown['line'].iloc[0])}: label "
-            f"'{unknown['label'].iloc[0]}' is not one of valid/invalid, 1/0, true/false "
-            f"({len(unknown)} row(s) have unknown labels)"
+            f"'{unknown['label'].iloc[0]}' is not one of valid/invalid, 1/0, true/false or a word of "
+            f"data_prep.source.labels ({len(unknown)} row(s) have unknown labels); map such words there, "
+            "e.g. data_prep.source.labels.good=valid"
         )
-    frame["kind"] = labels
+    frame["kind"] = mapped
     if "class" in frame.columns:
         classes = frame.pop("class").fillna("").astype(str).str.strip()
-        frame["kind"] = classes.where(classes != "", labels)
-    frame["label"] = labels
+        frame["kind"] = classes.where(classes != "", mapped)
+    frame["label"] = mapped
     if "split" in frame.columns:
         splits = frame["split"].str.strip().str.lower().replace("", None)
         bad = frame[splits.notna() & ~splits.isin(SPLITS)]
@@ -312,7 +336,7 @@ def read_source(source: dict, demo_root: str | Callable[[], str]) -> tuple[pd.Da
     if kind == "folder_tree":
         return read_folder_tree(_required(source, "root"), source.get("zero_shot_root"))
     if kind == "csv":
-        return read_labels_csv(_required(source, "csv"), source.get("zero_shot_csv"))
+        return read_labels_csv(_required(source, "csv"), source.get("zero_shot_csv"), source.get("labels"))
     if kind == "class_folders":
         candidates, skipped = read_class_folders(_required(source, "root"), source.get("class_map") or {})
         if source.get("zero_shot_root"):  # more unseen kinds from elsewhere, e.g. far-away images

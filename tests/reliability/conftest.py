@@ -118,8 +118,9 @@ def inside(project: Path) -> Iterator[Path]:
 
 
 def run_session(project: Path, pipelines: list[str] | None = None, params: dict | None = None,
-                monkeypatch: pytest.MonkeyPatch | None = None, expect_error: bool = False) -> RunRecord:
-    """Run a KedroSession on ``project`` as ``kedro run --pipelines ... --params ...`` does.
+                monkeypatch: pytest.MonkeyPatch | None = None, expect_error: bool = False,
+                env: str | None = None) -> RunRecord:
+    """Run a KedroSession on ``project`` as ``kedro run --pipelines ... --params ... --env ...`` does.
 
     Returns the nodes that started, the package's warnings and the error the run stopped with.
     """
@@ -137,7 +138,7 @@ def run_session(project: Path, pipelines: list[str] | None = None, params: dict 
     try:
         with inside(project):
             package_logger.addHandler(collect)
-            with KedroSession.create(project_path=project, runtime_params=params or {}) as session:
+            with KedroSession.create(project_path=project, runtime_params=params or {}, env=env) as session:
                 session.run(pipeline_names=pipelines)
     except Exception as exc:  # noqa: BLE001 - returned for the test to judge
         if not expect_error:

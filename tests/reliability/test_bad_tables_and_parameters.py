@@ -13,17 +13,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from kedro.framework.cli.project import run as kedro_run
-from omegaconf import OmegaConf
 
 import image_classification.images as images_module
 
-from ..conftest import noise_image, png_bytes, write_files
+from ..conftest import cli_params, noise_image, png_bytes, write_files
 from .conftest import FAST_SETTINGS, inside, latest, make_project, run_session
-
-
-def cli_params(text: str) -> dict:
-    """``--params`` as ``kedro run`` parses it: dotted keys, values typed by YAML rules."""
-    return OmegaConf.to_container(OmegaConf.from_dotlist(text.split(",")))
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +58,29 @@ BAD_PARAMETERS = [
 ]
 
 
-@pytest.mark.parametrize(("pipelines", "params", "fragments"), BAD_PARAMETERS,
-                         ids=[f"{p}-{'+'.join(ps or ['default'])}" for ps, p, _ in BAD_PARAMETERS])
+UNREAD_PARAMETERS = [
+    # (--params, fragments the message must contain): a key no step reads, a location the demo kind ignores;
+    # refused by the ParameterCheck hook, which looks at the whole tree whatever the pipelines
+    ("data_prep.sorce.kind=folder_tree,data_prep.sorce.root=/x",
+     ["unknown parameter 'data_prep.sorce' (did you mean 'data_prep.source'?)"]),
+    ("train.epohcs=3,evaluate.rulle=point",
+     ["'train.epohcs' (did you mean 'train.epochs'?)", "'evaluate.rulle' (did you mean 'evaluate.rule'?)"]),
+    ("data_prep.source.kind=demo", ["data_prep.source.root is set", "kind is 'demo'",
+                                    "set data_prep.source.kind=folder_tree (or class_folders)"]),
+    ("predict.source.root=/data/new", ["predict.source.root is set", "set predict.source.kind=folder_tree"]),
+]
+REFUSED_PARAMETERS = [(pipelines, params, "ParameterValidationError", fragments)
+                      for pipelines, params, fragments in BAD_PARAMETERS]
+REFUSED_PARAMETERS += [(None, params, "ParameterError", fragments) for params, fragments in UNREAD_PARAMETERS]
+
+
+@pytest.mark.parametrize(("pipelines", "params", "error", "fragments"), REFUSED_PARAMETERS,
+                         ids=[f"{p}-{'+'.join(ps or ['default'])}" for ps, p, _, _ in REFUSED_PARAMETERS])
 def test_an_impossible_parameter_stops_the_run_before_any_node(project, monkeypatch, decoded, tally,
-                                                                pipelines, params, fragments):
+                                                                pipelines, params, error, fragments):
     versions_before = sorted((project / "data").rglob("*")) if (project / "data").exists() else []
     result = run_session(project, pipelines, cli_params(params), monkeypatch, expect_error=True)
-    assert type(result.error).__name__ == "ParameterValidationError"
+    assert type(result.error).__name__ == error
     for fragment in fragments:
         assert fragment in str(result.error), (fragment, str(result.error))
     assert result.nodes == [] and decoded == []
@@ -84,6 +94,23 @@ def test_kedro_run_on_the_command_line_fails_with_the_same_message(project, tall
         result = CliRunner().invoke(kedro_run, ["--pipelines", "train", "--params", "model.backbone=resnet9000"])
     assert result.exit_code != 0
     assert "unknown backbone 'resnet9000'" in str(result.exception)
+    tally.add("bad parameters tried", 1)
+
+
+def test_an_environment_may_only_override_known_keys(project, monkeypatch, decoded):
+    env = project / "conf" / "typo_env"
+    env.mkdir(exist_ok=True)
+    (env / "parameters_data_prep.yml").write_text("data_prep:\n  source:\n    kind: csv\n    cvs: /data/labels.csv\n")
+    result = run_session(project, ["data_prep"], None, monkeypatch, expect_error=True, env="typo_env")
+    assert "unknown parameter 'data_prep.source.cvs' (did you mean 'data_prep.source.csv'?)" in str(result.error)
+    assert result.nodes == [] and decoded == []
+
+
+def test_kedro_run_on_the_command_line_refuses_a_misspelt_key(project, tally):
+    with inside(project):
+        result = CliRunner().invoke(kedro_run, ["--params", "data_prep.sorce.kind=folder_tree,data_prep.sorce.root=/x"])
+    assert result.exit_code != 0
+    assert "unknown parameter 'data_prep.sorce' (did you mean 'data_prep.source'?)" in str(result.exception)
     tally.add("bad parameters tried", 1)
 
 
