@@ -1,7 +1,11 @@
 """The built-in demo data set, made from real images that installed packages bundle.
 
-- ``labelled/valid``: 100 face crops and ``labelled/invalid``: 100 non-face crops
-  (scikit-image's ``lfw_subset``, 25x25 grey photos).
+- ``labelled/valid``: face crops and ``labelled/invalid``: non-face crops (scikit-image's ``lfw_subset``,
+  100 of each, 25x25 grey photos), with what real labelled data holds, so that the first run shows what
+  each figure is for: 8 faces blurred and faded to the edge of recognition (``hard_blurred_face_*``, still
+  valid), and 4 images of each class filed under the other (``mislabelled_face_*`` among the invalid,
+  ``mislabelled_nonface_*`` among the valid). They bend the precision-recall curve, fill the error
+  gallery (whose file names say what went wrong) and overlap in the embedding plots.
 - ``unseen/texture``: patches of scikit-image's brick, grass and gravel photos.
 - ``unseen/digit``: scikit-learn's 8x8 handwritten digits, enlarged to 32x32.
 - ``unseen/photo``: crops of scikit-image's colour photos (coffee, cat, astronaut, rocket).
@@ -22,12 +26,24 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"  # 2: hard and mislabelled images among the labelled ones
 _MARKER = ".demo_version"
 _PATCH = 64
 _PER_TEXTURE = 20
 _DIGITS = 60
 _PER_PHOTO = 10
+
+
+_HARD_FACES = range(85, 93)  # blurred and faded: still faces, hard to tell
+_MISLABELLED = range(93, 97)  # of each class, filed under the other
+
+
+def _faded(pixels: np.ndarray) -> np.ndarray:
+    """A face blurred (sigma 1.5 px of 25) and faded to a third of its contrast: still a face, but a hard one."""
+    from scipy.ndimage import gaussian_filter
+
+    blurred = gaussian_filter(pixels, sigma=1.5)
+    return blurred.mean() + (blurred - blurred.mean()) / 3.0
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -49,9 +65,15 @@ def _demo_images() -> dict[str, Image.Image]:
     images: dict[str, Image.Image] = {}
     faces = data.lfw_subset()  # 100 faces, then 100 non-faces
     for index, pixels in enumerate(faces[:100]):
-        images[f"labelled/valid/face_{index:03d}.png"] = Image.fromarray(_to_uint8(pixels))
+        if index in _HARD_FACES:
+            images[f"labelled/valid/hard_blurred_face_{index:03d}.png"] = Image.fromarray(_to_uint8(_faded(pixels)))
+        elif index in _MISLABELLED:
+            images[f"labelled/invalid/mislabelled_face_{index:03d}.png"] = Image.fromarray(_to_uint8(pixels))
+        else:
+            images[f"labelled/valid/face_{index:03d}.png"] = Image.fromarray(_to_uint8(pixels))
     for index, pixels in enumerate(faces[100:]):
-        images[f"labelled/invalid/nonface_{index:03d}.png"] = Image.fromarray(_to_uint8(pixels))
+        folder, name = ("valid", "mislabelled_nonface") if index in _MISLABELLED else ("invalid", "nonface")
+        images[f"labelled/{folder}/{name}_{index:03d}.png"] = Image.fromarray(_to_uint8(pixels))
 
     rng = np.random.default_rng(0)
     for name in ("brick", "grass", "gravel"):
