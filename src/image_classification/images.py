@@ -402,7 +402,7 @@ def inspect_images(
                 desc="Checking images",
                 unit="img",
                 leave=False,
-                disable=not progress,
+                disable=None if progress else True,
             )
         )
     return pd.DataFrame(rows, columns=columns)

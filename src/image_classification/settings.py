@@ -7,9 +7,12 @@ from kedro.config import OmegaConfigLoader
 
 # Kedro's log handler lays lines out for an 80-column terminal when it cannot ask one (output to a file, a
 # pipe or CI), so a log there was a column of fragments; without a terminal, lines are laid out 240 wide.
-# A COLUMNS of your own wins.
+# Progress bars there are no bars but carriage returns spliced into the log lines: off without a terminal.
+# A COLUMNS or TQDM_DISABLE of your own wins.
 if not sys.stdout.isatty():
     os.environ.setdefault("COLUMNS", "240")
+if not sys.stderr.isatty():
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

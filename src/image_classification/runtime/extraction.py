@@ -102,7 +102,7 @@ def _features(run: CheckedRun, paths: list[str], spec: BackboneSpec, batch_size:
     errors: list[str] = []
     for images, reasons in tqdm(
         image_loader(paths, spec, batch_size, workers, sha256=sha256), desc="Backbone features", unit="batch",
-        leave=False, disable=not progress,
+        leave=False, disable=None if progress else True,
     ):
         for part, output in zip(parts, run(images, reasons)):
             part.append(output.to(torch.float16).cpu())

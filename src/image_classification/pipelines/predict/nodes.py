@@ -275,7 +275,7 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
     parts: dict[str, list] = {"score": [], "served_score": [], "anomaly_score": [], "error": []}
     if _draws_maps(point, predict):
         parts["defect_map"] = []
-    with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False, disable=not progress) as bar:
+    with tqdm(total=len(paths), desc="Predicting", unit="img", leave=False, disable=None if progress else True) as bar:
         for images, reasons in image_loader(paths, spec, predict.batch_size, predict.workers,
                                             limits=predict.read_limits):
             outputs = backend(images)
