@@ -17,7 +17,6 @@ says which pipeline to rerun, never silently recomputed or used.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from image_classification.checksums import tensors_sha256
 from image_classification.errors import DataError
 from image_classification.backbones import BackboneSpec, backbone_spec, build_backbone
 from image_classification.model import ClassifierHead, ImageClassifier
@@ -129,16 +129,6 @@ class Checkpoint:
         prefix = "backbone."
         return tensors_sha256({name[len(prefix):]: tensor for name, tensor in self.tensors.items()
                                if name.startswith(prefix)})
-
-
-def tensors_sha256(tensors: dict[str, torch.Tensor], header: str = "") -> str:
-    """sha256 of ``header`` and every tensor's name and bytes, in name order."""
-    digest = hashlib.sha256(header.encode())
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def _index_rows_match(recorded: Sequence[str], image_index: pd.DataFrame) -> bool:
