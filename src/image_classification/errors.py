@@ -28,6 +28,9 @@ class ArtefactError(DataError, DatasetError):
     short); the message names the file. A :class:`~kedro.io.core.DatasetError` too, so Kedro passes it
     on from a dataset's ``load`` as it is, and ``kedro run`` adds which pipeline writes the artefact."""
 
+    RERUN = "run the pipeline that writes it again"
+    """How each message ends; ``kedro run`` puts the pipeline's name in (it knows which one writes what)."""
+
 
 class ParameterError(UserError, ValueError):
     """A parameter has a value the project cannot use; the message names it and the allowed values."""

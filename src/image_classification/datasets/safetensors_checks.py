@@ -23,7 +23,6 @@ CHECKSUM_KEY = "content_sha256"
 """Safetensors header key holding, as one JSON string, the sha256 of the metadata string and of each
 tensor (:func:`~image_classification.checksums.tensor_sha256`); files saved before it have none."""
 MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers
-_RERUN = "run the pipeline that writes it again"
 
 HEADER_LENGTH_BYTES = 8  # safetensors files start with a little-endian u64
 _PICKLE_PROTOCOL_PREFIX = b"\x80"
@@ -45,7 +44,7 @@ class CheckedTensors(Mapping):
             if self._expected.get(name) != tensor_sha256(name, tensor):
                 raise ArtefactError(
                     f"'{self._path}' is damaged: the bytes of its tensor '{name}' do not match the checksum saved "
-                    f"with them ({CHECKSUM_KEY}), so they are not used; {_RERUN}")
+                    f"with them ({CHECKSUM_KEY}), so they are not used; {ArtefactError.RERUN}")
             self._checked.add(name)
         return tensor
 
@@ -76,7 +75,7 @@ def _recorded_checksums(path: str, header: dict) -> dict:
         if path not in _WARNED_UNCHECKED:
             _WARNED_UNCHECKED.add(path)
             logger.warning("'%s' was saved before artefacts carried checksums, so its contents cannot be checked; "
-                           "%s to add them", path, _RERUN)
+                           "%s to add them", path, ArtefactError.RERUN)
         return {}
     try:
         recorded = json.loads(stored)
@@ -84,7 +83,7 @@ def _recorded_checksums(path: str, header: dict) -> dict:
         recorded = None
     if not isinstance(recorded, dict) or not isinstance(recorded.get("tensors"), dict):
         raise ArtefactError(f"'{path}' is damaged: its '{CHECKSUM_KEY}' header entry is not the checksums this "
-                            f"project writes; {_RERUN}")
+                            f"project writes; {ArtefactError.RERUN}")
     return recorded
 
 
@@ -116,7 +115,7 @@ def read_header(path: str, raw: bytes, size: int) -> tuple[int, dict]:
 
 def _truncated_message(path: str, promised: int, size: int) -> str:
     return (f"'{path}' is truncated: its safetensors header promises {promised:,} bytes, the file has {size:,} "
-            f"(an interrupted copy or a full disk?); {_RERUN}")
+            f"(an interrupted copy or a full disk?); {ArtefactError.RERUN}")
 
 
 def not_safetensors_message(path: str, raw: bytes) -> str:
@@ -129,7 +128,7 @@ def not_safetensors_message(path: str, raw: bytes) -> str:
     return (
         f"'{path}' is not a safetensors checkpoint{looks_like}. It will not be "
         "unpickled, because unpickling can run arbitrary code. Re-create it: "
-        f"{_RERUN}."
+        f"{ArtefactError.RERUN}."
     )
 
 
@@ -140,12 +139,12 @@ def read_metadata(path: str, header: dict) -> dict[str, Any]:
     if stored is None:
         raise ArtefactError(
             f"'{path}' is a safetensors file but has no '{METADATA_KEY}' metadata, "
-            f"so it was not written by this project. Re-create it: {_RERUN}."
+            f"so it was not written by this project. Re-create it: {ArtefactError.RERUN}."
         )
     recorded = _recorded_checksums(path, header).get("metadata")
     if recorded is not None and recorded != text_sha256(stored):
         raise ArtefactError(f"'{path}' is damaged: its '{METADATA_KEY}' metadata does not match the checksum "
-                            f"saved with it ({CHECKSUM_KEY}); {_RERUN}")
+                            f"saved with it ({CHECKSUM_KEY}); {ArtefactError.RERUN}")
     try:
         metadata = json.loads(stored)
     except json.JSONDecodeError as exc:
