@@ -71,6 +71,10 @@ _WARNED_UNCHECKED: set[str] = set()
 def _recorded_checksums(path: str, header: dict) -> dict:
     """The checksums a file's header records; ``{}`` (and a warning, once per file) when it predates them."""
     stored = (header.get("__metadata__") or {}).get(CHECKSUM_KEY)
+    others = sorted(set(header.get("__metadata__") or {}) - {METADATA_KEY, CHECKSUM_KEY})
+    if stored is None and others:  # this project never wrote other keys: the checksums' key itself is damaged
+        raise ArtefactError(f"'{path}' is damaged: its header has no '{CHECKSUM_KEY}' entry but has {others}, "
+                            f"which this project does not write; {ArtefactError.RERUN}")
     if stored is None:
         if path not in _WARNED_UNCHECKED:
             _WARNED_UNCHECKED.add(path)

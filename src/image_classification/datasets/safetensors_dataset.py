@@ -222,8 +222,8 @@ class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
             tensors = load_safetensors(raw)
         except SafetensorError as exc:
             raise ArtefactError(not_safetensors_message(load_path, raw)) from exc
-        checked = CheckedTensors(load_path, tensors, header)
-        return {"tensors": dict(checked.items()), "metadata": read_metadata(load_path, header)}
+        metadata = read_metadata(load_path, header)
+        return {"tensors": dict(CheckedTensors(load_path, tensors, header).items()), "metadata": metadata}
 
     def save(self, data: dict) -> None:
         tensors, metadata = _split_checkpoint(data)
@@ -287,7 +287,8 @@ def _load_mapped(path: str) -> dict:
         if (start_of_data + begin) % dtype.itemsize:
             data = data.clone()  # a view needs aligned bytes; safetensors aligns them, but never assume
         tensors[name] = data.view(dtype).reshape(entry["shape"])
-    return {"tensors": CheckedTensors(path, tensors, header), "metadata": read_metadata(path, header)}
+    metadata = read_metadata(path, header)
+    return {"tensors": CheckedTensors(path, tensors, header), "metadata": metadata}
 
 
 def _split_checkpoint(data: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
