@@ -115,3 +115,17 @@ def test_every_save_records_a_checksum_per_tensor(tmp_path):
     with safe_open(str(path), framework="pt") as stored:
         recorded = json.loads(stored.metadata()[CHECKSUM_KEY])
     assert set(recorded["tensors"]) == {"head_input", "pooled"} and len(recorded["metadata"]) == 64
+
+
+def test_a_damaged_training_state_is_dropped_with_a_warning_so_training_starts_again(tmp_path, caplog):
+    """Refusing it would stop every later training run too (train itself writes it); it holds only time."""
+    from image_classification.datasets import TrainingStateDataset
+
+    path = tmp_path / "training_state.safetensors"
+    store = TrainingStateDataset(filepath=str(path)).load()
+    store.write({"tensors": {"weights": torch.ones(16)}, "metadata": {"epoch": 3}})
+    flip_byte(path, tensor_start(path, "weights") + 2)
+    with caplog.at_level(logging.WARNING):
+        assert store.read() is None
+    assert "training starts from the first epoch" in caplog.text and "is damaged" in caplog.text
+
