@@ -12,7 +12,7 @@ what it reads. Per row: load s, use s and the peak resident memory above what th
 loading; rounds interleaved, medians. The files are in the page cache. It also times the save itself
 and the checksums' part of it, and the hashes the standard library offers, in MiB/s.
 
-    python -m benchmarks.artefact_checksums                  # 20,000 images (2 GB), 3 rounds (~5 min)
+    python -m benchmarks.artefact_checksums                  # 20,000 images (2 GB), 3 rounds (~20 min on 2 cores)
     python -m benchmarks.artefact_checksums --images 2000 --rounds 1   # a quick look
 """
 
