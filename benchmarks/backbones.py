@@ -74,7 +74,7 @@ def run_backbone(name: str, index, args: argparse.Namespace) -> dict:
     split = index["split"].to_numpy()
     rows = {part: np.flatnonzero(split == part) for part in ("train", "val", "test")}
     targets = {part: index["target"].to_numpy()[rows[part]] for part in rows}
-    cache = FeatureCache(head_input=features["head_input"], pooled=features["pooled"], backbone=name,
+    cache = FeatureCache.of(head_input=features["head_input"], pooled=features["pooled"], backbone=name,
                          weights=model.weights, head_input_mode=model.head_input, paths=paths,
                          sha256=paths, errors=features["errors"])
 

@@ -71,7 +71,7 @@ def test_fingerprint_changes_with_any_weight(checkpoint):
 
 def feature_cache(index: pd.DataFrame, backbone_sha256: str | None = None) -> FeatureCache:
     n = len(index)
-    return FeatureCache(head_input=torch.zeros(n, 1280, 4, 4, dtype=torch.float16),
+    return FeatureCache.of(head_input=torch.zeros(n, 1280, 4, 4, dtype=torch.float16),
                         pooled=torch.zeros(n, 1280, dtype=torch.float16), backbone=BACKBONE, weights="none",
                         head_input_mode="pooled", paths=index["path"].tolist(), sha256=index["sha256"].tolist(),
                         errors=[""] * (n - 1) + ["truncated"], backbone_sha256=backbone_sha256)

@@ -113,3 +113,24 @@ def test_only_user_errors_lose_their_traceback(monkeypatch, error, clean):
         assert f"Error: {error}" in result.output
     else:
         assert result.exception is error
+
+
+@pytest.mark.parametrize(("path", "pipeline"), [
+    ("/p/data/04_feature/backbone_features.safetensors", "train"),
+    ("/p/data/07_model_output/scored_index.safetensors/2026-12-06T10.00.00.000Z/scored_index.safetensors", "score"),
+    ("/p/data/06_models/anomaly_detector.safetensors/2026-12-06T10.00.00.000Z/anomaly_detector.safetensors",
+     "zero_shot"),
+])
+def test_a_damaged_artefact_is_one_error_line_naming_the_pipeline_that_writes_it(monkeypatch, path, pipeline):
+    from image_classification.errors import ArtefactError
+
+    def failing_run(**options):
+        raise ArtefactError(f"'{path}' is damaged: the bytes of its tensor 'x' do not match; {ArtefactError.RERUN}")
+
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(cli, "kedro_run", type("FakeRun", (), {"callback": staticmethod(failing_run)}))
+    monkeypatch.delenv(cli.TRACEBACK_VARIABLE, raising=False)
+    result = CliRunner().invoke(cli.cli, ["run"])
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(error_lines) == 1
+    assert path in error_lines[0] and f"run `kedro run --pipelines {pipeline}` to write" in error_lines[0]

@@ -17,16 +17,16 @@ says which pipeline to rerun, never silently recomputed or used.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
+from image_classification.checksums import tensors_sha256
 from image_classification.errors import DataError
 from image_classification.backbones import BackboneSpec, backbone_spec, build_backbone
 from image_classification.model import ClassifierHead, ImageClassifier
@@ -131,16 +131,6 @@ class Checkpoint:
                                if name.startswith(prefix)})
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor], header: str = "") -> str:
-    """sha256 of ``header`` and every tensor's name and bytes, in name order."""
-    digest = hashlib.sha256(header.encode())
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 def _index_rows_match(recorded: Sequence[str], image_index: pd.DataFrame) -> bool:
     return list(recorded) == image_index["sha256"].tolist()
 
@@ -149,17 +139,20 @@ def _index_rows_match(recorded: Sequence[str], image_index: pd.DataFrame) -> boo
 class FeatureCache:
     """The frozen backbone's output for every indexed image, in the index's order.
 
+    Its tensors are read through :attr:`tensors` on first use: a cache loaded memory-mapped pages in,
+    and checks against its checksum, only the tensors a stage reads (see
+    docs/decisions/0035-artefact-checksums.md). Build one from tensors with :meth:`of`.
+
     Attributes:
-        head_input: float16 (N, C, 4, 4), what the head reads of each feature map.
-        pooled: float16 (N, C), the global-average-pooled feature map.
+        tensors: ``head_input``, float16 (N, C, 4, 4), what the head reads of each feature map;
+            ``pooled``, float16 (N, C), the global-average-pooled feature map; and ``patches``,
+            float16 (N, grid*grid, C) patch vectors for patch evidence (:mod:`image_classification.patches`),
+            absent when ``train.patch_grid`` is 0 (then :attr:`patches` is None).
         errors: per image, why it could not be read, or "".
         head_input_mode: ``pooled`` (the map averaged down to the head's 4x4 grid) or ``corner``.
-        patches: float16 (N, grid*grid, C) patch vectors for patch evidence
-            (:mod:`image_classification.patches`), or None when ``train.patch_grid`` is 0.
     """
 
-    head_input: torch.Tensor
-    pooled: torch.Tensor
+    tensors: Mapping[str, torch.Tensor]
     backbone: str
     weights: str
     head_input_mode: str
@@ -167,15 +160,32 @@ class FeatureCache:
     sha256: list[str]
     errors: list[str]
     backbone_sha256: str | None = None  # caches written before it was recorded have none
-    patches: torch.Tensor | None = None
     input_size: int | None = None  # the side images were resized to; caches written before have none
+
+    @classmethod
+    def of(cls, head_input: torch.Tensor, pooled: torch.Tensor, patches: torch.Tensor | None = None,
+           **fields) -> FeatureCache:
+        """A cache of these tensors (``patches`` None when ``train.patch_grid`` is 0) and ``fields``."""
+        tensors = {"head_input": head_input, "pooled": pooled} | ({} if patches is None else {"patches": patches})
+        return cls(tensors=tensors, **fields)
+
+    @property
+    def head_input(self) -> torch.Tensor:
+        return self.tensors["head_input"]
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        return self.tensors["pooled"]
+
+    @property
+    def patches(self) -> torch.Tensor | None:
+        return self.tensors["patches"] if "patches" in self.tensors else None
 
     @classmethod
     def from_payload(cls, payload: dict) -> FeatureCache:
         metadata = payload["metadata"]
         return cls(
-            head_input=payload["tensors"]["head_input"], pooled=payload["tensors"]["pooled"],
-            patches=payload["tensors"].get("patches"),
+            tensors=payload["tensors"],
             backbone=metadata["backbone"], weights=metadata.get("weights", "imagenet"),
             # caches written before head_input was recorded hold the corner input
             head_input_mode=metadata.get("head_input", "corner"),
@@ -184,11 +194,8 @@ class FeatureCache:
         )
 
     def to_payload(self) -> dict:
-        tensors = {"head_input": self.head_input, "pooled": self.pooled}
-        if self.patches is not None:
-            tensors["patches"] = self.patches
         return {
-            "tensors": tensors,
+            "tensors": dict(self.tensors),
             "metadata": {"backbone": self.backbone, "weights": self.weights, "head_input": self.head_input_mode,
                          "paths": self.paths, "sha256": self.sha256, "errors": self.errors,
                          "backbone_sha256": self.backbone_sha256, "input_size": self.input_size},

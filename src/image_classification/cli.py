@@ -31,7 +31,7 @@ from kedro.io import DatasetError
 from kedro.pipeline import Pipeline
 from kedro.validation.exceptions import ParameterValidationError
 
-from image_classification.errors import UserError
+from image_classification.errors import ArtefactError, UserError
 
 USER_ERRORS = (UserError, ParameterValidationError, DatasetError, MissingConfigException)
 TRACEBACK_VARIABLE = "IMAGE_CLASSIFICATION_TRACEBACK"
@@ -121,6 +121,39 @@ def _missing_input(error: Exception, env: str | None) -> str:
             f"by the {writers[0]} pipeline: run `{run}` (every stage) or `{run} --pipelines {writers[0]}` first")
 
 
+def _damaged_artefact_hint(error: BaseException, message: str, env: str | None = None) -> str:
+    """For a damaged or cut-short artefact: ``message`` with the pipeline that writes it named."""
+    artefact = _cause_of_type(error, ArtefactError)
+    path = re.match(r"'([^']+)'", str(artefact)) if artefact else None
+    dataset = _dataset_at(path.group(1), env) if path and ArtefactError.RERUN in message else None
+    writers = sorted(name for name, pipeline in _all_pipelines().items()
+                     if dataset in pipeline.all_outputs()) if dataset else []
+    if not writers:
+        return message
+    run = f"kedro run --env {env}" if env else "kedro run"
+    return message.replace(ArtefactError.RERUN, f"run `{run} --pipelines {writers[0]}` to write {dataset} again")
+
+
+def _cause_of_type(error: BaseException | None, kind: type) -> BaseException | None:
+    while error is not None and not isinstance(error, kind):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _dataset_at(path: str, env: str | None = None) -> str | None:
+    """The catalog entry whose file ``path`` is (or is a version of), read from the project's configuration
+    (of ``env``: each environment has its own data root)."""
+    from kedro.framework.project import settings
+
+    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(Path.cwd() / settings.CONF_SOURCE), env=env,
+                                          **settings.CONFIG_LOADER_ARGS)
+    for name, entry in loader["catalog"].items():
+        filepath = entry.get("filepath") if isinstance(entry, dict) and "{" not in name else None
+        if filepath and (path.endswith(filepath) or f"{filepath}/" in path):
+            return name
+    return None
+
+
 # a save that fails for want of room or write access: the user's to fix, whatever exception carries it
 _OUTPUT_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
                   errno.EROFS: "the file system is read-only", errno.EFBIG: "the file-size limit was reached"}
@@ -151,7 +184,8 @@ def _run(**options: Any) -> dict[str, Any]:
             raise
         if output_error:
             raise click.ClickException(output_error) from None
-        message = _missing_input(error, options.get("env")) or str(error).strip() or type(error).__name__
+        message = _missing_input(error, options.get("env")) or _damaged_artefact_hint(
+            error, str(error).strip() or type(error).__name__, options.get("env"))
         raise click.ClickException(
             f"{message}\n(a problem with the input or the parameters, so no traceback; "
             f"set {TRACEBACK_VARIABLE}=1 to see one)"

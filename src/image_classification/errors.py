@@ -7,6 +7,8 @@ also derives from the built-in exception it refines, so ``except ValueError`` st
 
 from __future__ import annotations
 
+from kedro.io.core import DatasetError
+
 
 class UserError(Exception):
     """Something the user gave cannot be used as given; the message names it and the fix."""
@@ -19,6 +21,15 @@ class SourceError(UserError, ValueError):
 class DataError(UserError, ValueError):
     """The images or a stage's saved outputs cannot support the requested step (for example, a split
     without a class); the message says which step to rerun or what data to add."""
+
+
+class ArtefactError(DataError, DatasetError):
+    """A saved artefact is damaged or incomplete (its bytes disagree with its checksum, or it is cut
+    short); the message names the file. A :class:`~kedro.io.core.DatasetError` too, so Kedro passes it
+    on from a dataset's ``load`` as it is, and ``kedro run`` adds which pipeline writes the artefact."""
+
+    RERUN = "run the pipeline that writes it again"
+    """How each message ends; ``kedro run`` puts the pipeline's name in (it knows which one writes what)."""
 
 
 class ParameterError(UserError, ValueError):

@@ -106,14 +106,14 @@ class TestSafetensorsDataset:
         reloaded = safetensors_dataset.load()
         assert_checkpoints_equal(reloaded, checkpoint)
 
-    def test_metadata_is_one_json_string_under_project_key(
+    def test_metadata_is_one_json_string_under_project_key_beside_its_checksums(
         self, safetensors_dataset, filepath_safetensors, checkpoint
     ):
         from safetensors import safe_open
 
         safetensors_dataset.save(checkpoint)
         with safe_open(filepath_safetensors, framework="pt") as f:
-            assert set(f.metadata()) == {"image_classification"}
+            assert set(f.metadata()) == {"image_classification", "content_sha256"}
 
     def test_exists(self, safetensors_dataset, checkpoint):
         assert not safetensors_dataset.exists()
@@ -287,7 +287,7 @@ class TestSafetensorsDataset:
         assert "is not a safetensors checkpoint" in message
         assert "will not be unpickled" in message
         assert "arbitrary code" in message
-        assert "train pipeline" in message
+        assert "pipeline that writes it" in message  # `kedro run` names it (cli.py)
         assert not marker.exists()
 
     def test_load_refuses_torch_save_checkpoint(
@@ -310,7 +310,7 @@ class TestSafetensorsDataset:
         with pytest.raises(DatasetError, match="is not a safetensors checkpoint"):
             safetensors_dataset.load()
 
-    @pytest.mark.parametrize("content", [b"", b"abc", b"\x10" + b"\x00" * 7 + b"{"])
+    @pytest.mark.parametrize("content", [b"", b"abc", b"\xff" * 8 + b"{"])
     def test_load_refuses_garbage(
         self, safetensors_dataset, filepath_safetensors, content
     ):

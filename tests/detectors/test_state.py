@@ -41,3 +41,16 @@ def test_detector_files_written_before_each_detector_had_its_own_name_still_load
     state = DetectorState.from_payload(old)
     assert state.detector == "relative_mahalanobis" and state.target_tpr == 0.95
     np.testing.assert_allclose(state.restore().score_samples(test), detector.score_samples(test), rtol=1e-10)
+
+
+def test_a_detector_records_the_checkpoint_it_was_fitted_for_and_old_files_load_without_one(caplog):
+    from image_classification.detectors import DetectorState
+
+    train, targets, _, _ = gaussian_data(6, shift=0.0)
+    state = DetectorState.of(build_detector("knn").fit(train, targets), "knn_pooled", "pooled", 1.0, checkpoint="abc")
+    payload = state.to_payload()
+    assert payload["metadata"]["checkpoint"] == "abc"
+    loaded = DetectorState.from_payload(payload)
+    assert loaded.checkpoint == "abc" and "checkpoint" not in loaded.settings
+    del payload["metadata"]["checkpoint"]
+    assert DetectorState.from_payload(payload).checkpoint is None

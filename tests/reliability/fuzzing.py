@@ -5,6 +5,7 @@ runs, huge declared sizes), the way files get damaged in transfer, on disk or by
 One checker, :func:`check_one`, says what the image-reading path did with one file: read it or
 skip it with a reason. Anything else (an exception other than the reported skip, an unreadable
 image called readable, a readable one without RGB pixels) is a crash, returned as a message.
+:func:`check_artefact` does the same for a damaged feature cache: loaded unchanged, or refused.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from image_classification.artefacts import FeatureCache
+from image_classification.datasets import SafetensorsDataset
+from image_classification.errors import DataError
 from image_classification.images import ImageLimits, decode_rgb, inspect_image
 from image_classification.runtime.loader import ImageFiles
 from image_classification.backbones import backbone_spec
@@ -134,3 +139,27 @@ def check_one(path: Path, data: bytes) -> tuple[str, str]:
     if row["ok"] and reason:
         return "crash", f"data_prep accepted the file but the model's reader refused it: {reason}"
     return ("read", "") if row["ok"] else ("skipped", row["reason"])
+
+
+def check_artefact(path: Path, data: bytes, original: FeatureCache, mapped: bool) -> tuple[str, str]:
+    """Load ``data`` (written to ``path``) as the later stages load the feature cache and read all of it.
+
+    Returns:
+        ("same", "") when it reads back equal to ``original`` (a change the checksums need not see, such
+        as a space in the header's padding), ("refused", message) for a :class:`DataError`, and
+        ("crash", what went wrong) for different contents or any other exception.
+    """
+    path.write_bytes(data)
+    try:
+        cache = FeatureCache.from_payload(SafetensorsDataset(filepath=str(path),
+                                                             load_args={"mmap": mapped}).load())
+        tensors = {name: cache.tensors[name] for name in cache.tensors}
+    except DataError as error:
+        return "refused", str(error)
+    except Exception as error:  # noqa: BLE001 - anything else escaping is the bug being looked for
+        return "crash", f"{type(error).__name__}: {error}"
+    same = (cache.tensors.keys() == original.tensors.keys()
+            and all(tensor.dtype == original.tensors[name].dtype and torch.equal(tensor, original.tensors[name])
+                    for name, tensor in tensors.items())
+            and {**cache.__dict__, "tensors": None} == {**original.__dict__, "tensors": None})
+    return ("same", "") if same else ("crash", "loaded without a word, but not what was saved")

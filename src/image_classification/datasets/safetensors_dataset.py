@@ -2,7 +2,10 @@
 safetensors files through fsspec (local, S3, GCS, ``memory://``...).
 
 A checkpoint is never unpickled: safetensors holds raw tensor bytes and a JSON
-header only, so loading a file cannot run code.
+header only, so loading a file cannot run code. Every file carries the sha256 of each
+tensor and of the metadata (docs/decisions/0035-artefact-checksums.md); a file whose bytes
+disagree with them, or that is cut short, is refused with an
+:class:`~image_classification.errors.ArtefactError` naming it.
 """
 from __future__ import annotations
 
@@ -28,12 +31,20 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-METADATA_KEY = "image_classification"
-"""Safetensors header key holding this project's metadata as one JSON string."""
+from image_classification.datasets.safetensors_checks import (
+    CHECKSUM_KEY,
+    HEADER_LENGTH_BYTES,
+    MAX_HEADER_BYTES,
+    METADATA_KEY,
+    CheckedTensors,
+    checksums_entry,
+    not_safetensors_message,
+    read_header,
+    read_metadata,
+    tensor_entries,
+)
+from image_classification.errors import ArtefactError
 
-_HEADER_LENGTH_BYTES = 8  # safetensors files start with a little-endian u64
-_PICKLE_PROTOCOL_PREFIX = b"\x80"
-_ZIP_PREFIX = b"PK\x03\x04"  # ``torch.save`` writes a zip of pickles
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows only
 _LOAD_OPTIONS = ("mmap",)
 _DTYPES = {
@@ -62,6 +73,12 @@ class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
     on other filesystems (``s3://``, ``memory://``...) and non-POSIX systems (where a
     mapped file could not be replaced by the next save) are read whole, as without
     the option.
+
+    Every save records the sha256 of each tensor and of the metadata; every load checks them (a
+    mapped file checks each tensor the first time it is read from the returned ``tensors``
+    mapping, so a stage pays only for the tensors it reads) and refuses a mismatch or a file cut
+    short with an :class:`~image_classification.errors.ArtefactError`. Files saved before
+    checksums existed load unchecked, with a warning.
 
     Local files are written atomically (temporary file in the same folder, then
     ``os.replace``), so a crash mid-save never leaves a half-written checkpoint.
@@ -200,18 +217,19 @@ class SafetensorsDataset(AbstractVersionedDataset[dict, dict]):
         with self._fs.open(load_path, **self._fs_open_args_load) as fs_file:
             raw = fs_file.read()
 
+        header_length, header = read_header(load_path, raw, len(raw))
         try:
             tensors = load_safetensors(raw)
         except SafetensorError as exc:
-            raise DatasetError(_not_safetensors_message(load_path, raw)) from exc
-
-        return {"tensors": tensors, "metadata": _read_metadata(load_path, raw)}
+            raise ArtefactError(not_safetensors_message(load_path, raw)) from exc
+        metadata = read_metadata(load_path, header)
+        return {"tensors": dict(CheckedTensors(load_path, tensors, header).items()), "metadata": metadata}
 
     def save(self, data: dict) -> None:
         tensors, metadata = _split_checkpoint(data)
+        tensors, stored_metadata = _prepare_tensors(tensors), json.dumps(metadata, sort_keys=True)
         raw = save_safetensors(
-            _prepare_tensors(tensors),
-            metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)},
+            tensors, metadata={METADATA_KEY: stored_metadata, CHECKSUM_KEY: checksums_entry(tensors, stored_metadata)}
         )
 
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
@@ -246,23 +264,19 @@ def _load_mapped(path: str) -> dict:
     private memory map of the file: nothing but the header is read until a tensor is used."""
     size = os.path.getsize(path)
     with open(path, "rb") as file:
-        head = file.read(_HEADER_LENGTH_BYTES)
+        head = file.read(HEADER_LENGTH_BYTES)
         header_length = int.from_bytes(head, "little")
-        if len(head) < _HEADER_LENGTH_BYTES or not 0 < header_length <= size - _HEADER_LENGTH_BYTES:
-            raise DatasetError(_not_safetensors_message(path, head))
-        raw_header = head + file.read(header_length)
+        raw_header = head + file.read(min(header_length, MAX_HEADER_BYTES))
+    header_length, header = read_header(path, raw_header, size)
     try:
         with safe_open(path, framework="pt"):
             pass  # safetensors' own checks of the header against the file (offsets, dtypes, length)
-        header = json.loads(raw_header[_HEADER_LENGTH_BYTES:])
-    except (SafetensorError, ValueError) as exc:
-        raise DatasetError(_not_safetensors_message(path, raw_header)) from exc
+    except SafetensorError as exc:
+        raise ArtefactError(not_safetensors_message(path, raw_header)) from exc
     mapped = torch.from_file(path, shared=False, size=size, dtype=torch.uint8)
-    start_of_data = _HEADER_LENGTH_BYTES + header_length
+    start_of_data = HEADER_LENGTH_BYTES + header_length
     tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
+    for name, entry in tensor_entries(header).items():
         begin, end = entry["data_offsets"]
         dtype = _DTYPES.get(entry["dtype"])
         if dtype is None:  # a dtype this project never writes (e.g. float8): safetensors copies it
@@ -273,7 +287,8 @@ def _load_mapped(path: str) -> dict:
         if (start_of_data + begin) % dtype.itemsize:
             data = data.clone()  # a view needs aligned bytes; safetensors aligns them, but never assume
         tensors[name] = data.view(dtype).reshape(entry["shape"])
-    return {"tensors": tensors, "metadata": _read_metadata(path, raw_header)}
+    metadata = read_metadata(path, header)
+    return {"tensors": CheckedTensors(path, tensors, header), "metadata": metadata}
 
 
 def _split_checkpoint(data: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -345,40 +360,3 @@ def _fsync_directory(directory: str) -> None:
         os.close(dir_fd)
 
 
-def _not_safetensors_message(path: str, raw: bytes) -> str:
-    if raw.startswith(_ZIP_PREFIX):
-        looks_like = " (it looks like a zip archive, e.g. a torch.save checkpoint)"
-    elif raw.startswith(_PICKLE_PROTOCOL_PREFIX):
-        looks_like = " (it looks like a pickle)"
-    else:
-        looks_like = ""
-    return (
-        f"'{path}' is not a safetensors checkpoint{looks_like}. It will not be "
-        "unpickled, because unpickling can run arbitrary code. Re-create it with "
-        "this project's train pipeline."
-    )
-
-
-def _read_metadata(path: str, raw: bytes) -> dict[str, Any]:
-    """Return this project's metadata from the header of a valid safetensors file."""
-    header_length = int.from_bytes(raw[:_HEADER_LENGTH_BYTES], "little")
-    header_end = _HEADER_LENGTH_BYTES + header_length
-    header = json.loads(raw[_HEADER_LENGTH_BYTES:header_end])
-    stored = (header.get("__metadata__") or {}).get(METADATA_KEY)
-    if stored is None:
-        raise DatasetError(
-            f"'{path}' is a safetensors file but has no '{METADATA_KEY}' metadata, "
-            "so it was not written by this project. Re-create it with this "
-            "project's train pipeline."
-        )
-    try:
-        metadata = json.loads(stored)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(
-            f"'{path}' has '{METADATA_KEY}' metadata that is not valid JSON: {exc}"
-        ) from exc
-    if not isinstance(metadata, dict):
-        raise DatasetError(
-            f"'{path}' has '{METADATA_KEY}' metadata that is not a JSON object."
-        )
-    return metadata

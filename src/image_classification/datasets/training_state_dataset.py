@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 from kedro.io.core import get_filepath_str
 
 from image_classification.datasets.safetensors_dataset import SafetensorsDataset
+from image_classification.errors import ArtefactError
 from image_classification.training import ResumeStore
+
+logger = logging.getLogger(__name__)
 
 
 class SafetensorsResumeStore(ResumeStore):
@@ -18,7 +22,16 @@ class SafetensorsResumeStore(ResumeStore):
         self._dataset = dataset
 
     def read(self) -> dict | None:
-        return self._dataset.load() if self._dataset.exists() else None
+        """The last finished epoch's state; None when there is none, or when the file is damaged or cut
+        short: losing it costs only the epochs it held, and refusing it would stop every training run."""
+        if not self._dataset.exists():
+            return None
+        try:
+            return self._dataset.load()
+        except ArtefactError as error:
+            logger.warning("The saved training state cannot be used, so training starts from the first epoch: %s",
+                           error)
+            return None
 
     def write(self, state: dict) -> None:
         self._dataset.save(state)

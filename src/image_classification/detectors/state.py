@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from image_classification.detectors.registry import DETECTORS, Detector
 from image_classification.errors import DataError
+
+if TYPE_CHECKING:
+    from image_classification.artefacts import Checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,12 +38,17 @@ class DetectorState:
     target_tpr: float | None = None
     calibrated_on: str | None = None
     """Which validation images the threshold keeps ``target_tpr`` of (``zero_shot.calibrate_on``)."""
+    checkpoint: str | None = None
+    """The :meth:`~image_classification.artefacts.Checkpoint.fingerprint` of the model whose scored index
+    it was fitted on (None for detectors saved before it was recorded)."""
 
     @classmethod
     def of(cls, detector: Detector, name: str, space: str | None, threshold: float,
-           target_tpr: float | None = None, calibrated_on: str | None = None) -> DetectorState:
+           target_tpr: float | None = None, calibrated_on: str | None = None,
+           checkpoint: str | None = None) -> DetectorState:
         arrays, settings = detector.state()
-        return cls(detector.name, name, space, float(threshold), arrays, settings, target_tpr, calibrated_on)
+        return cls(detector.name, name, space, float(threshold), arrays, settings, target_tpr, calibrated_on,
+                   checkpoint)
 
     def to_payload(self) -> dict:
         tensors = {key: torch.as_tensor(np.ascontiguousarray(value, dtype=np.float64))
@@ -44,7 +56,8 @@ class DetectorState:
         metadata = {**self.settings, "type": self.detector, "name": self.name, "space": self.space,
                     "threshold": self.threshold}
         calibration = {key: value for key, value in (("target_tpr", self.target_tpr),
-                                                      ("calibrated_on", self.calibrated_on)) if value is not None}
+                                                      ("calibrated_on", self.calibrated_on),
+                                                      ("checkpoint", self.checkpoint)) if value is not None}
         return {"tensors": tensors, "metadata": metadata | calibration}
 
     @classmethod
@@ -59,7 +72,20 @@ class DetectorState:
         name, space, threshold = metadata.pop("name"), metadata.pop("space"), float(metadata.pop("threshold"))
         arrays = {key: value.numpy() for key, value in payload["tensors"].items()}
         return cls(detector, name, space, threshold, arrays, metadata, metadata.pop("target_tpr", None),
-                   metadata.pop("calibrated_on", None))
+                   metadata.pop("calibrated_on", None), metadata.pop("checkpoint", None))
+
+    def for_checkpoint(self, checkpoint: Checkpoint) -> DetectorState:
+        """This detector, if it was fitted on the scores of this checkpoint; a :class:`DataError` if it
+        was fitted for another model, whose features it would misjudge (every image flagged, say)."""
+        if self.checkpoint is None:
+            logger.warning("anomaly_detector was saved before detectors recorded their checkpoint, so predict "
+                           "cannot tell whether it belongs to this model; run `kedro run --pipelines zero_shot` to "
+                           "refit it")
+        elif self.checkpoint != checkpoint.fingerprint():
+            raise DataError("anomaly_detector was fitted on the scores of another model_checkpoint than the one "
+                            "loaded; run `kedro run --pipelines zero_shot` to fit it for this checkpoint (after "
+                            "`--pipelines score` if the scores are older than the checkpoint)")
+        return self
 
     def restore(self) -> Detector:
         """The fitted detector, ready to score."""

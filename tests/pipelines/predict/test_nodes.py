@@ -85,6 +85,23 @@ def test_labels_follow_the_saved_threshold_not_a_constant(mixed_folder):
     assert (invalid["anomaly_flag"] == (-confidence > -0.75)).all()
 
 
+def test_a_detector_fitted_for_another_checkpoint_is_refused_before_any_image_is_scored(mixed_folder, caplog):
+    """Issue 41, case 3: a detector fitted on another model's features flagged every image, without a word."""
+    images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused").head(2)
+    config = PredictConfig(backend="torch", workers=0, batch_size=2)
+    other = Checkpoint.from_payload(tiny_checkpoint(seed=1)).fingerprint()
+    state = DetectorState.from_payload(knn_detector_payload(threshold=10.0))
+    stale = DetectorState.of(state.restore(), state.name, state.space, state.threshold, checkpoint=other).to_payload()
+    with pytest.raises(ValueError, match=r"anomaly_detector was fitted .* another model_checkpoint.*"
+                                         r"`kedro run --pipelines zero_shot`"):
+        predict_images(tiny_checkpoint(), b"", NO_EXPORT, stale, {"threshold": 0.5}, images, config)
+    own = Checkpoint.from_payload(tiny_checkpoint()).fingerprint()
+    current = DetectorState.of(state.restore(), state.name, state.space, state.threshold, checkpoint=own)
+    table, _ = predict_images(tiny_checkpoint(), b"", NO_EXPORT, current.to_payload(), {"threshold": 0.5}, images,
+                              config)
+    assert len(table) == 2 and "before detectors recorded their checkpoint" not in caplog.text
+
+
 def test_a_model_trained_at_another_input_size_is_scored_at_that_size(mixed_folder):
     """A checkpoint records model.input_size; predict resizes images to it, not to the backbone's own."""
     images = list_prediction_images({"kind": "folder_tree", "root": str(mixed_folder)}, demo_images="unused")

@@ -160,6 +160,8 @@ def test_without_unseen_images_the_detectors_are_still_fitted_and_the_run_comple
     assert metrics["precision"]["open_world_combined"] is None and metrics["precision"]["closed_set_combined"] > 0
     detector = catalog.load("anomaly_detector")
     assert detector["metadata"]["name"] == "fused" and np.isfinite(detector["metadata"]["threshold"])
+    # the model it was fitted for, so that predict refuses it for another one
+    assert detector["metadata"]["checkpoint"] == inputs["scored_index"]["metadata"]["checkpoint"]
     # the training images, in each of the fused detector's spaces (embedding, pooled)
     assert detector["tensors"]["0.reference"].shape == (40, 50)
     assert detector["tensors"]["1.reference"].shape == (40, 1280)

@@ -150,7 +150,8 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
         One row per listed file (see :data:`PREDICTION_COLUMNS`; ``error`` says why a file has
         no score) and a summary of the run: counts, backend, threshold, detector and speed.
     """
-    checkpoint, detector = Checkpoint.from_payload(model_checkpoint), DetectorState.from_payload(anomaly_detector)
+    checkpoint = Checkpoint.from_payload(model_checkpoint)
+    detector = DetectorState.from_payload(anomaly_detector).for_checkpoint(checkpoint)
     point = ServedScore.of(operating_point)
     threshold = point.threshold_for(checkpoint)
     readable = prediction_images["error"].fillna("") == ""

@@ -59,7 +59,7 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: Run
         logger.info("Patch vectors for patch evidence: %s, %s bytes per image (train.patch_grid %d; 0 turns them off)",
                     tuple(features["patches"].shape),
                     f"{bytes_per_image(patch_grid, features['patches'].shape[-1]):,}", patch_grid)
-    cache = FeatureCache(
+    cache = FeatureCache.of(
         head_input=features["head_input"], pooled=features["pooled"], backbone=model.backbone, weights=model.weights,
         head_input_mode=model.head_input, paths=image_index["path"].tolist(), sha256=image_index["sha256"].tolist(),
         errors=features["errors"], backbone_sha256=tensors_sha256(backbone.cpu().state_dict()),

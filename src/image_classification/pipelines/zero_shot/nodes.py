@@ -86,7 +86,7 @@ def score_anomalies(scored_index: dict, model_checkpoint: dict, image_index: pd.
         thresholds[name] = calibrate_threshold(table.loc[calibration, name].to_numpy(), config.target_tpr)
         if name == config.flag_detector:
             flag_state = DetectorState.of(detector, name, space, thresholds[name], config.target_tpr,
-                                          population).to_payload()
+                                          population, scored.checkpoint).to_payload()
     logger.info("Fitted %d detectors on %d training images", len(thresholds), len(train))
     return table, thresholds, flag_state
 
