@@ -146,7 +146,8 @@ def decoders(jpegs: list[str], pngs: list[str], grays: list[str], count: int, ro
     from torchvision.transforms import v2
 
     from image_classification.backbones import backbone_spec
-    from image_classification.images import ImageLimits, load_rgb, read_bytes
+    from image_classification.images import load_rgb
+    from image_classification.image_files import ImageLimits, read_bytes
     from image_classification.model import ToModelInput, preprocess_transform
 
     rows = []

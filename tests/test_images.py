@@ -10,15 +10,8 @@ import threading
 import pytest
 from PIL import Image
 
-from image_classification.images import (
-    ImageLimits,
-    ImageReadError,
-    decode_rgb,
-    inspect_image,
-    inspect_images,
-    load_rgb,
-    read_bytes,
-)
+from image_classification.images import decode_rgb, inspect_image, inspect_images, load_rgb
+from image_classification.image_files import ImageLimits, ImageReadError, read_bytes
 
 from .conftest import BAD_FILES, good_files, jpeg_bytes, noise_image, write_files
 

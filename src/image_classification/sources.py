@@ -3,7 +3,7 @@
 Each reader returns the same table of candidate images, one row per file:
 ``path``, ``label`` ("valid", "invalid" or missing for unseen kinds), ``kind`` (the folder or
 CSV value the image came from, or the unseen kind), ``split`` (given by hand or missing) and
-``group`` (given by hand or missing). Image bytes are not opened here; see ``images.py``.
+``group`` (given by hand or missing). Image files are not opened here; see ``image_files.py`` and ``images.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 
 from image_classification.demo import DemoFolder
 from image_classification.errors import SourceError
-from image_classification.images import IMAGE_EXTENSIONS
+from image_classification.image_files import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from PIL import Image
 from image_classification.artefacts import FeatureCache
 from image_classification.datasets import SafetensorsDataset
 from image_classification.errors import DataError
-from image_classification.images import ImageLimits, decode_rgb, inspect_image
+from image_classification.images import decode_rgb, inspect_image
+from image_classification.image_files import ImageLimits
 from image_classification.runtime.loader import ImageFiles
 from image_classification.backbones import backbone_spec
 

@@ -22,7 +22,7 @@ from kedro.io.core import Version
 from kedro_datasets.json import JSONDataset
 
 from image_classification.datasets import SafetensorsDataset
-from image_classification.images import CHANGED_SINCE_INDEXED
+from image_classification.image_files import CHANGED_SINCE_INDEXED
 
 from ..conftest import BAD_FILES, good_files, noise_image, png_bytes, write_files
 from .conftest import FAST_SETTINGS, latest, make_project, run_session

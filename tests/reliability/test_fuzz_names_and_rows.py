@@ -13,7 +13,7 @@ import pandas as pd
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from image_classification.images import ImageLimits, ImageReadError, read_bytes
+from image_classification.image_files import ImageLimits, ImageReadError, read_bytes
 from image_classification.sources import SourceError, read_labels_csv, read_source, read_unlabelled
 
 from ..conftest import noise_image, png_bytes

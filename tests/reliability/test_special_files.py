@@ -1,5 +1,5 @@
 """Files that must never be opened or read to the end, one at a time through the one reader of image bytes
-(images.read_bytes, which data_prep, train, score, predict and the galleries all go through): each is
+(image_files.read_bytes, which data_prep, train, score, predict and the galleries all go through): each is
 refused with its reason within seconds, never a hang. Whole runs with these files are in
 test_bad_images_in_whole_runs.py."""
 
@@ -14,13 +14,8 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from image_classification.images import (
-    CHANGED_SINCE_INDEXED,
-    ImageLimits,
-    ImageReadError,
-    inspect_images,
-    read_bytes,
-)
+from image_classification.images import inspect_images
+from image_classification.image_files import CHANGED_SINCE_INDEXED, ImageLimits, ImageReadError, read_bytes
 
 from ..conftest import noise_image, png_bytes
 from .special_files import (

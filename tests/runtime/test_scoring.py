@@ -116,7 +116,8 @@ def test_a_grayscale_image_is_preprocessed_once_and_gives_the_same_tensor_as_its
     import numpy as np
     from PIL import Image
 
-    from image_classification.images import ImageLimits, load_rgb
+    from image_classification.images import load_rgb
+    from image_classification.image_files import ImageLimits
     from image_classification.runtime.loader import ImageFiles
 
     pixels = np.asarray(noise_image(3, (300, 300), mode="L"))

@@ -15,7 +15,7 @@ from dataclasses import fields
 
 from image_classification.distributed import DaskSettings
 from image_classification.errors import ParameterError
-from image_classification.images import ImageLimits
+from image_classification.image_files import ImageLimits
 from image_classification.parameters.data_prep import SplitFractions
 from image_classification.parameters.embedding_analysis import EmbeddingAnalysisConfig
 from image_classification.parameters.evaluate import EvaluateConfig

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from image_classification.errors import ParameterError
 from image_classification.runtime.choice import BACKENDS
-from image_classification.images import ImageLimits
+from image_classification.image_files import ImageLimits
 from image_classification.sources import UNLABELLED_KINDS, current_kind
 
 

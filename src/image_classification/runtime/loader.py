@@ -8,12 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from image_classification.backbones import BackboneSpec
-from image_classification.images import (
-    CHANGED_SINCE_INDEXED,
-    ImageLimits,
-    ImageReadError,
-    load_rgb,
-)
+from image_classification.images import load_rgb
+from image_classification.image_files import CHANGED_SINCE_INDEXED, ImageLimits, ImageReadError
 from image_classification.model import preprocess_transform
 
 logger = logging.getLogger(__name__)

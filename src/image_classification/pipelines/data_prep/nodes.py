@@ -15,7 +15,8 @@ from image_classification.duplicates import (
     near_duplicate_pairs,
     pairs_sharing,
 )
-from image_classification.images import ImageLimits, inspect_images
+from image_classification.images import inspect_images
+from image_classification.image_files import ImageLimits
 from image_classification.parameters.data_prep import (
     SplitFractions,
     validated_fractions,

@@ -32,7 +32,8 @@ from image_classification.distributed import (
     dask_map,
     worker_cached,
 )
-from image_classification.images import ImageReadError, load_rgb
+from image_classification.images import load_rgb
+from image_classification.image_files import ImageReadError
 from image_classification.parameters.predict import PredictConfig
 from image_classification.parameters.runtime import RuntimeConfig
 from image_classification.runtime.backends import Backend, serving_backend
