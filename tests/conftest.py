@@ -212,3 +212,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def resealed_operating_point(payload: dict, **changes) -> dict:
+    """``operating_point.json`` as evaluate would have saved it with ``changes``: its checksum made again
+    (an edited record that keeps the old one is refused as damaged)."""
+    from image_classification.artefacts import CONTENT_SHA256, OperatingPoint
+
+    record = {key: value for key, value in payload.items() if key != CONTENT_SHA256} | changes
+    return OperatingPoint.from_payload(record).to_payload()

@@ -129,3 +129,22 @@ def test_a_damaged_training_state_is_dropped_with_a_warning_so_training_starts_a
         assert store.read() is None
     assert "training starts from the first epoch" in caplog.text and "is damaged" in caplog.text
 
+
+
+def test_an_operating_point_edited_or_damaged_since_evaluate_saved_it_is_refused(tmp_path, checkpoint):  # noqa: F811
+    """The threshold predict applies must be the one evaluate chose: a record whose contents disagree with
+    the checksum it was saved with is refused through the catalog's JSON dataset; one saved before
+    checksums existed (no content_sha256) still loads."""
+    from kedro_datasets.json import JSONDataset
+
+    from image_classification.artefacts import CONTENT_SHA256, OperatingPoint
+
+    point = OperatingPoint.for_checkpoint({"threshold": 0.47, "rule": "point", "reached": True}, checkpoint)
+    dataset = JSONDataset(filepath=str(tmp_path / "operating_point.json"))
+    dataset.save(point.to_payload())
+    assert OperatingPoint.from_payload(dataset.load()) == point  # a JSON round trip keeps the checksum valid
+    edited = dataset.load() | {"threshold": 0.05}  # e.g. lowered by hand to accept more
+    with pytest.raises(ArtefactError, match="'operating_point' holds contents that disagree with the checksum"):
+        OperatingPoint.from_payload(edited)
+    older = {key: value for key, value in point.to_payload().items() if key != CONTENT_SHA256}
+    assert OperatingPoint.from_payload(older) == point

@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from image_classification.checksums import tensors_sha256
-from image_classification.errors import DataError
+from image_classification.checksums import json_sha256, tensors_sha256
+from image_classification.errors import ArtefactError, DataError
 from image_classification.backbones import BackboneSpec, backbone_spec, build_backbone
 from image_classification.model import ClassifierHead, ImageClassifier
 
+CONTENT_SHA256 = "content_sha256"  # the key of a JSON record's checksum of its other contents
 INDEX_COLUMNS = ["path", "split", "label", "kind", "target"]
 
 
@@ -343,6 +344,14 @@ class OperatingPoint:
 
     @classmethod
     def from_payload(cls, payload: dict) -> OperatingPoint:
+        """The record in ``payload``, refused when its contents disagree with the checksum it was saved with
+        (edited by hand or damaged: the threshold predict would apply is not the one evaluate chose); a
+        record saved before checksums existed has none to check."""
+        saved = payload.get(CONTENT_SHA256)
+        payload = {key: value for key, value in payload.items() if key != CONTENT_SHA256}
+        if saved is not None and saved != json_sha256(payload):
+            raise ArtefactError("'operating_point' holds contents that disagree with the checksum evaluate saved it "
+                                "with (edited or damaged since); run `kedro run --pipelines evaluate` to choose it again")
         threshold = payload.get("threshold")
         if threshold is None or not 0.0 <= float(threshold) <= 1.0:
             raise DataError(f"operating_point has no threshold between 0 and 1 (got {threshold}); run the evaluate "
@@ -361,11 +370,13 @@ class OperatingPoint:
                    checkpoint=dict(payload.get("checkpoint") or {}))
 
     def to_payload(self) -> dict:
-        return {"threshold": self.threshold, "candidate": self.candidate, **self.choice, "positive_class": "valid",
-                "decision": self.DECISION,
-                "backbone": self.backbone, "class_names": self.class_names, "best_epoch": self.best_epoch,
-                "checkpoint": self.checkpoint} | ({"served_weights": self.served_weights} if self.served_weights else {}) | (
-            {"defect_map": self.defect_map} if self.defect_map else {})
+        """The record as JSON types, with ``content_sha256``: the checksum of everything else in it."""
+        payload = ({"threshold": self.threshold, "candidate": self.candidate, **self.choice,
+                    "positive_class": "valid", "decision": self.DECISION, "backbone": self.backbone,
+                    "class_names": self.class_names, "best_epoch": self.best_epoch, "checkpoint": self.checkpoint}
+                   | ({"served_weights": self.served_weights} if self.served_weights else {})
+                   | ({"defect_map": self.defect_map} if self.defect_map else {}))
+        return payload | {CONTENT_SHA256: json_sha256(payload)}
 
     def threshold_for(self, checkpoint: Checkpoint) -> float:
         """The threshold, if it was chosen for this checkpoint; a :class:`DataError` if its record of

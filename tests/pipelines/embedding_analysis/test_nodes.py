@@ -30,7 +30,7 @@ from image_classification.pipelines.embedding_analysis.nodes import (
     summarise_embedding_space,
 )
 
-from ...conftest import REPO_ROOT
+from ...conftest import REPO_ROOT, resealed_operating_point
 from .generated import INVALID_SPREAD, VALID_SPREAD
 
 SMALL = EmbeddingAnalysisConfig(gmm_components=(1, 4), agglomerative_max_samples=100, figure_max_points=150)
@@ -83,8 +83,8 @@ def test_predicted_labels_follow_the_baseline_when_evaluate_serves_it(tiny_score
                               coef=rng.normal(0, 1, pooled.shape[1]), intercept=0.0, c=1.0,
                               backbone="efficientnet_lite0")
     served = weights.score(pooled)
-    point = {**tiny_operating_point, "candidate": "baseline", "threshold": float(np.median(served)),
-             "served_weights": weights.to_payload()}
+    point = resealed_operating_point(tiny_operating_point, candidate="baseline", threshold=float(np.median(served)),
+                                     served_weights=weights.to_payload())
     table = embed_images(tiny_scores, tiny_checkpoint, tiny_index, point)
     readable = table["score"].notna().to_numpy()
     expected = np.where(served[readable] >= point["threshold"], "valid", "invalid")
@@ -104,8 +104,8 @@ def test_predicted_labels_follow_the_patch_classifier_when_evaluate_serves_it(ti
     classifier = PatchClassifier.fit(patches[:14], tiny_index["target"].to_numpy()[:14].astype(int), epochs=5,
                                      hidden=4, top_k=1)
     served = classifier.scores(patches)
-    point = {**tiny_operating_point, "candidate": "patch_classifier", "threshold": float(np.median(served)),
-             "served_weights": classifier.to_payload(grid=2)}
+    point = resealed_operating_point(tiny_operating_point, candidate="patch_classifier",
+                                     threshold=float(np.median(served)), served_weights=classifier.to_payload(grid=2))
     features = {**tiny_features, "tensors": {**tiny_features["tensors"], "patches": patches.half()}}
     table = embed_images(tiny_scores, tiny_checkpoint, tiny_index, point, features)
     readable = table["score"].notna().to_numpy()
@@ -119,7 +119,7 @@ def test_predicted_labels_follow_the_patch_classifier_when_evaluate_serves_it(ti
 
 def test_embed_images_refuses_an_operating_point_of_another_checkpoint(tiny_scores, tiny_checkpoint, tiny_index,
                                                                        tiny_operating_point):
-    other = {**tiny_operating_point, "best_epoch": 99}
+    other = resealed_operating_point(tiny_operating_point, best_epoch=99)
     with pytest.raises(ValueError, match="another checkpoint"):
         embed_images(tiny_scores, tiny_checkpoint, tiny_index, other)
 

@@ -9,7 +9,7 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from ...conftest import KeptDataset
+from ...conftest import KeptDataset, resealed_operating_point
 
 from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.scorers.baseline import BaselineWeights
@@ -90,8 +90,9 @@ def test_with_the_baseline_served_the_decisions_use_its_score():
     weights = BaselineWeights(mean=pooled.mean(axis=0), scale=pooled.std(axis=0), coef=np.random.default_rng(1).normal(
         0, 0.1, 1280), intercept=0.0, c=1.0, backbone="efficientnet_lite0")
     served = weights.score(pooled)
-    inputs["operating_point"] |= {"candidate": "baseline", "threshold": float(np.median(served[52:64])),
-                                  "served_weights": weights.to_payload()}
+    inputs["operating_point"] = resealed_operating_point(inputs["operating_point"], candidate="baseline",
+                                                         threshold=float(np.median(served[52:64])),
+                                                         served_weights=weights.to_payload())
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
     for name in ("zero_shot_decisions", "zero_shot_metrics"):
         catalog[name] = KeptDataset(copy_mode="assign")
@@ -110,8 +111,9 @@ def test_with_the_patch_classifier_served_the_decisions_use_its_score_of_the_cac
     patches = inputs["backbone_features"]["tensors"]["patches"]
     classifier = PatchClassifier.fit(patches[:40], np.array([1, 0] * 20), epochs=2, hidden=4, top_k=2)
     served = classifier.scores(patches)
-    inputs["operating_point"] |= {"candidate": "patch_classifier", "threshold": float(np.median(served[52:64])),
-                                  "served_weights": classifier.to_payload(grid=2)}
+    inputs["operating_point"] = resealed_operating_point(inputs["operating_point"], candidate="patch_classifier",
+                                                         threshold=float(np.median(served[52:64])),
+                                                         served_weights=classifier.to_payload(grid=2))
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in inputs.items()})
     for name in ("zero_shot_decisions", "zero_shot_metrics"):
         catalog[name] = KeptDataset(copy_mode="assign")
