@@ -208,6 +208,8 @@ def s3_bucket():
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "the S3 server did not start"
                 time.sleep(0.1)
+        # a file system an earlier test made (without these credentials) would be reused from fsspec's cache
+        type(fsspec.filesystem("s3", skip_instance_cache=True)).clear_instance_cache()
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir("images")
         try:

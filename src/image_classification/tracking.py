@@ -12,8 +12,9 @@ subclass adds what the project needs on top:
   :class:`~image_classification.hooks.NodeTimes` it logs each node's wall time as
   ``node_seconds.<node>``;
 - a store that cannot be written costs one warning naming it, never the run's Kedro outputs;
-- a SQLite store is created and opened under a lock file beside it (``mlruns.db.lock``): two runs
-  started together would otherwise both create its schema, and the loser ran without tracking;
+- a SQLite store is created under a lock file beside it (``mlruns.db.lock``), held only while the
+  context sets the store up: two runs started together would otherwise both create its schema, and the
+  loser ran without tracking; a run that is itself waiting (or stopped) mid-pipeline never holds it;
 - ``IMAGE_CLASSIFICATION_MLFLOW=off`` turns tracking off.
 """
 
@@ -260,7 +261,7 @@ class ProjectMlflowHook(MlflowHook):
             self._is_mlflow_enabled = False
             self.run_id = None
             return
-        with self._calling_store(), _store_lock(self._store_uri()):
+        with self._calling_store():  # the store exists by now (after_context_created made it under the lock)
             super().before_pipeline_run(run_params, pipeline, catalog)
             if self._is_mlflow_enabled:
                 self._name_run(run_params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -216,3 +217,4 @@ def test_csv_rows_that_no_file_system_can_open_are_listed_with_their_reason_and_
         listed = reasons.get(path) or reasons.get(str(tmp_path / path))  # relative rows resolve to the CSV's folder
         assert listed is not None and fragment in listed, (path, listed)
     tally.add("unopenable CSV rows tried", len(UNOPENABLE_ROWS))
+    fsspec.get_filesystem_class("s3").clear_instance_cache()  # made without credentials: not for later tests

@@ -216,7 +216,7 @@ while not start.exists():  # both children past their imports, then into the sto
     time.sleep(0.001)
 with KedroSession.create(project_path=project) as session:
     session.load_context()
-print("tracking:", settings.HOOKS[0]._tracking)
+print("tracking:", next(hook for hook in settings.HOOKS if hasattr(hook, "_tracking"))._tracking)
 """
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,17 @@ from image_classification.sources import SourceError, read_labels_csv, read_sour
 from ..conftest import noise_image, png_bytes
 
 GOOD_PNG = png_bytes(noise_image(3, (24, 24)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_remote_file_systems():
+    """fsspec caches each file system it makes: one made here without credentials must not serve later tests."""
+    yield
+    for protocol in ("s3", "gs", "http", "https"):
+        try:
+            fsspec.get_filesystem_class(protocol).clear_instance_cache()
+        except (ImportError, ValueError):
+            pass
 names = st.tuples(
     st.binary(min_size=1, max_size=40).filter(lambda raw: b"/" not in raw and b"\0" not in raw
                                               and not raw.startswith(b".")),
