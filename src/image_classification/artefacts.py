@@ -26,12 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from image_classification.checksums import json_sha256, tensors_sha256
+from image_classification.checksums import CONTENT_SHA256, json_sha256, tensors_sha256
 from image_classification.errors import ArtefactError, DataError
 from image_classification.backbones import BackboneSpec, backbone_spec, build_backbone
 from image_classification.model import ClassifierHead, ImageClassifier
 
-CONTENT_SHA256 = "content_sha256"  # the key of a JSON record's checksum of its other contents
 INDEX_COLUMNS = ["path", "split", "label", "kind", "target"]
 
 

@@ -29,6 +29,9 @@ def tensor_sha256(name: str, tensor: torch.Tensor) -> str:
     return tensors_sha256({name: tensor}, header=f"{tensor.dtype}{list(tensor.shape)}")
 
 
+CONTENT_SHA256 = "content_sha256"  # the key of a JSON record's checksum of its other contents
+
+
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
