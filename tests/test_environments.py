@@ -29,8 +29,11 @@ def output_paths(env: str) -> dict[str, str]:
             if "filepath" in entry and name not in SHARED_INPUTS}
 
 
-def test_the_shipped_environments_are_found():
+def test_every_shipped_environment_has_a_data_root_of_its_own():
     assert {"local", "cifar10_dev", "defects_dev"} <= set(ENVIRONMENTS)
+    roots = {env: configuration(env, "globals")["data_root"] for env in ENVIRONMENTS}
+    assert roots["local"] == "data"
+    assert all(roots[env] == f"data/envs/{env}" for env in ENVIRONMENTS if env != "local"), roots
 
 
 @pytest.mark.parametrize(("first", "second"), list(itertools.combinations(ENVIRONMENTS, 2)))

@@ -19,10 +19,10 @@ from .conftest import REPO_ROOT
 STAMPS = [f"2026-12-0{day}T10.00.00.000Z" for day in range(1, 6)]  # oldest first
 
 
-def versions(folder: Path, stamps: list[str], name: str) -> None:
+def versions(folder: Path, stamps: list[str], name: str, size: int = 1000) -> None:
     for stamp in stamps:
         (folder / stamp).mkdir(parents=True)
-        (folder / stamp / name).write_bytes(b"x" * 1000)
+        (folder / stamp / name).write_bytes(b"x" * size)
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def project(tmp_path) -> Path:
     (data / "06_models/model.safetensors/notes").mkdir()  # not a version: left alone
     (data / "04_feature").mkdir(parents=True)
     (data / "04_feature/backbone_features.safetensors").write_bytes(b"cache")  # unversioned state
-    versions(data / "envs/cifar10_dev/06_models/model.safetensors", STAMPS, "model.safetensors")
+    versions(data / "envs/cifar10_dev/06_models/model.safetensors", STAMPS, "model.safetensors", size=300_000)
     return tmp_path
 
 
@@ -69,7 +69,7 @@ def test_kedro_prune_on_the_command_line_prunes_one_environment(project):
                             cwd=project, capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "data/envs/cifar10_dev/06_models/model.safetensors: removed 4, kept 1" in result.stdout
-    assert "Freed 0.0 MB in 1 of 1 versioned datasets" in result.stdout
+    assert "Freed 1.2 MB in 1 of 1 versioned datasets" in result.stdout  # four versions of 300 kB
     assert remaining(project / "data/envs/cifar10_dev/06_models/model.safetensors") == STAMPS[-1:]
     assert remaining(project / "data/06_models/model.safetensors") == [*STAMPS, "notes"]
     with pytest.raises(ValueError, match="keep must be at least 1"):

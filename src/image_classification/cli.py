@@ -87,6 +87,21 @@ def _all_pipelines() -> dict[str, Pipeline]:
             for name in _pipeline_names()}
 
 
+def _writer(dataset: str) -> str | None:
+    """The pipeline that writes ``dataset`` (the first by name where several do), or None."""
+    writers = sorted(name for name, pipeline in _all_pipelines().items() if dataset in pipeline.all_outputs())
+    return writers[0] if writers else None
+
+
+def _catalog_config(project: Path, env: str | None) -> dict:
+    """The project's catalog configuration in ``env``, as Kedro's settings read it."""
+    from kedro.framework.project import settings
+
+    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(project / settings.CONF_SOURCE), env=env,
+                                          **settings.CONFIG_LOADER_ARGS)
+    return loader["catalog"]
+
+
 def _check_pipeline_names(names: list[str]) -> None:
     pipelines = [*_pipeline_names(), "__default__"]
     unknown = [name for name in names if name not in pipelines]
@@ -111,14 +126,13 @@ def _missing_input(error: Exception, env: str | None) -> str:
     if not match or not ("No such file" in message or "Did not find any versions" in message):
         return ""
     dataset = match.group(1)
-    writers = sorted(name for name, pipeline in _all_pipelines().items()
-                     if dataset in pipeline.all_outputs())
-    if not writers:
+    writer = _writer(dataset)
+    if writer is None:
         return ""
     run = f"kedro run --env {env}" if env else "kedro run"
     where = f" in the {env} environment" if env else ""
     return (f"{_MISSING.get(dataset, f'no {dataset} yet')}: '{dataset}' does not exist yet{where}. It is written "
-            f"by the {writers[0]} pipeline: run `{run}` (every stage) or `{run} --pipelines {writers[0]}` first")
+            f"by the {writer} pipeline: run `{run}` (every stage) or `{run} --pipelines {writer}` first")
 
 
 def _damaged_artefact_hint(error: BaseException, message: str, env: str | None = None) -> str:
@@ -126,12 +140,11 @@ def _damaged_artefact_hint(error: BaseException, message: str, env: str | None =
     artefact = _cause_of_type(error, ArtefactError)
     path = re.match(r"'([^']+)'", str(artefact)) if artefact else None
     dataset = _dataset_at(path.group(1), env) if path and ArtefactError.RERUN in message else None
-    writers = sorted(name for name, pipeline in _all_pipelines().items()
-                     if dataset in pipeline.all_outputs()) if dataset else []
-    if not writers:
+    writer = _writer(dataset) if dataset else None
+    if writer is None:
         return message
     run = f"kedro run --env {env}" if env else "kedro run"
-    return message.replace(ArtefactError.RERUN, f"run `{run} --pipelines {writers[0]}` to write {dataset} again")
+    return message.replace(ArtefactError.RERUN, f"run `{run} --pipelines {writer}` to write {dataset} again")
 
 
 def _cause_of_type(error: BaseException | None, kind: type) -> BaseException | None:
@@ -143,11 +156,7 @@ def _cause_of_type(error: BaseException | None, kind: type) -> BaseException | N
 def _dataset_at(path: str, env: str | None = None) -> str | None:
     """The catalog entry whose file ``path`` is (or is a version of), read from the project's configuration
     (of ``env``: each environment has its own data root)."""
-    from kedro.framework.project import settings
-
-    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(Path.cwd() / settings.CONF_SOURCE), env=env,
-                                          **settings.CONFIG_LOADER_ARGS)
-    for name, entry in loader["catalog"].items():
+    for name, entry in _catalog_config(Path.cwd(), env).items():
         filepath = entry.get("filepath") if isinstance(entry, dict) and "{" not in name else None
         if filepath and (path.endswith(filepath) or f"{filepath}/" in path):
             return name
@@ -213,16 +222,13 @@ def prune(keep: int, env: str | None, dry_run: bool) -> None:
     MLflow keeps its own copies of logged figures and models: remove old runs in the MLflow UI,
     then `mlflow gc --backend-store-uri sqlite:///mlruns.db` frees their files.
     """
-    from kedro.framework.project import settings
     from kedro.framework.startup import bootstrap_project
 
     from image_classification.prune import prune as prune_versions
 
     project = Path.cwd()
     bootstrap_project(project)
-    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(project / settings.CONF_SOURCE), env=env,
-                                          **settings.CONFIG_LOADER_ARGS)
-    results = prune_versions(loader["catalog"], project, keep, dry_run)
+    results = prune_versions(_catalog_config(project, env), project, keep, dry_run)
     removed = [result for result in results if result.removed]
     for result in removed:
         click.echo(f"{result.dataset.relative_to(project)}: {'would remove' if dry_run else 'removed'} "

@@ -225,6 +225,17 @@ def _ranked(seconds: dict[str, float], most: int | None = None) -> str:
     return ", ".join(f"{short_node_name(name)} {value:.1f} s" for name, value in ranked)
 
 
+DEFAULT_ENV = "local"  # what Kedro runs without --env (settings.py: default_run_env)
+
+
+def run_title(run_params: dict) -> tuple[list[str], str, str]:
+    """A run's pipelines (``["__default__"]`` for plain ``kedro run``), what they are called in a title
+    (``all stages`` or ``train+evaluate``) and its environment: the MLflow run's name and the run
+    summary's title are both ``<env>: <stages>``."""
+    names = run_params.get("pipeline_names") or ["__default__"]
+    return names, "all stages" if names == ["__default__"] else "+".join(names), run_params.get("env") or DEFAULT_ENV
+
+
 def short_node_name(name: str) -> str:
     """A node's function name without the ``(inputs) -> [outputs]`` Kedro appends to unnamed nodes."""
     return name.split("(", 1)[0].strip()

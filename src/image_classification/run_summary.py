@@ -17,7 +17,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro_datasets.matplotlib import MatplotlibDataset
 
-from image_classification.hooks import saved_path
+from image_classification.hooks import run_title, saved_path
 from image_classification.metrics import format_threshold
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,8 @@ class RunSummary:
     @hook_impl
     def after_pipeline_run(self, run_params: dict, run_result: Any, pipeline: Any, catalog: Any) -> None:
         logging.getLogger().removeHandler(self._counter)
-        names = run_params.get("pipeline_names") or ["__default__"]
-        title = f"{run_params.get('env') or 'local'}: {'all stages' if names == ['__default__'] else '+'.join(names)}"
+        _, stages, env = run_title(run_params)
+        title = f"{env}: {stages}"
         project = Path(run_params.get("project_path") or Path.cwd())
         text = summary_text(title, self._reports, self._figures, self._counter.count, project)
         print(f"\n{text}\n", file=sys.stdout, flush=True)  # printed, not logged: a log line wraps at 80 columns

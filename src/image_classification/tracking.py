@@ -53,7 +53,7 @@ finally:
 from mlflow.models import ModelSignature  # noqa: E402
 from mlflow.types import ColSpec, Schema  # noqa: E402
 
-from image_classification.hooks import NodeTimes, saved_path, short_node_name  # noqa: E402
+from image_classification.hooks import NodeTimes, run_title, saved_path, short_node_name  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,6 @@ def _store_errors_reported_by_hook() -> Iterator[None]:
 
 
 SWITCH = "IMAGE_CLASSIFICATION_MLFLOW"
-DEFAULT_ENV = "local"  # what Kedro runs without --env (settings.py: default_run_env)
 STORE_LOCK_TIMEOUT_S = 300  # another run creating or migrating the store; then tracking is off with a warning
 OFF_VALUES = ("0", "off", "false", "no")
 REGISTERED_MODEL = "image_classification"
@@ -270,9 +269,7 @@ class ProjectMlflowHook(MlflowHook):
         """Tag the run with its pipelines and environment, and name it after both (``cifar10_dev: all
         stages``): kedro-mlflow names every run after its pipeline alone (``__default__``), and its
         ``kedro_command`` tag leaves ``--env`` out, so runs of two environments looked alike."""
-        names = run_params.get("pipeline_names") or ["__default__"]
-        stage = "all stages" if names == ["__default__"] else "+".join(names)
-        env = run_params.get("env") or DEFAULT_ENV
+        names, stage, env = run_title(run_params)
         mlflow.set_tags({"pipelines": ",".join(names), "stage": stage, "env": env, "mlflow.runName": f"{env}: {stage}"})
         command = mlflow.get_run(self.run_id).data.tags.get("kedro_command", "") if self.run_id else ""
         if run_params.get("env") and command and "--env" not in command:
