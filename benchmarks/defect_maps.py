@@ -11,9 +11,15 @@ feature cache of the original images was made). Each arm is fitted on the fold's
   real labels; its map is the patch logits (``PatchClassifierScorer.defect_map``);
 - ``patch memory``: ``PatchMemory`` of the valid images as ``PatchMemoryScorer.fit`` fits it; its map is
   each patch's distance to the memory (``PatchMemoryScorer.defect_map``);
+- ``patch Gaussian``: ``PatchGaussian`` of the valid images (``PatchGaussianScorer.fit``); its map is each
+  patch's Mahalanobis distance from the valid mean patch at its position, one covariance shared by all
+  positions; beside it ``patch Gaussian, covariance per position``, PaDiM as published (a covariance
+  per grid position: grid² x C² numbers, 18 MB per fit at grid 14, too large to serve as JSON);
 - ``fold stack`` (with ``--fold-stack``, five more fits per fold): the served score on small data, built
-  as evaluate's cross-validation builds it on these images (five inner grouped folds, baseline and
-  patch classifier fits, Platt calibration, stacker, gate); its map is ``FoldStack.patch_map``.
+  as evaluate's cross-validation builds it on these images (five inner grouped folds, baseline and patch
+  classifier fits, Platt calibration, stacker, gate); its map is ``FoldStack.patch_map``. Beside it,
+  the fold stack of the same inner fits with their patch Gaussians as a third input
+  (``evaluate.fold_stack_patch_gaussian``, off: docs/decisions/0036).
 
 Figures per arm, mean +- sd over folds: pointing accuracy (the share of pasted images whose map maximum
 lies on a patch the defect touches, dilated by one patch), pixel AUROC of the upsampled maps over every
@@ -44,6 +50,7 @@ from benchmarks.harness import (KINDS, build_fold_stack, extract_backbone_featur
 from image_classification import defect_maps
 from image_classification.backbones import backbone_spec, build_backbone
 from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.patch_gaussian import PatchGaussian
 from image_classification.patches import PatchMemory
 
 BACKBONE, GRID = "efficientnet_lite0", 14
@@ -63,6 +70,23 @@ def blocks(values: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.minimum(np.arange(height) * grid.shape[0] // height, grid.shape[0] - 1)
     columns = np.minimum(np.arange(width) * grid.shape[1] // width, grid.shape[1] - 1)
     return grid[rows][:, columns]
+
+
+def per_position_distances(valid: torch.Tensor, patches: torch.Tensor) -> np.ndarray:
+    """(N, P) Mahalanobis distance of each patch from the valid mean at its position, with a covariance of
+    its own per position (PaDiM as published, regularised as ``PatchGaussian``)."""
+    from image_classification.patch_gaussian import REGULARISATION
+
+    valid, patches = valid.double(), patches.double()
+    mean = valid.mean(0)
+    out = np.empty(patches.shape[:2])
+    for position in range(valid.shape[1]):
+        deviation = valid[:, position] - mean[position]
+        covariance = deviation.T @ deviation / (len(valid) - 1) + REGULARISATION * torch.eye(valid.shape[2],
+                                                                                          dtype=torch.float64)
+        difference = patches[:, position] - mean[position]
+        out[:, position] = ((difference @ torch.linalg.inv(covariance)) * difference).sum(1).clamp_min(0).sqrt().numpy()
+    return out
 
 
 def map_figures(maps: np.ndarray, masks: list[np.ndarray]) -> dict[str, tuple[float, float]]:
@@ -100,20 +124,25 @@ def fold_stack_map(pooled: np.ndarray, patches: torch.Tensor, y: np.ndarray, gro
                    seed: int):
     """The fold stack evaluate's cross-validation would build on these images (baseline and patch
     classifier fits of five inner grouped folds, calibrated, stacked, gated): its cross-validation loop
-    (``selection.cross_validation.cross_validate``) for these two scorers alone."""
+    (``selection.cross_validation.cross_validate``) for these scorers alone. Returns the stack with the
+    patch Gaussian input and the stack of the same fits without it (served by default)."""
     from image_classification.scorers import SCORERS, Features, Labelled
-    from image_classification.scorers.fold_stack import GlobalGate
+    from image_classification.global_gate import GlobalGate
 
     features = Features(pooled=pooled, patches=patches)
     held_out = {"fold": np.full(len(y), -1), "baseline": np.full(len(y), np.nan),
-                "patch_classifier": np.full(len(y), np.nan), "global_gate_passes": np.ones(len(y), bool)}
-    fits: dict[str, list] = {"baseline": [], "patch_classifier": []}
+                "patch_classifier": np.full(len(y), np.nan), "patch_gaussian": np.full(len(y), np.nan),
+                "global_gate_passes": np.ones(len(y), bool)}
+    fits: dict[str, list] = {"baseline": [], "patch_classifier": [], "patch_gaussian": []}
     for number, rows in enumerate(grouped_folds(y, groups, evaluate.cv_folds, seed)):
         split = fold_split(features, y, groups, rows, grid=GRID)
         baseline = SCORERS["baseline"].fit(split, evaluate, seed + number)
         rest = np.concatenate([rows["train"], rows["val"]])
         train_and_val = Labelled(features.take(rest), y[rest], groups[rest])
         classifier = SCORERS["patch_classifier"].fit(replace(split, train=train_and_val), evaluate, seed + number)
+        gaussian = SCORERS["patch_gaussian"].fit(replace(split, train=train_and_val), evaluate, seed + number)
+        held_out["patch_gaussian"][rows["test"]] = gaussian.score_samples(split.test)
+        fits["patch_gaussian"].append(gaussian)
         held_out["fold"][rows["test"]] = number
         held_out["baseline"][rows["test"]] = baseline.score_samples(split.test)
         held_out["patch_classifier"][rows["test"]] = classifier.score_samples(split.test)
@@ -121,7 +150,8 @@ def fold_stack_map(pooled: np.ndarray, patches: torch.Tensor, y: np.ndarray, gro
         held_out["global_gate_passes"][rows["test"]] = gate.passes(patches[rows["test"]])
         fits["baseline"].append(baseline)
         fits["patch_classifier"].append(classifier)
-    return build_fold_stack(held_out, y, fits, patches, seed)[0]
+    without = {name: value for name, value in fits.items() if name != "patch_gaussian"}
+    return build_fold_stack(held_out, y, fits, patches, seed)[0], build_fold_stack(held_out, y, without, patches, seed)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,16 +194,25 @@ def main(argv: list[str] | None = None) -> None:
         classifier = fit_patch_classifier(patches[rest], y[rest], evaluate, seed)
         memory = PatchMemory.fit(patches[rest][y[rest] == 1], evaluate.patch_coreset_fraction,
                                  evaluate.patch_memory_max, evaluate.patch_top_k, seed)
+        gaussian = PatchGaussian.fit(patches[rest][y[rest] == 1])
         pasted_pooled = extracted["pooled"][[order[int(row)] for row in chosen]].float().numpy()
         # per arm: the pasted images' maps, and image defect scores (higher: more defective) clean and pasted
         arms = {"patch classifier": (classifier.patch_logits(pasted).numpy(), -classifier.scores(clean),
                                      -classifier.scores(pasted)),
                 "patch memory": (memory.distances(pasted).numpy(), memory.anomaly_scores(clean),
-                                 memory.anomaly_scores(pasted))}
+                                 memory.anomaly_scores(pasted)),
+                "patch Gaussian": (gaussian.distances(pasted).numpy(), gaussian.anomaly_scores(clean),
+                                   gaussian.anomaly_scores(pasted))}
+        per_position = per_position_distances(patches[rest][y[rest] == 1], torch.cat([clean, pasted]))
+        arms["patch Gaussian, covariance per position"] = (per_position[len(chosen):], per_position[:len(chosen)].max(1),
+                                                           per_position[len(chosen):].max(1))
         if args.fold_stack:
-            stack = fold_stack_map(pooled[rest], patches[rest], y[rest], groups[rest], evaluate, seed)
-            arms["fold stack (served)"] = (stack.patch_map(pasted), -stack.scores(pooled[chosen], clean),
-                                           -stack.scores(pasted_pooled, pasted))
+            with_gaussian, without = fold_stack_map(pooled[rest], patches[rest], y[rest], groups[rest], evaluate, seed)
+            print(f"  the map weights of the fold stack with the patch Gaussian: "
+                  f"{with_gaussian.describe()['map_weights']}", flush=True)
+            for arm, built in (("fold stack (served)", without), ("fold stack + patch Gaussian", with_gaussian)):
+                arms[arm] = (built.patch_map(pasted), -built.scores(pooled[chosen], clean),
+                             -built.scores(pasted_pooled, pasted))
         for arm, (maps, clean_scores, pasted_scores) in arms.items():
             image_auroc = roc_auc_score(np.r_[np.zeros(len(chosen)), np.ones(len(chosen))],
                                         np.r_[clean_scores, pasted_scores])

@@ -19,9 +19,12 @@ many images. This benchmark measures, nested so that nothing is chosen on a test
   inner models' scores of the test fold;
 - ``oof -> split model``: the same threshold applied to the ``split`` model's scores (what the
   pipeline could do without changing the model it serves);
-- ``fold_stack``: the inner folds' baseline and patch classifier fits, calibrated per fold, stacked,
-  averaged and gated (``image_classification.fold_stack``, as evaluate's cross-validation builds it),
-  its threshold chosen on its cross-fitted out-of-fold scores and applied to it on the test fold;
+- ``fold_stack``: the inner folds' baseline and patch classifier fits (and, with
+  ``--fold-stack-patch-gaussian true``, patch Gaussian fits), calibrated per fold, stacked, averaged
+  and gated (``image_classification.fold_stack``, as evaluate's cross-validation builds it), its
+  threshold chosen on its cross-fitted out-of-fold scores and applied to it on the test fold; beside
+  it the stack of the same fits with the patch Gaussian added (or, with the option, left out):
+  docs/decisions/0036;
 - ``pipeline auto``: what evaluate's ``choose_operating_point`` serves given all of that, and
   ``pipeline auto, no CV`` what it serves on large data, where cross-validation does not run: the
   split fits, chosen and thresholded on the validation rows alone.
@@ -75,11 +78,14 @@ from image_classification.parameters.train import TrainConfig
 from image_classification.patches import grid_of
 from image_classification.pipelines.evaluate.nodes import choose_operating_point
 from image_classification.scorers.baseline import BaselineWeights, LogisticBaseline
-from image_classification.scorers.fold_stack import GlobalGate, fit_fold_stack, input_logits
+from image_classification.patch_gaussian import PatchGaussian
+from image_classification.global_gate import GlobalGate
+from image_classification.scorers.fold_stack import fit_fold_stack, input_logits
 
 RULES = (("point", 0.95), ("lower_bound", 0.8), ("lower_bound", 0.9), ("lower_bound", 0.95))
 ARMS = ("split", "oof -> split model", "oof -> ensemble")
 SERVED_ONLY = "oof -> served stack"  # the fold stack has no split fit: it is the inner folds' fits
+OTHER_STACK = {True: "fold_stack without patch Gaussian", False: "fold_stack with patch Gaussian"}  # docs/decisions/0036
 NO_CV = "pipeline auto, no CV"  # as evaluate serves on large data, where cross-validation does not run
 
 
@@ -151,7 +157,7 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
         oof = {name: np.full(len(rest), np.nan) for name in val}
         inner_fold = np.full(len(rest), -1)
         inner_test = {name: [] for name in val}
-        baselines, classifiers, gate_passes = [], [], np.ones(len(rest), bool)
+        baselines, classifiers, gaussians, gate_passes = [], [], [], np.ones(len(rest), bool)
         for inner_number, inner_rows in enumerate(grouped_folds(y[rest], groups[rest], inner, seed=100 + number)):
             absolute = {split: rest[index] for split, index in inner_rows.items()}
             held = len(absolute["test"])
@@ -166,6 +172,9 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
                 baselines.append(replace(fits["baseline"], backbone=backbone))
                 classifiers.append(classifier)
                 fitted_on = rest[np.concatenate([inner_rows["train"], inner_rows["val"]])]
+                if "patch_gaussian" in scored:  # refitted on train + validation, as the cross-validation does
+                    gaussians.append(PatchGaussian.fit(patches[fitted_on[y[fitted_on] == 1]]))
+                    scored["patch_gaussian"] = -gaussians[-1].anomaly_scores(patches[absolute["test"]])
                 gate_passes[inner_rows["test"]] = GlobalGate.fit(patches[fitted_on[y[fitted_on] == 1]]).passes(
                     patches[rest[inner_rows["test"]]])
             inner_fold[inner_rows["test"]] = inner_number
@@ -174,10 +183,19 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
                 inner_test[name].append(scores[held:])
         stack_payload, synthetic_scores = None, None
         if classifiers:  # the fold stack, as evaluate's cross_validate_candidates builds it from the same fits
-            stack, oof["fold_stack"] = fit_fold_stack(
-                input_logits(oof["baseline"], oof["patch_classifier"]), inner_fold, y[rest], baselines, classifiers,
-                gate_passes, GlobalGate.fit(patches[rest[y[rest] == 1]]), grid_of(patches), 42 + number)
-            inner_test["fold_stack"] = [stack.scores(pooled[rows["test"]], patches[rows["test"]])]
+            gate = GlobalGate.fit(patches[rest[y[rest] == 1]])
+            stacks = {}
+            for with_gaussian in ((False, True) if gaussians else (False,)):
+                stacks[with_gaussian], scores = fit_fold_stack(
+                    input_logits(oof["baseline"], oof["patch_classifier"],
+                                 oof["patch_gaussian"] if with_gaussian else None),
+                    inner_fold, y[rest], baselines, classifiers, gate_passes, gate, grid_of(patches), 42 + number,
+                    gaussians if with_gaussian else None)
+                name = "fold_stack" if with_gaussian == evaluate.fold_stack_patch_gaussian else OTHER_STACK[
+                    evaluate.fold_stack_patch_gaussian]
+                oof[name] = scores
+                inner_test[name] = [stacks[with_gaussian].scores(pooled[rows["test"]], patches[rows["test"]])]
+            stack = stacks[evaluate.fold_stack_patch_gaussian and bool(gaussians)]
             if synthetic is not None:
                 mine = synthetic["fold"] == number
                 synthetic_scores = {"kind": synthetic["kind"][mine], "score": stack.scores(
@@ -300,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="2 outer folds, 2 inner, 3 epochs")
     parser.add_argument("--global-defects", type=int, default=10,
                         help="good test cells per outer fold made into each global defect (0: none)")
+    parser.add_argument("--fold-stack-patch-gaussian", choices=["true", "false"],
+                        help="evaluate.fold_stack_patch_gaussian (default: the project's): the fold stack's third input")
     parser.add_argument("--positional", choices=["true", "false"],
                         help="evaluate.patch_classifier_positional (default: the project's), to compare both")
     args = parser.parse_args(argv)
@@ -310,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     feats = harness.defects_dev_features(manifest, args.data, args.backbone, 14, args.cache)
     evaluate = EvaluateConfig(target_precision=args.target)
+    if args.fold_stack_patch_gaussian:
+        evaluate = replace(evaluate, fold_stack_patch_gaussian=args.fold_stack_patch_gaussian == "true")
     if args.positional:
         evaluate = replace(evaluate, patch_classifier_positional=args.positional == "true")
     start = time.perf_counter()
@@ -336,11 +358,11 @@ def main(argv: list[str] | None = None) -> None:
         return f"{np.nanmean(values):.3f} +- {spread:.3f}"
 
     names = [n for n in NAMES if n in folds[0]["oof"] and not np.isnan(folds[0]["oof"][n]).all()]
-    served = ["fold_stack"] if "fold_stack" in folds[0]["oof"] else []
+    served = [name for name in ("fold_stack", *OTHER_STACK.values()) if name in folds[0]["oof"]]
     results = []
     for name in (*names, *served, "best of " + "+".join(names), "best of model+baseline", "pipeline auto", NO_CV):
         arms = ("as evaluate serves it",) if name.startswith("pipeline auto") else \
-            (SERVED_ONLY,) if name == "fold_stack" else ARMS
+            (SERVED_ONLY,) if name in served else ARMS
         for arm in arms:
             for rule in RULES:
                 rows = [measure(fold, name, "oof -> ensemble" if arm == SERVED_ONLY else arm, rule, y, evaluate)

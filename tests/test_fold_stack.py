@@ -15,15 +15,16 @@ from image_classification.artefacts import Checkpoint, OperatingPoint
 from image_classification.scorers import ServedScore
 from image_classification.scorers.baseline import BaselineWeights, LogisticBaseline
 from image_classification.errors import DataError
+from image_classification.global_gate import GlobalGate
 from image_classification.scorers.fold_stack import (
     FoldStack,
-    GlobalGate,
     Stacker,
     fit_fold_stack,
     input_logits,
     platt,
 )
 from image_classification.metrics import oracle_recall, recall_at_precision_bound, recall_efficiency
+from image_classification.patch_gaussian import PatchGaussian
 from image_classification.patches import PatchClassifier
 
 GRID, CHANNELS = 4, 6
@@ -115,25 +116,29 @@ def test_an_input_that_would_get_a_negative_weight_is_left_out():
 # ---------------------------------------------------------------- the served stack
 
 
-def fitted_stack(seed: int = 0) -> tuple[FoldStack, np.ndarray, torch.Tensor, np.ndarray]:
+def fitted_stack(seed: int = 0, gaussian: bool = False) -> tuple[FoldStack, np.ndarray, torch.Tensor, np.ndarray]:
     """A fold stack of two real fold fits on aligned cells (pooled features: the cells' mean), with
-    its pooled features, patches and targets."""
+    its pooled features, patches and targets; with ``gaussian``, a patch Gaussian per fold as its third
+    input (without: a stack as fitted before there was one)."""
     generator = torch.Generator().manual_seed(seed)
     valid, invalid = aligned_cells(60, generator), aligned_cells(60, generator, defect=True)
     patches = torch.cat([valid, invalid])
     targets = np.r_[np.ones(60, int), np.zeros(60, int)]
     pooled = patches.mean(1).numpy().astype(np.float64)
     folds = np.arange(120) % 2
-    baselines, classifiers, raw = [], [], np.zeros((120, 2))
+    baselines, classifiers, gaussians, raw = [], [], [], np.zeros((120, 3 if gaussian else 2))
     for fold in (0, 1):
         fit, held = folds != fold, folds == fold
         baseline = LogisticBaseline((1.0,), 0.9, seed).fit(pooled[fit], targets[fit], pooled[fit], targets[fit])
         weights = BaselineWeights.of(baseline, "efficientnet_lite0")
         classifier = PatchClassifier.fit(patches[fit], targets[fit], epochs=15, hidden=8, top_k=1, seed=seed)
-        raw[held] = input_logits(weights.score(pooled[held]), classifier.scores(patches[held]))
+        gaussians.append(PatchGaussian.fit(patches[fit][targets[fit] == 1]))
+        raw[held] = input_logits(weights.score(pooled[held]), classifier.scores(patches[held]),
+                                 -gaussians[-1].anomaly_scores(patches[held]) if gaussian else None)
         baselines.append(weights), classifiers.append(classifier)
     gate = GlobalGate.fit(valid)
-    stack, _ = fit_fold_stack(raw, folds, targets, baselines, classifiers, np.ones(120, bool), gate, GRID, seed)
+    stack, _ = fit_fold_stack(raw, folds, targets, baselines, classifiers, np.ones(120, bool), gate, GRID, seed,
+                              gaussians if gaussian else None)
     return stack, pooled, patches, targets
 
 
@@ -151,6 +156,38 @@ def test_the_served_stack_ranks_new_images_round_trips_through_json_and_gates_a_
         stack.scores(np.zeros((1, CHANNELS)), torch.zeros(1, 9, CHANNELS))
     with pytest.raises(DataError, match="incomplete or malformed"):
         FoldStack.from_payload({"members": []})
+
+
+def test_a_stack_with_the_patch_gaussian_ranks_round_trips_and_its_map_points_at_the_defect():
+    stack, _, _, _ = fitted_stack(gaussian=True)
+    assert stack.inputs == ("baseline", "patch_classifier", "patch_gaussian")
+    assert set(stack.describe()["map_weights"]) == {"patch_classifier", "patch_gaussian"}
+    generator = torch.Generator().manual_seed(6)
+    valid = aligned_cells(30, generator)
+    invalid = valid[:20].clone()
+    where = torch.randint(0, GRID * GRID, (20,), generator=generator)
+    invalid[torch.arange(20), where] += 3.0
+    new = torch.cat([valid, invalid])
+    scores = stack.scores(new.mean(1).numpy(), new)
+    assert roc_auc_score(np.r_[np.ones(30), np.zeros(20)], scores) > 0.9
+    maps = stack.patch_map(invalid)
+    assert (maps.argmax(1) == where.numpy()).mean() >= 0.9
+    again = FoldStack.from_payload(json.loads(json.dumps(stack.to_payload())))
+    np.testing.assert_allclose(again.scores(new.mean(1).numpy(), new), scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(again.patch_map(invalid), maps, rtol=1e-5, atol=1e-6)
+    payload = stack.to_payload()
+    del payload["members"][0]["patch_gaussian"]  # a member without the input its stacker reads
+    with pytest.raises(DataError, match="inconsistent shapes"):
+        FoldStack.from_payload(payload)
+
+
+def test_a_stack_fitted_before_the_patch_gaussian_still_serves_and_draws_its_classifier_s_map():
+    stack, _, patches, _ = fitted_stack()
+    assert stack.inputs == ("baseline", "patch_classifier") and stack.local_weights().tolist() == [1.0]
+    member = stack.members[0]
+    expected = np.mean([m.local_maps(patches)[0].numpy() for m in stack.members], axis=0)
+    assert len(member.local_maps(patches)) == 1
+    np.testing.assert_allclose(stack.patch_map(patches), expected, rtol=1e-6)
 
 
 def test_an_operating_point_serves_the_fold_stack_from_pooled_features_and_patches():

@@ -27,8 +27,9 @@ from image_classification.scorers import (
 )
 from image_classification.selection.cross_validation import build_fold_stack, cross_validate
 
+# the fold stack with all three inputs (the patch Gaussian's is an option), so every input's map is checked
 CONFIG = EvaluateConfig(patch_classifier_epochs=5, patch_classifier_hidden=8, patch_classifier_top_k=1,
-                        bootstrap_samples=10, cv_folds=3)
+                        bootstrap_samples=10, cv_folds=3, fold_stack_patch_gaussian=True)
 CHECKPOINT = Checkpoint.from_payload({"tensors": {}, "metadata": {
     "backbone": "efficientnet_lite0", "weights": "imagenet", "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3,
     "head": {"in_channels": 16}, "class_names": ["invalid", "valid"], "best_epoch": 1, "fine_tuned_blocks": 0,
@@ -74,6 +75,13 @@ def scored() -> dict:
     return {"results": results, "split": split, "test_targets": targets[test]}
 
 
+def test_every_registered_scorer_has_its_own_colour_and_marker_in_the_evaluation_figures():
+    from image_classification.plots.style import PLOTLY_MARKERS, SERIES_COLOURS, SERIES_MARKERS
+
+    assert min(len(SERIES_COLOURS), len(SERIES_MARKERS), len(PLOTLY_MARKERS)) >= len(SCORERS)
+    assert len(set(SERIES_COLOURS)) == len(SERIES_COLOURS)
+
+
 @pytest.mark.parametrize("name", list(SCORERS))
 def test_every_registered_scorer_fits_ranks_and_round_trips(scored, name):
     kind, result, split = SCORERS[name], scored["results"][name], scored["split"]
@@ -112,12 +120,22 @@ def test_every_patch_scorer_draws_a_map_that_points_at_the_defect_and_agrees_wit
     elif name == "patch_classifier" and len(fitted.ensemble.members) == 1:
         np.testing.assert_allclose(top_k_mean(maps, fitted.ensemble.members[0].top_k),
                                    -probability_logit(fitted.score_samples(split.test)), rtol=1e-4, atol=1e-4)
-    elif name == "fold_stack":  # one fold's map: its top-k mean is the stacker's local input, negated
+    elif name == "patch_gaussian":  # distances: the highest is the anomaly score, the negated score
+        np.testing.assert_allclose(maps.max(1), -fitted.score_samples(split.test), rtol=1e-5)
+    elif name == "fold_stack":  # per fold, each local map says what the stacker's local input says, negated;
+        # the drawn map is their mix in the stacker's weights
         member = fitted.stack.members[0]
-        single = type(fitted.stack)(members=[member], stacker=fitted.stack.stacker, gate=None, grid=2)
-        local = member.inputs(split.test.pooled, split.test.patches)[:, 1]
-        np.testing.assert_allclose(top_k_mean(single.patch_map(split.test.patches), member.classifier.top_k), -local,
+        assert fitted.stack.inputs == ("baseline", "patch_classifier", "patch_gaussian")
+        inputs = member.inputs(split.test.pooled, split.test.patches)
+        classifier, gaussian = member.local_maps(split.test.patches)
+        np.testing.assert_allclose(top_k_mean(classifier.numpy(), member.classifier.top_k), -inputs[:, 1],
                                    rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(gaussian.numpy().max(1), -inputs[:, 2], rtol=1e-4, atol=1e-4)
+        single = type(fitted.stack)(members=[member], stacker=fitted.stack.stacker, gate=None, grid=2)
+        weights = fitted.stack.local_weights()
+        assert weights.sum() == pytest.approx(1.0) and (weights >= 0).all()
+        np.testing.assert_allclose(single.patch_map(split.test.patches),
+                                   weights[0] * classifier.numpy() + weights[1] * gaussian.numpy(), rtol=1e-5, atol=1e-5)
     else:  # the served ensemble: the members' mean map ranks images as the score does
         assert roc_auc_score(scored["test_targets"], -top_k_mean(maps, 1)) > 0.8
 
@@ -184,3 +202,16 @@ def test_a_new_score_is_one_module_that_registers_itself():
         assert report["out_of_fold"]["pooled_mean"].shape == (48,)
     finally:
         SCORERS.pop("pooled_mean")
+
+
+def test_the_fold_stack_stacks_the_patch_gaussian_only_when_asked():
+    features, targets, groups = synthetic(48, seed=3)
+    for option, inputs in ((False, ("baseline", "patch_classifier")),
+                           (True, ("baseline", "patch_classifier", "patch_gaussian"))):
+        config = EvaluateConfig(patch_classifier_epochs=3, patch_classifier_hidden=8, patch_classifier_top_k=1,
+                                bootstrap_samples=10, cv_folds=3, fold_stack_patch_gaussian=option)
+        report = cross_validate(features, targets, groups, 3, TrainConfig(epochs=2), config, seed=42,
+                                backbone="efficientnet_lite0", grid=2)
+        assert "patch_gaussian" in report["out_of_fold"]  # measured either way
+        stack, _ = build_fold_stack(report["out_of_fold"], targets, report["fold_fits"], features.patches, seed=42)
+        assert stack.inputs == inputs

@@ -38,6 +38,15 @@ class EvaluateConfig:
         patch_coreset_fraction: share of the valid training images' patches the memory keeps.
         patch_memory_max: the most patches the memory keeps.
         patch_top_k: an image's patch score is the mean distance of its ``patch_top_k`` most unusual patches.
+        patch_gaussian: also score images by patch evidence at each place (the distance of each patch from
+            the valid training images' mean patch at its grid position, one shared covariance; see
+            :class:`~image_classification.patch_gaussian.PatchGaussian`), a candidate of its own, measured
+            and not served; it points at small local defects better than any other score
+            (docs/decisions/0036). Needs ``patch_evidence`` and patches in the cache.
+        fold_stack_patch_gaussian: also stack the patch Gaussian's fold fits in the fold stack, whose
+            map then mixes its map with the patch classifier's: on defects-dev the served map pointed at
+            small pasted defects a little more often and the stack ranked real defects a little worse,
+            so it is off (docs/decisions/0036). Needs ``patch_gaussian``.
         patch_classifier: also score images by supervised patch evidence (a small network over the
             cached patch vectors trained on the train images' labels, an image scored by its
             ``patch_classifier_top_k`` most defective patches; see
@@ -78,6 +87,8 @@ class EvaluateConfig:
     patch_coreset_fraction: float = 0.1
     patch_memory_max: int = 10000
     patch_top_k: int = 1
+    patch_gaussian: bool = True
+    fold_stack_patch_gaussian: bool = False
     patch_classifier: bool = True
     patch_classifier_epochs: int = 30
     patch_classifier_hidden: int = 64

@@ -11,9 +11,9 @@ from matplotlib.axes import Axes
 
 # Okabe-Ito colours: distinguishable with every common colour-vision deficiency. One per
 # classifier compared in a figure (the model first, then the baseline).
-SERIES_COLOURS = ("#0072B2", "#E69F00", "#CC79A7", "#000000", "#56B4E9", "#009E73")
-SERIES_MARKERS = ("o", "s", "^", "v", "D", "P")
-PLOTLY_MARKERS = ("circle", "square", "triangle-up", "triangle-down", "diamond", "cross")
+SERIES_COLOURS = ("#0072B2", "#E69F00", "#CC79A7", "#000000", "#56B4E9", "#009E73", "#D55E00")
+SERIES_MARKERS = ("o", "s", "^", "v", "D", "P", "X")
+PLOTLY_MARKERS = ("circle", "square", "triangle-up", "triangle-down", "diamond", "cross", "x")
 # the two classes in the evaluation figures (Okabe-Ito) and in the embedding figures (ColorBrewer Dark2)
 CLASS_COLOURS = {"invalid": "#D55E00", "valid": "#009E73"}
 LABEL_COLOURS = {"valid": "#1b9e77", "invalid": "#d95f02"}

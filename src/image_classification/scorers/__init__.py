@@ -1,7 +1,8 @@
 """Every candidate score, one module each, behind one protocol (:class:`Scorer`) and one registry.
 
 In registration order (a scorer may read the scores of those before it): ``model`` (the trained head),
-``baseline`` (logistic regression on pooled features), ``patch`` (patch memory), ``patch_classifier``
+``baseline`` (logistic regression on pooled features), ``patch`` (patch memory), ``patch_gaussian`` (patch
+evidence at each place), ``patch_classifier``
 (supervised patch evidence), ``stack`` (logistic regression over those) and ``fold_stack`` (the
 cross-validation's fits, calibrated, stacked and gated). evaluate and the cross-validation fit and
 score every one of them the same way (:meth:`Scorer.on_split`); a servable one travels inside the
@@ -24,11 +25,12 @@ from image_classification.scorers.base import (
 from image_classification.scorers.head import HeadScorer
 from image_classification.scorers.baseline import BaselineScorer
 from image_classification.scorers.patch_memory import PatchMemoryScorer
+from image_classification.scorers.patch_gaussian import PatchGaussianScorer
 from image_classification.scorers.patch_classifier import PatchClassifierScorer
 from image_classification.scorers.stacker import StackScorer
 from image_classification.scorers.fold_stack import FoldStackScorer
 from image_classification.scorers.serving import ServedScore
 
 __all__ = ["SCORERS", "BaselineScorer", "Features", "FoldStackScorer", "HeadScorer", "Labelled", "PatchClassifierScorer",
-           "PatchMemoryScorer", "Scored", "Scorer", "ServedScore", "Split", "StackScorer", "columns", "register", "scorer",
+           "PatchGaussianScorer", "PatchMemoryScorer", "Scored", "Scorer", "ServedScore", "Split", "StackScorer", "columns", "register", "scorer",
            "servable_names", "probability_logit"]

@@ -7,15 +7,17 @@ threshold chosen on the pooled scores does not mean the same thing for the mean 
 served (on defects-dev it kept a small share of the recall the served score allowed: docs/decisions/0032).
 The fold stack makes the two the same kind of score:
 
-1. **calibrated per fold**: each fold's baseline and patch classifier logits are mapped by a Platt
+1. **calibrated per fold**: each fold's baseline, patch classifier and (where ``evaluate.patch_gaussian``
+   is on) patch Gaussian logits are mapped by a Platt
    scaling (``a * logit + b``) fitted on that fold's own held-out images, so that every fold's
    scores mean the same log-odds of valid before they are pooled;
-2. **stacked**: a logistic regression over the two calibrated logits, fitted on all out-of-fold
+2. **stacked**: a logistic regression over the calibrated logits, fitted on all out-of-fold
    rows; its out-of-fold scores (on which the threshold is chosen) are cross-fitted, each fold's
    rows scored by a stacker fitted on the other folds' rows;
 3. **averaged**: a new image is scored by every fold's calibrated fits, stacked, and the stacked
    logits are averaged: a mean of values on one scale stays on that scale;
-4. **gated**: an image unlike every valid training image as a whole (:class:`GlobalGate`: black,
+4. **gated**: an image unlike every valid training image as a whole
+   (:class:`~image_classification.global_gate.GlobalGate`: black,
    white, blank, blurred, a dead cell) scores 0, whatever its patches say. A patch model cannot see
    a defect that covers the whole image, and a linear model on pooled features may extrapolate
    anywhere from it.
@@ -39,91 +41,33 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from image_classification.errors import DataError
+from image_classification.global_gate import GlobalGate
+from image_classification.patch_gaussian import PatchGaussian
 from image_classification.patches import PatchClassifier
 from image_classification.scorers.base import Features, Scored, Scorer, Split, probability_logit, register
 from image_classification.scorers.baseline import BaselineWeights
 
-INPUTS = ("baseline", "patch_classifier")
+INPUTS = ("baseline", "patch_classifier", "patch_gaussian")  # a stack fitted before 0036 reads the first two
 # Platt scaling is two numbers per fold and input; effectively unregularised, so that it only
 # rescales (a ranking within a fold never changes)
 _PLATT_C = 1e4
 
 
-def input_logits(baseline: np.ndarray, patch_classifier: np.ndarray) -> np.ndarray:
-    """(N, 2) raw stacker inputs from the baseline's and the patch classifier's probabilities of valid."""
-    return np.column_stack([probability_logit(baseline), probability_logit(patch_classifier)])
+def input_logits(baseline: np.ndarray, patch_classifier: np.ndarray, patch_gaussian: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """(N, 2) raw stacker inputs from the baseline's and the patch classifier's probabilities of valid,
+    (N, 3) with the patch Gaussian's scores (negated distances) as the negated log of the distance."""
+    columns = [probability_logit(baseline), probability_logit(patch_classifier)]
+    if patch_gaussian is not None:
+        columns.append(-gaussian_log_distance(-np.asarray(patch_gaussian, dtype=float)))
+    return np.column_stack(columns)
 
 
-# ---------------------------------------------------------------- the global gate
-
-
-@dataclass
-class GlobalGate:
-    """Is an image like the valid training images *as a whole*?
-
-    Each patch vector is standardised by the valid training images' mean and standard deviation at
-    its own grid position; an image's statistic is the median over its patches of the mean squared
-    standardised value. A local defect moves a few patches and leaves the median where valid images
-    have it; a black, white, grey or blurred image moves every patch. ``cut`` is the largest
-    statistic of any valid image it was fitted on: an image beyond it is unlike every one of them.
-    A new valid image exceeds the largest of n exchangeable valid images with probability 1/(n + 1).
-    """
-
-    mean: torch.Tensor  # (P, C)
-    std: torch.Tensor  # (P, C)
-    cut: float
-    images: int
-
-    @classmethod
-    def fit(cls, patches: torch.Tensor, rows: int = 256) -> GlobalGate:
-        """Fitted on (N, P, C) patch vectors of valid images (at least two)."""
-        if len(patches) < 2:
-            raise DataError("the global gate needs patch vectors of at least two valid training images")
-        total = torch.zeros(patches.shape[1:], dtype=torch.float64)
-        squares = torch.zeros_like(total)
-        for start in range(0, len(patches), rows):
-            chunk = patches[start:start + rows].double()
-            total += chunk.sum(0)
-            squares += (chunk * chunk).sum(0)
-        mean = total / len(patches)
-        variance = (squares - len(patches) * mean * mean) / (len(patches) - 1)
-        gate = cls(mean=mean.float(), std=variance.clamp_min(0).sqrt().float().clamp_min(1e-3), cut=float("inf"),
-                   images=int(len(patches)))
-        gate.cut = float(gate.statistics(patches).max())
-        return gate
-
-    def statistics(self, patches: torch.Tensor, rows: int = 256) -> np.ndarray:
-        """Per image: the median over its patches of the mean squared standardised patch value."""
-        if tuple(patches.shape[1:]) != tuple(self.mean.shape):
-            raise DataError(f"the global gate was fitted on patch vectors of shape {tuple(self.mean.shape)} per image "
-                            f"and is given {tuple(patches.shape[1:])}: keep train.patch_grid as it was, or run the "
-                            "evaluate pipeline again")
-        out = np.empty(len(patches), dtype=np.float64)
-        for start in range(0, len(patches), rows):
-            z = (patches[start:start + rows].float() - self.mean) / self.std
-            out[start:start + rows] = (z * z).mean(2).median(1).values.double().numpy()
-        return out
-
-    def passes(self, patches: torch.Tensor) -> np.ndarray:
-        """True where an image is within what the valid training images span."""
-        return self.statistics(patches) <= self.cut
-
-    def to_payload(self) -> dict:
-        return {"cut": self.cut, "images": self.images, "mean": self.mean.tolist(), "std": self.std.tolist()}
-
-    @classmethod
-    def from_payload(cls, payload: dict) -> GlobalGate:
-        try:
-            gate = cls(mean=torch.tensor(payload["mean"], dtype=torch.float32),
-                       std=torch.tensor(payload["std"], dtype=torch.float32), cut=float(payload["cut"]),
-                       images=int(payload["images"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise DataError(f"the served global gate is incomplete or malformed ({error}); run the evaluate pipeline "
-                            "again") from error
-        if gate.mean.dim() != 2 or gate.mean.shape != gate.std.shape:
-            raise DataError("the served global gate's mean and standard deviation disagree in shape; run the evaluate "
-                            "pipeline again")
-        return gate
+def gaussian_log_distance(distance: np.ndarray | torch.Tensor):
+    """log of patch Gaussian distances (floored at 1e-6): the scale its input and its map are read on."""
+    if isinstance(distance, torch.Tensor):
+        return distance.clamp_min(1e-6).log()
+    return np.log(np.maximum(np.asarray(distance, dtype=float), 1e-6))
 
 
 # ---------------------------------------------------------------- calibration and stacking
@@ -147,14 +91,26 @@ class FoldMember:
 
     baseline: BaselineWeights
     classifier: PatchClassifier
-    calibration: np.ndarray  # (2, 2)
+    calibration: np.ndarray  # (inputs, 2)
+    gaussian: PatchGaussian | None = None
 
     def raw_logits(self, pooled: np.ndarray, patches: torch.Tensor) -> np.ndarray:
-        """(N, 2) uncalibrated logits of the baseline and the patch classifier."""
-        return input_logits(self.baseline.score(pooled), self.classifier.scores(patches))
+        """(N, inputs) uncalibrated logits of the baseline, the patch classifier and the patch Gaussian."""
+        gaussian = None if self.gaussian is None else -self.gaussian.anomaly_scores(patches)
+        return input_logits(self.baseline.score(pooled), self.classifier.scores(patches), gaussian)
+
+    def local_maps(self, patches: torch.Tensor) -> list[torch.Tensor]:
+        """(N, P) per local input (the patch classifier, then the patch Gaussian), each patch's calibrated
+        defect log-odds: the negated calibration of its valid log-odds (``a * defect - b``), so an image's
+        highest (the Gaussian) or top-k mean (the classifier) is the negated calibrated input."""
+        maps = [self.classifier.patch_logits(patches) * float(self.calibration[1, 0]) - float(self.calibration[1, 1])]
+        if self.gaussian is not None:
+            distance = gaussian_log_distance(self.gaussian.distances(patches))
+            maps.append(distance * float(self.calibration[2, 0]) - float(self.calibration[2, 1]))
+        return maps
 
     def inputs(self, pooled: np.ndarray, patches: torch.Tensor) -> np.ndarray:
-        """(N, 2) calibrated logits, the stacker's inputs."""
+        """(N, inputs) calibrated logits, the stacker's inputs."""
         return self.raw_logits(pooled, patches) * self.calibration[:, 0] + self.calibration[:, 1]
 
 
@@ -169,7 +125,7 @@ class Stacker:
 
     @classmethod
     def fit(cls, inputs: np.ndarray, targets: np.ndarray, seed: int) -> Stacker:
-        """Fitted on (N, 2) calibrated logits. Every input is a log-odds of valid, so a negative weight
+        """Fitted on (N, inputs) calibrated logits. Every input is a log-odds of valid, so a negative weight
         only fits noise and would turn an input's extrapolation around (a higher probability of valid
         making an image less valid): an input that gets one is left out (weight 0) and the rest refitted."""
         scaler = StandardScaler().fit(inputs)
@@ -219,27 +175,42 @@ class FoldStack:
             scores[~self.gate.passes(patches)] = 0.0
         return scores
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return INPUTS[:len(self.stacker.coef)]
+
+    def local_weights(self) -> np.ndarray:
+        """How much each local input (patch classifier, patch Gaussian) moves the stacked logit per unit of
+        its calibrated log-odds (the stacker's coefficient over its scale), as shares summing to 1; the
+        patch classifier alone where the stacker gave no local input weight."""
+        weights = np.maximum(self.stacker.coef[1:] / self.stacker.scale[1:], 0.0)
+        if weights.sum() <= 0:
+            weights = np.eye(len(weights))[0]
+        return weights / weights.sum()
+
     def patch_map(self, patches: torch.Tensor) -> np.ndarray:
-        """(N, P) the stack's local evidence per patch: each fold's patch classifier logits in that fold's
-        calibrated defect log-odds (``a * logit - b``, the negated calibration of its valid log-odds),
-        averaged over the folds. For one fold the mean of an image's top_k highest is exactly the
+        """(N, P) the stack's local evidence per patch, in calibrated defect log-odds: per fold, its local
+        inputs' maps (:meth:`FoldMember.local_maps`) weighted by :meth:`local_weights`, then averaged over
+        the folds. With the patch classifier alone, an image's top_k mean for one fold is exactly the
         calibrated local input the stacker reads (negated); the global gate and the baseline are not in it."""
         patches = torch.as_tensor(patches)
-        maps = [member.classifier.patch_logits(patches) * float(member.calibration[1, 0]) - float(member.calibration[1, 1])
-                for member in self.members]
+        weights = self.local_weights()
+        maps = [sum(float(w) * m for w, m in zip(weights, member.local_maps(patches))) for member in self.members]
         return torch.stack(maps).mean(0).numpy()
 
     def describe(self) -> dict:
-        return {"fold_fits": len(self.members), "inputs": list(INPUTS),
-                "stacker_coefficients": dict(zip(INPUTS, (float(c) for c in self.stacker.coef))),
+        return {"fold_fits": len(self.members), "inputs": list(self.inputs),
+                "stacker_coefficients": dict(zip(self.inputs, (float(c) for c in self.stacker.coef))),
+                "map_weights": dict(zip(self.inputs[1:], (float(w) for w in self.local_weights()))),
                 "calibration_per_fold": [{name: {"a": float(a), "b": float(b)}
-                                          for name, (a, b) in zip(INPUTS, member.calibration)}
+                                          for name, (a, b) in zip(self.inputs, member.calibration)}
                                          for member in self.members],
                 "global_gate": ({"cut": self.gate.cut, "valid_images": self.gate.images} if self.gate else None)}
 
     def to_payload(self) -> dict:
-        return {"kind": "fold stack", "grid": int(self.grid), "inputs": list(INPUTS),
+        return {"kind": "fold stack", "grid": int(self.grid), "inputs": list(self.inputs),
                 "members": [{"baseline": m.baseline.to_payload(), "patch_classifier": m.classifier.to_payload(self.grid),
+                             **({"patch_gaussian": m.gaussian.to_payload()} if m.gaussian is not None else {}),
                              "calibration": m.calibration.tolist()} for m in self.members],
                 "stacker": {"mean": self.stacker.mean.tolist(), "scale": self.stacker.scale.tolist(),
                             "coef": self.stacker.coef.tolist(), "intercept": self.stacker.intercept},
@@ -250,7 +221,9 @@ class FoldStack:
         try:
             members = [FoldMember(baseline=BaselineWeights.from_payload(m["baseline"]),
                                   classifier=PatchClassifier.from_payload(m["patch_classifier"]),
-                                  calibration=np.asarray(m["calibration"], dtype=float))
+                                  calibration=np.asarray(m["calibration"], dtype=float),
+                                  gaussian=PatchGaussian.from_payload(m["patch_gaussian"]) if "patch_gaussian" in m
+                                  else None)
                        for m in payload["members"]]
             stacker = Stacker(**{key: np.asarray(payload["stacker"][key], dtype=float)
                                  for key in ("mean", "scale", "coef")},
@@ -259,8 +232,9 @@ class FoldStack:
         except (KeyError, TypeError, ValueError) as error:
             raise DataError(f"the served fold stack is incomplete or malformed ({error}); run the evaluate pipeline "
                             "again") from error
-        if not members or any(m.calibration.shape != (len(INPUTS), 2) for m in members) or \
-                stacker.coef.shape != (len(INPUTS),):
+        inputs = len(stacker.coef)
+        if not members or inputs not in (2, 3) or stacker.coef.shape != (inputs,) or \
+                any(m.calibration.shape != (inputs, 2) or (m.gaussian is not None) != (inputs == 3) for m in members):
             raise DataError("the served fold stack has no members or inconsistent shapes; run the evaluate pipeline "
                             "again")
         gate = GlobalGate.from_payload(payload["global_gate"]) if payload.get("global_gate") else None
@@ -269,16 +243,20 @@ class FoldStack:
 
 def fit_fold_stack(raw_logits: np.ndarray, folds: np.ndarray, targets: np.ndarray, baselines: list[BaselineWeights],
                    classifiers: list[PatchClassifier], gate_passes: np.ndarray | None, gate: GlobalGate | None,
-                   grid: int, seed: int) -> tuple[FoldStack, np.ndarray]:
+                   grid: int, seed: int, gaussians: list[PatchGaussian] | None = None) -> tuple[FoldStack, np.ndarray]:
     """The fold stack from the cross-validation's out-of-fold raw logits ((N, 2): baseline, patch
-    classifier), each row's ``folds`` number (0..K-1, the index of its fold's fits in ``baselines``
-    and ``classifiers``), the rows' targets, and each row's pass of its own fold's gate.
+    classifier; (N, 3) with the patch Gaussian, whose fits are then ``gaussians``), each row's ``folds``
+    number (0..K-1, the index of its fold's fits in ``baselines``, ``classifiers`` and ``gaussians``),
+    the rows' targets, and each row's pass of its own fold's gate.
 
     Returns the stack and its out-of-fold probabilities of valid: each row's calibrated inputs (its
     fold's Platt scaling) scored by a stacker fitted on the other folds' rows, 0 where its fold's
     gate refused it. A threshold chosen on these applies to :meth:`FoldStack.scores`."""
     targets = np.asarray(targets, int)
     numbers = np.unique(folds)
+    if gaussians is not None and (raw_logits.shape[1] != 3 or len(gaussians) != len(baselines)):
+        raise DataError(f"the fold stack's patch Gaussian input needs one fit per fold; got {len(gaussians)} fits for "
+                        f"{len(baselines)} folds")
     if len(numbers) < 2 or len(numbers) != len(baselines) or len(baselines) != len(classifiers):
         raise DataError(f"the fold stack needs the fits of at least two folds, one baseline and one patch classifier "
                         f"each; got {len(numbers)} folds, {len(baselines)} baselines, {len(classifiers)} classifiers")
@@ -286,7 +264,7 @@ def fit_fold_stack(raw_logits: np.ndarray, folds: np.ndarray, targets: np.ndarra
     calibrations = []
     for number in numbers:
         rows = folds == number
-        calibration = np.array([platt(raw_logits[rows, i], targets[rows]) for i in range(len(INPUTS))])
+        calibration = np.array([platt(raw_logits[rows, i], targets[rows]) for i in range(raw_logits.shape[1])])
         calibrated[rows] = raw_logits[rows] * calibration[:, 0] + calibration[:, 1]
         calibrations.append(calibration)
     out_of_fold = np.empty(len(targets))
@@ -299,8 +277,8 @@ def fit_fold_stack(raw_logits: np.ndarray, folds: np.ndarray, targets: np.ndarra
         out_of_fold[rows] = expit(Stacker.fit(calibrated[others], targets[others], seed).logits(calibrated[rows]))
     if gate_passes is not None:
         out_of_fold[~np.asarray(gate_passes, bool)] = 0.0
-    members = [FoldMember(baseline=b, classifier=c, calibration=k)
-               for b, c, k in zip(baselines, classifiers, calibrations)]
+    members = [FoldMember(baseline=b, classifier=c, calibration=k, gaussian=g)
+               for b, c, k, g in zip(baselines, classifiers, calibrations, gaussians or [None] * len(baselines))]
     return FoldStack(members=members, stacker=Stacker.fit(calibrated, targets, seed), gate=gate,
                      grid=int(grid)), out_of_fold
 
@@ -312,9 +290,9 @@ class FoldStackScorer(Scorer):
     name = "fold_stack"
     column = "fold_stack_score"
     label = "fold stack (served on small data)"
-    description = ("the cross-validation's baseline and patch classifier fits, each calibrated on the images its fold "
-                   "did not see, stacked and averaged over the folds; 0 for an image unlike every valid training image "
-                   "as a whole (global gate)")
+    description = ("the cross-validation's baseline, patch classifier and patch Gaussian fits, each calibrated on the "
+                   "images its fold did not see, stacked and averaged over the folds; 0 for an image unlike every valid "
+                   "training image as a whole (global gate)")
     reads = ("pooled", "patches")
     servable = True
     cross_validated = False
@@ -352,9 +330,11 @@ class FoldStackScorer(Scorer):
 
     @property
     def map_units(self) -> str:
-        return ("calibrated defect log-odds of each patch: the fold fits' patch classifier logits on the scale the "
-                "stacker reads them, averaged over the folds (the local evidence; the baseline's global evidence and "
-                "the global gate are not drawn)")
+        local = " and ".join(f"{name.replace('_', ' ')} {weight:.2f}" for name, weight in
+                             zip(self.stack.inputs[1:], self.stack.local_weights()))
+        return ("calibrated defect log-odds of each patch: the fold fits' local evidence on the scale the stacker reads "
+                f"it, weighted as the stacker weighs it ({local}) and averaged over the folds (the baseline's global "
+                "evidence and the global gate are not drawn)")
 
     def describe(self) -> dict:
         return self.stack.describe()

@@ -25,7 +25,8 @@ from image_classification.artefacts import FeatureCache, jsonable
 from image_classification.metrics import format_figure, metrics_at_threshold, oracle_recall, recall_efficiency, select_threshold
 from image_classification.patches import PatchEnsemble, grid_of
 from image_classification.scorers import SCORERS, Features, Labelled, Split, columns
-from image_classification.scorers.fold_stack import FoldStack, GlobalGate, fit_fold_stack, input_logits
+from image_classification.global_gate import GlobalGate
+from image_classification.scorers.fold_stack import FoldStack, fit_fold_stack, input_logits
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def cross_validate(features: Features, targets: np.ndarray, groups: np.ndarray, 
         per-fold figures, like every candidate's, come from its fit on the train rows; ``fold_fits``:
         per scorer, those refits and, where there are any, the fold's baselines, one per fold; and
         ``out_of_fold["global_gate_passes"]``, whether each row passed the
-        :class:`~image_classification.scorers.fold_stack.GlobalGate` fitted on the valid images of
+        :class:`~image_classification.global_gate.GlobalGate` fitted on the valid images of
         its fold's other rows: what :func:`build_fold_stack` stacks.
     """
     per_fold, fold_fits = [], {}
@@ -120,6 +121,8 @@ def cross_validate(features: Features, targets: np.ndarray, groups: np.ndarray, 
         if "patch_classifier" in refits:
             fold_fits.setdefault("patch_classifier", []).append(refits["patch_classifier"])
             fold_fits.setdefault("baseline", []).append(scored["baseline"].fitted)
+            if "patch_gaussian" in refits and evaluate.fold_stack_patch_gaussian:
+                fold_fits.setdefault("patch_gaussian", []).append(refits["patch_gaussian"])
             fitted_on = np.concatenate([rows["train"], rows["val"]])
             gate = GlobalGate.fit(features.patches[fitted_on[targets[fitted_on] == 1]])
             out_of_fold.setdefault("global_gate_passes", np.ones(len(targets), bool))[rows["test"]] = gate.passes(
@@ -151,12 +154,18 @@ def cross_validate(features: Features, targets: np.ndarray, groups: np.ndarray, 
 
 def build_fold_stack(held_out: dict, targets: np.ndarray, fold_fits: dict, patches: torch.Tensor,
                      seed: int) -> tuple[FoldStack, np.ndarray]:
-    """The fold stack of the cross-validation's baseline and patch classifier fits, and its out-of-fold scores."""
-    raw_logits = input_logits(held_out["baseline"], held_out["patch_classifier"])
+    """The fold stack of the cross-validation's baseline, patch classifier and (where every fold has one) patch
+    Gaussian fits, and its out-of-fold scores."""
+    gaussians = fold_fits.get("patch_gaussian")
+    if gaussians is not None and len(gaussians) != len(fold_fits["patch_classifier"]):
+        gaussians = None
+    raw_logits = input_logits(held_out["baseline"], held_out["patch_classifier"],
+                              held_out["patch_gaussian"] if gaussians else None)
     gate = GlobalGate.fit(patches[targets == 1])
     return fit_fold_stack(raw_logits, held_out["fold"], targets, [fit.weights for fit in fold_fits["baseline"]],
                           [fit.ensemble.members[0] for fit in fold_fits["patch_classifier"]],
-                          held_out["global_gate_passes"], gate, grid_of(patches), seed)
+                          held_out["global_gate_passes"], gate, grid_of(patches), seed,
+                          [fit.gaussian for fit in gaussians] if gaussians else None)
 
 
 def held_out_figures(targets: np.ndarray, scores: np.ndarray, evaluate) -> dict:
@@ -221,9 +230,9 @@ def run(cache: FeatureCache, image_index: pd.DataFrame, train_config, evaluate, 
         stack, held_out["fold_stack"] = build_fold_stack(held_out, targets, fold_fits, patches, seed)
         fold_models["fold_stack"] = stack.to_payload()
         report["fold_stack"] = {**stack.describe(), **held_out_figures(targets, held_out["fold_stack"], evaluate)}
-        logger.info("Fold stack: baseline and patch classifier fits of %d folds, calibrated per fold and stacked "
+        logger.info("Fold stack: %s fits of %d folds, calibrated per fold and stacked "
                     "(coefficients %s); out-of-fold AUROC %s; the global gate refuses %d of %d out-of-fold images",
-                    len(classifiers), ", ".join(f"{k} {v:.2f}" for k, v in stack.describe()["stacker_coefficients"].items()),
+                    ", ".join(stack.inputs).replace("_", " "), len(classifiers), ", ".join(f"{k} {v:.2f}" for k, v in stack.describe()["stacker_coefficients"].items()),
                     format_figure(report["fold_stack"]["out_of_fold_auroc"]), int((~held_out["global_gate_passes"]).sum()),
                     len(targets))
     out_of_fold = image_index.iloc[labelled][["path", "split", "target"]].reset_index(drop=True).astype(

@@ -226,7 +226,7 @@ def test_cross_validation_measures_every_candidate_on_every_fold(evaluation_inpu
         report["folds"][0]["candidates"]["baseline"]["test_auroc"])
     for fold in report["folds"]:
         assert sum(fold["images"].values()) == labelled
-        assert list(fold["candidates"]) == ["model", "baseline", "patch", "patch_classifier", "stack"]
+        assert list(fold["candidates"]) == ["model", "baseline", "patch", "patch_gaussian", "patch_classifier", "stack"]
     summary = report["summary"]
     # the patch vectors separate the labels (conftest), so patch evidence is perfect on every fold
     assert summary["patch"]["test_auroc"]["mean"] == pytest.approx(1.0) and summary["patch"]["folds"] == 3
@@ -306,7 +306,7 @@ def test_cross_validation_is_skipped_with_a_reason(evaluation_inputs, changes, w
                                                               small_config(**changes), seed=42)
     assert not report["enabled"] and why in report["reason"] and held_out.empty and fold_models == {}
     assert list(held_out) == ["path", "split", "target", "fold", "score", "baseline_score", "patch_score",
-                              "patch_classifier_score", "stack_score", "fold_stack_score"]
+                              "patch_gaussian_score", "patch_classifier_score", "stack_score", "fold_stack_score"]
 
 
 def test_stale_features_or_scores_are_refused(evaluation_inputs):

@@ -96,7 +96,7 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     held_out = catalog.load("out_of_fold_scores")
     assert set(held_out["split"]) == {"train", "val"} and held_out["fold"].nunique() == 5
     candidates = [row["candidate"] for row in metrics["candidates"]["table"]]
-    assert candidates == ["model", "baseline", "patch", "patch_classifier", "stack", "fold_stack"]
+    assert candidates == ["model", "baseline", "patch", "patch_gaussian", "patch_classifier", "stack", "fold_stack"]
     assert BaselineWeights.from_payload(catalog.load("scorer_models")["baseline"]).c == metrics["baseline"]["C"]
     scored = scores.dropna(subset=[column])
     assert len(catalog.load("gap_analysis")) == ((scored[column] >= point["threshold"]) != (scored["target"] == 1)).sum()

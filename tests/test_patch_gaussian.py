@@ -1,0 +1,71 @@
+"""The patch Gaussian: each patch read against what valid images hold at its own place."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from image_classification.errors import DataError
+from image_classification.patch_gaussian import REGULARISATION, PatchGaussian
+from image_classification.patches import PatchMemory
+
+GRID, CHANNELS = 4, 6
+
+
+def aligned(count: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, GRID², CHANNELS) patches of aligned parts: position 0 always holds a 'busbar' (channel 0
+    high), every other position plain, plus noise."""
+    cells = 0.3 * torch.randn(count, GRID * GRID, CHANNELS, generator=generator)
+    cells[:, 0, 0] += 4.0
+    return cells
+
+
+def test_a_distance_is_the_mahalanobis_distance_from_the_mean_at_the_patch_s_own_place():
+    generator = torch.Generator().manual_seed(0)
+    valid = aligned(40, generator)
+    gaussian = PatchGaussian.fit(valid)
+    mean = valid.double().mean(0)
+    deviations = (valid.double() - mean).reshape(-1, CHANNELS).numpy()
+    covariance = np.cov(deviations, rowvar=False) + REGULARISATION * np.eye(CHANNELS)
+    new = aligned(3, generator)
+    difference = (new.double() - mean).numpy()
+    expected = np.sqrt(np.einsum("npc,cd,npd->np", difference, np.linalg.inv(covariance), difference))
+    np.testing.assert_allclose(gaussian.distances(new).numpy(), expected, rtol=1e-4)
+    np.testing.assert_allclose(gaussian.anomaly_scores(new), expected.max(1), rtol=1e-4)
+
+
+def test_what_is_normal_in_one_place_is_a_defect_in_another():
+    """A 'busbar' moved from position 0 to position 5: every patch of the moved image exists among the
+    valid patches, so a memory of all valid patches sees nothing, while the patch Gaussian points at
+    position 5 (and at the empty position 0)."""
+    generator = torch.Generator().manual_seed(1)
+    valid = aligned(200, generator)
+    moved = aligned(20, generator)
+    moved[:, 0, 0] -= 4.0
+    moved[:, 5, 0] += 4.0
+    gaussian, memory = PatchGaussian.fit(valid), PatchMemory.fit(valid, fraction=1.0, max_size=10**6)
+    new_valid = aligned(20, generator)
+    assert gaussian.anomaly_scores(moved).min() > 2 * gaussian.anomaly_scores(new_valid).max()
+    assert set(gaussian.distances(moved).argmax(1).tolist()) <= {0, 5}
+    assert memory.anomaly_scores(moved).mean() < 1.5 * memory.anomaly_scores(new_valid).mean()
+
+
+def test_the_gaussian_round_trips_through_json_and_refuses_what_it_cannot_read():
+    generator = torch.Generator().manual_seed(2)
+    gaussian = PatchGaussian.fit(aligned(30, generator))
+    again = PatchGaussian.from_payload(json.loads(json.dumps(gaussian.to_payload())))
+    new = aligned(4, generator)
+    np.testing.assert_allclose(again.distances(new), gaussian.distances(new), rtol=1e-6)
+    assert again.describe() == gaussian.describe()
+    with pytest.raises(DataError, match="patch_grid"):
+        gaussian.distances(torch.zeros(2, 9, CHANNELS))
+    with pytest.raises(DataError, match="at least two"):
+        PatchGaussian.fit(new[:1])
+    with pytest.raises(DataError, match="disagree in shape"):
+        PatchGaussian.from_payload({**gaussian.to_payload(), "whitening": [[1.0]]})
+    with pytest.raises(DataError, match="incomplete or malformed"):
+        PatchGaussian.from_payload({"mean": [[0.0]]})
+    assert gaussian.anomaly_scores(torch.zeros(0, GRID * GRID, CHANNELS)).shape == (0,)
