@@ -7,8 +7,8 @@ threshold chosen on the pooled scores does not mean the same thing for the mean 
 served (on defects-dev it kept a small share of the recall the served score allowed: docs/decisions/0032).
 The fold stack makes the two the same kind of score:
 
-1. **calibrated per fold**: each fold's baseline, patch classifier and (where ``evaluate.patch_gaussian``
-   is on) patch Gaussian logits are mapped by a Platt
+1. **calibrated per fold**: each fold's baseline, patch classifier and (with
+   ``evaluate.fold_stack_patch_gaussian``, off by default) patch Gaussian logits are mapped by a Platt
    scaling (``a * logit + b``) fitted on that fold's own held-out images, so that every fold's
    scores mean the same log-odds of valid before they are pooled;
 2. **stacked**: a logistic regression over the calibrated logits, fitted on all out-of-fold
