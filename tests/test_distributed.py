@@ -3,6 +3,7 @@ images on a real S3-compatible server, a worker killed mid-run, an unreachable s
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import fsspec
 import numpy as np
@@ -21,6 +23,7 @@ from distributed import Client, LocalCluster, get_task_stream
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from image_classification.dask_shutdown import HEARTBEAT_FAILED, HeartbeatAtShutdown
 from image_classification.distributed import DaskSettings, dask_client
 from image_classification.errors import ParameterError
 from image_classification.patches import PatchClassifier
@@ -178,6 +181,31 @@ def test_the_default_keeps_the_in_process_path():
     assert not settings.enabled
     with dask_client(settings) as client:
         assert client is None
+
+
+def _heartbeat_record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, None, None)
+
+
+@pytest.mark.parametrize(("status", "kept"), [("running", True), ("closing", False),
+                                              ("closing_gracefully", False), ("closed", False)])
+def test_a_failed_heartbeat_is_dropped_only_while_the_worker_closes(status, kept):
+    worker = SimpleNamespace(status=SimpleNamespace(name=status))
+    quiet = HeartbeatAtShutdown(worker)
+    assert quiet.filter(_heartbeat_record(HEARTBEAT_FAILED + ".")) is kept
+    # every other record is kept, whatever the status
+    assert quiet.filter(_heartbeat_record("Unexpected exception during heartbeat. Closing worker."))
+
+
+def _worker_filters() -> list[str]:
+    return [type(each).__name__ for each in logging.getLogger("distributed.worker").filters]
+
+
+def test_a_local_cluster_closes_without_a_heartbeat_traceback_from_its_workers():
+    settings = DaskSettings(address="local", workers=2, dashboard_address=None)
+    with dask_client(settings) as client:
+        filters = client.run(_worker_filters)
+    assert len(filters) == 2 and all("HeartbeatAtShutdown" in names for names in filters.values()), filters
 
 
 # ----------------------------------------------------------------------------- images on S3

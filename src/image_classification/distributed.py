@@ -124,7 +124,10 @@ def dask_client(settings: DaskSettings) -> Iterator[Any]:
         try:
             from distributed import Client
 
+            from image_classification.dask_shutdown import QuietShutdown
+
             with Client(cluster) as client:
+                client.register_plugin(QuietShutdown(), name=QuietShutdown.name)
                 yield client
         finally:
             cluster.close()
