@@ -1,17 +1,19 @@
 """What defect maps cost predict: time and bytes per image, maps on against maps off, side by side.
 
 predict_images over a folder of generated camera-like JPEGs with a patch classifier served (so every
-image's patch vectors are computed either way: the map only keeps what the score already reads), run
-with ``predict.defect_maps`` true and false in interleaved rounds on the same backend, threads and
-workers; the median seconds of each and their ratio (target: at most 1.10). Then the bytes each image
-adds to predictions.parquet, and, apart from the target, the time overlay PNGs add.
+image's patch vectors are computed either way: the map only reads what the score already reads), run
+in interleaved rounds on the same backend, threads and workers with ``predict.defect_maps`` false, with
+the served score's own map, and with the patch Gaussian's map served beside it
+(``evaluate.defect_map_from: patch_gaussian``, the default); the median seconds of each and their ratios
+to maps off (target: at most 1.10). Then the bytes each image adds to predictions.parquet, and, apart
+from the target, the time overlay PNGs add.
 
     python -m benchmarks.defect_map_cost                 # 300 images, 3 rounds
     python -m benchmarks.defect_map_cost --images 1000 --rounds 5
 
 The model is efficientnet_lite0 with its ImageNet weights and an untrained head; the patch classifier
-is fitted for two epochs on arbitrary labels of 64 of the images (speed does not depend on either's
-values). Images are those of benchmarks/predict_end_to_end.py (1280x960).
+is fitted for two epochs on arbitrary labels of 64 of the images and the patch Gaussian on the half of
+them labelled valid (speed does not depend on their values). Images are those of benchmarks/predict_end_to_end.py (1280x960).
 """
 
 from __future__ import annotations
@@ -31,20 +33,26 @@ from benchmarks.harness import prepare_predict_inputs as prepare_inputs
 GRID = 14
 
 
-def patch_point(folder: Path, inputs: dict) -> dict:
-    """An operating point serving a patch classifier on the 14x14 grid of the checkpoint's pass."""
+def patch_points(folder: Path, inputs: dict) -> tuple[dict, dict]:
+    """Operating points serving a patch classifier on the 14x14 grid of the checkpoint's pass: drawing its
+    own map, and with the patch Gaussian's map beside it."""
     import torch
 
     from image_classification.artefacts import Checkpoint, OperatingPoint
     from benchmarks.harness import model_outputs
     from image_classification.patches import PatchClassifier
+    from image_classification.scorers import PatchGaussianScorer
 
     checkpoint = Checkpoint.from_payload(inputs["model_checkpoint"])
     paths = sorted(str(path) for path in folder.glob("*.jpg"))[:64]
     outputs = model_outputs(checkpoint.model(), paths, checkpoint.spec, torch.device("cpu"), patch_grid=GRID)
-    classifier = PatchClassifier.fit(torch.from_numpy(outputs["patches"]), np.arange(len(paths)) % 2, epochs=2)
-    return OperatingPoint.for_checkpoint({"threshold": 0.5}, checkpoint, "patch_classifier",
-                                         classifier.to_payload(grid=GRID)).to_payload()
+    patches, labels = torch.from_numpy(outputs["patches"]), np.arange(len(paths)) % 2
+    classifier = PatchClassifier.fit(patches, labels, epochs=2)
+    gaussian = PatchGaussianScorer.of_valid(patches[labels == 1], GRID)
+    beside = {"candidate": gaussian.name, "weights": gaussian.to_payload()}
+    return tuple(OperatingPoint.for_checkpoint({"threshold": 0.5}, checkpoint, "patch_classifier",
+                                               classifier.to_payload(grid=GRID), map_from).to_payload()
+                 for map_from in (None, beside))
 
 
 def parquet_bytes(table) -> int:
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare_inputs(workdir)
     folder = image_folder(workdir, args.images, args.distinct)
     inputs = load_inputs(workdir)
-    point = patch_point(folder, inputs)
+    point, gaussian_point = patch_points(folder, inputs)
     onnx_model = export_onnx_model(inputs["model_checkpoint"], point, PredictConfig())
     source = {"kind": "folder_tree", "root": str(folder)}
     images = list_prediction_images(source, demo_images="unused")
@@ -86,16 +94,20 @@ def main(argv: list[str] | None = None) -> None:
                                       defect_maps=setting) for setting in (False, True)}
     parity = check_onnx_parity(inputs["model_checkpoint"], onnx_model, images, point, configs[True])
 
-    def run(setting: bool):
-        return predict_images(inputs["model_checkpoint"], onnx_model, parity, inputs["anomaly_detector"], point, images,
+    def run(setting: bool, served: dict = point):
+        return predict_images(inputs["model_checkpoint"], onnx_model, parity, inputs["anomaly_detector"], served, images,
                               configs[setting])
 
     run(True)  # warm-up: caches, thread pools
-    seconds, results = harness.interleaved({"maps off": lambda: run(False), "maps on": lambda: run(True)}, args.rounds)
+    run(True, gaussian_point)
+    arms = {"maps off": lambda: run(False), "own map": lambda: run(True),
+            "Gaussian map": lambda: run(True, gaussian_point)}
+    seconds, results = harness.interleaved(arms, args.rounds)
     median = harness.medians(seconds)
-    (off, summary), (on, _) = results["maps off"], results["maps on"]
-    assert np.array_equal(off["score"].to_numpy(), on["score"].to_numpy(), equal_nan=True)
-    ratio = median["maps on"] / median["maps off"]
+    (off, summary), (on, _) = results["maps off"], results["Gaussian map"]
+    for name in arms:  # the map never changes the served score
+        assert np.array_equal(off["score"].to_numpy(), results[name][0]["score"].to_numpy(), equal_nan=True)
+    ratios = {name: median[name] / median["maps off"] for name in ("own map", "Gaussian map")}
     extra = (parquet_bytes(on) - parquet_bytes(off)) / len(on)
     overlay_config = PredictConfig(source=source, save_overlays=True)
     started = time.perf_counter()
@@ -108,13 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     for name in seconds:
         print(f"  {name:10s} median {median[name]:7.2f} s  {len(images) / median[name]:7.1f} images/s  "
               f"(rounds: {', '.join(f'{value:.2f}' for value in seconds[name])})")
-    print(f"  maps on / maps off: {ratio:.3f}x the time (target: at most 1.10x)")
+    for name, ratio in ratios.items():
+        print(f"  {name} / maps off: {ratio:.3f}x the time (target: at most 1.10x)")
     print(f"  predictions.parquet: {extra:.0f} more bytes per image with maps ({GRID}x{GRID} float32: {4 * GRID * GRID} "
           "raw)")
     print(f"  overlay PNGs (predict.save_overlays, apart from the target): {overlay_s * 1000:.0f} ms per image more")
     harness.write_results(args.results_file, "defect_map_cost", [
         {"arm": name, "median_s": median[name], "img_s": len(images) / median[name]} for name in seconds] + [
-        {"arm": "ratio", "on_over_off": ratio, "parquet_bytes_per_image": extra, "overlay_ms_per_image": overlay_s * 1e3}],
+        {"arm": f"{name} / maps off", "on_over_off": ratio, "parquet_bytes_per_image": extra,
+         "overlay_ms_per_image": overlay_s * 1e3} for name, ratio in ratios.items()],
         args)
 
 

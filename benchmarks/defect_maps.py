@@ -11,13 +11,16 @@ feature cache of the original images was made). Each arm is fitted on the fold's
   real labels; its map is the patch logits (``PatchClassifierScorer.defect_map``);
 - ``patch memory``: ``PatchMemory`` of the valid images as ``PatchMemoryScorer.fit`` fits it; its map is
   each patch's distance to the memory (``PatchMemoryScorer.defect_map``);
-- ``patch Gaussian``: ``PatchGaussian`` of the valid images (``PatchGaussianScorer.fit``); its map is each
-  patch's Mahalanobis distance from the valid mean patch at its position, one covariance shared by all
-  positions; beside it ``patch Gaussian, covariance per position``, PaDiM as published (a covariance
+- ``patch Gaussian``: ``PatchGaussian`` of the valid images (``PatchGaussianScorer.of_valid``, as evaluate
+  fits it); its map (``PatchGaussianScorer.defect_map``) is each patch's Mahalanobis distance from the
+  valid mean patch at its position, one covariance shared by all positions, on the overlays' log-odds
+  scale; the served map (``evaluate.defect_map_from: patch_gaussian``, docs/decisions/0037), marked
+  ``(served map)``; beside it ``patch Gaussian, covariance per position``, PaDiM as published (a covariance
   per grid position: grid² x C² numbers, 18 MB per fit at grid 14, too large to serve as JSON);
 - ``fold stack`` (with ``--fold-stack``, five more fits per fold): the served score on small data, built
   as evaluate's cross-validation builds it on these images (five inner grouped folds, baseline and patch
-  classifier fits, Platt calibration, stacker, gate); its map is ``FoldStack.patch_map``. Beside it,
+  classifier fits, Platt calibration, stacker, gate); its own map is ``FoldStack.patch_map`` (the served
+  map with ``evaluate.defect_map_from: served``). Beside it,
   the fold stack of the same inner fits with their patch Gaussians as a third input
   (``evaluate.fold_stack_patch_gaussian``, off: docs/decisions/0036).
 
@@ -50,11 +53,15 @@ from benchmarks.harness import (KINDS, build_fold_stack, extract_backbone_featur
 from image_classification import defect_maps
 from image_classification.backbones import backbone_spec, build_backbone
 from image_classification.parameters.evaluate import EvaluateConfig
-from image_classification.patch_gaussian import PatchGaussian
 from image_classification.patches import PatchMemory
+from image_classification.scorers import Features, PatchGaussianScorer
 
 BACKBONE, GRID = "efficientnet_lite0", 14
 READINGS = ("as drawn (bilinear)", "3x3 smoothed grid", "patch blocks (nearest)")
+# the arm whose map predict serves by default (evaluate.defect_map_from), and the served score's own map
+SERVED_MAP = EvaluateConfig().defect_map_from
+GAUSSIAN = "patch Gaussian" + (" (served map)" if SERVED_MAP == "patch_gaussian" else "")
+FOLD_STACK = "fold stack (served score" + ("; served map)" if SERVED_MAP == "served" else ")")
 
 
 def smoothed(values: np.ndarray) -> np.ndarray:
@@ -194,15 +201,16 @@ def main(argv: list[str] | None = None) -> None:
         classifier = fit_patch_classifier(patches[rest], y[rest], evaluate, seed)
         memory = PatchMemory.fit(patches[rest][y[rest] == 1], evaluate.patch_coreset_fraction,
                                  evaluate.patch_memory_max, evaluate.patch_top_k, seed)
-        gaussian = PatchGaussian.fit(patches[rest][y[rest] == 1])
+        served_gaussian = PatchGaussianScorer.of_valid(patches[rest][y[rest] == 1], GRID)  # as evaluate fits it
+        gaussian = served_gaussian.gaussian
         pasted_pooled = extracted["pooled"][[order[int(row)] for row in chosen]].float().numpy()
         # per arm: the pasted images' maps, and image defect scores (higher: more defective) clean and pasted
         arms = {"patch classifier": (classifier.patch_logits(pasted).numpy(), -classifier.scores(clean),
                                      -classifier.scores(pasted)),
                 "patch memory": (memory.distances(pasted).numpy(), memory.anomaly_scores(clean),
                                  memory.anomaly_scores(pasted)),
-                "patch Gaussian": (gaussian.distances(pasted).numpy(), gaussian.anomaly_scores(clean),
-                                   gaussian.anomaly_scores(pasted))}
+                GAUSSIAN: (served_gaussian.defect_map(Features(patches=pasted)), gaussian.anomaly_scores(clean),
+                           gaussian.anomaly_scores(pasted))}
         per_position = per_position_distances(patches[rest][y[rest] == 1], torch.cat([clean, pasted]))
         arms["patch Gaussian, covariance per position"] = (per_position[len(chosen):], per_position[:len(chosen)].max(1),
                                                            per_position[len(chosen):].max(1))
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
             with_gaussian, without = fold_stack_map(pooled[rest], patches[rest], y[rest], groups[rest], evaluate, seed)
             print(f"  the map weights of the fold stack with the patch Gaussian: "
                   f"{with_gaussian.describe()['map_weights']}", flush=True)
-            for arm, built in (("fold stack (served)", without), ("fold stack + patch Gaussian", with_gaussian)):
+            for arm, built in ((FOLD_STACK, without), ("fold stack + patch Gaussian", with_gaussian)):
                 arms[arm] = (built.patch_map(pasted), -built.scores(pooled[chosen], clean),
                              -built.scores(pasted_pooled, pasted))
         for arm, (maps, clean_scores, pasted_scores) in arms.items():

@@ -11,6 +11,7 @@ import torch
 from image_classification.errors import DataError
 from image_classification.patch_gaussian import REGULARISATION, PatchGaussian
 from image_classification.patches import PatchMemory
+from image_classification.scorers import Features, PatchGaussianScorer
 
 GRID, CHANNELS = 4, 6
 
@@ -69,3 +70,30 @@ def test_the_gaussian_round_trips_through_json_and_refuses_what_it_cannot_read()
     with pytest.raises(DataError, match="incomplete or malformed"):
         PatchGaussian.from_payload({"mean": [[0.0]]})
     assert gaussian.anomaly_scores(torch.zeros(0, GRID * GRID, CHANNELS)).shape == (0,)
+
+
+def test_its_map_is_drawn_on_the_overlays_scale_clear_on_valid_images_and_hot_on_the_defect():
+    """The served map beside the served score: a new valid image's patches stay at most 0.5 (clear on every
+    overlay) but for about one in a thousand; a moved 'busbar' is far above it, on one fixed scale."""
+    generator = torch.Generator().manual_seed(3)
+    scorer = PatchGaussianScorer.of_valid(aligned(300, generator), GRID)
+    probability = torch.sigmoid(torch.from_numpy(scorer.defect_map(Features(patches=aligned(300, generator)))))
+    assert (probability > 0.5).float().mean() < 0.005
+    moved = aligned(20, generator)
+    moved[:, 0, 0] -= 4.0
+    moved[:, 5, 0] += 4.0
+    hot = torch.sigmoid(torch.from_numpy(scorer.defect_map(Features(patches=moved))))
+    assert (hot[:, 5] > 0.99).all() and set(hot.argmax(1).tolist()) <= {0, 5}
+
+
+def test_the_served_map_round_trips_and_an_incomplete_one_is_refused_with_the_fix():
+    generator = torch.Generator().manual_seed(4)
+    scorer = PatchGaussianScorer.of_valid(aligned(50, generator), GRID)
+    payload = json.loads(json.dumps(scorer.to_payload()))
+    new = Features(patches=aligned(5, generator))
+    np.testing.assert_allclose(PatchGaussianScorer.from_payload(payload).defect_map(new), scorer.defect_map(new),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(DataError, match="needs grid, gaussian, median and rare.*run the evaluate pipeline"):
+        PatchGaussianScorer.from_payload({key: value for key, value in payload.items() if key != "rare"})
+    with pytest.raises(DataError, match="says grid 3 but holds 16 positions"):
+        PatchGaussianScorer.from_payload(payload | {"grid": 3})

@@ -331,7 +331,7 @@ class OperatingPoint:
         """The threshold in ``choice`` (see :func:`~image_classification.metrics.select_threshold`) on
         ``candidate``'s scores (with its ``served_weights`` when it is not the model), recorded with the
         checkpoint it was chosen for. ``defect_map``: ``{"candidate": name, "weights": ...}``, a patch
-        score whose map explains a served score that reads no patches (it decides nothing)."""
+        score whose map is drawn beside the served score (it decides nothing)."""
         if candidate != "model" and not served_weights:
             raise DataError(f"the operating point serves the {candidate}, but no weights of it were given")
         return cls(threshold=float(choice["threshold"]), choice={k: v for k, v in choice.items() if k != "threshold"},

@@ -23,7 +23,7 @@ from image_classification.scorers import ServedScore
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     """Scores a table with a ``path`` column: probability of valid (of the candidate the operating point
     serves: the model, the baseline on the pooled features or the patch classifier on the patch
-    vectors), the label at the threshold and, when the served score reads patches, the defect map."""
+    vectors), the label at the threshold and the operating point's defect map, where it has one."""
 
     def load_context(self, context) -> None:
         self.checkpoint = Checkpoint.from_payload(SafetensorsDataset(filepath=context.artifacts["checkpoint"]).load())

@@ -91,8 +91,12 @@ def test_every_registered_scorer_fits_ranks_and_round_trips(scored, name):
     assert np.isfinite(result.test).all() and np.isfinite(result.val).all()
     assert roc_auc_score(scored["test_targets"], result.test) > 0.8  # higher means more like valid
     json.dumps(result.record, allow_nan=False)
+    if kind.locates:  # its map is served beside the served score: its payload round-trips to the same map
+        payload = json.loads(json.dumps(result.fitted.to_payload()))
+        np.testing.assert_allclose(kind.from_payload(payload).defect_map(split.test),
+                                   result.fitted.defect_map(split.test), rtol=1e-5, atol=1e-6)
     if not kind.servable:
-        assert result.fitted is None
+        assert (result.fitted is None) is not kind.locates
         return
     payload = json.loads(json.dumps(result.fitted.to_payload()))
     assert kind.from_payload(payload).patch_grid == result.fitted.patch_grid
@@ -120,8 +124,11 @@ def test_every_patch_scorer_draws_a_map_that_points_at_the_defect_and_agrees_wit
     elif name == "patch_classifier" and len(fitted.ensemble.members) == 1:
         np.testing.assert_allclose(top_k_mean(maps, fitted.ensemble.members[0].top_k),
                                    -probability_logit(fitted.score_samples(split.test)), rtol=1e-4, atol=1e-4)
-    elif name == "patch_gaussian":  # distances: the highest is the anomaly score, the negated score
-        np.testing.assert_allclose(maps.max(1), -fitted.score_samples(split.test), rtol=1e-5)
+    elif name == "patch_gaussian":  # log-odds of distances: the highest is the anomaly score on that scale
+        np.testing.assert_allclose(maps.max(1), fitted.log_odds(-fitted.score_samples(split.test)), rtol=1e-5,
+                                   atol=1e-5)
+        # the scale: the valid training patches' 1-in-1000 distance is drawn at 0, their median at -ln(999)
+        assert fitted.log_odds(np.array([fitted.rare, fitted.median])) == pytest.approx([0.0, -np.log(999)], abs=1e-5)
     elif name == "fold_stack":  # per fold, each local map says what the stacker's local input says, negated;
         # the drawn map is their mix in the stacker's weights
         member = fitted.stack.members[0]
@@ -177,6 +184,34 @@ def test_a_served_score_that_reads_no_patches_is_explained_by_a_patch_scores_map
                                results["patch_classifier"].fitted.defect_map(split.test), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="draws its map on a 2x2 patch grid"):
         served.defect_maps(model, split.test.patches[:, :1])
+
+
+@pytest.mark.parametrize("served_name", ["fold_stack", "baseline"])
+def test_the_locating_map_is_served_beside_the_served_score_and_labelled(scored, served_name):
+    """evaluate.defect_map_from=patch_gaussian: the operating point carries the fitted patch Gaussian, whose
+    map (labelled as its own) is drawn whatever the served score; the served score and threshold are
+    unchanged, and served (the other value) keeps the served score's own map."""
+    from image_classification.selection.operating_point import defect_map_beside
+
+    results, split = scored["results"], scored["split"]
+    locating = {"patch_gaussian": results["patch_gaussian"].fitted.to_payload()}
+    assert defect_map_beside("served", locating) is None
+    assert defect_map_beside("patch_gaussian", {}) is None  # not fitted: the served score draws its own
+    beside = defect_map_beside("patch_gaussian", locating)
+    point = OperatingPoint.for_checkpoint({"threshold": 0.5}, CHECKPOINT, served_name,
+                                          results[served_name].fitted.to_payload(), beside)
+    served = ServedScore.of(json.loads(json.dumps(point.to_payload())))
+    model = np.array(split.test.scores["model"], dtype=float)
+    patches = split.test.patches if "patches" in SCORERS[served_name].reads else None
+    np.testing.assert_allclose(served.scores(model, split.test.pooled, patches), results[served_name].test,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served.defect_maps(model, split.test.patches),
+                               results["patch_gaussian"].fitted.defect_map(split.test), rtol=1e-5, atol=1e-6)
+    assert served.map_units == results["patch_gaussian"].fitted.map_units and served.map_grid == 2
+    what = "locates defects beside the" if served.patch_grid else "explains the"
+    assert served.map_source.startswith(f"patch_gaussian ({what} {served_name}")
+    invalid = scored["test_targets"] == 0
+    assert (served.defect_maps(model, split.test.patches)[invalid].argmax(1) == 0).mean() > 0.9
 
 
 def test_a_new_score_is_one_module_that_registers_itself():

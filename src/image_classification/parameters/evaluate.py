@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from image_classification.errors import ParameterError
 from image_classification.metrics import BOUND_METHODS, RuleSettings, check_target_precision, threshold_rule
-from image_classification.scorers import servable_names
+from image_classification.scorers import locating_names, servable_names
 
 
 OPERATING_CANDIDATES = servable_names()
+MAP_SOURCES = ("served", *locating_names())
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class EvaluateConfig:
             map then mixes its map with the patch classifier's: on defects-dev the served map pointed at
             small pasted defects a little more often and the stack ranked real defects a little worse,
             so it is off (docs/decisions/0036). Needs ``patch_gaussian``.
+        defect_map_from: which score draws the defect maps of predict, the galleries and the MLflow
+            model: ``served``, the served score's own (its top patches reproduce its score; a score that
+            reads no patches is explained by the patch classifier's), or ``patch_gaussian``, the patch
+            Gaussian's, served beside the served score and labelled as such (it decides nothing): on
+            small pasted defects it points at the defect far more often (docs/decisions/0037). Falls
+            back to ``served`` where the patch Gaussian was not fitted.
         patch_classifier: also score images by supervised patch evidence (a small network over the
             cached patch vectors trained on the train images' labels, an image scored by its
             ``patch_classifier_top_k`` most defective patches; see
@@ -89,6 +96,7 @@ class EvaluateConfig:
     patch_top_k: int = 1
     patch_gaussian: bool = True
     fold_stack_patch_gaussian: bool = False
+    defect_map_from: str = "patch_gaussian"
     patch_classifier: bool = True
     patch_classifier_epochs: int = 30
     patch_classifier_hidden: int = 64
@@ -125,6 +133,9 @@ class EvaluateConfig:
             raise ParameterError(f"evaluate.operating_candidate must be auto, {' or '.join(OPERATING_CANDIDATES)}, got "
                                  f"'{self.operating_candidate}' (patch and stack are measured, not served; fold_stack "
                                  "needs the cross-validation)")
+        if self.defect_map_from not in MAP_SOURCES:
+            raise ParameterError(f"evaluate.defect_map_from must be {' or '.join(MAP_SOURCES)}, got "
+                                 f"'{self.defect_map_from}'")
         if self.threshold_on not in ("auto", "validation", "out_of_fold"):
             raise ParameterError(f"evaluate.threshold_on must be auto, validation or out_of_fold, got "
                                  f"'{self.threshold_on}'")

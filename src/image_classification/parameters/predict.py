@@ -30,8 +30,9 @@ class PredictConfig:
         opset: the ONNX operator set the model is exported with.
         max_file_bytes: larger files get an error row unread; a read never goes past this.
         read_timeout_s: per remote file: a stalled read becomes that file's error row.
-        defect_maps: write each image's defect map (``defect_map``, ``defect_map_grid``) when the
-            served score reads patches (:mod:`image_classification.defect_maps`); false leaves them empty.
+        defect_maps: write each image's defect map (``defect_map``, ``defect_map_grid``), drawn by the
+            score ``evaluate.defect_map_from`` names (:mod:`image_classification.defect_maps`); false
+            leaves them empty.
         save_overlays: also draw every scored image with its map over it, as a PNG in
             ``prediction_overlays`` (one per image, this run's only).
         overlay_max_side: an overlay's longer side, in pixels (larger images are drawn scaled down).

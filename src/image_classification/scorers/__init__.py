@@ -17,6 +17,7 @@ from image_classification.scorers.base import (
     Scorer,
     Split,
     columns,
+    locating_names,
     probability_logit,
     register,
     scorer,
@@ -33,4 +34,4 @@ from image_classification.scorers.serving import ServedScore
 
 __all__ = ["SCORERS", "BaselineScorer", "Features", "FoldStackScorer", "HeadScorer", "Labelled", "PatchClassifierScorer",
            "PatchGaussianScorer", "PatchMemoryScorer", "Scored", "Scorer", "ServedScore", "Split", "StackScorer", "columns", "register", "scorer",
-           "servable_names", "probability_logit"]
+           "servable_names", "locating_names", "probability_logit"]

@@ -102,7 +102,8 @@ class Split:
 @dataclass(frozen=True)
 class Scored:
     """One scorer on one split: its validation and test scores (NaN where there are none), what was
-    fitted or why nothing was (``record``), and the fitted scorer where it can be served."""
+    fitted or why nothing was (``record``), and the fitted scorer where it can be served or its map
+    served beside the served score."""
 
     val: np.ndarray
     test: np.ndarray
@@ -129,6 +130,8 @@ class Scorer(ABC):
         description: one line for the candidates table.
         reads: the :class:`Features` it reads (``scores`` for earlier scorers' scores).
         servable: predict can serve it (it saves itself as plain numbers).
+        locates: its defect map can be served beside another served score, to show where a defect
+            is (it saves itself as plain numbers; ``evaluate.defect_map_from``).
         cross_validated: the cross-validation fits and measures it on every fold.
         refit_for_out_of_fold: its out-of-fold scores come from a fit on the fold's train *and*
             validation images (it chooses nothing on validation, so holding validation out of its fit
@@ -141,6 +144,7 @@ class Scorer(ABC):
     description: ClassVar[str]
     reads: ClassVar[tuple[str, ...]]
     servable: ClassVar[bool] = False
+    locates: ClassVar[bool] = False
     cross_validated: ClassVar[bool] = True
     refit_for_out_of_fold: ClassVar[bool] = False
 
@@ -194,7 +198,7 @@ class Scorer(ABC):
             return Scored.missing(split, reason)
         scorer = cls.fit(split, config, seed)
         return Scored(scorer.score_samples(split.val.features), scorer.score_samples(split.test), scorer.describe(),
-                      scorer if cls.servable else None)
+                      scorer if cls.servable or cls.locates else None)
 
 
 def probability_logit(p: np.ndarray) -> np.ndarray:
@@ -224,6 +228,11 @@ def scorer(name: str) -> type[Scorer]:
 
 def servable_names() -> tuple[str, ...]:
     return tuple(name for name, cls in SCORERS.items() if cls.servable)
+
+
+def locating_names() -> tuple[str, ...]:
+    """The scorers whose map can be served beside another served score (:attr:`Scorer.locates`)."""
+    return tuple(name for name, cls in SCORERS.items() if cls.locates)
 
 
 def columns() -> dict[str, str]:

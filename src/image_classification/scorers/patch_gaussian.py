@@ -1,16 +1,26 @@
 """``patch_gaussian``: unsupervised patch evidence *at each place*: the Mahalanobis distance of an image's
 most unusual patch from the valid training images' mean patch at the same grid position
 (:class:`~image_classification.patch_gaussian.PatchGaussian`), negated so that higher means more like
-valid. Measured, not served: its map points at small local defects better than any other score's, and
-``evaluate.fold_stack_patch_gaussian`` stacks it in the fold stack (docs/decisions/0036)."""
+valid. Its score is measured, not served; its map points at small local defects better than any other
+score's, so it is the defect map served beside the served score (``evaluate.defect_map_from``,
+docs/decisions/0037), and ``evaluate.fold_stack_patch_gaussian`` stacks it in the fold stack
+(docs/decisions/0036)."""
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
+import numpy as np
+import torch
+
+from image_classification.errors import DataError
 from image_classification.patch_gaussian import PatchGaussian
 from image_classification.scorers.base import Features, Scorer, Split, register
 from image_classification.scorers.patch_memory import PatchMemoryScorer
+
+
+RARE = 0.999  # a patch as far from its place's valid mean as one valid training patch in a thousand is drawn at 0.5
+LOG_ODDS = math.log(RARE / (1 - RARE))
 
 
 @register
@@ -21,9 +31,12 @@ class PatchGaussianScorer(Scorer):
     description = "patch evidence at each place (negated distance from the valid mean patch at the same position)"
     reads = ("patches",)
     refit_for_out_of_fold = True  # it chooses nothing on validation
+    locates = True
 
-    def __init__(self, gaussian: PatchGaussian, grid: int) -> None:
+    def __init__(self, gaussian: PatchGaussian, grid: int, median: float, rare: float) -> None:
         self.gaussian, self.grid = gaussian, int(grid)
+        # the valid training patches' median and 1-in-1000 distance: the map's scale (:meth:`log_odds`)
+        self.median, self.rare = float(median), float(rare)
 
     @classmethod
     def unavailable(cls, split: Split, config) -> str | None:
@@ -39,18 +52,35 @@ class PatchGaussianScorer(Scorer):
     @classmethod
     def fit(cls, split: Split, config, seed: int) -> PatchGaussianScorer:
         patches = split.train.features.require("patches", cls.name)
-        return cls(PatchGaussian.fit(patches[np.flatnonzero(split.train.targets == 1)]), split.grid)
+        return cls.of_valid(patches[np.flatnonzero(split.train.targets == 1)], split.grid)
+
+    @classmethod
+    def of_valid(cls, valid: torch.Tensor, grid: int) -> PatchGaussianScorer:
+        """Fitted on (N, grid², C) patch vectors of valid images, its map's scale on their distances."""
+        gaussian = PatchGaussian.fit(valid)
+        median, rare = np.quantile(gaussian.distances(valid).numpy().ravel(), [0.5, RARE])
+        return cls(gaussian, grid, median, rare)
 
     def score_samples(self, features: Features) -> np.ndarray:
         return -self.gaussian.anomaly_scores(features.require("patches", self.name))
 
+    def log_odds(self, distances: np.ndarray) -> np.ndarray:
+        """Distances on the maps' scale, the defect log-odds every overlay draws (sigmoid: a patch's
+        defect probability): ``ln(999) (d - d999) / (d999 - d50)``, with ``d50`` and ``d999`` the valid
+        training patches' median and 99.9th-percentile distances: 0 (drawn at 0.5) as unusual as one
+        valid patch in a thousand, -6.9 (clear) the median valid patch."""
+        width = max(self.rare - self.median, 1e-6)
+        return (LOG_ODDS * (np.asarray(distances, dtype=np.float64) - self.rare) / width).astype(np.float32)
+
     def defect_map(self, features: Features) -> np.ndarray:
-        return self.gaussian.distances(features.require("patches", self.name)).numpy()
+        return self.log_odds(self.gaussian.distances(features.require("patches", self.name)).numpy())
 
     @property
     def map_units(self) -> str:
-        return ("Mahalanobis distance of each patch from the valid training images' mean patch at its grid position; "
-                "an image's highest is its patch Gaussian anomaly score, minus its patch Gaussian score")
+        return (f"defect log-odds of each patch from its Mahalanobis distance d from the valid training images' mean "
+                f"patch at its grid position: ln(999) (d - {self.rare:.4g}) / ({self.rare:.4g} - {self.median:.4g}), "
+                "the valid training patches' 99.9th percentile and median distances (0: as unusual as one valid patch "
+                "in a thousand); an image's highest is its patch Gaussian anomaly score on that scale")
 
     @property
     def patch_grid(self) -> int:
@@ -59,4 +89,20 @@ class PatchGaussianScorer(Scorer):
     def describe(self) -> dict:
         return {"enabled": True, "description": "PaDiM-style patch evidence: Mahalanobis distance of an image's most "
                 "unusual patch from the valid train images' mean patch at its position (one shared covariance)",
-                "grid": self.grid, **self.gaussian.describe()}
+                "grid": self.grid, "valid_patch_distance_median": self.median,
+                "valid_patch_distance_999": self.rare, **self.gaussian.describe()}
+
+    def to_payload(self) -> dict:
+        return {"grid": self.grid, "gaussian": self.gaussian.to_payload(), "median": self.median, "rare": self.rare}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> PatchGaussianScorer:
+        if not isinstance(payload, dict) or not {"gaussian", "grid", "median", "rare"} <= set(payload):
+            raise DataError("the served patch Gaussian map is incomplete (it needs grid, gaussian, median and rare); "
+                            "run the evaluate pipeline again")
+        gaussian = PatchGaussian.from_payload(payload["gaussian"])
+        grid = int(payload["grid"])
+        if grid * grid != gaussian.mean.shape[0]:
+            raise DataError(f"the served patch Gaussian map says grid {grid} but holds {gaussian.mean.shape[0]} "
+                            "positions; run the evaluate pipeline again")
+        return cls(gaussian, grid, float(payload["median"]), float(payload["rare"]))

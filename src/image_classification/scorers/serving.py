@@ -20,7 +20,8 @@ class ServedScore:
 
     point: OperatingPoint
     scorer: Scorer
-    explainer: Scorer | None = None  # draws the map when the served score reads no patches
+    explainer: Scorer | None = None  # draws the map beside the served score (evaluate.defect_map_from), or
+    # for a served score that reads no patches
 
     @classmethod
     def of(cls, point: OperatingPoint | dict) -> ServedScore:
@@ -96,18 +97,24 @@ class ServedScore:
 
     @property
     def map_scorer(self) -> Scorer | None:
-        """The scorer that draws the defect maps: the served one when it reads patches, else the
-        operating point's explaining patch score (None: no map)."""
-        return self.scorer if self.patch_grid else self.explainer
+        """The scorer that draws the defect maps: the operating point's map beside the served score
+        (a locating score, or the patch score explaining a served score that reads no patches), else
+        the served one when it reads patches (None: no map)."""
+        if self.explainer is not None:
+            return self.explainer
+        return self.scorer if self.patch_grid else None
 
     @property
     def map_source(self) -> str:
-        """Whose map :meth:`defect_maps` draws: the served candidate's name, or the explaining score's
+        """Whose map :meth:`defect_maps` draws: the served candidate's name; a locating score's
+        "<name> (locates defects beside the <candidate>, which decides)"; or an explaining score's
         "<name> (explains the <candidate>, which reads no patches)"; "" when none."""
         if self.map_scorer is None:
             return ""
         if self.map_scorer is self.scorer:
             return self.candidate
+        if self.patch_grid:
+            return f"{self.explainer.name} (locates defects beside the {self.candidate}, which decides)"
         return f"{self.explainer.name} (explains the {self.candidate}, which reads no patches)"
 
     @property

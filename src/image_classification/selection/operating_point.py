@@ -23,12 +23,13 @@ POOLING_LOSS = 0.01  # AUROC lost by pooling fold scores on their own scales: en
 
 
 def choose(evaluation_scores: pd.DataFrame, checkpoint: Checkpoint, evaluate, out_of_fold_scores: pd.DataFrame,
-           seed: int, served_weights: dict[str, dict | None]) -> dict:
+           seed: int, served_weights: dict[str, dict | None], locating_weights: dict[str, dict] | None = None) -> dict:
     """The served candidate (:func:`~image_classification.selection.candidate.operating_candidate`) and
     its threshold, chosen on validation or on out-of-fold scores: with ``threshold_on`` auto the
     fold-fitted candidates' on their out-of-fold scores, five times as many images as validation
     (docs/decisions/0018 and 0032 measure what that buys), the model's on validation. Returns the
-    operating point's payload."""
+    operating point's payload, with the defect map served beside the served score
+    (:func:`defect_map_beside`) where ``evaluate.defect_map_from`` names a fitted locating score."""
     candidate, why, compared = operating_candidate(evaluation_scores, out_of_fold_scores, checkpoint, evaluate, seed,
                                                    served_weights)
     column = columns()[candidate]
@@ -56,8 +57,22 @@ def choose(evaluation_scores: pd.DataFrame, checkpoint: Checkpoint, evaluate, ou
     log_operating_point(candidate.capitalize(), point)
     warn_low_efficiency(point, pooling_loss(held_out, column) if chosen_on == "out_of_fold" else 0.0,
                         "out_of_fold_bound_level" if chosen_on == "out_of_fold" else "bound_level")
+    beside = defect_map_beside(evaluate.defect_map_from, locating_weights or {}) or \
+        explaining_map(candidate, served_weights)
     return jsonable(OperatingPoint.for_checkpoint(point, checkpoint, candidate, served_weights[candidate],
-                                                  explaining_map(candidate, served_weights)).to_payload())
+                                                  beside).to_payload())
+
+
+def defect_map_beside(source: str, locating_weights: dict[str, dict]) -> dict | None:
+    """The locating score ``evaluate.defect_map_from`` names, fitted, as the operating point's defect map
+    (``{"candidate", "weights"}``); None for ``served``, or (logged) when it was not fitted."""
+    if source == "served":
+        return None
+    if not locating_weights.get(source):
+        logger.info("Defect maps: evaluate.defect_map_from is %s, which was not fitted (see evaluation_metrics.json); "
+                    "the served score draws them", source)
+        return None
+    return {"candidate": source, "weights": locating_weights[source]}
 
 
 def explaining_map(candidate: str, served_weights: dict[str, dict | None]) -> dict | None:

@@ -174,7 +174,8 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
     classifier = fits["patch_classifier"]
     assert classifier["enabled"] and classifier["train_images"] == sum(SPLIT_SIZES["train"])
     assert roc_auc_score(readable["target"], readable["patch_classifier_score"]) > 0.9
-    assert set(models) == {"baseline", "patch_classifier"}  # every fitted servable score, as plain numbers
+    # every fitted servable score, and the locating one whose map is served beside, as plain numbers
+    assert set(models) == {"baseline", "patch_classifier", "patch_gaussian"}
     reordered = score_images(evaluation_inputs["scored_index"], evaluation_inputs["model_checkpoint"], index).iloc[::-1]
     with pytest.raises(ValueError, match="in order"):
         score_candidates(reordered, features, index, small_config(), 42)

@@ -102,9 +102,10 @@ def test_pipeline_runs_on_an_in_memory_catalog(evaluation_inputs):
     assert len(catalog.load("gap_analysis")) == ((scored[column] >= point["threshold"]) != (scored["target"] == 1)).sum()
     assert all(isinstance(catalog.load(name), Figure) for name in FIGURES)
     assert all(isinstance(catalog.load(name), go.Figure) for name in PLOTS)
-    # the served fold stack reads patches: its maps are drawn, one step of the preview per image shown
+    # the patch Gaussian's maps are drawn beside the served fold stack, labelled as such, one step of the
+    # preview per image shown
     gallery = catalog.load("defect_map_gallery")
-    assert "Defect maps of the served fold stack" in gallery._suptitle.get_text()
+    assert "patch Gaussian's map, which locates defects beside the served fold stack" in gallery._suptitle.get_text()
     shown = scores[(scores["split"] == "test") & (scores["target"] == 0) & scores[column].notna()]
     assert len(catalog.load("defect_map_preview").layout.sliders[0].steps) == min(len(shown), 3)
 

@@ -85,8 +85,8 @@ def score_candidates(model_scores: pd.DataFrame, backbone_features: dict, image_
     Returns:
         ``evaluation_scores``: every candidate's score side by side, one row per validation and test
         image (NaN where unreadable or not scored); per scorer what was fitted or why nothing was
-        (``scorer_fits``); and every fitted servable scorer as plain numbers (``scorer_models``),
-        which the operating point carries when it serves one.
+        (``scorer_fits``); and every fitted servable or locating scorer as plain numbers
+        (``scorer_models``), which the operating point carries when it serves one or its map.
     """
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     rows = _evaluated_rows(image_index)
@@ -163,11 +163,13 @@ def choose_operating_point(evaluation_scores: pd.DataFrame, model_checkpoint: di
         where it was chosen, with what of the checkpoint predict, zero_shot and embedding_analysis
         need to apply it to the right model.
     """
-    served_weights = {"model": None, **{name: (scorer_models or {}).get(name) or None
+    fitted = scorer_models or {}
+    served_weights = {"model": None, **{name: fitted.get(name) or None
                                         for name, kind in SCORERS.items() if kind.servable and name != "model"}}
+    locating_weights = {name: fitted[name] for name, kind in SCORERS.items() if kind.locates and fitted.get(name)}
     return operating_point.choose(evaluation_scores, Checkpoint.from_payload(model_checkpoint), evaluate,
                                   out_of_fold_scores if out_of_fold_scores is not None else pd.DataFrame(), seed,
-                                  served_weights)
+                                  served_weights, locating_weights)
 
 
 def measure_performance(evaluation_scores: pd.DataFrame, operating_point: dict, scorer_fits: dict,
@@ -241,8 +243,8 @@ def plot_confusion_matrices(evaluation_metrics: dict) -> Figure:
 
 def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evaluate: EvaluateConfig,
                        backbone_features: dict | None = None, image_index: pd.DataFrame | None = None) -> Figure:
-    """Thumbnails of the most wrong false positives and false negatives, with their scores and, when the
-    served score reads patches, its defect map over each (read from ``backbone_features``)."""
+    """Thumbnails of the most wrong false positives and false negatives, with their scores and the
+    operating point's defect map over each (read from ``backbone_features``; see :func:`_defect_maps`)."""
     shown = {error: gap_analysis[gap_analysis["error"] == error] for error in ("false_positive", "false_negative")}
     paths = pd.concat([errors.head(evaluate.gallery_size) for errors in shown.values()])["path"]
     maps, note = _defect_maps(paths, operating_point, backbone_features, image_index)
@@ -265,8 +267,9 @@ def draw_error_gallery(gap_analysis: pd.DataFrame, operating_point: dict, evalua
 def draw_defect_map_gallery(evaluation_scores: pd.DataFrame, operating_point: dict, backbone_features: dict,
                             image_index: pd.DataFrame, evaluate: EvaluateConfig) -> tuple[Figure, go.Figure]:
     """The ``evaluate.gallery_size`` invalid test images the served score is surest of (lowest score), each
-    beside its defect map: where the score sees the defect. Where the served score reads no patches, the
-    map of the patch score the operating point carries to explain it, labelled as such, else a note saying so.
+    beside its defect map: the map the operating point serves (``evaluate.defect_map_from``: the patch
+    Gaussian's beside the served score, or the served score's own; where the served score reads no
+    patches, a patch score's that explains it), labelled as such, else a note saying why there is none.
 
     Returns:
         The gallery (PNG) and the same images with their maps as an interactive heat map for kedro viz.
@@ -293,8 +296,8 @@ def _evaluated_rows(image_index: pd.DataFrame) -> np.ndarray:
 def _defect_maps(paths: pd.Series, operating_point: dict, backbone_features: dict | None,
                  image_index: pd.DataFrame | None) -> tuple[dict, str]:
     """The defect map of each of ``paths`` (indexed images) by path, and a line saying whose maps they are
-    or why there are none: the served score's, else that of the patch score the operating point carries
-    to explain it (:attr:`ServedScore.map_source`), said to be not the served score's."""
+    or why there are none: the served score's, or that of the patch score the operating point carries
+    beside it (:attr:`ServedScore.map_source`), said to be not the served score's."""
     served = ServedScore.of(operating_point)
     name = served.candidate.replace("_", " ")
     if not served.map_units:
@@ -302,6 +305,9 @@ def _defect_maps(paths: pd.Series, operating_point: dict, backbone_features: dic
                     "defect map")
     if served.map_scorer is served.scorer:
         note = f"Defect maps of the served {name} ({served.map_units})"
+    elif served.patch_grid:
+        note = (f"The {served.map_scorer.label}'s map, which locates defects beside the served {name} (it decides "
+                f"nothing; evaluate.defect_map_from), in {served.map_units}")
     else:
         note = (f"The {served.map_scorer.label}'s map (not the served score's: the {name} reads no patches), in "
                 f"{served.map_units}")

@@ -59,7 +59,7 @@ def _space_features(outputs: dict[str, np.ndarray], space: str | None) -> np.nda
 # score: the served candidate's probability of valid (operating_point.json's candidate: the model, or the
 # baseline on the pooled features); model_score: the trained model's, the same when the model is served;
 # defect_map: grid x grid values (row-major from the top-left of the upright image, higher = more defective)
-# when the served score reads patches, else empty (docs/defect-maps.md)
+# by the score evaluate.defect_map_from names, empty when no patch score was fitted (docs/defect-maps.md)
 PREDICTION_COLUMNS = ["path", "score", "predicted_label", "anomaly_score", "anomaly_flag", "accepted_as_valid",
                       "model_score", "defect_map", "defect_map_grid", "error"]
 
@@ -206,7 +206,8 @@ def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, 
     on_worker = replace(predict, workers=0, threads={"onnxruntime": threads, "torch": threads})
     # what a worker builds once and keeps: this checkpoint, and the served score's weights
     operating_point = point.to_payload()
-    served = hashlib.sha256(json.dumps([point.candidate, point.point.served_weights], sort_keys=True).encode()).hexdigest()
+    served = hashlib.sha256(json.dumps([point.candidate, point.point.served_weights, point.point.defect_map],
+                                       sort_keys=True).encode()).hexdigest()
     model = cluster.shared({"key": f"{checkpoint.fingerprint()}-{served}", "checkpoint": model_checkpoint,
                             "onnx": onnx_model, "parity": onnx_parity, "detector": anomaly_detector,
                             "operating_point": operating_point})
