@@ -97,3 +97,19 @@ def test_the_served_map_round_trips_and_an_incomplete_one_is_refused_with_the_fi
         PatchGaussianScorer.from_payload({key: value for key, value in payload.items() if key != "rare"})
     with pytest.raises(DataError, match="says grid 3 but holds 16 positions"):
         PatchGaussianScorer.from_payload(payload | {"grid": 3})
+
+
+def test_on_a_large_set_the_map_s_scale_is_read_on_a_sample_and_stays_the_same(monkeypatch):
+    from image_classification.scorers import patch_gaussian
+
+    valid = aligned(600, torch.Generator().manual_seed(5))
+    full = PatchGaussianScorer.of_valid(valid, GRID)
+    monkeypatch.setattr(patch_gaussian, "SCALE_IMAGES", 200)
+    measured, distances = [], PatchGaussian.distances
+    monkeypatch.setattr(PatchGaussian, "distances", lambda self, patches, *args: measured.append(len(patches)) or
+                        distances(self, patches, *args))
+    sampled = PatchGaussianScorer.of_valid(valid, GRID)
+    assert measured == [200]  # one pass over 200 of the 600 images, not over all of them
+    assert sampled.median == pytest.approx(full.median, rel=0.03) and sampled.rare == pytest.approx(full.rare, rel=0.1)
+    # the Gaussian itself is fitted on every image
+    torch.testing.assert_close(sampled.gaussian.mean, full.gaussian.mean)
