@@ -5,6 +5,7 @@ and a servable one saved as JSON and read back scores exactly as fitted, through
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -239,7 +240,7 @@ def test_a_new_score_is_one_module_that_registers_itself():
         SCORERS.pop("pooled_mean")
 
 
-def test_the_fold_stack_stacks_the_patch_gaussian_only_when_asked():
+def test_the_fold_stack_stacks_the_patch_gaussian_only_when_asked(caplog):
     features, targets, groups = synthetic(48, seed=3)
     for option, inputs in ((False, ("baseline", "patch_classifier")),
                            (True, ("baseline", "patch_classifier", "patch_gaussian"))):
@@ -250,3 +251,9 @@ def test_the_fold_stack_stacks_the_patch_gaussian_only_when_asked():
         assert "patch_gaussian" in report["out_of_fold"]  # measured either way
         stack, _ = build_fold_stack(report["out_of_fold"], targets, report["fold_fits"], features.patches, seed=42)
         assert stack.inputs == inputs
+    # asked for, but one fold fitted no patch Gaussian: two inputs, and the log says why
+    report["fold_fits"]["patch_gaussian"].pop()
+    with caplog.at_level(logging.WARNING, logger="image_classification.selection.cross_validation"):
+        stack, _ = build_fold_stack(report["out_of_fold"], targets, report["fold_fits"], features.patches, seed=42)
+    assert stack.inputs == ("baseline", "patch_classifier")
+    assert "1 of 3 folds fitted no patch Gaussian" in caplog.text

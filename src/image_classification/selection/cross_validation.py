@@ -158,6 +158,9 @@ def build_fold_stack(held_out: dict, targets: np.ndarray, fold_fits: dict, patch
     Gaussian fits, and its out-of-fold scores."""
     gaussians = fold_fits.get("patch_gaussian")
     if gaussians is not None and len(gaussians) != len(fold_fits["patch_classifier"]):
+        logger.warning("The fold stack reads two inputs, not three: evaluate.fold_stack_patch_gaussian is on, but %d "
+                       "of %d folds fitted no patch Gaussian (fewer than two readable valid images there)",
+                       len(fold_fits["patch_classifier"]) - len(gaussians), len(fold_fits["patch_classifier"]))
         gaussians = None
     raw_logits = input_logits(held_out["baseline"], held_out["patch_classifier"],
                               held_out["patch_gaussian"] if gaussians else None)
