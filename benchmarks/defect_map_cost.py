@@ -13,7 +13,8 @@ from the target, the time overlay PNGs add.
 
 The model is efficientnet_lite0 with its ImageNet weights and an untrained head; the patch classifier
 is fitted for two epochs on arbitrary labels of 64 of the images and the patch Gaussian on the half of
-them labelled valid (speed does not depend on their values). Images are those of benchmarks/predict_end_to_end.py (1280x960).
+them labelled valid (speed does not depend on their values). Images are those of
+benchmarks/predict_end_to_end.py (1280x960).
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ def _worker_filters() -> list[str]:
     return [type(each).__name__ for each in logging.getLogger("distributed.worker").filters]
 
 
-def test_a_local_cluster_closes_without_a_heartbeat_traceback_from_its_workers():
+def test_every_worker_of_a_local_cluster_carries_the_heartbeat_at_shutdown_filter():
     settings = DaskSettings(address="local", workers=2, dashboard_address=None)
     with dask_client(settings) as client:
         filters = client.run(_worker_filters)

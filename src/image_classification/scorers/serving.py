@@ -20,21 +20,22 @@ class ServedScore:
 
     point: OperatingPoint
     scorer: Scorer
-    explainer: Scorer | None = None  # draws the map beside the served score (evaluate.defect_map_from), or
-    # for a served score that reads no patches
+    # the operating point's map scorer, if it carries one: a locating score beside the served score
+    # (evaluate.defect_map_from), or a patch score explaining a served score that reads no patches
+    map_beside: Scorer | None = None
 
     @classmethod
     def of(cls, point: OperatingPoint | dict) -> ServedScore:
         """The scorer ``point`` serves; a :class:`DataError` when this version cannot serve it."""
         point = point if isinstance(point, OperatingPoint) else OperatingPoint.from_payload(point)
-        explainer = None
+        map_beside = None
         if point.defect_map:
             name = point.defect_map.get("candidate")
             if name not in SCORERS or "patches" not in SCORERS[name].reads:
                 raise DataError(f"operating_point's defect map is drawn by '{name}', which this version cannot draw a "
                                 "map with; run the evaluate pipeline")
-            explainer = SCORERS[name].from_payload(point.defect_map.get("weights") or {})
-        return cls(point, cls._served(point), explainer)
+            map_beside = SCORERS[name].from_payload(point.defect_map.get("weights") or {})
+        return cls(point, cls._served(point), map_beside)
 
     @staticmethod
     def _served(point: OperatingPoint) -> Scorer:
@@ -100,22 +101,33 @@ class ServedScore:
         """The scorer that draws the defect maps: the operating point's map beside the served score
         (a locating score, or the patch score explaining a served score that reads no patches), else
         the served one when it reads patches (None: no map)."""
-        if self.explainer is not None:
-            return self.explainer
+        if self.map_beside is not None:
+            return self.map_beside
         return self.scorer if self.patch_grid else None
+
+    @property
+    def map_role(self) -> str:
+        """How the defect maps relate to the served score, the one place every label of them is worded
+        from: ``own`` (the served score's), ``beside`` (a locating score's beside a served score that
+        reads patches, which decides), ``explains`` (a patch score's beside one that reads none), or
+        ``""`` (no map)."""
+        if self.map_scorer is None:
+            return ""
+        if self.map_scorer is self.scorer:
+            return "own"
+        return "beside" if self.patch_grid else "explains"
 
     @property
     def map_source(self) -> str:
         """Whose map :meth:`defect_maps` draws: the served candidate's name; a locating score's
         "<name> (locates defects beside the <candidate>, which decides)"; or an explaining score's
         "<name> (explains the <candidate>, which reads no patches)"; "" when none."""
-        if self.map_scorer is None:
-            return ""
-        if self.map_scorer is self.scorer:
-            return self.candidate
-        if self.patch_grid:
-            return f"{self.explainer.name} (locates defects beside the {self.candidate}, which decides)"
-        return f"{self.explainer.name} (explains the {self.candidate}, which reads no patches)"
+        role = self.map_role
+        if role in ("", "own"):
+            return self.candidate if role else ""
+        if role == "beside":
+            return f"{self.map_beside.name} (locates defects beside the {self.candidate}, which decides)"
+        return f"{self.map_beside.name} (explains the {self.candidate}, which reads no patches)"
 
     @property
     def map_grid(self) -> int:

@@ -182,11 +182,14 @@ def test_scores_cover_validation_and_test_only(evaluation_inputs):
 
 
 def test_with_the_patch_classifier_off_the_memory_and_the_stack_still_score(evaluation_inputs):
-    table, fits, models = score_all(evaluation_inputs, small_config(patch_classifier=False))
+    # with the served score's own map, the patch Gaussian is measured but its fit is not kept to serve
+    table, fits, models = score_all(evaluation_inputs, small_config(patch_classifier=False, defect_map_from="served"))
     assert fits["patch"]["enabled"] and fits["patch_classifier"] == {"enabled": False,
                                                                      "reason": "evaluate.patch_classifier is off"}
     assert table["patch_classifier_score"].isna().all() and table["patch_score"].notna().sum() > 0
     assert "patch_classifier" not in models
+    assert fits["patch_gaussian"]["enabled"] and table["patch_gaussian_score"].notna().sum() > 0
+    assert "patch_gaussian" not in models
     assert table["stack_score"].notna().sum() == table["patch_score"].notna().sum()
 
 

@@ -85,8 +85,9 @@ def score_candidates(model_scores: pd.DataFrame, backbone_features: dict, image_
     Returns:
         ``evaluation_scores``: every candidate's score side by side, one row per validation and test
         image (NaN where unreadable or not scored); per scorer what was fitted or why nothing was
-        (``scorer_fits``); and every fitted servable or locating scorer as plain numbers
-        (``scorer_models``), which the operating point carries when it serves one or its map.
+        (``scorer_fits``); and every fitted servable scorer, and the locating one whose map is served
+        (``evaluate.defect_map_from``), as plain numbers (``scorer_models``), which the operating point
+        carries when it serves one or its map.
     """
     cache = FeatureCache.from_payload(backbone_features).check_index(image_index)
     rows = _evaluated_rows(image_index)
@@ -104,7 +105,8 @@ def score_candidates(model_scores: pd.DataFrame, backbone_features: dict, image_
         fits[name] = result.record
         if name == "model":
             continue
-        if result.fitted is not None:
+        # a locating scorer's fit is kept only where its map is served (evaluate.defect_map_from)
+        if result.fitted is not None and (kind.servable or evaluate.defect_map_from == name):
             models[name] = result.fitted.to_payload()
         column = np.full(len(rows), np.nan, dtype=np.float32)
         column[positions["val"]], column[positions["test"]] = result.val, result.test
@@ -303,9 +305,9 @@ def _defect_maps(paths: pd.Series, operating_point: dict, backbone_features: dic
     if not served.map_units:
         return {}, (f"The served score (the {name}) reads no patches and no patch score was fitted beside it: no "
                     "defect map")
-    if served.map_scorer is served.scorer:
+    if served.map_role == "own":
         note = f"Defect maps of the served {name} ({served.map_units})"
-    elif served.patch_grid:
+    elif served.map_role == "beside":
         note = (f"The {served.map_scorer.label}'s map, which locates defects beside the served {name} (it decides "
                 f"nothing; evaluate.defect_map_from), in {served.map_units}")
     else:

@@ -8,7 +8,6 @@ images a folder holds.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from image_classification.defect_maps import overlay
 from image_classification.detectors import Detector, DetectorState, decide
 from image_classification.artefacts import Checkpoint
+from image_classification.checksums import CONTENT_SHA256
 from image_classification.backbones import BackboneSpec
 from image_classification.distributed import (
     DaskMap,
@@ -205,10 +205,9 @@ def _scores_on_dask(cluster: DaskMap, paths: list[str], checkpoint: Checkpoint, 
     # a Dask worker is a daemon process: it cannot start DataLoader workers, and its cores are its threads
     on_worker = replace(predict, workers=0, threads={"onnxruntime": threads, "torch": threads})
     # what a worker builds once and keeps: this checkpoint, and the served score's weights
-    operating_point = point.to_payload()
-    served = hashlib.sha256(json.dumps([point.candidate, point.point.served_weights, point.point.defect_map],
-                                       sort_keys=True).encode()).hexdigest()
-    model = cluster.shared({"key": f"{checkpoint.fingerprint()}-{served}", "checkpoint": model_checkpoint,
+    operating_point = point.to_payload()  # its content checksum covers every field a worker builds from
+    model = cluster.shared({"key": f"{checkpoint.fingerprint()}-{operating_point[CONTENT_SHA256]}",
+                            "checkpoint": model_checkpoint,
                             "onnx": onnx_model, "parity": onnx_parity, "detector": anomaly_detector,
                             "operating_point": operating_point})
     score, anomaly = np.full(len(paths), np.nan, np.float32), np.full(len(paths), np.nan, np.float32)
