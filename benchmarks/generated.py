@@ -69,10 +69,13 @@ def prepare_predict_inputs(workdir: Path) -> float:
     spec = backbone_spec("efficientnet_lite0")
     metadata = {"backbone": spec.name, "weights": "imagenet", "input_size": spec.input_size, "fine_tuned_blocks": 0,
                 "head": {"in_channels": 1280, "hidden_channels": 320, "embedding_dim": 50, "num_classes": 2}}
-    checkpoint = Checkpoint.from_model(build_model(), **metadata).to_payload()
+    model = Checkpoint.from_model(build_model(), **metadata)
+    checkpoint = model.to_payload()
     SafetensorsDataset(filepath=str(workdir / "checkpoint.safetensors")).save(checkpoint)
     reference = np.random.default_rng(0).random((1000, 1280))
-    state = DetectorState.of(KNNDetector(k=5).fit(reference, np.zeros(1000)), "knn_pooled", "pooled", 0.8).to_payload()
+    # bound to the checkpoint as zero_shot binds it, so predict checks it as it would a pipeline's
+    state = DetectorState.of(KNNDetector(k=5).fit(reference, np.zeros(1000)), "knn_pooled", "pooled", 0.8,
+                             checkpoint=model.fingerprint()).to_payload()
     SafetensorsDataset(filepath=str(workdir / "detector.safetensors")).save(state)
     started = time.perf_counter()
     (workdir / "model.onnx").write_bytes(export_onnx_model(checkpoint, {"threshold": 0.5}, PredictConfig()))
