@@ -24,6 +24,7 @@ from image_classification.patches import (
     grid_of,
     patch_blocks,
     patch_grid_features,
+    position_moments,
 )
 from image_classification.pipelines.train.nodes import extract_features
 
@@ -298,3 +299,12 @@ def test_patch_vectors_that_are_not_a_square_grid_are_refused_by_name():
 
     with pytest.raises(DataError, match="hold 195 patches per image, which is not a square grid.*run train again"):
         grid_of(torch.zeros(2, 195, 152))
+
+
+def test_position_moments_read_in_chunks_equal_the_whole_tensors_mean_and_variance():
+    # a float16 cache (as stored), 7 images read 3 at a time: the last chunk is short
+    patches = (torch.randn(7, 4, 5, generator=torch.Generator().manual_seed(0)) * 3 + 1).half()
+    mean, variance = position_moments(patches, rows=3)
+    assert mean.shape == variance.shape == (4, 5) and mean.dtype == torch.float64
+    assert torch.allclose(mean, patches.double().mean(0), atol=1e-12)
+    assert torch.allclose(variance, patches.double().var(0, unbiased=True), atol=1e-10)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from image_classification.errors import DataError
+from image_classification.patches import position_moments
 
 
 @dataclass
@@ -33,14 +34,7 @@ class GlobalGate:
         """Fitted on (N, P, C) patch vectors of valid images (at least two)."""
         if len(patches) < 2:
             raise DataError("the global gate needs patch vectors of at least two valid training images")
-        total = torch.zeros(patches.shape[1:], dtype=torch.float64)
-        squares = torch.zeros_like(total)
-        for start in range(0, len(patches), rows):
-            chunk = patches[start:start + rows].double()
-            total += chunk.sum(0)
-            squares += (chunk * chunk).sum(0)
-        mean = total / len(patches)
-        variance = (squares - len(patches) * mean * mean) / (len(patches) - 1)
+        mean, variance = position_moments(patches, rows)
         gate = cls(mean=mean.float(), std=variance.clamp_min(0).sqrt().float().clamp_min(1e-3), cut=float("inf"),
                    images=int(len(patches)))
         gate.cut = float(gate.statistics(patches).max())

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from image_classification.errors import DataError
+from image_classification.patches import position_moments
 
 # added to the covariance's diagonal before it is inverted, as PaDiM does (features are of order 1)
 REGULARISATION = 0.01
@@ -45,10 +46,7 @@ class PatchGaussian:
         """Fitted on (N, P, C) patch vectors of valid images (at least two), ``rows`` images at a time."""
         if len(patches) < 2:
             raise DataError("the patch Gaussian needs patch vectors of at least two valid training images")
-        total = torch.zeros(patches.shape[1:], dtype=torch.float64)
-        for start in range(0, len(patches), rows):
-            total += patches[start:start + rows].double().sum(0)
-        mean = total / len(patches)
+        mean = position_moments(patches, rows)[0]
         channels = patches.shape[2]
         scatter = torch.zeros(channels, channels, dtype=torch.float64)
         for start in range(0, len(patches), rows):

@@ -67,6 +67,19 @@ def patch_grid_features(maps: list[torch.Tensor], grid: int, dtype: torch.dtype 
     return stacked.flatten(2).transpose(1, 2).to(dtype).contiguous()
 
 
+def position_moments(patches: torch.Tensor, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, C) float64 mean and unbiased variance of (N, P, C) patch vectors (N >= 2) at each grid
+    position, summed ``rows`` images at a time so that a memory-mapped cache is never read whole."""
+    total = torch.zeros(patches.shape[1:], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(patches), rows):
+        chunk = patches[start:start + rows].double()
+        total += chunk.sum(0)
+        squares += (chunk * chunk).sum(0)
+    mean = total / len(patches)
+    return mean, (squares - len(patches) * mean * mean) / (len(patches) - 1)
+
+
 def grid_of(patches: torch.Tensor) -> int:
     """The side of the square grid that (N, grid*grid, C) patch vectors were pooled on."""
     count = patches.shape[1]
