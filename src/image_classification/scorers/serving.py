@@ -123,8 +123,10 @@ class ServedScore:
         "<name> (locates defects beside the <candidate>, which decides)"; or an explaining score's
         "<name> (explains the <candidate>, which reads no patches)"; "" when none."""
         role = self.map_role
-        if role in ("", "own"):
-            return self.candidate if role else ""
+        if not role:
+            return ""
+        if role == "own":
+            return self.candidate
         if role == "beside":
             return f"{self.map_beside.name} (locates defects beside the {self.candidate}, which decides)"
         return f"{self.map_beside.name} (explains the {self.candidate}, which reads no patches)"
