@@ -4,7 +4,8 @@ predict_images over a folder of generated camera-like JPEGs with a patch classif
 image's patch vectors are computed either way: the map only reads what the score already reads), run
 in interleaved rounds on the same backend, threads and workers with ``predict.defect_maps`` false, with
 the served score's own map, and with the patch Gaussian's map served beside it
-(``evaluate.defect_map_from: patch_gaussian``, the default); the median seconds of each and their ratios
+(``evaluate.defect_map_from: patch_gaussian``, the default; its pass also outputs the fine patch
+vectors, which the other two leave out), each with the ONNX export and parity check predict makes for it; the median seconds of each and their ratios
 to maps off (target: at most 1.10). Then the bytes each image adds to predictions.parquet, and, apart
 from the target, the time overlay PNGs add.
 
@@ -49,7 +50,7 @@ def patch_points(folder: Path, inputs: dict) -> tuple[dict, dict]:
     outputs = model_outputs(checkpoint.model(), paths, checkpoint.spec, torch.device("cpu"), patch_grid=GRID)
     patches, labels = torch.from_numpy(outputs["patches"]), np.arange(len(paths)) % 2
     classifier = PatchClassifier.fit(patches, labels, epochs=2)
-    gaussian = PatchGaussianScorer.of_valid(patches[labels == 1], GRID)
+    gaussian = PatchGaussianScorer.of_valid(torch.from_numpy(outputs["fine_patches"])[labels == 1], GRID)
     beside = {"candidate": gaussian.name, "weights": gaussian.to_payload()}
     return tuple(OperatingPoint.for_checkpoint({"threshold": 0.5}, checkpoint, "patch_classifier",
                                                classifier.to_payload(grid=GRID), map_from).to_payload()
@@ -88,21 +89,24 @@ def main(argv: list[str] | None = None) -> None:
     folder = image_folder(workdir, args.images, args.distinct)
     inputs = load_inputs(workdir)
     point, gaussian_point = patch_points(folder, inputs)
-    onnx_model = export_onnx_model(inputs["model_checkpoint"], point, PredictConfig())
     source = {"kind": "folder_tree", "root": str(folder)}
     images = list_prediction_images(source, demo_images="unused")
     configs = {setting: PredictConfig(source=source, backend=args.backend, device="cpu", workers=args.workers,
                                       defect_maps=setting) for setting in (False, True)}
-    parity = check_onnx_parity(inputs["model_checkpoint"], onnx_model, images, point, configs[True])
+    checkpoint = inputs["model_checkpoint"]
+    prepared = {}  # per arm, as predict runs it: its own export (fine patch vectors only for the Gaussian's map)
+    for name, served, config in (("maps off", gaussian_point, configs[False]), ("own map", point, configs[True]),
+                                 ("Gaussian map", gaussian_point, configs[True])):
+        onnx_model = export_onnx_model(checkpoint, served, config)
+        prepared[name] = (onnx_model, check_onnx_parity(checkpoint, onnx_model, images, served, config), served, config)
 
-    def run(setting: bool, served: dict = point):
-        return predict_images(inputs["model_checkpoint"], onnx_model, parity, inputs["anomaly_detector"], served, images,
-                              configs[setting])
+    def run(name: str):
+        onnx_model, parity, served, config = prepared[name]
+        return predict_images(checkpoint, onnx_model, parity, inputs["anomaly_detector"], served, images, config)
 
-    run(True)  # warm-up: caches, thread pools
-    run(True, gaussian_point)
-    arms = {"maps off": lambda: run(False), "own map": lambda: run(True),
-            "Gaussian map": lambda: run(True, gaussian_point)}
+    for name in prepared:  # warm-up: caches, thread pools
+        run(name)
+    arms = {name: (lambda name=name: run(name)) for name in prepared}
     seconds, results = harness.interleaved(arms, args.rounds)
     median = harness.medians(seconds)
     (off, summary), (on, _) = results["maps off"], results["Gaussian map"]

@@ -11,12 +11,14 @@ feature cache of the original images was made). Each arm is fitted on the fold's
   real labels; its map is the patch logits (``PatchClassifierScorer.defect_map``);
 - ``patch memory``: ``PatchMemory`` of the valid images as ``PatchMemoryScorer.fit`` fits it; its map is
   each patch's distance to the memory (``PatchMemoryScorer.defect_map``);
-- ``patch Gaussian``: ``PatchGaussian`` of the valid images (``PatchGaussianScorer.of_valid``, as evaluate
-  fits it); its map (``PatchGaussianScorer.defect_map``) is each patch's Mahalanobis distance from the
-  valid mean patch at its position, one covariance shared by all positions, on the overlays' log-odds
-  scale; the served map (``evaluate.defect_map_from: patch_gaussian``, docs/decisions/0037), marked
-  ``(served map)``; beside it ``patch Gaussian, covariance per position``, PaDiM as published (a covariance
-  per grid position: grid² x C² numbers, 18 MB per fit at grid 14, too large to serve as JSON);
+- ``patch Gaussian``: ``PatchGaussian`` of the valid images' fine patch vectors (the stride-4 and -8 maps
+  on the 28 x 28 grid, ``PatchGaussianScorer.of_valid``, as evaluate fits it); its map
+  (``PatchGaussianScorer.defect_map``) is each 14 x 14 cell's highest Mahalanobis distance of a fine patch
+  from the valid mean fine patch at its position, one covariance shared by all positions, on the overlays'
+  log-odds scale; the served map (``evaluate.defect_map_from: patch_gaussian``, docs/decisions/0037 and
+  0038), marked ``(served map)``; beside it the same Gaussian on the 14 x 14 patch vectors (the map served
+  before decision 0038), and ``covariance per position`` on those, PaDiM as published (a covariance per
+  grid position: grid² x C² numbers, 18 MB per fit at grid 14, too large to serve as JSON);
 - ``fold stack`` (with ``--fold-stack``, five more fits per fold): the served score on small data, built
   as evaluate's cross-validation builds it on these images (five inner grouped folds, baseline and patch
   classifier fits, Platt calibration, stacker, gate); its own map is ``FoldStack.patch_map`` (the served
@@ -53,6 +55,7 @@ from benchmarks.harness import (KINDS, build_fold_stack, extract_backbone_featur
 from image_classification import defect_maps
 from image_classification.backbones import backbone_spec, build_backbone
 from image_classification.parameters.evaluate import EvaluateConfig
+from image_classification.patch_gaussian import PatchGaussian
 from image_classification.patches import PatchMemory
 from image_classification.scorers import Features, PatchGaussianScorer
 
@@ -135,10 +138,11 @@ def fold_stack_map(pooled: np.ndarray, patches: torch.Tensor, y: np.ndarray, gro
     patch Gaussian input and the stack of the same fits without it (served by default)."""
     from image_classification.scorers import SCORERS, Features, Labelled
     from image_classification.global_gate import GlobalGate
+    from benchmarks.harness import STACKED_GAUSSIAN
 
     features = Features(pooled=pooled, patches=patches)
     held_out = {"fold": np.full(len(y), -1), "baseline": np.full(len(y), np.nan),
-                "patch_classifier": np.full(len(y), np.nan), "patch_gaussian": np.full(len(y), np.nan),
+                "patch_classifier": np.full(len(y), np.nan), STACKED_GAUSSIAN: np.full(len(y), np.nan),
                 "global_gate_passes": np.ones(len(y), bool)}
     fits: dict[str, list] = {"baseline": [], "patch_classifier": [], "patch_gaussian": []}
     for number, rows in enumerate(grouped_folds(y, groups, evaluate.cv_folds, seed)):
@@ -147,8 +151,9 @@ def fold_stack_map(pooled: np.ndarray, patches: torch.Tensor, y: np.ndarray, gro
         rest = np.concatenate([rows["train"], rows["val"]])
         train_and_val = Labelled(features.take(rest), y[rest], groups[rest])
         classifier = SCORERS["patch_classifier"].fit(replace(split, train=train_and_val), evaluate, seed + number)
-        gaussian = SCORERS["patch_gaussian"].fit(replace(split, train=train_and_val), evaluate, seed + number)
-        held_out["patch_gaussian"][rows["test"]] = gaussian.score_samples(split.test)
+        # the stack's third input reads the 14 x 14 patch vectors, as the cross-validation fits it
+        gaussian = PatchGaussian.fit(patches[rest][y[rest] == 1])
+        held_out[STACKED_GAUSSIAN][rows["test"]] = -gaussian.anomaly_scores(patches[rows["test"]])
         fits["patch_gaussian"].append(gaussian)
         held_out["fold"][rows["test"]] = number
         held_out["baseline"][rows["test"]] = baseline.score_samples(split.test)
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     manifest, y, groups = harness.defects_dev()
     cached = harness.defects_dev_features(manifest, harness.DEFECTS_DEV, BACKBONE, GRID, args.cache)
-    patches, pooled = cached["patches"], cached["pooled"].float().numpy()
+    patches, fine, pooled = cached["patches"], cached["fine_patches"], cached["pooled"].float().numpy()
     evaluate = EvaluateConfig()
     folds = list(grouped_folds(y, groups, args.folds, seed=args.seed))
     with tempfile.TemporaryDirectory(prefix="defect_maps_") as temporary:
@@ -196,23 +201,27 @@ def main(argv: list[str] | None = None) -> None:
     for number, (rows, (chosen, masks, kinds)) in enumerate(zip(folds, cells)):
         rest = np.concatenate([rows["train"], rows["val"]])
         pasted = extracted["patches"][[order[int(row)] for row in chosen]]
+        pasted_fine = extracted["fine_patches"][[order[int(row)] for row in chosen]]
         clean = patches[chosen]
         seed = args.seed + number
         classifier = fit_patch_classifier(patches[rest], y[rest], evaluate, seed)
         memory = PatchMemory.fit(patches[rest][y[rest] == 1], evaluate.patch_coreset_fraction,
                                  evaluate.patch_memory_max, evaluate.patch_top_k, seed)
-        served_gaussian = PatchGaussianScorer.of_valid(patches[rest][y[rest] == 1], GRID)  # as evaluate fits it
+        served_gaussian = PatchGaussianScorer.of_valid(fine[rest][y[rest] == 1], GRID)  # as evaluate fits it
         gaussian = served_gaussian.gaussian
+        coarse = PatchGaussian.fit(patches[rest][y[rest] == 1])
         pasted_pooled = extracted["pooled"][[order[int(row)] for row in chosen]].float().numpy()
         # per arm: the pasted images' maps, and image defect scores (higher: more defective) clean and pasted
         arms = {"patch classifier": (classifier.patch_logits(pasted).numpy(), -classifier.scores(clean),
                                      -classifier.scores(pasted)),
                 "patch memory": (memory.distances(pasted).numpy(), memory.anomaly_scores(clean),
                                  memory.anomaly_scores(pasted)),
-                GAUSSIAN: (served_gaussian.defect_map(Features(patches=pasted)), gaussian.anomaly_scores(clean),
-                           gaussian.anomaly_scores(pasted))}
+                GAUSSIAN: (served_gaussian.defect_map(Features(fine_patches=pasted_fine)),
+                           gaussian.anomaly_scores(fine[chosen]), gaussian.anomaly_scores(pasted_fine)),
+                "patch Gaussian on the 14x14 patch vectors": (coarse.distances(pasted).numpy(),
+                                                              coarse.anomaly_scores(clean), coarse.anomaly_scores(pasted))}
         per_position = per_position_distances(patches[rest][y[rest] == 1], torch.cat([clean, pasted]))
-        arms["patch Gaussian, covariance per position"] = (per_position[len(chosen):], per_position[:len(chosen)].max(1),
+        arms["patch Gaussian on them, covariance per position"] = (per_position[len(chosen):], per_position[:len(chosen)].max(1),
                                                            per_position[len(chosen):].max(1))
         if args.fold_stack:
             with_gaussian, without = fold_stack_map(pooled[rest], patches[rest], y[rest], groups[rest], evaluate, seed)

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         evaluate = EvaluateConfig(target_precision=args.target, rule=rule)
         reports[rule] = cross_validate(feats["head_input"], feats["pooled"].float().numpy(), feats["patches"], y,
-                                       groups, args.folds, train, evaluate, seed=42)
+                                       groups, args.folds, train, evaluate, seed=42, fine_patches=feats["fine_patches"])
         print(f"rule {rule}: {time.perf_counter() - start:.0f} s; per-fold test AUROC: " + "; ".join(
             name + " " + " ".join(f"{f['candidates'][name]['test_auroc']:.3f}" for f in reports[rule]["folds"])
             for name in reports[rule]["summary"]), flush=True)

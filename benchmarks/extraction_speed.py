@@ -73,9 +73,9 @@ def in_memory(backbone, spec, images, rounds: int) -> dict[str, float]:
     import torch
 
     from benchmarks.harness import export_feature_model, onnx_session, torch_features
-    from image_classification.patches import patch_blocks
+    from image_classification.fine_patches import tap_blocks
 
-    taps = patch_blocks(backbone, spec.input_size)
+    taps = tap_blocks(backbone, spec.input_size)
     onnx_model = export_feature_model(backbone, spec.input_size, "pooled", GRID)
     sessions = {threads: onnx_session(onnx_model, threads) for threads in (1, 2)}
     channels_last = __import__("copy").deepcopy(backbone).to(memory_format=torch.channels_last)

@@ -16,8 +16,9 @@ from image_classification.selection import cross_validation
 NAMES = tuple(name for name, kind in SCORERS.items() if kind.cross_validated)
 
 
-def _features(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None) -> Features:
-    return Features(head_input=head_input, pooled=np.asarray(pooled), patches=patches)
+def _features(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None,
+              fine_patches: torch.Tensor | None) -> Features:
+    return Features(head_input=head_input, pooled=np.asarray(pooled), patches=patches, fine_patches=fine_patches)
 
 
 def _grid(patches: torch.Tensor | None) -> int:
@@ -25,19 +26,22 @@ def _grid(patches: torch.Tensor | None) -> int:
 
 
 def cross_validate(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None, targets: np.ndarray,
-                   groups: np.ndarray, folds: int, train_config, evaluate, seed: int) -> dict:
-    """evaluate's cross-validation (``selection.cross_validation.cross_validate``) of these arrays."""
-    return cross_validation.cross_validate(_features(head_input, pooled, patches), targets, groups, folds, train_config,
-                                           evaluate, seed, grid=_grid(patches))
+                   groups: np.ndarray, folds: int, train_config, evaluate, seed: int,
+                   fine_patches: torch.Tensor | None = None) -> dict:
+    """evaluate's cross-validation (``selection.cross_validation.cross_validate``) of these arrays (the patch
+    Gaussian is measured only with ``fine_patches``)."""
+    return cross_validation.cross_validate(_features(head_input, pooled, patches, fine_patches), targets, groups, folds,
+                                           train_config, evaluate, seed, grid=_grid(patches))
 
 
 def fold_scores(head_input: torch.Tensor, pooled: np.ndarray, patches: torch.Tensor | None, rows: dict[str, np.ndarray],
                 targets: np.ndarray, groups: np.ndarray, train_config, evaluate, seed: int,
-                fits: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                fits: dict | None = None, fine_patches: torch.Tensor | None = None
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every cross-validated scorer fitted on ``rows['train']`` (choosing on ``rows['val']``): the
     (validation, test) scores of those that could be fitted, by name; the fitted baseline's weights go
     into ``fits`` (when given) under ``baseline``."""
-    split = cross_validation.fold_split(_features(head_input, pooled, patches), targets, groups, rows,
+    split = cross_validation.fold_split(_features(head_input, pooled, patches, fine_patches), targets, groups, rows,
                                         grid=_grid(patches), train_config=train_config)
     val, test = {}, {}
     for name in NAMES:

@@ -43,7 +43,7 @@ MOVED = {
     "benchmarks.pasted_defects": ("KINDS", "paste_defect"),
     "image_classification.scorers.patch_classifier": ("fit_patch_classifier",),
     "image_classification.selection.cross_validation": ("fold_figures", "grouped_folds", "build_fold_stack",
-                                                         "fold_split"),
+                                                         "fold_split", "STACKED_GAUSSIAN"),
     "image_classification.runtime.choice": ("BACKENDS", "torch_device"),
     "image_classification.runtime.backends": ("build_backend", "onnx_session"),
     "image_classification.runtime.export": ("export_feature_model", "export_onnx"),
@@ -291,9 +291,10 @@ def defects_dev_features(manifest: pd.DataFrame, root: Path, backbone: str, grid
               f"{tuple(out['patches'].shape)}, {bytes_per_image(grid, out['patches'].shape[-1]):,} bytes per image")
         if any(out["errors"]):
             raise SystemExit(f"unreadable images: {[e for e in out['errors'] if e][:3]}")
-        return {"tensors": {name: out[name] for name in ("head_input", "pooled", "patches")}, "metadata": {}}
+        return {"tensors": {name: out[name] for name in ("head_input", "pooled", "patches", "fine_patches")},
+                "metadata": {}}
 
-    key = f"{backbone}|{grid}|{len(manifest)}|{manifest['sha256'].iloc[0]}|{manifest['sha256'].iloc[-1]}"
+    key = f"{backbone}|{grid}|fine|{len(manifest)}|{manifest['sha256'].iloc[0]}|{manifest['sha256'].iloc[-1]}"
     return feature_cache(cache, key, extract)["tensors"]
 
 

@@ -152,7 +152,8 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
     out = []
     for number, rows in enumerate(grouped_folds(y, groups, outer, seed=42)):
         start = time.perf_counter()
-        val, test = fold_scores(head_input, pooled, patches, rows, y, groups, train, evaluate, 42 + number)
+        val, test = fold_scores(head_input, pooled, patches, rows, y, groups, train, evaluate, 42 + number,
+                                fine_patches=feats["fine_patches"])
         rest = np.concatenate([rows["train"], rows["val"]])
         oof = {name: np.full(len(rest), np.nan) for name in val}
         inner_fold = np.full(len(rest), -1)
@@ -164,7 +165,7 @@ def nested_scores(feats: dict, y: np.ndarray, groups: np.ndarray, outer: int, in
             absolute["test"] = np.concatenate([absolute["test"], rows["test"]])
             fits = {}
             _, scored = fold_scores(head_input, pooled, patches, absolute, y, groups, train, evaluate,
-                                    1000 + 10 * number + inner_number, fits)
+                                    1000 + 10 * number + inner_number, fits, feats["fine_patches"])
             if "patch_classifier" in scored:  # as evaluate's cross-validation scores it: fitted on train + validation
                 classifier, scored["patch_classifier"] = held_out_patch_classifier(patches, absolute, y, evaluate,
                                                                                    1000 + 10 * number + inner_number)

@@ -77,12 +77,12 @@ def test_its_map_is_drawn_on_the_overlays_scale_clear_on_valid_images_and_hot_on
     overlay) but for about one in a thousand; a moved 'busbar' is far above it, on one fixed scale."""
     generator = torch.Generator().manual_seed(3)
     scorer = PatchGaussianScorer.of_valid(aligned(300, generator), GRID)
-    probability = torch.sigmoid(torch.from_numpy(scorer.defect_map(Features(patches=aligned(300, generator)))))
+    probability = torch.sigmoid(torch.from_numpy(scorer.defect_map(Features(fine_patches=aligned(300, generator)))))
     assert (probability > 0.5).float().mean() < 0.005
     moved = aligned(20, generator)
     moved[:, 0, 0] -= 4.0
     moved[:, 5, 0] += 4.0
-    hot = torch.sigmoid(torch.from_numpy(scorer.defect_map(Features(patches=moved))))
+    hot = torch.sigmoid(torch.from_numpy(scorer.defect_map(Features(fine_patches=moved))))
     assert (hot[:, 5] > 0.99).all() and set(hot.argmax(1).tolist()) <= {0, 5}
 
 
@@ -90,13 +90,35 @@ def test_the_served_map_round_trips_and_an_incomplete_one_is_refused_with_the_fi
     generator = torch.Generator().manual_seed(4)
     scorer = PatchGaussianScorer.of_valid(aligned(50, generator), GRID)
     payload = json.loads(json.dumps(scorer.to_payload()))
-    new = Features(patches=aligned(5, generator))
+    new = Features(fine_patches=aligned(5, generator))
     np.testing.assert_allclose(PatchGaussianScorer.from_payload(payload).defect_map(new), scorer.defect_map(new),
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(DataError, match="needs grid, gaussian, median and rare.*run the evaluate pipeline"):
         PatchGaussianScorer.from_payload({key: value for key, value in payload.items() if key != "rare"})
-    with pytest.raises(DataError, match="says grid 3 but holds 16 positions"):
-        PatchGaussianScorer.from_payload(payload | {"grid": 3})
+    with pytest.raises(DataError, match="says grid 5 but holds 16 positions"):
+        PatchGaussianScorer.from_payload(payload | {"grid": 5})
+    # a map fitted by an earlier version on the (coarse) patch vectors is refused, with the fix
+    with pytest.raises(DataError, match="earlier version.*run the train and evaluate pipelines again"):
+        PatchGaussianScorer.from_payload({key: value for key, value in payload.items() if key != "features"})
+
+
+def test_on_a_finer_grid_each_map_cell_is_its_hottest_fine_patch_and_the_scale_is_read_on_cells():
+    """The map is drawn on train.patch_grid: each cell holds the highest distance of the fine patches it
+    covers (2 x 2 here), so a defect on one fine patch lights its cell, and the image score is the
+    hottest cell's; the scale's quantiles are read on cells, as the map is drawn."""
+    generator = torch.Generator().manual_seed(6)
+    scorer = PatchGaussianScorer.of_valid(aligned(200, generator), 2)
+    new = aligned(10, generator)
+    new[:, 5, 0] += 4.0  # fine row 1, column 1: inside cell 0 of the 2 x 2 map
+    fine = scorer.gaussian.distances(new).reshape(-1, 4, 4)
+    cells = fine.reshape(-1, 2, 2, 2, 2).amax((2, 4)).reshape(-1, 4)
+    maps = scorer.defect_map(Features(fine_patches=new))
+    np.testing.assert_allclose(maps, scorer.log_odds(cells.numpy()), rtol=1e-5, atol=1e-5)
+    assert (maps.argmax(1) == 0).all()
+    np.testing.assert_allclose(maps.max(1), scorer.log_odds(-scorer.score_samples(Features(fine_patches=new))),
+                               rtol=1e-5, atol=1e-5)
+    valid_cells = scorer.gaussian.distances(aligned(200, torch.Generator().manual_seed(6))).reshape(-1, 2, 2, 2, 2)
+    assert scorer.median == pytest.approx(float(valid_cells.amax((2, 4)).median()), rel=0.05)
 
 
 def test_on_a_large_set_the_map_s_scale_is_read_on_a_sample_and_stays_the_same(monkeypatch):

@@ -308,3 +308,23 @@ def test_position_moments_read_in_chunks_equal_the_whole_tensors_mean_and_varian
     assert mean.shape == variance.shape == (4, 5) and mean.dtype == torch.float64
     assert torch.allclose(mean, patches.double().mean(0), atol=1e-12)
     assert torch.allclose(variance, patches.double().var(0, unbiased=True), atol=1e-10)
+
+
+def test_fine_patch_maps_are_averaged_onto_the_stride_8_grid_whatever_the_input_size():
+    """The fine patch vectors of the patch Gaussian's map: the stride-4 map halved onto the stride-8 map's
+    grid (an odd side rounds up, as the convolutions' padding does), which it then matches cell for cell."""
+    from image_classification.fine_patches import fine_halvings, fine_patch_features, max_to_grid
+
+    assert fine_halvings([56, 28]) == (1, 0) and fine_halvings([65, 33]) == (1, 0)  # 224 and 260 px
+    with pytest.raises(ParameterError, match="do not halve onto one grid"):
+        fine_halvings([50, 28])
+    coarse, fine = torch.randn(2, 3, 5, 5), torch.randn(2, 4, 3, 3)
+    vectors = fine_patch_features([coarse, fine], dtype=torch.float32)
+    assert vectors.shape == (2, 9, 7)
+    # the last cell of the odd 5 x 5 map averages its own pixel only (the border's own pixels)
+    torch.testing.assert_close(vectors[:, 8, :3], coarse[:, :, 4, 4])
+    torch.testing.assert_close(vectors[:, 0, :3], coarse[:, :, :2, :2].mean((2, 3)))
+    torch.testing.assert_close(vectors[:, :, 3:], fine.flatten(2).transpose(1, 2))
+    values = torch.arange(16.0).reshape(1, 16)  # a 4 x 4 map: each 2 x 2 cell's maximum
+    torch.testing.assert_close(max_to_grid(values, 2), torch.tensor([[5.0, 7.0, 13.0, 15.0]]))
+    assert max_to_grid(values, 4) is values

@@ -147,7 +147,8 @@ class FeatureCache:
         tensors: ``head_input``, float16 (N, C, 4, 4), what the head reads of each feature map;
             ``pooled``, float16 (N, C), the global-average-pooled feature map; and ``patches``,
             float16 (N, grid*grid, C) patch vectors for patch evidence (:mod:`image_classification.patches`),
-            absent when ``train.patch_grid`` is 0 (then :attr:`patches` is None).
+            with ``fine_patches`` beside them (the patch Gaussian's finer vectors); both absent when
+            ``train.patch_grid`` is 0 (then :attr:`patches` is None).
         errors: per image, why it could not be read, or "".
         head_input_mode: ``pooled`` (the map averaged down to the head's 4x4 grid) or ``corner``.
     """
@@ -164,10 +165,10 @@ class FeatureCache:
 
     @classmethod
     def of(cls, head_input: torch.Tensor, pooled: torch.Tensor, patches: torch.Tensor | None = None,
-           **fields) -> FeatureCache:
-        """A cache of these tensors (``patches`` None when ``train.patch_grid`` is 0) and ``fields``."""
-        tensors = {"head_input": head_input, "pooled": pooled} | ({} if patches is None else {"patches": patches})
-        return cls(tensors=tensors, **fields)
+           fine_patches: torch.Tensor | None = None, **fields) -> FeatureCache:
+        """A cache of these tensors (patches None when ``train.patch_grid`` is 0) and ``fields``."""
+        tensors = {"head_input": head_input, "pooled": pooled, "patches": patches, "fine_patches": fine_patches}
+        return cls(tensors={name: value for name, value in tensors.items() if value is not None}, **fields)
 
     @property
     def head_input(self) -> torch.Tensor:
@@ -177,9 +178,8 @@ class FeatureCache:
     def pooled(self) -> torch.Tensor:
         return self.tensors["pooled"]
 
-    @property
-    def patches(self) -> torch.Tensor | None:
-        return self.tensors["patches"] if "patches" in self.tensors else None
+    patches = property(lambda self: self.tensors.get("patches"))
+    fine_patches = property(lambda self: self.tensors.get("fine_patches"))  # None too in caches written before
 
     @classmethod
     def from_payload(cls, payload: dict) -> FeatureCache:

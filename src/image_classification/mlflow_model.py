@@ -34,11 +34,12 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         paths = [str(path) for path in model_input["path"]]
         outputs = model_outputs(self.checkpoint.model(), paths, self.checkpoint.spec,
-                                torch.device("cpu"), patch_grid=self.operating_point.pass_grid)
+                                torch.device("cpu"), patch_grid=self.operating_point.pass_grid,
+                                fine=self.operating_point.pass_fine())
         readable = np.array([not error for error in outputs["errors"]], dtype=bool)
         scores = self.operating_point.scores(np.where(readable, outputs["score"], np.nan), outputs["features"],
-                                             outputs.get("patches"))
-        maps = self.operating_point.defect_maps(scores, outputs.get("patches"))
+                                             outputs.get("patches"), outputs.get("fine_patches"))
+        maps = self.operating_point.defect_maps(scores, outputs.get("patches"), outputs.get("fine_patches"))
         rows = [None] * len(paths) if maps is None else [None if np.isnan(row).all() else row.tolist() for row in maps]
         return pd.DataFrame({
             "path": paths,

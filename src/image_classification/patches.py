@@ -8,6 +8,9 @@ greedy k-center coreset selection; an image's anomaly score is the distance from
 patch (or the mean of its ``top_k`` most unusual) to the nearest patch in the memory
 (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", 2022).
 
+Beside them, the same pass keeps *fine* patch vectors for the patch Gaussian's defect map
+(:mod:`image_classification.fine_patches`).
+
 Patches are computed in the same pass over the files as the pooled features (see
 :func:`image_classification.runtime.extraction.extract_backbone_features`) and stored float16:
 ``grid * grid * channels * 2`` bytes per image (:func:`bytes_per_image`).
@@ -28,8 +31,9 @@ STRIDES = (8, 16)
 CANDIDATES_PER_KEPT = 4  # the coreset chooses from at most this many patches per patch it keeps
 
 
-def patch_blocks(backbone: nn.Sequential, input_size: int) -> tuple[int, ...]:
-    """Indices of the last block of ``backbone`` whose output has stride 8, and of the last with stride 16.
+def patch_blocks(backbone: nn.Sequential, input_size: int, strides: tuple[int, ...] = STRIDES) -> tuple[int, ...]:
+    """Indices of the last block of ``backbone`` whose output has stride 8, and of the last with stride 16
+    (or of each of ``strides``).
 
     Found by running one blank image through the blocks, so every registered backbone (and any
     ``nn.Sequential`` of blocks) works without a table of layer names.
@@ -45,12 +49,13 @@ def patch_blocks(backbone: nn.Sequential, input_size: int) -> tuple[int, ...]:
             sides.append(x.shape[-1])
         backbone.train(was_training)
     found = []
-    for stride in STRIDES:
+    for stride in strides:
         side = -(-input_size // stride)  # ceil: convolutions with padding round up
         matches = [index for index, value in enumerate(sides) if value == side]
         if not matches:
             raise ParameterError(f"the backbone has no block of stride {stride} at {input_size} px input "
-                                 f"(block output sides: {sides}); patch evidence needs stride-8 and -16 maps")
+                                 f"(block output sides: {sides}); patch evidence needs maps of stride "
+                                 f"{' and '.join(map(str, strides))}")
         found.append(matches[-1])
     return tuple(found)
 

@@ -11,7 +11,7 @@ from image_classification.backbones import backbone_spec
 from image_classification.model import preprocess_transform
 from image_classification.runtime.backends import OnnxRuntimeBackend, build_backend
 from image_classification.runtime.choice import select_backend
-from image_classification.runtime.export import CHECKPOINT_KEY, export_onnx, onnx_properties
+from image_classification.runtime.export import CHECKPOINT_KEY, export_onnx, onnx_properties, serving_mismatch
 from image_classification.runtime.graphs import OUTPUT_NAMES, ScoringModel, scoring_outputs
 from image_classification.runtime.parity import parity
 
@@ -114,15 +114,15 @@ def test_predict_exports_a_lite2_model_at_260_px_that_matches_pytorch():
 def test_with_a_patch_grid_every_backend_returns_the_patch_vectors_the_feature_cache_holds(photos):
     """A served patch classifier scores new images on the patch vectors it was trained on: the
     backends' fourth output is what train's feature pass keeps (up to the cache's float16), from
-    the same pass that scores the image."""
+    the same pass that scores the image; so are the fine patch vectors beside them."""
     from image_classification.runtime.graphs import torch_features
-    from image_classification.patches import patch_blocks
+    from image_classification.fine_patches import tap_blocks
 
     checkpoint = Checkpoint.from_payload(tiny_checkpoint())
     classifier = checkpoint.model().eval()
     with torch.no_grad():
-        _, _, expected = torch_features(classifier.backbone, patch_blocks(classifier.backbone, 224), photos, "pooled",
-                                        patch_grid=5)
+        _, _, expected, fine = torch_features(classifier.backbone, tap_blocks(classifier.backbone, 224), photos,
+                                              "pooled", patch_grid=5)
         plain = scoring_outputs(classifier, photos)
     onnx_model = export_onnx(classifier, 224, {CHECKPOINT_KEY: checkpoint.fingerprint()}, patch_grid=5)
     for backend in (build_backend("onnxruntime", classifier, onnx_model, CPU, patch_grid=5),
@@ -130,10 +130,22 @@ def test_with_a_patch_grid_every_backend_returns_the_patch_vectors_the_feature_c
         outputs = backend(photos)
         assert outputs["patches"].shape == (len(photos), 25, 152), backend.name
         torch.testing.assert_close(torch.from_numpy(outputs["patches"]), expected, atol=1e-4, rtol=1e-4)
+        assert outputs["fine_patches"].shape == (len(photos), 28 * 28, 64), backend.name
+        torch.testing.assert_close(torch.from_numpy(outputs["fine_patches"]), fine, atol=1e-4, rtol=1e-4)
         for number, name in enumerate(OUTPUT_NAMES):  # the other outputs are what they are without patches
             torch.testing.assert_close(torch.from_numpy(outputs[name]), plain[number], atol=1e-4, rtol=1e-4)
     differences = parity(classifier, onnx_model, photos, patch_grid=5)
-    assert set(differences) == {*OUTPUT_NAMES, "patches"} and differences["patches"] < 1e-3
+    assert set(differences) == {*OUTPUT_NAMES, "patches", "fine_patches"} and differences["patches"] < 1e-3
+    assert differences["fine_patches"] < 1e-3
+    # a pass whose map reads no fine patch vectors leaves them out, and the rest is unchanged
+    lean = export_onnx(classifier, 224, {}, patch_grid=5, fine=False)
+    for backend in (build_backend("onnxruntime", classifier, lean, CPU, patch_grid=5, fine=False),
+                    build_backend("torch", classifier, None, CPU, patch_grid=5, fine=False)):
+        outputs = backend(photos)
+        assert set(outputs) == {*OUTPUT_NAMES, "patches"}, backend.name
+        torch.testing.assert_close(torch.from_numpy(outputs["patches"]), expected, atol=1e-4, rtol=1e-4)
+    assert set(parity(classifier, lean, photos, patch_grid=5)) == {*OUTPUT_NAMES, "patches"}
+    assert "no output fine_patches" in serving_mismatch(lean, 5) and serving_mismatch(lean, 5, fine=False) == ""
     # a model exported without patches cannot serve a score that needs them, and says what to do
-    with pytest.raises(ValueError, match="lacks a patches output"):
+    with pytest.raises(ValueError, match="needs score, embedding, features, patches, fine_patches; run `kedro run --pipelines predict`"):
         build_backend("onnxruntime", classifier, export_onnx(classifier, 224, {}), CPU, patch_grid=5)

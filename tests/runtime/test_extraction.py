@@ -69,16 +69,20 @@ def test_the_exported_graph_pools_positions_exactly_as_the_eager_functions(head_
     module = FeatureModel(backbone, 224, head_input, grid)
     images = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
-        head, pooled, patches = module(images)
-        x, tapped = images, []
+        head, pooled, patches, fine = module(images)
+        x, tapped, maps = images, [], {}
         for index, block in enumerate(backbone):
             x = block(x)
-            if index in module.taps:
+            maps[x.shape[-1]] = x
+            if index in module.taps[0]:
                 tapped.append(x)
     assert torch.allclose(head, adapt_feature_map(x, head_input), atol=1e-5)
     assert torch.allclose(pooled, x.mean((2, 3)), atol=1e-5)
     expected = torch.cat([pool_patches(t, grid) for t in tapped], 1).flatten(2).transpose(1, 2)
     assert patches.shape == (2, grid * grid, 152) and torch.allclose(patches, expected, atol=1e-4)
+    # the fine patches: the stride-4 map (56 x 56) averaged over 2 x 2 blocks beside the stride-8 map (28 x 28)
+    fine_expected = torch.cat([torch.nn.functional.avg_pool2d(maps[56], 2), maps[28]], 1).flatten(2).transpose(1, 2)
+    assert fine.shape == (2, 28 * 28, 24 + 40) and torch.allclose(fine, fine_expected, atol=1e-4)
 
 
 def test_a_transform_that_is_not_a_pooling_of_positions_is_refused():

@@ -38,7 +38,8 @@ CHECKPOINT = Checkpoint.from_payload({"tensors": {}, "metadata": {
 
 
 def synthetic(images: int, seed: int) -> tuple[Features, np.ndarray, np.ndarray]:
-    """Images of two labels: an invalid one has one odd patch and a shifted pooled feature; two per group."""
+    """Images of two labels: an invalid one has one odd patch (and one odd fine patch inside it) and a
+    shifted pooled feature; two per group."""
     generator = torch.Generator().manual_seed(seed)
     targets = np.arange(images) % 2
     patches = torch.randn(images, 4, 8, generator=generator)
@@ -47,7 +48,10 @@ def synthetic(images: int, seed: int) -> tuple[Features, np.ndarray, np.ndarray]
     pooled[targets == 0, 0] += 3.0
     head_input = torch.randn(images, 16, 4, 4, generator=generator)
     head_input[targets == 0, 0] += 3.0
-    return Features(head_input=head_input, pooled=pooled, patches=patches), targets, np.arange(images) // 2
+    fine = torch.randn(images, 16, 8, generator=torch.Generator().manual_seed(seed + 1000))  # a 4 x 4 fine grid
+    fine[targets == 0, 5, :] += 4.0  # row 1, column 1: inside patch 0 of the 2 x 2 grid
+    return (Features(head_input=head_input, pooled=pooled, patches=patches, fine_patches=fine), targets,
+            np.arange(images) // 2)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +159,7 @@ def test_the_served_score_draws_its_map_or_says_it_draws_none(scored, name):
     served = ServedScore.of(json.loads(json.dumps(point.to_payload())))
     model = np.array(split.test.scores["model"], dtype=float)
     model[0] = np.nan
-    maps = served.defect_maps(model, split.test.patches)
+    maps = served.defect_maps(model, split.test.patches, split.test.fine_patches)
     if "patches" not in SCORERS[name].reads:
         assert maps is None and served.map_units == ""
         return
@@ -181,10 +185,10 @@ def test_a_served_score_that_reads_no_patches_is_explained_by_a_patch_scores_map
     assert served.map_source == "patch_classifier (explains the baseline, which reads no patches)"
     model = np.array(split.test.scores["model"], dtype=float)
     np.testing.assert_allclose(served.scores(model, split.test.pooled, None), results["baseline"].test, rtol=1e-5)
-    np.testing.assert_allclose(served.defect_maps(model, split.test.patches),
+    np.testing.assert_allclose(served.defect_maps(model, split.test.patches, split.test.fine_patches),
                                results["patch_classifier"].fitted.defect_map(split.test), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="draws its map on a 2x2 patch grid"):
-        served.defect_maps(model, split.test.patches[:, :1])
+        served.defect_maps(model, split.test.patches[:, :1], split.test.fine_patches)
 
 
 @pytest.mark.parametrize("served_name", ["fold_stack", "baseline"])
@@ -206,13 +210,17 @@ def test_the_locating_map_is_served_beside_the_served_score_and_labelled(scored,
     patches = split.test.patches if "patches" in SCORERS[served_name].reads else None
     np.testing.assert_allclose(served.scores(model, split.test.pooled, patches), results[served_name].test,
                                rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(served.defect_maps(model, split.test.patches),
+    np.testing.assert_allclose(served.defect_maps(model, split.test.patches, split.test.fine_patches),
                                results["patch_gaussian"].fitted.defect_map(split.test), rtol=1e-5, atol=1e-6)
     assert served.map_units == results["patch_gaussian"].fitted.map_units and served.map_grid == 2
+    # the pass outputs fine patch vectors for this map only, and only when maps are drawn
+    assert served.pass_fine() and not served.pass_fine(maps=False)
+    assert not ServedScore.of(OperatingPoint.for_checkpoint({"threshold": 0.5}, CHECKPOINT, served_name,
+                                                            results[served_name].fitted.to_payload())).pass_fine()
     what = "locates defects beside the" if served.patch_grid else "explains the"
     assert served.map_source.startswith(f"patch_gaussian ({what} {served_name}")
     invalid = scored["test_targets"] == 0
-    assert (served.defect_maps(model, split.test.patches)[invalid].argmax(1) == 0).mean() > 0.9
+    assert (served.defect_maps(model, split.test.patches, split.test.fine_patches)[invalid].argmax(1) == 0).mean() > 0.9
 
 
 def test_a_new_score_is_one_module_that_registers_itself():

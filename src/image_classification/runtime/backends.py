@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from image_classification.model import ImageClassifier
-from image_classification.patches import patch_blocks
+from image_classification.fine_patches import tap_blocks
 from image_classification.runtime.choice import BACKENDS, select_backend
-from image_classification.runtime.graphs import INPUT_NAME, PATCH_OUTPUT, output_names, scoring_outputs
+from image_classification.runtime.graphs import INPUT_NAME, output_names, scoring_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,12 @@ class TorchBackend:
     """PyTorch eager fp32; ``channels_last`` lets oneDNN pick faster convolution kernels."""
 
     def __init__(self, classifier: ImageClassifier, device: torch.device, channels_last: bool = True,
-                 threads: int | None = None, patch_grid: int = 0) -> None:
+                 threads: int | None = None, patch_grid: int = 0, fine: bool = True) -> None:
         if threads:
             torch.set_num_threads(int(threads))
         self.name = "torch" if channels_last else "torch_nchw"
         self.device = device
-        self.patch_grid, self.taps = int(patch_grid), None
+        self.patch_grid, self.fine, self.taps = int(patch_grid), bool(fine), None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # a copy: .to() converts weights in place, and another backend may share the classifier
         self.classifier = copy.deepcopy(classifier).to(device, memory_format=self.memory_format).eval()
@@ -61,10 +61,11 @@ class TorchBackend:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         if self.patch_grid and self.taps is None:
-            self.taps = patch_blocks(self.classifier.backbone, images.shape[-1])
+            self.taps = tap_blocks(self.classifier.backbone, images.shape[-1])
         outputs = scoring_outputs(self.classifier, images.to(self.device, memory_format=self.memory_format),
-                                  self.patch_grid, self.taps)
-        return {name: value.float().cpu().numpy() for name, value in zip(output_names(self.patch_grid), outputs)}
+                                  self.patch_grid, self.taps, self.fine)
+        names = output_names(self.patch_grid, self.fine)
+        return {name: value.float().cpu().numpy() for name, value in zip(names, outputs)}
 
 
 class OnnxRuntimeBackend:
@@ -82,36 +83,38 @@ class OnnxRuntimeBackend:
 
 
 def build_backend(name: str, classifier: ImageClassifier, onnx_model: bytes | None, device: torch.device,
-                  threads: int | None = None, patch_grid: int = 0) -> Backend:
+                  threads: int | None = None, patch_grid: int = 0, fine: bool = True) -> Backend:
     """A backend by name: onnxruntime, torch (channels_last) or torch_nchw; with ``patch_grid``, one
     that also returns patch vectors (an ONNX model must have been exported with the same grid)."""
     if name == "onnxruntime":
         if onnx_model is None:
             raise ValueError("the onnxruntime backend needs an exported ONNX model")
         backend = OnnxRuntimeBackend(onnx_model, threads)
-        if (PATCH_OUTPUT in backend.outputs) != bool(patch_grid):
-            raise ValueError(f"the ONNX model {'has' if PATCH_OUTPUT in backend.outputs else 'lacks'} a patches output "
-                             f"but the served score needs {'them' if patch_grid else 'none'}; run "
-                             "`kedro run --pipelines predict` to export it again")
+        if set(backend.outputs) != set(output_names(patch_grid, fine)):
+            raise ValueError(f"the ONNX model has the outputs {', '.join(backend.outputs)}, but the served score "
+                             f"needs {', '.join(output_names(patch_grid, fine))}; run `kedro run --pipelines predict` "
+                             "to export it again")
         return backend
     if name in ("torch", "torch_nchw"):
-        return TorchBackend(classifier, device, channels_last=name == "torch", threads=threads, patch_grid=patch_grid)
+        return TorchBackend(classifier, device, channels_last=name == "torch", threads=threads, patch_grid=patch_grid,
+                            fine=fine)
     raise ValueError(f"unknown inference backend '{name}'; choose one of {', '.join(BACKENDS)}")
 
 
 def serving_backend(requested: str, classifier: ImageClassifier, onnx_model: bytes, onnx_parity: dict,
-                    device: torch.device, threads_for: Callable[[str], int | None], patch_grid: int = 0) -> Backend:
+                    device: torch.device, threads_for: Callable[[str], int | None], patch_grid: int = 0,
+                    fine: bool = True) -> Backend:
     """The backend ``predict.backend`` asks for (:func:`~.choice.select_backend`, trusting the export as
     far as ``onnx_parity``, predict's parity report, says), returning patch vectors when ``patch_grid``
     is set; with ``auto``, PyTorch when ONNX Runtime fails to start."""
     name, reason = select_backend(requested, device, bool(onnx_parity.get("passed")), onnx_parity.get("reason", ""))
     try:
-        backend = build_backend(name, classifier, onnx_model, device, threads_for(name), patch_grid)
+        backend = build_backend(name, classifier, onnx_model, device, threads_for(name), patch_grid, fine)
     except Exception as error:  # onnxruntime raises its own exception types for a bad model
         if requested != "auto":
             raise
         logger.warning("ONNX Runtime could not load the model (%s); scoring with PyTorch instead", error)
         name, reason = "torch", f"auto: PyTorch channels_last, because ONNX Runtime failed to start ({error})"
-        backend = build_backend(name, classifier, None, device, threads_for(name), patch_grid)
+        backend = build_backend(name, classifier, None, device, threads_for(name), patch_grid, fine)
     logger.info("Inference backend: %s (%s)", name, reason)
     return backend

@@ -53,18 +53,19 @@ def export_module(module: nn.Module, input_size: int, output_names: list[str], p
 
 
 def export_onnx(classifier: ImageClassifier, input_size: int, properties: dict[str, str],
-                opset: int = 17, patch_grid: int = 0) -> bytes:
+                opset: int = 17, patch_grid: int = 0, fine: bool = True) -> bytes:
     """The classifier as ONNX bytes (:class:`~.graphs.ScoringModel`), any batch size, with ``properties``
-    in its metadata; with ``patch_grid``, patch vectors as a fourth output."""
-    return export_module(ScoringModel(classifier.eval(), input_size, patch_grid), input_size, output_names(patch_grid),
-                         properties, opset)
+    in its metadata; with ``patch_grid``, patch vectors as a fourth output and (with ``fine``) fine patch
+    vectors as a fifth."""
+    return export_module(ScoringModel(classifier.eval(), input_size, patch_grid, fine), input_size,
+                         output_names(patch_grid, fine), properties, opset)
 
 
 def export_feature_model(backbone: nn.Sequential, input_size: int, head_input: str = "pooled",
                          patch_grid: int = 0, opset: int = 17) -> bytes:
     """:class:`~.graphs.FeatureModel` as ONNX bytes, any batch size."""
     module = FeatureModel(copy.deepcopy(backbone).cpu().float(), input_size, head_input, patch_grid).eval()
-    return export_module(module, input_size, list(FEATURE_OUTPUTS[: 3 if module.taps else 2]), opset=opset)
+    return export_module(module, input_size, list(FEATURE_OUTPUTS[: 4 if module.taps[0] else 2]), opset=opset)
 
 
 def onnx_properties(onnx_model: bytes) -> dict[str, str]:
@@ -83,11 +84,12 @@ def onnx_outputs(onnx_model: bytes) -> dict[str, tuple[int | None, ...]]:
             for output in onnx.load_from_string(onnx_model).graph.output}
 
 
-def serving_mismatch(onnx_model: bytes, patch_grid: int) -> str:
+def serving_mismatch(onnx_model: bytes, patch_grid: int, fine: bool = True) -> str:
     """Why an export cannot give what an operating point serves from it ("" when it can): the outputs
-    of :func:`~.graphs.output_names`, with patch vectors on ``patch_grid`` when the point reads them."""
+    of :func:`~.graphs.output_names`, with patch vectors on ``patch_grid`` (and fine ones with ``fine``)
+    when the point reads them."""
     outputs = onnx_outputs(onnx_model)
-    missing = [name for name in output_names(patch_grid) if name not in outputs]
+    missing = [name for name in output_names(patch_grid, fine) if name not in outputs]
     if missing:
         return f"it has no output {', '.join(missing)} (it has {', '.join(outputs)})"
     if patch_grid and outputs[PATCH_OUTPUT][1:2] not in ((None,), (patch_grid ** 2,)):

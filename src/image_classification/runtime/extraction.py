@@ -19,9 +19,9 @@ from image_classification.distributed import (
     dask_map,
     worker_cached,
 )
-from image_classification.patches import patch_blocks
+from image_classification.fine_patches import tap_blocks
 from image_classification.runtime.fast_path import CheckedRun, checked_run, onnx_feature_run
-from image_classification.runtime.graphs import torch_features
+from image_classification.runtime.graphs import FEATURE_OUTPUTS, torch_features
 from image_classification.runtime.loader import image_loader, log_unreadable
 from image_classification.runtime.parity import PARITY_TOLERANCE
 
@@ -46,7 +46,8 @@ def extract_backbone_features(
     """Run a frozen backbone over every image once.
 
     With ``patch_grid`` > 0 the same pass also keeps ``patches``: float16 (N, patch_grid**2, C)
-    vectors of the last stride-8 and stride-16 maps (see :mod:`image_classification.patches`).
+    vectors of the last stride-8 and stride-16 maps, and ``fine_patches``: float16 (N, side², C) of the
+    stride-4 and -8 maps on the stride-8 grid (see :mod:`image_classification.patches`).
 
     ``backend`` (see :func:`~.fast_path.checked_run`): ``onnxruntime`` runs the backbone exported to
     ONNX (faster than eager PyTorch on a CPU: docs/decisions/0007). Its outputs on the first ``parity_images`` readable
@@ -81,7 +82,7 @@ def _feature_run(backbone: torch.nn.Module, spec: BackboneSpec, device: torch.de
     """The backend that turns a batch into (head input, pooled[, patches]), checked against eager PyTorch."""
     # channels_last lets oneDNN pick faster convolution kernels (docs/decisions/0007)
     head_input, patch_grid = options["head_input"], int(options["patch_grid"])
-    taps = patch_blocks(backbone.cpu(), spec.input_size) if patch_grid else ()
+    taps = tap_blocks(backbone.cpu(), spec.input_size) if patch_grid else ((), ())
     backbone = backbone.eval()
 
     def eager(images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -98,7 +99,7 @@ def _feature_run(backbone: torch.nn.Module, spec: BackboneSpec, device: torch.de
 def _features(run: CheckedRun, paths: list[str], spec: BackboneSpec, batch_size: int, workers: int,
               sha256: list[str] | None, patches: bool, progress: bool = True) -> dict:
     """float16 head input, pooled features (and patches) and read errors of ``paths``, batch by batch."""
-    parts: list[list[torch.Tensor]] = [[], [], []]
+    parts: list[list[torch.Tensor]] = [[], [], [], []]
     errors: list[str] = []
     for images, reasons in tqdm(
         image_loader(paths, spec, batch_size, workers, sha256=sha256), desc="Backbone features", unit="batch",
@@ -112,6 +113,7 @@ def _features(run: CheckedRun, paths: list[str], spec: BackboneSpec, batch_size:
                 "pooled": torch.cat(parts[1]) if parts[1] else empty, "errors": errors}
     if patches:
         features["patches"] = torch.cat(parts[2]) if parts[2] else empty
+        features["fine_patches"] = torch.cat(parts[3]) if parts[3] else empty
     return features
 
 
@@ -139,7 +141,7 @@ def _features_on_dask(cluster: DaskMap, backbone: torch.nn.Module, paths: list[s
     items = list(zip(paths, sha256 if sha256 is not None else [None] * len(paths)))
     ordered = cluster.in_order(features_partition, items, f"features-{uuid.uuid4().hex}", shared, spec, str(device),
                                options)
-    features = {name: torch.cat([part[name] for part in ordered]) for name in ("head_input", "pooled", "patches")
+    features = {name: torch.cat([part[name] for part in ordered]) for name in FEATURE_OUTPUTS
                 if name in ordered[0]}
     features["errors"] = [error for part in ordered for error in part["errors"]]
     log_unreadable(paths, features["errors"], "feature extraction")

@@ -7,8 +7,10 @@ returns the same outputs (:data:`OUTPUT_NAMES`):
 - ``embedding``: (N, 50) the head's embedding (its pre-logits);
 - ``features``: (N, 1280) the backbone's global-average-pooled features, which the default
   anomaly detector reads;
-- ``patches``: only when the served score is the patch classifier's (``patch_grid`` > 0), the
-  (N, grid², C) patch vectors of :func:`~image_classification.patches.patch_grid_features`.
+- ``patches``: only when the served score or its map reads patches (``patch_grid`` > 0), the
+  (N, grid², C) patch vectors of :func:`~image_classification.patches.patch_grid_features`;
+- ``fine_patches``: with them, the (N, side², C) fine patch vectors of
+  :func:`~image_classification.fine_patches.fine_patch_features` (the patch Gaussian's map reads them).
 
 Train's feature cache keeps :data:`FEATURE_OUTPUTS` of a frozen backbone instead.
 """
@@ -26,46 +28,65 @@ from image_classification.model import (
     adapt_feature_map,
     pooled_features,
 )
-from image_classification.patches import patch_blocks, patch_grid_features, pool_patches
+from image_classification.fine_patches import fine_halvings, fine_patch_features, tap_blocks
+from image_classification.patches import patch_grid_features, pool_patches
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("score", "embedding", "features")
 PATCH_OUTPUT = "patches"
-FEATURE_OUTPUTS = ("head_input", "pooled", "patches")
+FINE_OUTPUT = "fine_patches"
+FEATURE_OUTPUTS = ("head_input", "pooled", PATCH_OUTPUT, FINE_OUTPUT)
+Taps = tuple[tuple[int, ...], tuple[int, ...]]  # blocks kept for patch vectors, and for fine ones
+NO_TAPS: Taps = ((), ())
 
 
-def output_names(patch_grid: int = 0) -> list[str]:
-    """The outputs a backend returns: :data:`OUTPUT_NAMES`, and :data:`PATCH_OUTPUT` with a patch grid."""
-    return [*OUTPUT_NAMES, PATCH_OUTPUT] if patch_grid else list(OUTPUT_NAMES)
+def output_names(patch_grid: int = 0, fine: bool = True) -> list[str]:
+    """The outputs a backend returns: :data:`OUTPUT_NAMES`, and :data:`PATCH_OUTPUT` with a patch grid,
+    and then :data:`FINE_OUTPUT` too unless ``fine`` is false (only the patch Gaussian's map reads them)."""
+    if not patch_grid:
+        return list(OUTPUT_NAMES)
+    return [*OUTPUT_NAMES, PATCH_OUTPUT, FINE_OUTPUT] if fine else [*OUTPUT_NAMES, PATCH_OUTPUT]
 
 
-def torch_features(backbone: torch.nn.Sequential, taps: tuple[int, ...], images: torch.Tensor, head_input: str,
-                   patch_grid: int) -> tuple[torch.Tensor, ...]:
-    """Eager PyTorch: float32 head input, pooled features and (with ``taps``) patches of a batch."""
-    feature_map, tapped = images, []
-    for index, block in enumerate(backbone):
+def run_blocks(blocks: nn.Sequential, images: torch.Tensor, taps: Taps) -> tuple[torch.Tensor, list, list]:
+    """The last feature map of a batch, and the maps of the patch and fine taps, from one pass."""
+    feature_map, tapped, fine = images, [], []
+    for index, block in enumerate(blocks):
         feature_map = block(feature_map)
-        if index in taps:
+        if index in taps[0]:
             tapped.append(feature_map)
+        if index in taps[1]:
+            fine.append(feature_map)
+    return feature_map, tapped, fine
+
+
+def torch_features(backbone: torch.nn.Sequential, taps: Taps, images: torch.Tensor, head_input: str,
+                   patch_grid: int) -> tuple[torch.Tensor, ...]:
+    """Eager PyTorch: float32 head input, pooled features and (with ``taps``) patches and (with fine taps)
+    fine patches of a batch."""
+    feature_map, tapped, fine = run_blocks(backbone, images, taps)
     outputs = (adapt_feature_map(feature_map, head_input), pooled_features(feature_map))
-    if taps:
+    if tapped:
         outputs += (patch_grid_features(tapped, patch_grid, dtype=torch.float32),)
+    if fine:
+        outputs += (fine_patch_features(fine, dtype=torch.float32),)
     return outputs
 
 
 def scoring_outputs(classifier: ImageClassifier, images: torch.Tensor, patch_grid: int = 0,
-                    taps: tuple[int, ...] | None = None) -> tuple[torch.Tensor, ...]:
+                    taps: Taps | None = None, fine: bool = True) -> tuple[torch.Tensor, ...]:
     """Score, embedding and pooled features of a batch through the project's own ``forward_all``;
-    with ``patch_grid``, also its patch vectors, from the same pass (the blocks run one by one and
-    the stride-8 and -16 maps of :func:`~image_classification.patches.patch_blocks`, or ``taps``,
-    are kept, as the feature cache keeps them)."""
+    with ``patch_grid``, also its patch vectors and fine patch vectors, from the same pass (the blocks
+    run one by one and the maps of :func:`~image_classification.fine_patches.tap_blocks`, or ``taps``, are
+    kept, as the feature cache keeps them; the fine ones only when ``fine``)."""
     if not patch_grid:
         outputs = classifier.forward_all(images)
         return torch.softmax(outputs["logits"], dim=1)[:, 1], outputs["embedding"], outputs["features"]
-    taps = taps if taps is not None else patch_blocks(classifier.backbone, images.shape[-1])
-    head_input, pooled, patches = torch_features(classifier.backbone, taps, images, classifier.head_input, patch_grid)
+    taps = taps if taps is not None else tap_blocks(classifier.backbone, images.shape[-1])
+    head_input, pooled, *patches = torch_features(classifier.backbone, taps if fine else (taps[0], ()), images,
+                                                  classifier.head_input, patch_grid)
     embedding, logits = classifier.head.embed_and_classify(head_input)
-    return torch.softmax(logits, dim=1)[:, 1], embedding, pooled, patches
+    return (torch.softmax(logits, dim=1)[:, 1], embedding, pooled, *patches)
 
 
 def position_map(transform: Callable[[torch.Tensor], torch.Tensor], side: int) -> torch.Tensor:
@@ -104,7 +125,7 @@ def _block_sides(blocks: nn.Sequential, input_size: int) -> tuple[list[int], tor
 
 class ScoringModel(nn.Module):
     """The whole classifier as one exportable graph: images in; score, embedding, pooled features
-    (and, with ``patch_grid``, patch vectors) out.
+    (and, with ``patch_grid``, patch vectors, and fine patch vectors unless ``fine`` is false) out.
 
     The same function as :func:`scoring_outputs`, with the head's input and the patch pooling
     applied as constant matrices (:func:`position_map`): a matrix product exports everywhere, whereas
@@ -113,23 +134,21 @@ class ScoringModel(nn.Module):
     (:func:`~image_classification.runtime.parity.parity`).
     """
 
-    def __init__(self, classifier: ImageClassifier, input_size: int, patch_grid: int = 0) -> None:
+    def __init__(self, classifier: ImageClassifier, input_size: int, patch_grid: int = 0, fine: bool = True) -> None:
         super().__init__()
         self.classifier = classifier
-        self.taps = patch_blocks(classifier.backbone, input_size) if patch_grid else ()
+        self.taps = tap_blocks(classifier.backbone, input_size) if patch_grid else NO_TAPS
+        self.taps = self.taps if fine else (self.taps[0], ())
         sides, _ = _block_sides(classifier.backbone, input_size)
         self.register_buffer("head_input_map", head_input_map(classifier, sides[-1]), persistent=False)
         self.extent = int(round(self.head_input_map.shape[0] ** 0.5))
-        for number, tap in enumerate(self.taps):
+        for number, tap in enumerate(self.taps[0]):
             self.register_buffer(f"patch_map_{number}", position_map(lambda m: pool_patches(m, patch_grid), sides[tap]),
                                  persistent=False)
+        self.halvings = fine_halvings([sides[tap] for tap in self.taps[1]]) if self.taps[1] else ()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feature_map, tapped = images, []
-        for index, block in enumerate(self.classifier.backbone):
-            feature_map = block(feature_map)
-            if index in self.taps:
-                tapped.append(feature_map)
+        feature_map, tapped, fine = run_blocks(self.classifier.backbone, images, self.taps)
         # -1 keeps the batch size a variable of the exported graph (unflatten would fix it)
         head_input = (feature_map.flatten(2) @ self.head_input_map.T).reshape(-1, feature_map.shape[1], self.extent,
                                                                               self.extent)
@@ -138,6 +157,8 @@ class ScoringModel(nn.Module):
         if tapped:
             parts = [t.flatten(2) @ getattr(self, f"patch_map_{n}").T for n, t in enumerate(tapped)]
             outputs += (torch.cat(parts, dim=1).transpose(1, 2),)
+        if fine:
+            outputs += (fine_patch_features(fine, torch.float32, self.halvings),)
         return outputs
 
 
@@ -146,7 +167,8 @@ class FeatureModel(nn.Module):
 
     Images in; out: the 4x4 ``head_input`` (see :func:`~image_classification.model.adapt_feature_map`),
     the globally ``pooled`` features and, with ``patch_grid``, the (N, grid², C) ``patches`` of
-    :func:`~image_classification.patches.patch_grid_features`, all float32, from one pass through
+    :func:`~image_classification.patches.patch_grid_features` and the ``fine_patches`` of
+    :func:`~image_classification.fine_patches.fine_patch_features`, all float32, from one pass through
     the blocks. Position pooling is applied as :func:`position_map` matrices.
     """
 
@@ -154,24 +176,21 @@ class FeatureModel(nn.Module):
                  patch_grid: int = 0) -> None:
         super().__init__()
         self.blocks = backbone.eval()
-        self.taps = patch_blocks(backbone, input_size) if patch_grid else ()
+        self.taps = tap_blocks(backbone, input_size) if patch_grid else NO_TAPS
         sides, x = _block_sides(self.blocks, input_size)
         self.channels, self.grid = x.shape[1], ClassifierHead.INPUT_GRID
         self.register_buffer("head_map", position_map(lambda m: adapt_feature_map(m, head_input), sides[-1]),
                              persistent=False)
-        for number, tap in enumerate(self.taps):
+        for number, tap in enumerate(self.taps[0]):
             self.register_buffer(f"patch_map_{number}", position_map(lambda m: pool_patches(m, patch_grid), sides[tap]),
                                  persistent=False)
+        self.halvings = fine_halvings([sides[tap] for tap in self.taps[1]]) if patch_grid else ()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x, tapped = images, []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in self.taps:
-                tapped.append(x)
+        x, tapped, fine = run_blocks(self.blocks, images, self.taps)
         head_input = (x.flatten(2) @ self.head_map.T).reshape(-1, self.channels, self.grid, self.grid)
         outputs = (head_input, pooled_features(x))
         if tapped:
             parts = [t.flatten(2) @ getattr(self, f"patch_map_{n}").T for n, t in enumerate(tapped)]
-            outputs += (torch.cat(parts, dim=1).transpose(1, 2),)
+            outputs += (torch.cat(parts, dim=1).transpose(1, 2), fine_patch_features(fine, torch.float32, self.halvings))
         return outputs

@@ -25,7 +25,7 @@ import torch
 
 from image_classification.model import ImageClassifier
 from image_classification.runtime.backends import OnnxRuntimeBackend, TorchBackend
-from image_classification.runtime.graphs import output_names
+from image_classification.runtime.graphs import FINE_OUTPUT, output_names
 
 PARITY_TOLERANCE = 1e-4
 """The default of ``runtime.parity_tolerance``."""
@@ -72,10 +72,12 @@ def export_parity(classifier: ImageClassifier, onnx_model: bytes, images: torch.
                   served: ServedScore | None = None) -> ExportParity:
     """ONNX Runtime against PyTorch eager fp32 (NCHW) on ``images``; with ``served`` (a score computed
     from a backend's outputs), that score is compared too."""
-    reference = TorchBackend(classifier, torch.device("cpu"), channels_last=False, patch_grid=patch_grid)(images)
     exported = OnnxRuntimeBackend(onnx_model)(images)
+    fine = FINE_OUTPUT in exported  # fine patch vectors are compared where the export has them
+    reference = TorchBackend(classifier, torch.device("cpu"), channels_last=False, patch_grid=patch_grid,
+                             fine=fine)(images)
     absolute = {name: float(np.max(np.abs(reference[name] - exported[name]), initial=0.0))
-                for name in output_names(patch_grid)}
+                for name in output_names(patch_grid, fine)}
     fast, slow = [exported["score"]], [reference["score"]]
     if served is not None:
         fast.append(served(exported))

@@ -13,7 +13,7 @@ from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
 from image_classification.backbones import BackboneSpec
 from image_classification.model import ClassifierHead, ImageClassifier
 from image_classification.parameters.runtime import RuntimeConfig
-from image_classification.patches import patch_blocks
+from image_classification.fine_patches import tap_blocks
 from image_classification.runtime.choice import torch_device
 from image_classification.runtime.fast_path import checked_run, onnx_scoring_run
 from image_classification.runtime.graphs import scoring_outputs
@@ -41,9 +41,9 @@ def head_outputs(head: ClassifierHead, head_input: torch.Tensor, device: torch.d
 @torch.inference_mode()
 def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, device: torch.device,
                   batch_size: int = 64, workers: int = 0, sha256: list[str] | None = None,
-                  patch_grid: int = 0) -> dict[str, np.ndarray | list[str]]:
+                  patch_grid: int = 0, fine: bool = True) -> dict[str, np.ndarray | list[str]]:
     """Pooled features, embeddings and probabilities of ``valid`` straight from image files; with
-    ``patch_grid``, also the (N, grid², C) ``patches`` of the same pass."""
+    ``patch_grid``, also the (N, grid², C) ``patches`` and (with ``fine``) the ``fine_patches`` of the same pass."""
     # channels_last input alone gets the fast kernels; converting the weights too would change
     # their memory order under fit()'s fused Adam, which pairs moments with weights by that order
     model = model.to(device).eval()
@@ -51,12 +51,14 @@ def model_outputs(model: ImageClassifier, paths: list[str], spec: BackboneSpec, 
     taps = None
     if patch_grid:
         parts["patches"] = []
+        if fine:
+            parts["fine_patches"] = []
     loader = image_loader(paths, spec, batch_size, workers, sha256=sha256)
     for images, reasons in tqdm(loader, desc="Scoring", unit="batch", leave=False):
         if patch_grid and taps is None:
-            taps = patch_blocks(model.backbone, images.shape[-1])
-        outputs = scoring_outputs(model, images.to(device, memory_format=torch.channels_last), patch_grid, taps)
-        for name, value in zip(("score", "embedding", "features", "patches"), outputs):
+            taps = tap_blocks(model.backbone, images.shape[-1])
+        outputs = scoring_outputs(model, images.to(device, memory_format=torch.channels_last), patch_grid, taps, fine)
+        for name, value in zip(("score", "embedding", "features", "patches", "fine_patches"), outputs):
             parts[name].append(value.cpu())
         parts["errors"] += list(reasons)
     return {

@@ -35,12 +35,15 @@ class Features:
         head_input: the head's input of the frozen backbone, (N, C, 4, 4).
         pooled: the globally pooled backbone features, (N, C) float.
         patches: patch vectors on a grid, (N, grid², C).
+        fine_patches: fine patch vectors on the stride-8 grid, (N, side², C)
+            (:func:`~image_classification.fine_patches.fine_patch_features`).
     """
 
     scores: Mapping[str, np.ndarray] = field(default_factory=dict)
     head_input: torch.Tensor | None = None
     pooled: np.ndarray | None = None
     patches: torch.Tensor | None = None
+    fine_patches: torch.Tensor | None = None
 
     def take(self, rows: np.ndarray) -> Features:
         """These features of ``rows`` only (positions)."""
@@ -49,7 +52,8 @@ class Features:
         return Features(scores={name: np.asarray(values)[rows] for name, values in self.scores.items()},
                         head_input=None if self.head_input is None else self.head_input[index],
                         pooled=None if self.pooled is None else self.pooled[rows],
-                        patches=None if self.patches is None else self.patches[index])
+                        patches=None if self.patches is None else self.patches[index],
+                        fine_patches=None if self.fine_patches is None else self.fine_patches[index])
 
     def with_score(self, name: str, values: np.ndarray) -> Features:
         return replace(self, scores={**self.scores, name: np.asarray(values)})

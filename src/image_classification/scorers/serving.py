@@ -70,7 +70,8 @@ class ServedScore:
         return self.scorer.patch_grid
 
     def scores(self, model_scores: np.ndarray, pooled: np.ndarray | torch.Tensor | None,
-               patches: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+               patches: np.ndarray | torch.Tensor | None = None,
+               fine_patches: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
         """The scores the threshold applies to, from the model's own scores, the pooled features and the
         (N, grid², C) patch vectors of the same images, as the served candidate reads them; NaN wherever
         the model's score is NaN (an unreadable image)."""
@@ -90,7 +91,7 @@ class ServedScore:
                                 "patches per image; run train and evaluate again with one train.patch_grid")
         rows = np.flatnonzero(readable)
         features = Features(scores={"model": model_scores}, pooled=None if pooled is None else np.asarray(pooled),
-                            patches=patches)
+                            patches=patches, fine_patches=None if fine_patches is None else torch.as_tensor(fine_patches))
         scores = np.full(len(model_scores), np.nan)
         if len(rows):
             scores[rows] = self.scorer.score_samples(features.take(rows))
@@ -141,14 +142,22 @@ class ServedScore:
         """Patches per side the backbone's pass must output: for the served score, or else for its map."""
         return self.patch_grid or self.map_grid
 
+    def pass_fine(self, maps: bool = True) -> bool:
+        """Whether the backbone's pass must output fine patch vectors: the served score reads them, or (when
+        ``maps`` are drawn) the map scorer does."""
+        readers = (self.scorer, self.map_scorer) if maps else (self.scorer,)
+        return any(scorer is not None and "fine_patches" in scorer.reads for scorer in readers)
+
     @property
     def map_units(self) -> str:
         """What one value of :meth:`defect_maps` means; "" when no map is drawn."""
         return self.map_scorer.map_units if self.map_scorer is not None else ""
 
-    def defect_maps(self, model_scores: np.ndarray, patches: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
-        """(N, grid²) float32 defect map of every image (:mod:`image_classification.defect_maps`), NaN rows
-        where the model's score is NaN (an unreadable image); None when the served score reads no patches."""
+    def defect_maps(self, model_scores: np.ndarray, patches: np.ndarray | torch.Tensor | None,
+                    fine_patches: np.ndarray | torch.Tensor | None = None) -> np.ndarray | None:
+        """(N, grid²) float32 defect map of every image (:mod:`image_classification.defect_maps`) from its
+        patch vectors and fine patch vectors, NaN rows where the model's score is NaN (an unreadable
+        image); None when no map is drawn."""
         scorer = self.map_scorer
         if scorer is None:
             return None
@@ -162,16 +171,19 @@ class ServedScore:
                             "train and evaluate again with one train.patch_grid")
         rows = np.flatnonzero(~np.isnan(np.asarray(model_scores, dtype=np.float64)))
         maps = np.full((len(model_scores), self.map_grid ** 2), np.nan, dtype=np.float32)
+        fine = None if fine_patches is None else torch.as_tensor(fine_patches)
         if len(rows):
-            maps[rows] = scorer.defect_map(Features(patches=patches).take(rows))
+            maps[rows] = scorer.defect_map(Features(patches=patches, fine_patches=fine).take(rows))
         return maps
 
     def scores_of_index(self, scored: ScoredIndex, image_index: pd.DataFrame,
                         backbone_features: dict | None) -> np.ndarray:
         """The served score of every indexed image from the score stage's pass, reading the patch
         vectors from the feature cache (``backbone_features``) when the served score needs them."""
-        patches = self._index_patches(image_index, backbone_features)[1] if self.patch_grid else None
-        return self.scores(scored.score, scored.pooled, patches)
+        if not self.patch_grid:
+            return self.scores(scored.score, scored.pooled)
+        cache = self._index_patches(image_index, backbone_features)
+        return self.scores(scored.score, scored.pooled, cache.patches, cache.fine_patches)
 
     def defect_maps_of_index(self, image_index: pd.DataFrame, backbone_features: dict | None,
                              rows: np.ndarray) -> np.ndarray | None:
@@ -180,14 +192,14 @@ class ServedScore:
         not read; None when no map is drawn (:attr:`map_source`)."""
         if not self.map_units:
             return None
-        cache, patches = self._index_patches(image_index, backbone_features)
-        rows = np.asarray(rows, dtype=np.int64)
-        model_scores = np.where(cache.readable[rows], 0.0, np.nan)  # only whether each image was read counts here
-        return self.defect_maps(model_scores, patches[torch.as_tensor(rows)])
+        cache = self._index_patches(image_index, backbone_features)
+        rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        model_scores = np.where(cache.readable[rows.numpy()], 0.0, np.nan)  # only whether each image was read counts
+        fine = cache.fine_patches
+        return self.defect_maps(model_scores, cache.patches[rows], None if fine is None else fine[rows])
 
-    def _index_patches(self, image_index: pd.DataFrame, backbone_features: dict | None) -> tuple[FeatureCache,
-                                                                                                   torch.Tensor]:
-        """The feature cache, checked against the index and the served backbone, and its patch vectors."""
+    def _index_patches(self, image_index: pd.DataFrame, backbone_features: dict | None) -> FeatureCache:
+        """The feature cache, checked against the index and the served backbone, holding patch vectors."""
         if backbone_features is None:
             raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, which reads "
                             "backbone_features; none were given")
@@ -197,4 +209,4 @@ class ServedScore:
             raise DataError(f"the operating point serves the {self.candidate.replace('_', ' ')}, but "
                             "backbone_features holds no patch vectors (train.patch_grid is 0); run train and "
                             "evaluate again")
-        return cache, cache.patches
+        return cache

@@ -26,10 +26,12 @@ from image_classification.metrics import format_figure, metrics_at_threshold, or
 from image_classification.patches import PatchEnsemble, grid_of
 from image_classification.scorers import SCORERS, Features, Labelled, Split, columns
 from image_classification.global_gate import GlobalGate
+from image_classification.patch_gaussian import PatchGaussian
 from image_classification.scorers.fold_stack import FoldStack, fit_fold_stack, input_logits
 
 logger = logging.getLogger(__name__)
 
+STACKED_GAUSSIAN = "fold_stack_patch_gaussian"  # the held-out scores of the fold stack's patch Gaussian input
 FIGURES = ("val_average_precision", "test_auroc", "test_average_precision", "test_recall", "test_precision",
            "test_oracle_recall", "test_recall_efficiency")
 
@@ -121,9 +123,13 @@ def cross_validate(features: Features, targets: np.ndarray, groups: np.ndarray, 
         if "patch_classifier" in refits:
             fold_fits.setdefault("patch_classifier", []).append(refits["patch_classifier"])
             fold_fits.setdefault("baseline", []).append(scored["baseline"].fitted)
-            if "patch_gaussian" in refits and evaluate.fold_stack_patch_gaussian:
-                fold_fits.setdefault("patch_gaussian", []).append(refits["patch_gaussian"])
             fitted_on = np.concatenate([rows["train"], rows["val"]])
+            if "patch_gaussian" in refits and evaluate.fold_stack_patch_gaussian:
+                # the stack's third input reads the patch vectors the stack reads (docs/decisions/0036), not the
+                # patch Gaussian scorer's fine ones
+                coarse = PatchGaussian.fit(features.patches[fitted_on[targets[fitted_on] == 1]])
+                fold_fits.setdefault("patch_gaussian", []).append(coarse)
+                held_out[STACKED_GAUSSIAN] = -coarse.anomaly_scores(features.patches[rows["test"]])
             gate = GlobalGate.fit(features.patches[fitted_on[targets[fitted_on] == 1]])
             out_of_fold.setdefault("global_gate_passes", np.ones(len(targets), bool))[rows["test"]] = gate.passes(
                 features.patches[rows["test"]])
@@ -163,12 +169,12 @@ def build_fold_stack(held_out: dict, targets: np.ndarray, fold_fits: dict, patch
                        len(fold_fits["patch_classifier"]) - len(gaussians), len(fold_fits["patch_classifier"]))
         gaussians = None
     raw_logits = input_logits(held_out["baseline"], held_out["patch_classifier"],
-                              held_out["patch_gaussian"] if gaussians else None)
+                              held_out[STACKED_GAUSSIAN] if gaussians else None)
     gate = GlobalGate.fit(patches[targets == 1])
     return fit_fold_stack(raw_logits, held_out["fold"], targets, [fit.weights for fit in fold_fits["baseline"]],
                           [fit.ensemble.members[0] for fit in fold_fits["patch_classifier"]],
                           held_out["global_gate_passes"], gate, grid_of(patches), seed,
-                          [fit.gaussian for fit in gaussians] if gaussians else None)
+                          gaussians or None)
 
 
 def held_out_figures(targets: np.ndarray, scores: np.ndarray, evaluate) -> dict:
@@ -220,9 +226,10 @@ def run(cache: FeatureCache, image_index: pd.DataFrame, train_config, evaluate, 
         logger.warning("Cross-validation's model row is the head on the frozen backbone, not the fine-tuned model "
                        "(train.trainable_blocks=%d)", train_config.trainable_blocks)
     patches = cache.patches[labelled] if cache.patches is not None and evaluate.patch_evidence else None
+    fine = cache.fine_patches[labelled] if patches is not None and cache.fine_patches is not None else None
     grid = grid_of(patches) if patches is not None else 0
     features = Features(head_input=cache.head_input[labelled], pooled=cache.pooled[labelled].float().numpy(),
-                        patches=patches)
+                        patches=patches, fine_patches=fine)
     report = cross_validate(features, targets, groups, evaluate.cv_folds, train_config, evaluate, seed,
                             cache.backbone, grid)
     held_out, fold_fits = report.pop("out_of_fold"), report.pop("fold_fits")

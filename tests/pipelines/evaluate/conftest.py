@@ -68,9 +68,12 @@ def make_backbone_features(index: pd.DataFrame) -> dict:
     # patch vectors: every invalid image has one patch far from anything a valid image holds
     patches = torch.randn(len(index), 16, 8, generator=generator) * 0.1
     patches[:, 3] += 3.0 * (1 - signal)
+    # fine patch vectors (an 8 x 8 grid): the same defect on one fine patch inside patch 3 (row 0, column 3)
+    fine = torch.randn(len(index), 64, 8, generator=torch.Generator().manual_seed(2)) * 0.1
+    fine[:, 7] += 3.0 * (1 - signal)
     return {
         "tensors": {"head_input": torch.randn(len(index), 1280, 4, 4, generator=generator).half(),
-                    "pooled": pooled.half(), "patches": patches.half()},
+                    "pooled": pooled.half(), "patches": patches.half(), "fine_patches": fine.half()},
         "metadata": {"backbone": "efficientnet_lite0", "head_input": "pooled", "weights": "none", "paths": index["path"].tolist(),
                      "sha256": index["sha256"].tolist(), "errors": errors},
     }

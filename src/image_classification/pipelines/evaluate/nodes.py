@@ -133,7 +133,8 @@ def _split(model_scores: pd.DataFrame, cache: FeatureCache, image_index: pd.Data
     """The index's train, validation and test images as a :class:`~image_classification.scorers.Split`."""
     model = np.full(len(image_index), np.nan)
     model[rows] = model_scores["score"].to_numpy(np.float64)
-    features = Features(scores={"model": model}, pooled=cache.pooled.float().numpy(), patches=cache.patches)
+    features = Features(scores={"model": model}, pooled=cache.pooled.float().numpy(), patches=cache.patches,
+                        fine_patches=cache.fine_patches)
     targets = image_index["target"].to_numpy(dtype=float, na_value=np.nan)
     groups = image_index["split_group" if "split_group" in image_index else "path"].to_numpy()
     parts = {part: _rows_of(cache, image_index, part) for part in ("train", "val", "test")}

@@ -77,16 +77,18 @@ def list_prediction_images(source: dict, demo_images: str | Callable[[], str]) -
 
 def export_onnx_model(model_checkpoint: dict, operating_point: dict, predict: PredictConfig) -> bytes:
     """The checkpoint's whole model (backbone and head) as ONNX, tagged with the checkpoint's hash;
-    with the patch vectors as a fourth output when the operating point serves the patch classifier."""
-    checkpoint = Checkpoint.from_payload(model_checkpoint)
-    patch_grid = ServedScore.of(operating_point).pass_grid
+    with the patch vectors as a fourth output when the served score or its map reads them, and the fine
+    patch vectors as a fifth when the drawn map reads them (the patch Gaussian's)."""
+    checkpoint, point = Checkpoint.from_payload(model_checkpoint), ServedScore.of(operating_point)
+    patch_grid, fine = point.pass_grid, point.pass_fine(_draws_maps(point, predict))
     started = time.perf_counter()
     onnx_model = export_onnx(
         checkpoint.model(), int(checkpoint.input_size),
         {CHECKPOINT_KEY: checkpoint.fingerprint(), "backbone": checkpoint.backbone,
          "outputs": "score: probability of valid; embedding; features: pooled backbone features"
-                    + (f"; patches: {patch_grid}x{patch_grid} patch vectors" if patch_grid else "")},
-        opset=predict.opset, patch_grid=patch_grid,
+                    + (f"; patches: {patch_grid}x{patch_grid} patch vectors" if patch_grid else "")
+                    + ("; fine_patches: fine patch vectors for the defect map" if patch_grid and fine else "")},
+        opset=predict.opset, patch_grid=patch_grid, fine=fine,
     )
     logger.info("Exported the model to ONNX (%.1f MB) in %.1f s", len(onnx_model) / 1e6, time.perf_counter() - started)
     return onnx_model
@@ -106,7 +108,7 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
         return report | {"passed": False, "reason": "the ONNX model was exported from another checkpoint"}
     if not onnxruntime_available():
         return report | {"passed": False, "reason": "onnxruntime is not installed"}
-    mismatch = serving_mismatch(onnx_model, point.pass_grid)
+    mismatch = serving_mismatch(onnx_model, point.pass_grid, point.pass_fine(_draws_maps(point, predict)))
     if mismatch:
         return report | {"passed": False, "reason": f"the ONNX model cannot serve the operating point's "
                          f"{point.candidate} score and map: {mismatch}; run `kedro run --pipelines predict` to export it again"}
@@ -165,7 +167,7 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     else:
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         backend = serving_backend(predict.backend, checkpoint.model(), onnx_model, onnx_parity, device,
-                                  predict.threads_for, point.pass_grid)
+                                  predict.threads_for, point.pass_grid, point.pass_fine(_draws_maps(point, predict)))
         outputs = _stream_scores(backend, paths, checkpoint.spec, detector.restore(),
                                  detector.space, point, predict)
     seconds = time.perf_counter() - started
@@ -188,7 +190,7 @@ def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> di
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         point = ServedScore.of(model["operating_point"])
         backend = serving_backend(predict.backend, checkpoint.model(), model["onnx"], model["parity"], device,
-                                  predict.threads_for, point.pass_grid)
+                                  predict.threads_for, point.pass_grid, point.pass_fine(_draws_maps(point, predict)))
         return backend, detector.restore(), detector.space, checkpoint.spec, point
 
     backend, detector, space, spec, point = worker_cached(f"predict-{model['key']}", build)
@@ -283,11 +285,12 @@ def _stream_scores(backend: Backend, paths: list[str], spec: BackboneSpec, detec
             outputs = backend(images)
             inputs = _space_features(outputs, space)
             parts["score"].append(outputs["score"].astype(np.float32))
-            parts["served_score"].append(point.scores(outputs["score"], outputs["features"],
-                                                      outputs.get("patches")).astype(np.float32))
+            parts["served_score"].append(point.scores(outputs["score"], outputs["features"], outputs.get("patches"),
+                                                      outputs.get("fine_patches")).astype(np.float32))
             parts["anomaly_score"].append(detector.score_samples(inputs.astype(np.float64)).astype(np.float32))
             if "defect_map" in parts:
-                parts["defect_map"].append(point.defect_maps(outputs["score"], outputs.get("patches")))
+                parts["defect_map"].append(point.defect_maps(outputs["score"], outputs.get("patches"),
+                                                             outputs.get("fine_patches")))
             parts["error"] += list(reasons)
             bar.update(len(images))
     empty = {"defect_map": np.empty((0, point.map_grid ** 2), np.float32)}

@@ -56,14 +56,15 @@ def extract_features(image_index: pd.DataFrame, model: ModelConfig, runtime: Run
     logger.info("Backbone features for %d images: %s, by %s", len(image_index), tuple(features["head_input"].shape),
                 features["backend"])
     if "patches" in features:
-        logger.info("Patch vectors for patch evidence: %s, %s bytes per image (train.patch_grid %d; 0 turns them off)",
-                    tuple(features["patches"].shape),
-                    f"{bytes_per_image(patch_grid, features['patches'].shape[-1]):,}", patch_grid)
+        patches, fine = features["patches"], features["fine_patches"]
+        size = bytes_per_image(patch_grid, patches.shape[-1]) + (fine[0].numel() * fine.element_size() if len(fine) else 0)
+        logger.info("Patch vectors for patch evidence: %s, and fine ones %s: %s bytes per image (train.patch_grid %d; "
+                    "0 turns them off)", tuple(patches.shape), tuple(fine.shape), f"{size:,}", patch_grid)
     cache = FeatureCache.of(
         head_input=features["head_input"], pooled=features["pooled"], backbone=model.backbone, weights=model.weights,
         head_input_mode=model.head_input, paths=image_index["path"].tolist(), sha256=image_index["sha256"].tolist(),
         errors=features["errors"], backbone_sha256=tensors_sha256(backbone.cpu().state_dict()),
-        patches=features.get("patches"), input_size=model.spec.input_size,
+        patches=features.get("patches"), fine_patches=features.get("fine_patches"), input_size=model.spec.input_size,
     )
     return cache.to_payload()
 
