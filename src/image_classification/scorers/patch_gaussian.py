@@ -1,11 +1,12 @@
 """``patch_gaussian``: unsupervised patch evidence *at each place*: the Mahalanobis distance of an image's
 most unusual fine patch from the valid training images' mean fine patch at the same grid position
 (:class:`~image_classification.patch_gaussian.PatchGaussian` on the stride-4 and -8 maps of
-:func:`~image_classification.fine_patches.fine_patch_features`, 28 x 28 at 224 px), negated so that higher
-means more like valid; its map is each patch grid cell's highest fine distance (docs/decisions/0038). Its score is measured, not served; its map points at small local defects better than any other
-score's, so it is the defect map served beside the served score (``evaluate.defect_map_from``,
-docs/decisions/0037), and ``evaluate.fold_stack_patch_gaussian`` stacks it in the fold stack
-(docs/decisions/0036)."""
+:func:`~image_classification.fine_patches.fine_patch_features`, 28 x 28 at 224 px), negated so that
+higher means more like valid; its map is each patch grid cell's highest fine distance
+(docs/decisions/0038). Its score is measured, not served; its map points at small local defects better
+than any other score's, so it is the defect map served beside the served score
+(``evaluate.defect_map_from``, docs/decisions/0037). ``evaluate.fold_stack_patch_gaussian`` stacks a
+Gaussian of the 14 x 14 patch vectors in the fold stack (docs/decisions/0036)."""
 
 from __future__ import annotations
 
