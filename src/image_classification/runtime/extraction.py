@@ -47,7 +47,7 @@ def extract_backbone_features(
 
     With ``patch_grid`` > 0 the same pass also keeps ``patches``: float16 (N, patch_grid**2, C)
     vectors of the last stride-8 and stride-16 maps, and ``fine_patches``: float16 (N, side², C) of the
-    stride-4 and -8 maps on the stride-8 grid (see :mod:`image_classification.patches`).
+    stride-4 and -8 maps on the stride-8 grid (see :mod:`image_classification.fine_patches`).
 
     ``backend`` (see :func:`~.fast_path.checked_run`): ``onnxruntime`` runs the backbone exported to
     ONNX (faster than eager PyTorch on a CPU: docs/decisions/0007). Its outputs on the first ``parity_images`` readable

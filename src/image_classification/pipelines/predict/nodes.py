@@ -80,7 +80,7 @@ def export_onnx_model(model_checkpoint: dict, operating_point: dict, predict: Pr
     with the patch vectors as a fourth output when the served score or its map reads them, and the fine
     patch vectors as a fifth when the drawn map reads them (the patch Gaussian's)."""
     checkpoint, point = Checkpoint.from_payload(model_checkpoint), ServedScore.of(operating_point)
-    patch_grid, fine = point.pass_grid, point.pass_fine(_draws_maps(point, predict))
+    patch_grid, fine = point.pass_grid, _passes_fine(point, predict)
     started = time.perf_counter()
     onnx_model = export_onnx(
         checkpoint.model(), int(checkpoint.input_size),
@@ -108,7 +108,7 @@ def check_onnx_parity(model_checkpoint: dict, onnx_model: bytes, prediction_imag
         return report | {"passed": False, "reason": "the ONNX model was exported from another checkpoint"}
     if not onnxruntime_available():
         return report | {"passed": False, "reason": "onnxruntime is not installed"}
-    mismatch = serving_mismatch(onnx_model, point.pass_grid, point.pass_fine(_draws_maps(point, predict)))
+    mismatch = serving_mismatch(onnx_model, point.pass_grid, _passes_fine(point, predict))
     if mismatch:
         return report | {"passed": False, "reason": f"the ONNX model cannot serve the operating point's "
                          f"{point.candidate} score and map: {mismatch}; run `kedro run --pipelines predict` to export it again"}
@@ -167,7 +167,7 @@ def predict_images(model_checkpoint: dict, onnx_model: bytes, onnx_parity: dict,
     else:
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         backend = serving_backend(predict.backend, checkpoint.model(), onnx_model, onnx_parity, device,
-                                  predict.threads_for, point.pass_grid, point.pass_fine(_draws_maps(point, predict)))
+                                  predict.threads_for, point.pass_grid, _passes_fine(point, predict))
         outputs = _stream_scores(backend, paths, checkpoint.spec, detector.restore(),
                                  detector.space, point, predict)
     seconds = time.perf_counter() - started
@@ -190,7 +190,7 @@ def score_partition(paths: list[str], model: dict, predict: PredictConfig) -> di
         device = torch_device({"device": predict.device, "threads": predict.threads_for("torch")})
         point = ServedScore.of(model["operating_point"])
         backend = serving_backend(predict.backend, checkpoint.model(), model["onnx"], model["parity"], device,
-                                  predict.threads_for, point.pass_grid, point.pass_fine(_draws_maps(point, predict)))
+                                  predict.threads_for, point.pass_grid, _passes_fine(point, predict))
         return backend, detector.restore(), detector.space, checkpoint.spec, point
 
     backend, detector, space, spec, point = worker_cached(f"predict-{model['key']}", build)
@@ -349,6 +349,12 @@ def _draw_overlay(path: str, values: np.ndarray, predict: PredictConfig) -> Imag
 
 def _draws_maps(point: ServedScore, predict: PredictConfig) -> bool:
     return bool(predict.defect_maps and point.map_units)
+
+
+def _passes_fine(point: ServedScore, predict: PredictConfig) -> bool:
+    """Whether the export, its parity check and the backends output the fine patch vectors: only
+    when the map predict draws reads them."""
+    return point.pass_fine(_draws_maps(point, predict))
 
 
 def _maps_summary(point: ServedScore, predict: PredictConfig) -> dict:
