@@ -40,7 +40,8 @@ def patch_points(folder: Path, inputs: dict) -> tuple[dict, dict]:
     own map, and with the patch Gaussian's map beside it."""
     import torch
 
-    from image_classification.artefacts import Checkpoint, OperatingPoint
+    from image_classification.artefacts import Checkpoint
+    from image_classification.operating_point import OperatingPoint
     from benchmarks.harness import model_outputs
     from image_classification.patches import PatchClassifier
     from image_classification.scorers import PatchGaussianScorer

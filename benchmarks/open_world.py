@@ -46,7 +46,7 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks import harness
 from benchmarks.harness import FUSIONS, calibrate_threshold, separation_metrics
-from image_classification.artefacts import OperatingPoint
+from image_classification.operating_point import OperatingPoint
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.shared import ModelConfig
 from image_classification.parameters.train import TrainConfig

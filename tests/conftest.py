@@ -217,7 +217,7 @@ def one_thread():
 def resealed_operating_point(payload: dict, **changes) -> dict:
     """``operating_point.json`` as evaluate would have saved it with ``changes``: its checksum made again
     (an edited record that keeps the old one is refused as damaged)."""
-    from image_classification.artefacts import OperatingPoint
+    from image_classification.operating_point import OperatingPoint
     from image_classification.checksums import CONTENT_SHA256
 
     record = {key: value for key, value in payload.items() if key != CONTENT_SHA256} | changes

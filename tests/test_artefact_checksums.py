@@ -137,7 +137,7 @@ def test_an_operating_point_edited_or_damaged_since_evaluate_saved_it_is_refused
     checksums existed (no content_sha256) still loads."""
     from kedro_datasets.json import JSONDataset
 
-    from image_classification.artefacts import OperatingPoint
+    from image_classification.operating_point import OperatingPoint
     from image_classification.checksums import CONTENT_SHA256
 
     point = OperatingPoint.for_checkpoint({"threshold": 0.47, "rule": "point", "reached": True}, checkpoint)

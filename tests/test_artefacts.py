@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
+from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
+from image_classification.operating_point import OperatingPoint
 from image_classification.scorers import ServedScore
 from image_classification.datasets import SafetensorsDataset
 from image_classification.errors import DataError

@@ -11,7 +11,8 @@ import torch
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
-from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.artefacts import Checkpoint
+from image_classification.operating_point import OperatingPoint
 from image_classification.scorers import ServedScore
 from image_classification.scorers.baseline import BaselineWeights, LogisticBaseline
 from image_classification.errors import DataError

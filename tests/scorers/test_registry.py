@@ -12,7 +12,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.artefacts import Checkpoint
+from image_classification.operating_point import OperatingPoint
 from image_classification.defect_maps import top_k_mean
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.train import TrainConfig

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from image_classification.artefacts import FeatureCache, OperatingPoint, ScoredIndex
+from image_classification.artefacts import FeatureCache, ScoredIndex
+from image_classification.operating_point import OperatingPoint
 from image_classification.errors import DataError
 from image_classification.scorers.base import SCORERS, Features, Scorer
 

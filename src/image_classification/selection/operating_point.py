@@ -10,7 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from image_classification.artefacts import Checkpoint, OperatingPoint, jsonable
+from image_classification.artefacts import Checkpoint, jsonable
+from image_classification.operating_point import OperatingPoint
 from image_classification.metrics import format_figure, format_threshold, metrics_at_threshold, select_threshold
 from image_classification.scorers import SCORERS, columns, probability_logit
 from image_classification.scorers.fold_stack import platt

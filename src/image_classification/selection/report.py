@@ -8,7 +8,8 @@ import logging
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from image_classification.artefacts import OperatingPoint, jsonable
+from image_classification.artefacts import jsonable
+from image_classification.operating_point import OperatingPoint
 from image_classification.errors import DataError
 from image_classification.metrics import format_figure, format_threshold, report_at_threshold, select_threshold
 from image_classification.scorers import SCORERS

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.artefacts import Checkpoint
+from image_classification.operating_point import OperatingPoint
 from image_classification.model import build_model
 from image_classification.pipelines.score.nodes import score_index
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.artefacts import Checkpoint
+from image_classification.operating_point import OperatingPoint
 from image_classification.backbones import backbone_spec
 from image_classification.detectors import DetectorState, MaxSoftmaxDetector
 from image_classification.pipelines.predict.nodes import (

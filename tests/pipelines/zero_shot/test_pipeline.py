@@ -11,7 +11,8 @@ from kedro.runner import SequentialRunner
 
 from ...conftest import KeptDataset, resealed_operating_point
 
-from image_classification.artefacts import Checkpoint, OperatingPoint
+from image_classification.artefacts import Checkpoint
+from image_classification.operating_point import OperatingPoint
 from image_classification.scorers.baseline import BaselineWeights
 from image_classification.model import build_model
 from image_classification.patches import PatchClassifier

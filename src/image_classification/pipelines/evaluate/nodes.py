@@ -13,7 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
 
-from image_classification.artefacts import Checkpoint, FeatureCache, OperatingPoint, ScoredIndex
+from image_classification.artefacts import Checkpoint, FeatureCache, ScoredIndex
+from image_classification.operating_point import OperatingPoint
 from image_classification.images import thumbnail
 from image_classification.metrics import format_figure, format_threshold
 from image_classification.parameters.evaluate import EvaluateConfig
