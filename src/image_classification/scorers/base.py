@@ -25,6 +25,44 @@ from scipy.special import logit
 from image_classification.errors import DataError
 
 
+class LazyRows:
+    """Some rows of a tensor, gathered only when a slice of them is read: ``view[start:stop]`` is those
+    rows as a tensor, ``view[positions]`` a narrower view. What :meth:`Features.take` makes of the fine
+    patch vectors (100 kB an image, read only by the patch Gaussian, 256 images at a time), so that a
+    memory-mapped feature cache stays on disk instead of being copied into memory split by split."""
+
+    def __init__(self, tensor: torch.Tensor, rows: np.ndarray) -> None:
+        self.tensor, self.rows = tensor, np.asarray(rows, dtype=np.int64)
+
+    @classmethod
+    def of(cls, values: torch.Tensor | LazyRows, rows: np.ndarray | torch.Tensor) -> LazyRows:
+        """``rows`` (positions, or a mask) of ``values``, a tensor or a view."""
+        rows = rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        if isinstance(values, LazyRows):
+            return cls(values.tensor, values.rows[rows])
+        return cls(values, rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), *self.tensor.shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensor.dtype
+
+    def __getitem__(self, key: slice | np.ndarray | torch.Tensor) -> torch.Tensor | LazyRows:
+        if isinstance(key, slice):
+            return self.tensor[torch.from_numpy(self.rows[key])]
+        return LazyRows.of(self, key)
+
+    def __repr__(self) -> str:
+        return f"LazyRows({tuple(self.shape)}, {self.dtype})"
+
+
 @dataclass(frozen=True)
 class Features:
     """What scorers read of some images, one row per image; a field is None where it is not at hand.
@@ -36,24 +74,25 @@ class Features:
         pooled: the globally pooled backbone features, (N, C) float.
         patches: patch vectors on a grid, (N, grid², C).
         fine_patches: fine patch vectors on the stride-8 grid, (N, side², C)
-            (:func:`~image_classification.fine_patches.fine_patch_features`).
+            (:func:`~image_classification.fine_patches.fine_patch_features`): a tensor, or after
+            :meth:`take` a :class:`LazyRows` view of it.
     """
 
     scores: Mapping[str, np.ndarray] = field(default_factory=dict)
     head_input: torch.Tensor | None = None
     pooled: np.ndarray | None = None
     patches: torch.Tensor | None = None
-    fine_patches: torch.Tensor | None = None
+    fine_patches: torch.Tensor | LazyRows | None = None
 
     def take(self, rows: np.ndarray) -> Features:
-        """These features of ``rows`` only (positions)."""
+        """These features of ``rows`` only (positions); the fine patch vectors as a view, read when used."""
         rows = np.asarray(rows, dtype=np.int64)
         index = torch.from_numpy(rows)
         return Features(scores={name: np.asarray(values)[rows] for name, values in self.scores.items()},
                         head_input=None if self.head_input is None else self.head_input[index],
                         pooled=None if self.pooled is None else self.pooled[rows],
                         patches=None if self.patches is None else self.patches[index],
-                        fine_patches=None if self.fine_patches is None else self.fine_patches[index])
+                        fine_patches=None if self.fine_patches is None else LazyRows.of(self.fine_patches, rows))
 
     def with_score(self, name: str, values: np.ndarray) -> Features:
         return replace(self, scores={**self.scores, name: np.asarray(values)})

@@ -12,7 +12,7 @@ import torch
 from image_classification.artefacts import FeatureCache, ScoredIndex
 from image_classification.operating_point import OperatingPoint
 from image_classification.errors import DataError
-from image_classification.scorers.base import SCORERS, Features, Scorer
+from image_classification.scorers.base import SCORERS, Features, LazyRows, Scorer
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class ServedScore:
         return self.map_scorer.map_units if self.map_scorer is not None else ""
 
     def defect_maps(self, model_scores: np.ndarray, patches: np.ndarray | torch.Tensor | None,
-                    fine_patches: np.ndarray | torch.Tensor | None = None) -> np.ndarray | None:
+                    fine_patches: np.ndarray | torch.Tensor | LazyRows | None = None) -> np.ndarray | None:
         """(N, grid²) float32 defect map of every image (:mod:`image_classification.defect_maps`) from its
         patch vectors and fine patch vectors, NaN rows where the model's score is NaN (an unreadable
         image); None when no map is drawn."""
@@ -172,7 +172,7 @@ class ServedScore:
                             "train and evaluate again with one train.patch_grid")
         rows = np.flatnonzero(~np.isnan(np.asarray(model_scores, dtype=np.float64)))
         maps = np.full((len(model_scores), self.map_grid ** 2), np.nan, dtype=np.float32)
-        fine = None if fine_patches is None else torch.as_tensor(fine_patches)
+        fine = fine_patches if fine_patches is None or isinstance(fine_patches, LazyRows) else torch.as_tensor(fine_patches)
         if len(rows):
             maps[rows] = scorer.defect_map(Features(patches=patches, fine_patches=fine).take(rows))
         return maps
@@ -197,7 +197,7 @@ class ServedScore:
         rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
         model_scores = np.where(cache.readable[rows.numpy()], 0.0, np.nan)  # only whether each image was read counts
         fine = cache.fine_patches
-        return self.defect_maps(model_scores, cache.patches[rows], None if fine is None else fine[rows])
+        return self.defect_maps(model_scores, cache.patches[rows], None if fine is None else LazyRows.of(fine, rows))
 
     def _index_patches(self, image_index: pd.DataFrame, backbone_features: dict | None) -> FeatureCache:
         """The feature cache, checked against the index and the served backbone, holding patch vectors."""

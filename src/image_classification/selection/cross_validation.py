@@ -28,6 +28,7 @@ from image_classification.scorers import SCORERS, Features, Labelled, Split, col
 from image_classification.global_gate import GlobalGate
 from image_classification.patch_gaussian import PatchGaussian
 from image_classification.scorers.fold_stack import FoldStack, fit_fold_stack, input_logits
+from image_classification.scorers.base import LazyRows
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def run(cache: FeatureCache, image_index: pd.DataFrame, train_config, evaluate, 
         logger.warning("Cross-validation's model row is the head on the frozen backbone, not the fine-tuned model "
                        "(train.trainable_blocks=%d)", train_config.trainable_blocks)
     patches = cache.patches[labelled] if cache.patches is not None and evaluate.patch_evidence else None
-    fine = cache.fine_patches[labelled] if patches is not None and cache.fine_patches is not None else None
+    fine = LazyRows.of(cache.fine_patches, labelled) if patches is not None and cache.fine_patches is not None else None
     grid = grid_of(patches) if patches is not None else 0
     features = Features(head_input=cache.head_input[labelled], pooled=cache.pooled[labelled].float().numpy(),
                         patches=patches, fine_patches=fine)
