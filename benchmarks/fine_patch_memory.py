@@ -19,6 +19,7 @@ anonymous memory still held at the end (the copies, which it cannot), and the su
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -36,17 +37,11 @@ WAYS = ("copied", "viewed")
 SIDE, CHANNELS, GRID = 28, 64, 14  # EfficientNet-Lite0 at 224 px
 
 
-def anonymous_mib() -> float:
-    """This process's anonymous resident memory now (RssAnon: not pages of a mapped file), MiB."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(status["RssAnon"].split()[0]) / 1024
-
-
 def measure(path: str, way: str) -> dict:
     """One child process: load the cache mapped, split it, fit and score the patch Gaussian ``way``."""
     dataset = SafetensorsDataset(filepath=path, load_args={"mmap": True})
     before = harness.peak_rss_mib()
-    anon_before = anonymous_mib()
+    anon_before = harness.anonymous_mib()
     start = time.perf_counter()
     fine = dataset.load()["tensors"]["fine_patches"]
     order = np.random.default_rng(0).permutation(len(fine))
@@ -65,7 +60,7 @@ def measure(path: str, way: str) -> dict:
     scorer.score_samples(taken["val"])
     test = scorer.score_samples(taken["test"])
     return {"seconds": time.perf_counter() - start, "peak_mib": harness.peak_rss_mib() - before,
-            "anon_mib": anonymous_mib() - anon_before, "test_sum": float(np.sum(test))}
+            "anon_mib": harness.anonymous_mib() - anon_before, "test_sum": float(np.sum(test))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     harness.child_option(parser, "PATH", "WAY")
     args = parser.parse_args(argv)
     if args.child:
-        print(__import__("json").dumps(measure(*args.child)))
+        print(json.dumps(measure(*args.child)))
         return
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "backbone_features.safetensors")

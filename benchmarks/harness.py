@@ -135,8 +135,17 @@ def medians(seconds: Mapping[str, list[float]]) -> dict[str, float]:
 
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (VmHWM), MiB."""
+    return _status_mib("VmHWM")
+
+
+def anonymous_mib() -> float:
+    """This process's anonymous resident memory now (RssAnon: not pages of a mapped file), MiB."""
+    return _status_mib("RssAnon")
+
+
+def _status_mib(key: str) -> float:
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(status["VmHWM"].split()[0]) / 1024
+    return int(status[key].split()[0]) / 1024
 
 
 def child_option(parser: argparse.ArgumentParser, *names: str) -> None:
