@@ -13,6 +13,7 @@ def test_a_view_reads_the_rows_it_selects_and_selects_again_without_copying():
     assert isinstance(view, LazyRows) and view.tensor is base  # the cache's tensor itself, nothing gathered yet
     assert view.shape == (4, 3, 2) and len(view) == 4 and view.dtype == torch.float16
     torch.testing.assert_close(view[1:3], base[[2, 5]])
+    torch.testing.assert_close(view[-1], base[9])
     narrower = view[np.array([3, 0])]
     assert narrower.tensor is base
     torch.testing.assert_close(narrower[:], base[[9, 7]])

@@ -54,7 +54,9 @@ class LazyRows:
     def dtype(self) -> torch.dtype:
         return self.tensor.dtype
 
-    def __getitem__(self, key: slice | np.ndarray | torch.Tensor) -> torch.Tensor | LazyRows:
+    def __getitem__(self, key: int | slice | np.ndarray | torch.Tensor) -> torch.Tensor | LazyRows:
+        if isinstance(key, (int, np.integer)):
+            return self.tensor[int(self.rows[key])]
         if isinstance(key, slice):
             return self.tensor[torch.from_numpy(self.rows[key])]
         return LazyRows.of(self, key)
