@@ -32,6 +32,7 @@ def train_once(rows: list[dict], backend: str, epochs: int, workers: int):
     import torch
 
     from image_classification.model import build_model
+    from image_classification.parameters.runtime import RuntimeConfig
     from image_classification.parameters.shared import ModelConfig
     from image_classification.pipelines.train import nodes
     from image_classification.training import TrainConfig, fit
@@ -39,7 +40,7 @@ def train_once(rows: list[dict], backend: str, epochs: int, workers: int):
     index = pd.DataFrame(rows)
     index["sha256"] = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in index["path"]]
     model = ModelConfig()
-    runtime = {"device": "cpu", "threads": None, "batch_size": 64, "workers": workers, "backend": backend}
+    runtime = RuntimeConfig(device="cpu", threads=None, batch_size=64, workers=workers, backend=backend)
     train = TrainConfig(epochs=epochs, batch_size=32, patience=None, target_precision=TARGET_PRECISION,
                         trainable_blocks=1, workers=workers, save_state_every_s=float("inf"))
     rows_of = {split: np.flatnonzero(index["split"].to_numpy() == split) for split in ("train", "val")}

@@ -32,6 +32,7 @@ import queue
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks import harness
@@ -53,6 +54,7 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
     from benchmarks.harness import torch_device
     from image_classification.backbones import build_backbone
     from image_classification.model import ClassifierHead, ImageClassifier
+    from image_classification.parameters.runtime import RuntimeConfig
     from image_classification.parameters.shared import ModelConfig
     from image_classification.pipelines.train import nodes
     from image_classification.training import TrainConfig, cached_feeds, fit
@@ -61,7 +63,7 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
     # the passes check every file against its indexed sha256, as after data_prep
     index["sha256"] = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in index["path"]]
     model = ModelConfig()  # efficientnet_lite0, ImageNet weights
-    runtime = {"device": "auto", "threads": threads, "batch_size": 64, "workers": workers, "backend": backend}
+    runtime = RuntimeConfig(device="auto", threads=threads, batch_size=64, workers=workers, backend=backend)
     train = TrainConfig(epochs=epochs, batch_size=32, patience=None, target_precision=TARGET_PRECISION,
                         workers=workers, save_state_every_s=float("inf"))
     device = torch_device(runtime)
@@ -82,7 +84,7 @@ def run_arm(arm: str, rows: list[dict], epochs: int, threads: int | None, worker
         classifier.freeze_backbone(0)
         # the original way runs the backbone in eager PyTorch
         trained, batches, val_scores = nodes.image_feeds(classifier, index, rows_of, targets, model, train,
-                                                         runtime | {"backend": "torch"}, SEED, device)
+                                                         replace(runtime, backend="torch"), SEED, device)
     _, history, best_epoch = fit(trained, batches, val_scores, targets["val"], targets["train"], train,
                                  device, SEED, fingerprint=f"benchmark-{arm}")
     finished = time.perf_counter()

@@ -16,6 +16,8 @@ import pytest
 import benchmarks
 from benchmarks import compare, harness
 
+from .conftest import CIFAR_DEV
+
 PACKAGE = Path(benchmarks.__file__).parent
 MODULES = sorted(module.name for module in pkgutil.iter_modules([str(PACKAGE)]))
 SHARED = {"harness", "compare"}
@@ -50,6 +52,19 @@ def test_a_benchmark_runs_as_a_module_of_the_package():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--results-file" in done.stdout
+
+
+@pytest.mark.skipif(not CIFAR_DEV.is_dir(), reason="needs ../shared/datasets/cifar10-dev")
+@pytest.mark.parametrize("name", ["train_feature_cache", "fine_tune_speed"])
+def test_benchmarks_that_train_through_the_train_nodes_run_every_arm(name, tmp_path):
+    """These two call the train stage's own helpers (image_feeds, fit), whose signatures move with the
+    pipeline: a tiny run of every arm fails here instead of half an hour into a measurement."""
+    results = tmp_path / "rows.csv"
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--images", "40", "--epochs", "1",
+                           "--workers", "0", "--results-file", str(results)],
+                          cwd=PACKAGE.parent, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(compare.read_results(results)) == 2  # one row per arm
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.iterdir()), ids=lambda path: path.name)
