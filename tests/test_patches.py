@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from image_classification.artefacts import FeatureCache
 from image_classification.backbones import backbone_spec, build_backbone
-from image_classification.errors import ParameterError
+from image_classification.errors import DataError, ParameterError
 from image_classification.runtime.extraction import extract_backbone_features
 from image_classification.parameters.shared import ModelConfig
 from image_classification.parameters.train import TrainConfig
@@ -197,7 +197,6 @@ def test_evaluate_fits_the_patch_classifier_with_its_positional_setting(position
 def test_a_positional_patch_classifier_is_served_as_it_scored_and_only_on_its_own_grid():
     import json
 
-    from image_classification.errors import DataError
     from image_classification.patches import PatchEnsemble
 
     generator = torch.Generator().manual_seed(9)
@@ -328,3 +327,5 @@ def test_fine_patch_maps_are_averaged_onto_the_stride_8_grid_whatever_the_input_
     values = torch.arange(16.0).reshape(1, 16)  # a 4 x 4 map: each 2 x 2 cell's maximum
     torch.testing.assert_close(max_to_grid(values, 2), torch.tensor([[5.0, 7.0, 13.0, 15.0]]))
     assert max_to_grid(values, 4) is values
+    with pytest.raises(DataError, match="15 patches per image, which is not a square grid"):
+        max_to_grid(torch.zeros(1, 15), 2)

@@ -9,13 +9,11 @@ keeps the stride-4 and stride-8 maps on the stride-8 map's own grid (28 x 28 at 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from image_classification.errors import ParameterError
-from image_classification.patches import patch_blocks
+from image_classification.patches import grid_of, patch_blocks
 
 FINE_STRIDES = (4, 8)  # the fine patch vectors' maps, on the last one's grid
 
@@ -56,9 +54,7 @@ def fine_halvings(sides: list[int]) -> tuple[int, ...]:
 
 def max_to_grid(values: torch.Tensor, grid: int) -> torch.Tensor:
     """(N, grid²): (N, side²) values on a finer square grid, each of ``grid`` x ``grid`` cells their maximum."""
-    side = math.isqrt(values.shape[1])
-    if side * side != values.shape[1]:
-        raise ValueError(f"{values.shape[1]} values per image do not lie on a square grid")
+    side = grid_of(values)
     if side == grid:
         return values
     return nn.functional.adaptive_max_pool2d(values.reshape(-1, 1, side, side), grid).flatten(1)

@@ -86,7 +86,7 @@ def position_moments(patches: torch.Tensor, rows: int = 256) -> tuple[torch.Tens
 
 
 def grid_of(patches: torch.Tensor) -> int:
-    """The side of the square grid that (N, grid*grid, C) patch vectors were pooled on."""
+    """The side of the square grid that (N, grid*grid, ...) patch vectors (or values, one a patch) lie on."""
     count = patches.shape[1]
     grid = math.isqrt(count)
     if grid * grid != count:

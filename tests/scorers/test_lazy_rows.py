@@ -29,3 +29,11 @@ def test_the_patch_gaussian_fits_and_measures_the_same_through_a_view():
     torch.testing.assert_close(viewed.mean, copied.mean)
     torch.testing.assert_close(viewed.whitening, copied.whitening)
     torch.testing.assert_close(copied.distances(LazyRows.of(base, rows[:7]), rows=3), copied.distances(base[rows[:7]]))
+
+
+def test_a_view_of_an_array_shares_its_memory():
+    """An array (a memory-mapped cache read by numpy) is viewed, not copied: the served defect maps pass one."""
+    base = np.arange(5 * 4 * 3, dtype=np.float16).reshape(5, 4, 3)
+    view = Features(fine_patches=base).take(np.array([4, 1])).fine_patches
+    assert isinstance(view, LazyRows) and np.shares_memory(view.tensor.numpy(), base)
+    torch.testing.assert_close(view[:], torch.from_numpy(base[[4, 1]]))

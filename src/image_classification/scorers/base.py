@@ -31,12 +31,12 @@ class LazyRows:
     patch vectors (100 kB an image, read only by the patch Gaussian, 256 images at a time), so that a
     memory-mapped feature cache stays on disk instead of being copied into memory split by split."""
 
-    def __init__(self, tensor: torch.Tensor, rows: np.ndarray) -> None:
-        self.tensor, self.rows = tensor, np.asarray(rows, dtype=np.int64)
+    def __init__(self, tensor: torch.Tensor | np.ndarray, rows: np.ndarray) -> None:
+        self.tensor, self.rows = torch.as_tensor(tensor), np.asarray(rows, dtype=np.int64)
 
     @classmethod
-    def of(cls, values: torch.Tensor | LazyRows, rows: np.ndarray | torch.Tensor) -> LazyRows:
-        """``rows`` (positions, or a mask) of ``values``, a tensor or a view."""
+    def of(cls, values: torch.Tensor | np.ndarray | LazyRows, rows: np.ndarray | torch.Tensor) -> LazyRows:
+        """``rows`` (positions, or a mask) of ``values``: a tensor, an array (shared, not copied) or a view."""
         rows = rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
         rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
         if isinstance(values, LazyRows):

@@ -172,9 +172,8 @@ class ServedScore:
                             "train and evaluate again with one train.patch_grid")
         rows = np.flatnonzero(~np.isnan(np.asarray(model_scores, dtype=np.float64)))
         maps = np.full((len(model_scores), self.map_grid ** 2), np.nan, dtype=np.float32)
-        fine = fine_patches if fine_patches is None or isinstance(fine_patches, LazyRows) else torch.as_tensor(fine_patches)
         if len(rows):
-            maps[rows] = scorer.defect_map(Features(patches=patches, fine_patches=fine).take(rows))
+            maps[rows] = scorer.defect_map(Features(patches=patches, fine_patches=fine_patches).take(rows))
         return maps
 
     def scores_of_index(self, scored: ScoredIndex, image_index: pd.DataFrame,
