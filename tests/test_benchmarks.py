@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import benchmarks
@@ -123,3 +125,30 @@ def test_results_rows_read_back_through_compare(tmp_path, capsys):
     compare.main([str(old), str(new), "--metric", "auroc"])
     printed = capsys.readouterr().out
     assert "auroc" in printed and "seconds" not in printed
+
+
+def test_every_near_unseen_score_ranks_an_unseen_cluster_above_held_out_images():
+    """near_unseen_scores' arms (decision 0027) score an image by how unlike the training images it is:
+    a cluster none of them came from must rank above held-out images of the training classes, whatever
+    the arm (a flipped sign, as local outlier factor's own score has, would put it below)."""
+    from benchmarks import near_unseen_scores
+
+    generator = np.random.default_rng(0)
+    basis, centres = generator.normal(size=(16, 64)), generator.normal(size=(3, 16)) * 3
+    kinds = np.repeat(["cat", "dog", "frog"], 200)  # frog: the unseen kind
+    # features on a 16-d subspace, as backbone features mostly are, plus a little noise off it
+    pooled = (centres[np.repeat([0, 1, 2], 200)] + generator.normal(size=(600, 16))) @ basis
+    pooled += 0.1 * generator.normal(size=pooled.shape)
+    features = {"pooled": pooled, "head_grid": pooled * 2 + 1, "patch_mean": pooled[:, :32],
+                "imagenet_logits": pooled @ generator.normal(size=(64, 40))}
+    index = pd.DataFrame({"kind": kinds, "split": np.where(kinds == "frog", "unseen", "train")})
+    index.loc[index.index[150:200].union(index.index[350:400]), "split"] = "test"
+    train = (index["split"] == "train").to_numpy()
+    scores = near_unseen_scores.arm_scores(features, train, kinds[train])
+    assert {"knn_pooled", "knn_head_grid", "knn_pca_whitened 32", "lof_pooled", "class_relative_knn",
+            "knn_patch_mean", "knn_patch_mean_and_pooled", "knn_imagenet_logits", "imagenet_kl_to_train_mean"
+            } <= set(scores)
+    for arm, values in scores.items():
+        assert values.shape == (600,)
+        if "renormalised" not in arm:  # normalising whitened features drops the distance that tells an outlier
+            assert near_unseen_scores.separation(values, index)["near_auroc"] > 0.95, arm
