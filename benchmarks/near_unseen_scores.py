@@ -58,20 +58,15 @@ def knn_scores(train: np.ndarray, other: np.ndarray) -> np.ndarray:
     return KNNDetector(k=K).fit(train, np.zeros(len(train))).score_samples(other)
 
 
-def pca_whitened_scores(train: np.ndarray, other: np.ndarray, components: int) -> np.ndarray:
+def pca_whitened_scores(train: np.ndarray, other: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
     """The k-th nearest training image's distance in the normalised features' PCA-whitened space (each
-    component scaled to unit variance: a Mahalanobis-like distance; not normalised again, which would drop
-    the distance along the whitened components that tells an outlier)."""
+    component scaled to unit variance: a Mahalanobis-like distance), and the same by zero_shot's kNN,
+    which L2-normalises it again (decision 0027's scratch measurement; it drops the distance along the
+    whitened components that tells an outlier). One PCA fit serves both."""
     pca = PCA(n_components=components, whiten=True, random_state=harness.SEED).fit(normalize(train))
-    index = NearestNeighbors(n_neighbors=K).fit(pca.transform(normalize(train)))
-    return index.kneighbors(pca.transform(normalize(other)))[0][:, -1]
-
-
-def pca_renormalised_scores(train: np.ndarray, other: np.ndarray, components: int) -> np.ndarray:
-    """zero_shot's kNN (which L2-normalises its input) on the normalised features PCA-whitened to
-    ``components``: the scratch measurement of decision 0027, which loses the whitened distance."""
-    pca = PCA(n_components=components, whiten=True, random_state=harness.SEED).fit(normalize(train))
-    return knn_scores(pca.transform(normalize(train)), pca.transform(normalize(other)))
+    train, other = pca.transform(normalize(train)), pca.transform(normalize(other))
+    whitened = NearestNeighbors(n_neighbors=K).fit(train).kneighbors(other)[0][:, -1]
+    return whitened, knn_scores(train, other)
 
 
 def imagenet_scores(train: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
@@ -117,9 +112,9 @@ def arm_scores(features: dict[str, np.ndarray], train: np.ndarray, classes: np.n
         scores["knn_head_grid"] = knn_scores(features["head_grid"][train], features["head_grid"])
     for components in PCA_COMPONENTS:
         if components < min(train.sum(), pooled.shape[1]):
-            scores[f"knn_pca_whitened {components}"] = pca_whitened_scores(pooled[train], pooled, components)
-            scores[f"knn_pca_whitened_renormalised {components}"] = pca_renormalised_scores(pooled[train], pooled,
-                                                                                            components)
+            (scores[f"knn_pca_whitened {components}"],
+             scores[f"knn_pca_whitened_renormalised {components}"]) = pca_whitened_scores(pooled[train], pooled,
+                                                                                         components)
     scores["lof_pooled"] = lof_scores(pooled[train], pooled)
     scores["class_relative_knn"] = class_relative_scores(pooled[train], classes, pooled)
     if "imagenet_logits" in features:
