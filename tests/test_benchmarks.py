@@ -140,15 +140,23 @@ def test_every_near_unseen_score_ranks_an_unseen_cluster_above_held_out_images()
     pooled = (centres[np.repeat([0, 1, 2], 200)] + generator.normal(size=(600, 16))) @ basis
     pooled += 0.1 * generator.normal(size=pooled.shape)
     features = {"pooled": pooled, "head_grid": pooled * 2 + 1, "patch_mean": pooled[:, :32],
-                "imagenet_logits": pooled @ generator.normal(size=(64, 40))}
+                "imagenet_logits": pooled @ generator.normal(size=(64, 40)),
+                # a second backbone (--with-backbone): another view of the same images, in 48 dimensions
+                "with_pooled": pooled @ generator.normal(size=(64, 48)) + 0.1 * generator.normal(size=(600, 48))}
     index = pd.DataFrame({"kind": kinds, "split": np.where(kinds == "frog", "unseen", "train")})
     index.loc[index.index[150:200].union(index.index[350:400]), "split"] = "test"
     train = (index["split"] == "train").to_numpy()
-    scores = near_unseen_scores.arm_scores(features, train, kinds[train])
+    predicted = {}
+    scores = near_unseen_scores.arm_scores(features, train, kinds[train], predicted)
     assert {"knn_pooled", "knn_head_grid", "knn_pca_whitened 32", "lof_pooled", "class_relative_knn",
-            "knn_patch_mean", "knn_patch_mean_and_pooled", "knn_imagenet_logits", "imagenet_kl_to_train_mean"
-            } <= set(scores)
+            "knn_patch_mean", "knn_patch_mean_and_pooled", "knn_imagenet_logits", "imagenet_kl_to_train_mean",
+            "logistic_energy C=0.3", "logistic_max_logit C=10", "knn_both_backbones_standardised_sum",
+            "knn_both_backbones_concatenated"} <= set(scores)
+    held_out = (index["split"] == "test").to_numpy()
+    for fit, classified in predicted.items():  # the logistic regressions tell the two known kinds apart
+        assert np.mean(classified[held_out] == kinds[held_out]) > 0.95, fit
     for arm, values in scores.items():
         assert values.shape == (600,)
         if "renormalised" not in arm:  # normalising whitened features drops the distance that tells an outlier
             assert near_unseen_scores.separation(values, index)["near_auroc"] > 0.95, arm
+
