@@ -67,6 +67,8 @@ DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 DEFECTS_DEV = DATASETS / "defects-dev"
 CIFAR10_DEV = DATASETS / "cifar10-dev"
 VALID, INVALID = ("airplane", "automobile", "ship", "truck"), ("bird", "cat", "deer", "dog")  # cifar10-dev's task
+NEAR, FAR = ("frog", "horse"), ("digit", "photo", "texture")  # its unseen kinds, near, and the demo's, far
+K = 5  # zero_shot's kNN
 DEFECTS_DEV_CACHE = Path("/tmp/defects_quality_features.safetensors")  # defects_dev_features' default cache
 CIFAR10_DEV_CACHE = Path("/tmp/open_world_features.safetensors")  # cifar10_dev_features' default cache
 SEED = 42
@@ -380,3 +382,21 @@ def cifar10_dev_features(index: pd.DataFrame, model, runtime: dict, train, cache
     key = (f"{model.backbone}|{model.weights}|{model.head_input}|{model.spec.input_size} px|"
            f"{len(index)} images {images}")
     return feature_cache(cache, key, extract)
+
+
+def knn_scores(train: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """zero_shot's kNN detector: the k-th nearest training image's distance after L2 normalisation."""
+    from image_classification.detectors import KNNDetector
+
+    return KNNDetector(k=K).fit(train, np.zeros(len(train))).score_samples(other)
+
+
+def separation(scores: np.ndarray, index: pd.DataFrame) -> dict[str, float]:
+    """Near and far AUROC of ``scores`` (higher: more unlike the training images) against the labelled test
+    images of ``index`` (a cifar10-dev split); NaN where the index has none of those kinds."""
+    from image_classification.detectors import separation_metrics
+
+    test = scores[(index["split"] == "test").to_numpy()]
+    unseen = {"near_auroc": index["kind"].isin(NEAR).to_numpy(), "far_auroc": index["kind"].isin(FAR).to_numpy()}
+    return {name: separation_metrics(test, scores[rows])["auroc"] if rows.any() else float("nan")
+            for name, rows in unseen.items()}

@@ -59,17 +59,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler, normalize
 
 from benchmarks import harness
-from benchmarks.harness import KNNDetector, separation_metrics
+from benchmarks.harness import K, knn_scores, separation
 
-NEAR, FAR = ("frog", "horse"), ("digit", "photo", "texture")
-K = 5
 PCA_COMPONENTS = (32, 64, 128, 256)
 LOGISTIC_C = (0.3, 1, 3, 10)
-
-
-def knn_scores(train: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """zero_shot's kNN detector: the k-th nearest training image's distance after L2 normalisation."""
-    return KNNDetector(k=K).fit(train, np.zeros(len(train))).score_samples(other)
 
 
 def pca_whitened_scores(train: np.ndarray, other: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,14 +167,6 @@ def arm_scores(features: dict[str, np.ndarray], train: np.ndarray, classes: np.n
         scores["knn_patch_mean"] = knn_scores(features["patch_mean"][train], features["patch_mean"])
         scores["knn_patch_mean_and_pooled"] = knn_scores(both[train], both)
     return scores
-
-
-def separation(scores: np.ndarray, index: pd.DataFrame) -> dict[str, float]:
-    """Near and far AUROC against the labelled test images (NaN where the index has none of those kinds)."""
-    test = scores[(index["split"] == "test").to_numpy()]
-    unseen = {"near_auroc": index["kind"].isin(NEAR).to_numpy(), "far_auroc": index["kind"].isin(FAR).to_numpy()}
-    return {name: separation_metrics(test, scores[rows])["auroc"] if rows.any() else float("nan")
-            for name, rows in unseen.items()}
 
 
 def default_cache(backbone: str, params: dict) -> Path:

@@ -45,7 +45,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from benchmarks import harness
-from benchmarks.harness import FUSIONS, calibrate_threshold, separation_metrics
+from benchmarks.harness import FAR, FUSIONS, NEAR, calibrate_threshold, separation_metrics
 from image_classification.operating_point import OperatingPoint
 from image_classification.parameters.evaluate import EvaluateConfig
 from image_classification.parameters.shared import ModelConfig
@@ -62,7 +62,6 @@ from image_classification.pipelines.zero_shot.nodes import (
 )
 from image_classification.training import NoResume
 
-NEAR, FAR = ("frog", "horse"), ("digit", "photo", "texture")
 BASELINE = ("binary", "knn_pooled", "validation 0.95")
 CLASSIFIER = ["test_auroc", "test_recall", "test_precision"]
 
