@@ -160,3 +160,30 @@ def test_every_near_unseen_score_ranks_an_unseen_cluster_above_held_out_images()
         if "renormalised" not in arm:  # normalising whitened features drops the distance that tells an outlier
             assert near_unseen_scores.separation(values, index)["near_auroc"] > 0.95, arm
 
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_patch_input_arm_ranks_images_with_a_local_defect_below_clean_ones():
+    """patch_inputs' arms (decisions 0011, 0012, 0020, 0031) all score "valid" higher: on images where a
+    defective one carries one unusual patch, each arm must rank the defective test images below the clean
+    ones (a flipped sign, or an arm reading the wrong rows, would not)."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks import patch_inputs
+    from benchmarks.harness import grouped_folds
+
+    generator = torch.Generator().manual_seed(0)
+    images, places, channels = 480, 16, 8
+    patches = torch.randn(images, places, channels, generator=generator)
+    y = np.arange(images) % 3 != 0  # one in three defective
+    where = torch.randint(places, (images,), generator=generator)
+    for row in np.flatnonzero(~y):
+        patches[row, where[row]] += 6.0  # the local defect: one patch far from every clean one
+    features = {"patches": patches.half(), "pooled": torch.cat([patches.mean(1), patches.amax(1)], 1).half(),
+                "head_grid": patches.half(), "other": (patches + 0.1 * torch.randn(patches.shape, generator=generator)).half()}
+    y, groups = y.astype(int), np.arange(images) // 4  # modules of four images
+    fold = patch_inputs.Fold(features, y, groups, next(grouped_folds(y, groups, 5, seed=42)))
+    for name, arm in {**patch_inputs.ARMS, **patch_inputs.WITH_BACKBONE}.items():
+        scores = arm(fold, 0)
+        assert scores.shape == (len(fold.scored),), name
+        assert roc_auc_score(y[fold.test], scores[len(fold.val):]) > 0.8, name
