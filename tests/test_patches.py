@@ -50,6 +50,20 @@ def test_the_last_stride_8_and_16_blocks_are_tapped(name, expected, channels):
                                        224 // (8 if index == expected[0] else 16))
 
 
+def test_finding_the_blocks_leaves_every_block_in_the_mode_it_was_in():
+    """A slice of a backbone (a new nn.Sequential, in training mode) over blocks in eval mode, as a
+    backbone with frozen blocks is: its blocks must not come back in training mode, which would let
+    batch norm learn statistics from the next images."""
+    backbone = build_backbone("efficientnet_lite0", weights="none").eval()
+    part = backbone[:-1]
+    assert part.training and not any(module.training for module in backbone.modules())
+    patch_blocks(part, 224)
+    assert part.training and not any(module.training for module in backbone.modules())
+    backbone.train()
+    patch_blocks(backbone, 224)
+    assert all(module.training for module in backbone.modules())
+
+
 def test_patch_vectors_are_one_grid_of_both_maps_in_float16():
     stride8, stride16 = torch.randn(2, 40, 28, 28), torch.randn(2, 112, 14, 14)
     patches = patch_grid_features([stride8, stride16], grid=7)

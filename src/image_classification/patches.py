@@ -42,12 +42,13 @@ def patch_blocks(backbone: nn.Sequential, input_size: int, strides: tuple[int, .
     with torch.inference_mode():
         parameter = next(backbone.parameters(), None)
         x = torch.zeros(1, 3, input_size, input_size, device=parameter.device if parameter is not None else None)
-        was_training = backbone.training
+        modes = [(module, module.training) for module in backbone.modules()]
         backbone.eval()
         for block in backbone:
             x = block(x)
             sides.append(x.shape[-1])
-        backbone.train(was_training)
+        for module, training in modes:  # each as it was: train() on a slice would put frozen blocks in training mode
+            module.training = training
     found = []
     for stride in strides:
         side = -(-input_size // stride)  # ceil: convolutions with padding round up
