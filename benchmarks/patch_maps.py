@@ -63,8 +63,7 @@ def extract_maps(manifest, cache: Path, reference: torch.Tensor) -> dict[str, to
 
     def compute() -> dict:
         spec, backbone = backbone_spec(BACKBONE), build_backbone(BACKBONE)
-        # the last block of each stride short of the 1x1 convolution head (the last block, 1280 channels);
-        # patch_blocks leaves the slice, a new Sequential, in training mode: eval() after it
+        # the last block of each stride short of the 1x1 convolution head (the last block, 1280 channels)
         (stride4, stride8, stride16, stride32) = patch_blocks(backbone[:-1], spec.input_size, (4, 8, 16, 32))
         backbone.eval()
         paths = [str(harness.DEFECTS_DEV / path) for path in manifest["path"]]
