@@ -387,7 +387,6 @@ def cifar10_dev_features(index: pd.DataFrame, model, runtime: dict, train, cache
 def knn_scores(train: np.ndarray, other: np.ndarray) -> np.ndarray:
     """zero_shot's kNN detector: the k-th nearest training image's distance after L2 normalisation."""
     from image_classification.detectors import KNNDetector
-
     return KNNDetector(k=K).fit(train, np.zeros(len(train))).score_samples(other)
 
 
@@ -395,7 +394,6 @@ def separation(scores: np.ndarray, index: pd.DataFrame) -> dict[str, float]:
     """Near and far AUROC of ``scores`` (higher: more unlike the training images) against the labelled test
     images of ``index`` (a cifar10-dev split); NaN where the index has none of those kinds."""
     from image_classification.detectors import separation_metrics
-
     test = scores[(index["split"] == "test").to_numpy()]
     unseen = {"near_auroc": index["kind"].isin(NEAR).to_numpy(), "far_auroc": index["kind"].isin(FAR).to_numpy()}
     return {name: separation_metrics(test, scores[rows])["auroc"] if rows.any() else float("nan")
