@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
@@ -71,6 +72,12 @@ class Fold:
 
     def patches(self, name: str = "patches") -> torch.Tensor:
         return self.features[name]
+
+    def floats(self) -> torch.Tensor:
+        """The patch vectors as float32, converted once per fold (the arms that transform them share it)."""
+        if "floats" not in self._fits:
+            self._fits["floats"] = self.patches().float()
+        return self._fits["floats"]
 
     def classifier(self, seed: int, name: str = "patches") -> PatchClassifier:
         """The reference fit on ``name``'s patch vectors, fitted once per seed."""
@@ -120,13 +127,13 @@ def templates_kmeans(fold: Fold, clusters: int, seed: int) -> torch.Tensor:
 
 
 def positional_beside(fold: Fold, seed: int) -> np.ndarray:
-    patches = fold.patches().float()
+    patches = fold.floats()
     mean = patches[fold.train].mean(0)
     return fold.network(torch.cat([patches, patches - mean], 2), seed)
 
 
 def logistic_per_patch(fold: Fold, seed: int) -> np.ndarray:
-    patches = fold.patches().float().numpy()
+    patches = fold.floats().numpy()
     flat = lambda rows: patches[rows].reshape(-1, patches.shape[-1])  # noqa: E731
     scaler = StandardScaler().fit(flat(fold.train))
     invalid = np.repeat(1 - fold.y[fold.train], patches.shape[1])
@@ -144,7 +151,7 @@ def logistic_per_patch(fold: Fold, seed: int) -> np.ndarray:
 def position_memory(fold: Fold, seed: int) -> np.ndarray:
     """Minus the mean of the ``patch_top_k`` largest distances of an image's patches to the valid train
     patches within one cell of their own place."""
-    patches = fold.patches().float()
+    patches = fold.floats()
     side = int(round(patches.shape[1] ** 0.5))
     bank, query = patches[fold.train[fold.y[fold.train] == 1]], patches[fold.scored]
     distances = torch.empty(len(query), patches.shape[1])
@@ -187,14 +194,14 @@ ARMS: dict[str, Callable[[Fold, int], np.ndarray]] = {
     REFERENCE: lambda f, s: f.classifier(s).scores(f.patches()[f.scored]),
     "positional": lambda f, s: f.network(f.patches(), s, positional=True),
     "positional beside one mean": positional_beside,
-    "template, 5 nearest valid": lambda f, s: f.network(f.patches().float() - templates_nearest(f, 5), s),
-    "template, 20 nearest valid": lambda f, s: f.network(f.patches().float() - templates_nearest(f, 20), s),
-    "template, k-means 2": lambda f, s: f.network(f.patches().float() - templates_kmeans(f, 2, s), s),
-    "template, k-means 4": lambda f, s: f.network(f.patches().float() - templates_kmeans(f, 4, s), s),
+    "template, 5 nearest valid": lambda f, s: f.network(f.floats() - templates_nearest(f, 5), s),
+    "template, 20 nearest valid": lambda f, s: f.network(f.floats() - templates_nearest(f, 20), s),
+    "template, k-means 2": lambda f, s: f.network(f.floats() - templates_kmeans(f, 2, s), s),
+    "template, k-means 4": lambda f, s: f.network(f.floats() - templates_kmeans(f, 4, s), s),
     "minus the image's mean patch": lambda f, s: f.network(
-        f.patches().float() - f.patches().float().mean(1, keepdim=True), s),
+        f.floats() - f.floats().mean(1, keepdim=True), s),
     "minus the image's mean patch, with raw beside": lambda f, s: f.network(
-        torch.cat([f.patches().float(), f.patches().float() - f.patches().float().mean(1, keepdim=True)], 2), s),
+        torch.cat([f.floats(), f.floats() - f.floats().mean(1, keepdim=True)], 2), s),
     "logistic regression per patch": logistic_per_patch,
     "network on the head's 4x4 grid": lambda f, s: f.network(f.features["head_grid"], s),
     "three fits averaged": lambda f, s: averaged(f, [3 * s, 3 * s + 1, 3 * s + 2], ["patches"]),
@@ -266,8 +273,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(results: list[dict], args) -> None:
-    import pandas as pd
-
     frame = pd.DataFrame(results)
     reference = frame[frame["arm"] == REFERENCE].groupby("fold")["test_auroc"].mean()
     print(f"\ndefects-dev, {args.backbone} patches (grid {args.grid}), {args.folds} grouped folds of fold seeds "
